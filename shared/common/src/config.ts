@@ -1,0 +1,62 @@
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import type { z } from 'zod';
+import { DsmError, ErrorCode } from './errors.ts';
+
+export class ConfigError extends DsmError {
+  constructor(message: string) {
+    super(ErrorCode.CONFIG, message);
+    this.name = 'ConfigError';
+  }
+}
+
+/**
+ * Reads a JSON config file (or none), validates it with the component's schema, and freezes it.
+ * A bad value stops start-up with one line naming the key.
+ */
+export function loadConfig<S extends z.ZodType>(
+  schema: S,
+  file?: string,
+  overrides: Record<string, unknown> = {},
+): Readonly<z.infer<S>> & { configDir: string } {
+  let raw: Record<string, unknown> = {};
+  let configDir = process.cwd();
+  if (file) {
+    const path = resolve(file);
+    configDir = dirname(path);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`);
+    }
+    try {
+      raw = JSON.parse(text) as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError(`config file ${path} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+  return parseConfig(schema, { ...raw, ...overrides }, configDir);
+}
+
+export function parseConfig<S extends z.ZodType>(
+  schema: S,
+  raw: unknown,
+  configDir = process.cwd(),
+): Readonly<z.infer<S>> & { configDir: string } {
+  const r = schema.safeParse(raw);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const key = issue?.path.join('.') || '(root)';
+    throw new ConfigError(`config key "${key}": ${issue?.message ?? 'invalid'}`);
+  }
+  return Object.freeze({ ...(r.data as object), configDir }) as Readonly<z.infer<S>> & { configDir: string };
+}
+
+/** `host:port` strings, as in the seed's address lists. */
+export function parseHostPort(s: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s.trim());
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || port < 1 || port > 65535) throw new ConfigError(`not a host:port address: "${s}"`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}

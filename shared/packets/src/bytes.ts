@@ -1,0 +1,118 @@
+import { ProtocolError } from './errors.ts';
+import { Errno } from './constants.ts';
+
+const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder('utf-8', { fatal: false });
+
+export function encodeUtf8(s: string): Uint8Array {
+  return utf8.encode(s);
+}
+export function decodeUtf8(b: Uint8Array): string {
+  return utf8Decoder.decode(b);
+}
+
+/** Writes `value` as a NUL-terminated, zero-padded field of `width` bytes (width includes the NUL). */
+export function writeFixed(target: Uint8Array, offset: number, width: number, value: string, field: string): void {
+  const bytes = utf8.encode(value);
+  if (bytes.length > width - 1) {
+    throw new ProtocolError(`${field} too long: ${bytes.length} bytes > ${width - 1}`, Errno.BAD_FIELD);
+  }
+  if (bytes.includes(0)) throw new ProtocolError(`${field} contains a NUL byte`, Errno.BAD_FIELD);
+  target.set(bytes, offset);
+  target.fill(0, offset + bytes.length, offset + width);
+}
+
+/**
+ * Reads a fixed-width C string: bytes up to the first NUL, bounded by the width. Bytes after the
+ * NUL are ignored (the seed client leaves garbage there). A field with no NUL at all is refused,
+ * since the seed's receivers would overrun it.
+ */
+export function readFixed(source: Uint8Array, offset: number, width: number, field: string): string {
+  const region = source.subarray(offset, offset + width);
+  const nul = region.indexOf(0);
+  if (nul < 0) throw new ProtocolError(`${field} is not NUL-terminated`, Errno.BAD_FIELD);
+  return utf8Decoder.decode(region.subarray(0, nul));
+}
+
+/** Raw bytes of a fixed field up to its NUL (for hashing user ids byte-exactly). */
+export function readFixedBytes(source: Uint8Array, offset: number, width: number, field: string): Uint8Array {
+  const region = source.subarray(offset, offset + width);
+  const nul = region.indexOf(0);
+  if (nul < 0) throw new ProtocolError(`${field} is not NUL-terminated`, Errno.BAD_FIELD);
+  return region.subarray(0, nul);
+}
+
+function view(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+export function writeI64(target: Uint8Array, offset: number, value: number): void {
+  if (!Number.isSafeInteger(value)) throw new ProtocolError(`not a safe integer: ${value}`, Errno.BAD_FIELD);
+  view(target).setBigInt64(offset, BigInt(value));
+}
+
+/** Reads a signed 64-bit big-endian integer; values outside the safe range are refused. */
+export function readI64(source: Uint8Array, offset: number, field: string): number {
+  const v = view(source).getBigInt64(offset);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
+    throw new ProtocolError(`${field} out of range: ${v}`, Errno.BAD_FIELD);
+  }
+  return Number(v);
+}
+
+export function writeU16(target: Uint8Array, offset: number, value: number): void {
+  view(target).setUint16(offset, value);
+}
+export function readU16(source: Uint8Array, offset: number): number {
+  return view(source).getUint16(offset);
+}
+export function writeI16(target: Uint8Array, offset: number, value: number): void {
+  view(target).setInt16(offset, value);
+}
+export function readI16(source: Uint8Array, offset: number): number {
+  return view(source).getInt16(offset);
+}
+export function writeU32(target: Uint8Array, offset: number, value: number): void {
+  view(target).setUint32(offset, value);
+}
+export function readU32(source: Uint8Array, offset: number): number {
+  return view(source).getUint32(offset);
+}
+
+/** A variable-length string sent with exactly one trailing NUL counted in the body. */
+export function encodeCString(value: string): Uint8Array {
+  const bytes = utf8.encode(value);
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes, 0);
+  return out;
+}
+
+/** Reads a variable-length C string occupying the whole region; tolerates a missing NUL. */
+export function decodeCString(region: Uint8Array): string {
+  const nul = region.indexOf(0);
+  return utf8Decoder.decode(nul < 0 ? region : region.subarray(0, nul));
+}
+
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+export function toHex(b: Uint8Array): string {
+  let s = '';
+  for (const x of b) s += x.toString(16).padStart(2, '0');
+  return s;
+}
+export function fromHex(hex: string): Uint8Array {
+  if (hex.length % 2 !== 0 || /[^0-9a-fA-F]/.test(hex)) throw new Error(`bad hex: ${hex.slice(0, 20)}`);
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}

@@ -1,0 +1,211 @@
+import { CONTENT_TYPE_WIDTH, Errno, IDS_LENGTH, SHA256_LENGTH } from '../constants.ts';
+import { readFixed, readI64, writeFixed, writeI64 } from '../bytes.ts';
+import { ProtocolError } from '../errors.ts';
+import { type FileIds, readIds, writeIds } from './ids.ts';
+
+function expectLength(b: Uint8Array, n: number): void {
+  if (b.length !== n) throw new ProtocolError(`Invalid Body Length: ${b.length} != ${n}`, Errno.BAD_LENGTH);
+}
+
+// File size (71), delete (73), stat (74), upload offset (77), upload commit (78),
+// upload abort (79): body = the 400-byte id block only.
+export function decodeIdsRequest(b: Uint8Array): FileIds {
+  expectLength(b, IDS_LENGTH);
+  return readIds(b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upload (70), body = 408 + F:
+// | 0   | 400 | id block            |
+// | 400 | 8   | file size F, i64 BE |
+// | 408 | F   | content (streamed)  |
+// ---------------------------------------------------------------------------------------------
+export const UPLOAD_PREFIX = IDS_LENGTH + 8;
+
+export interface UploadHead extends FileIds {
+  size: number;
+}
+
+export function encodeUploadPrefix(u: UploadHead): Uint8Array {
+  const b = new Uint8Array(UPLOAD_PREFIX);
+  writeIds(b, 0, u);
+  writeI64(b, IDS_LENGTH, u.size);
+  return b;
+}
+
+/** `bodyLength` is the header's; the declared size must account for the rest of the body exactly. */
+export function decodeUploadPrefix(b: Uint8Array, bodyLength: number): UploadHead {
+  const ids = readIds(b);
+  const size = readI64(b, IDS_LENGTH, 'file size');
+  const rest = bodyLength - UPLOAD_PREFIX;
+  if (size !== rest) throw new ProtocolError(`Invalid File Size: ${size} != ${rest}`, Errno.BAD_LENGTH);
+  return { ...ids, size };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upload, extension (80), body = 536 + F: id block (400), content type (128), size F (8), content.
+// Reply: the stat reply below (so the uploader learns the checksum).
+// ---------------------------------------------------------------------------------------------
+export const UPLOAD_EXT_PREFIX = IDS_LENGTH + CONTENT_TYPE_WIDTH + 8;
+
+export interface UploadExtHead extends UploadHead {
+  contentType: string;
+}
+
+export function encodeUploadExtPrefix(u: UploadExtHead): Uint8Array {
+  const b = new Uint8Array(UPLOAD_EXT_PREFIX);
+  writeIds(b, 0, u);
+  writeFixed(b, IDS_LENGTH, CONTENT_TYPE_WIDTH, u.contentType, 'content type');
+  writeI64(b, IDS_LENGTH + CONTENT_TYPE_WIDTH, u.size);
+  return b;
+}
+
+export function decodeUploadExtPrefix(b: Uint8Array, bodyLength: number): UploadExtHead {
+  const ids = readIds(b);
+  const contentType = readFixed(b, IDS_LENGTH, CONTENT_TYPE_WIDTH, 'content type');
+  const size = readI64(b, IDS_LENGTH + CONTENT_TYPE_WIDTH, 'file size');
+  const rest = bodyLength - UPLOAD_EXT_PREFIX;
+  if (size !== rest) throw new ProtocolError(`Invalid File Size: ${size} != ${rest}`, Errno.BAD_LENGTH);
+  return { ...ids, contentType, size };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Download (72), body 416: id block (400), offset i64 (8), size i64 (8; 0 = to the end).
+// Reply: header with body length = effective size, then the bytes.
+// ---------------------------------------------------------------------------------------------
+export const DOWNLOAD_LENGTH = IDS_LENGTH + 16;
+
+export interface DownloadRequest extends FileIds {
+  offset: number;
+  size: number;
+}
+
+export function encodeDownloadRequest(d: DownloadRequest): Uint8Array {
+  const b = new Uint8Array(DOWNLOAD_LENGTH);
+  writeIds(b, 0, d);
+  writeI64(b, IDS_LENGTH, d.offset);
+  writeI64(b, IDS_LENGTH + 8, d.size);
+  return b;
+}
+
+export function decodeDownloadRequest(b: Uint8Array): DownloadRequest {
+  expectLength(b, DOWNLOAD_LENGTH);
+  return {
+    ...readIds(b),
+    offset: readI64(b, IDS_LENGTH, 'offset'),
+    size: readI64(b, IDS_LENGTH + 8, 'size'),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stat (74) reply, body 176, also the reply of upload-ext (80) and upload commit (78):
+// | 0  | 8   | size, i64                          |
+// | 8  | 8   | mtime, i64 Unix milliseconds       |
+// | 16 | 32  | sha-256 of the content             |
+// | 48 | 128 | content type, NUL-padded           |
+// ---------------------------------------------------------------------------------------------
+export const STAT_REPLY_LENGTH = 16 + SHA256_LENGTH + CONTENT_TYPE_WIDTH;
+
+export interface FileStat {
+  size: number;
+  mtimeMs: number;
+  sha256: Uint8Array;
+  contentType: string;
+}
+
+export function encodeStatReply(s: FileStat): Uint8Array {
+  const b = new Uint8Array(STAT_REPLY_LENGTH);
+  writeI64(b, 0, s.size);
+  writeI64(b, 8, s.mtimeMs);
+  if (s.sha256.length !== SHA256_LENGTH) throw new ProtocolError('sha-256 must be 32 bytes', Errno.BAD_FIELD);
+  b.set(s.sha256, 16);
+  writeFixed(b, 48, CONTENT_TYPE_WIDTH, s.contentType, 'content type');
+  return b;
+}
+
+export function decodeStatReply(b: Uint8Array): FileStat {
+  expectLength(b, STAT_REPLY_LENGTH);
+  return {
+    size: readI64(b, 0, 'size'),
+    mtimeMs: readI64(b, 8, 'mtime'),
+    sha256: b.slice(16, 48),
+    contentType: readFixed(b, 48, CONTENT_TYPE_WIDTH, 'content type'),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resumable upload (extension). The upload is named by its id block, like a plain upload.
+// Create (75), body 536: id block, total size i64 (−1 = not known yet), content type (128).
+//   Reply: offset i64 (0).
+// Append (76), body 416 + N: id block, offset i64 (must equal the current offset),
+//   length N i64, then N bytes (streamed). Reply: the new offset i64, after fsync.
+// Offset (77), body 400. Reply 16: offset i64, total size i64 (−1 unknown).
+// Commit (78), body 400: fsync, checksum, rename into place, record metadata. Reply: stat.
+// Abort (79), body 400: drop the partial file. Reply: empty OK.
+// ---------------------------------------------------------------------------------------------
+export const UPLOAD_CREATE_LENGTH = IDS_LENGTH + 8 + CONTENT_TYPE_WIDTH;
+export const UPLOAD_APPEND_PREFIX = IDS_LENGTH + 16;
+
+export interface UploadCreate extends FileIds {
+  totalSize: number;
+  contentType: string;
+}
+
+export function encodeUploadCreate(u: UploadCreate): Uint8Array {
+  const b = new Uint8Array(UPLOAD_CREATE_LENGTH);
+  writeIds(b, 0, u);
+  writeI64(b, IDS_LENGTH, u.totalSize);
+  writeFixed(b, IDS_LENGTH + 8, CONTENT_TYPE_WIDTH, u.contentType, 'content type');
+  return b;
+}
+
+export function decodeUploadCreate(b: Uint8Array): UploadCreate {
+  expectLength(b, UPLOAD_CREATE_LENGTH);
+  const totalSize = readI64(b, IDS_LENGTH, 'total size');
+  if (totalSize < -1) throw new ProtocolError(`Invalid Total Size: ${totalSize}`, Errno.BAD_FIELD);
+  return {
+    ...readIds(b),
+    totalSize,
+    contentType: readFixed(b, IDS_LENGTH + 8, CONTENT_TYPE_WIDTH, 'content type'),
+  };
+}
+
+export interface UploadAppendHead extends FileIds {
+  offset: number;
+  length: number;
+}
+
+export function encodeUploadAppendPrefix(u: UploadAppendHead): Uint8Array {
+  const b = new Uint8Array(UPLOAD_APPEND_PREFIX);
+  writeIds(b, 0, u);
+  writeI64(b, IDS_LENGTH, u.offset);
+  writeI64(b, IDS_LENGTH + 8, u.length);
+  return b;
+}
+
+export function decodeUploadAppendPrefix(b: Uint8Array, bodyLength: number): UploadAppendHead {
+  const ids = readIds(b);
+  const offset = readI64(b, IDS_LENGTH, 'offset');
+  const length = readI64(b, IDS_LENGTH + 8, 'length');
+  const rest = bodyLength - UPLOAD_APPEND_PREFIX;
+  if (length !== rest) throw new ProtocolError(`Invalid Length: ${length} != ${rest}`, Errno.BAD_LENGTH);
+  if (offset < 0) throw new ProtocolError(`Invalid Offset: ${offset}`, Errno.BAD_FIELD);
+  return { ...ids, offset, length };
+}
+
+export interface UploadOffsetReply {
+  offset: number;
+  totalSize: number;
+}
+
+export function encodeUploadOffsetReply(r: UploadOffsetReply): Uint8Array {
+  const b = new Uint8Array(16);
+  writeI64(b, 0, r.offset);
+  writeI64(b, 8, r.totalSize);
+  return b;
+}
+
+export function decodeUploadOffsetReply(b: Uint8Array): UploadOffsetReply {
+  expectLength(b, 16);
+  return { offset: readI64(b, 0, 'offset'), totalSize: readI64(b, 8, 'total size') };
+}
