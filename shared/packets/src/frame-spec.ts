@@ -1,7 +1,6 @@
-import { Command, ERROR_BODY_MAX, Errno, IDS_LENGTH, ID_KEY_MAX, Status } from './constants.ts';
+import { Command, ERROR_BODY_MAX, Errno, ID_KEY_MAX, IDS_LENGTH, Status } from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import type { Header } from './header.ts';
-import { BEAT_EXT_LENGTH, BEAT_LENGTH, JOIN_EXT_LENGTH, JOIN_LENGTH } from './messages/tracker.ts';
 import {
   DOWNLOAD_LENGTH,
   UPLOAD_APPEND_PREFIX,
@@ -9,6 +8,7 @@ import {
   UPLOAD_EXT_PREFIX,
   UPLOAD_PREFIX,
 } from './messages/storage.ts';
+import { BEAT_EXT_LENGTH, BEAT_LENGTH, JOIN_EXT_LENGTH, JOIN_LENGTH } from './messages/tracker.ts';
 
 /**
  * How a frame's body is read: `buffered` bodies are small and read whole (length checked against
@@ -79,11 +79,13 @@ export function lengthError(n: number, spec: FrameSpec): ProtocolError | null {
   if (n < 0) return new ProtocolError(`Invalid Body Length: ${n} < 0`, Errno.BAD_LENGTH);
   if (spec.kind === 'buffered') {
     if (n >= spec.min && n <= spec.max) return null;
-    if (spec.min === spec.max) return new ProtocolError(`Invalid Body Length: ${n} != ${spec.min}`, Errno.BAD_LENGTH);
+    if (spec.min === spec.max)
+      return new ProtocolError(`Invalid Body Length: ${n} != ${spec.min}`, Errno.BAD_LENGTH);
     if (n > spec.max) return new ProtocolError(`Invalid Body Length: ${n} > ${spec.max}`, Errno.BAD_LENGTH);
     return new ProtocolError(`Invalid Body Length: ${n} < ${spec.min}`, Errno.BAD_LENGTH);
   }
-  if (n < spec.prefix) return new ProtocolError(`Invalid Body Length: ${n} < ${spec.prefix}`, Errno.BAD_LENGTH);
+  if (n < spec.prefix)
+    return new ProtocolError(`Invalid Body Length: ${n} < ${spec.prefix}`, Errno.BAD_LENGTH);
   if (n - spec.prefix > spec.maxRest) {
     return new ProtocolError(`File Too Large: ${n - spec.prefix} > ${spec.maxRest}`, Errno.TOO_LARGE);
   }

@@ -1,5 +1,5 @@
-import { APPID_WIDTH, FILEID_WIDTH, IDS_LENGTH, USERID_WIDTH } from '../constants.ts';
 import { readFixed, readFixedBytes, writeFixed } from '../bytes.ts';
+import { APPID_WIDTH, FILEID_WIDTH, IDS_LENGTH, USERID_WIDTH } from '../constants.ts';
 
 /**
  * The 400-byte id block that starts every file request (and the address-list request):

@@ -1,0 +1,275 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const DSM_BIN = fileURLToPath(new URL('../bin/dsm.js', import.meta.url));
+
+export type Role = 'tracker' | 'id' | 'storage';
+
+export interface ClusterOptions {
+  /** Folder for configs, logs, SQLite files and the group data folders. */
+  dir: string;
+  host?: string;
+  trackers?: number;
+  ids?: number;
+  /** Group names, each with `storagesPerGroup` members sharing one data folder. */
+  groups?: string[];
+  storagesPerGroup?: number;
+  trackerBasePort?: number;
+  idBasePort?: number;
+  storageBasePort?: number;
+  /** Database URLs; default: SQLite files in `dir`. MySQL example: mysql://root@127.0.0.1:3306/tnv_trackerdb */
+  databases?: Partial<Record<Role, string>>;
+  /** Cache URL for trackers and storages; default in-process ("memory:"). */
+  cache?: string;
+  appIds?: string[];
+  beatIntervalMs?: number;
+  beatTimeoutMs?: number;
+  idStep?: number;
+  joinSecret?: string;
+  /** Extra config keys per role, merged last. */
+  extra?: Partial<Record<Role, Record<string, unknown>>>;
+  /** Environment for the node processes (e.g. DSM_LOG_LEVEL). */
+  env?: Record<string, string>;
+  /** Called with each node's ready line. */
+  onReady?: (node: NodeHandle) => void;
+}
+
+export interface NodeHandle {
+  name: string;
+  role: Role;
+  host: string;
+  port: number;
+  group?: string;
+  configFile: string;
+  logFile: string;
+  pid: number | undefined;
+  ready: Record<string, unknown>;
+}
+
+interface Running extends NodeHandle {
+  child: ChildProcess | null;
+  exited: Promise<number | null>;
+}
+
+export interface NodeSpec {
+  name: string;
+  role: Role;
+  port: number;
+  group?: string;
+  config: Record<string, unknown>;
+}
+
+/** What `dsm up` would start, without starting it (configs written by start()). */
+export function planCluster(o: ClusterOptions): NodeSpec[] {
+  const dir = resolve(o.dir);
+  const host = o.host ?? '127.0.0.1';
+  const nTrackers = o.trackers ?? 2;
+  const nIds = o.ids ?? 1;
+  const groups = o.groups ?? ['group001', 'group002'];
+  const perGroup = o.storagesPerGroup ?? 2;
+  const tBase = o.trackerBasePort ?? 21000;
+  const iBase = o.idBasePort ?? 22000;
+  const sBase = o.storageBasePort ?? 23000;
+  const db = (role: Role, file: string) => o.databases?.[role] ?? `sqlite:${join(dir, file)}`;
+  const cache = o.cache ?? 'memory:';
+  const trackers = Array.from({ length: nTrackers }, (_, i) => `${host}:${tBase + i}`);
+  const ids = Array.from({ length: nIds }, (_, i) => `${host}:${iBase + i}`);
+  const specs: NodeSpec[] = [];
+  for (let i = 0; i < nIds; i++) {
+    specs.push({
+      name: `id${i + 1}`,
+      role: 'id',
+      port: iBase + i,
+      config: {
+        listen: ids[i],
+        database: db('id', 'id.db'),
+        ...(o.idStep ? { step: o.idStep } : {}),
+        ...o.extra?.id,
+      },
+    });
+  }
+  for (let i = 0; i < nTrackers; i++) {
+    specs.push({
+      name: `tracker${i + 1}`,
+      role: 'tracker',
+      port: tBase + i,
+      config: {
+        listen: trackers[i],
+        database: db('tracker', 'tracker.db'),
+        cache,
+        ...(o.appIds ? { appIds: o.appIds } : {}),
+        ...(o.beatTimeoutMs ? { beatTimeoutMs: o.beatTimeoutMs } : {}),
+        ...(o.joinSecret ? { joinSecret: o.joinSecret } : {}),
+        ...o.extra?.tracker,
+      },
+    });
+  }
+  let port = sBase;
+  for (const g of groups) {
+    for (let m = 0; m < perGroup; m++) {
+      specs.push({
+        name: `${g}-s${m + 1}`,
+        role: 'storage',
+        port,
+        group: g,
+        config: {
+          listen: `${host}:${port}`,
+          group: g,
+          // members of a group share one folder: the GlusterFS volume in production
+          storePaths: [join(dir, 'data', g)],
+          trackers,
+          idServers: ids,
+          database: db('storage', 'storage.db'),
+          cache,
+          ...(o.beatIntervalMs ? { beatIntervalMs: o.beatIntervalMs } : {}),
+          ...(o.joinSecret ? { joinSecret: o.joinSecret } : {}),
+          ...o.extra?.storage,
+        },
+      });
+      port++;
+    }
+  }
+  return specs;
+}
+
+/**
+ * A local cluster of real node processes — the one code path behind `dsm up` and the
+ * whole-cluster tests. Stops exactly the processes it started.
+ */
+export class Cluster {
+  readonly dir: string;
+  readonly specs: NodeSpec[];
+  readonly nodes = new Map<string, Running>();
+  readonly #opts: ClusterOptions;
+
+  private constructor(opts: ClusterOptions) {
+    this.#opts = opts;
+    this.dir = resolve(opts.dir);
+    this.specs = planCluster(opts);
+  }
+
+  static async start(opts: ClusterOptions): Promise<Cluster> {
+    const c = new Cluster(opts);
+    mkdirSync(join(c.dir, 'config'), { recursive: true });
+    mkdirSync(join(c.dir, 'logs'), { recursive: true });
+    for (const s of c.specs) {
+      writeFileSync(c.configFile(s.name), `${JSON.stringify(s.config, null, 2)}\n`);
+    }
+    try {
+      // id servers first (storages need them), then trackers, then storages
+      for (const role of ['id', 'tracker', 'storage'] as const) {
+        await Promise.all(c.specs.filter((s) => s.role === role).map((s) => c.startNode(s.name)));
+      }
+    } catch (e) {
+      await c.stop();
+      throw e;
+    }
+    writeFileSync(
+      join(c.dir, 'cluster.json'),
+      `${JSON.stringify({ trackers: c.addresses('tracker'), ids: c.addresses('id'), dir: c.dir }, null, 2)}\n`,
+    );
+    return c;
+  }
+
+  configFile(name: string): string {
+    return join(this.dir, 'config', `${name}.json`);
+  }
+
+  addresses(role: Role): string[] {
+    return this.specs.filter((s) => s.role === role).map((s) => String(s.config.listen));
+  }
+
+  spec(name: string): NodeSpec {
+    const s = this.specs.find((x) => x.name === name);
+    if (!s) throw new Error(`no node named ${name}`);
+    return s;
+  }
+
+  /** Starts (or restarts) one node and waits for its ready line. */
+  async startNode(name: string, timeoutMs = 30_000): Promise<NodeHandle> {
+    const s = this.spec(name);
+    const logFile = join(this.dir, 'logs', `${name}.log`);
+    const log = createWriteStream(logFile, { flags: 'a' });
+    const child = spawn(process.execPath, [DSM_BIN, s.role, '--config', this.configFile(name)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...this.#opts.env, DSM_PARENT_PID: String(process.pid) },
+    });
+    child.stderr?.pipe(log);
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const [host, port] = String(s.config.listen).split(':') as [string, string];
+    const ready = await new Promise<Record<string, unknown>>((resolveReady, reject) => {
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`${name} did not become ready within ${timeoutMs} ms (log: ${logFile})`));
+      }, timeoutMs);
+      const rl = createInterface({ input: child.stdout! });
+      rl.on('line', (line) => {
+        try {
+          const msg = JSON.parse(line) as Record<string, unknown>;
+          if (msg.ready) {
+            clearTimeout(timer);
+            resolveReady(msg);
+          }
+        } catch {
+          log.write(`${line}\n`);
+        }
+      });
+      void exited.then((code) => {
+        clearTimeout(timer);
+        reject(new Error(`${name} exited with code ${code} before it was ready (log: ${logFile})`));
+      });
+    });
+    const handle: Running = {
+      name,
+      role: s.role,
+      host,
+      port: Number(port),
+      group: s.group,
+      configFile: this.configFile(name),
+      logFile,
+      pid: child.pid,
+      ready,
+      child,
+      exited,
+    };
+    this.nodes.set(name, handle);
+    this.#opts.onReady?.(handle);
+    return handle;
+  }
+
+  /** SIGKILL, as a crash would (tests of crash safety). */
+  async kill(name: string): Promise<void> {
+    const n = this.nodes.get(name);
+    if (!n?.child) return;
+    n.child.kill('SIGKILL');
+    await n.exited;
+    n.child = null;
+  }
+
+  /** SIGTERM and wait for a clean exit. */
+  async stopNode(name: string, timeoutMs = 15_000): Promise<void> {
+    const n = this.nodes.get(name);
+    if (!n?.child) return;
+    const child = n.child;
+    child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    await n.exited;
+    clearTimeout(t);
+    n.child = null;
+  }
+
+  async restart(name: string): Promise<NodeHandle> {
+    await this.stopNode(name);
+    return this.startNode(name);
+  }
+
+  /** Stops storages first (they leave the trackers), then trackers and id servers. */
+  async stop(): Promise<void> {
+    for (const role of ['storage', 'tracker', 'id'] as const) {
+      await Promise.all([...this.nodes.values()].filter((n) => n.role === role).map((n) => this.stopNode(n.name)));
+    }
+  }
+}

@@ -1,0 +1,237 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, statSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { parseArgs } from 'node:util';
+import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
+import { nodeTransport } from '@dsm/client/node';
+import { ConfigError, createLogger, loadConfig } from '@dsm/common';
+import { toHex } from '@dsm/packets';
+import { runNode } from '@dsm/server';
+import { clientSettings, parseRange, UsageError } from './client-config.ts';
+import { progressBar } from './progress.ts';
+import { runUp } from './up.ts';
+import { formatStatus } from './status-table.ts';
+
+const HELP = `dsm — distributed streaming-media store
+
+Cluster
+  dsm up [--dir D] [--trackers N] [--ids N] [--groups g1,g2] [--storages-per-group N]
+         [--mysql URL] [--redis URL] [--fresh]     start a local cluster (Ctrl-C stops it)
+  dsm tracker --config FILE                        run one tracker
+  dsm storage --config FILE                        run one storage server
+  dsm id --config FILE                             run one id server
+
+Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 127.0.0.1:21000)
+  dsm upload FILE [--app A] [--user U] [--type MIME]    prints the public id on its last line
+  dsm download ID [-o FILE] [--range A-B|A-|-N]         to FILE, or to stdout
+  dsm stat ID                                           size, type, sha-256, mtime
+  dsm rm ID                                             delete
+  dsm status                                            groups, storages, state, free space
+  dsm groups                                            the seed's group list text
+`;
+
+async function client(flags: { trackers?: string; app?: string; user?: string }) {
+  const s = clientSettings(flags);
+  return { settings: s, dsm: new DsmClient({ trackers: s.trackers, transport: nodeTransport, locateCacheMs: 0 }) };
+}
+
+function needId(positionals: string[]): string {
+  const id = positionals[1];
+  if (!id) throw new UsageError('missing file id');
+  return id;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const cmd = argv[0];
+  const { values: v, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string' },
+      dir: { type: 'string' },
+      trackers: { type: 'string' },
+      ids: { type: 'string' },
+      groups: { type: 'string' },
+      'storages-per-group': { type: 'string' },
+      mysql: { type: 'string' },
+      redis: { type: 'string' },
+      fresh: { type: 'boolean' },
+      app: { type: 'string' },
+      user: { type: 'string' },
+      type: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      range: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (!cmd || v.help || cmd === 'help') {
+    process.stdout.write(HELP);
+    return cmd ? 0 : 2;
+  }
+  switch (cmd) {
+    case 'up':
+      return runUp(v);
+    case 'tracker':
+    case 'storage':
+    case 'id':
+      return runNodeCommand(cmd, v.config);
+    case 'upload': {
+      const file = positionals[1];
+      if (!file) throw new UsageError('usage: dsm upload FILE [--app A] [--user U]');
+      const st = statSync(file);
+      if (!st.isFile()) throw new UsageError(`${file} is not a regular file`);
+      const { settings, dsm } = await client(v);
+      const bar = progressBar(st.size, 'upload');
+      try {
+        const r = await dsm.upload(
+          {
+            appId: settings.appId,
+            userId: settings.userId,
+            contentType: v.type ?? '',
+            source: { size: st.size, open: () => createReadStream(file, { highWaterMark: 512 * 1024 }) },
+          },
+          (n) => bar.update(n),
+        );
+        bar.done();
+        process.stderr.write(
+          `uploaded ${r.stat.size} bytes to group ${r.group} (sha256 ${toHex(r.stat.sha256)}, ${r.stat.contentType})\n`,
+        );
+        process.stdout.write(`${r.publicId}\n`);
+        return 0;
+      } finally {
+        await dsm.close();
+      }
+    }
+    case 'download': {
+      const ids = decodePublicId(needId(positionals));
+      const { dsm } = await client(v);
+      try {
+        const stat = await dsm.stat(ids);
+        const range = v.range ? await parseRange(v.range, async () => stat.size) : { offset: 0, length: 0 };
+        const reply = await dsm.download(ids, range.offset, range.length);
+        const bar = progressBar(reply.length, 'download');
+        const hash = createHash('sha256');
+        let got = 0;
+        const tmp = v.output ? `${v.output}.dsm-partial` : null;
+        const sink = tmp ? createWriteStream(tmp) : process.stdout;
+        async function* counted() {
+          for await (const c of reply.stream) {
+            hash.update(c);
+            got += c.length;
+            bar.update(got);
+            yield c;
+          }
+        }
+        try {
+          await pipeline(counted(), sink as Writable);
+        } catch (e) {
+          if (tmp) await rm(tmp, { force: true });
+          throw e;
+        }
+        bar.done();
+        // A whole-file download is checked against the checksum recorded at upload.
+        if (!v.range && hash.digest('hex') !== toHex(stat.sha256)) {
+          if (tmp) await rm(tmp, { force: true });
+          throw new Error('downloaded bytes do not match the recorded sha-256');
+        }
+        if (tmp && v.output) await rename(tmp, v.output);
+        if (v.output) process.stderr.write(`wrote ${got} bytes to ${v.output}\n`);
+        return 0;
+      } finally {
+        await dsm.close();
+      }
+    }
+    case 'stat': {
+      const id = needId(positionals);
+      const ids = decodePublicId(id);
+      const { dsm } = await client(v);
+      try {
+        const s = await dsm.stat(ids);
+        const lines = [
+          ['id', encodePublicId(ids)],
+          ['app', ids.appId],
+          ['user', ids.userId],
+          ['file', ids.fileId],
+          ['size', String(s.size)],
+          ['type', s.contentType],
+          ['sha256', toHex(s.sha256)],
+          ['mtime', new Date(s.mtimeMs).toISOString()],
+        ];
+        process.stdout.write(`${lines.map(([k, val]) => `${(k as string).padEnd(7)}${val}`).join('\n')}\n`);
+        return 0;
+      } finally {
+        await dsm.close();
+      }
+    }
+    case 'rm': {
+      const ids = decodePublicId(needId(positionals));
+      const { dsm } = await client(v);
+      try {
+        await dsm.delete(ids);
+        process.stderr.write(`deleted ${ids.fileId}\n`);
+        return 0;
+      } finally {
+        await dsm.close();
+      }
+    }
+    case 'status': {
+      const { dsm } = await client(v);
+      try {
+        process.stdout.write(formatStatus(await dsm.tracker.status()));
+        return 0;
+      } finally {
+        await dsm.close();
+      }
+    }
+    case 'groups': {
+      const { dsm } = await client(v);
+      try {
+        process.stdout.write(`${await dsm.tracker.groupsText()}\n`);
+        return 0;
+      } finally {
+        await dsm.close();
+      }
+    }
+    default:
+      throw new UsageError(`unknown command "${cmd}" (dsm help lists them)`);
+  }
+}
+
+async function runNodeCommand(role: 'tracker' | 'storage' | 'id', configFile: string | undefined): Promise<number> {
+  const log = createLogger(role);
+  // Each node package is loaded only when that node runs, so client verbs start fast.
+  if (role === 'tracker') {
+    const m = await import('@dsm/tracker-node');
+    const cfg = loadConfig(m.configSchema, configFile);
+    await runNode(log, () => m.startTracker(cfg, { log }));
+  } else if (role === 'storage') {
+    const m = await import('@dsm/storage-node');
+    const cfg = loadConfig(m.configSchema, configFile);
+    await runNode(log, () => m.startStorage(cfg, { log }));
+  } else {
+    const m = await import('@dsm/id-node');
+    const cfg = loadConfig(m.configSchema, configFile);
+    await runNode(log, () => m.startIdServer(cfg, { log }));
+  }
+  return -1; // keeps running
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (e: unknown) => {
+    const err = e as Error & { code?: string };
+    if (err instanceof UsageError) {
+      process.stderr.write(`dsm: ${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    const code = err.code && err.code.startsWith('DSM_ERR') ? ` (${err.code})` : '';
+    const prefix = err instanceof ConfigError ? 'config error: ' : '';
+    process.stderr.write(`dsm: ${prefix}${err.message}${code}\n`);
+    process.exitCode = 1;
+  },
+);

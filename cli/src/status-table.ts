@@ -1,0 +1,45 @@
+import type { ClusterStatus } from '@dsm/packets';
+
+function size(n: number): string {
+  if (n < 0) return '-';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function ago(now: number, t: number): string {
+  if (!t) return '-';
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  return s < 120 ? `${s}s ago` : `${Math.round(s / 60)}m ago`;
+}
+
+/** `dsm status`: one row per storage, grouped. */
+export function formatStatus(s: ClusterStatus): string {
+  const rows: string[][] = [['GROUP', 'STORAGE', 'HOSTNAME', 'STATE', 'FREE', 'TOTAL', 'LOAD', 'HEALS', 'LAST BEAT']];
+  for (const g of s.groups) {
+    for (const st of g.storages) {
+      rows.push([
+        g.name,
+        `${st.host}:${st.port}`,
+        st.hostname,
+        st.state,
+        size(st.freeBytes),
+        size(st.totalBytes),
+        String(st.load),
+        st.pendingHeals < 0 ? '-' : String(st.pendingHeals),
+        ago(s.now, st.beatTime),
+      ]);
+    }
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const lines = rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+  const groups = s.groups.length;
+  const storages = s.groups.reduce((n, g) => n + g.storages.length, 0);
+  const active = s.groups.reduce((n, g) => n + g.storages.filter((x) => x.state === 'ACTIVE').length, 0);
+  return `tracker ${s.tracker}: ${groups} group(s), ${storages} storage(s), ${active} active\n${lines.join('\n')}\n`;
+}

@@ -1,0 +1,63 @@
+import { rmSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Cluster, type ClusterOptions } from './cluster.ts';
+import { UsageError } from './client-config.ts';
+
+function int(v: string | undefined, name: string, def: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new UsageError(`--${name} must be an integer 1..64`);
+  return n;
+}
+
+/** A MySQL server URL (no database) → one database per role, named as in the seed. */
+function mysqlDatabases(base: string): ClusterOptions['databases'] {
+  const u = new URL(base);
+  if (u.protocol !== 'mysql:') throw new UsageError('--mysql must be a mysql://user:pass@host:port URL');
+  const at = (db: string) => {
+    const x = new URL(base);
+    x.pathname = `/${db}`;
+    return x.toString();
+  };
+  return { tracker: at('tnv_trackerdb'), storage: at('tnv_storagedb'), id: at('tnv_idsdb') };
+}
+
+export async function runUp(v: Record<string, string | boolean | undefined>): Promise<number> {
+  const dir = resolve(String(v.dir ?? process.env.DSM_HOME ?? '.dsm/cluster'));
+  if (v.fresh) rmSync(dir, { recursive: true, force: true });
+  const opts: ClusterOptions = {
+    dir,
+    trackers: int(v.trackers as string | undefined, 'trackers', 2),
+    ids: int(v.ids as string | undefined, 'ids', 1),
+    groups: v.groups ? String(v.groups).split(',').filter(Boolean) : undefined,
+    storagesPerGroup: int(v['storages-per-group'] as string | undefined, 'storages-per-group', 2),
+    databases: v.mysql ? mysqlDatabases(String(v.mysql)) : undefined,
+    cache: v.redis ? String(v.redis) : undefined,
+    onReady: (n) => process.stdout.write(`  ${n.role.padEnd(8)} ${n.name.padEnd(16)} ${n.host}:${n.port}\n`),
+  };
+  process.stdout.write(`starting dsm cluster in ${dir}\n`);
+  const cluster = await Cluster.start(opts);
+  process.stdout.write(
+    `\ncluster up: trackers ${cluster.addresses('tracker').join(', ')}; logs in ${dir}/logs\n` +
+      `try:  npx dsm upload FILE   |   npx dsm status   |   Ctrl-C to stop\n`,
+  );
+  await new Promise<void>((done) => {
+    let stopping = false;
+    const stop = () => {
+      if (stopping) return;
+      stopping = true;
+      process.stdout.write('\nstopping…\n');
+      cluster.stop().then(done, done);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+    // a node that dies on its own is reported (its peers keep serving)
+    for (const n of cluster.nodes.values()) {
+      void n.exited.then((code) => {
+        if (!stopping) process.stderr.write(`node ${n.name} exited (code ${code}); see ${n.logFile}\n`);
+      });
+    }
+  });
+  process.stdout.write('stopped\n');
+  return 0;
+}

@@ -1,0 +1,76 @@
+import { isIP } from 'node:net';
+import { hostname as osHostname } from 'node:os';
+import { GROUPNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
+import { z } from 'zod';
+
+/** `[A-Za-z0-9]`, 1..16 characters (the group name field is 17 bytes with its NUL). */
+export const GROUP_NAME_RE = new RegExp(`^[A-Za-z0-9]{1,${GROUPNAME_WIDTH - 1}}$`);
+/** App ids: non-empty alphanumeric, at most 15 characters (16-byte field with its NUL). */
+export const APP_ID_RE = /^[A-Za-z0-9]{1,15}$/;
+
+/** `host:port`; port 0 = ephemeral (tests). IPv6 hosts in brackets. */
+const LISTEN_RE = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/;
+
+export function parseListen(s: string): { host: string; port: number } {
+  const m = LISTEN_RE.exec(s.trim());
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`not a host:port address: "${s}"`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/** An IP address, or an IPv4/IPv6 CIDR block (`10.0.0.0/8`). */
+export function isIpOrCidr(s: string): boolean {
+  const slash = s.indexOf('/');
+  if (slash < 0) return isIP(s) !== 0;
+  const ip = s.slice(0, slash);
+  const bits = s.slice(slash + 1);
+  const family = isIP(ip);
+  if (family === 0 || !/^\d{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+export const configSchema = z.object({
+  /** Address to listen on. */
+  listen: z
+    .string()
+    .refine((s) => {
+      try {
+        parseListen(s);
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'expected host:port')
+    .default('127.0.0.1:21000'),
+  /** Name in error replies (`[hostname] message`) and in the status reply. */
+  hostname: z
+    .string()
+    .min(1)
+    .default(() => osHostname()),
+  /** `sqlite:<path>` (relative to the config file's folder) or `mysql://user:pass@host:port/db`. */
+  database: z.string().min(1).default('sqlite:./.dsm/tracker.db'),
+  /** Route cache: `memory:` or `redis://host:port/db`. */
+  cache: z.string().default('memory:'),
+  /** App ids accepted in address-list requests (the seed's `tnv_apps_id`). */
+  appIds: z.array(z.string().regex(APP_ID_RE, 'app ids are 1-15 of [A-Za-z0-9]')).min(1).default(['tnvideo']),
+  /** Groups this tracker serves; empty = any. Joins for other groups are refused. */
+  groups: z.array(z.string().regex(GROUP_NAME_RE, 'group names are 1-16 of [A-Za-z0-9]')).default([]),
+  /** A storage with no beat for this long is OFFLINE (3 × the storage's 10 s beat). */
+  beatTimeoutMs: z.number().int().positive().default(30_000),
+  /** How often the sweep runs. */
+  sweepIntervalMs: z.number().int().positive().default(1000),
+  /** TTL of cached user → group routes. */
+  routeCacheTtlMs: z.number().int().positive().default(60_000),
+  /** Most addresses in one address-list reply. */
+  maxAddrs: z.number().int().min(1).max(64).default(3),
+  /** When set, extension joins must carry it and seed joins (10) are refused. */
+  joinSecret: z
+    .string()
+    .refine((s) => Buffer.byteLength(s) <= TOKEN_WIDTH - 1 && !s.includes('\0'), 'at most 63 bytes, no NUL')
+    .default(''),
+  /** IPs or CIDR blocks allowed to join and beat; empty = anyone. */
+  allowFrom: z.array(z.string().refine(isIpOrCidr, 'expected an IP address or a CIDR block')).default([]),
+});
+
+export type TrackerConfig = z.infer<typeof configSchema> & { configDir?: string };
+export type TrackerConfigInput = z.input<typeof configSchema>;

@@ -1,0 +1,253 @@
+import { DsmError, ErrorCode, codeForErrno } from '@dsm/common/errors';
+import {
+  type FrameEvent,
+  FrameReader,
+  type FrameSpec,
+  type Header,
+  HEADER_LENGTH,
+  Status,
+  decodeErrorReply,
+  encodeFrame,
+  encodeHeader,
+  replySpec,
+  streamed,
+} from '@dsm/packets';
+import type { ByteSocket } from './transport.ts';
+
+/** An error reply from a server: `errno` and the server's description. */
+export class RemoteError extends DsmError {
+  readonly remote = true;
+  constructor(errno: number, message: string) {
+    super(codeForErrno(errno), message, errno);
+    this.name = 'RemoteError';
+  }
+}
+
+export interface ConnectionOptions {
+  /** Longest wait for the next bytes of a reply. */
+  ioTimeoutMs: number;
+}
+
+export interface StreamReply {
+  header: Header;
+  length: number;
+  /** The reply body; must be consumed to the end before the connection is reused. */
+  stream: AsyncIterable<Uint8Array>;
+}
+
+/**
+ * One protocol connection: request → reply, one at a time. After an error reply the server
+ * closes the connection, so `usable` turns false; a pool drops unusable connections.
+ */
+export class Connection {
+  readonly address: string;
+  readonly #sock: ByteSocket;
+  readonly #opts: ConnectionOptions;
+  readonly #reader = new FrameReader(() => ({ kind: 'buffered', min: 0, max: 0 }));
+  #events: FrameEvent[] = [];
+  #usable = true;
+  #busy = false;
+  lastUsed = Date.now();
+
+  constructor(sock: ByteSocket, address: string, opts: ConnectionOptions) {
+    this.#sock = sock;
+    this.address = address;
+    this.#opts = opts;
+  }
+
+  get usable(): boolean {
+    return this.#usable && !this.#sock.closed;
+  }
+
+  close(): void {
+    this.#usable = false;
+    this.#sock.close();
+  }
+
+  destroy(): void {
+    this.#usable = false;
+    this.#sock.destroy();
+  }
+
+  /** Sends a small request and reads a buffered reply (`ok` bounds the success body). */
+  async request(command: number, body: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
+    return this.#exclusive(async () => {
+      this.#reader.setSpec(replySpec(replyCommand, ok));
+      await this.#sock.write(encodeFrame(command, body));
+      return this.#readBuffered();
+    });
+  }
+
+  /**
+   * Sends `prefix` + `restLength` bytes from `source` as one frame (uploads), while watching for
+   * an early error reply: a server that refuses an upload answers and closes before the body is
+   * sent, and that answer is what the caller needs to see, not the broken pipe.
+   */
+  async requestStreamed(
+    command: number,
+    prefix: Uint8Array,
+    restLength: number,
+    source: AsyncIterable<Uint8Array>,
+    replyCommand: number,
+    ok: FrameSpec,
+    onProgress?: (sent: number) => void,
+  ): Promise<Uint8Array> {
+    return this.#exclusive(async () => {
+      this.#reader.setSpec(replySpec(replyCommand, ok));
+      const reply = this.#readBuffered();
+      reply.catch(() => {});
+      const first = new Uint8Array(HEADER_LENGTH + prefix.length);
+      encodeHeader({ bodyLength: prefix.length + restLength, command, status: Status.OK }, first, 0);
+      first.set(prefix, HEADER_LENGTH);
+      let sent = 0;
+      let replied = false;
+      void reply.then(
+        () => {
+          replied = true;
+        },
+        () => {
+          replied = true;
+        },
+      );
+      try {
+        await this.#sock.write(first);
+        for await (const chunk of source) {
+          if (replied) break;
+          if (sent + chunk.length > restLength) {
+            throw new DsmError(ErrorCode.BAD_INPUT, `upload source is longer than the declared ${restLength} bytes`);
+          }
+          await this.#sock.write(chunk);
+          sent += chunk.length;
+          onProgress?.(sent);
+        }
+        if (!replied && sent !== restLength) {
+          throw new DsmError(ErrorCode.BAD_INPUT, `upload source ended at ${sent} of ${restLength} bytes`);
+        }
+      } catch (e) {
+        // If the server already answered (an error reply), report that answer.
+        const answered = await Promise.race([reply.then(() => true, () => true), delay(200).then(() => false)]);
+        if (answered) await reply;
+        this.destroy();
+        throw e;
+      }
+      return reply;
+    });
+  }
+
+  /** Sends a request whose success reply body is streamed back (downloads). */
+  async requestStream(command: number, body: Uint8Array, replyCommand: number): Promise<StreamReply> {
+    if (this.#busy) throw new DsmError(ErrorCode.SOCKET, 'connection is busy');
+    this.#busy = true;
+    try {
+      this.#reader.setSpec(replySpec(replyCommand, streamed(0)));
+      await this.#sock.write(encodeFrame(command, body));
+      const ev = await this.#nextEvent();
+      if (ev.type === 'frame') {
+        this.#busy = false;
+        this.#failOnError(ev.header, ev.body);
+        throw new DsmError(ErrorCode.PROTOCOL, 'unexpected buffered reply');
+      }
+      if (ev.type !== 'head') throw new DsmError(ErrorCode.PROTOCOL, 'unexpected reply event');
+      const length = ev.rest;
+      let done = false;
+      const self = this;
+      const stream: AsyncIterable<Uint8Array> = {
+        async *[Symbol.asyncIterator]() {
+          try {
+            while (!done) {
+              const d = await self.#nextEvent();
+              if (d.type === 'end') {
+                done = true;
+                return;
+              }
+              if (d.type !== 'data') throw new DsmError(ErrorCode.PROTOCOL, 'unexpected event in reply body');
+              yield d.chunk;
+            }
+          } finally {
+            // A consumer that stops early leaves unread bytes: the connection cannot be reused.
+            if (!done) self.destroy();
+            self.#busy = false;
+          }
+        },
+      };
+      return { header: ev.header, length, stream };
+    } catch (e) {
+      this.#busy = false;
+      this.#usable = false;
+      if (!(e instanceof RemoteError)) this.destroy();
+      throw e;
+    }
+  }
+
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#busy) throw new DsmError(ErrorCode.SOCKET, 'connection is busy');
+    this.#busy = true;
+    try {
+      const r = await fn();
+      this.lastUsed = Date.now();
+      return r;
+    } catch (e) {
+      this.#usable = false;
+      if (!(e instanceof RemoteError)) this.destroy();
+      throw e;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #readBuffered(): Promise<Uint8Array> {
+    const ev = await this.#nextEvent();
+    if (ev.type !== 'frame') throw new DsmError(ErrorCode.PROTOCOL, `unexpected reply event ${ev.type}`);
+    this.#failOnError(ev.header, ev.body);
+    return ev.body;
+  }
+
+  #failOnError(header: Header, body: Uint8Array): void {
+    if (header.status === Status.OK) return;
+    this.#usable = false;
+    const e = decodeErrorReply(body);
+    // The server closes after an error reply; close our side too.
+    this.#sock.close();
+    throw new RemoteError(e.errno, e.message);
+  }
+
+  async #nextEvent(): Promise<FrameEvent> {
+    for (;;) {
+      const ev = this.#events.shift();
+      if (ev) {
+        if (ev.type === 'error') {
+          this.destroy();
+          throw new DsmError(ErrorCode.PROTOCOL, `bad reply from ${this.address}: ${ev.error.message}`);
+        }
+        return ev;
+      }
+      const chunk = await this.#readWithTimeout();
+      if (chunk === null) {
+        this.#usable = false;
+        throw new DsmError(ErrorCode.SOCKET, `connection to ${this.address} closed by the server`);
+      }
+      this.#events = this.#reader.push(chunk);
+    }
+  }
+
+  async #readWithTimeout(): Promise<Uint8Array | null> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        this.destroy();
+        reject(new DsmError(ErrorCode.TIMEOUT, `no reply from ${this.address} within ${this.#opts.ioTimeoutMs} ms`));
+      }, this.#opts.ioTimeoutMs);
+    });
+    try {
+      return await Promise.race([this.#sock.read(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export { encodeHeader };

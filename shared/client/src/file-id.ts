@@ -1,0 +1,38 @@
+import { FILEID_WIDTH } from '@dsm/packets';
+
+let counter = 0;
+
+function hex(bytes: Uint8Array): string {
+  let s = '';
+  for (const b of bytes) s += b.toString(16).padStart(2, '0');
+  return s;
+}
+
+/**
+ * A new protocol file id in the seed's 36-character shape: Unix seconds (8 hex) + microseconds
+ * (6 hex) + 16 hex chars + a per-process counter 0001..8000 (4 digits) + 2 digits. The seed took
+ * the 16 chars from an MD5 of user/pid/thread/rand() with rand() reseeded every second; here
+ * they are 64 bits from the platform's CSPRNG, so two clients in one second never collide in
+ * practice.
+ */
+export function newFileId(nowMs = Date.now()): string {
+  const secs = Math.floor(nowMs / 1000);
+  const micros = (nowMs % 1000) * 1000 + Math.floor(Math.random() * 1000);
+  const rnd = new Uint8Array(9);
+  crypto.getRandomValues(rnd);
+  counter = (counter % 8000) + 1;
+  const id =
+    secs.toString(16).padStart(8, '0') +
+    micros.toString(16).padStart(6, '0') +
+    hex(rnd.subarray(0, 8)) +
+    String(counter).padStart(4, '0') +
+    String((rnd[8] as number) % 100).padStart(2, '0');
+  return id;
+}
+
+/** File ids a storage accepts: printable ASCII without path separators, 1..127 bytes. */
+export const FILE_ID_PATTERN = /^[A-Za-z0-9._~-]+$/;
+
+export function isValidFileId(id: string): boolean {
+  return id.length > 0 && id.length < FILEID_WIDTH && FILE_ID_PATTERN.test(id) && id !== '.' && id !== '..';
+}

@@ -1,0 +1,119 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import { DsmError, ErrorCode } from '@dsm/common/errors';
+import type { ByteSocket, ConnectOptions, Transport } from './transport.ts';
+
+/** Chunks buffered before the socket is paused (backpressure towards the server). */
+const HIGH_WATER_CHUNKS = 16;
+
+class NodeByteSocket implements ByteSocket {
+  readonly #s: Socket;
+  readonly #queue: Uint8Array[] = [];
+  #waiter: { resolve: (c: Uint8Array | null) => void; reject: (e: Error) => void } | null = null;
+  #ended = false;
+  #error: Error | null = null;
+
+  constructor(s: Socket) {
+    this.#s = s;
+    s.on('data', (c: Buffer) => {
+      if (this.#waiter) {
+        const w = this.#waiter;
+        this.#waiter = null;
+        w.resolve(c);
+        return;
+      }
+      this.#queue.push(c);
+      if (this.#queue.length >= HIGH_WATER_CHUNKS) s.pause();
+    });
+    s.on('end', () => {
+      this.#ended = true;
+      this.#wake();
+    });
+    s.on('close', () => {
+      this.#ended = true;
+      this.#wake();
+    });
+    s.on('error', (e) => {
+      this.#error = new DsmError(ErrorCode.SOCKET, `socket error: ${e.message}`, undefined, { cause: e });
+      this.#wake();
+    });
+  }
+
+  #wake(): void {
+    if (!this.#waiter) return;
+    const w = this.#waiter;
+    this.#waiter = null;
+    if (this.#error) w.reject(this.#error);
+    else w.resolve(null);
+  }
+
+  get closed(): boolean {
+    return this.#s.destroyed || this.#ended;
+  }
+
+  read(): Promise<Uint8Array | null> {
+    const c = this.#queue.shift();
+    if (c) {
+      if (this.#queue.length < HIGH_WATER_CHUNKS / 2 && this.#s.isPaused()) this.#s.resume();
+      return Promise.resolve(c);
+    }
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#ended) return Promise.resolve(null);
+    if (this.#s.isPaused()) this.#s.resume();
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  write(bytes: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.#s.destroyed) {
+        reject(new DsmError(ErrorCode.SOCKET, 'socket closed'));
+        return;
+      }
+      if (this.#s.write(bytes)) {
+        resolve();
+        return;
+      }
+      const onDrain = () => {
+        this.#s.off('close', onClose);
+        resolve();
+      };
+      const onClose = () => {
+        this.#s.off('drain', onDrain);
+        reject(this.#error ?? new DsmError(ErrorCode.SOCKET, 'socket closed while writing'));
+      };
+      this.#s.once('drain', onDrain);
+      this.#s.once('close', onClose);
+    });
+  }
+
+  close(): void {
+    this.#s.end();
+    setTimeout(() => this.#s.destroy(), 1000).unref();
+  }
+
+  destroy(): void {
+    this.#s.destroy();
+  }
+}
+
+export const nodeTransport: Transport = {
+  connect(host: string, port: number, opts: ConnectOptions): Promise<ByteSocket> {
+    return new Promise((resolve, reject) => {
+      const s = netConnect({ host, port, noDelay: true, keepAlive: true });
+      const timer = setTimeout(() => {
+        s.destroy();
+        reject(new DsmError(ErrorCode.CONNECT, `connect to ${host}:${port} timed out after ${opts.timeoutMs} ms`));
+      }, opts.timeoutMs);
+      s.once('connect', () => {
+        clearTimeout(timer);
+        s.removeAllListeners('error');
+        resolve(new NodeByteSocket(s));
+      });
+      s.once('error', (e) => {
+        clearTimeout(timer);
+        reject(new DsmError(ErrorCode.CONNECT, `cannot connect to ${host}:${port}: ${e.message}`, undefined, { cause: e }));
+      });
+    });
+  },
+};

@@ -1,0 +1,193 @@
+import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { formatAddress, type Address } from '@dsm/packets';
+import { Connection } from './connection.ts';
+import type { Transport } from './transport.ts';
+
+export interface PoolOptions {
+  transport: Transport;
+  /** Open connections per server address. */
+  maxPerAddress?: number;
+  /** Callers waiting for a connection per address; beyond this, acquire fails at once. */
+  maxQueue?: number;
+  connectTimeoutMs?: number;
+  ioTimeoutMs?: number;
+  /** Idle connections are closed after this long. */
+  idleTimeoutMs?: number;
+  /** Longest wait in the queue. */
+  acquireTimeoutMs?: number;
+}
+
+interface Waiter {
+  resolve: (c: Connection | null) => void;
+  reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface Slot {
+  idle: Connection[];
+  open: number;
+  waiters: Waiter[];
+}
+
+/**
+ * Connections per server address with a bounded queue and timeouts (undici's Pool idea).
+ * Connections stay open between requests, as the seed's client does.
+ */
+export class Pool {
+  readonly #opts: Required<PoolOptions>;
+  readonly #slots = new Map<string, Slot>();
+  readonly #sweeper: ReturnType<typeof setInterval>;
+  #closed = false;
+
+  constructor(opts: PoolOptions) {
+    this.#opts = {
+      maxPerAddress: 8,
+      maxQueue: 256,
+      connectTimeoutMs: 5000,
+      ioTimeoutMs: 30_000,
+      idleTimeoutMs: 60_000,
+      acquireTimeoutMs: 10_000,
+      ...opts,
+    };
+    this.#sweeper = setInterval(() => this.#sweep(), Math.min(this.#opts.idleTimeoutMs, 10_000));
+    (this.#sweeper as { unref?: () => void }).unref?.();
+  }
+
+  get options(): Readonly<Required<PoolOptions>> {
+    return this.#opts;
+  }
+
+  /**
+   * Runs `fn` on a pooled connection to `addr`. Idempotent requests (`retryStale`) are retried
+   * once on a fresh connection when a reused one turns out to have been closed by the server.
+   */
+  async use<T>(addr: Address, fn: (c: Connection) => Promise<T>, retryStale = false): Promise<T> {
+    const { conn, reused } = await this.#acquire(addr);
+    try {
+      const r = await fn(conn);
+      this.#release(addr, conn);
+      return r;
+    } catch (e) {
+      this.#release(addr, conn);
+      const code = (e as DsmError).code;
+      if (retryStale && reused && (code === ErrorCode.SOCKET || code === ErrorCode.CONNECT)) {
+        const fresh = await this.#acquire(addr, true);
+        try {
+          const r = await fn(fresh.conn);
+          this.#release(addr, fresh.conn);
+          return r;
+        } catch (e2) {
+          this.#release(addr, fresh.conn);
+          throw e2;
+        }
+      }
+      throw e;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#sweeper);
+    for (const slot of this.#slots.values()) {
+      for (const c of slot.idle) c.close();
+      slot.idle = [];
+      for (const w of slot.waiters) {
+        clearTimeout(w.timer);
+        w.reject(new DsmError(ErrorCode.POOL_FULL, 'pool closed'));
+      }
+      slot.waiters = [];
+    }
+  }
+
+  #slot(key: string): Slot {
+    let s = this.#slots.get(key);
+    if (!s) {
+      s = { idle: [], open: 0, waiters: [] };
+      this.#slots.set(key, s);
+    }
+    return s;
+  }
+
+  async #acquire(addr: Address, fresh = false): Promise<{ conn: Connection; reused: boolean }> {
+    if (this.#closed) throw new DsmError(ErrorCode.POOL_FULL, 'pool closed');
+    const key = formatAddress(addr);
+    const slot = this.#slot(key);
+    for (;;) {
+      if (!fresh) {
+        while (slot.idle.length > 0) {
+          const c = slot.idle.pop() as Connection;
+          if (c.usable) return { conn: c, reused: true };
+          slot.open--;
+        }
+      }
+      if (slot.open < this.#opts.maxPerAddress) {
+        slot.open++;
+        try {
+          const sock = await this.#opts.transport.connect(addr.host, addr.port, {
+            timeoutMs: this.#opts.connectTimeoutMs,
+          });
+          return { conn: new Connection(sock, key, { ioTimeoutMs: this.#opts.ioTimeoutMs }), reused: false };
+        } catch (e) {
+          slot.open--;
+          this.#wakeOne(slot);
+          throw e;
+        }
+      }
+      if (fresh && slot.idle.length > 0) {
+        // make room for a fresh connection by dropping an idle one
+        (slot.idle.shift() as Connection).close();
+        slot.open--;
+        continue;
+      }
+      if (slot.waiters.length >= this.#opts.maxQueue) {
+        throw new DsmError(ErrorCode.POOL_FULL, `too many requests waiting for ${key}`);
+      }
+      const got = await new Promise<Connection | null>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          slot.waiters = slot.waiters.filter((w) => w.timer !== timer);
+          reject(new DsmError(ErrorCode.TIMEOUT, `no connection to ${key} within ${this.#opts.acquireTimeoutMs} ms`));
+        }, this.#opts.acquireTimeoutMs);
+        slot.waiters.push({ resolve, reject, timer });
+      });
+      if (got) return { conn: got, reused: true };
+    }
+  }
+
+  #release(addr: Address, conn: Connection): void {
+    const slot = this.#slot(formatAddress(addr));
+    if (!conn.usable || this.#closed) {
+      conn.destroy();
+      slot.open--;
+      this.#wakeOne(slot);
+      return;
+    }
+    const w = slot.waiters.shift();
+    if (w) {
+      clearTimeout(w.timer);
+      w.resolve(conn);
+      return;
+    }
+    slot.idle.push(conn);
+  }
+
+  /** A slot freed up: let one waiter try to open a connection. */
+  #wakeOne(slot: Slot): void {
+    const w = slot.waiters.shift();
+    if (w) {
+      clearTimeout(w.timer);
+      w.resolve(null);
+    }
+  }
+
+  #sweep(): void {
+    const cutoff = Date.now() - this.#opts.idleTimeoutMs;
+    for (const slot of this.#slots.values()) {
+      slot.idle = slot.idle.filter((c) => {
+        if (c.usable && c.lastUsed >= cutoff) return true;
+        c.close();
+        slot.open--;
+        return false;
+      });
+    }
+  }
+}

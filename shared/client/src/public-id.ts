@@ -1,0 +1,85 @@
+import { APPID_WIDTH, FILEID_WIDTH, USERID_WIDTH, decodeUtf8, encodeUtf8 } from '@dsm/packets';
+import { DsmError, ErrorCode } from '@dsm/common/errors';
+
+/**
+ * The public id of a file: what `dsm upload` prints and what the gateway puts in URLs. It is
+ * self-describing, so nothing has to be looked up to find the user's group and the row:
+ *
+ *   base64url( version=1 | len(app) | app | len(user) | user | len(file) | file )
+ *
+ * (lengths one byte each, strings UTF-8). URL-safe, no padding.
+ */
+export interface PublicIdParts {
+  appId: string;
+  userId: string;
+  fileId: string;
+}
+
+const VERSION = 1;
+
+export function encodePublicId(p: PublicIdParts): string {
+  const a = encodeUtf8(p.appId);
+  const u = encodeUtf8(p.userId);
+  const f = encodeUtf8(p.fileId);
+  if (a.length === 0 || a.length >= APPID_WIDTH) throw new DsmError(ErrorCode.BAD_INPUT, 'app id must be 1..15 bytes');
+  if (u.length >= USERID_WIDTH) throw new DsmError(ErrorCode.BAD_INPUT, 'user id must be at most 255 bytes');
+  if (f.length === 0 || f.length >= FILEID_WIDTH) throw new DsmError(ErrorCode.BAD_INPUT, 'file id must be 1..127 bytes');
+  const b = new Uint8Array(4 + a.length + u.length + f.length);
+  let o = 0;
+  b[o++] = VERSION;
+  for (const part of [a, u, f]) {
+    b[o++] = part.length;
+    b.set(part, o);
+    o += part.length;
+  }
+  return toBase64Url(b);
+}
+
+export function decodePublicId(id: string): PublicIdParts {
+  const bad = () => new DsmError(ErrorCode.BAD_INPUT, `not a dsm file id: "${id.slice(0, 80)}"`);
+  if (!/^[A-Za-z0-9_-]+$/.test(id) || id.length > 700) throw bad();
+  const b = fromBase64Url(id);
+  if (b.length < 4 || b[0] !== VERSION) throw bad();
+  let o = 1;
+  const parts: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const n = b[o++];
+    if (n === undefined || o + n > b.length) throw bad();
+    const s = b.subarray(o, o + n);
+    if (s.includes(0)) throw bad();
+    parts.push(decodeUtf8(s));
+    o += n;
+  }
+  if (o !== b.length) throw bad();
+  const [appId, userId, fileId] = parts as [string, string, string];
+  if (appId.length === 0 || fileId.length === 0) throw bad();
+  return { appId, userId, fileId };
+}
+
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+function toBase64Url(b: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < b.length; i += 3) {
+    const n = ((b[i] as number) << 16) | ((b[i + 1] ?? 0) << 8) | (b[i + 2] ?? 0);
+    const chars = Math.min(4, Math.ceil(((b.length - i) * 8) / 6));
+    for (let j = 0; j < chars; j++) out += ALPHABET[(n >> (18 - 6 * j)) & 63];
+  }
+  return out;
+}
+
+function fromBase64Url(s: string): Uint8Array {
+  const out = new Uint8Array(Math.floor((s.length * 6) / 8));
+  let bits = 0;
+  let acc = 0;
+  let o = 0;
+  for (const ch of s) {
+    acc = (acc << 6) | ALPHABET.indexOf(ch);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (acc >> bits) & 0xff;
+    }
+  }
+  return out.subarray(0, o);
+}

@@ -1,0 +1,23 @@
+/**
+ * The byte pipe under every protocol client. Node uses `net` (node-transport.ts); the Worker
+ * gateway uses `cloudflare:sockets`. Nothing above this interface touches a runtime API.
+ */
+export interface ByteSocket {
+  /** Resolves when the bytes are handed to the OS (with backpressure). */
+  write(bytes: Uint8Array): Promise<void>;
+  /** Next chunk, or null at end of stream. */
+  read(): Promise<Uint8Array | null>;
+  /** Closes gracefully. */
+  close(): void;
+  /** Tears down at once (timeouts, protocol errors). */
+  destroy(): void;
+  readonly closed: boolean;
+}
+
+export interface ConnectOptions {
+  timeoutMs: number;
+}
+
+export interface Transport {
+  connect(host: string, port: number, opts: ConnectOptions): Promise<ByteSocket>;
+}

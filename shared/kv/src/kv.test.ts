@@ -1,0 +1,258 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DsmError, ErrorCode } from '@dsm/common';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKvStore, type KvStore, MemoryKvStore, RedisKvStore } from './index.ts';
+
+/** Redis server for the tests; keys go under a random prefix that is deleted afterwards. */
+const REDIS_URL = process.env.DSM_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379/0';
+const PREFIX = `dsm_t_${randomBytes(5).toString('hex')}:`;
+const TTL = 150;
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected a rejection');
+}
+
+interface Backend {
+  name: string;
+  open(): Promise<KvStore>;
+  cleanup(): Promise<void>;
+}
+
+const memoryBackend: Backend = {
+  name: 'memory',
+  open: async () => new MemoryKvStore({ sweepIntervalMs: 50 }),
+  cleanup: async () => {},
+};
+
+const redisBackend: Backend = {
+  name: 'redis',
+  async open() {
+    const store = new RedisKvStore(REDIS_URL, PREFIX);
+    try {
+      await store.get('probe');
+    } catch (e) {
+      await store.close();
+      throw new Error(
+        `Redis is required for this test but ${REDIS_URL} is unreachable (${(e as Error).message}); ` +
+          'start it or set DSM_TEST_REDIS_URL',
+      );
+    }
+    return store;
+  },
+  async cleanup() {
+    const r = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
+    r.on('error', () => {});
+    try {
+      await r.connect();
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 500);
+        cursor = next;
+        if (keys.length > 0) await r.del(...keys);
+      } while (cursor !== '0');
+    } finally {
+      r.disconnect();
+    }
+  },
+};
+
+describe.each([memoryBackend, redisBackend])('KvStore conformance: $name', (backend) => {
+  let kv: KvStore;
+  let n = 0;
+  /** A fresh key per use, so tests do not see each other's data. */
+  const key = (name: string) => `${name}:${++n}`;
+
+  beforeAll(async () => {
+    kv = await backend.open();
+  });
+
+  afterAll(async () => {
+    await kv?.close();
+    await backend.cleanup();
+  });
+
+  it('get / set / del', async () => {
+    const k = key('basic');
+    expect(await kv.get(k)).toBeNull();
+    await kv.set(k, 'v1');
+    expect(await kv.get(k)).toBe('v1');
+    await kv.set(k, 'v2 with spaces and ünïcödé');
+    expect(await kv.get(k)).toBe('v2 with spaces and ünïcödé');
+    await kv.del(k);
+    expect(await kv.get(k)).toBeNull();
+    await kv.del(k); // deleting a missing key is fine
+    await kv.set(k, '');
+    expect(await kv.get(k)).toBe('');
+  });
+
+  it('TTLs expire; a set without TTL clears the TTL', async () => {
+    const a = key('ttl');
+    const b = key('ttl');
+    await kv.set(a, 'x', TTL);
+    await kv.set(b, 'y', TTL);
+    await kv.set(b, 'y2'); // no TTL now
+    expect(await kv.get(a)).toBe('x');
+    await sleep(TTL + 100);
+    expect(await kv.get(a)).toBeNull();
+    expect(await kv.get(b)).toBe('y2');
+  });
+
+  it('setIfAbsent: only the first wins; after expiry it can be set again', async () => {
+    const k = key('lock');
+    const results = await Promise.all(['a', 'b', 'c', 'd'].map((v) => kv.setIfAbsent(k, v, TTL)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    const winner = ['a', 'b', 'c', 'd'][results.indexOf(true)];
+    expect(await kv.get(k)).toBe(winner);
+    expect(await kv.setIfAbsent(k, 'late', TTL)).toBe(false);
+    expect(await kv.get(k)).toBe(winner);
+    await sleep(TTL + 100);
+    expect(await kv.get(k)).toBeNull();
+    expect(await kv.setIfAbsent(k, 'again', 5000)).toBe(true);
+    expect(await kv.get(k)).toBe('again');
+  });
+
+  it('delIfValue deletes only a matching value', async () => {
+    const k = key('owned');
+    expect(await kv.delIfValue(k, 'me')).toBe(false);
+    await kv.set(k, 'me');
+    expect(await kv.delIfValue(k, 'someone-else')).toBe(false);
+    expect(await kv.get(k)).toBe('me');
+    expect(await kv.delIfValue(k, 'me')).toBe(true);
+    expect(await kv.get(k)).toBeNull();
+    expect(await kv.delIfValue(k, 'me')).toBe(false);
+  });
+
+  it('incrBy counts from 0, keeps the TTL, rejects non-integers', async () => {
+    const k = key('counter');
+    expect(await kv.incrBy(k, 1)).toBe(1);
+    expect(await kv.incrBy(k, 41)).toBe(42);
+    expect(await kv.incrBy(k, -50)).toBe(-8);
+    expect(await kv.get(k)).toBe('-8');
+    expect(await kv.incrBy(k, 2 ** 40)).toBe(2 ** 40 - 8);
+
+    const t = key('counter-ttl');
+    await kv.set(t, '10', TTL);
+    expect(await kv.incrBy(t, 5)).toBe(15);
+    await sleep(TTL + 100);
+    expect(await kv.get(t)).toBeNull();
+
+    const s = key('not-a-number');
+    await kv.set(s, 'abc');
+    const e = await rejection(kv.incrBy(s, 1));
+    expect((e as DsmError).code).toBe(ErrorCode.BAD_INPUT);
+    expect(await rejection(kv.incrBy(s, 1.5))).toBeInstanceOf(DsmError);
+  });
+
+  it('expire sets a TTL on an existing key only', async () => {
+    const k = key('exp');
+    expect(await kv.expire(k, TTL)).toBe(false);
+    await kv.set(k, 'v');
+    expect(await kv.expire(k, TTL)).toBe(true);
+    expect(await kv.get(k)).toBe('v');
+    await sleep(TTL + 100);
+    expect(await kv.get(k)).toBeNull();
+    expect(await kv.expire(k, TTL)).toBe(false);
+
+    // Extending a TTL keeps the key alive.
+    const l = key('exp-extend');
+    await kv.set(l, 'v', TTL);
+    await sleep(TTL / 2);
+    expect(await kv.expire(l, 5000)).toBe(true);
+    await sleep(TTL);
+    expect(await kv.get(l)).toBe('v');
+  });
+
+  it('rejects bad TTLs', async () => {
+    for (const ttl of [0, -1, Number.NaN]) {
+      const e = await rejection(kv.set(key('bad-ttl'), 'v', ttl));
+      expect((e as DsmError).code).toBe(ErrorCode.BAD_INPUT);
+    }
+  });
+
+  it('after close, calls reject with CACHE_UNAVAILABLE', async () => {
+    const other = await backend.open();
+    await other.set(key('closing'), 'v');
+    await other.close();
+    await other.close();
+    const e = await rejection(other.get('x'));
+    expect((e as DsmError).code).toBe(ErrorCode.CACHE_UNAVAILABLE);
+  });
+});
+
+describe('RedisKvStore specifics', () => {
+  it('keys are stored under the prefix', async () => {
+    const store = await redisBackend.open();
+    const raw = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+    try {
+      await store.set('prefixed', 'v');
+      expect(await raw.get(`${PREFIX}prefixed`)).toBe('v');
+      expect(await raw.get('prefixed')).toBeNull();
+    } finally {
+      await store.close();
+      raw.disconnect();
+      await redisBackend.cleanup();
+    }
+  });
+
+  it('an unreachable Redis rejects with CACHE_UNAVAILABLE within 3 s, every call', async () => {
+    const store = new RedisKvStore('redis://127.0.0.1:1/0', 'x:');
+    try {
+      for (const call of [() => store.get('k'), () => store.set('k', 'v'), () => store.incrBy('k', 1)]) {
+        const started = Date.now();
+        const e = await rejection(call());
+        expect(Date.now() - started).toBeLessThan(3000);
+        expect(e).toBeInstanceOf(DsmError);
+        expect((e as DsmError).code).toBe(ErrorCode.CACHE_UNAVAILABLE);
+        expect((e as DsmError).message).toContain('127.0.0.1:1');
+      }
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('createKvStore', () => {
+  it('picks the implementation from the URL', async () => {
+    for (const url of [undefined, '', 'memory:']) {
+      const s = createKvStore(url);
+      expect(s).toBeInstanceOf(MemoryKvStore);
+      await s.close();
+    }
+    const r = createKvStore(REDIS_URL, { prefix: PREFIX });
+    expect(r).toBeInstanceOf(RedisKvStore);
+    await r.close();
+    for (const url of ['memcached://x', 'redis://', 'redis://h:6379/notanumber']) {
+      let e: unknown;
+      try {
+        createKvStore(url);
+      } catch (x) {
+        e = x;
+      }
+      expect((e as DsmError).code, url).toBe(ErrorCode.CONFIG);
+    }
+  });
+});
+
+describe('createKvStore URL', () => {
+  it('takes a key prefix from ?prefix= in a redis URL', async () => {
+    const tag = `dsm_t_url_${Math.random().toString(36).slice(2)}:`;
+    const kv = createKvStore(`redis://127.0.0.1:6379/0?prefix=${tag}`);
+    const plain = createKvStore('redis://127.0.0.1:6379/0');
+    try {
+      await kv.set('k', 'v', 5000);
+      expect(await plain.get(`${tag}k`)).toBe('v');
+      expect(await plain.get('k')).not.toBe('v');
+      await kv.del('k');
+    } finally {
+      await kv.close();
+      await plain.close();
+    }
+  });
+});

@@ -1,0 +1,112 @@
+import { DsmError, ErrorCode } from '@dsm/common';
+import { checkIncrement, type KvStore, ttlToMs } from './kv-store.ts';
+
+interface Entry {
+  value: string;
+  /** Date.now() deadline, or Infinity. */
+  expiresAt: number;
+}
+
+export interface MemoryKvStoreOptions {
+  /** How often expired keys are swept (default 1000 ms). Expiry is also checked on every read. */
+  sweepIntervalMs?: number;
+}
+
+/** In-process KvStore (embedded mode, tests). TTLs are honoured on access and by a periodic sweep. */
+export class MemoryKvStore implements KvStore {
+  readonly #map = new Map<string, Entry>();
+  readonly #timer: NodeJS.Timeout;
+  #closed = false;
+
+  constructor(opts: MemoryKvStoreOptions = {}) {
+    this.#timer = setInterval(() => this.#sweep(), opts.sweepIntervalMs ?? 1000);
+    this.#timer.unref();
+  }
+
+  /** Number of live keys (for tests and metrics). */
+  get size(): number {
+    this.#sweep();
+    return this.#map.size;
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    for (const [k, e] of this.#map) if (e.expiresAt <= now) this.#map.delete(k);
+  }
+
+  #check(): void {
+    if (this.#closed) throw new DsmError(ErrorCode.CACHE_UNAVAILABLE, 'memory KV store is closed');
+  }
+
+  #live(key: string): Entry | undefined {
+    const e = this.#map.get(key);
+    if (e && e.expiresAt <= Date.now()) {
+      this.#map.delete(key);
+      return undefined;
+    }
+    return e;
+  }
+
+  async get(key: string): Promise<string | null> {
+    this.#check();
+    return this.#live(key)?.value ?? null;
+  }
+
+  async set(key: string, value: string, ttlMs?: number): Promise<void> {
+    this.#check();
+    const expiresAt = ttlMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + ttlToMs(ttlMs);
+    this.#map.set(key, { value: String(value), expiresAt });
+  }
+
+  async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+    this.#check();
+    const ms = ttlToMs(ttlMs);
+    if (this.#live(key)) return false;
+    this.#map.set(key, { value: String(value), expiresAt: Date.now() + ms });
+    return true;
+  }
+
+  async del(key: string): Promise<void> {
+    this.#check();
+    this.#map.delete(key);
+  }
+
+  async delIfValue(key: string, value: string): Promise<boolean> {
+    this.#check();
+    const e = this.#live(key);
+    if (!e || e.value !== value) return false;
+    this.#map.delete(key);
+    return true;
+  }
+
+  async expire(key: string, ttlMs: number): Promise<boolean> {
+    this.#check();
+    const ms = ttlToMs(ttlMs);
+    const e = this.#live(key);
+    if (!e) return false;
+    e.expiresAt = Date.now() + ms;
+    return true;
+  }
+
+  async incrBy(key: string, n: number): Promise<number> {
+    this.#check();
+    checkIncrement(n);
+    const e = this.#live(key);
+    const cur = e ? e.value : '0';
+    if (!/^-?\d{1,19}$/.test(cur) || !Number.isSafeInteger(Number(cur))) {
+      throw new DsmError(ErrorCode.BAD_INPUT, `value of ${key} is not an integer`);
+    }
+    const next = Number(cur) + n;
+    if (!Number.isSafeInteger(next))
+      throw new DsmError(ErrorCode.BAD_INPUT, `incrBy ${key}: result out of range`);
+    if (e) e.value = String(next);
+    else this.#map.set(key, { value: String(next), expiresAt: Number.POSITIVE_INFINITY });
+    return next;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    this.#map.clear();
+  }
+}

@@ -1,0 +1,102 @@
+import { connect } from 'node:net';
+import { Connection, Pool, RemoteError } from '@dsm/client';
+import { nodeTransport } from '@dsm/client/node';
+import { createLogger } from '@dsm/common';
+import {
+  Command,
+  Errno,
+  HEADER_LENGTH,
+  decodeErrorReply,
+  decodeHeader,
+  encodeFrame,
+  encodeHeader,
+  exactly,
+} from '@dsm/packets';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ProtocolServer } from './protocol-server.ts';
+
+const log = createLogger('test');
+let server: ProtocolServer;
+let port = 0;
+
+beforeAll(async () => {
+  server = new ProtocolServer({
+    name: 'test',
+    hostname: 'testhost',
+    replyCommand: Command.STORAGE_REPLY,
+    log,
+    maxUpload: 1 << 20,
+    handlers: {
+      [Command.PING]: async (ctx) => ctx.reply(),
+      // upload: echo back the byte count as 8 bytes
+      [Command.STORAGE_UPLOAD]: async (ctx) => {
+        let n = 0;
+        for await (const c of ctx.stream) n += c.length;
+        const b = new Uint8Array(8);
+        new DataView(b.buffer).setBigInt64(0, BigInt(n));
+        await ctx.reply(b);
+      },
+      [Command.STORAGE_SIZE]: async () => {
+        throw Object.assign(new Error('Read Database Fail'), { errno: Errno.NOT_FOUND });
+      },
+      [Command.STORAGE_DOWNLOAD]: async (ctx) => {
+        async function* gen() {
+          for (let i = 0; i < 10; i++) yield new Uint8Array(1000).fill(i);
+        }
+        await ctx.replyStream(10_000, gen());
+      },
+    },
+  });
+  port = (await server.listen(0)).port;
+});
+afterAll(() => server.close());
+
+function raw(frame: Uint8Array): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    s.on('data', (c) => chunks.push(c));
+    s.on('close', () => resolve(new Uint8Array(Buffer.concat(chunks))));
+    s.on('error', reject);
+    s.write(frame);
+  });
+}
+
+describe('protocol server', () => {
+  it('answers an unknown command with the seed error text and closes only that connection', async () => {
+    const reply = await raw(encodeFrame(99));
+    const h = decodeHeader(reply);
+    expect(h).toEqual({ bodyLength: reply.length - HEADER_LENGTH, command: 102, status: 0xfd });
+    expect(decodeErrorReply(reply.subarray(HEADER_LENGTH)).message).toBe('[testhost] Unknown Command: 99');
+    const pool = new Pool({ transport: nodeTransport });
+    await pool.use({ host: '127.0.0.1', port }, (c) => c.request(Command.PING, new Uint8Array(0), 102, exactly(0)));
+    await pool.close();
+  });
+
+  it('refuses an oversized upload from its header alone', async () => {
+    const h = encodeHeader({ bodyLength: 2 ** 40, command: Command.STORAGE_UPLOAD, status: 0 });
+    const reply = await raw(h);
+    expect(decodeErrorReply(reply.subarray(HEADER_LENGTH)).errno).toBe(Errno.TOO_LARGE);
+  });
+
+  it('streams request and reply bodies and keeps the connection for the next request', async () => {
+    const sock = await nodeTransport.connect('127.0.0.1', port, { timeoutMs: 1000 });
+    const c = new Connection(sock, 'x', { ioTimeoutMs: 2000 });
+    async function* src() {
+      for (let i = 0; i < 5; i++) yield new Uint8Array(7000);
+    }
+    const r = await c.requestStreamed(Command.STORAGE_UPLOAD, new Uint8Array(408).fill(0), 35_000, src(), 102, exactly(8));
+    expect(Number(new DataView(r.buffer, r.byteOffset).getBigInt64(0))).toBe(35_000);
+    const d = await c.requestStream(Command.STORAGE_DOWNLOAD, new Uint8Array(416), 102);
+    let n = 0;
+    for await (const chunk of d.stream) n += chunk.length;
+    expect(n).toBe(10_000);
+    expect(c.usable).toBe(true);
+    await c.request(Command.PING, new Uint8Array(0), 102, exactly(0));
+    const err = await c.request(Command.STORAGE_SIZE, new Uint8Array(400), 102, exactly(8)).catch((e) => e);
+    expect(err).toBeInstanceOf(RemoteError);
+    expect(err.errno).toBe(Errno.NOT_FOUND);
+    expect(c.usable).toBe(false);
+    c.close();
+  });
+});

@@ -1,0 +1,266 @@
+import { randomUUID } from 'node:crypto';
+import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
+import { type Logger, errnoOf } from '@dsm/common';
+import {
+  type FrameEvent,
+  FrameReader,
+  type Header,
+  HEADER_LENGTH,
+  Status,
+  encodeErrorReply,
+  encodeFrame,
+  encodeStreamHeader,
+  requestSpecs,
+} from '@dsm/packets';
+
+export interface ConnectionInfo {
+  id: string;
+  remoteAddress: string;
+  remotePort: number;
+}
+
+/** One request as a handler sees it. */
+export interface RequestContext {
+  header: Header;
+  /** The whole body of a buffered request, or the fixed prefix of a streamed one. */
+  body: Uint8Array;
+  /** Bytes of a streamed body after the prefix; `body.length + rest` = declared length. */
+  rest: number;
+  /** The rest of a streamed body; must be consumed fully for the connection to continue. */
+  stream: AsyncIterable<Uint8Array>;
+  conn: ConnectionInfo;
+  log: Logger;
+  /** Success reply with this server's reply command. */
+  reply(body?: Uint8Array): Promise<void>;
+  /** Success reply whose body (exactly `length` bytes) comes from `source`, with backpressure. */
+  replyStream(length: number, source: AsyncIterable<Uint8Array>): Promise<void>;
+}
+
+export type Handler = (ctx: RequestContext) => Promise<void>;
+
+export interface ProtocolServerOptions {
+  name: string;
+  /** Prefix of error descriptions: `[hostname] message`, as the seed does. */
+  hostname: string;
+  replyCommand: number;
+  handlers: Readonly<Record<number, Handler>>;
+  log: Logger;
+  /** Largest streamed body after its prefix (uploads). */
+  maxUpload?: number;
+  /** Close a connection idle this long between requests (0 = never). */
+  idleTimeoutMs?: number;
+}
+
+class ReplyStarted extends Error {}
+
+/**
+ * A TCP server for one dsm node. Each connection handles its requests one after another (as
+ * the seed's worker threads do); connections stay open after a success and close after an
+ * error reply. A malformed frame gets an error reply and closes that connection only.
+ */
+export class ProtocolServer {
+  readonly #opts: ProtocolServerOptions;
+  readonly #server: Server;
+  readonly #sockets = new Set<Socket>();
+  #inFlight = 0;
+  #closing = false;
+
+  constructor(opts: ProtocolServerOptions) {
+    this.#opts = opts;
+    this.#server = createServer({ noDelay: true, keepAlive: true }, (s) => {
+      this.#serve(s).catch((e) => opts.log.error({ err: e }, 'connection handler crashed'));
+    });
+  }
+
+  /** Requests being handled right now (reported to trackers as load). */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  get connections(): number {
+    return this.#sockets.size;
+  }
+
+  listen(port: number, host = '127.0.0.1'): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      this.#server.once('error', onError);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', onError);
+        resolve(this.#server.address() as AddressInfo);
+      });
+    });
+  }
+
+  address(): AddressInfo {
+    return this.#server.address() as AddressInfo;
+  }
+
+  /** Stops accepting, lets running requests finish (up to `graceMs`), then closes everything. */
+  async close(graceMs = 5000): Promise<void> {
+    this.#closing = true;
+    const closed = new Promise<void>((r) => this.#server.close(() => r()));
+    const deadline = Date.now() + graceMs;
+    while (this.#inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const s of this.#sockets) s.destroy();
+    await closed;
+  }
+
+  async #serve(socket: Socket): Promise<void> {
+    const { log: baseLog, hostname, replyCommand, handlers } = this.#opts;
+    if (this.#closing) {
+      socket.destroy();
+      return;
+    }
+    this.#sockets.add(socket);
+    socket.setNoDelay(true);
+    const conn: ConnectionInfo = {
+      id: randomUUID().slice(0, 8),
+      remoteAddress: normalizeAddress(socket.remoteAddress ?? ''),
+      remotePort: socket.remotePort ?? 0,
+    };
+    const log = baseLog.child({ conn: conn.id, peer: `${conn.remoteAddress}:${conn.remotePort}` });
+    socket.on('error', (e) => log.debug({ err: e }, 'socket error'));
+    if (this.#opts.idleTimeoutMs) {
+      socket.setTimeout(this.#opts.idleTimeoutMs, () => {
+        if (!busy) socket.destroy();
+      });
+    }
+    const reader = new FrameReader(requestSpecs(Object.keys(handlers).map(Number), this.#opts.maxUpload));
+    const events = readEvents(socket, reader);
+    let busy = false;
+
+    const write = (b: Uint8Array): Promise<void> =>
+      new Promise((resolve, reject) => {
+        if (socket.destroyed) return reject(new Error('socket closed'));
+        if (socket.write(b)) return resolve();
+        const onDrain = () => {
+          socket.off('close', onClose);
+          resolve();
+        };
+        const onClose = () => {
+          socket.off('drain', onDrain);
+          reject(new Error('socket closed'));
+        };
+        socket.once('drain', onDrain);
+        socket.once('close', onClose);
+      });
+
+    const sendError = async (errno: number, message: string): Promise<void> => {
+      const body = encodeErrorReply({ errno, message: `[${hostname}] ${message}` });
+      try {
+        await write(encodeFrame(replyCommand, body, Status.ERROR));
+      } catch {
+        // the peer is gone; nothing to tell it
+      }
+    };
+
+    try {
+      for (;;) {
+        const ev = await events.next();
+        if (ev.done) break;
+        const e = ev.value;
+        if (e.type === 'error') {
+          log.info({ err: e.error.message, command: e.header?.command }, 'bad frame');
+          await sendError(e.error.errno, e.error.message);
+          break;
+        }
+        if (e.type !== 'frame' && e.type !== 'head') break; // cannot happen: data only follows head
+        const header = e.header;
+        const handler = handlers[header.command];
+        if (!handler) break;
+        const isStream = e.type === 'head';
+        let streamDone = !isStream;
+        const stream: AsyncIterable<Uint8Array> = {
+          async *[Symbol.asyncIterator]() {
+            while (!streamDone) {
+              const n = await events.next();
+              if (n.done) throw new Error('connection closed in the middle of a body');
+              const d = n.value;
+              if (d.type === 'end') {
+                streamDone = true;
+                return;
+              }
+              if (d.type === 'data') yield d.chunk;
+              else throw new Error('unexpected frame event in body');
+            }
+          },
+        };
+        let replied = false;
+        const ctx: RequestContext = {
+          header,
+          body: e.type === 'frame' ? e.body : e.prefix,
+          rest: e.type === 'head' ? e.rest : 0,
+          stream,
+          conn,
+          log,
+          reply: async (body) => {
+            replied = true;
+            await write(encodeFrame(replyCommand, body));
+          },
+          replyStream: async (length, source) => {
+            replied = true;
+            await write(encodeStreamHeader(replyCommand, length));
+            let sent = 0;
+            for await (const chunk of source) {
+              if (sent + chunk.length > length) throw new ReplyStarted('stream source longer than declared');
+              await write(chunk);
+              sent += chunk.length;
+            }
+            if (sent !== length) throw new ReplyStarted(`stream source ended at ${sent} of ${length} bytes`);
+          },
+        };
+        busy = true;
+        this.#inFlight++;
+        let ok = true;
+        try {
+          await handler(ctx);
+          if (!replied) throw new Error(`handler for command ${header.command} sent no reply`);
+        } catch (err) {
+          ok = false;
+          if (replied) {
+            // Bytes already went out: an error reply now would corrupt the stream (seed quirk 6).
+            log.warn({ err, command: header.command }, 'failed after the reply started; closing');
+          } else {
+            const errno = errnoOf(err);
+            const message = err instanceof Error ? err.message : String(err);
+            log.info({ command: header.command, errno, msg: message }, 'request failed');
+            await sendError(errno, message);
+          }
+        } finally {
+          busy = false;
+          this.#inFlight--;
+        }
+        if (!ok) break;
+        if (!streamDone) {
+          // A handler that did not read its whole body leaves the stream unusable.
+          break;
+        }
+        if (this.#closing) break;
+      }
+    } catch (err) {
+      log.debug({ err }, 'connection ended');
+    } finally {
+      this.#sockets.delete(socket);
+      if (!socket.destroyed) socket.end();
+      // end() waits for the peer; make sure nothing lingers
+      setTimeout(() => socket.destroy(), 1000).unref();
+      await events.return(undefined).catch(() => {});
+    }
+  }
+}
+
+async function* readEvents(socket: Socket, reader: FrameReader): AsyncGenerator<FrameEvent, void, undefined> {
+  for await (const chunk of socket) {
+    const events = reader.push(chunk as Uint8Array);
+    for (const e of events) yield e;
+    if (reader.dead) return;
+  }
+  if (!reader.idle) throw new Error('connection closed in the middle of a frame');
+}
+
+function normalizeAddress(a: string): string {
+  return a.startsWith('::ffff:') ? a.slice(7) : a;
+}
+
+export { HEADER_LENGTH };
