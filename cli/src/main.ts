@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, statSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -80,6 +80,7 @@ async function main(argv: string[]): Promise<number> {
     case 'upload': {
       const file = positionals[1];
       if (!file) throw new UsageError('usage: dsm upload FILE [--app A] [--user U]');
+      if (!existsSync(file)) throw new UsageError(`no such file: ${file}`);
       const st = statSync(file);
       if (!st.isFile()) throw new UsageError(`${file} is not a regular file`);
       const { settings, dsm } = await client(v);
@@ -224,7 +225,7 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     const err = e as Error & { code?: string };
-    if (err instanceof UsageError) {
+    if (err instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`dsm: ${err.message}\n`);
       process.exitCode = 2;
       return;

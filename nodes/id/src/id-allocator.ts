@@ -207,7 +207,9 @@ export class IdAllocator {
       const entry = { err: e, key };
       if (unavailable) this.#log?.warn(entry, 'id segment reservation failed: database unavailable');
       else this.#log?.error(entry, 'id segment reservation failed');
-      throw new DsmError(ErrorCode.DB_UNAVAILABLE, `GET ID Fail, Key: ${key}`, Errno.DB_UNAVAILABLE, { cause: e });
+      throw new DsmError(ErrorCode.DB_UNAVAILABLE, `GET ID Fail, Key: ${key}`, Errno.DB_UNAVAILABLE, {
+        cause: e,
+      });
     }
     if (!Number.isSafeInteger(base) || base < 0 || !Number.isSafeInteger(base + this.step)) {
       this.#log?.error({ key, base }, 'id counter out of range');

@@ -63,7 +63,10 @@ export async function startIdServer(
         const key = decodeIdRequest(ctx.body);
         const length = ctx.body.length - 1;
         if (length > config.maxKeyLength) {
-          throw new ProtocolError(`Invalid ID Key Length: ${length} > ${config.maxKeyLength}`, Errno.BAD_FIELD);
+          throw new ProtocolError(
+            `Invalid ID Key Length: ${length} > ${config.maxKeyLength}`,
+            Errno.BAD_FIELD,
+          );
         }
         await ctx.reply(encodeI64Body(await allocator.next(key)));
       },
@@ -75,9 +78,14 @@ export async function startIdServer(
     actualPort = (await server.listen(port, host)).port;
   } catch (e) {
     await handle.close();
-    throw new DsmError(ErrorCode.CONFIG, `cannot listen on ${config.listen}: ${(e as Error).message}`, undefined, {
-      cause: e,
-    });
+    throw new DsmError(
+      ErrorCode.CONFIG,
+      `cannot listen on ${config.listen}: ${(e as Error).message}`,
+      undefined,
+      {
+        cause: e,
+      },
+    );
   }
   const listen = formatAddress({ host, port: actualPort });
   log.info({ listen, database: redact(url), step: config.step }, 'id server ready');

@@ -71,7 +71,12 @@ export class GroupRouter {
         .then(() => {
           this.#knownGroups.add(name);
         })
-        .catch((e) => this.#o.log.warn({ err: e, group: name }, 'cannot record the group in t_groups_info'))
+        .catch((e) =>
+          this.#o.log.warn(
+            { err: (e as Error).message, group: name },
+            'cannot record the group in t_groups_info',
+          ),
+        )
         .finally(() => this.#pendingGroups.delete(name));
       this.#pendingGroups.set(name, p);
     }
@@ -114,7 +119,10 @@ export class GroupRouter {
   async #assign(appId: string, userId: string): Promise<string> {
     const group = this.#choose();
     try {
-      await this.#o.db.insertInto('t_router').values({ appid: appId, userid: userId, group_name: group }).execute();
+      await this.#o.db
+        .insertInto('t_router')
+        .values({ appid: appId, userid: userId, group_name: group })
+        .execute();
       this.#o.log.info({ appId, userId, group }, 'user routed to a group');
       return group;
     } catch (e) {
@@ -125,6 +133,10 @@ export class GroupRouter {
     if (winner === null) {
       throw new DsmError(INTERNAL, ROUTE_FAIL, Errno.INTERNAL);
     }
+    this.#o.log.info(
+      { appId, userId, group: winner },
+      'user routed concurrently elsewhere; using that route',
+    );
     return winner;
   }
 
@@ -147,7 +159,7 @@ export class GroupRouter {
   #fail(e: unknown, what: string): never {
     if (e instanceof DsmError && e.code !== ErrorCode.DB_UNAVAILABLE) throw e;
     if (e instanceof DsmError || isDbUnavailable(e)) {
-      this.#o.log.warn({ err: e }, `${what}: database unavailable`);
+      this.#o.log.warn({ err: (e as Error).message }, `${what}: database unavailable`);
       throw new DsmError(ErrorCode.DB_UNAVAILABLE, ROUTE_FAIL, Errno.DB_UNAVAILABLE, { cause: e });
     }
     this.#o.log.error({ err: e }, `${what} failed`);

@@ -9,7 +9,13 @@ export {
   type TrackerConfigInput,
 } from './config.ts';
 export { ConnectionWatch, connKey } from './conn-watch.ts';
-export { GroupRouter, type GroupRouterOptions, groupFreeBytes, ROUTE_FAIL, routeCacheKey } from './group-router.ts';
+export {
+  GroupRouter,
+  type GroupRouterOptions,
+  groupFreeBytes,
+  ROUTE_FAIL,
+  routeCacheKey,
+} from './group-router.ts';
 export {
   type BeatExtInput,
   checkGroupName,
@@ -22,4 +28,9 @@ export {
   type StorageRecord,
   type StorageStateName,
 } from './registry.ts';
-export { type RunningTracker, resolveDatabaseUrl, type StartTrackerOptions, startTracker } from './tracker.ts';
+export {
+  type RunningTracker,
+  resolveDatabaseUrl,
+  type StartTrackerOptions,
+  startTracker,
+} from './tracker.ts';

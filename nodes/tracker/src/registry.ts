@@ -245,14 +245,17 @@ export class Registry {
 
   /**
    * Storages to hand to a client: the group's ACTIVE storages, least load first, then most
-   * free bytes, then join order; at most `max`.
+   * free bytes; at most `max`. Ties are broken at random, so storages that report neither (seed
+   * storages) share the clients as the seed's random rotation did.
    */
   pick(group: string, max: number): StorageRecord[] {
-    return this.active(group)
-      .map((r, i) => ({ r, i }))
-      .sort((a, b) => a.r.load - b.r.load || b.r.freeBytes - a.r.freeBytes || a.i - b.i)
-      .slice(0, max)
-      .map((x) => x.r);
+    const recs = this.active(group);
+    for (let i = recs.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [recs[i], recs[j]] = [recs[j] as StorageRecord, recs[i] as StorageRecord];
+    }
+    // Array.prototype.sort is stable: equal storages keep the shuffled order.
+    return recs.sort((a, b) => a.load - b.load || b.freeBytes - a.freeBytes).slice(0, max);
   }
 
   get size(): number {

@@ -113,7 +113,10 @@ export async function startTracker(
       await Promise.allSettled([dbh.close(), kv.close()]);
       throw e;
     }
-    log.warn({ err: (e as Error).message }, 'database unavailable at start; routing will fail until it is back');
+    log.warn(
+      { err: (e as Error).message },
+      'database unavailable at start; routing will fail until it is back',
+    );
   }
 
   const registry = new Registry({ beatTimeoutMs: config.beatTimeoutMs });
@@ -231,7 +234,9 @@ export async function startTracker(
       if (picked.length === 0) {
         throw new DsmError(ErrorCode.NO_STORAGE, 'Get Storage Address Fail...', Errno.NO_STORAGE);
       }
-      await ctx.reply(encodeAddrsReply({ group, addrs: picked.map((r) => ({ host: r.host, port: r.port })) }));
+      await ctx.reply(
+        encodeAddrsReply({ group, addrs: picked.map((r) => ({ host: r.host, port: r.port })) }),
+      );
     },
 
     [Command.TRACKER_GROUPS]: async (ctx) => {

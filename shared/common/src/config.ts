@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { DsmError, ErrorCode } from './errors.ts';
 
 export class ConfigError extends DsmError {
@@ -44,9 +44,16 @@ export function parseConfig<S extends z.ZodType>(
   raw: unknown,
   configDir = process.cwd(),
 ): Readonly<z.infer<S>> & { configDir: string } {
-  const r = schema.safeParse(raw);
+  // Unknown keys are refused: a typo must not silently fall back to a default.
+  const strict = schema instanceof z.ZodObject ? (schema.strict() as unknown as S) : schema;
+  const r = strict.safeParse(raw);
   if (!r.success) {
     const issue = r.error.issues[0];
+    if (issue?.code === 'unrecognized_keys') {
+      const keys = (issue as { keys?: string[] }).keys ?? [];
+      const at = issue.path.length ? `${issue.path.join('.')}.` : '';
+      throw new ConfigError(`unknown config key "${at}${keys[0] ?? '?'}"`);
+    }
     const key = issue?.path.join('.') || '(root)';
     throw new ConfigError(`config key "${key}": ${issue?.message ?? 'invalid'}`);
   }

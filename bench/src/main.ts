@@ -1,0 +1,132 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { type BenchResult, runBench, Scope, SECTIONS, type Section } from './run.ts';
+import { GiB, KiB, MiB } from './source.ts';
+import { renderTable } from './table.ts';
+
+const USAGE = `usage: npm run bench -- [options]
+
+  --quick            64 MiB instead of 1 GiB (16 MiB instead of 64 MiB), 2 s loops, 1 repetition
+  --only LIST        sections to run, comma-separated: ${SECTIONS.join(',')} (default: all)
+  --reps N           repetitions of each big transfer (median reported; default 3, quick 1)
+  --loop-ms MS       duration of each small-request loop (default 5000, quick 2000)
+  --concurrency N    concurrency of the small-request loops (default 16)
+  --dir DIR          parent folder of the scratch folder (default: the OS temp folder); the
+                     cluster data and the nginx files share it, so they are on one disk
+  --keep             keep the scratch folder (cluster logs, nginx error log)
+  --json FILE        also write the results as JSON
+  --profile DIR      cluster nodes write V8 CPU profiles (--cpu-prof) into DIR
+`;
+
+function fail(msg: string): never {
+  process.stderr.write(`${msg}\n\n${USAGE}`);
+  process.exit(2);
+}
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    reps: { type: 'string' },
+    'loop-ms': { type: 'string' },
+    concurrency: { type: 'string' },
+    dir: { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    profile: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+  strict: true,
+});
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+
+const int = (name: string, v: string | undefined, dflt: number, min: number, max: number): number => {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) fail(`--${name} must be an integer in ${min}..${max}`);
+  return n;
+};
+
+const quick = values.quick;
+const only = new Set<Section>();
+for (const s of (values.only ?? SECTIONS.join(',')).split(',').map((x) => x.trim())) {
+  if (!(SECTIONS as readonly string[]).includes(s)) fail(`unknown section "${s}"`);
+  only.add(s as Section);
+}
+const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
+
+const parent = resolve(values.dir ?? tmpdir());
+mkdirSync(parent, { recursive: true });
+const dir = mkdtempSync(join(parent, 'dsm-bench-'));
+const profileDir = values.profile ? resolve(values.profile) : undefined;
+if (profileDir) mkdirSync(profileDir, { recursive: true });
+
+const scope = new Scope();
+await scope.defer(() => {
+  if (values.keep) log(`kept ${dir}`);
+  else rmSync(dir, { recursive: true, force: true });
+});
+
+let interrupted = false;
+const onSignal = (signal: NodeJS.Signals) => {
+  if (interrupted) return;
+  interrupted = true;
+  log(`${signal}: cleaning up`);
+  const force = setTimeout(() => process.exit(130), 20_000);
+  force.unref();
+  void scope.close().finally(() => process.exit(130));
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
+let result: BenchResult | null = null;
+let exitCode = 0;
+try {
+  result = await runBench(
+    {
+      dir,
+      largeSize: quick ? 64 * MiB : GiB,
+      mediumSize: quick ? 16 * MiB : 64 * MiB,
+      smallSize: 4 * KiB,
+      reps: int('reps', values.reps, quick ? 1 : 3, 1, 20),
+      loopReps: quick ? 1 : 2,
+      loopMs: int('loop-ms', values['loop-ms'], quick ? 2000 : 5000, 100, 60_000),
+      maxOps: 1_000_000,
+      concurrency: int('concurrency', values.concurrency, 16, 1, 256),
+      only,
+      profileDir,
+      log,
+    },
+    scope,
+  );
+} catch (e) {
+  if (!interrupted) {
+    process.stderr.write(`benchmark failed: ${(e as Error).stack ?? e}\n`);
+    exitCode = 1;
+  }
+} finally {
+  if (!interrupted) await scope.close();
+}
+
+if (result && !interrupted) {
+  const m = result.machine;
+  const out = [
+    '',
+    `dsm benchmark ${m.date}${quick ? ' (--quick)' : ''}`,
+    `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
+    `load average at start: ${m.loadAvgAtStart.join(' ')}`,
+    '',
+    renderTable(result.rows),
+    '',
+    ...result.details.map((d) => `- ${d.name}: ${d.text}`),
+    '',
+  ].join('\n');
+  process.stdout.write(out);
+  if (values.json) writeFileSync(values.json, `${JSON.stringify({ quick, ...result }, null, 2)}\n`);
+}
+if (!interrupted) process.exit(exitCode);

@@ -1,0 +1,502 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { open, unlink } from 'node:fs/promises';
+import { Agent, get } from 'node:http';
+import { cpus, loadavg, release, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { Cluster } from '@dsm/cli';
+import { DsmClient, newFileId } from '@dsm/client';
+import { nodeTransport } from '@dsm/client/node';
+import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
+import { cpuOf, freePortRange } from './proc.ts';
+import { readRss, withRss } from './rss.ts';
+import { GiB, KiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
+import { median, type Row } from './table.ts';
+
+type Address = { host: string; port: number };
+type Ids = { appId: string; userId: string; fileId: string };
+
+export interface BenchOptions {
+  /** Scratch folder for the cluster, nginx and the baseline files (one disk for all of them). */
+  dir: string;
+  /** Size of the big transfers (1 GiB; 64 MiB with --quick). */
+  largeSize: number;
+  /** Size of the medium transfers (64 MiB; 16 MiB with --quick). */
+  mediumSize: number;
+  /** Payload of the small-request loops. */
+  smallSize: number;
+  /** Repetitions of each big transfer (median reported). */
+  reps: number;
+  /** Repetitions of each small-request loop (mean reported). */
+  loopReps: number;
+  /** Duration of one small-request loop. */
+  loopMs: number;
+  /** Upper bound of requests in one loop. */
+  maxOps: number;
+  concurrency: number;
+  /** Sections to run. */
+  only: ReadonlySet<Section>;
+  /** When set, the cluster nodes write V8 CPU profiles (--cpu-prof) into this folder. */
+  profileDir?: string;
+  log(msg: string): void;
+}
+
+export type Section = 'large' | 'medium' | 'small';
+export const SECTIONS: readonly Section[] = ['large', 'medium', 'small'];
+
+export interface Machine {
+  date: string;
+  cpus: number;
+  cpuModel: string;
+  memGiB: number;
+  kernel: string;
+  node: string;
+  nginx: string;
+  loadAvgAtStart: number[];
+}
+
+export interface Detail {
+  name: string;
+  text: string;
+}
+
+export interface BenchResult {
+  machine: Machine;
+  rows: Row[];
+  details: Detail[];
+}
+
+/** Deferred clean-up steps, run in reverse order; a step deferred after close() runs at once. */
+export class Scope {
+  readonly #steps: Array<() => unknown> = [];
+  #closed = false;
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  async defer(step: () => unknown): Promise<void> {
+    if (this.#closed) await runQuietly(step);
+    else this.#steps.push(step);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    while (this.#steps.length > 0) await runQuietly(this.#steps.pop() as () => unknown);
+  }
+}
+
+async function runQuietly(step: () => unknown): Promise<void> {
+  try {
+    await step();
+  } catch (e) {
+    process.stderr.write(`clean-up step failed: ${(e as Error).message}\n`);
+  }
+}
+
+const APP_ID = 'tnvideo';
+const CONTENT_TYPE = 'application/octet-stream';
+const STORAGE = 'group001-s1';
+
+export function sizeLabel(n: number): string {
+  if (n >= GiB && n % GiB === 0) return `${n / GiB} GiB`;
+  if (n >= MiB && n % MiB === 0) return `${n / MiB} MiB`;
+  if (n >= KiB && n % KiB === 0) return `${n / KiB} KiB`;
+  return `${n} B`;
+}
+
+const mib = (bytes: number) => bytes / MiB;
+const mibPerSec = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
+
+/** One timed run: wall time, CPU seconds of the server processes and of this process. */
+interface Timed {
+  ms: number;
+  serverCpu: number;
+  clientCpu: number;
+  peakRss: number;
+}
+
+async function timed(serverPids: number[], fn: () => Promise<void>): Promise<Timed> {
+  const cpu0 = cpuOf(serverPids);
+  const own0 = process.cpuUsage();
+  const t0 = performance.now();
+  const { peakRss } = await withRss(serverPids, fn);
+  const ms = performance.now() - t0;
+  const own = process.cpuUsage(own0);
+  return { ms, serverCpu: cpuOf(serverPids) - cpu0, clientCpu: (own.user + own.system) / 1e6, peakRss };
+}
+
+/** Runs `op` from `concurrency` workers until `durationMs` passed or `maxOps` started. */
+async function loop(
+  concurrency: number,
+  durationMs: number,
+  maxOps: number,
+  op: (i: number) => Promise<void>,
+): Promise<{ ops: number; ms: number }> {
+  let next = 0;
+  let done = 0;
+  const t0 = performance.now();
+  const deadline = t0 + durationMs;
+  const worker = async () => {
+    while (next < maxOps && performance.now() < deadline) {
+      await op(next++);
+      done++;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return { ops: done, ms: performance.now() - t0 };
+}
+
+/** Resolves with the number of body bytes, consumed with `for await` and discarded. */
+function httpGet(agent: Agent, port: number, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = get({ host: '127.0.0.1', port, path, agent }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        reject(new Error(`GET ${path}: HTTP ${res.statusCode}`));
+        return;
+      }
+      (async () => {
+        let n = 0;
+        for await (const c of res) n += (c as Buffer).length;
+        return n;
+      })().then(resolve, reject);
+    });
+    req.on('error', reject);
+  });
+}
+
+/** Writes `size` pattern bytes to a new file and fsyncs it (the upload baseline). */
+async function fsWrite(path: string, size: number): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    for (const chunk of patternChunks(size)) {
+      let off = 0;
+      while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function perGiB(t: Timed, bytes: number): string {
+  const g = bytes / GiB;
+  return `server ${(t.serverCpu / g).toFixed(2)} s, client ${(t.clientCpu / g).toFixed(2)} s CPU/GiB`;
+}
+
+export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResult> {
+  const { log } = o;
+  const nginxBin = ensureNginx(log);
+  const machine: Machine = {
+    date: new Date().toISOString(),
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    memGiB: Math.round(totalmem() / GiB),
+    kernel: release(),
+    node: process.version,
+    nginx: nginxVersion(nginxBin),
+    loadAvgAtStart: loadavg().map((x) => Math.round(x * 100) / 100),
+  };
+  const clusterDir = join(o.dir, 'cluster');
+  const www = join(o.dir, 'www');
+  const fsDir = join(o.dir, 'fs-baseline');
+  for (const d of [clusterDir, join(www, 'small'), fsDir]) mkdirSync(d, { recursive: true });
+
+  const base = await freePortRange(4);
+  const nginxPort = base + 3;
+  log(`starting nginx on 127.0.0.1:${nginxPort}`);
+  const nginx = await PrivateNginx.start(nginxBin, { prefix: join(o.dir, 'nginx'), root: www, port: nginxPort });
+  await scope.defer(() => nginx.stop());
+  const onExit = () => nginx.killNow();
+  process.once('exit', onExit);
+  await scope.defer(() => process.off('exit', onExit));
+
+  log(`starting the cluster in ${clusterDir} (ports ${base}..${base + 2})`);
+  const env: Record<string, string> = { DSM_LOG_LEVEL: process.env.DSM_LOG_LEVEL ?? 'warn' };
+  if (o.profileDir) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${o.profileDir}`;
+  const cluster = await Cluster.start({
+    dir: clusterDir,
+    trackers: 1,
+    ids: 1,
+    groups: ['group001'],
+    storagesPerGroup: 1,
+    trackerBasePort: base,
+    idBasePort: base + 1,
+    storageBasePort: base + 2,
+    beatIntervalMs: 500,
+    env,
+  });
+  await scope.defer(() => cluster.stop());
+  const storagePid = cluster.nodes.get(STORAGE)?.pid;
+  if (!storagePid) throw new Error(`no pid for ${STORAGE}`);
+
+  const [thost, tport] = (cluster.addresses('tracker')[0] as string).split(':') as [string, string];
+  const client = new DsmClient({
+    trackers: [{ host: thost, port: Number(tport) }],
+    transport: nodeTransport,
+    maxPerAddress: o.concurrency,
+    maxQueue: 4 * o.concurrency,
+    ioTimeoutMs: 120_000,
+    locateCacheMs: 0,
+  });
+  await scope.defer(() => client.close());
+  const agent = new Agent({ keepAlive: true, maxSockets: o.concurrency });
+  await scope.defer(() => agent.destroy());
+
+  const addr = await locate(client, 30_000);
+  log(`storage ${addr.host}:${addr.port} (pid ${storagePid}) is active; nginx pid ${nginx.pid}`);
+
+  const rows: Row[] = [];
+  const details: Detail[] = [];
+  const idleRss = readRss(storagePid) ?? 0;
+  const nginxIdleRss = nginx.workerPids().reduce((s, p) => s + (readRss(p) ?? 0), 0);
+
+  const storageDownload = async (ids: Ids, size: number) => {
+    const r = await client.storage.download(addr, { ...ids, offset: 0, size: 0 });
+    let n = 0;
+    for await (const c of r.stream) n += c.length;
+    if (n !== size || r.length !== size) throw new Error(`dsm download returned ${n} of ${size} bytes`);
+  };
+  const nginxDownload = async (path: string, size: number) => {
+    const n = await httpGet(agent, nginxPort, path);
+    if (n !== size) throw new Error(`nginx download returned ${n} of ${size} bytes`);
+  };
+  const storageUpload = async (ids: Ids, size: number) => {
+    const stat = await client.storage.uploadExt(addr, ids, CONTENT_TYPE, patternSource(size));
+    if (stat.size !== size) throw new Error(`dsm upload stored ${stat.size} of ${size} bytes`);
+  };
+
+  /** Upload and download of one big size: rows and details. */
+  const bigTransfers = async (size: number, withRssRows: boolean) => {
+    const label = sizeLabel(size);
+    const up: Timed[] = [];
+    const fsUp: Timed[] = [];
+    let kept: Ids | null = null;
+    const servedName = `big-${size}.bin`;
+    for (let r = 0; r < o.reps; r++) {
+      const ids: Ids = { appId: APP_ID, userId: 'bench-big', fileId: newFileId() };
+      log(`upload ${label} #${r + 1}: dsm`);
+      up.push(await timed([storagePid], () => storageUpload(ids, size)));
+      if (kept) await client.storage.delete(addr, ids);
+      else kept = ids;
+      log(`upload ${label} #${r + 1}: fs + fsync`);
+      const path = join(r === 0 ? www : fsDir, r === 0 ? servedName : `big-${size}-${r}.bin`);
+      fsUp.push(await timed([], () => fsWrite(path, size)));
+      if (r > 0) await unlink(path);
+    }
+    const keptIds = kept as Ids;
+    // warm-up (JIT, connections, page cache) before the timed downloads
+    await storageDownload(keptIds, size);
+    await nginxDownload(`/${servedName}`, size);
+    const down: Timed[] = [];
+    const ngx: Timed[] = [];
+    for (let r = 0; r < o.reps; r++) {
+      log(`download ${label} #${r + 1}: dsm`);
+      down.push(await timed([storagePid], () => storageDownload(keptIds, size)));
+      log(`download ${label} #${r + 1}: nginx`);
+      ngx.push(await timed(nginx.workerPids(), () => nginxDownload(`/${servedName}`, size)));
+    }
+    const rate = (ts: Timed[]) => ts.map((t) => mibPerSec(size, t.ms));
+    const med = (ts: Timed[]) => ts[ts.map((t) => t.ms).indexOf(median(ts.map((t) => t.ms)))] ?? ts[0];
+    const downRow: Row = {
+      name: `download ${label} (MiB/s)`,
+      unit: 'MiB/s',
+      dsm: median(rate(down)),
+      base: median(rate(ngx)),
+      baseLabel: 'nginx',
+      target: { kind: 'ratio', min: 0.8 },
+      dsmRuns: rate(down),
+      baseRuns: rate(ngx),
+    };
+    const upRow: Row = {
+      name: `upload ${label} incl. fsync (MiB/s)`,
+      unit: 'MiB/s',
+      dsm: median(rate(up)),
+      base: median(rate(fsUp)),
+      baseLabel: 'fs+fsync',
+      target: { kind: 'min', value: 400 },
+      dsmRuns: rate(up),
+      baseRuns: rate(fsUp),
+    };
+    const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
+    details.push({
+      name: `download ${label}`,
+      text:
+        `runs MiB/s dsm [${show(rate(down))}] nginx [${show(rate(ngx))}]; ` +
+        `median run: dsm ${perGiB(med(down) as Timed, size)}; nginx ${perGiB(med(ngx) as Timed, size)}`,
+    });
+    details.push({
+      name: `upload ${label}`,
+      text:
+        `runs MiB/s dsm [${show(rate(up))}] fs+fsync [${show(rate(fsUp))}]; ` +
+        `median run: dsm ${perGiB(med(up) as Timed, size)}; fs+fsync client ${((med(fsUp) as Timed).clientCpu / (size / GiB)).toFixed(2)} s CPU/GiB`,
+    });
+    const rssRows: Row[] = [];
+    if (withRssRows) {
+      const peak = (ts: Timed[]) => mib(Math.max(...ts.map((t) => t.peakRss)));
+      rssRows.push(
+        {
+          name: `storage RSS peak, ${label} download (MiB)`,
+          unit: 'MiB',
+          dsm: peak(down),
+          base: peak(ngx),
+          baseLabel: 'nginx worker',
+          target: { kind: 'max', value: 100 },
+        },
+        {
+          name: `storage RSS peak, ${label} upload (MiB)`,
+          unit: 'MiB',
+          dsm: peak(up),
+          base: null,
+          baseLabel: '',
+          target: { kind: 'max', value: 100 },
+        },
+      );
+    }
+    return { downRow, upRow, rssRows };
+  };
+
+  const big = o.only.has('large') ? await bigTransfers(o.largeSize, true) : null;
+  const medium = o.only.has('medium') ? await bigTransfers(o.mediumSize, !o.only.has('large')) : null;
+
+  let smallRows: Row[] = [];
+  if (o.only.has('small')) smallRows = await smallRequests(o, { client, addr, agent, nginxPort, www, fsDir, storagePid, nginx, details });
+
+  for (const part of [big?.downRow, medium?.downRow, big?.upRow, medium?.upRow]) if (part) rows.push(part);
+  rows.push(...smallRows);
+  rows.push(...(big?.rssRows ?? []), ...(medium?.rssRows ?? []));
+  rows.push({
+    name: 'storage RSS idle, after start (MiB)',
+    unit: 'MiB',
+    dsm: mib(idleRss),
+    base: nginxIdleRss ? mib(nginxIdleRss) : null,
+    baseLabel: 'nginx worker',
+    target: { kind: 'none' },
+  });
+  return { machine, rows, details };
+}
+
+interface SmallCtx {
+  client: DsmClient;
+  addr: Address;
+  agent: Agent;
+  nginxPort: number;
+  www: string;
+  fsDir: string;
+  storagePid: number;
+  nginx: PrivateNginx;
+  details: Detail[];
+}
+
+/** Small uploads and downloads at a fixed concurrency, each for a bounded time. */
+async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
+  const { log } = o;
+  const size = o.smallSize;
+  const label = sizeLabel(size);
+  const payload = patternBlock().subarray(0, size);
+  const source = patternSource(size);
+  const warmMs = Math.min(1000, o.loopMs / 4);
+  const ids: Ids[] = [];
+  const FILES = 64;
+
+  const dsmUp = async () => {
+    const id: Ids = { appId: APP_ID, userId: 'bench-small', fileId: newFileId() };
+    const stat = await c.client.storage.uploadExt(c.addr, id, CONTENT_TYPE, source);
+    if (stat.size !== size) throw new Error(`dsm small upload stored ${stat.size} bytes`);
+    if (ids.length < FILES) ids.push(id);
+  };
+  let k = 0;
+  const fsUp = async () => {
+    const fh = await open(join(c.fsDir, `small-${k++}`), 'w');
+    try {
+      await fh.write(payload);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  };
+  for (let i = 0; i < FILES; i++) writeFileSync(join(c.www, 'small', `${i}.bin`), payload);
+  const dsmDown = async (i: number) => {
+    const r = await c.client.storage.download(c.addr, { ...(ids[i % ids.length] as Ids), offset: 0, size: 0 });
+    let n = 0;
+    for await (const chunk of r.stream) n += chunk.length;
+    if (n !== size) throw new Error(`dsm small download returned ${n} bytes`);
+  };
+  const ngxDown = async (i: number) => {
+    const n = await httpGet(c.agent, c.nginxPort, `/small/${i % FILES}.bin`);
+    if (n !== size) throw new Error(`nginx small download returned ${n} bytes`);
+  };
+
+  const measure = async (name: string, pids: number[], op: (i: number) => Promise<void>) => {
+    await loop(o.concurrency, warmMs, o.maxOps, op);
+    const rates: number[] = [];
+    let cpu = 0;
+    let ops = 0;
+    for (let r = 0; r < o.loopReps; r++) {
+      log(`${name} #${r + 1} (${o.loopMs} ms, concurrency ${o.concurrency})`);
+      const cpu0 = cpuOf(pids);
+      const res = await loop(o.concurrency, o.loopMs, o.maxOps, op);
+      cpu += cpuOf(pids) - cpu0;
+      ops += res.ops;
+      rates.push(res.ops / (res.ms / 1000));
+    }
+    return { rate: rates.reduce((a, b) => a + b, 0) / rates.length, rates, serverCpuPerOp: pids.length ? cpu / ops : 0 };
+  };
+
+  const up = await measure(`${label} uploads: dsm`, [c.storagePid], dsmUp);
+  const upBase = await measure(`${label} uploads: fs + fsync`, [], fsUp);
+  const down = await measure(`${label} downloads: dsm`, [c.storagePid], dsmDown);
+  const downBase = await measure(`${label} downloads: nginx`, c.nginx.workerPids(), ngxDown);
+  const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
+  c.details.push(
+    {
+      name: `${label} uploads`,
+      text: `runs/s dsm [${show(up.rates)}] fs+fsync [${show(upBase.rates)}]; storage CPU ${(up.serverCpuPerOp * 1e6).toFixed(0)} µs/upload`,
+    },
+    {
+      name: `${label} downloads`,
+      text:
+        `runs/s dsm [${show(down.rates)}] nginx [${show(downBase.rates)}]; ` +
+        `server CPU dsm ${(down.serverCpuPerOp * 1e6).toFixed(0)} µs/request, nginx ${(downBase.serverCpuPerOp * 1e6).toFixed(0)} µs/request`,
+    },
+  );
+  return [
+    {
+      name: `${label} uploads/s, concurrency ${o.concurrency}`,
+      unit: '/s',
+      dsm: up.rate,
+      base: upBase.rate,
+      baseLabel: 'fs+fsync',
+      target: { kind: 'min', value: 2000 },
+      dsmRuns: up.rates,
+      baseRuns: upBase.rates,
+    },
+    {
+      name: `${label} downloads/s, concurrency ${o.concurrency}`,
+      unit: '/s',
+      dsm: down.rate,
+      base: downBase.rate,
+      baseLabel: 'nginx',
+      target: { kind: 'min', value: 3000 },
+      dsmRuns: down.rates,
+      baseRuns: downBase.rates,
+    },
+  ];
+}
+
+/** The storage the tracker hands out for the bench user (waits until it is active). */
+async function locate(client: DsmClient, timeoutMs: number): Promise<Address> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const r = await client.locate(APP_ID, 'bench-big', true);
+      const a = r.addrs[0];
+      if (a) return { host: a.host, port: a.port };
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`no active storage within ${timeoutMs} ms: ${(last as Error)?.message ?? 'none'}`);
+}

@@ -1,0 +1,111 @@
+import { hostname as osHostname } from 'node:os';
+import { isAbsolute, resolve } from 'node:path';
+import { ConfigError, parseHostPort } from '@dsm/common';
+import { HOSTNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
+import { z } from 'zod';
+
+const GiB = 1024 ** 3;
+const utf8Length = (s: string) => Buffer.byteLength(s, 'utf8');
+
+/** `host:port` where the port may be 0 (an ephemeral port, for tests). */
+const listenAddress = z.string().refine((s) => {
+  try {
+    parseListen(s);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'expected host:port (port 0..65535)');
+
+const hostPort = z.string().refine((s) => {
+  try {
+    parseHostPort(s);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'expected host:port');
+
+/**
+ * Storage node configuration. Every key has a default, so an empty file works. Relative paths
+ * (store paths, an SQLite database file) resolve against the config file's folder.
+ */
+export const configSchema = z.object({
+  /** Address the storage listens on. */
+  listen: listenAddress.default('127.0.0.1:23000'),
+  /** Port announced to trackers; 0 = the port actually bound by `listen` (so port 0 works). */
+  advertisePort: z.number().int().min(0).max(65535).default(0),
+  /** Name in join/heartbeat and in `[hostname]` error prefixes (≤ 128 bytes). */
+  hostname: z
+    .string()
+    .min(1)
+    .refine((s) => utf8Length(s) <= HOSTNAME_WIDTH - 1 && !s.includes('\0'), 'at most 128 bytes, no NUL')
+    .default(() => osHostname().slice(0, HOSTNAME_WIDTH - 1) || 'localhost'),
+  /** Storage group: 1..16 of [A-Za-z0-9]. */
+  group: z
+    .string()
+    .regex(/^[A-Za-z0-9]{1,16}$/, 'group must be 1..16 of [A-Za-z0-9]')
+    .default('group001'),
+  /**
+   * Store folders. Every member of a group uses the same list: the folders are shared (a
+   * GlusterFS volume in production), so any member can serve any file of the group.
+   */
+  storePaths: z.array(z.string().min(1)).min(1).default(['./.dsm/data/group001']),
+  /** Trackers to join (one link each); empty = standalone. */
+  trackers: z.array(hostPort).default(['127.0.0.1:21000']),
+  /** Id servers (tried with failover). */
+  idServers: z.array(hostPort).min(1).default(['127.0.0.1:22000']),
+  /** `sqlite:<path>` or `mysql://user:pass@host:port/db`. */
+  database: z.string().min(1).default('sqlite:./.dsm/storage.db'),
+  /** Metadata cache: `memory:` or `redis://host:port/db`. */
+  cache: z.string().default('memory:'),
+  beatIntervalMs: z.number().int().min(10).default(10_000),
+  /** Shared secret sent in the join (≤ 63 bytes; empty = none). */
+  joinSecret: z
+    .string()
+    .refine((s) => utf8Length(s) <= TOKEN_WIDTH - 1 && !s.includes('\0'), 'at most 63 bytes, no NUL')
+    .default(''),
+  /** Largest upload (content bytes). */
+  maxUploadBytes: z.number().int().min(0).default(64 * GiB),
+  /** Free space an upload must leave on the store folder (errno NO_SPACE otherwise). */
+  reserveBytes: z.number().int().min(0).default(0),
+  /** Resumable uploads untouched this long are deleted by the sweeper. */
+  uploadExpiryMs: z.number().int().min(1).default(24 * 3600 * 1000),
+  /** TTL of cached file metadata (`storage:meta:<fileid>`); 0 disables the cache. */
+  metaCacheTtlMs: z.number().int().min(0).default(60_000),
+  /** Read/write chunk size for file I/O. */
+  ioChunkBytes: z
+    .number()
+    .int()
+    .min(4096)
+    .max(64 * 1024 * 1024)
+    .default(512 * 1024),
+});
+
+export type StorageConfigInput = z.input<typeof configSchema>;
+/** A parsed config; `configDir` (set by `loadConfig`) anchors relative paths (default: cwd). */
+export type StorageConfig = z.infer<typeof configSchema> & { configDir?: string };
+
+/** Parses `host:port` allowing port 0. */
+export function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s.trim());
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || !(port >= 0 && port <= 65535)) throw new ConfigError(`not a host:port address: "${s}"`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/** Store paths as absolute folders (relative ones against `configDir`). */
+export function resolveStorePaths(config: StorageConfig): string[] {
+  const base = config.configDir ?? process.cwd();
+  return config.storePaths.map((p) => resolve(base, p));
+}
+
+/** The database URL with a relative SQLite file resolved against `configDir`. */
+export function resolveDatabaseUrl(config: StorageConfig): string {
+  const url = config.database.trim();
+  const m = /^sqlite:(.*)$/i.exec(url);
+  if (!m) return url;
+  const path = m[1] as string;
+  if (path === '' || path === ':memory:' || isAbsolute(path)) return url;
+  return `sqlite:${resolve(config.configDir ?? process.cwd(), path)}`;
+}

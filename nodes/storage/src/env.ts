@@ -1,0 +1,44 @@
+import { DsmError, ErrorCode, type Logger } from '@dsm/common';
+import type { Schema } from '@dsm/db';
+import { Errno } from '@dsm/packets';
+import { isValidFileId } from '@dsm/client';
+import type { Kysely } from 'kysely';
+import type { StorageConfig } from './config.ts';
+import type { MetaStore } from './meta.ts';
+import type { Stores } from './store.ts';
+
+/** What the request handlers share. */
+export interface StorageEnv {
+  config: StorageConfig;
+  stores: Stores;
+  meta: MetaStore;
+  db: Kysely<Schema>;
+  log: Logger;
+  /** `<hostname>-<advertised port>`: names this process in temp folders and lock files. */
+  owner: string;
+  /** Next id for a store folder (errno ID_UNAVAILABLE "Get Filepath Fail..." on failure). */
+  nextId(storeIndex: number): Promise<number>;
+  /** Resolves once start-up (temp folder cleanup) is done; handlers wait for it. */
+  started: Promise<void>;
+}
+
+export function checkFileId(fileId: string): void {
+  if (!isValidFileId(fileId)) {
+    throw new DsmError(ErrorCode.BAD_INPUT, `Invalid Fileid: ${fileId}`, Errno.BAD_FIELD);
+  }
+}
+
+export function checkAppId(appId: string): void {
+  if (!/^[A-Za-z0-9]+$/.test(appId)) {
+    throw new DsmError(ErrorCode.BAD_INPUT, `Invalid APPID: ${appId}`, Errno.BAD_FIELD);
+  }
+}
+
+export const notFound = (fileId: string) =>
+  new DsmError(ErrorCode.NOT_FOUND, `Read Database Fail, Fileid: ${fileId}`, Errno.NOT_FOUND);
+
+export const ioFailure = (message: string, cause?: unknown) =>
+  new DsmError(ErrorCode.IO, message, Errno.IO_ERROR, { cause });
+
+export const exists = (fileId: string) =>
+  new DsmError(ErrorCode.EXISTS, `INSERT Database Fail, Fileid: ${fileId}`, Errno.EXISTS);

@@ -1,0 +1,374 @@
+import { randomBytes } from 'node:crypto';
+import { type FileHandle, open, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { DsmError, ErrorCode } from '@dsm/common';
+import { type FileTableName, isUniqueViolation } from '@dsm/db';
+import {
+  decodeDownloadRequest,
+  decodeIdsRequest,
+  decodeUploadExtPrefix,
+  decodeUploadPrefix,
+  Errno,
+  encodeI64Body,
+  encodeStatReply,
+  type FileStat,
+  readUserIdBytes,
+} from '@dsm/packets';
+import type { RequestContext } from '@dsm/server';
+import { checkAppId, checkFileId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
+import {
+  diskSpace,
+  errCode,
+  fsyncDir,
+  hashOpenFile,
+  mkdirDurable,
+  moveNoReplace,
+  type Received,
+  readChunks,
+  receiveInto,
+} from './fs-util.ts';
+import { removeQuiet } from './fs-util.ts';
+import { dbFailure, type FileMeta, type Found } from './meta.ts';
+import { fileTableFor, pathForId } from './seed-rules.ts';
+import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
+
+/** Node's own I/O errors carry `syscall`; stream/protocol errors do not. */
+export const isSystemError = (e: unknown): boolean =>
+  typeof e === 'object' && e !== null && 'syscall' in e && typeof (e as { code?: unknown }).code === 'string';
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+export function checkContentType(ct: string): void {
+  if (!isValidContentType(ct)) {
+    throw new DsmError(ErrorCode.BAD_INPUT, `Invalid Content Type: ${ct}`, Errno.BAD_FIELD);
+  }
+}
+
+/** Refuses an upload that would leave less than `reserveBytes` free on the store folder. */
+export async function checkSpace(env: StorageEnv, storeIndex: number, bytes: number): Promise<void> {
+  let free: number;
+  try {
+    free = (await diskSpace(env.stores.path(storeIndex))).freeBytes;
+  } catch (e) {
+    env.log.warn({ err: e }, 'cannot read free space; accepting the upload');
+    return;
+  }
+  if (free - bytes < env.config.reserveBytes) {
+    throw new DsmError(
+      ErrorCode.NO_SPACE,
+      `No Space Left: ${bytes} bytes needed, ${free} free, ${env.config.reserveBytes} reserved`,
+      Errno.NO_SPACE,
+    );
+  }
+}
+
+/** Refuses a file id already recorded for this user's table (before any body byte is read). */
+async function refuseExisting(env: StorageEnv, table: FileTableName, fileId: string): Promise<void> {
+  let found: boolean;
+  try {
+    found = await env.meta.exists(table, fileId);
+    if (!found) {
+      found = (await env.db.selectFrom('t_upload').select('id').where('id', '=', fileId).executeTakeFirst()) !== undefined;
+    }
+  } catch (e) {
+    throw dbFailure(e, `INSERT Database Fail, Fileid: ${fileId}`);
+  }
+  if (found) throw exists(fileId);
+}
+
+/**
+ * Moves a complete, fsynced file into its final place `<store>/<d1>/<d2>/<d3>/<T>_<d4>`:
+ * creates the folders, never replaces an existing file (a new id is taken then), fsyncs the
+ * folder. Returns the final path.
+ */
+export async function placeFinal(
+  env: StorageEnv,
+  storeIndex: number,
+  src: string,
+  fileId: string,
+  firstId: number,
+): Promise<string> {
+  let id = firstId;
+  for (let attempt = 0; ; attempt++) {
+    const finalPath = pathForId(env.stores.path(storeIndex), id, Date.now() / 1000);
+    try {
+      await mkdirDurable(dirname(finalPath));
+      await moveNoReplace(src, finalPath);
+      await fsyncDir(dirname(finalPath));
+      return finalPath;
+    } catch (e) {
+      if (errCode(e) === 'EEXIST' && attempt < 3) {
+        env.log.warn({ path: finalPath }, 'file path already taken; asking for another id');
+        id = await env.nextId(storeIndex);
+        continue;
+      }
+      throw ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
+    }
+  }
+}
+
+/** Records a new file; on failure the file is removed again. */
+export async function recordFile(env: StorageEnv, meta: FileMeta, undo: () => Promise<void>): Promise<void> {
+  try {
+    await env.meta.insert(meta);
+  } catch (e) {
+    await undo().catch((u) => env.log.error({ err: u, path: meta.path }, 'cannot undo a failed upload'));
+    if (isUniqueViolation(e)) throw exists(meta.fileId);
+    throw dbFailure(e, `INSERT Database Fail, Fileid: ${meta.fileId}`);
+  }
+}
+
+export function statOf(m: FileMeta): FileStat {
+  return {
+    size: m.size,
+    mtimeMs: m.mtimeMs ?? 0,
+    sha256: Buffer.from(m.sha256 ?? '', 'hex'),
+    contentType: m.contentType ?? '',
+  };
+}
+
+/** Upload (70) and upload-ext (80). */
+export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: boolean): Promise<void> {
+  const head = ext
+    ? decodeUploadExtPrefix(ctx.body, ctx.header.bodyLength)
+    : { ...decodeUploadPrefix(ctx.body, ctx.header.bodyLength), contentType: '' };
+  checkFileId(head.fileId);
+  checkAppId(head.appId);
+  checkContentType(head.contentType);
+  const fileId = head.fileId;
+  const table = fileTableFor(readUserIdBytes(ctx.body));
+  await refuseExisting(env, table, fileId);
+  const storeIndex = env.stores.pick();
+  await checkSpace(env, storeIndex, head.size);
+  const id = await env.nextId(storeIndex);
+
+  const saveFail = (e: unknown) => ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
+  const tmp = join(env.stores.tmpDir(storeIndex), `${fileId}.${randomBytes(6).toString('hex')}`);
+  let fh: FileHandle;
+  try {
+    fh = await open(tmp, 'wx', 0o644);
+  } catch (e) {
+    throw saveFail(e);
+  }
+  let got: Received;
+  try {
+    got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null);
+    if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);
+    await fh.sync();
+    await fh.close();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await removeQuiet(tmp).catch(() => {});
+    throw isSystemError(e) ? saveFail(e) : e;
+  }
+  let finalPath: string;
+  try {
+    finalPath = await placeFinal(env, storeIndex, tmp, fileId, id);
+  } catch (e) {
+    await removeQuiet(tmp).catch(() => {});
+    throw e;
+  }
+  const meta: FileMeta = {
+    table,
+    fileId,
+    appId: head.appId,
+    userId: head.userId,
+    path: finalPath,
+    size: got.bytes,
+    contentType: head.contentType || sniffContentType(got.head),
+    sha256: got.sha256.toString('hex'),
+    mtimeMs: Date.now(),
+  };
+  await recordFile(env, meta, () => removeQuiet(finalPath));
+  ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
+  await ctx.reply(ext ? encodeStatReply(statOf(meta)) : undefined);
+}
+
+async function lookup(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
+  let f: Found | null;
+  try {
+    f = await env.meta.find(table, fileId);
+  } catch (e) {
+    throw dbFailure(e, `Read Database Fail, Fileid: ${fileId}`);
+  }
+  if (!f) throw notFound(fileId);
+  return f;
+}
+
+async function lookupDb(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
+  let m: FileMeta | null;
+  try {
+    m = await env.meta.findInDb(table, fileId);
+  } catch (e) {
+    throw dbFailure(e, `Read Database Fail, Fileid: ${fileId}`);
+  }
+  if (!m) throw notFound(fileId);
+  return { meta: m, cached: false };
+}
+
+const badPath = (fileId: string) =>
+  new DsmError(ErrorCode.IO, `Invalid File Path, Fileid: ${fileId}`, Errno.INTERNAL);
+
+/** Opens a recorded file, refusing any path outside the store folders. Raw fs errors pass. */
+async function openRecorded(env: StorageEnv, m: FileMeta): Promise<FileHandle> {
+  const abs = env.stores.resolveRecorded(m.path);
+  if (!abs) {
+    env.log.error({ fileId: m.fileId, path: m.path }, 'recorded path is outside the store folders');
+    throw badPath(m.fileId);
+  }
+  const real = await env.stores.realInside(abs);
+  if (!real) {
+    env.log.error({ fileId: m.fileId, path: m.path }, 'recorded path leads outside the store folders');
+    throw badPath(m.fileId);
+  }
+  return open(real, 'r');
+}
+
+/**
+ * A lookup that does not trust a cache hit blindly: a file deleted through another member is
+ * noticed (its file is gone) and the database is asked instead.
+ */
+async function lookupFresh(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
+  const f = await lookup(env, table, fileId);
+  if (!f.cached) return f;
+  const abs = env.stores.resolveRecorded(f.meta.path);
+  const gone = abs ? await stat(abs).then(
+    () => false,
+    (e) => errCode(e) === 'ENOENT',
+  ) : false;
+  if (!gone) return f;
+  await env.meta.evict(fileId);
+  return lookupDb(env, table, fileId);
+}
+
+function idsOf(ctx: RequestContext) {
+  const ids = decodeIdsRequest(ctx.body);
+  checkFileId(ids.fileId);
+  return { ...ids, table: fileTableFor(readUserIdBytes(ctx.body)) };
+}
+
+/** File size (71), from metadata. */
+export async function handleSize(env: StorageEnv, ctx: RequestContext): Promise<void> {
+  const { fileId, table } = idsOf(ctx);
+  const f = await lookupFresh(env, table, fileId);
+  await ctx.reply(encodeI64Body(f.meta.size));
+}
+
+const rangeError = (message: string) => new DsmError(ErrorCode.RANGE, message, Errno.RANGE);
+
+/** Download (72): the seed's range rules; the file is opened before the header goes out. */
+export async function handleDownload(env: StorageEnv, ctx: RequestContext): Promise<void> {
+  const req = decodeDownloadRequest(ctx.body);
+  checkFileId(req.fileId);
+  const fileId = req.fileId;
+  const table = fileTableFor(readUserIdBytes(ctx.body));
+  let f = await lookup(env, table, fileId);
+  for (;;) {
+    const total = f.meta.size;
+    if (req.offset < 0 || req.offset > total) {
+      throw rangeError(`Invalid Offset, ${req.offset} is NOT Between 0 AND ${total}`);
+    }
+    const size = req.size === 0 ? total - req.offset : req.size;
+    const left = total - req.offset;
+    if (size < 0 || size > left) throw rangeError(`Invalid Offset, ${size} is NOT Between 0 AND ${left}`);
+    let fh: FileHandle;
+    try {
+      fh = await openRecorded(env, f.meta);
+    } catch (e) {
+      if (e instanceof DsmError) throw e;
+      if (errCode(e) === 'ENOENT' && f.cached) {
+        // Deleted through another member while cached here: ask the database.
+        await env.meta.evict(fileId);
+        f = await lookupDb(env, table, fileId);
+        continue;
+      }
+      throw ioFailure(`Open File Fail, Fileid: ${fileId}`, e);
+    }
+    try {
+      const st = await fh.stat();
+      if (st.size < req.offset + size) {
+        throw ioFailure(`File Size Mismatch, Fileid: ${fileId}: ${st.size} < ${req.offset + size}`);
+      }
+      await ctx.replyStream(size, readChunks(fh, req.offset, size, env.config.ioChunkBytes));
+    } finally {
+      await fh.close().catch(() => {});
+    }
+    return;
+  }
+}
+
+/** Delete (73): row, then cache entry, then file. */
+export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promise<void> {
+  const { fileId, table } = idsOf(ctx);
+  const f = await lookupDb(env, table, fileId);
+  let removed: boolean;
+  try {
+    removed = await env.meta.remove(table, fileId);
+  } catch (e) {
+    throw dbFailure(e, `Delete Database Fail, Fileid: ${fileId}`);
+  }
+  await env.meta.evict(fileId);
+  if (!removed) throw notFound(fileId);
+  const abs = env.stores.resolveRecorded(f.meta.path);
+  if (!abs) {
+    env.log.error({ fileId, path: f.meta.path }, 'recorded path is outside the store folders; file not deleted');
+  } else {
+    try {
+      await removeQuiet(abs);
+    } catch (e) {
+      throw ioFailure(`Delete File Fail, Fileid: ${fileId}`, e);
+    }
+  }
+  await ctx.reply();
+}
+
+/**
+ * Stat (74): size, mtime, sha-256, content type. Rows without a checksum (written by the seed)
+ * get one computed and stored; a missing content type is sniffed from the first bytes.
+ */
+export async function handleStat(env: StorageEnv, ctx: RequestContext): Promise<void> {
+  const { fileId, table } = idsOf(ctx);
+  const f = await lookupFresh(env, table, fileId);
+  let m = f.meta;
+  const needHash = !m.sha256 || !SHA256_HEX.test(m.sha256);
+  if (needHash || !m.contentType || m.mtimeMs === null) {
+    let fh: FileHandle;
+    try {
+      fh = await openRecorded(env, m);
+    } catch (e) {
+      if (e instanceof DsmError) throw e;
+      throw ioFailure(`Open File Fail, Fileid: ${fileId}`, e);
+    }
+    const patch: { sha256?: string; contentType?: string; mtimeMs?: number } = {};
+    try {
+      const st = await fh.stat();
+      let head: Uint8Array | undefined;
+      if (needHash) {
+        const h = await hashOpenFile(fh, st.size, env.config.ioChunkBytes);
+        patch.sha256 = h.sha256.toString('hex');
+        head = h.head;
+      }
+      if (!m.contentType) {
+        if (!head) {
+          const buf = Buffer.alloc(Math.min(SNIFF_BYTES, st.size));
+          const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+          head = buf.subarray(0, bytesRead);
+        }
+        patch.contentType = sniffContentType(head);
+      }
+      if (m.mtimeMs === null) patch.mtimeMs = Math.floor(st.mtimeMs);
+    } catch (e) {
+      throw ioFailure(`Read File Fail, Fileid: ${fileId}`, e);
+    } finally {
+      await fh.close().catch(() => {});
+    }
+    m = { ...m, ...patch };
+    try {
+      await env.meta.complete(m, patch);
+    } catch (e) {
+      // The reply is still right; the next stat computes it again.
+      env.log.warn({ err: e, fileId }, 'cannot record the computed checksum');
+    }
+  }
+  await ctx.reply(encodeStatReply(statOf(m)));
+}

@@ -1,0 +1,192 @@
+import { createHash } from 'node:crypto';
+import { type FileHandle, link, lstat, mkdir, open, rename, statfs, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { SNIFF_BYTES } from './sniff.ts';
+
+export const errCode = (e: unknown): string | undefined => (e as { code?: string } | null)?.code;
+
+/** Unlinks a file; a missing file is fine. */
+export async function removeQuiet(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (e) {
+    if (errCode(e) !== 'ENOENT') throw e;
+  }
+}
+
+/** fsync of a directory, so a rename / new entry in it survives a crash. */
+export async function fsyncDir(dir: string): Promise<void> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(dir, 'r');
+    await fh.sync();
+  } catch (e) {
+    // Some file systems cannot fsync a directory; the entry is then as durable as they allow.
+    const c = errCode(e);
+    if (c !== 'EINVAL' && c !== 'EISDIR' && c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EBADF') throw e;
+  } finally {
+    await fh?.close().catch(() => {});
+  }
+}
+
+/**
+ * Creates `dir` and any missing parents (the seed never did: quirk 4), then fsyncs the parents of
+ * every folder it created so the new entries are durable.
+ */
+export async function mkdirDurable(dir: string): Promise<void> {
+  const created = await mkdir(dir, { recursive: true });
+  if (!created) return;
+  const stop = dirname(created);
+  let d = dirname(dir);
+  for (;;) {
+    await fsyncDir(d);
+    if (d === stop || dirname(d) === d) break;
+    d = dirname(d);
+  }
+}
+
+/**
+ * Moves `src` to `dst` without ever replacing an existing `dst` (link + unlink; a file system
+ * without hard links falls back to a checked rename). Throws EEXIST when `dst` exists.
+ */
+export async function moveNoReplace(src: string, dst: string): Promise<void> {
+  try {
+    await link(src, dst);
+  } catch (e) {
+    const c = errCode(e);
+    if (c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EOPNOTSUPP' && c !== 'ENOSYS' && c !== 'EXDEV') throw e;
+    const exists = await lstat(dst).then(
+      () => true,
+      () => false,
+    );
+    if (exists) throw Object.assign(new Error(`EEXIST: file already exists, ${dst}`), { code: 'EEXIST' });
+    await rename(src, dst);
+    return;
+  }
+  await unlink(src);
+}
+
+/** Writes all `chunks` (in order) at `position` (null = the current file position). */
+export async function writeChunks(fh: FileHandle, chunks: Uint8Array[], position: number | null): Promise<void> {
+  let list = chunks.filter((c) => c.length > 0);
+  let pos = position;
+  while (list.length > 0) {
+    const want = list.reduce((n, c) => n + c.length, 0);
+    const { bytesWritten } = await fh.writev(list, pos ?? undefined);
+    if (pos !== null) pos += bytesWritten;
+    if (bytesWritten >= want) return;
+    // Short write: drop what went out and continue with the rest.
+    let skip = bytesWritten;
+    const rest: Uint8Array[] = [];
+    for (const c of list) {
+      if (skip >= c.length) {
+        skip -= c.length;
+        continue;
+      }
+      rest.push(skip > 0 ? c.subarray(skip) : c);
+      skip = 0;
+    }
+    list = rest;
+  }
+}
+
+export interface Received {
+  bytes: number;
+  sha256: Buffer;
+  /** The first bytes (for content sniffing). */
+  head: Uint8Array;
+}
+
+/**
+ * Streams `source` into `fh` at `position` (null = current position), batching writes up to
+ * `batchBytes`, hashing as it goes. Each chunk is written before the next is pulled from the
+ * socket, so a slow disk slows the sender (backpressure) and memory stays at about one batch.
+ * `onWritten` reports bytes that reached the file (also when the source fails midway).
+ */
+export async function receiveInto(
+  fh: FileHandle,
+  source: AsyncIterable<Uint8Array>,
+  batchBytes: number,
+  position: number | null,
+  onWritten?: (n: number) => void,
+): Promise<Received> {
+  const hash = createHash('sha256');
+  let head = new Uint8Array(0);
+  let batch: Uint8Array[] = [];
+  let batchLen = 0;
+  let total = 0;
+  let pos = position;
+  const flush = async () => {
+    if (batchLen === 0) return;
+    const b = batch;
+    const n = batchLen;
+    batch = [];
+    batchLen = 0;
+    await writeChunks(fh, b, pos);
+    if (pos !== null) pos += n;
+    total += n;
+    onWritten?.(total);
+  };
+  try {
+    for await (const chunk of source) {
+      if (chunk.length === 0) continue;
+      hash.update(chunk);
+      if (head.length < SNIFF_BYTES) {
+        const more = chunk.subarray(0, SNIFF_BYTES - head.length);
+        const h = new Uint8Array(head.length + more.length);
+        h.set(head, 0);
+        h.set(more, head.length);
+        head = h;
+      }
+      batch.push(chunk);
+      batchLen += chunk.length;
+      if (batchLen >= batchBytes) await flush();
+    }
+  } catch (e) {
+    // Keep what arrived (resumable appends rely on it), then report the failure.
+    await flush().catch(() => {});
+    throw e;
+  }
+  await flush();
+  return { bytes: total, sha256: hash.digest(), head };
+}
+
+/** Reads `length` bytes from `position` in chunks of at most `chunkBytes` (a fresh buffer each). */
+export async function* readChunks(
+  fh: FileHandle,
+  position: number,
+  length: number,
+  chunkBytes: number,
+): AsyncGenerator<Uint8Array> {
+  let pos = position;
+  let left = length;
+  while (left > 0) {
+    const buf = Buffer.allocUnsafe(Math.min(chunkBytes, left));
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+    if (bytesRead === 0) throw new Error(`file ended ${left} bytes early`);
+    pos += bytesRead;
+    left -= bytesRead;
+    yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+  }
+}
+
+/** sha-256 of a whole open file plus its first bytes. */
+export async function hashOpenFile(
+  fh: FileHandle,
+  size: number,
+  chunkBytes: number,
+): Promise<{ sha256: Buffer; head: Uint8Array }> {
+  const hash = createHash('sha256');
+  let head: Uint8Array | undefined;
+  for await (const c of readChunks(fh, 0, size, chunkBytes)) {
+    head ??= c.slice(0, SNIFF_BYTES);
+    hash.update(c);
+  }
+  return { sha256: hash.digest(), head: head ?? new Uint8Array(0) };
+}
+
+/** Total and available bytes of the file system holding `path`. */
+export async function diskSpace(path: string): Promise<{ totalBytes: number; freeBytes: number }> {
+  const s = await statfs(path);
+  return { totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize };
+}

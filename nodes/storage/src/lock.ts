@@ -1,0 +1,133 @@
+import { randomBytes } from 'node:crypto';
+import { link, open, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { DsmError, ErrorCode } from '@dsm/common';
+import { Errno } from '@dsm/packets';
+import { errCode, removeQuiet } from './fs-util.ts';
+
+/** How long a lock is valid without a refresh; holders refresh every third of it. */
+export const LOCK_TTL_MS = 60_000;
+
+interface LockContent {
+  token: string;
+  owner: string;
+  expiresMs: number;
+}
+
+async function readLock(path: string, ttlMs: number): Promise<LockContent | null> {
+  try {
+    const text = await readFile(path, 'utf8');
+    const v = JSON.parse(text) as Partial<LockContent>;
+    if (typeof v.token === 'string' && typeof v.expiresMs === 'number') {
+      return { token: v.token, owner: String(v.owner ?? ''), expiresMs: v.expiresMs };
+    }
+  } catch (e) {
+    if (errCode(e) === 'ENOENT') return null;
+  }
+  // Unreadable (being written right now, or damaged): valid for a TTL after its last change.
+  try {
+    const s = await stat(path);
+    return { token: '', owner: '', expiresMs: s.mtimeMs + ttlMs };
+  } catch (e) {
+    if (errCode(e) === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+const busy = (what: string) =>
+  new DsmError(ErrorCode.IO, `Upload Busy, Fileid: ${what}`, Errno.BUSY);
+
+/**
+ * An exclusive lock file next to a resumable upload's partial file, valid across every storage
+ * sharing the folder: created with O_EXCL and holding an expiry; an expired lock (its holder
+ * died) is stolen by renaming it aside, checking that what was moved is the expired lock seen
+ * before (a live one is put back), and creating a fresh one.
+ */
+export class FileLock {
+  readonly path: string;
+  readonly #token: string;
+  readonly #owner: string;
+  readonly #ttlMs: number;
+  readonly #timer: ReturnType<typeof setInterval>;
+  #released = false;
+  #refreshing: Promise<void> = Promise.resolve();
+
+  private constructor(path: string, token: string, owner: string, ttlMs: number) {
+    this.path = path;
+    this.#token = token;
+    this.#owner = owner;
+    this.#ttlMs = ttlMs;
+    this.#timer = setInterval(() => void this.refresh(), Math.max(10, Math.floor(ttlMs / 3)));
+    this.#timer.unref();
+  }
+
+  /** Takes the lock or throws errno BUSY (`label` names the upload in the message). */
+  static async acquire(path: string, owner: string, label: string, ttlMs = LOCK_TTL_MS): Promise<FileLock> {
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const token = randomBytes(12).toString('hex');
+      const content: LockContent = { token, owner, expiresMs: Date.now() + ttlMs };
+      try {
+        const fh = await open(path, 'wx', 0o644);
+        try {
+          await fh.writeFile(JSON.stringify(content));
+        } finally {
+          await fh.close();
+        }
+        return new FileLock(path, token, owner, ttlMs);
+      } catch (e) {
+        if (errCode(e) !== 'EEXIST') throw e;
+      }
+      const held = await readLock(path, ttlMs);
+      if (!held) continue; // released meanwhile
+      if (Date.now() < held.expiresMs) throw busy(label);
+      // Expired: move it aside atomically; only one stealer's rename succeeds.
+      const aside = `${path}.stale-${randomBytes(6).toString('hex')}`;
+      try {
+        await rename(path, aside);
+      } catch (e) {
+        if (errCode(e) === 'ENOENT') continue;
+        throw e;
+      }
+      const moved = await readLock(aside, ttlMs);
+      if (moved && held.token !== '' && moved.token !== held.token && Date.now() < moved.expiresMs) {
+        // We moved a lock someone else just took: put it back (unless yet another exists).
+        await link(aside, path).catch(() => {});
+        await removeQuiet(aside);
+        throw busy(label);
+      }
+      await removeQuiet(aside);
+    }
+    throw busy(label);
+  }
+
+  get token(): string {
+    return this.#token;
+  }
+
+  /** Extends the expiry (only while the lock file is still ours). */
+  refresh(): Promise<void> {
+    this.#refreshing = this.#refreshing.then(async () => {
+      if (this.#released) return;
+      const cur = await readLock(this.path, this.#ttlMs);
+      if (!cur || (cur.token !== '' && cur.token !== this.#token)) return;
+      const content: LockContent = { token: this.#token, owner: this.#owner, expiresMs: Date.now() + this.#ttlMs };
+      await writeFile(this.path, JSON.stringify(content));
+    }).catch(() => {});
+    return this.#refreshing;
+  }
+
+  /** Removes the lock file if it is still ours. */
+  async release(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    clearInterval(this.#timer);
+    await this.#refreshing;
+    const cur = await readLock(this.path, this.#ttlMs).catch(() => null);
+    if (cur && cur.token === this.#token) await removeQuiet(this.path);
+  }
+}
+
+/** True when a lock file exists and has not expired (used by the sweeper). */
+export async function isLockHeld(path: string, ttlMs = LOCK_TTL_MS): Promise<boolean> {
+  const cur = await readLock(path, ttlMs).catch(() => null);
+  return cur !== null && Date.now() < cur.expiresMs;
+}

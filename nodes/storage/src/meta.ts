@@ -1,0 +1,219 @@
+import { DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { type FileTableName, isDbUnavailable, type Schema } from '@dsm/db';
+import type { KvStore } from '@dsm/kv';
+import { Errno } from '@dsm/packets';
+import type { Kysely } from 'kysely';
+
+/** One file's metadata row (`t_file_0N`). */
+export interface FileMeta {
+  table: FileTableName;
+  fileId: string;
+  appId: string | null;
+  userId: string | null;
+  /** `file_path` as recorded. */
+  path: string;
+  size: number;
+  contentType: string | null;
+  /** Lowercase hex, or null on rows written by the seed. */
+  sha256: string | null;
+  mtimeMs: number | null;
+}
+
+export interface Found {
+  meta: FileMeta;
+  /** Came from the cache (may be stale by up to the TTL). */
+  cached: boolean;
+}
+
+/**
+ * Turns a database failure into the error reply: DB_UNAVAILABLE when it cannot be reached,
+ * INTERNAL otherwise; `message` is the seed's text for the failed step.
+ */
+export function dbFailure(e: unknown, message: string): DsmError {
+  if (e instanceof DsmError && e.code !== ErrorCode.CACHE_UNAVAILABLE) return e;
+  if (isDbUnavailable(e)) {
+    return new DsmError(ErrorCode.DB_UNAVAILABLE, `${message} (database unavailable)`, Errno.DB_UNAVAILABLE, {
+      cause: e,
+    });
+  }
+  return new DsmError(ErrorCode.IO, message, Errno.INTERNAL, { cause: e });
+}
+
+interface Cached {
+  t: string;
+  p: string;
+  s: number;
+  c: string | null;
+  h: string | null;
+  m: number | null;
+  a: string | null;
+  u: string | null;
+}
+
+const FILE_TABLES = new Set(['t_file_01', 't_file_02', 't_file_03']);
+
+/**
+ * File metadata: the user's table (by the seed's hash) in the database, with a read-through
+ * cache `storage:meta:<fileid>` in the KV store. The cache is only an accelerator: when it is
+ * down lookups go to the database, and a database outage does not fail lookups the cache can
+ * answer (seed quirk 7).
+ */
+export class MetaStore {
+  readonly #db: Kysely<Schema>;
+  readonly #kv: KvStore;
+  readonly #ttlMs: number;
+  readonly #log: Logger;
+  #cacheWarnedAt = 0;
+
+  constructor(db: Kysely<Schema>, kv: KvStore, ttlMs: number, log: Logger) {
+    this.#db = db;
+    this.#kv = kv;
+    this.#ttlMs = ttlMs;
+    this.#log = log;
+  }
+
+  static cacheKey(fileId: string): string {
+    return `storage:meta:${fileId}`;
+  }
+
+  #cacheDown(e: unknown): void {
+    const now = Date.now();
+    if (now - this.#cacheWarnedAt > 30_000) {
+      this.#cacheWarnedAt = now;
+      this.#log.warn({ err: (e as Error)?.message }, 'metadata cache unavailable; using the database');
+    }
+  }
+
+  /** Cache → database. Throws (raw) database errors; the caller words the reply. */
+  async find(table: FileTableName, fileId: string): Promise<Found | null> {
+    const hit = await this.#cacheGet(table, fileId);
+    if (hit) return { meta: hit, cached: true };
+    const meta = await this.findInDb(table, fileId);
+    if (meta) await this.#cacheSet(meta);
+    return meta ? { meta, cached: false } : null;
+  }
+
+  async findInDb(table: FileTableName, fileId: string): Promise<FileMeta | null> {
+    const row = await this.#db
+      .selectFrom(table)
+      .select(['id', 'appid', 'userid', 'file_path', 'file_size', 'content_type', 'sha256', 'mtime_ms'])
+      .where('id', '=', fileId)
+      .executeTakeFirst();
+    if (!row) return null;
+    return {
+      table,
+      fileId: row.id,
+      appId: row.appid,
+      userId: row.userid,
+      path: row.file_path ?? '',
+      size: Number(row.file_size ?? 0),
+      contentType: row.content_type || null,
+      sha256: row.sha256 ? row.sha256.toLowerCase() : null,
+      mtimeMs: row.mtime_ms === null || row.mtime_ms === undefined ? null : Number(row.mtime_ms),
+    };
+  }
+
+  async exists(table: FileTableName, fileId: string): Promise<boolean> {
+    const row = await this.#db.selectFrom(table).select('id').where('id', '=', fileId).executeTakeFirst();
+    return row !== undefined;
+  }
+
+  /** Inserts a row (status 0). Throws on a duplicate id (see isUniqueViolation). */
+  async insert(m: FileMeta): Promise<void> {
+    await this.#db
+      .insertInto(m.table)
+      .values({
+        id: m.fileId,
+        appid: m.appId,
+        userid: m.userId,
+        status: 0,
+        file_path: m.path,
+        file_size: m.size,
+        content_type: m.contentType,
+        sha256: m.sha256,
+        mtime_ms: m.mtimeMs,
+      })
+      .execute();
+  }
+
+  /** Fills columns a seed row lacks (checksum, content type, mtime). */
+  async complete(
+    m: FileMeta,
+    patch: { sha256?: string; contentType?: string; mtimeMs?: number },
+  ): Promise<void> {
+    await this.#db
+      .updateTable(m.table)
+      .set({
+        ...(patch.sha256 !== undefined ? { sha256: patch.sha256 } : {}),
+        ...(patch.contentType !== undefined ? { content_type: patch.contentType } : {}),
+        ...(patch.mtimeMs !== undefined ? { mtime_ms: patch.mtimeMs } : {}),
+      })
+      .where('id', '=', m.fileId)
+      .execute();
+    await this.evict(m.fileId);
+  }
+
+  /** Deletes the row; false when there was none. */
+  async remove(table: FileTableName, fileId: string): Promise<boolean> {
+    const r = await this.#db.deleteFrom(table).where('id', '=', fileId).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+
+  async evict(fileId: string): Promise<void> {
+    try {
+      await this.#kv.del(MetaStore.cacheKey(fileId));
+    } catch (e) {
+      this.#cacheDown(e);
+    }
+  }
+
+  async #cacheGet(table: FileTableName, fileId: string): Promise<FileMeta | null> {
+    if (this.#ttlMs <= 0) return null;
+    let raw: string | null;
+    try {
+      raw = await this.#kv.get(MetaStore.cacheKey(fileId));
+    } catch (e) {
+      this.#cacheDown(e);
+      return null;
+    }
+    if (!raw) return null;
+    try {
+      const v = JSON.parse(raw) as Cached;
+      // The key names the file id only; the same id may exist for another user in another table.
+      if (v.t !== table || !FILE_TABLES.has(v.t) || typeof v.p !== 'string' || v.p === '') return null;
+      if (typeof v.s !== 'number' || !Number.isSafeInteger(v.s) || v.s < 0) return null;
+      return {
+        table,
+        fileId,
+        appId: v.a ?? null,
+        userId: v.u ?? null,
+        path: v.p,
+        size: v.s,
+        contentType: v.c ?? null,
+        sha256: v.h ?? null,
+        mtimeMs: v.m ?? null,
+      };
+    } catch {
+      return null;
+    }
+  }
+
+  async #cacheSet(m: FileMeta): Promise<void> {
+    if (this.#ttlMs <= 0) return;
+    const v: Cached = {
+      t: m.table,
+      p: m.path,
+      s: m.size,
+      c: m.contentType,
+      h: m.sha256,
+      m: m.mtimeMs,
+      a: m.appId,
+      u: m.userId,
+    };
+    try {
+      await this.#kv.set(MetaStore.cacheKey(m.fileId), JSON.stringify(v), this.#ttlMs);
+    } catch (e) {
+      this.#cacheDown(e);
+    }
+  }
+}

@@ -1,0 +1,91 @@
+import { randomInt } from 'node:crypto';
+import { mkdir, readdir, realpath, rm } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+
+/** Folder (inside each store) for this process's upload temp files: `.tmp/<hostname>-<port>`. */
+export const TMP_DIR = '.tmp';
+/** Folder (inside each store) for resumable uploads, shared by the group: `.partial/<fileid>`. */
+export const PARTIAL_DIR = '.partial';
+
+/** `path` is `root` itself or below it (both absolute and normalised). */
+export function isInside(root: string, path: string): boolean {
+  const r = relative(root, path);
+  return r === '' || (r !== '..' && !r.startsWith(`..${sep}`) && !isAbsolute(r));
+}
+
+const safeName = (s: string) => s.replace(/[^A-Za-z0-9._-]/g, '_');
+
+/**
+ * The store folders of this node (absolute). Every member of a group has the same list and
+ * shares the folders, so paths recorded by one member are valid on all of them.
+ */
+export class Stores {
+  readonly paths: readonly string[];
+  readonly #tmpName: string;
+  readonly #base: string;
+  #real: string[] = [];
+
+  /** `tmpName` identifies this process among the group members (`<hostname>-<port>`). */
+  constructor(paths: readonly string[], tmpName: string, base = process.cwd()) {
+    this.paths = paths.map((p) => resolve(base, p));
+    this.#base = base;
+    this.#tmpName = safeName(tmpName);
+  }
+
+  /**
+   * Creates the folders and empties this process's own temp folder: temp files of a previous
+   * run (killed mid-upload) never outlive a restart. Other members' temp folders are not touched.
+   */
+  async init(): Promise<void> {
+    for (let i = 0; i < this.paths.length; i++) {
+      await mkdir(join(this.paths[i] as string, PARTIAL_DIR), { recursive: true });
+      const tmp = this.tmpDir(i);
+      await mkdir(tmp, { recursive: true });
+      for (const name of await readdir(tmp)) await rm(join(tmp, name), { recursive: true, force: true });
+    }
+    this.#real = await Promise.all(this.paths.map((p) => realpath(p)));
+  }
+
+  get size(): number {
+    return this.paths.length;
+  }
+
+  path(i: number): string {
+    return this.paths[i] as string;
+  }
+
+  /** A store index from a cryptographic random source (the seed reseeded rand() each second). */
+  pick(): number {
+    return this.paths.length === 1 ? 0 : randomInt(this.paths.length);
+  }
+
+  tmpDir(i: number): string {
+    return join(this.path(i), TMP_DIR, this.#tmpName);
+  }
+
+  partialPath(i: number, fileId: string): string {
+    return join(this.path(i), PARTIAL_DIR, fileId);
+  }
+
+  /** Index of the store holding `absPath` (lexically), or -1. */
+  indexOf(absPath: string): number {
+    return this.paths.findIndex((root) => isInside(root, absPath) && absPath !== root);
+  }
+
+  /**
+   * A recorded `file_path` as an absolute path inside one of the stores, or null when it points
+   * anywhere else (never read or delete outside the data root). Relative paths (seed rows)
+   * resolve against the config folder.
+   */
+  resolveRecorded(filePath: string | null | undefined): string | null {
+    if (!filePath || filePath.includes('\0')) return null;
+    const abs = resolve(this.#base, filePath);
+    return this.indexOf(abs) >= 0 ? abs : null;
+  }
+
+  /** The real path of `absPath`, if it still lies inside a store after resolving symlinks. */
+  async realInside(absPath: string): Promise<string | null> {
+    const real = await realpath(absPath);
+    return this.#real.some((root) => isInside(root, real) && real !== root) ? real : null;
+  }
+}
