@@ -1,4 +1,4 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -50,14 +50,9 @@ function nginxBinary(): string | null {
 }
 
 export function nginxVersion(bin: string): string {
-  try {
-    // nginx prints its version on stderr
-    const out = execFileSync(bin, ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    return out.trim();
-  } catch (e) {
-    const err = e as { stderr?: string };
-    return String(err.stderr ?? '').trim();
-  }
+  // nginx prints its version on stderr
+  const r = spawnSync(bin, ['-v'], { encoding: 'utf8' });
+  return `${r.stderr ?? ''}${r.stdout ?? ''}`.trim();
 }
 
 /**
@@ -91,11 +86,7 @@ export class PrivateNginx {
   workerPids(): number[] {
     try {
       const text = readFileSync(`/proc/${this.pid}/task/${this.pid}/children`, 'utf8');
-      return text
-        .trim()
-        .split(/\s+/)
-        .filter(Boolean)
-        .map(Number);
+      return text.trim().split(/\s+/).filter(Boolean).map(Number);
     } catch {
       return [];
     }

@@ -39,7 +39,10 @@ export class RssSampler {
 }
 
 /** Runs `fn` while sampling; returns its result and the peak RSS. */
-export async function withRss<T>(pids: number[], fn: () => Promise<T>): Promise<{ result: T; peakRss: number }> {
+export async function withRss<T>(
+  pids: number[],
+  fn: () => Promise<T>,
+): Promise<{ result: T; peakRss: number }> {
   const s = new RssSampler(pids);
   try {
     const result = await fn();

@@ -205,7 +205,11 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   const base = await freePortRange(4);
   const nginxPort = base + 3;
   log(`starting nginx on 127.0.0.1:${nginxPort}`);
-  const nginx = await PrivateNginx.start(nginxBin, { prefix: join(o.dir, 'nginx'), root: www, port: nginxPort });
+  const nginx = await PrivateNginx.start(nginxBin, {
+    prefix: join(o.dir, 'nginx'),
+    root: www,
+    port: nginxPort,
+  });
   await scope.defer(() => nginx.stop());
   const onExit = () => nginx.killNow();
   process.once('exit', onExit);
@@ -360,7 +364,18 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   const medium = o.only.has('medium') ? await bigTransfers(o.mediumSize, !o.only.has('large')) : null;
 
   let smallRows: Row[] = [];
-  if (o.only.has('small')) smallRows = await smallRequests(o, { client, addr, agent, nginxPort, www, fsDir, storagePid, nginx, details });
+  if (o.only.has('small'))
+    smallRows = await smallRequests(o, {
+      client,
+      addr,
+      agent,
+      nginxPort,
+      www,
+      fsDir,
+      storagePid,
+      nginx,
+      details,
+    });
 
   for (const part of [big?.downRow, medium?.downRow, big?.upRow, medium?.upRow]) if (part) rows.push(part);
   rows.push(...smallRows);
@@ -417,7 +432,11 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
   };
   for (let i = 0; i < FILES; i++) writeFileSync(join(c.www, 'small', `${i}.bin`), payload);
   const dsmDown = async (i: number) => {
-    const r = await c.client.storage.download(c.addr, { ...(ids[i % ids.length] as Ids), offset: 0, size: 0 });
+    const r = await c.client.storage.download(c.addr, {
+      ...(ids[i % ids.length] as Ids),
+      offset: 0,
+      size: 0,
+    });
     let n = 0;
     for await (const chunk of r.stream) n += chunk.length;
     if (n !== size) throw new Error(`dsm small download returned ${n} bytes`);
@@ -440,7 +459,11 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
       ops += res.ops;
       rates.push(res.ops / (res.ms / 1000));
     }
-    return { rate: rates.reduce((a, b) => a + b, 0) / rates.length, rates, serverCpuPerOp: pids.length ? cpu / ops : 0 };
+    return {
+      rate: rates.reduce((a, b) => a + b, 0) / rates.length,
+      rates,
+      serverCpuPerOp: pids.length ? cpu / ops : 0,
+    };
   };
 
   const up = await measure(`${label} uploads: dsm`, [c.storagePid], dsmUp);

@@ -66,11 +66,19 @@ export const configSchema = z.object({
     .refine((s) => utf8Length(s) <= TOKEN_WIDTH - 1 && !s.includes('\0'), 'at most 63 bytes, no NUL')
     .default(''),
   /** Largest upload (content bytes). */
-  maxUploadBytes: z.number().int().min(0).default(64 * GiB),
+  maxUploadBytes: z
+    .number()
+    .int()
+    .min(0)
+    .default(64 * GiB),
   /** Free space an upload must leave on the store folder (errno NO_SPACE otherwise). */
   reserveBytes: z.number().int().min(0).default(0),
   /** Resumable uploads untouched this long are deleted by the sweeper. */
-  uploadExpiryMs: z.number().int().min(1).default(24 * 3600 * 1000),
+  uploadExpiryMs: z
+    .number()
+    .int()
+    .min(1)
+    .default(24 * 3600 * 1000),
   /** TTL of cached file metadata (`storage:meta:<fileid>`); 0 disables the cache. */
   metaCacheTtlMs: z.number().int().min(0).default(60_000),
   /** Read/write chunk size for file I/O. */

@@ -1,7 +1,7 @@
+import { isValidFileId } from '@dsm/client';
 import { DsmError, ErrorCode, type Logger } from '@dsm/common';
 import type { Schema } from '@dsm/db';
 import { Errno } from '@dsm/packets';
-import { isValidFileId } from '@dsm/client';
 import type { Kysely } from 'kysely';
 import type { StorageConfig } from './config.ts';
 import type { MetaStore } from './meta.ts';

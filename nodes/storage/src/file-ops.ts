@@ -26,8 +26,8 @@ import {
   type Received,
   readChunks,
   receiveInto,
+  removeQuiet,
 } from './fs-util.ts';
-import { removeQuiet } from './fs-util.ts';
 import { dbFailure, type FileMeta, type Found } from './meta.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
@@ -68,7 +68,9 @@ async function refuseExisting(env: StorageEnv, table: FileTableName, fileId: str
   try {
     found = await env.meta.exists(table, fileId);
     if (!found) {
-      found = (await env.db.selectFrom('t_upload').select('id').where('id', '=', fileId).executeTakeFirst()) !== undefined;
+      found =
+        (await env.db.selectFrom('t_upload').select('id').where('id', '=', fileId).executeTakeFirst()) !==
+        undefined;
     }
   } catch (e) {
     throw dbFailure(e, `INSERT Database Fail, Fileid: ${fileId}`);
@@ -232,10 +234,12 @@ async function lookupFresh(env: StorageEnv, table: FileTableName, fileId: string
   const f = await lookup(env, table, fileId);
   if (!f.cached) return f;
   const abs = env.stores.resolveRecorded(f.meta.path);
-  const gone = abs ? await stat(abs).then(
-    () => false,
-    (e) => errCode(e) === 'ENOENT',
-  ) : false;
+  const gone = abs
+    ? await stat(abs).then(
+        () => false,
+        (e) => errCode(e) === 'ENOENT',
+      )
+    : false;
   if (!gone) return f;
   await env.meta.evict(fileId);
   return lookupDb(env, table, fileId);
@@ -311,7 +315,10 @@ export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promis
   if (!removed) throw notFound(fileId);
   const abs = env.stores.resolveRecorded(f.meta.path);
   if (!abs) {
-    env.log.error({ fileId, path: f.meta.path }, 'recorded path is outside the store folders; file not deleted');
+    env.log.error(
+      { fileId, path: f.meta.path },
+      'recorded path is outside the store folders; file not deleted',
+    );
   } else {
     try {
       await removeQuiet(abs);

@@ -67,7 +67,11 @@ export async function moveNoReplace(src: string, dst: string): Promise<void> {
 }
 
 /** Writes all `chunks` (in order) at `position` (null = the current file position). */
-export async function writeChunks(fh: FileHandle, chunks: Uint8Array[], position: number | null): Promise<void> {
+export async function writeChunks(
+  fh: FileHandle,
+  chunks: Uint8Array[],
+  position: number | null,
+): Promise<void> {
   let list = chunks.filter((c) => c.length > 0);
   let pos = position;
   while (list.length > 0) {

@@ -33,8 +33,7 @@ async function readLock(path: string, ttlMs: number): Promise<LockContent | null
   }
 }
 
-const busy = (what: string) =>
-  new DsmError(ErrorCode.IO, `Upload Busy, Fileid: ${what}`, Errno.BUSY);
+const busy = (what: string) => new DsmError(ErrorCode.IO, `Upload Busy, Fileid: ${what}`, Errno.BUSY);
 
 /**
  * An exclusive lock file next to a resumable upload's partial file, valid across every storage
@@ -105,13 +104,19 @@ export class FileLock {
 
   /** Extends the expiry (only while the lock file is still ours). */
   refresh(): Promise<void> {
-    this.#refreshing = this.#refreshing.then(async () => {
-      if (this.#released) return;
-      const cur = await readLock(this.path, this.#ttlMs);
-      if (!cur || (cur.token !== '' && cur.token !== this.#token)) return;
-      const content: LockContent = { token: this.#token, owner: this.#owner, expiresMs: Date.now() + this.#ttlMs };
-      await writeFile(this.path, JSON.stringify(content));
-    }).catch(() => {});
+    this.#refreshing = this.#refreshing
+      .then(async () => {
+        if (this.#released) return;
+        const cur = await readLock(this.path, this.#ttlMs);
+        if (!cur || (cur.token !== '' && cur.token !== this.#token)) return;
+        const content: LockContent = {
+          token: this.#token,
+          owner: this.#owner,
+          expiresMs: Date.now() + this.#ttlMs,
+        };
+        await writeFile(this.path, JSON.stringify(content));
+      })
+      .catch(() => {});
     return this.#refreshing;
   }
 

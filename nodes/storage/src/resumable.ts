@@ -50,7 +50,10 @@ async function findUpload(env: StorageEnv, ids: FileIds): Promise<OpenUpload> {
   const partial = env.stores.resolveRecorded(row.temp_path);
   const storeIndex = partial ? env.stores.indexOf(partial) : -1;
   if (!partial || partial !== env.stores.partialPath(storeIndex, ids.fileId)) {
-    env.log.error({ fileId: ids.fileId, path: row.temp_path }, 'upload path is not a partial file of a store');
+    env.log.error(
+      { fileId: ids.fileId, path: row.temp_path },
+      'upload path is not a partial file of a store',
+    );
     throw new DsmError(ErrorCode.IO, `Invalid Upload Path, Fileid: ${ids.fileId}`, Errno.INTERNAL);
   }
   return { row, partial, storeIndex };
@@ -175,10 +178,14 @@ export async function handleUploadAppend(env: StorageEnv, ctx: RequestContext): 
         failure ??= e;
       });
       newOffset = (await fh.stat()).size;
-      await touch(env, fileId).catch((e) => env.log.warn({ err: e, fileId }, 'cannot update the upload time'));
+      await touch(env, fileId).catch((e) =>
+        env.log.warn({ err: e, fileId }, 'cannot update the upload time'),
+      );
       if (failure !== undefined) {
         ctx.log.info({ fileId, offset: newOffset }, 'append cut short; bytes so far kept');
-        throw isSystemError(failure) ? ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, failure) : failure;
+        throw isSystemError(failure)
+          ? ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, failure)
+          : failure;
       }
     } finally {
       await fh.close().catch(() => {});
@@ -318,7 +325,8 @@ export async function sweepUploads(env: StorageEnv, nowMs = Date.now()): Promise
     if (Number(del.numDeletedRows) === 0) continue;
     if (partial) {
       await removeQuiet(partial).catch((e) => {
-        if (errCode(e) !== 'ENOENT') env.log.warn({ err: e, path: partial }, 'cannot delete an expired upload');
+        if (errCode(e) !== 'ENOENT')
+          env.log.warn({ err: e, path: partial }, 'cannot delete an expired upload');
       });
       await removeQuiet(lockPath(partial)).catch(() => {});
     }

@@ -40,7 +40,12 @@ export function sniffContentType(head: Uint8Array): string {
   if (ascii(b, 0, '%PDF-')) return 'application/pdf';
   if (ascii(b, 0, 'ID3')) return 'audio/mpeg';
   // MPEG audio frame sync: 11 set bits, a valid layer (not 00).
-  if (b.length >= 2 && b[0] === 0xff && ((b[1] as number) & 0xe0) === 0xe0 && ((b[1] as number) & 0x06) !== 0) {
+  if (
+    b.length >= 2 &&
+    b[0] === 0xff &&
+    ((b[1] as number) & 0xe0) === 0xe0 &&
+    ((b[1] as number) & 0x06) !== 0
+  ) {
     return 'audio/mpeg';
   }
   return DEFAULT_CONTENT_TYPE;

@@ -1,5 +1,10 @@
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig } from '@dsm/common';
 import { Command, decodeAddrsReply, Errno, Status } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { configSchema } from './config.ts';
 import { routeCacheKey } from './group-router.ts';
 import { addrs, ask, BACKENDS, type Backend, createBackend, FakeStorage, log } from './test-support.ts';
 import { startTracker } from './tracker.ts';
@@ -140,6 +145,25 @@ describe('start-up without a database', () => {
       s.close();
     } finally {
       await t.close();
+    }
+  });
+
+  it('runs from a loadConfig() result; a relative SQLite path is relative to the config file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dsm-tracker-cfg-'));
+    try {
+      const file = join(dir, 'tracker.json');
+      writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', database: 'sqlite:./data/t.db' }));
+      const t = await startTracker(loadConfig(configSchema, file), { log });
+      try {
+        expect(t.ready).toEqual({ role: 'tracker', listen: `127.0.0.1:${t.port}` });
+        expect(existsSync(join(dir, 'data', 't.db'))).toBe(true);
+      } finally {
+        await t.close();
+      }
+      writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:0', beatTimeout: 5 }));
+      expect(() => loadConfig(configSchema, file)).toThrow(/unknown config key "beatTimeout"/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

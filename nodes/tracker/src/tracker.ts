@@ -62,8 +62,10 @@ export async function startTracker(
   configIn: TrackerConfig | Record<string, unknown>,
   opts: StartTrackerOptions = {},
 ): Promise<RunningTracker> {
-  const configDir = (configIn as TrackerConfig).configDir ?? process.cwd();
-  const config: TrackerConfig = parseConfig(configSchema, configIn, configDir);
+  // A config from loadConfig() carries its folder; the rest is (re)validated, unknown keys refused.
+  const { configDir: dirIn, ...raw } = configIn as TrackerConfig;
+  const configDir = typeof dirIn === 'string' ? dirIn : process.cwd();
+  const config: TrackerConfig = parseConfig(configSchema, raw, configDir);
   const log = opts.log ?? createLogger('tracker');
   const { host, port: listenPort } = parseListen(config.listen);
   const appIds = new Set(config.appIds);

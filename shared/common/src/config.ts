@@ -46,7 +46,14 @@ export function parseConfig<S extends z.ZodType>(
 ): Readonly<z.infer<S>> & { configDir: string } {
   // Unknown keys are refused: a typo must not silently fall back to a default.
   const strict = schema instanceof z.ZodObject ? (schema.strict() as unknown as S) : schema;
-  const r = strict.safeParse(raw);
+  // A config that went through here once may come back (a node re-validating what it was given).
+  let input = raw;
+  if (input && typeof input === 'object' && 'configDir' in input) {
+    const { configDir: dir, ...rest } = input as Record<string, unknown>;
+    if (typeof dir === 'string') configDir = dir;
+    input = rest;
+  }
+  const r = strict.safeParse(input);
   if (!r.success) {
     const issue = r.error.issues[0];
     if (issue?.code === 'unrecognized_keys') {

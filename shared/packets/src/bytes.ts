@@ -1,8 +1,10 @@
-import { ProtocolError } from './errors.ts';
 import { Errno } from './constants.ts';
+import { ProtocolError } from './errors.ts';
 
 const utf8 = new TextEncoder();
-const utf8Decoder = new TextDecoder('utf-8', { fatal: false });
+// ignoreBOM: a leading U+FEFF is part of the value (the default would silently strip it, so a
+// field starting with it would not round-trip and would differ from its raw bytes).
+const utf8Decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
 
 export function encodeUtf8(s: string): Uint8Array {
   return utf8.encode(s);
@@ -12,7 +14,13 @@ export function decodeUtf8(b: Uint8Array): string {
 }
 
 /** Writes `value` as a NUL-terminated, zero-padded field of `width` bytes (width includes the NUL). */
-export function writeFixed(target: Uint8Array, offset: number, width: number, value: string, field: string): void {
+export function writeFixed(
+  target: Uint8Array,
+  offset: number,
+  width: number,
+  value: string,
+  field: string,
+): void {
   const bytes = utf8.encode(value);
   if (bytes.length > width - 1) {
     throw new ProtocolError(`${field} too long: ${bytes.length} bytes > ${width - 1}`, Errno.BAD_FIELD);
@@ -60,28 +68,49 @@ export function readI64(source: Uint8Array, offset: number, field: string): numb
   return Number(v);
 }
 
+/** Refuses values a fixed-width integer cannot hold (DataView would silently wrap them). */
+function checkRange(value: number, min: number, max: number, kind: string): void {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ProtocolError(`not a valid ${kind}: ${value}`, Errno.BAD_FIELD);
+  }
+}
+
 export function writeU16(target: Uint8Array, offset: number, value: number): void {
+  checkRange(value, 0, 0xffff, 'u16');
   view(target).setUint16(offset, value);
 }
 export function readU16(source: Uint8Array, offset: number): number {
   return view(source).getUint16(offset);
 }
 export function writeI16(target: Uint8Array, offset: number, value: number): void {
+  checkRange(value, -0x8000, 0x7fff, 'i16');
   view(target).setInt16(offset, value);
 }
 export function readI16(source: Uint8Array, offset: number): number {
   return view(source).getInt16(offset);
 }
 export function writeU32(target: Uint8Array, offset: number, value: number): void {
+  checkRange(value, 0, 0xffffffff, 'u32');
   view(target).setUint32(offset, value);
+}
+export function writeI32(target: Uint8Array, offset: number, value: number): void {
+  checkRange(value, -0x80000000, 0x7fffffff, 'i32');
+  view(target).setInt32(offset, value);
+}
+export function readI32(source: Uint8Array, offset: number): number {
+  return view(source).getInt32(offset);
 }
 export function readU32(source: Uint8Array, offset: number): number {
   return view(source).getUint32(offset);
 }
 
-/** A variable-length string sent with exactly one trailing NUL counted in the body. */
+/**
+ * A variable-length string sent with exactly one trailing NUL counted in the body. A NUL inside
+ * the value is refused: the receiver would cut the value there.
+ */
 export function encodeCString(value: string): Uint8Array {
   const bytes = utf8.encode(value);
+  if (bytes.includes(0)) throw new ProtocolError('string contains a NUL byte', Errno.BAD_FIELD);
   const out = new Uint8Array(bytes.length + 1);
   out.set(bytes, 0);
   return out;

@@ -1,7 +1,7 @@
-import { HEADER_LENGTH } from './constants.ts';
-import type { ProtocolError } from './errors.ts';
-import { type Header, decodeHeader } from './header.ts';
-import { type SpecFn, lengthError } from './frame-spec.ts';
+import { Errno, HEADER_LENGTH } from './constants.ts';
+import { ProtocolError } from './errors.ts';
+import { lengthError, type SpecFn } from './frame-spec.ts';
+import { decodeHeader, type Header } from './header.ts';
 
 export type FrameEvent =
   /** A whole buffered frame. */
@@ -87,10 +87,22 @@ export class FrameReader {
     const header = decodeHeader(this.#head);
     this.#headFill = 0;
     this.#header = header;
+    // As the seed: a negative length is refused before the command is even looked at.
+    if (header.bodyLength < 0) {
+      const raw = new DataView(this.#head.buffer).getBigInt64(0); // exact, even below −2^53
+      this.#fail(out, header, new ProtocolError(`Invalid Body Length: ${raw} < 0`, Errno.BAD_LENGTH));
+      return;
+    }
     const spec = this.#spec(header);
-    if (!('kind' in spec)) return this.#fail(out, header, spec);
+    if (!('kind' in spec)) {
+      this.#fail(out, header, spec);
+      return;
+    }
     const err = lengthError(header.bodyLength, spec);
-    if (err) return this.#fail(out, header, err);
+    if (err) {
+      this.#fail(out, header, err);
+      return;
+    }
     if (spec.kind === 'buffered') {
       this.#buf = new Uint8Array(header.bodyLength);
       this.#fill = 0;

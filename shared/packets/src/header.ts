@@ -1,6 +1,5 @@
-import { HEADER_LENGTH, Status } from './constants.ts';
+import { Errno, HEADER_LENGTH, Status } from './constants.ts';
 import { ProtocolError } from './errors.ts';
-import { Errno } from './constants.ts';
 
 /**
  * Frame header, 10 bytes:
@@ -15,10 +14,18 @@ export interface Header {
   status: number;
 }
 
+/** Command and status are single bytes; DataView would silently wrap larger values. */
+function checkByte(v: number, name: string): void {
+  if (!Number.isInteger(v) || v < 0 || v > 0xff)
+    throw new ProtocolError(`Invalid ${name}: ${v}`, Errno.BAD_FIELD);
+}
+
 export function encodeHeader(h: Header, target = new Uint8Array(HEADER_LENGTH), offset = 0): Uint8Array {
   if (!Number.isSafeInteger(h.bodyLength) || h.bodyLength < 0) {
     throw new ProtocolError(`Invalid Body Length: ${h.bodyLength} < 0`, Errno.BAD_LENGTH);
   }
+  checkByte(h.command, 'Command');
+  checkByte(h.status, 'Status');
   const dv = new DataView(target.buffer, target.byteOffset + offset, HEADER_LENGTH);
   dv.setBigInt64(0, BigInt(h.bodyLength));
   dv.setUint8(8, h.command);
@@ -41,7 +48,11 @@ export function decodeHeader(b: Uint8Array, offset = 0): Header {
 }
 
 /** Header + body in one buffer, so a frame goes out in one write (no delayed-ACK stall). */
-export function encodeFrame(command: number, body: Uint8Array = new Uint8Array(0), status: number = Status.OK): Uint8Array {
+export function encodeFrame(
+  command: number,
+  body: Uint8Array = new Uint8Array(0),
+  status: number = Status.OK,
+): Uint8Array {
   const out = new Uint8Array(HEADER_LENGTH + body.length);
   encodeHeader({ bodyLength: body.length, command, status }, out, 0);
   out.set(body, HEADER_LENGTH);
@@ -49,6 +60,10 @@ export function encodeFrame(command: number, body: Uint8Array = new Uint8Array(0
 }
 
 /** Header of a frame whose body follows separately (streamed uploads and downloads). */
-export function encodeStreamHeader(command: number, bodyLength: number, status: number = Status.OK): Uint8Array {
+export function encodeStreamHeader(
+  command: number,
+  bodyLength: number,
+  status: number = Status.OK,
+): Uint8Array {
   return encodeHeader({ bodyLength, command, status });
 }

@@ -1,5 +1,5 @@
-import { Errno, ID_KEY_MAX } from '../constants.ts';
 import { decodeCString, encodeCString, readI64, writeI64 } from '../bytes.ts';
+import { Errno, ID_KEY_MAX } from '../constants.ts';
 import { ProtocolError } from '../errors.ts';
 
 /**
@@ -7,6 +7,7 @@ import { ProtocolError } from '../errors.ts';
  * Reply (101): body 8 bytes, the id as i64 BE.
  */
 export function encodeIdRequest(key: string): Uint8Array {
+  if (key.includes('\0')) throw new ProtocolError('Invalid ID Key', Errno.BAD_FIELD);
   const b = encodeCString(key);
   if (b.length < 2 || b.length > ID_KEY_MAX + 1) {
     throw new ProtocolError(`Invalid ID Key Length: ${b.length - 1}`, Errno.BAD_FIELD);
@@ -21,7 +22,8 @@ export function decodeIdRequest(b: Uint8Array): string {
   }
   if (b.length < 2 || b[b.length - 1] !== 0) throw new ProtocolError('Invalid ID Key', Errno.BAD_FIELD);
   const key = decodeCString(b);
-  if (key.length === 0 || b.indexOf(0) !== b.length - 1) throw new ProtocolError('Invalid ID Key', Errno.BAD_FIELD);
+  if (key.length === 0 || b.indexOf(0) !== b.length - 1)
+    throw new ProtocolError('Invalid ID Key', Errno.BAD_FIELD);
   return key;
 }
 

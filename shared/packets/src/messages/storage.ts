@@ -1,10 +1,19 @@
-import { CONTENT_TYPE_WIDTH, Errno, IDS_LENGTH, SHA256_LENGTH } from '../constants.ts';
 import { readFixed, readI64, writeFixed, writeI64 } from '../bytes.ts';
+import { CONTENT_TYPE_WIDTH, Errno, IDS_LENGTH, SHA256_LENGTH } from '../constants.ts';
 import { ProtocolError } from '../errors.ts';
 import { type FileIds, readIds, writeIds } from './ids.ts';
 
 function expectLength(b: Uint8Array, n: number): void {
   if (b.length !== n) throw new ProtocolError(`Invalid Body Length: ${b.length} != ${n}`, Errno.BAD_LENGTH);
+}
+
+/** A streamed frame's prefix: at least `n` bytes (the caller may pass the whole body). */
+function expectPrefix(b: Uint8Array, n: number): void {
+  if (b.length < n) throw new ProtocolError(`Invalid Body Length: ${b.length} < ${n}`, Errno.BAD_LENGTH);
+}
+
+function expectNonNegative(v: number, what: string): void {
+  if (v < 0) throw new ProtocolError(`Invalid ${what}: ${v}`, Errno.BAD_FIELD);
 }
 
 // File size (71), delete (73), stat (74), upload offset (77), upload commit (78),
@@ -27,6 +36,7 @@ export interface UploadHead extends FileIds {
 }
 
 export function encodeUploadPrefix(u: UploadHead): Uint8Array {
+  expectNonNegative(u.size, 'File Size');
   const b = new Uint8Array(UPLOAD_PREFIX);
   writeIds(b, 0, u);
   writeI64(b, IDS_LENGTH, u.size);
@@ -35,6 +45,7 @@ export function encodeUploadPrefix(u: UploadHead): Uint8Array {
 
 /** `bodyLength` is the header's; the declared size must account for the rest of the body exactly. */
 export function decodeUploadPrefix(b: Uint8Array, bodyLength: number): UploadHead {
+  expectPrefix(b, UPLOAD_PREFIX);
   const ids = readIds(b);
   const size = readI64(b, IDS_LENGTH, 'file size');
   const rest = bodyLength - UPLOAD_PREFIX;
@@ -53,6 +64,7 @@ export interface UploadExtHead extends UploadHead {
 }
 
 export function encodeUploadExtPrefix(u: UploadExtHead): Uint8Array {
+  expectNonNegative(u.size, 'File Size');
   const b = new Uint8Array(UPLOAD_EXT_PREFIX);
   writeIds(b, 0, u);
   writeFixed(b, IDS_LENGTH, CONTENT_TYPE_WIDTH, u.contentType, 'content type');
@@ -61,6 +73,7 @@ export function encodeUploadExtPrefix(u: UploadExtHead): Uint8Array {
 }
 
 export function decodeUploadExtPrefix(b: Uint8Array, bodyLength: number): UploadExtHead {
+  expectPrefix(b, UPLOAD_EXT_PREFIX);
   const ids = readIds(b);
   const contentType = readFixed(b, IDS_LENGTH, CONTENT_TYPE_WIDTH, 'content type');
   const size = readI64(b, IDS_LENGTH + CONTENT_TYPE_WIDTH, 'file size');
@@ -152,6 +165,7 @@ export interface UploadCreate extends FileIds {
 }
 
 export function encodeUploadCreate(u: UploadCreate): Uint8Array {
+  if (u.totalSize < -1) throw new ProtocolError(`Invalid Total Size: ${u.totalSize}`, Errno.BAD_FIELD);
   const b = new Uint8Array(UPLOAD_CREATE_LENGTH);
   writeIds(b, 0, u);
   writeI64(b, IDS_LENGTH, u.totalSize);
@@ -176,6 +190,8 @@ export interface UploadAppendHead extends FileIds {
 }
 
 export function encodeUploadAppendPrefix(u: UploadAppendHead): Uint8Array {
+  expectNonNegative(u.offset, 'Offset');
+  expectNonNegative(u.length, 'Length');
   const b = new Uint8Array(UPLOAD_APPEND_PREFIX);
   writeIds(b, 0, u);
   writeI64(b, IDS_LENGTH, u.offset);
@@ -184,6 +200,7 @@ export function encodeUploadAppendPrefix(u: UploadAppendHead): Uint8Array {
 }
 
 export function decodeUploadAppendPrefix(b: Uint8Array, bodyLength: number): UploadAppendHead {
+  expectPrefix(b, UPLOAD_APPEND_PREFIX);
   const ids = readIds(b);
   const offset = readI64(b, IDS_LENGTH, 'offset');
   const length = readI64(b, IDS_LENGTH + 8, 'length');

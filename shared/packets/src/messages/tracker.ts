@@ -1,4 +1,18 @@
 import {
+  decodeCString,
+  encodeCString,
+  readFixed,
+  readI32,
+  readI64,
+  readU16,
+  readU32,
+  writeFixed,
+  writeI32,
+  writeI64,
+  writeU16,
+  writeU32,
+} from '../bytes.ts';
+import {
   Errno,
   GROUPNAME_WIDTH,
   HOSTNAME_WIDTH,
@@ -6,20 +20,8 @@ import {
   TOKEN_WIDTH,
   VERSION_WIDTH,
 } from '../constants.ts';
-import {
-  decodeCString,
-  encodeCString,
-  readFixed,
-  readI64,
-  readU16,
-  readU32,
-  writeFixed,
-  writeI64,
-  writeU16,
-  writeU32,
-} from '../bytes.ts';
 import { ProtocolError } from '../errors.ts';
-import { type FileIds, encodeIds, readIds } from './ids.ts';
+import { encodeIds, type FileIds, readIds } from './ids.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Join (10), storage → tracker, body 171 bytes:
@@ -163,7 +165,7 @@ export function encodeBeatExt(h: BeatExt): Uint8Array {
   writeI64(b, 148, h.totalBytes);
   writeI64(b, 156, h.freeBytes);
   writeU32(b, 164, h.load);
-  new DataView(b.buffer, b.byteOffset).setInt32(168, h.pendingHeals);
+  writeI32(b, 168, h.pendingHeals);
   return b;
 }
 
@@ -175,7 +177,7 @@ export function decodeBeatExt(b: Uint8Array): BeatExt {
     totalBytes: readI64(b, 148, 'total bytes'),
     freeBytes: readI64(b, 156, 'free bytes'),
     load: readU32(b, 164),
-    pendingHeals: new DataView(b.buffer, b.byteOffset).getInt32(168),
+    pendingHeals: readI32(b, 168),
   };
 }
 
@@ -267,11 +269,17 @@ export function encodeClusterStatus(s: ClusterStatus): Uint8Array {
 }
 
 export function decodeClusterStatus(b: Uint8Array): ClusterStatus {
+  let v: unknown;
   try {
-    return JSON.parse(decodeCString(b)) as ClusterStatus;
+    v = JSON.parse(decodeCString(b));
   } catch {
     throw new ProtocolError('Invalid Cluster Status', Errno.BAD_FIELD);
   }
+  // Valid JSON of the wrong shape (`null`, `1`, `[]`) would only fail later, in the caller.
+  if (typeof v !== 'object' || v === null || !Array.isArray((v as { groups?: unknown }).groups)) {
+    throw new ProtocolError('Invalid Cluster Status', Errno.BAD_FIELD);
+  }
+  return v as ClusterStatus;
 }
 
 function expectLength(b: Uint8Array, n: number): void {

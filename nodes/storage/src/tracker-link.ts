@@ -1,0 +1,177 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Connection, type Transport } from '@dsm/client';
+import { nodeTransport } from '@dsm/client/node';
+import { type Logger, parseHostPort } from '@dsm/common';
+import {
+  type Address,
+  type Capacity,
+  Command,
+  encodeBeatExt,
+  encodeJoinExt,
+  exactly,
+  formatAddress,
+  PROTOCOL_VERSION,
+  SEED_VERSION_STRING,
+} from '@dsm/packets';
+import { diskSpace } from './fs-util.ts';
+
+/** What a tracker link is doing (exposed for tests and status pages). */
+export interface TrackerLinkState {
+  tracker: string;
+  status: 'connecting' | 'joined' | 'retrying' | 'stopped';
+  /** Successful joins (a re-join after a failure counts again). */
+  joins: number;
+  /** Successful heartbeats. */
+  beats: number;
+  failures: number;
+  lastError: string | null;
+  lastJoinMs: number | null;
+  lastBeatMs: number | null;
+}
+
+export interface TrackerLinksOptions {
+  trackers: readonly string[];
+  group: string;
+  hostname: string;
+  /** Advertised service port. */
+  port: number;
+  beatIntervalMs: number;
+  secret: string;
+  /** Folder whose file system is reported as capacity (the first store path). */
+  capacityPath: string;
+  /** Requests in flight right now. */
+  load: () => number;
+  log: Logger;
+  transport?: Transport;
+  connectTimeoutMs?: number;
+  ioTimeoutMs?: number;
+}
+
+/**
+ * One loop per tracker: connect, join (JOIN_EXT), then a heartbeat (BEAT_EXT) every
+ * `beatIntervalMs` on the same connection. Any failure or error reply (a restarted tracker
+ * answers a heartbeat with an error) closes the connection; after min(2 s, interval) the loop
+ * connects and joins again.
+ */
+export class TrackerLinks {
+  readonly states: TrackerLinkState[];
+  readonly #opts: TrackerLinksOptions;
+  readonly #addrs: Address[];
+  readonly #abort = new AbortController();
+  readonly #conns = new Set<Connection>();
+  readonly #startTime = Math.floor(Date.now() / 1000);
+  #loops: Promise<void>[] = [];
+
+  constructor(opts: TrackerLinksOptions) {
+    this.#opts = opts;
+    this.#addrs = opts.trackers.map((t) => parseHostPort(t));
+    this.states = this.#addrs.map((a) => ({
+      tracker: formatAddress(a),
+      status: 'connecting',
+      joins: 0,
+      beats: 0,
+      failures: 0,
+      lastError: null,
+      lastJoinMs: null,
+      lastBeatMs: null,
+    }));
+  }
+
+  start(): void {
+    this.#loops = this.#addrs.map((a, i) => this.#run(a, this.states[i] as TrackerLinkState));
+  }
+
+  get #stopped(): boolean {
+    return this.#abort.signal.aborted;
+  }
+
+  /** Stops every loop and closes its connection. */
+  async close(): Promise<void> {
+    this.#abort.abort();
+    for (const c of this.#conns) c.destroy();
+    await Promise.all(this.#loops);
+  }
+
+  /** Waits `ms`; false when stopped meanwhile. */
+  async #wait(ms: number): Promise<boolean> {
+    try {
+      await sleep(ms, undefined, { signal: this.#abort.signal });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async #capacity(): Promise<Capacity> {
+    const load = Math.max(0, Math.min(0xffffffff, this.#opts.load()));
+    try {
+      return { ...(await diskSpace(this.#opts.capacityPath)), load };
+    } catch {
+      return { totalBytes: 0, freeBytes: 0, load };
+    }
+  }
+
+  async #run(addr: Address, st: TrackerLinkState): Promise<void> {
+    const o = this.#opts;
+    const transport = o.transport ?? nodeTransport;
+    const log = o.log.child({ tracker: st.tracker });
+    while (!this.#stopped) {
+      let conn: Connection | undefined;
+      try {
+        st.status = 'connecting';
+        const sock = await transport.connect(addr.host, addr.port, {
+          timeoutMs: o.connectTimeoutMs ?? 10_000,
+        });
+        conn = new Connection(sock, st.tracker, { ioTimeoutMs: o.ioTimeoutMs ?? 30_000 });
+        this.#conns.add(conn);
+        if (this.#stopped) break;
+        const now = Math.floor(Date.now() / 1000);
+        const join = encodeJoinExt({
+          version: SEED_VERSION_STRING,
+          group: o.group,
+          hostname: o.hostname,
+          port: o.port,
+          startTime: this.#startTime,
+          joinTime: now,
+          protocolVersion: PROTOCOL_VERSION,
+          secret: o.secret,
+          ...(await this.#capacity()),
+        });
+        await conn.request(Command.TRACKER_JOIN_EXT, join, Command.TRACKER_REPLY, exactly(0));
+        st.joins++;
+        st.status = 'joined';
+        st.lastJoinMs = Date.now();
+        st.lastError = null;
+        log.info({ group: o.group, port: o.port }, 'joined tracker');
+        while (await this.#wait(o.beatIntervalMs)) {
+          const beat = encodeBeatExt({
+            group: o.group,
+            hostname: o.hostname,
+            port: o.port,
+            pendingHeals: -1,
+            ...(await this.#capacity()),
+          });
+          await conn.request(Command.TRACKER_BEAT_EXT, beat, Command.TRACKER_REPLY, exactly(0));
+          st.beats++;
+          st.lastBeatMs = Date.now();
+        }
+      } catch (e) {
+        if (this.#stopped) break;
+        const message = e instanceof Error ? e.message : String(e);
+        // Log a change of situation loudly, repeats quietly.
+        if (st.lastError !== message) log.warn({ err: message }, 'tracker link failed; joining again');
+        else log.debug({ err: message }, 'tracker link failed again');
+        st.failures++;
+        st.lastError = message;
+        st.status = 'retrying';
+      } finally {
+        if (conn) {
+          conn.destroy();
+          this.#conns.delete(conn);
+        }
+      }
+      if (!(await this.#wait(Math.min(2000, o.beatIntervalMs)))) break;
+    }
+    st.status = 'stopped';
+  }
+}
