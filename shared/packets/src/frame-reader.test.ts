@@ -16,8 +16,8 @@ import {
   REQUEST_SPECS,
   replySpec,
   requestSpecs,
-  STORAGE_COMMANDS,
   type SpecFn,
+  STORAGE_COMMANDS,
   streamed,
   TRACKER_COMMANDS,
 } from './frame-spec.ts';
@@ -82,7 +82,12 @@ function normalize(events: readonly FrameEvent[]): Norm[] {
         out.push({ type: 'end' });
         break;
       case 'error':
-        out.push({ type: 'error', command: e.header?.command, message: e.error.message, errno: e.error.errno });
+        out.push({
+          type: 'error',
+          command: e.header?.command,
+          message: e.error.message,
+          errno: e.error.errno,
+        });
         break;
     }
   }
@@ -90,7 +95,11 @@ function normalize(events: readonly FrameEvent[]): Norm[] {
 }
 
 /** Feeds `bytes` cut at the given (sorted) points; returns all events and the reader. */
-function feed(spec: SpecFn, bytes: Uint8Array, cuts: readonly number[] = []): { reader: FrameReader; events: FrameEvent[] } {
+function feed(
+  spec: SpecFn,
+  bytes: Uint8Array,
+  cuts: readonly number[] = [],
+): { reader: FrameReader; events: FrameEvent[] } {
   const reader = new FrameReader(spec);
   const events: FrameEvent[] = [];
   let prev = 0;
@@ -171,13 +180,19 @@ interface Vector {
   server: 'tracker' | 'id' | 'storage';
 }
 
-const VECTORS_PATH = fileURLToPath(new URL('../../../../shared/reference/seed-vectors.json', import.meta.url));
+const VECTORS_PATH = fileURLToPath(
+  new URL('../../../../shared/reference/seed-vectors.json', import.meta.url),
+);
 const vectors: Vector[] = existsSync(VECTORS_PATH)
   ? (JSON.parse(readFileSync(VECTORS_PATH, 'utf8')) as Vector[])
   : [];
 
 const SERVER_SPEC = { tracker: trackerSpec, id: idSpec, storage: storageSpec };
-const REPLY_COMMAND = { tracker: Command.TRACKER_REPLY, id: Command.ID_REPLY, storage: Command.STORAGE_REPLY };
+const REPLY_COMMAND = {
+  tracker: Command.TRACKER_REPLY,
+  id: Command.ID_REPLY,
+  storage: Command.STORAGE_REPLY,
+};
 
 function vectorSpec(v: Vector): SpecFn {
   if (v.direction === 'request') return SERVER_SPEC[v.server];
@@ -220,7 +235,9 @@ describe('seed vector frames, chunked every way', () => {
         const data = events.filter((e) => e.type === 'data').map((e) => (e as { data: string }).data);
         expect(head.prefix + data.join('')).toBe(v.frame_hex.slice(2 * HEADER_LENGTH));
       } else {
-        expect(events).toEqual([expect.objectContaining({ type: 'frame', body: v.frame_hex.slice(2 * HEADER_LENGTH) })]);
+        expect(events).toEqual([
+          expect.objectContaining({ type: 'frame', body: v.frame_hex.slice(2 * HEADER_LENGTH) }),
+        ]);
       }
     });
   }
@@ -244,9 +261,9 @@ describe('seed vector frames, chunked every way', () => {
       // …and at random cut points.
       const rnd = mulberry32(server.length);
       for (let round = 0; round < 20; round++) {
-        const cuts = Array.from({ length: 1 + Math.floor(rnd() * 30) }, () => Math.floor(rnd() * all.length)).sort(
-          (a, b) => a - b,
-        );
+        const cuts = Array.from({ length: 1 + Math.floor(rnd() * 30) }, () =>
+          Math.floor(rnd() * all.length),
+        ).sort((a, b) => a - b);
         expect(normalize(feed(SERVER_SPEC[server], all, cuts).events)).toEqual(separately);
       }
     }
@@ -260,158 +277,208 @@ describe('seed vector frames, chunked every way', () => {
 const content = randomBytes(1500, 1);
 const downloadData = randomBytes(2000, 2);
 
-const OWN_FRAMES: readonly { name: string; spec: SpecFn; frame: Uint8Array; streamedContent?: Uint8Array }[] = [
-  {
-    name: 'upload (70) with content',
-    spec: storageSpec,
-    frame: concatBytes([
-      encodeStreamHeader(Command.STORAGE_UPLOAD, UPLOAD_PREFIX + content.length),
-      encodeUploadPrefix({ ...IDS, size: content.length }),
-      content,
-    ]),
-    streamedContent: content,
-  },
-  {
-    name: 'empty upload (70)',
-    spec: storageSpec,
-    frame: encodeFrame(Command.STORAGE_UPLOAD, encodeUploadPrefix({ ...IDS, size: 0 })),
-    streamedContent: new Uint8Array(0),
-  },
-  {
-    name: 'upload append (76) with content',
-    spec: storageSpec,
-    frame: concatBytes([
-      encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, UPLOAD_APPEND_PREFIX + 700),
-      encodeUploadAppendPrefix({ ...IDS, offset: 4096, length: 700 }),
-      content.subarray(0, 700),
-    ]),
-    streamedContent: content.subarray(0, 700),
-  },
-  {
-    name: 'upload ext (80) with content',
-    spec: storageSpec,
-    frame: concatBytes([
-      encodeStreamHeader(Command.STORAGE_UPLOAD_EXT, UPLOAD_EXT_PREFIX + content.length),
-      encodeUploadExtPrefix({ ...IDS, contentType: 'video/mp4', size: content.length }),
-      content,
-    ]),
-    streamedContent: content,
-  },
-  {
-    name: 'download reply (102) read as a stream',
-    spec: replySpec(Command.STORAGE_REPLY, streamed()),
-    frame: concatBytes([encodeStreamHeader(Command.STORAGE_REPLY, downloadData.length), downloadData]),
-    streamedContent: downloadData,
-  },
-  {
-    name: 'empty download reply (102)',
-    spec: replySpec(Command.STORAGE_REPLY, streamed()),
-    frame: encodeStreamHeader(Command.STORAGE_REPLY, 0),
-    streamedContent: new Uint8Array(0),
-  },
-  {
-    name: 'download request (72)',
-    spec: storageSpec,
-    frame: encodeFrame(Command.STORAGE_DOWNLOAD, encodeDownloadRequest({ ...IDS, offset: 1000, size: 63 })),
-  },
-  { name: 'size (71)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_SIZE, encodeIds(IDS)) },
-  { name: 'stat (74)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_STAT, encodeIds(IDS)) },
-  {
-    name: 'upload create (75)',
-    spec: storageSpec,
-    frame: encodeFrame(Command.STORAGE_UPLOAD_CREATE, encodeUploadCreate({ ...IDS, totalSize: -1, contentType: '' })),
-  },
-  { name: 'upload offset (77)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_UPLOAD_OFFSET, encodeIds(IDS)) },
-  { name: 'upload commit (78)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_UPLOAD_COMMIT, encodeIds(IDS)) },
-  { name: 'upload abort (79)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_UPLOAD_ABORT, encodeIds(IDS)) },
-  { name: 'ping (1)', spec: storageSpec, frame: encodeFrame(Command.PING) },
-  {
-    name: 'join (10)',
-    spec: trackerSpec,
-    frame: encodeFrame(
-      Command.TRACKER_JOIN,
-      encodeJoin({ version: '1.0', group: 'group001', hostname: 'vm', port: 23000, startTime: 1, joinTime: 2 }),
-    ),
-  },
-  {
-    name: 'join ext (14)',
-    spec: trackerSpec,
-    frame: encodeFrame(
-      Command.TRACKER_JOIN_EXT,
-      encodeJoinExt({
-        version: '1.0',
-        group: 'g1',
-        hostname: 'h',
-        port: 1,
-        startTime: 3,
-        joinTime: 4,
-        protocolVersion: 2,
-        totalBytes: 2 ** 40,
-        freeBytes: 2 ** 39,
-        load: 7,
-        secret: 's3cret',
-      }),
-    ),
-  },
-  { name: 'beat (11)', spec: trackerSpec, frame: encodeFrame(Command.TRACKER_BEAT, encodeBeat({ group: 'g', hostname: 'h' })) },
-  {
-    name: 'beat ext (15)',
-    spec: trackerSpec,
-    frame: encodeFrame(
-      Command.TRACKER_BEAT_EXT,
-      encodeBeatExt({ group: 'g', hostname: 'h', port: 23000, totalBytes: 10, freeBytes: 5, load: 1, pendingHeals: -1 }),
-    ),
-  },
-  { name: 'addrs (12)', spec: trackerSpec, frame: encodeFrame(Command.TRACKER_ADDRS, encodeAddrsRequest(IDS)) },
-  { name: 'groups (13)', spec: trackerSpec, frame: encodeFrame(Command.TRACKER_GROUPS) },
-  { name: 'status (16)', spec: trackerSpec, frame: encodeFrame(Command.TRACKER_STATUS) },
-  { name: 'id get (40)', spec: idSpec, frame: encodeFrame(Command.ID_GET, encodeIdRequest('../data')) },
-  {
-    name: 'addrs reply (100)',
-    spec: replySpec(Command.TRACKER_REPLY, bufferedUpTo(1024)),
-    frame: encodeFrame(
-      Command.TRACKER_REPLY,
-      encodeAddrsReply({ group: 'group001', addrs: [{ host: '::1', port: 23000 }, { host: '10.0.0.2', port: 1 }] }),
-    ),
-  },
-  {
-    name: 'groups reply (100)',
-    spec: replySpec(Command.TRACKER_REPLY, bufferedUpTo(1 << 16)),
-    frame: encodeFrame(Command.TRACKER_REPLY, encodeText('COUNT OF GROUPS: 0')),
-  },
-  {
-    name: 'status reply (100)',
-    spec: replySpec(Command.TRACKER_REPLY, bufferedUpTo(1 << 16)),
-    frame: encodeFrame(Command.TRACKER_REPLY, encodeClusterStatus({ tracker: 't', now: 1, groups: [] })),
-  },
-  {
-    name: 'id reply (101)',
-    spec: replySpec(Command.ID_REPLY, exactly(8)),
-    frame: encodeFrame(Command.ID_REPLY, encodeI64Body(114700)),
-  },
-  {
-    name: 'stat reply (102)',
-    spec: replySpec(Command.STORAGE_REPLY, exactly(STAT_REPLY_LENGTH)),
-    frame: encodeFrame(
-      Command.STORAGE_REPLY,
-      encodeStatReply({ size: 1, mtimeMs: 2, sha256: new Uint8Array(SHA256_LENGTH).fill(7), contentType: 'a/b' }),
-    ),
-  },
-  {
-    name: 'upload offset reply (102)',
-    spec: replySpec(Command.STORAGE_REPLY, exactly(16)),
-    frame: encodeFrame(Command.STORAGE_REPLY, encodeUploadOffsetReply({ offset: 5, totalSize: -1 })),
-  },
-  {
-    name: 'error reply (102) to a client expecting a stream',
-    spec: replySpec(Command.STORAGE_REPLY, streamed()),
-    frame: encodeFrame(
-      Command.STORAGE_REPLY,
-      encodeErrorReply({ errno: Errno.NOT_FOUND, message: '[h] Not Found' }),
-      Status.ERROR,
-    ),
-  },
-];
+const OWN_FRAMES: readonly { name: string; spec: SpecFn; frame: Uint8Array; streamedContent?: Uint8Array }[] =
+  [
+    {
+      name: 'upload (70) with content',
+      spec: storageSpec,
+      frame: concatBytes([
+        encodeStreamHeader(Command.STORAGE_UPLOAD, UPLOAD_PREFIX + content.length),
+        encodeUploadPrefix({ ...IDS, size: content.length }),
+        content,
+      ]),
+      streamedContent: content,
+    },
+    {
+      name: 'empty upload (70)',
+      spec: storageSpec,
+      frame: encodeFrame(Command.STORAGE_UPLOAD, encodeUploadPrefix({ ...IDS, size: 0 })),
+      streamedContent: new Uint8Array(0),
+    },
+    {
+      name: 'upload append (76) with content',
+      spec: storageSpec,
+      frame: concatBytes([
+        encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, UPLOAD_APPEND_PREFIX + 700),
+        encodeUploadAppendPrefix({ ...IDS, offset: 4096, length: 700 }),
+        content.subarray(0, 700),
+      ]),
+      streamedContent: content.subarray(0, 700),
+    },
+    {
+      name: 'upload ext (80) with content',
+      spec: storageSpec,
+      frame: concatBytes([
+        encodeStreamHeader(Command.STORAGE_UPLOAD_EXT, UPLOAD_EXT_PREFIX + content.length),
+        encodeUploadExtPrefix({ ...IDS, contentType: 'video/mp4', size: content.length }),
+        content,
+      ]),
+      streamedContent: content,
+    },
+    {
+      name: 'download reply (102) read as a stream',
+      spec: replySpec(Command.STORAGE_REPLY, streamed()),
+      frame: concatBytes([encodeStreamHeader(Command.STORAGE_REPLY, downloadData.length), downloadData]),
+      streamedContent: downloadData,
+    },
+    {
+      name: 'empty download reply (102)',
+      spec: replySpec(Command.STORAGE_REPLY, streamed()),
+      frame: encodeStreamHeader(Command.STORAGE_REPLY, 0),
+      streamedContent: new Uint8Array(0),
+    },
+    {
+      name: 'download request (72)',
+      spec: storageSpec,
+      frame: encodeFrame(Command.STORAGE_DOWNLOAD, encodeDownloadRequest({ ...IDS, offset: 1000, size: 63 })),
+    },
+    { name: 'size (71)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_SIZE, encodeIds(IDS)) },
+    { name: 'stat (74)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_STAT, encodeIds(IDS)) },
+    {
+      name: 'upload create (75)',
+      spec: storageSpec,
+      frame: encodeFrame(
+        Command.STORAGE_UPLOAD_CREATE,
+        encodeUploadCreate({ ...IDS, totalSize: -1, contentType: '' }),
+      ),
+    },
+    {
+      name: 'upload offset (77)',
+      spec: storageSpec,
+      frame: encodeFrame(Command.STORAGE_UPLOAD_OFFSET, encodeIds(IDS)),
+    },
+    {
+      name: 'upload commit (78)',
+      spec: storageSpec,
+      frame: encodeFrame(Command.STORAGE_UPLOAD_COMMIT, encodeIds(IDS)),
+    },
+    {
+      name: 'upload abort (79)',
+      spec: storageSpec,
+      frame: encodeFrame(Command.STORAGE_UPLOAD_ABORT, encodeIds(IDS)),
+    },
+    { name: 'ping (1)', spec: storageSpec, frame: encodeFrame(Command.PING) },
+    {
+      name: 'join (10)',
+      spec: trackerSpec,
+      frame: encodeFrame(
+        Command.TRACKER_JOIN,
+        encodeJoin({
+          version: '1.0',
+          group: 'group001',
+          hostname: 'vm',
+          port: 23000,
+          startTime: 1,
+          joinTime: 2,
+        }),
+      ),
+    },
+    {
+      name: 'join ext (14)',
+      spec: trackerSpec,
+      frame: encodeFrame(
+        Command.TRACKER_JOIN_EXT,
+        encodeJoinExt({
+          version: '1.0',
+          group: 'g1',
+          hostname: 'h',
+          port: 1,
+          startTime: 3,
+          joinTime: 4,
+          protocolVersion: 2,
+          totalBytes: 2 ** 40,
+          freeBytes: 2 ** 39,
+          load: 7,
+          secret: 's3cret',
+        }),
+      ),
+    },
+    {
+      name: 'beat (11)',
+      spec: trackerSpec,
+      frame: encodeFrame(Command.TRACKER_BEAT, encodeBeat({ group: 'g', hostname: 'h' })),
+    },
+    {
+      name: 'beat ext (15)',
+      spec: trackerSpec,
+      frame: encodeFrame(
+        Command.TRACKER_BEAT_EXT,
+        encodeBeatExt({
+          group: 'g',
+          hostname: 'h',
+          port: 23000,
+          totalBytes: 10,
+          freeBytes: 5,
+          load: 1,
+          pendingHeals: -1,
+        }),
+      ),
+    },
+    {
+      name: 'addrs (12)',
+      spec: trackerSpec,
+      frame: encodeFrame(Command.TRACKER_ADDRS, encodeAddrsRequest(IDS)),
+    },
+    { name: 'groups (13)', spec: trackerSpec, frame: encodeFrame(Command.TRACKER_GROUPS) },
+    { name: 'status (16)', spec: trackerSpec, frame: encodeFrame(Command.TRACKER_STATUS) },
+    { name: 'id get (40)', spec: idSpec, frame: encodeFrame(Command.ID_GET, encodeIdRequest('../data')) },
+    {
+      name: 'addrs reply (100)',
+      spec: replySpec(Command.TRACKER_REPLY, bufferedUpTo(1024)),
+      frame: encodeFrame(
+        Command.TRACKER_REPLY,
+        encodeAddrsReply({
+          group: 'group001',
+          addrs: [
+            { host: '::1', port: 23000 },
+            { host: '10.0.0.2', port: 1 },
+          ],
+        }),
+      ),
+    },
+    {
+      name: 'groups reply (100)',
+      spec: replySpec(Command.TRACKER_REPLY, bufferedUpTo(1 << 16)),
+      frame: encodeFrame(Command.TRACKER_REPLY, encodeText('COUNT OF GROUPS: 0')),
+    },
+    {
+      name: 'status reply (100)',
+      spec: replySpec(Command.TRACKER_REPLY, bufferedUpTo(1 << 16)),
+      frame: encodeFrame(Command.TRACKER_REPLY, encodeClusterStatus({ tracker: 't', now: 1, groups: [] })),
+    },
+    {
+      name: 'id reply (101)',
+      spec: replySpec(Command.ID_REPLY, exactly(8)),
+      frame: encodeFrame(Command.ID_REPLY, encodeI64Body(114700)),
+    },
+    {
+      name: 'stat reply (102)',
+      spec: replySpec(Command.STORAGE_REPLY, exactly(STAT_REPLY_LENGTH)),
+      frame: encodeFrame(
+        Command.STORAGE_REPLY,
+        encodeStatReply({
+          size: 1,
+          mtimeMs: 2,
+          sha256: new Uint8Array(SHA256_LENGTH).fill(7),
+          contentType: 'a/b',
+        }),
+      ),
+    },
+    {
+      name: 'upload offset reply (102)',
+      spec: replySpec(Command.STORAGE_REPLY, exactly(16)),
+      frame: encodeFrame(Command.STORAGE_REPLY, encodeUploadOffsetReply({ offset: 5, totalSize: -1 })),
+    },
+    {
+      name: 'error reply (102) to a client expecting a stream',
+      spec: replySpec(Command.STORAGE_REPLY, streamed()),
+      frame: encodeFrame(
+        Command.STORAGE_REPLY,
+        encodeErrorReply({ errno: Errno.NOT_FOUND, message: '[h] Not Found' }),
+        Status.ERROR,
+      ),
+    },
+  ];
 
 describe('frames made by our encoders, chunked every way', () => {
   for (const f of OWN_FRAMES) {
@@ -444,14 +511,16 @@ describe('frames made by our encoders, chunked every way', () => {
     const all = concatBytes(storage.map((f) => f.frame));
     const together = feed(storageSpec, all);
     expect(normalize(together.events)).toEqual(separately);
-    expect(together.events.filter((e) => e.type === 'frame' || e.type === 'head')).toHaveLength(storage.length);
+    expect(together.events.filter((e) => e.type === 'frame' || e.type === 'head')).toHaveLength(
+      storage.length,
+    );
     expect(together.reader.idle).toBe(true);
     expect(normalize(feedByteByByte(storageSpec, all).events)).toEqual(separately);
     const rnd = mulberry32(42);
     for (let round = 0; round < 50; round++) {
-      const cuts = Array.from({ length: Math.floor(rnd() * 40) }, () => Math.floor(rnd() * (all.length + 1))).sort(
-        (a, b) => a - b,
-      );
+      const cuts = Array.from({ length: Math.floor(rnd() * 40) }, () =>
+        Math.floor(rnd() * (all.length + 1)),
+      ).sort((a, b) => a - b);
       expect(normalize(feed(storageSpec, all, cuts).events)).toEqual(separately);
     }
   });
@@ -473,7 +542,9 @@ describe('frames made by our encoders, chunked every way', () => {
     const reader = new FrameReader(replySpec(Command.ID_REPLY, exactly(8)));
     expect(reader.push(encodeFrame(Command.ID_REPLY, encodeI64Body(1)))[0]?.type).toBe('frame');
     reader.setSpec(replySpec(Command.STORAGE_REPLY, streamed()));
-    const events = reader.push(concatBytes([encodeStreamHeader(Command.STORAGE_REPLY, 3), new Uint8Array([1, 2, 3])]));
+    const events = reader.push(
+      concatBytes([encodeStreamHeader(Command.STORAGE_REPLY, 3), new Uint8Array([1, 2, 3])]),
+    );
     expect(events.map((e) => e.type)).toEqual(['head', 'data', 'end']);
   });
 });
@@ -507,64 +578,65 @@ describe('declared lengths beyond the limits', () => {
     globalThis.Uint8Array = RealUint8Array;
   });
 
-  const CASES: readonly { name: string; spec: SpecFn; header: Uint8Array; message: string; errno: number }[] = [
-    {
-      name: 'id get with length 2^40',
-      spec: idSpec,
-      header: rawHeader(2n ** 40n, Command.ID_GET),
-      message: 'Invalid Body Length: 1099511627776 > 65',
-      errno: Errno.BAD_LENGTH,
-    },
-    {
-      name: 'addrs with length 10^15',
-      spec: trackerSpec,
-      header: rawHeader(10n ** 15n, Command.TRACKER_ADDRS),
-      message: 'Invalid Body Length: 1000000000000000 != 400',
-      errno: Errno.BAD_LENGTH,
-    },
-    {
-      name: 'size with length 2^63 − 1 (beyond the safe range)',
-      spec: storageSpec,
-      header: rawHeader(2n ** 63n - 1n, Command.STORAGE_SIZE),
-      message: 'Invalid Body Length: Infinity != 400',
-      errno: Errno.BAD_LENGTH,
-    },
-    {
-      name: 'upload above maxUpload (1000)',
-      spec: requestSpecs(STORAGE_COMMANDS, 1000),
-      header: rawHeader(BigInt(UPLOAD_PREFIX + 1001), Command.STORAGE_UPLOAD),
-      message: 'File Too Large: 1001 > 1000',
-      errno: Errno.TOO_LARGE,
-    },
-    {
-      name: 'upload ext with length 2^50 above maxUpload',
-      spec: requestSpecs(STORAGE_COMMANDS, 2 ** 30),
-      header: rawHeader(2n ** 50n, Command.STORAGE_UPLOAD_EXT),
-      message: `File Too Large: ${2 ** 50 - UPLOAD_EXT_PREFIX} > ${2 ** 30}`,
-      errno: Errno.TOO_LARGE,
-    },
-    {
-      name: 'upload shorter than its prefix',
-      spec: storageSpec,
-      header: rawHeader(100n, Command.STORAGE_UPLOAD),
-      message: `Invalid Body Length: 100 < ${UPLOAD_PREFIX}`,
-      errno: Errno.BAD_LENGTH,
-    },
-    {
-      name: 'error reply longer than 1026',
-      spec: replySpec(Command.STORAGE_REPLY, streamed()),
-      header: rawHeader(2n ** 40n, Command.STORAGE_REPLY, Status.ERROR),
-      message: 'Invalid Body Length: 1099511627776 > 1026',
-      errno: Errno.BAD_LENGTH,
-    },
-    {
-      name: 'reply with a huge length but the wrong command',
-      spec: replySpec(Command.STORAGE_REPLY, streamed()),
-      header: rawHeader(2n ** 40n, Command.TRACKER_REPLY),
-      message: 'Unexpected Reply Command: 100 != 102',
-      errno: Errno.BAD_FIELD,
-    },
-  ];
+  const CASES: readonly { name: string; spec: SpecFn; header: Uint8Array; message: string; errno: number }[] =
+    [
+      {
+        name: 'id get with length 2^40',
+        spec: idSpec,
+        header: rawHeader(2n ** 40n, Command.ID_GET),
+        message: 'Invalid Body Length: 1099511627776 > 65',
+        errno: Errno.BAD_LENGTH,
+      },
+      {
+        name: 'addrs with length 10^15',
+        spec: trackerSpec,
+        header: rawHeader(10n ** 15n, Command.TRACKER_ADDRS),
+        message: 'Invalid Body Length: 1000000000000000 != 400',
+        errno: Errno.BAD_LENGTH,
+      },
+      {
+        name: 'size with length 2^63 − 1 (beyond the safe range)',
+        spec: storageSpec,
+        header: rawHeader(2n ** 63n - 1n, Command.STORAGE_SIZE),
+        message: 'Invalid Body Length: Infinity != 400',
+        errno: Errno.BAD_LENGTH,
+      },
+      {
+        name: 'upload above maxUpload (1000)',
+        spec: requestSpecs(STORAGE_COMMANDS, 1000),
+        header: rawHeader(BigInt(UPLOAD_PREFIX + 1001), Command.STORAGE_UPLOAD),
+        message: 'File Too Large: 1001 > 1000',
+        errno: Errno.TOO_LARGE,
+      },
+      {
+        name: 'upload ext with length 2^50 above maxUpload',
+        spec: requestSpecs(STORAGE_COMMANDS, 2 ** 30),
+        header: rawHeader(2n ** 50n, Command.STORAGE_UPLOAD_EXT),
+        message: `File Too Large: ${2 ** 50 - UPLOAD_EXT_PREFIX} > ${2 ** 30}`,
+        errno: Errno.TOO_LARGE,
+      },
+      {
+        name: 'upload shorter than its prefix',
+        spec: storageSpec,
+        header: rawHeader(100n, Command.STORAGE_UPLOAD),
+        message: `Invalid Body Length: 100 < ${UPLOAD_PREFIX}`,
+        errno: Errno.BAD_LENGTH,
+      },
+      {
+        name: 'error reply longer than 1026',
+        spec: replySpec(Command.STORAGE_REPLY, streamed()),
+        header: rawHeader(2n ** 40n, Command.STORAGE_REPLY, Status.ERROR),
+        message: 'Invalid Body Length: 1099511627776 > 1026',
+        errno: Errno.BAD_LENGTH,
+      },
+      {
+        name: 'reply with a huge length but the wrong command',
+        spec: replySpec(Command.STORAGE_REPLY, streamed()),
+        header: rawHeader(2n ** 40n, Command.TRACKER_REPLY),
+        message: 'Unexpected Reply Command: 100 != 102',
+        errno: Errno.BAD_FIELD,
+      },
+    ];
 
   for (const c of CASES) {
     it(`${c.name}: error right after the 10 header bytes, no large allocation`, () => {

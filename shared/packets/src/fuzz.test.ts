@@ -7,8 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { concatBytes, decodeCString, encodeCString, readFixed, toHex, writeFixed } from './bytes.ts';
 import {
   APPID_WIDTH,
-  Command,
   CONTENT_TYPE_WIDTH,
+  Command,
   ERROR_DESC_MAX,
   FILEID_WIDTH,
   GROUPNAME_WIDTH,
@@ -30,8 +30,8 @@ import {
   ID_COMMANDS,
   replySpec,
   requestSpecs,
-  STORAGE_COMMANDS,
   type SpecFn,
+  STORAGE_COMMANDS,
   streamed,
   TRACKER_COMMANDS,
 } from './frame-spec.ts';
@@ -118,7 +118,10 @@ const text = (maxBytes: number, minBytes = 0): fc.Arbitrary<string> =>
       fc.string({ unit: 'grapheme', maxLength: maxBytes }),
       // Characters that have tripped decoders: a leading BOM, multi-byte and astral code points.
       fc
-        .tuple(fc.constantFrom('\uFEFF', 'é', '€', '😀', '%s', ' ', '\uFFFD'), fc.string({ maxLength: maxBytes }))
+        .tuple(
+          fc.constantFrom('\uFEFF', 'é', '€', '😀', '%s', ' ', '\uFFFD'),
+          fc.string({ maxLength: maxBytes }),
+        )
         .map(([a, b]) => a + b),
     )
     .map((s) => truncateUtf8(s.replaceAll('\0', ''), maxBytes))
@@ -153,12 +156,7 @@ const join = fc.record(joinModel);
 
 const capacity = { totalBytes: i64, freeBytes: i64, load: u32 };
 
-const host = fc.oneof(
-  fc.ipV4(),
-  fc.ipV6(),
-  fc.domain(),
-  fc.stringMatching(/^[a-z][a-z0-9-]{0,20}$/),
-);
+const host = fc.oneof(fc.ipV4(), fc.ipV6(), fc.domain(), fc.stringMatching(/^[a-z][a-z0-9-]{0,20}$/));
 
 /** Bytes with many zeros, so fixed fields often hold a NUL (and decoders get past it). */
 const bytesOf = (n: number): fc.Arbitrary<Uint8Array> =>
@@ -219,8 +217,38 @@ const plausibleStream: fc.Arbitrary<Uint8Array> = fc
       fc.uint8Array({ maxLength: 40 }),
       fc
         .record({
-          len: fc.oneof(fc.integer({ min: 0, max: 600 }), fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map(Number)),
-          command: fc.constantFrom(1, 10, 11, 12, 13, 14, 15, 16, 40, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 100, 101, 102, 99, 0, 255),
+          len: fc.oneof(
+            fc.integer({ min: 0, max: 600 }),
+            fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map(Number),
+          ),
+          command: fc.constantFrom(
+            1,
+            10,
+            11,
+            12,
+            13,
+            14,
+            15,
+            16,
+            40,
+            70,
+            71,
+            72,
+            73,
+            74,
+            75,
+            76,
+            77,
+            78,
+            79,
+            80,
+            100,
+            101,
+            102,
+            99,
+            0,
+            255,
+          ),
           status: fc.constantFrom(0, 0xfd, 1),
           body: fc.uint8Array({ maxLength: 600 }),
         })
@@ -242,9 +270,9 @@ describe('(a) FrameReader.push never throws', () => {
     it(`arbitrary bytes, chunked arbitrarily: ${name}`, () => {
       fc.assert(
         fc.property(
-          fc.oneof(fc.uint8Array({ maxLength: 2000 }), plausibleStream).chain((b) =>
-            fc.tuple(fc.constant(b), cutsFor(b.length)),
-          ),
+          fc
+            .oneof(fc.uint8Array({ maxLength: 2000 }), plausibleStream)
+            .chain((b) => fc.tuple(fc.constant(b), cutsFor(b.length))),
           ([bytes, cuts]) => {
             const reader = new FrameReader(spec);
             const events = pushCut(reader, bytes, cuts); // must not throw
@@ -280,7 +308,13 @@ describe('(a) FrameReader.push never throws', () => {
 // (b) Round trips
 // ---------------------------------------------------------------------------------------------
 
-function roundTrip<T>(name: string, arb: fc.Arbitrary<T>, enc: (v: T) => Uint8Array, dec: (b: Uint8Array) => T, len?: (v: T) => number) {
+function roundTrip<T>(
+  name: string,
+  arb: fc.Arbitrary<T>,
+  enc: (v: T) => Uint8Array,
+  dec: (b: Uint8Array) => T,
+  len?: (v: T) => number,
+) {
   it(name, () => {
     fc.assert(
       fc.property(arb, (v) => {
@@ -296,7 +330,11 @@ function roundTrip<T>(name: string, arb: fc.Arbitrary<T>, enc: (v: T) => Uint8Ar
 describe('(b) encode → decode round trips', () => {
   roundTrip(
     'header',
-    fc.record({ bodyLength: nonNegI64, command: fc.integer({ min: 0, max: 255 }), status: fc.integer({ min: 0, max: 255 }) }),
+    fc.record({
+      bodyLength: nonNegI64,
+      command: fc.integer({ min: 0, max: 255 }),
+      status: fc.integer({ min: 0, max: 255 }),
+    }),
     (h) => encodeHeader(h),
     (b) => decodeHeader(b),
     () => HEADER_LENGTH,
@@ -318,7 +356,13 @@ describe('(b) encode → decode round trips', () => {
     expect(readIds(encodeIds(v))).toEqual(v);
     expect(decodeText(encodeText('\uFEFFx'))).toBe('\uFEFFx');
   });
-  roundTrip('id block (400)', ids, encodeIds, (b) => readIds(b), () => IDS_LENGTH);
+  roundTrip(
+    'id block (400)',
+    ids,
+    encodeIds,
+    (b) => readIds(b),
+    () => IDS_LENGTH,
+  );
   it('user id bytes equal the UTF-8 of the user id', () => {
     fc.assert(
       fc.property(ids, (v) => {
@@ -335,10 +379,22 @@ describe('(b) encode → decode round trips', () => {
     decodeJoinExt,
     () => JOIN_EXT_LENGTH,
   );
-  roundTrip('beat (11)', fc.record({ group: fixed(GROUPNAME_WIDTH), hostname: fixed(HOSTNAME_WIDTH) }), encodeBeat, decodeBeat, () => BEAT_LENGTH);
+  roundTrip(
+    'beat (11)',
+    fc.record({ group: fixed(GROUPNAME_WIDTH), hostname: fixed(HOSTNAME_WIDTH) }),
+    encodeBeat,
+    decodeBeat,
+    () => BEAT_LENGTH,
+  );
   roundTrip(
     'beat ext (15)',
-    fc.record({ group: fixed(GROUPNAME_WIDTH), hostname: fixed(HOSTNAME_WIDTH), port, pendingHeals: i32, ...capacity }),
+    fc.record({
+      group: fixed(GROUPNAME_WIDTH),
+      hostname: fixed(HOSTNAME_WIDTH),
+      port,
+      pendingHeals: i32,
+      ...capacity,
+    }),
     encodeBeatExt,
     decodeBeatExt,
     () => BEAT_EXT_LENGTH,
@@ -388,8 +444,20 @@ describe('(b) encode → decode round trips', () => {
     encodeClusterStatus,
     decodeClusterStatus,
   );
-  roundTrip('id request (40)', text(ID_KEY_MAX, 1), encodeIdRequest, decodeIdRequest, (k) => utf8.encode(k).length + 1);
-  roundTrip('i64 body (101, 71 replies)', i64, encodeI64Body, (b) => decodeI64Body(b), () => 8);
+  roundTrip(
+    'id request (40)',
+    text(ID_KEY_MAX, 1),
+    encodeIdRequest,
+    decodeIdRequest,
+    (k) => utf8.encode(k).length + 1,
+  );
+  roundTrip(
+    'i64 body (101, 71 replies)',
+    i64,
+    encodeI64Body,
+    (b) => decodeI64Body(b),
+    () => 8,
+  );
   roundTrip(
     'error reply',
     fc.record({ errno: fc.integer({ min: -32768, max: 32767 }), message: text(ERROR_DESC_MAX - 1) }),
@@ -420,12 +488,11 @@ describe('(b) encode → decode round trips', () => {
   );
   roundTrip(
     'upload ext prefix (80)',
-    fc
-      .record({
-        ...idsModel,
-        contentType: fixed(CONTENT_TYPE_WIDTH),
-        size: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER - UPLOAD_EXT_PREFIX }),
-      }),
+    fc.record({
+      ...idsModel,
+      contentType: fixed(CONTENT_TYPE_WIDTH),
+      size: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER - UPLOAD_EXT_PREFIX }),
+    }),
     encodeUploadExtPrefix,
     (b) => decodeUploadExtPrefix(b, UPLOAD_EXT_PREFIX + readSize(b, IDS_LENGTH + CONTENT_TYPE_WIDTH)),
     () => UPLOAD_EXT_PREFIX,
@@ -451,38 +518,61 @@ describe('(b) encode → decode round trips', () => {
   );
   roundTrip(
     'upload create (75)',
-    fc
-      .record({
-        ...idsModel,
-        totalSize: fc.integer({ min: -1, max: Number.MAX_SAFE_INTEGER }),
-        contentType: fixed(CONTENT_TYPE_WIDTH),
-      }),
+    fc.record({
+      ...idsModel,
+      totalSize: fc.integer({ min: -1, max: Number.MAX_SAFE_INTEGER }),
+      contentType: fixed(CONTENT_TYPE_WIDTH),
+    }),
     encodeUploadCreate,
     decodeUploadCreate,
     () => UPLOAD_CREATE_LENGTH,
   );
   roundTrip(
     'upload append prefix (76)',
-    fc
-      .record({
-        ...idsModel,
-        offset: nonNegI64,
-        length: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER - UPLOAD_APPEND_PREFIX }),
-      }),
+    fc.record({
+      ...idsModel,
+      offset: nonNegI64,
+      length: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER - UPLOAD_APPEND_PREFIX }),
+    }),
     encodeUploadAppendPrefix,
     (b) => decodeUploadAppendPrefix(b, UPLOAD_APPEND_PREFIX + readSize(b, IDS_LENGTH + 8)),
     () => UPLOAD_APPEND_PREFIX,
   );
-  roundTrip('upload offset reply (77)', fc.record({ offset: i64, totalSize: i64 }), encodeUploadOffsetReply, decodeUploadOffsetReply, () => 16);
+  roundTrip(
+    'upload offset reply (77)',
+    fc.record({ offset: i64, totalSize: i64 }),
+    encodeUploadOffsetReply,
+    decodeUploadOffsetReply,
+    () => 16,
+  );
 
   it('encoders refuse values the wire cannot carry (ProtocolError, never a silent wrap)', () => {
     const bad: (() => unknown)[] = [
       () => encodeJoin({ version: '1.0', group: 'g', hostname: 'h', port: 65536, startTime: 0, joinTime: 0 }),
       () => encodeJoin({ version: '1.0', group: 'g', hostname: 'h', port: -1, startTime: 0, joinTime: 0 }),
       () => encodeJoin({ version: '1.0.0.0', group: 'g', hostname: 'h', port: 1, startTime: 0, joinTime: 0 }),
-      () => encodeJoin({ version: '1.0', group: 'g', hostname: 'h', port: 1, startTime: 2 ** 53, joinTime: 0 }),
-      () => encodeBeatExt({ group: 'g', hostname: 'h', port: 1, totalBytes: 0, freeBytes: 0, load: -1, pendingHeals: 0 }),
-      () => encodeBeatExt({ group: 'g', hostname: 'h', port: 1, totalBytes: 0, freeBytes: 0, load: 0, pendingHeals: 2 ** 31 }),
+      () =>
+        encodeJoin({ version: '1.0', group: 'g', hostname: 'h', port: 1, startTime: 2 ** 53, joinTime: 0 }),
+      () =>
+        encodeBeatExt({
+          group: 'g',
+          hostname: 'h',
+          port: 1,
+          totalBytes: 0,
+          freeBytes: 0,
+          load: -1,
+          pendingHeals: 0,
+        }),
+      () =>
+        encodeBeatExt({
+          group: 'g',
+          hostname: 'h',
+          port: 1,
+          totalBytes: 0,
+          freeBytes: 0,
+          load: 0,
+          pendingHeals: 2 ** 31,
+        }),
       () => encodeErrorReply({ errno: 40000, message: 'x' }),
       () => encodeIds({ appId: 'a'.repeat(16), userId: '', fileId: '' }),
       () => encodeIds({ appId: 'a\0b', userId: '', fileId: '' }),
@@ -536,11 +626,19 @@ const DECODERS: readonly [name: string, length: number | null, decode: (b: Uint8
   ['readUserIdBytes', IDS_LENGTH, (b) => readUserIdBytes(b)],
   ['decodeIdsRequest', IDS_LENGTH, decodeIdsRequest],
   ['decodeUploadPrefix', UPLOAD_PREFIX, (b) => decodeUploadPrefix(b, UPLOAD_PREFIX + (b[0] ?? 0))],
-  ['decodeUploadExtPrefix', UPLOAD_EXT_PREFIX, (b) => decodeUploadExtPrefix(b, UPLOAD_EXT_PREFIX + (b[0] ?? 0))],
+  [
+    'decodeUploadExtPrefix',
+    UPLOAD_EXT_PREFIX,
+    (b) => decodeUploadExtPrefix(b, UPLOAD_EXT_PREFIX + (b[0] ?? 0)),
+  ],
   ['decodeDownloadRequest', DOWNLOAD_LENGTH, decodeDownloadRequest],
   ['decodeStatReply', STAT_REPLY_LENGTH, decodeStatReply],
   ['decodeUploadCreate', UPLOAD_CREATE_LENGTH, decodeUploadCreate],
-  ['decodeUploadAppendPrefix', UPLOAD_APPEND_PREFIX, (b) => decodeUploadAppendPrefix(b, UPLOAD_APPEND_PREFIX + (b[0] ?? 0))],
+  [
+    'decodeUploadAppendPrefix',
+    UPLOAD_APPEND_PREFIX,
+    (b) => decodeUploadAppendPrefix(b, UPLOAD_APPEND_PREFIX + (b[0] ?? 0)),
+  ],
   ['decodeUploadOffsetReply', 16, decodeUploadOffsetReply],
 ];
 
@@ -548,16 +646,25 @@ describe('(c) decoders return a value or throw ProtocolError', () => {
   for (const [name, length, decode] of DECODERS) {
     it(`${name}: arbitrary bytes of the right length`, () => {
       const arb = length === null ? anyBytes(1100) : bytesOf(length);
-      fc.assert(fc.property(arb, (b) => valueOrProtocolError(() => decode(b))), FEW_RUNS);
+      fc.assert(
+        fc.property(arb, (b) => valueOrProtocolError(() => decode(b))),
+        FEW_RUNS,
+      );
     });
     if (name !== 'decodeHeader' && length !== null) {
       it(`${name}: arbitrary bytes of any length`, () => {
-        fc.assert(fc.property(anyBytes(length + 20), (b) => valueOrProtocolError(() => decode(b))), FEW_RUNS);
+        fc.assert(
+          fc.property(anyBytes(length + 20), (b) => valueOrProtocolError(() => decode(b))),
+          FEW_RUNS,
+        );
       });
     }
   }
   it('parseAddress: arbitrary text', () => {
-    fc.assert(fc.property(fc.string({ unit: 'binary' }), (s) => valueOrProtocolError(() => parseAddress(s))), RUNS);
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary' }), (s) => valueOrProtocolError(() => parseAddress(s))),
+      RUNS,
+    );
   });
   it('decodeClusterStatus: valid JSON of the wrong shape is a ProtocolError', () => {
     for (const s of ['null', '1', '[]', '"x"', '{}', '{"groups":1}']) {
@@ -574,34 +681,43 @@ const smallContent = fc.uint8Array({ maxLength: 300 });
 
 /** One valid storage request frame (buffered or streamed). */
 const storageFrame: fc.Arbitrary<Uint8Array> = fc.oneof(
-  fc.record({ ids, data: smallContent }).map(({ ids: v, data }) =>
-    concatBytes([
-      encodeStreamHeader(Command.STORAGE_UPLOAD, UPLOAD_PREFIX + data.length),
-      encodeUploadPrefix({ ...v, size: data.length }),
-      data,
-    ]),
-  ),
-  fc.record({ ids, data: smallContent, offset: nonNegI64 }).map(({ ids: v, data, offset }) =>
-    concatBytes([
-      encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, UPLOAD_APPEND_PREFIX + data.length),
-      encodeUploadAppendPrefix({ ...v, offset, length: data.length }),
-      data,
-    ]),
-  ),
-  fc.record({ ids, data: smallContent, ct: fixed(CONTENT_TYPE_WIDTH) }).map(({ ids: v, data, ct }) =>
-    concatBytes([
-      encodeStreamHeader(Command.STORAGE_UPLOAD_EXT, UPLOAD_EXT_PREFIX + data.length),
-      encodeUploadExtPrefix({ ...v, contentType: ct, size: data.length }),
-      data,
-    ]),
-  ),
-  fc.record({ ids, offset: i64, size: i64 }).map(({ ids: v, offset, size }) =>
-    encodeFrame(Command.STORAGE_DOWNLOAD, encodeDownloadRequest({ ...v, offset, size })),
-  ),
-  fc.record({ ids, totalSize: fc.integer({ min: -1, max: 2 ** 40 }), ct: fixed(CONTENT_TYPE_WIDTH) }).map(
-    ({ ids: v, totalSize, ct }) =>
+  fc
+    .record({ ids, data: smallContent })
+    .map(({ ids: v, data }) =>
+      concatBytes([
+        encodeStreamHeader(Command.STORAGE_UPLOAD, UPLOAD_PREFIX + data.length),
+        encodeUploadPrefix({ ...v, size: data.length }),
+        data,
+      ]),
+    ),
+  fc
+    .record({ ids, data: smallContent, offset: nonNegI64 })
+    .map(({ ids: v, data, offset }) =>
+      concatBytes([
+        encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, UPLOAD_APPEND_PREFIX + data.length),
+        encodeUploadAppendPrefix({ ...v, offset, length: data.length }),
+        data,
+      ]),
+    ),
+  fc
+    .record({ ids, data: smallContent, ct: fixed(CONTENT_TYPE_WIDTH) })
+    .map(({ ids: v, data, ct }) =>
+      concatBytes([
+        encodeStreamHeader(Command.STORAGE_UPLOAD_EXT, UPLOAD_EXT_PREFIX + data.length),
+        encodeUploadExtPrefix({ ...v, contentType: ct, size: data.length }),
+        data,
+      ]),
+    ),
+  fc
+    .record({ ids, offset: i64, size: i64 })
+    .map(({ ids: v, offset, size }) =>
+      encodeFrame(Command.STORAGE_DOWNLOAD, encodeDownloadRequest({ ...v, offset, size })),
+    ),
+  fc
+    .record({ ids, totalSize: fc.integer({ min: -1, max: 2 ** 40 }), ct: fixed(CONTENT_TYPE_WIDTH) })
+    .map(({ ids: v, totalSize, ct }) =>
       encodeFrame(Command.STORAGE_UPLOAD_CREATE, encodeUploadCreate({ ...v, totalSize, contentType: ct })),
-  ),
+    ),
   fc
     .record({
       ids,
@@ -647,12 +763,25 @@ const downloadReplies: fc.Arbitrary<Uint8Array> = fc
 
 describe('(d) chunking invariance', () => {
   const cases: readonly [string, SpecFn, fc.Arbitrary<Uint8Array>][] = [
-    ['storage requests', requestSpecs(STORAGE_COMMANDS), fc.array(storageFrame, { minLength: 1, maxLength: 6 }).map(concatBytes)],
-    ['tracker requests', requestSpecs(TRACKER_COMMANDS), fc.array(trackerFrame, { minLength: 1, maxLength: 6 }).map(concatBytes)],
+    [
+      'storage requests',
+      requestSpecs(STORAGE_COMMANDS),
+      fc.array(storageFrame, { minLength: 1, maxLength: 6 }).map(concatBytes),
+    ],
+    [
+      'tracker requests',
+      requestSpecs(TRACKER_COMMANDS),
+      fc.array(trackerFrame, { minLength: 1, maxLength: 6 }).map(concatBytes),
+    ],
     [
       'id requests',
       requestSpecs(ID_COMMANDS),
-      fc.array(text(ID_KEY_MAX, 1).map((k) => encodeFrame(Command.ID_GET, encodeIdRequest(k))), { minLength: 1, maxLength: 6 }).map(concatBytes),
+      fc
+        .array(
+          text(ID_KEY_MAX, 1).map((k) => encodeFrame(Command.ID_GET, encodeIdRequest(k))),
+          { minLength: 1, maxLength: 6 },
+        )
+        .map(concatBytes),
     ],
     ['download replies (streamed)', replySpec(Command.STORAGE_REPLY, streamed()), downloadReplies],
     // Also for arbitrary (mostly invalid) input: the same events, errors included, whatever the cuts.

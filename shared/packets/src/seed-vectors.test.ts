@@ -33,10 +33,10 @@ import {
   exactly,
   type FrameSpec,
   ID_COMMANDS,
-  STORAGE_COMMANDS,
-  type SpecFn,
   replySpec,
   requestSpecs,
+  type SpecFn,
+  STORAGE_COMMANDS,
   streamed,
   TRACKER_COMMANDS,
 } from './frame-spec.ts';
@@ -118,7 +118,8 @@ function vector(name: string): Vector {
 }
 
 function frameOf(v: Vector): Uint8Array {
-  if (typeof v.frame_hex !== 'string') throw new Error(`${v.name}: no frame_hex (frames over 4 KiB unsupported)`);
+  if (typeof v.frame_hex !== 'string')
+    throw new Error(`${v.name}: no frame_hex (frames over 4 KiB unsupported)`);
   return fromHex(v.frame_hex);
 }
 
@@ -132,7 +133,11 @@ function requestFor(reply: Vector): Vector {
   throw new Error(`${reply.name}: no request on connection ${reply.connection}`);
 }
 
-const REPLY_COMMAND = { tracker: Command.TRACKER_REPLY, id: Command.ID_REPLY, storage: Command.STORAGE_REPLY };
+const REPLY_COMMAND = {
+  tracker: Command.TRACKER_REPLY,
+  id: Command.ID_REPLY,
+  storage: Command.STORAGE_REPLY,
+};
 const SERVER_COMMANDS = { tracker: TRACKER_COMMANDS, id: ID_COMMANDS, storage: STORAGE_COMMANDS };
 
 /** What a client expects as the success body of a reply to `requestCommand`. */
@@ -302,7 +307,10 @@ function decodeRequest(v: Vector, header: Header, body: Uint8Array): Decoded {
     }
     case Command.TRACKER_ADDRS: {
       const ids = decodeAddrsRequest(body);
-      return { fields: idFields(ids, body), reencoded: encodeFrame(Command.TRACKER_ADDRS, encodeAddrsRequest(ids)) };
+      return {
+        fields: idFields(ids, body),
+        reencoded: encodeFrame(Command.TRACKER_ADDRS, encodeAddrsRequest(ids)),
+      };
     }
     case Command.TRACKER_GROUPS:
       expect(body.length).toBe(0);
@@ -310,7 +318,11 @@ function decodeRequest(v: Vector, header: Header, body: Uint8Array): Decoded {
     case Command.ID_GET: {
       const raw = decodeCString(body);
       if (body.length > 65) {
-        expectProtocolError(() => decodeIdRequest(body), `Invalid Body Length: ${body.length} > 65`, Errno.BAD_LENGTH);
+        expectProtocolError(
+          () => decodeIdRequest(body),
+          `Invalid Body Length: ${body.length} > 65`,
+          Errno.BAD_LENGTH,
+        );
         expectProtocolError(() => encodeIdRequest(raw), `Invalid ID Key Length: ${utf8Length(raw)}`);
         return {
           fields: { key: raw, key_len: body.indexOf(0) },
@@ -457,7 +469,8 @@ describe('seed vectors file', () => {
   it('covers every seed command and reply code', () => {
     if (loaded.error) expect.fail(loaded.error);
     const seen = new Set(vectors.map((v) => v.command));
-    for (const c of [10, 11, 12, 13, 40, 70, 71, 72, 73, 100, 101, 102]) expect(seen.has(c), `command ${c}`).toBe(true);
+    for (const c of [10, 11, 12, 13, 40, 70, 71, 72, 73, 100, 101, 102])
+      expect(seen.has(c), `command ${c}`).toBe(true);
   });
 });
 
@@ -480,7 +493,9 @@ describe('every seed vector: header, decode, fields, re-encode', () => {
       const regions = fixedRegions(v, body.length);
       const expected = zeroPadded(frame, regions);
       if (v.producer !== 'seed client') {
-        expect(toHex(expected), 'frames not built by the seed client are already zero-padded').toBe(toHex(frame));
+        expect(toHex(expected), 'frames not built by the seed client are already zero-padded').toBe(
+          toHex(frame),
+        );
       }
       if (decoded.reencoded === null) {
         expect(v.name).toBe('negative_len.request');
@@ -505,7 +520,9 @@ describe('seed client garbage padding', () => {
 
   it('the ids read from garbage-padded frames equal the zero-padded request', () => {
     const clean = decodeAddrsRequest(frameOf(vector('addrs_zero_padded.request')).subarray(HEADER_LENGTH));
-    for (const v of vectors.filter((x) => x.producer === 'seed client' && x.command === Command.TRACKER_ADDRS)) {
+    for (const v of vectors.filter(
+      (x) => x.producer === 'seed client' && x.command === Command.TRACKER_ADDRS,
+    )) {
       expect(decodeAddrsRequest(frameOf(v).subarray(HEADER_LENGTH))).toEqual(clean);
     }
   });
@@ -513,7 +530,11 @@ describe('seed client garbage padding', () => {
 
 describe('seed vectors through the FrameReader', () => {
   /** Request vectors the reader or the request codec refuses, with the seed's reply. */
-  const REFUSED: readonly (readonly [request: string, reply: string, via: 'reader' | 'decodeUploadPrefix'])[] = [
+  const REFUSED: readonly (readonly [
+    request: string,
+    reply: string,
+    via: 'reader' | 'decodeUploadPrefix',
+  ])[] = [
     ['idget_key70.request', 'idget_key70.reply', 'reader'],
     ['filesize_body10.request', 'filesize_body10.reply', 'reader'],
     ['join_short.request', 'join_short.reply', 'reader'],
@@ -546,7 +567,11 @@ describe('seed vectors through the FrameReader', () => {
         expect(events.map((e) => e.type)).toEqual(['head', 'end']);
         const head = events[0] as Extract<FrameEvent, { type: 'head' }>;
         expect(head.rest).toBe(0);
-        expectProtocolError(() => decodeUploadPrefix(head.prefix, head.header.bodyLength), message, Errno.BAD_LENGTH);
+        expectProtocolError(
+          () => decodeUploadPrefix(head.prefix, head.header.bodyLength),
+          message,
+          Errno.BAD_LENGTH,
+        );
         expect(reader.idle).toBe(true);
       }
     });
@@ -593,7 +618,10 @@ describe('seed vectors through the FrameReader', () => {
     for (const v of vectors.filter((x) => x.direction === 'request' && !refusedNames.has(x.name))) {
       const frame = frameOf(v);
       const { reader, events } = readAll(requestSpecs(SERVER_COMMANDS[v.server]), frame);
-      expect(events.some((e) => e.type === 'error'), v.name).toBe(false);
+      expect(
+        events.some((e) => e.type === 'error'),
+        v.name,
+      ).toBe(false);
       expect(reader.idle, v.name).toBe(true);
       const body = frame.subarray(HEADER_LENGTH);
       const first = events[0] as FrameEvent;
@@ -620,7 +648,10 @@ describe('seed vectors through the FrameReader', () => {
     for (const v of vectors.filter((x) => x.direction === 'reply')) {
       const frame = frameOf(v);
       const { reader, events } = readAll(specFor(v), frame);
-      expect(events.some((e) => e.type === 'error'), v.name).toBe(false);
+      expect(
+        events.some((e) => e.type === 'error'),
+        v.name,
+      ).toBe(false);
       expect(reader.idle, v.name).toBe(true);
       const body = frame.subarray(HEADER_LENGTH);
       if (v.status === Status.OK && requestFor(v).command === Command.STORAGE_DOWNLOAD) {
@@ -638,8 +669,12 @@ describe('seed vectors through the FrameReader', () => {
   });
 
   it('a reply with the wrong reply command is refused by the client', () => {
-    const events = new FrameReader(replySpec(Command.ID_REPLY, exactly(8))).push(frameOf(vector('join.reply')));
-    expect(events[0]?.type === 'error' && events[0].error.message).toBe('Unexpected Reply Command: 100 != 101');
+    const events = new FrameReader(replySpec(Command.ID_REPLY, exactly(8))).push(
+      frameOf(vector('join.reply')),
+    );
+    expect(events[0]?.type === 'error' && events[0].error.message).toBe(
+      'Unexpected Reply Command: 100 != 101',
+    );
   });
 
   it('the duplicate upload got two seed error frames; both parse as error replies', () => {

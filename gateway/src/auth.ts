@@ -1,0 +1,166 @@
+import { createRemoteJWKSet, errors as joseErrors, type JWTPayload, jwtVerify, SignJWT } from 'jose';
+import type { GatewayConfig } from './config.ts';
+import { fromBase64Url, toBase64Url, utf8 } from './encoding.ts';
+import { forbidden, unauthorized } from './problem.ts';
+
+/** Who is uploading (or deleting): the app id and user id of the dsm file ids. */
+export interface Principal {
+  appId: string;
+  userId: string;
+}
+
+const CHALLENGE = 'Bearer realm="dsm"';
+
+/**
+ * Verifies bearer tokens: HS256 with a shared secret and/or any JWKS algorithm. The token must
+ * carry `app` (the dsm app id) and `sub` (the user id); `exp` unless `requireExp` is off.
+ */
+export class TokenVerifier {
+  readonly #cfg: GatewayConfig['auth'];
+  readonly #secret: Uint8Array | null;
+  readonly #jwks: ReturnType<typeof createRemoteJWKSet> | null;
+
+  constructor(cfg: GatewayConfig['auth']) {
+    this.#cfg = cfg;
+    this.#secret = cfg.hs256Secret ? utf8(cfg.hs256Secret) : null;
+    this.#jwks = cfg.jwksUrl ? createRemoteJWKSet(new URL(cfg.jwksUrl)) : null;
+  }
+
+  /** The caller of a request, from its Authorization header (mode none: the configured default). */
+  async principal(authorization: string | undefined): Promise<Principal> {
+    if (this.#cfg.mode === 'none') return { appId: this.#cfg.defaultApp, userId: this.#cfg.defaultUser };
+    if (!authorization) throw unauthorized('a bearer token is required', 'missing', CHALLENGE);
+    const m = /^Bearer\s+([A-Za-z0-9_\-.]+)\s*$/i.exec(authorization);
+    if (!m) throw unauthorized('the Authorization header is not a bearer token', 'invalid', CHALLENGE);
+    const payload = await this.verify(m[1] as string);
+    const appId = payload.app;
+    const userId = payload.sub;
+    if (typeof appId !== 'string' || appId.length === 0 || utf8(appId).length > 15) {
+      throw unauthorized('the token has no valid "app" claim (1..15 bytes)', 'invalid', CHALLENGE);
+    }
+    if (typeof userId !== 'string' || utf8(userId).length > 255) {
+      throw unauthorized('the token has no valid "sub" claim (at most 255 bytes)', 'invalid', CHALLENGE);
+    }
+    return { appId, userId };
+  }
+
+  async verify(token: string): Promise<JWTPayload> {
+    const opts = {
+      issuer: this.#cfg.issuer,
+      audience: this.#cfg.audience,
+      clockTolerance: this.#cfg.clockToleranceSec,
+      requiredClaims: this.#cfg.requireExp ? ['exp'] : [],
+    };
+    try {
+      if (this.#jwks && this.#secret) {
+        const secret = this.#secret;
+        const jwks = this.#jwks;
+        const r = await jwtVerify(
+          token,
+          async (header, input) => (header.alg === 'HS256' ? secret : jwks(header, input)),
+          opts,
+        );
+        return r.payload;
+      }
+      if (this.#jwks) return (await jwtVerify(token, this.#jwks, opts)).payload;
+      return (await jwtVerify(token, this.#secret as Uint8Array, { ...opts, algorithms: ['HS256'] })).payload;
+    } catch (e) {
+      if (e instanceof joseErrors.JWTExpired) throw unauthorized('the token has expired', 'expired', CHALLENGE);
+      throw unauthorized(`the token is not valid: ${(e as Error).message}`, 'invalid', CHALLENGE);
+    }
+  }
+}
+
+/** The caller may act on files of (appId, userId) only when the token names exactly them. */
+export function requireOwner(p: Principal, ids: { appId: string; userId: string }, mode: 'none' | 'jwt'): void {
+  if (mode === 'none') return;
+  if (p.appId !== ids.appId || p.userId !== ids.userId) {
+    throw forbidden('the token does not belong to the owner of this file');
+  }
+}
+
+/** Mints an HS256 token (the `dsm token` command, tests). */
+export async function mintToken(o: {
+  secret: string;
+  app: string;
+  sub: string;
+  ttlSec?: number;
+  issuer?: string;
+  audience?: string;
+}): Promise<string> {
+  let jwt = new SignJWT({ app: o.app })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(o.sub)
+    .setIssuedAt()
+    .setExpirationTime(Math.floor(Date.now() / 1000) + (o.ttlSec ?? 3600));
+  if (o.issuer) jwt = jwt.setIssuer(o.issuer);
+  if (o.audience) jwt = jwt.setAudience(o.audience);
+  return jwt.sign(utf8(o.secret));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signed URLs: `?exp=<unix seconds>&kid=<key id>&sig=<base64url HMAC-SHA256(key, path "\n" exp)>`.
+// The path is the URL path exactly as requested (percent-encoded form), so a signature is valid
+// for one resource; the key id lets several secrets be live while one is rotated out.
+// ---------------------------------------------------------------------------------------------
+
+const hmacKeys = new Map<string, Promise<CryptoKey>>();
+
+function hmacKey(secret: string): Promise<CryptoKey> {
+  let k = hmacKeys.get(secret);
+  if (!k) {
+    k = crypto.subtle.importKey('raw', utf8(secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
+    hmacKeys.set(secret, k);
+  }
+  return k;
+}
+
+const signedMessage = (path: string, exp: number) => utf8(`${path}\n${exp}`);
+
+export async function signPath(path: string, exp: number, secret: string): Promise<string> {
+  const sig = await crypto.subtle.sign('HMAC', await hmacKey(secret), signedMessage(path, exp));
+  return toBase64Url(new Uint8Array(sig));
+}
+
+/** Appends `exp`, `kid` and `sig` to a URL (absolute or a path). */
+export async function signUrl(
+  url: string,
+  o: { kid: string; secret: string; expiresInSec?: number; exp?: number },
+): Promise<string> {
+  const u = new URL(url, 'http://x');
+  const exp = o.exp ?? Math.floor(Date.now() / 1000) + (o.expiresInSec ?? 3600);
+  const sig = await signPath(u.pathname, exp, o.secret);
+  u.searchParams.set('exp', String(exp));
+  u.searchParams.set('kid', o.kid);
+  u.searchParams.set('sig', sig);
+  return /^[a-z][a-z0-9+.-]*:/i.test(url) ? u.toString() : `${u.pathname}${u.search}`;
+}
+
+/**
+ * Checks a signed URL. HMAC verification through WebCrypto `verify`, which compares in
+ * constant time; a missing, unknown-key, malformed, tampered or expired signature is refused.
+ */
+export async function verifySignedUrl(
+  path: string,
+  q: { exp?: string; kid?: string; sig?: string },
+  keys: Record<string, string>,
+  defaultKid: string | undefined,
+  nowSec = Math.floor(Date.now() / 1000),
+): Promise<void> {
+  if (!q.sig || !q.exp) throw unauthorized('this file needs a signed URL (exp, sig)', 'missing');
+  const kid = q.kid ?? defaultKid;
+  const secret = kid === undefined ? undefined : keys[kid];
+  if (secret === undefined) throw unauthorized('unknown signing key id', 'invalid');
+  if (!/^\d{1,12}$/.test(q.exp)) throw unauthorized('bad exp in the signed URL', 'invalid');
+  let sig: Uint8Array;
+  try {
+    sig = fromBase64Url(q.sig);
+  } catch {
+    throw unauthorized('bad sig in the signed URL', 'invalid');
+  }
+  const exp = Number(q.exp);
+  const ok = await crypto.subtle.verify('HMAC', await hmacKey(secret), sig, signedMessage(path, exp));
+  if (!ok) throw unauthorized('the URL signature does not match', 'invalid');
+  // Checked after the MAC, so an attacker learns nothing about validity from the expiry reply.
+  if (nowSec > exp) throw unauthorized('the signed URL has expired', 'expired');
+}

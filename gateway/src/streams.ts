@@ -1,0 +1,179 @@
+import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { GatewayErrorCode, tooLarge } from './problem.ts';
+
+/**
+ * An async iterable → a pull-based ReadableStream: the next chunk is asked from the source only
+ * when the HTTP side wants one (backpressure), and a cancelled response (client gone) closes
+ * the source, which drops the storage connection instead of reading the rest.
+ */
+export function toReadableStream(
+  source: AsyncIterable<Uint8Array>,
+  onChunk?: (n: number) => void,
+  onEnd?: (error?: unknown) => void,
+): ReadableStream<Uint8Array> {
+  const it = source[Symbol.asyncIterator]();
+  let finished = false;
+  const finish = (e?: unknown) => {
+    if (finished) return;
+    finished = true;
+    onEnd?.(e);
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(ctrl) {
+        try {
+          const r = await it.next();
+          if (r.done) {
+            finish();
+            ctrl.close();
+          } else {
+            onChunk?.(r.value.length);
+            ctrl.enqueue(r.value);
+          }
+        } catch (e) {
+          finish(e);
+          ctrl.error(e);
+        }
+      },
+      async cancel(reason) {
+        finish(reason ?? new Error('cancelled'));
+        await it.return?.();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+/**
+ * A request body as an async iterable. Errors of the underlying stream (client gone, body cut
+ * off) surface as BODY_INCOMPLETE; stopping early cancels the body.
+ */
+export async function* bodyChunks(body: ReadableStream<Uint8Array> | null): AsyncGenerator<Uint8Array> {
+  if (!body) return;
+  const reader = body.getReader();
+  let done = false;
+  try {
+    for (;;) {
+      let r: ReadableStreamReadResult<Uint8Array>;
+      try {
+        r = await reader.read();
+      } catch (e) {
+        throw new DsmError(GatewayErrorCode.BODY_INCOMPLETE, `request body ended early: ${(e as Error).message}`);
+      }
+      if (r.done) {
+        done = true;
+        return;
+      }
+      if (r.value.length > 0) yield r.value;
+    }
+  } finally {
+    if (!done) await reader.cancel().catch(() => {});
+    else reader.releaseLock();
+  }
+}
+
+/** Passes chunks through while counting; throws TOO_LARGE past `max` bytes. */
+export async function* limited(
+  source: AsyncIterable<Uint8Array>,
+  max: number,
+  onChunk?: (n: number, total: number) => void,
+): AsyncGenerator<Uint8Array> {
+  let total = 0;
+  for await (const c of source) {
+    total += c.length;
+    if (total > max) throw tooLarge(`body exceeds the limit of ${max} bytes`);
+    onChunk?.(c.length, total);
+    yield c;
+  }
+}
+
+/**
+ * Requires exactly `length` bytes: the storage protocol declares a length up front, so a short
+ * body must fail (and the storage then drops what it got) rather than pass as a small file.
+ */
+export async function* exactLength(source: AsyncIterable<Uint8Array>, length: number): AsyncGenerator<Uint8Array> {
+  let total = 0;
+  for await (const c of source) {
+    total += c.length;
+    if (total > length) throw new DsmError(ErrorCode.BAD_INPUT, `body is longer than its declared ${length} bytes`);
+    yield c;
+  }
+  if (total !== length) {
+    throw new DsmError(GatewayErrorCode.BODY_INCOMPLETE, `request body ended at ${total} of ${length} bytes`);
+  }
+}
+
+/**
+ * Cuts a stream of chunks into blocks of `blockSize` bytes (the last may be shorter). Each
+ * block is one Uint8Array; at most one block is held at a time. `ended` tells whether the
+ * source finished while this block was filled (so no further block follows).
+ */
+export class BlockReader {
+  readonly #it: AsyncIterator<Uint8Array>;
+  readonly #size: number;
+  #carry: Uint8Array | null = null;
+  #ended = false;
+
+  constructor(source: AsyncIterable<Uint8Array>, blockSize: number) {
+    this.#it = source[Symbol.asyncIterator]();
+    this.#size = blockSize;
+  }
+
+  get ended(): boolean {
+    return this.#ended && this.#carry === null;
+  }
+
+  /** The next block, or null at the end. */
+  async next(): Promise<Uint8Array | null> {
+    const parts: Uint8Array[] = [];
+    let n = 0;
+    if (this.#carry) {
+      const c = this.#carry;
+      this.#carry = null;
+      if (c.length > this.#size) {
+        this.#carry = c.subarray(this.#size);
+        return c.subarray(0, this.#size);
+      }
+      parts.push(c);
+      n = c.length;
+    }
+    while (n < this.#size && !this.#ended) {
+      const r = await this.#it.next();
+      if (r.done) {
+        this.#ended = true;
+        break;
+      }
+      const want = this.#size - n;
+      if (r.value.length > want) {
+        parts.push(r.value.subarray(0, want));
+        this.#carry = r.value.subarray(want);
+        n += want;
+      } else {
+        parts.push(r.value);
+        n += r.value.length;
+      }
+    }
+    if (n === 0) return null;
+    return concat(parts, n);
+  }
+
+  async close(): Promise<void> {
+    await this.#it.return?.();
+  }
+}
+
+export function concat(parts: Uint8Array[], total?: number): Uint8Array {
+  if (parts.length === 1) return parts[0] as Uint8Array;
+  const out = new Uint8Array(total ?? parts.reduce((a, p) => a + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Yields one buffer in slices (so a block goes to the socket in modest writes). */
+export async function* slices(b: Uint8Array, size = 256 * 1024): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < b.length; i += size) yield b.subarray(i, Math.min(b.length, i + size));
+}

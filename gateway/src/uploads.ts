@@ -1,0 +1,123 @@
+import { type DsmClient, encodePublicId, newFileId, tryEach, isRetryable, type UploadSource } from '@dsm/client';
+import { DsmError, ErrorCode } from '@dsm/common/errors';
+import type { Address, FileIds, FileStat } from '@dsm/packets';
+import type { Principal } from './auth.ts';
+import { BlockReader, exactLength, limited, slices } from './streams.ts';
+
+export interface StoredFile {
+  publicId: string;
+  ids: FileIds;
+  stat: FileStat;
+}
+
+/**
+ * A request body can be read once. The client library re-opens an upload source to retry on
+ * another storage; that is fine before the first byte was taken, and refused after.
+ */
+export function oneShot(body: AsyncIterable<Uint8Array>, size: number): UploadSource {
+  let opened = false;
+  return {
+    size,
+    open() {
+      if (opened) {
+        throw new DsmError(ErrorCode.IO, 'the storage failed during the upload and the body cannot be replayed');
+      }
+      opened = true;
+      return body;
+    },
+  };
+}
+
+/** Content types the storage accepts (printable ASCII, ≤ 127 bytes); '' lets it sniff. */
+export function cleanContentType(t: string | undefined | null): string {
+  if (!t) return '';
+  const v = t.trim();
+  if (v.toLowerCase() === 'application/octet-stream') return '';
+  return v.length <= 127 && /^[\x20-\x7e]+$/.test(v) ? v : '';
+}
+
+/** Uploads to the storages of a user's group: whole (size known) or in blocks (size unknown). */
+export class Uploader {
+  constructor(
+    readonly client: DsmClient,
+    readonly blockBytes: number,
+  ) {}
+
+  /** Runs `fn` on the members of the group of (app, user); they share the partial files. */
+  async onGroup<T>(ids: { appId: string; userId: string }, fn: (a: Address) => Promise<T>): Promise<T> {
+    const first = await this.client.locate(ids.appId, ids.userId);
+    try {
+      return await tryEach(first.addrs, fn);
+    } catch (e) {
+      if (!isRetryable(e)) throw e;
+      const again = await this.client.locate(ids.appId, ids.userId, true);
+      return tryEach(again.addrs, fn);
+    }
+  }
+
+  /** One streamed upload frame of exactly `size` bytes; the storage commits it whole or not at all. */
+  async uploadKnown(
+    p: Principal,
+    size: number,
+    contentType: string,
+    body: AsyncIterable<Uint8Array>,
+  ): Promise<StoredFile> {
+    const r = await this.client.upload({
+      appId: p.appId,
+      userId: p.userId,
+      contentType,
+      source: oneShot(exactLength(body, size), size),
+    });
+    return { publicId: r.publicId, ids: r.ids, stat: r.stat };
+  }
+
+  /**
+   * A body of unknown length (chunked, multipart, …). A body that fits in one block goes up as
+   * one upload; a longer one becomes a resumable upload (create with size −1, one append per
+   * block, commit), aborted on any failure so nothing is left behind.
+   */
+  async uploadUnknown(
+    p: Principal,
+    contentType: string | (() => string),
+    body: AsyncIterable<Uint8Array>,
+    max: number,
+    /** Runs after the body is fully read, before the commit (e.g. to check a multipart trailer). */
+    beforeCommit?: () => Promise<void>,
+  ): Promise<StoredFile> {
+    const blocks = new BlockReader(limited(body, max), this.blockBytes);
+    const first = await blocks.next();
+    const type = () => (typeof contentType === 'function' ? contentType() : contentType);
+    if (blocks.ended) {
+      await beforeCommit?.();
+      const b = first ?? new Uint8Array(0);
+      return this.uploadKnown(p, b.length, type(), slices(b));
+    }
+    const ids: FileIds = { appId: p.appId, userId: p.userId, fileId: newFileId() };
+    await this.onGroup(ids, (a) => this.client.storage.uploadCreate(a, ids, -1, type()));
+    try {
+      let offset = 0;
+      for (let b = first; b; b = await blocks.next()) offset = await this.append(ids, offset, b);
+      await beforeCommit?.();
+      const stat = await this.onGroup(ids, (a) => this.client.storage.uploadCommit(a, ids));
+      return { publicId: encodePublicId(ids), ids, stat };
+    } catch (e) {
+      await blocks.close().catch(() => {});
+      await this.abort(ids);
+      throw e;
+    }
+  }
+
+  /** Appends an in-memory block (replayable, so any member of the group may take it). */
+  append(ids: FileIds, offset: number, block: Uint8Array): Promise<number> {
+    return this.onGroup(ids, (a) => this.client.storage.uploadAppend(a, ids, offset, block.length, slices(block)));
+  }
+
+  /** Best effort: drops a partial upload (the storages' own sweeper catches what this misses). */
+  async abort(ids: FileIds): Promise<void> {
+    try {
+      await this.onGroup(ids, (a) => this.client.storage.uploadAbort(a, ids));
+    } catch {
+      // not found (already gone) or unreachable: nothing more to do here
+    }
+  }
+}

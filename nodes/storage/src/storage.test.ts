@@ -1,0 +1,698 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { newFileId, Pool, ping, RemoteError, StorageClient, type UploadSource } from '@dsm/client';
+import { nodeTransport } from '@dsm/client/node';
+import { createLogger, parseConfig } from '@dsm/common';
+import { createDb, type DbHandle } from '@dsm/db';
+import {
+  type Address,
+  type FileIds as ClientIds,
+  Command,
+  decodeErrorReply,
+  Errno,
+  encodeFrame,
+  encodeStreamHeader,
+  encodeUploadAppendPrefix,
+  encodeUploadPrefix,
+  IDS_LENGTH,
+  Status,
+} from '@dsm/packets';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { configSchema } from './config.ts';
+import { fileTableFor } from './seed-rules.ts';
+import { type StorageNode, startStorage } from './storage.ts';
+import { PARTIAL_DIR, TMP_DIR } from './store.ts';
+import { type Backend, eventually, idStub, mariaRedis, RawConn, rand, sqliteMemory } from './test-support.ts';
+
+const log = createLogger('storage-test');
+
+// ---------------------------------------------------------------------------------------------
+// Seed vectors: every frame exchanged with the seed storage, in capture order.
+// ---------------------------------------------------------------------------------------------
+interface Vector {
+  name: string;
+  direction: 'request' | 'reply';
+  command: number;
+  status: number;
+  frame_hex: string;
+  declared_body_len: number;
+  connection: number;
+  server: string;
+  fields: Record<string, unknown>;
+}
+
+const VECTORS_URL = new URL('../../../../shared/reference/seed-vectors.json', import.meta.url);
+const VECTORS = JSON.parse(readFileSync(VECTORS_URL, 'utf8')) as Vector[];
+
+interface Exchange {
+  request: Vector;
+  replies: Vector[];
+}
+
+/** Storage request vectors, each with the reply frame(s) the seed sent on that connection. */
+function storageExchanges(): Exchange[] {
+  const out: Exchange[] = [];
+  for (const v of VECTORS) {
+    if (v.server !== 'storage') continue;
+    if (v.direction === 'request') out.push({ request: v, replies: [] });
+    else {
+      const ex = [...out].reverse().find((e) => e.request.connection === v.connection);
+      if (!ex) throw new Error(`reply ${v.name} has no request`);
+      ex.replies.push(v);
+    }
+  }
+  return out;
+}
+
+/** The errno each seed error reply becomes (the seed always sent −1). */
+const EXPECTED_ERRNO: Record<string, number> = {
+  download_bad_offset: Errno.RANGE,
+  download_bad_size: Errno.RANGE,
+  filesize_after_delete: Errno.NOT_FOUND,
+  storage_unknown_cmd: Errno.UNKNOWN_COMMAND,
+  filesize_body10: Errno.BAD_LENGTH,
+  negative_len: Errno.BAD_LENGTH,
+  upload_bad_size: Errno.BAD_LENGTH,
+  filesize_unknown: Errno.NOT_FOUND,
+  upload_duplicate: Errno.EXISTS,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+const APP = 'tnvideo';
+const USER = 'tnv001';
+const idsFor = (fileId: string, userId = USER): ClientIds => ({ appId: APP, userId, fileId });
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+function source(data: Buffer, chunk = 64 * 1024): UploadSource {
+  return {
+    size: data.length,
+    async *open() {
+      for (let i = 0; i < data.length; i += chunk) yield data.subarray(i, i + chunk);
+    },
+  };
+}
+
+async function* chunks(data: Buffer): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < data.length; i += 64 * 1024) yield data.subarray(i, i + 64 * 1024);
+}
+
+async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of stream) parts.push(Buffer.from(c));
+  return Buffer.concat(parts);
+}
+
+async function caught(p: Promise<unknown>): Promise<RemoteError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RemoteError) return e;
+    throw e;
+  }
+  throw new Error('expected an error reply');
+}
+
+/** Regular files under the stores, outside the temp and partial folders. */
+async function storedFiles(roots: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string) => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      if (e.name === TMP_DIR || e.name === PARTIAL_DIR) continue;
+      const p = join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else out.push(p);
+    }
+  };
+  for (const r of roots) await walk(r);
+  return out.sort();
+}
+
+async function tmpFiles(node: StorageNode): Promise<string[]> {
+  const out: string[] = [];
+  for (const root of node.storePaths) {
+    const d = join(root, TMP_DIR, `${hostOf(node)}-${node.advertisePort}`);
+    if (existsSync(d)) out.push(...(await readdir(d)).map((n) => join(d, n)));
+  }
+  return out;
+}
+const hostNames = new WeakMap<StorageNode, string>();
+const hostOf = (n: StorageNode) => hostNames.get(n) ?? '';
+
+const addr = (n: StorageNode): Address => ({ host: '127.0.0.1', port: n.port });
+
+// ---------------------------------------------------------------------------------------------
+// The suite, on both backends.
+// ---------------------------------------------------------------------------------------------
+let sharedDir = '';
+const BACKENDS: (() => Backend)[] = [() => sqliteMemory(() => sharedDir), () => mariaRedis()];
+
+describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s', (_name, makeBackend) => {
+  let dir = '';
+  let backend: Backend;
+  let dbUrl = '';
+  let a: StorageNode;
+  let b: StorageNode;
+  let dbh: DbHandle;
+  let pool: Pool;
+  let sc: StorageClient;
+  const ids = idStub();
+  const stores = () => a.storePaths;
+
+  const start = async (hostname: string, extra: Record<string, unknown> = {}) => {
+    const config = parseConfig(
+      configSchema,
+      {
+        listen: '127.0.0.1:0',
+        hostname,
+        storePaths: ['store1', 'store2'],
+        trackers: [],
+        database: dbUrl,
+        cache: backend.cache,
+        ...extra,
+      },
+      dir,
+    );
+    const n = await startStorage(config, { log, idSource: ids.source, cachePrefix: backend.cachePrefix });
+    hostNames.set(n, hostname);
+    return n;
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'dsm-storage-'));
+    sharedDir = dir;
+    backend = makeBackend();
+    await backend.setup();
+    dbUrl = backend.database();
+    a = await start('store-a');
+    b = await start('store-b');
+    dbh = createDb(dbUrl);
+    pool = new Pool({ transport: nodeTransport, ioTimeoutMs: 10_000 });
+    sc = new StorageClient(pool);
+  });
+
+  afterAll(async () => {
+    await pool?.close();
+    await a?.close();
+    await b?.close();
+    await dbh?.close();
+    await backend?.cleanup();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('replays every storage vector of the seed capture in order (same replies; one duplicate error)', async () => {
+    const exchanges = storageExchanges();
+    expect(exchanges.map((e) => e.request.name.split('.')[0])).toEqual([
+      'upload',
+      'filesize',
+      'download_whole',
+      'download_range',
+      'download_at_end',
+      'download_bad_offset',
+      'download_bad_size',
+      'delete',
+      'filesize_after_delete',
+      'storage_unknown_cmd',
+      'filesize_body10',
+      'negative_len',
+      'upload_bad_size',
+      'filesize_unknown',
+      'upload_small',
+      'upload_duplicate',
+      'delete_small',
+    ]);
+    for (const ex of exchanges) {
+      const name = ex.request.name.split('.')[0] as string;
+      const c = await RawConn.open(a.port);
+      try {
+        await c.write(Buffer.from(ex.request.frame_hex, 'hex'));
+        const want = ex.replies[0] as Vector;
+        const got = await c.readFrame();
+        expect(got, name).not.toBeNull();
+        if (!got) continue;
+        expect(got.header.command, name).toBe(want.command);
+        expect(got.header.status, name).toBe(want.status);
+        if (want.status === Status.OK) {
+          // Success replies carry no variable parts: byte-identical (download data included).
+          expect(got.frame.toString('hex'), name).toBe(want.frame_hex);
+          continue;
+        }
+        const text = String(want.fields.text).replace(/^\[vm\] /, '[store-a] ');
+        const err = decodeErrorReply(got.body);
+        expect(err.message, name).toBe(text);
+        expect(err.errno, name).toBe(EXPECTED_ERRNO[name]);
+        expect(got.body.length, name).toBe(2 + Buffer.byteLength(text) + 1);
+        expect(got.body[got.body.length - 1], name).toBe(0);
+        // One error frame (the seed sent two for the duplicate), then the server closes.
+        const end = await c.waitClosed();
+        expect(end, name).toEqual({ closed: true, extra: 0 });
+      } finally {
+        c.destroy();
+      }
+    }
+    // Both uploaded files were deleted again, rows and files.
+    expect(await storedFiles(stores())).toEqual([]);
+    for (const t of ['t_file_01', 't_file_02', 't_file_03'] as const) {
+      expect(await dbh.db.selectFrom(t).select('id').execute()).toEqual([]);
+    }
+  });
+
+  it('stores at the seed path scheme (folders created) and records size, sha-256, type, mtime', async () => {
+    const fileId = newFileId();
+    const data = Buffer.concat([Buffer.from([0, 0, 0, 0x18]), Buffer.from('ftypisom'), randomBytes(70_000)]);
+    const before = Date.now();
+    const st = await sc.uploadExt(addr(a), idsFor(fileId), '', source(data));
+    expect(st.size).toBe(data.length);
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
+    expect(st.contentType).toBe('video/mp4');
+    expect(st.mtimeMs).toBeGreaterThanOrEqual(before);
+    const row = await dbh.db.selectFrom(fileTableFor(USER)).selectAll().where('id', '=', fileId).executeTakeFirstOrThrow();
+    expect(row).toMatchObject({
+      appid: APP,
+      userid: USER,
+      status: 0,
+      file_size: data.length,
+      sha256: sha(data),
+      content_type: 'video/mp4',
+      mtime_ms: st.mtimeMs,
+    });
+    const path = row.file_path as string;
+    const m = /^(.*)\/([0-9A-F]{3})\/([0-9A-F]{3})\/([0-9A-F]{3})\/([0-9A-F]+)_([0-9A-F]{3})$/.exec(path);
+    expect(m, path).not.toBeNull();
+    expect(stores()).toContain(m?.[1]);
+    const id = Number.parseInt(`${m?.[2]}`, 16) * 512 ** 3 + Number.parseInt(`${m?.[3]}`, 16) * 512 ** 2;
+    const id2 = id + Number.parseInt(`${m?.[4]}`, 16) * 512 + Number.parseInt(`${m?.[6]}`, 16);
+    expect(id2).toBeGreaterThanOrEqual(114_700);
+    expect(Math.abs(Number.parseInt(`${m?.[5]}`, 16) - before / 1000)).toBeLessThan(60);
+    expect(readFileSync(path).equals(data)).toBe(true);
+    expect(statSync(path).mode & 0o777).toBe(0o644);
+    // The id key is <group>:<store index>.
+    expect([...ids.keys.keys()].every((k) => /^group001:[01]$/.test(k))).toBe(true);
+    // An explicit content type is kept.
+    const st2 = await sc.uploadExt(addr(a), idsFor(newFileId()), 'video/webm', source(data));
+    expect(st2.contentType).toBe('video/webm');
+  });
+
+  it('two storages of a group share folders and database: upload via A, read/stat/delete via B', async () => {
+    const fileId = newFileId();
+    const data = Buffer.concat([Buffer.from('hello '), randomBytes(300_000)]);
+    await sc.upload(addr(a), idsFor(fileId, 'user1'), source(data));
+    expect(await sc.size(addr(b), idsFor(fileId, 'user1'))).toBe(data.length);
+    expect(await sc.size(addr(a), idsFor(fileId, 'user1'))).toBe(data.length); // now cached on A
+    const d = await sc.download(addr(b), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 });
+    expect(d.length).toBe(data.length);
+    expect((await collect(d.stream)).equals(data)).toBe(true);
+    const r = await sc.download(addr(b), { ...idsFor(fileId, 'user1'), offset: 1000, size: 5000 });
+    expect((await collect(r.stream)).equals(data.subarray(1000, 6000))).toBe(true);
+    const st = await sc.stat(addr(b), idsFor(fileId, 'user1'));
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
+    expect(st.contentType).toBe('application/octet-stream');
+    expect(st.size).toBe(data.length);
+    // Another user's table does not know this id.
+    expect((await caught(sc.size(addr(b), idsFor(fileId, 'tnv003')))).errno).toBe(Errno.NOT_FOUND);
+    await sc.delete(addr(b), idsFor(fileId, 'user1'));
+    // A had it cached: it notices the file is gone and asks the database.
+    const e = await caught(sc.size(addr(a), idsFor(fileId, 'user1')));
+    expect(e.errno).toBe(Errno.NOT_FOUND);
+    expect(e.message).toBe(`[store-a] Read Database Fail, Fileid: ${fileId}`);
+    expect((await caught(sc.download(addr(a), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }))).errno).toBe(
+      Errno.NOT_FOUND,
+    );
+    expect((await caught(sc.delete(addr(b), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
+  });
+
+  it('stat of a seed-era row computes and records the sha-256 and sniffs the type; paths outside the stores are refused', async () => {
+    const fileId = newFileId();
+    const data = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), randomBytes(5000)]);
+    const folder = join(stores()[0] as string, '000', '000', '001');
+    mkdirSync(folder, { recursive: true });
+    const path = join(folder, '65F1560C_115');
+    writeFileSync(path, data);
+    const table = fileTableFor('tnv002');
+    await dbh.db
+      .insertInto(table)
+      .values({ id: fileId, appid: APP, userid: 'tnv002', status: 0, file_path: path, file_size: data.length })
+      .execute();
+    const st = await sc.stat(addr(b), idsFor(fileId, 'tnv002'));
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
+    expect(st.contentType).toBe('image/png');
+    expect(st.mtimeMs).toBeGreaterThan(0);
+    const row = await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).executeTakeFirstOrThrow();
+    expect(row.sha256).toBe(sha(data));
+    expect(row.content_type).toBe('image/png');
+    await sc.delete(addr(a), idsFor(fileId, 'tnv002'));
+    expect(existsSync(path)).toBe(false);
+
+    for (const bad of ['/etc/passwd', '../../../../../../etc/passwd', `${stores()[0]}/../outside`]) {
+      const id = newFileId();
+      await dbh.db
+        .insertInto(table)
+        .values({ id, appid: APP, userid: 'tnv002', status: 0, file_path: bad, file_size: 10 })
+        .execute();
+      const e = await caught(sc.download(addr(a), { ...idsFor(id, 'tnv002'), offset: 0, size: 0 }));
+      expect(e.errno).toBe(Errno.INTERNAL);
+      expect(e.message).toContain('Invalid File Path');
+      expect((await caught(sc.stat(addr(a), idsFor(id, 'tnv002')))).errno).toBe(Errno.INTERNAL);
+      await sc.delete(addr(a), idsFor(id, 'tnv002')); // the row goes; nothing outside is touched
+    }
+    expect(existsSync('/etc/passwd')).toBe(true);
+  });
+
+  it('refuses bad file ids and app ids with an error reply and keeps serving', async () => {
+    for (const fileId of ['../x', '', 'a/b', '..']) {
+      const e = await caught(sc.size(addr(a), idsFor(fileId)));
+      expect(e.errno).toBe(Errno.BAD_FIELD);
+      expect(e.message).toBe(`[store-a] Invalid Fileid: ${fileId}`);
+      const u = await caught(sc.upload(addr(a), idsFor(fileId), source(Buffer.from('x'))));
+      expect(u.errno).toBe(Errno.BAD_FIELD);
+    }
+    const app = await caught(sc.upload(addr(a), { appId: 'tn-video', userId: USER, fileId: newFileId() }, source(Buffer.from('x'))));
+    expect(app.message).toBe('[store-a] Invalid APPID: tn-video');
+    // A file id filling its whole field (no NUL; a 200-character id cannot fit): refused.
+    const body = Buffer.alloc(IDS_LENGTH);
+    body.write(APP, 0);
+    body.write(USER, 16);
+    body.fill('a'.charCodeAt(0), 272, 400);
+    for (const cmd of [Command.STORAGE_SIZE, Command.STORAGE_STAT, Command.STORAGE_DELETE]) {
+      const c = await RawConn.open(a.port);
+      await c.write(encodeFrame(cmd, body));
+      const f = await c.readFrame();
+      expect(f?.header.status).toBe(Status.ERROR);
+      expect(decodeErrorReply(f?.body as Buffer).errno).toBe(Errno.BAD_FIELD);
+      c.destroy();
+    }
+    await ping(pool, addr(a), Command.STORAGE_REPLY);
+    const fileId = newFileId();
+    await sc.upload(addr(a), idsFor(fileId), source(Buffer.from('still serving')));
+    expect(await sc.size(addr(a), idsFor(fileId))).toBe(13);
+  });
+
+  it('a connection dropped mid-upload leaves no row, no final file and no temp file', async () => {
+    const filesBefore = await storedFiles(stores());
+    const fileId = newFileId();
+    const c = await RawConn.open(a.port);
+    const size = 4_000_000;
+    await c.write(encodeStreamHeader(Command.STORAGE_UPLOAD, 408 + size));
+    await c.write(encodeUploadPrefix({ ...idsFor(fileId), size }));
+    await c.write(randomBytes(1_500_000));
+    await eventually(async () => (await tmpFiles(a)).length > 0, 5000, 'a temp file');
+    c.destroy();
+    await eventually(async () => (await tmpFiles(a)).length === 0, 5000, 'the temp file to go');
+    expect(await storedFiles(stores())).toEqual(filesBefore);
+    expect((await caught(sc.size(addr(a), idsFor(fileId)))).errno).toBe(Errno.NOT_FOUND);
+    // The id can be used again.
+    await sc.upload(addr(a), idsFor(fileId), source(Buffer.from('again')));
+  });
+
+  it('a duplicate upload is refused before its body is read (one error frame)', async () => {
+    const fileId = newFileId();
+    await sc.upload(addr(a), idsFor(fileId), source(Buffer.from('first')));
+    const filesBefore = await storedFiles(stores());
+    const e = await caught(sc.upload(addr(b), idsFor(fileId), source(randomBytes(2_000_000))));
+    expect(e.errno).toBe(Errno.EXISTS);
+    expect(e.message).toBe(`[store-b] INSERT Database Fail, Fileid: ${fileId}`);
+    expect(await storedFiles(stores())).toEqual(filesBefore);
+    expect(await tmpFiles(b)).toEqual([]);
+  });
+
+  it('resumable upload: create, 3 appends over both storages, offset, commit; byte-equal', async () => {
+    const fileId = newFileId();
+    const ids = idsFor(fileId);
+    const parts = [randomBytes(100_000), randomBytes(250_000), randomBytes(1234)];
+    const data = Buffer.concat(parts);
+    expect(await sc.uploadCreate(addr(a), ids, data.length, 'audio/ogg')).toBe(0);
+    expect((await caught(sc.uploadCreate(addr(b), ids, data.length, ''))).errno).toBe(Errno.EXISTS);
+    let offset = 0;
+    const via = [a, b, a];
+    for (let i = 0; i < 3; i++) {
+      const p = parts[i] as Buffer;
+      const node = via[i] as StorageNode;
+      const next = await sc.uploadAppend(addr(node), ids, offset, p.length, chunks(p));
+      expect(next).toBe(offset + p.length);
+      offset = next;
+      if (i === 0) {
+        const e = await caught(sc.uploadAppend(addr(b), ids, 5, 3, chunks(Buffer.from('abc'))));
+        expect(e.errno).toBe(Errno.OFFSET_MISMATCH);
+        expect(e.message).toBe(`[store-b] Upload Offset Mismatch: 5 != ${p.length}`);
+      }
+    }
+    expect(await sc.uploadOffset(addr(b), ids)).toEqual({ offset: data.length, totalSize: data.length });
+    const st = await sc.uploadCommit(addr(b), ids);
+    expect(st.size).toBe(data.length);
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
+    expect(st.contentType).toBe('audio/ogg');
+    const d = await sc.download(addr(a), { ...ids, offset: 0, size: 0 });
+    expect((await collect(d.stream)).equals(data)).toBe(true);
+    expect(await dbh.db.selectFrom('t_upload').select('id').where('id', '=', fileId).execute()).toEqual([]);
+    for (const root of stores()) expect(existsSync(join(root, PARTIAL_DIR, fileId))).toBe(false);
+    // The file exists now: neither a new resumable upload nor a plain one may take the id.
+    expect((await caught(sc.uploadCreate(addr(a), ids, 1, ''))).errno).toBe(Errno.EXISTS);
+    expect((await caught(sc.uploadOffset(addr(a), ids))).errno).toBe(Errno.NOT_FOUND);
+  });
+
+  it('resumable upload: a body cut midway keeps what arrived; commit checks the total; abort', async () => {
+    const fileId = newFileId();
+    const ids = idsFor(fileId);
+    const data = randomBytes(400_000);
+    await sc.uploadCreate(addr(a), ids, data.length, '');
+    const c = await RawConn.open(a.port);
+    await c.write(encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, 416 + data.length));
+    await c.write(encodeUploadAppendPrefix({ ...ids, offset: 0, length: data.length }));
+    await c.write(data.subarray(0, 150_000));
+    await eventually(async () => (await sc.uploadOffset(addr(b), ids)).offset === 150_000, 5000, 'bytes on disk');
+    c.destroy();
+    // The lock is released once the server notices the cut.
+    await eventually(
+      async () => {
+        try {
+          return (await sc.uploadAppend(addr(b), ids, 150_000, 0, chunks(Buffer.alloc(0)))) === 150_000;
+        } catch {
+          return false;
+        }
+      },
+      5000,
+      'the lock to be released',
+    );
+    expect((await caught(sc.uploadCommit(addr(a), ids))).errno).toBe(Errno.OFFSET_MISMATCH);
+    await sc.uploadAppend(addr(b), ids, 150_000, 250_000, chunks(data.subarray(150_000)));
+    const st = await sc.uploadCommit(addr(a), ids);
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
+    expect(st.contentType).toBe('application/octet-stream');
+    const d = await sc.download(addr(b), { ...ids, offset: 0, size: 0 });
+    expect((await collect(d.stream)).equals(data)).toBe(true);
+
+    // Abort drops the partial file and the row.
+    const other = idsFor(newFileId());
+    await sc.uploadCreate(addr(a), other, -1, '');
+    await sc.uploadAppend(addr(a), other, 0, 10, chunks(Buffer.from('0123456789')));
+    expect(await sc.uploadOffset(addr(a), other)).toEqual({ offset: 10, totalSize: -1 });
+    await sc.uploadAbort(addr(b), other);
+    expect((await caught(sc.uploadOffset(addr(a), other))).errno).toBe(Errno.NOT_FOUND);
+    for (const root of stores()) expect(existsSync(join(root, PARTIAL_DIR, other.fileId))).toBe(false);
+  });
+
+  it('resumable upload: concurrent appends on two storages, one wins; a held lock gives BUSY', async () => {
+    const ids = idsFor(newFileId());
+    await sc.uploadCreate(addr(a), ids, -1, '');
+    const part = randomBytes(2_000_000);
+    const results = await Promise.allSettled([
+      sc.uploadAppend(addr(a), ids, 0, part.length, chunks(part)),
+      sc.uploadAppend(addr(b), ids, 0, part.length, chunks(part)),
+    ]);
+    const ok = results.filter((r) => r.status === 'fulfilled');
+    const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    expect(ok).toHaveLength(1);
+    expect(failed).toHaveLength(1);
+    expect([Errno.BUSY, Errno.OFFSET_MISMATCH]).toContain((failed[0]?.reason as RemoteError).errno);
+    expect((await sc.uploadOffset(addr(b), ids)).offset).toBe(part.length);
+
+    // Deterministic: A holds the lock while its body is still arriving; B is refused.
+    const c = await RawConn.open(a.port);
+    const more = randomBytes(100_000);
+    await c.write(encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, 416 + more.length));
+    await c.write(encodeUploadAppendPrefix({ ...ids, offset: part.length, length: more.length }));
+    await c.write(more.subarray(0, 10_000));
+    const row = await dbh.db.selectFrom('t_upload').selectAll().where('id', '=', ids.fileId).executeTakeFirstOrThrow();
+    await eventually(() => existsSync(`${row.temp_path}.lock`), 5000, 'the lock file');
+    const e = await caught(sc.uploadAppend(addr(b), ids, part.length, 3, chunks(Buffer.from('xyz'))));
+    expect(e.errno).toBe(Errno.BUSY);
+    expect((await caught(sc.uploadCommit(addr(b), ids))).errno).toBe(Errno.BUSY);
+    await c.write(more.subarray(10_000));
+    const f = await c.readFrame();
+    expect(f?.header.status).toBe(Status.OK);
+    expect(Number(f?.body.readBigInt64BE(0))).toBe(part.length + more.length);
+    c.destroy();
+    const st = await sc.uploadCommit(addr(b), ids);
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(Buffer.concat([part, more])));
+  });
+
+  it('expired resumable uploads are swept (row, partial file); fresh ones stay', async () => {
+    const ids = idsFor(newFileId());
+    await sc.uploadCreate(addr(a), ids, -1, '');
+    await sc.uploadAppend(addr(a), ids, 0, 5, chunks(Buffer.from('hello')));
+    const row = await dbh.db.selectFrom('t_upload').selectAll().where('id', '=', ids.fileId).executeTakeFirstOrThrow();
+    expect(await b.sweepUploads()).toBe(0);
+    expect(existsSync(row.temp_path)).toBe(true);
+    expect(await b.sweepUploads(Date.now() + 24 * 3600 * 1000 + 1000)).toBeGreaterThanOrEqual(1);
+    expect(existsSync(row.temp_path)).toBe(false);
+    expect((await caught(sc.uploadOffset(addr(a), ids))).errno).toBe(Errno.NOT_FOUND);
+    expect(await dbh.db.selectFrom('t_upload').select('id').execute()).toEqual([]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Single-backend cases.
+// ---------------------------------------------------------------------------------------------
+describe('storage node, special situations', () => {
+  let dir = '';
+  let pool: Pool;
+  let sc: StorageClient;
+  const nodes: StorageNode[] = [];
+  const ids = idStub(0);
+
+  const start = async (raw: Record<string, unknown>) => {
+    const config = parseConfig(
+      configSchema,
+      { listen: '127.0.0.1:0', storePaths: ['s'], trackers: [], hostname: 'special', ...raw },
+      dir,
+    );
+    const n = await startStorage(config, { log, idSource: ids.source });
+    nodes.push(n);
+    return n;
+  };
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'dsm-storage-x-'));
+    pool = new Pool({ transport: nodeTransport, ioTimeoutMs: 20_000 });
+    sc = new StorageClient(pool);
+  });
+
+  afterAll(async () => {
+    await pool?.close();
+    for (const n of nodes) await n.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a 64 MiB upload and download stream: memory stays far below the file size', async () => {
+    const n = await start({ database: `sqlite:${join(dir, 'big.db')}` });
+    const size = 64 * 1024 * 1024;
+    const chunk = 256 * 1024;
+    const hash = createHash('sha256');
+    const src: UploadSource = {
+      size,
+      async *open() {
+        for (let i = 0; i < size / chunk; i++) {
+          const b = Buffer.alloc(chunk, i & 0xff);
+          b.writeUInt32BE(i, 0);
+          hash.update(b);
+          yield b;
+        }
+      },
+    };
+    const base = process.memoryUsage().rss;
+    let peak = base;
+    const timer = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    }, 2);
+    const fileId = newFileId();
+    try {
+      await sc.upload(addr(n), idsFor(fileId), src);
+      const st = await sc.stat(addr(n), idsFor(fileId));
+      expect(st.size).toBe(size);
+      expect(Buffer.from(st.sha256).toString('hex')).toBe(hash.digest('hex'));
+      const d = await sc.download(addr(n), { ...idsFor(fileId), offset: 0, size: 0 });
+      const back = createHash('sha256');
+      let got = 0;
+      for await (const c of d.stream) {
+        back.update(c);
+        got += c.length;
+      }
+      expect(got).toBe(size);
+      expect(Buffer.from(st.sha256).toString('hex')).toBe(back.digest('hex'));
+    } finally {
+      clearInterval(timer);
+    }
+    const grew = peak - base;
+    log.info({ grewMiB: grew / 2 ** 20 }, 'rss growth during 64 MiB upload+download');
+    expect(grew).toBeLessThan(size / 3);
+  });
+
+  it('database down: errno DB_UNAVAILABLE replies, no crash, still serving', async () => {
+    const t0 = Date.now();
+    const n = await start({ database: 'mysql://root@127.0.0.1:1/x', hostname: 'dbdown' });
+    expect(Date.now() - t0).toBeLessThan(5000);
+    const ids = idsFor(newFileId());
+    const calls: [string, () => Promise<unknown>][] = [
+      ['size', () => sc.size(addr(n), ids)],
+      ['download', () => sc.download(addr(n), { ...ids, offset: 0, size: 0 })],
+      ['delete', () => sc.delete(addr(n), ids)],
+      ['stat', () => sc.stat(addr(n), ids)],
+      ['upload', () => sc.upload(addr(n), ids, source(Buffer.from('x')))],
+      ['create', () => sc.uploadCreate(addr(n), ids, 10, '')],
+      ['offset', () => sc.uploadOffset(addr(n), ids)],
+    ];
+    for (const [what, call] of calls) {
+      const e = await caught(call());
+      expect(e.errno, what).toBe(Errno.DB_UNAVAILABLE);
+      expect(e.message, what).toMatch(/^\[dbdown\] /);
+    }
+    await ping(pool, addr(n), Command.STORAGE_REPLY);
+  });
+
+  it('Redis down: metadata from the database; own temp folder emptied at start-up, others kept', async () => {
+    const store = join(dir, 'kv');
+    const own = join(store, TMP_DIR, 'kvdown-45678');
+    const other = join(store, TMP_DIR, 'elsewhere-1');
+    mkdirSync(own, { recursive: true });
+    mkdirSync(other, { recursive: true });
+    writeFileSync(join(own, 'left-by-kill-9'), 'x');
+    writeFileSync(join(other, 'in-progress'), 'y');
+    const n = await start({
+      database: `sqlite:${join(dir, 'kv.db')}`,
+      cache: 'redis://127.0.0.1:1/0',
+      hostname: 'kvdown',
+      advertisePort: 45678,
+      storePaths: [store],
+    });
+    expect(n.advertisePort).toBe(45678);
+    expect(existsSync(join(own, 'left-by-kill-9'))).toBe(false);
+    expect(existsSync(join(other, 'in-progress'))).toBe(true);
+    const ids = idsFor(`kv-${rand()}`);
+    const data = randomBytes(10_000);
+    await sc.upload(addr(n), ids, source(data));
+    expect(await sc.size(addr(n), ids)).toBe(data.length);
+    const d = await sc.download(addr(n), { ...ids, offset: 10, size: 0 });
+    expect((await collect(d.stream)).equals(data.subarray(10))).toBe(true);
+    await sc.delete(addr(n), ids);
+  });
+
+  it('the id servers down: "Get Filepath Fail..." with errno ID_UNAVAILABLE', async () => {
+    const config = parseConfig(
+      configSchema,
+      {
+        listen: '127.0.0.1:0',
+        storePaths: ['noid'],
+        trackers: [],
+        idServers: ['127.0.0.1:1'],
+        hostname: 'noid',
+        database: `sqlite:${join(dir, 'noid.db')}`,
+      },
+      dir,
+    );
+    const n = await startStorage(config, { log });
+    nodes.push(n);
+    const e = await caught(sc.upload(addr(n), idsFor(newFileId()), source(Buffer.from('x'))));
+    expect(e.errno).toBe(Errno.ID_UNAVAILABLE);
+    expect(e.message).toBe('[noid] Get Filepath Fail...');
+  });
+
+  it('refuses an upload that would leave less than reserveBytes free (NO_SPACE)', async () => {
+    const n = await start({ database: `sqlite:${join(dir, 'space.db')}`, reserveBytes: 2 ** 52, storePaths: ['sp'] });
+    const e = await caught(sc.upload(addr(n), idsFor(newFileId()), source(Buffer.from('x'))));
+    expect(e.errno).toBe(Errno.NO_SPACE);
+  });
+});
