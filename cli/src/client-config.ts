@@ -31,11 +31,18 @@ export function clientSettings(flags: { trackers?: string; app?: string; user?: 
     .split(/[;,]/)
     .filter((s) => s.trim())
     .map(parseAddress);
-  return { trackers, appId: flags.app ?? env.DSM_APP ?? 'tnvideo', userId: flags.user ?? env.DSM_USER ?? 'tnv001' };
+  return {
+    trackers,
+    appId: flags.app ?? env.DSM_APP ?? 'tnvideo',
+    userId: flags.user ?? env.DSM_USER ?? 'tnv001',
+  };
 }
 
 /** `A-B` (inclusive, as in HTTP), `A-` (to the end) or `-N` (the last N bytes). */
-export function parseRange(text: string, size: () => Promise<number>): Promise<{ offset: number; length: number }> {
+export function parseRange(
+  text: string,
+  size: () => Promise<number>,
+): Promise<{ offset: number; length: number }> {
   const m = /^(\d*)-(\d*)$/.exec(text);
   if (!m || (m[1] === '' && m[2] === '')) throw new UsageError(`bad --range "${text}": use A-B, A- or -N`);
   const a = m[1] === '' ? null : Number(m[1]);

@@ -269,7 +269,9 @@ export class Cluster {
   /** Stops storages first (they leave the trackers), then trackers and id servers. */
   async stop(): Promise<void> {
     for (const role of ['storage', 'tracker', 'id'] as const) {
-      await Promise.all([...this.nodes.values()].filter((n) => n.role === role).map((n) => this.stopNode(n.name)));
+      await Promise.all(
+        [...this.nodes.values()].filter((n) => n.role === role).map((n) => this.stopNode(n.name)),
+      );
     }
   }
 }

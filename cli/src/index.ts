@@ -1,3 +1,3 @@
-export * from './cluster.ts';
 export * from './client-config.ts';
+export * from './cluster.ts';
 export * from './status-table.ts';

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, statSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
-import { Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
@@ -11,8 +11,8 @@ import { toHex } from '@dsm/packets';
 import { runNode } from '@dsm/server';
 import { clientSettings, parseRange, UsageError } from './client-config.ts';
 import { progressBar } from './progress.ts';
-import { runUp } from './up.ts';
 import { formatStatus } from './status-table.ts';
+import { runUp } from './up.ts';
 
 const HELP = `dsm — distributed streaming-media store
 
@@ -34,7 +34,10 @@ Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 12
 
 async function client(flags: { trackers?: string; app?: string; user?: string }) {
   const s = clientSettings(flags);
-  return { settings: s, dsm: new DsmClient({ trackers: s.trackers, transport: nodeTransport, locateCacheMs: 0 }) };
+  return {
+    settings: s,
+    dsm: new DsmClient({ trackers: s.trackers, transport: nodeTransport, locateCacheMs: 0 }),
+  };
 }
 
 function needId(positionals: string[]): string {
@@ -200,7 +203,10 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function runNodeCommand(role: 'tracker' | 'storage' | 'id', configFile: string | undefined): Promise<number> {
+async function runNodeCommand(
+  role: 'tracker' | 'storage' | 'id',
+  configFile: string | undefined,
+): Promise<number> {
   const log = createLogger(role);
   // Each node package is loaded only when that node runs, so client verbs start fast.
   if (role === 'tracker') {
@@ -230,7 +236,7 @@ main(process.argv.slice(2)).then(
       process.exitCode = 2;
       return;
     }
-    const code = err.code && err.code.startsWith('DSM_ERR') ? ` (${err.code})` : '';
+    const code = err.code?.startsWith('DSM_ERR') ? ` (${err.code})` : '';
     const prefix = err instanceof ConfigError ? 'config error: ' : '';
     process.stderr.write(`dsm: ${prefix}${err.message}${code}\n`);
     process.exitCode = 1;

@@ -20,7 +20,9 @@ function ago(now: number, t: number): string {
 
 /** `dsm status`: one row per storage, grouped. */
 export function formatStatus(s: ClusterStatus): string {
-  const rows: string[][] = [['GROUP', 'STORAGE', 'HOSTNAME', 'STATE', 'FREE', 'TOTAL', 'LOAD', 'HEALS', 'LAST BEAT']];
+  const rows: string[][] = [
+    ['GROUP', 'STORAGE', 'HOSTNAME', 'STATE', 'FREE', 'TOTAL', 'LOAD', 'HEALS', 'LAST BEAT'],
+  ];
   for (const g of s.groups) {
     for (const st of g.storages) {
       rows.push([
@@ -37,7 +39,12 @@ export function formatStatus(s: ClusterStatus): string {
     }
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  const lines = rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd());
+  const lines = rows.map((r) =>
+    r
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd(),
+  );
   const groups = s.groups.length;
   const storages = s.groups.reduce((n, g) => n + g.storages.length, 0);
   const active = s.groups.reduce((n, g) => n + g.storages.filter((x) => x.state === 'ACTIVE').length, 0);

@@ -1,7 +1,7 @@
 import { rmSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Cluster, type ClusterOptions } from './cluster.ts';
 import { UsageError } from './client-config.ts';
+import { Cluster, type ClusterOptions } from './cluster.ts';
 
 function int(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;

@@ -23,7 +23,6 @@ const TYPES: Record<string, string> = {
   gif: 'image/gif',
   webp: 'image/webp',
   avif: 'image/avif',
-  svg: 'image/svg+xml',
   pdf: 'application/pdf',
   txt: 'text/plain; charset=utf-8',
   json: 'application/json',

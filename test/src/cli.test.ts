@@ -22,7 +22,11 @@ function dsm(args: string[], env: Record<string, string> = {}): Promise<Run> {
       { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' },
       (err, stdout, stderr) => {
         const code = err ? ((err as { code?: number }).code ?? 1) : 0;
-        resolve({ code: typeof code === 'number' ? code : 1, stdout: stdout.toString('latin1'), stderr: stderr.toString() });
+        resolve({
+          code: typeof code === 'number' ? code : 1,
+          stdout: stdout.toString('latin1'),
+          stderr: stderr.toString(),
+        });
       },
     );
   });

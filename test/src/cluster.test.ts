@@ -2,7 +2,14 @@ import { createHash } from 'node:crypto';
 import { RemoteError } from '@dsm/client';
 import { Errno, parseAddress, toHex } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKENDS, collect, patternChunks, patternSource, startTestCluster, type TestCluster } from './helpers.ts';
+import {
+  BACKENDS,
+  collect,
+  patternChunks,
+  patternSource,
+  startTestCluster,
+  type TestCluster,
+} from './helpers.ts';
 
 async function sha(stream: AsyncIterable<Uint8Array>): Promise<string> {
   const h = createHash('sha256');
@@ -23,7 +30,11 @@ describe.each(BACKENDS)('whole cluster on %s', (backend) => {
   it('uploads a file and reads it back whole and in ranges from every member of the group', async () => {
     const size = 3 * 1024 * 1024 + 17;
     const expected = await sha(patternChunks(size, 7));
-    const up = await t.client.upload({ appId: 'tnvideo', userId: `u-${backend}-1`, source: patternSource(size, 7) });
+    const up = await t.client.upload({
+      appId: 'tnvideo',
+      userId: `u-${backend}-1`,
+      source: patternSource(size, 7),
+    });
     expect(up.stat.size).toBe(size);
     expect(toHex(up.stat.sha256)).toBe(expected);
     const located = await t.client.locate('tnvideo', `u-${backend}-1`, true);
@@ -55,10 +66,18 @@ describe.each(BACKENDS)('whole cluster on %s', (backend) => {
   });
 
   it('deletes a file: size, stat and download answer not found afterwards', async () => {
-    const up = await t.client.upload({ appId: 'tnvideo', userId: 'del-user', source: patternSource(1000, 3) });
+    const up = await t.client.upload({
+      appId: 'tnvideo',
+      userId: 'del-user',
+      source: patternSource(1000, 3),
+    });
     expect(await t.client.size(up.ids)).toBe(1000);
     await t.client.delete(up.ids);
-    for (const op of [() => t.client.size(up.ids), () => t.client.stat(up.ids), () => t.client.download(up.ids)]) {
+    for (const op of [
+      () => t.client.size(up.ids),
+      () => t.client.stat(up.ids),
+      () => t.client.download(up.ids),
+    ]) {
       const e = await op().catch((x) => x);
       expect(e).toBeInstanceOf(RemoteError);
       expect(e.errno).toBe(Errno.NOT_FOUND);
@@ -66,7 +85,11 @@ describe.each(BACKENDS)('whole cluster on %s', (backend) => {
   });
 
   it('refuses a range past the end with a defined error reply', async () => {
-    const up = await t.client.upload({ appId: 'tnvideo', userId: 'range-user', source: patternSource(100, 9) });
+    const up = await t.client.upload({
+      appId: 'tnvideo',
+      userId: 'range-user',
+      source: patternSource(100, 9),
+    });
     const e = await t.client.download(up.ids, 101, 0).catch((x) => x);
     expect(e).toBeInstanceOf(RemoteError);
     expect(e.errno).toBe(Errno.RANGE);

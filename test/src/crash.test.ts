@@ -89,7 +89,11 @@ describe('crash safety (kill -9)', () => {
   });
 
   it('a killed storage is marked offline within 3 heartbeats and its group keeps serving', async () => {
-    const up = await t.client.upload({ appId: 'tnvideo', userId: 'failover-user', source: patternSource(200_000, 11) });
+    const up = await t.client.upload({
+      appId: 'tnvideo',
+      userId: 'failover-user',
+      source: patternSource(200_000, 11),
+    });
     const whole = await collect((await t.client.download(up.ids)).stream);
     const victim = t.cluster.nodes.get('group001-s2')!;
     const killedAt = Date.now();
@@ -125,7 +129,9 @@ describe('crash safety (kill -9)', () => {
     await t.waitActive(2, 5000);
     // one heartbeat interval, plus the reconnect pause of the storages' links
     expect(Date.now() - started).toBeLessThan(BEAT + 2500);
-    const e = await t.client.size({ appId: 'tnvideo', userId: 'nobody', fileId: 'no-such-file' }).catch((x) => x);
+    const e = await t.client
+      .size({ appId: 'tnvideo', userId: 'nobody', fileId: 'no-such-file' })
+      .catch((x) => x);
     expect(e).toBeInstanceOf(RemoteError);
   });
 });

@@ -60,7 +60,10 @@ export interface TestCluster {
  * Starts a real cluster (separate node processes, the same launcher as `dsm up`) on either the
  * embedded defaults or MariaDB + Redis (fresh databases, removed afterwards).
  */
-export async function startTestCluster(backend: Backend, o: Partial<ClusterOptions> = {}): Promise<TestCluster> {
+export async function startTestCluster(
+  backend: Backend,
+  o: Partial<ClusterOptions> = {},
+): Promise<TestCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'dsm-test-'));
   const trackers = o.trackers ?? 2;
   const ids = o.ids ?? 1;
@@ -118,7 +121,9 @@ export async function startTestCluster(backend: Backend, o: Partial<ClusterOptio
             cluster.addresses('tracker').map((a) => client.tracker.status(parseAddress(a))),
           );
           seen = Math.min(
-            ...statuses.map((s) => s.groups.flatMap((g) => g.storages).filter((x) => x.state === 'ACTIVE').length),
+            ...statuses.map(
+              (s) => s.groups.flatMap((g) => g.storages).filter((x) => x.state === 'ACTIVE').length,
+            ),
           );
           if (seen >= count) return;
         } catch {
@@ -133,7 +138,8 @@ export async function startTestCluster(backend: Backend, o: Partial<ClusterOptio
       await cluster.stop();
       if (backend === 'mysql') {
         const admin = await mysqlAdmin();
-        for (const db of ['tracker', 'storage', 'id']) await admin.query(`DROP DATABASE IF EXISTS \`${tag}_${db}\``);
+        for (const db of ['tracker', 'storage', 'id'])
+          await admin.query(`DROP DATABASE IF EXISTS \`${tag}_${db}\``);
         await admin.end();
         const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
         const keys = await redis.keys(`${tag}:*`);

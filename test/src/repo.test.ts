@@ -14,7 +14,12 @@ function run(cmd: string, args: string[]): Promise<{ code: number; out: string }
 
 describe('the repository', () => {
   it('type-checks under strict TypeScript', async () => {
-    const r = await run(process.execPath, ['node_modules/typescript/bin/tsc', '--noEmit', '-p', 'tsconfig.json']);
+    const r = await run(process.execPath, [
+      'node_modules/typescript/bin/tsc',
+      '--noEmit',
+      '-p',
+      'tsconfig.json',
+    ]);
     expect(r.out).toBe('');
     expect(r.code).toBe(0);
   }, 120_000);

@@ -2,14 +2,14 @@ import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import {
+  bufferedUpTo,
   Command,
   decodeAddrsReply,
   decodeErrorReply,
+  type decodeHeader,
   FrameReader,
   fromHex,
   HEADER_LENGTH,
-  decodeHeader,
-  bufferedUpTo,
 } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestCluster, type TestCluster } from './helpers.ts';
@@ -41,7 +41,8 @@ function frameReaderFor(sock: Socket) {
   let closed = false;
   let wake: (() => void) | null = null;
   sock.on('data', (c) => {
-    for (const ev of reader.push(c)) if (ev.type === 'frame') queue.push({ header: ev.header, body: ev.body });
+    for (const ev of reader.push(c))
+      if (ev.type === 'frame') queue.push({ header: ev.header, body: ev.body });
     wake?.();
   });
   sock.on('close', () => {

@@ -1,15 +1,10 @@
 import {
   type Address,
   type AddrsReply,
+  bufferedUpTo,
   type ClusterStatus,
   Command,
   type DownloadRequest,
-  type FileIds,
-  type FileStat,
-  IDS_LENGTH,
-  STAT_REPLY_LENGTH,
-  type UploadOffsetReply,
-  bufferedUpTo,
   decodeAddrsReply,
   decodeClusterStatus,
   decodeI64Body,
@@ -25,6 +20,11 @@ import {
   encodeUploadExtPrefix,
   encodeUploadPrefix,
   exactly,
+  type FileIds,
+  type FileStat,
+  IDS_LENGTH,
+  STAT_REPLY_LENGTH,
+  type UploadOffsetReply,
 } from '@dsm/packets';
 import type { StreamReply } from './connection.ts';
 import { randomStart, tryEach } from './failover.ts';
@@ -47,7 +47,8 @@ export class IdClient {
       (a) =>
         this.pool.use(
           a,
-          async (c) => decodeI64Body(await c.request(Command.ID_GET, body, Command.ID_REPLY, exactly(8)), 'id'),
+          async (c) =>
+            decodeI64Body(await c.request(Command.ID_GET, body, Command.ID_REPLY, exactly(8)), 'id'),
           true,
         ),
       randomStart(this.servers.length),
@@ -65,7 +66,8 @@ export class TrackerClient {
   #ask(command: number, body: Uint8Array, max = TEXT_REPLY_MAX): Promise<Uint8Array> {
     return tryEach(
       this.trackers,
-      (a) => this.pool.use(a, (c) => c.request(command, body, Command.TRACKER_REPLY, bufferedUpTo(max)), true),
+      (a) =>
+        this.pool.use(a, (c) => c.request(command, body, Command.TRACKER_REPLY, bufferedUpTo(max)), true),
       randomStart(this.trackers.length),
     );
   }
@@ -83,7 +85,13 @@ export class TrackerClient {
     if (tracker) {
       const b = await this.pool.use(
         tracker,
-        (c) => c.request(Command.TRACKER_STATUS, new Uint8Array(0), Command.TRACKER_REPLY, bufferedUpTo(TEXT_REPLY_MAX)),
+        (c) =>
+          c.request(
+            Command.TRACKER_STATUS,
+            new Uint8Array(0),
+            Command.TRACKER_REPLY,
+            bufferedUpTo(TEXT_REPLY_MAX),
+          ),
         true,
       );
       return decodeClusterStatus(b);
@@ -155,7 +163,9 @@ export class StorageClient {
   }
 
   async stat(addr: Address, ids: FileIds): Promise<FileStat> {
-    return decodeStatReply(await this.#call(addr, Command.STORAGE_STAT, encodeIds(ids), exactly(STAT_REPLY_LENGTH)));
+    return decodeStatReply(
+      await this.#call(addr, Command.STORAGE_STAT, encodeIds(ids), exactly(STAT_REPLY_LENGTH)),
+    );
   }
 
   async delete(addr: Address, ids: FileIds): Promise<void> {
@@ -198,7 +208,12 @@ export class StorageClient {
   }
 
   async uploadCreate(addr: Address, ids: FileIds, totalSize: number, contentType: string): Promise<number> {
-    const b = await this.#call(addr, Command.STORAGE_UPLOAD_CREATE, encodeUploadCreate({ ...ids, totalSize, contentType }), exactly(8));
+    const b = await this.#call(
+      addr,
+      Command.STORAGE_UPLOAD_CREATE,
+      encodeUploadCreate({ ...ids, totalSize, contentType }),
+      exactly(8),
+    );
     return decodeI64Body(b, 'offset');
   }
 
@@ -213,14 +228,23 @@ export class StorageClient {
     const prefix = encodeUploadAppendPrefix({ ...ids, offset, length });
     return this.pool.use(addr, async (c) =>
       decodeI64Body(
-        await c.requestStreamed(Command.STORAGE_UPLOAD_APPEND, prefix, length, source, Command.STORAGE_REPLY, exactly(8)),
+        await c.requestStreamed(
+          Command.STORAGE_UPLOAD_APPEND,
+          prefix,
+          length,
+          source,
+          Command.STORAGE_REPLY,
+          exactly(8),
+        ),
         'offset',
       ),
     );
   }
 
   async uploadOffset(addr: Address, ids: FileIds): Promise<UploadOffsetReply> {
-    return decodeUploadOffsetReply(await this.#call(addr, Command.STORAGE_UPLOAD_OFFSET, encodeIds(ids), exactly(16)));
+    return decodeUploadOffsetReply(
+      await this.#call(addr, Command.STORAGE_UPLOAD_OFFSET, encodeIds(ids), exactly(16)),
+    );
   }
 
   async uploadCommit(addr: Address, ids: FileIds): Promise<FileStat> {

@@ -1,15 +1,15 @@
-import { DsmError, ErrorCode, codeForErrno } from '@dsm/common/errors';
+import { codeForErrno, DsmError, ErrorCode } from '@dsm/common/errors';
 import {
-  type FrameEvent,
-  FrameReader,
-  type FrameSpec,
-  type Header,
-  HEADER_LENGTH,
-  Status,
   decodeErrorReply,
   encodeFrame,
   encodeHeader,
+  type FrameEvent,
+  FrameReader,
+  type FrameSpec,
+  HEADER_LENGTH,
+  type Header,
   replySpec,
+  Status,
   streamed,
 } from '@dsm/packets';
 import type { ByteSocket } from './transport.ts';
@@ -114,7 +114,10 @@ export class Connection {
         for await (const chunk of source) {
           if (replied) break;
           if (sent + chunk.length > restLength) {
-            throw new DsmError(ErrorCode.BAD_INPUT, `upload source is longer than the declared ${restLength} bytes`);
+            throw new DsmError(
+              ErrorCode.BAD_INPUT,
+              `upload source is longer than the declared ${restLength} bytes`,
+            );
           }
           await this.#sock.write(chunk);
           sent += chunk.length;
@@ -125,7 +128,13 @@ export class Connection {
         }
       } catch (e) {
         // If the server already answered (an error reply), report that answer.
-        const answered = await Promise.race([reply.then(() => true, () => true), delay(200).then(() => false)]);
+        const answered = await Promise.race([
+          reply.then(
+            () => true,
+            () => true,
+          ),
+          delay(200).then(() => false),
+        ]);
         if (answered) await reply;
         this.destroy();
         throw e;
@@ -235,7 +244,12 @@ export class Connection {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         this.destroy();
-        reject(new DsmError(ErrorCode.TIMEOUT, `no reply from ${this.address} within ${this.#opts.ioTimeoutMs} ms`));
+        reject(
+          new DsmError(
+            ErrorCode.TIMEOUT,
+            `no reply from ${this.address} within ${this.#opts.ioTimeoutMs} ms`,
+          ),
+        );
       }, this.#opts.ioTimeoutMs);
     });
     try {

@@ -1,5 +1,5 @@
-import { type Address, type AddrsReply, type FileIds, type FileStat } from '@dsm/packets';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
+import type { Address, AddrsReply, FileIds, FileStat } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
 import type { StreamReply } from './connection.ts';
 import { isRetryable, tryEach } from './failover.ts';
@@ -50,7 +50,8 @@ export class DsmClient {
     const hit = this.#cache.get(key);
     if (!fresh && hit && Date.now() - hit.at < this.#cacheMs) return hit.reply;
     const reply = await this.tracker.storagesFor(appId, userId);
-    if (reply.addrs.length === 0) throw new DsmError(ErrorCode.NO_STORAGE, `no active storage for group ${reply.group}`);
+    if (reply.addrs.length === 0)
+      throw new DsmError(ErrorCode.NO_STORAGE, `no active storage for group ${reply.group}`);
     if (this.#cacheMs > 0) this.#cache.set(key, { at: Date.now(), reply });
     return reply;
   }
@@ -95,7 +96,9 @@ export class DsmClient {
 
   /** `length` 0 means to the end, as in the protocol. Fails over until the first byte. */
   download(ids: FileIds, offset = 0, length = 0): Promise<StreamReply> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.download(a, { ...ids, offset, size: length }));
+    return this.#onStorages(ids.appId, ids.userId, (a) =>
+      this.storage.download(a, { ...ids, offset, size: length }),
+    );
   }
 
   close(): Promise<void> {

@@ -1,5 +1,5 @@
 import { ErrorCode } from '@dsm/common/errors';
-import { Errno, type Address } from '@dsm/packets';
+import { type Address, Errno } from '@dsm/packets';
 
 /** Errors after which the same request may go to another server of the same kind. */
 export function isRetryable(e: unknown): boolean {

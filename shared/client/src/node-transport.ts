@@ -103,7 +103,9 @@ export const nodeTransport: Transport = {
       const s = netConnect({ host, port, noDelay: true, keepAlive: true });
       const timer = setTimeout(() => {
         s.destroy();
-        reject(new DsmError(ErrorCode.CONNECT, `connect to ${host}:${port} timed out after ${opts.timeoutMs} ms`));
+        reject(
+          new DsmError(ErrorCode.CONNECT, `connect to ${host}:${port} timed out after ${opts.timeoutMs} ms`),
+        );
       }, opts.timeoutMs);
       s.once('connect', () => {
         clearTimeout(timer);
@@ -112,7 +114,11 @@ export const nodeTransport: Transport = {
       });
       s.once('error', (e) => {
         clearTimeout(timer);
-        reject(new DsmError(ErrorCode.CONNECT, `cannot connect to ${host}:${port}: ${e.message}`, undefined, { cause: e }));
+        reject(
+          new DsmError(ErrorCode.CONNECT, `cannot connect to ${host}:${port}: ${e.message}`, undefined, {
+            cause: e,
+          }),
+        );
       });
     });
   },

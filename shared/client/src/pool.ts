@@ -1,5 +1,5 @@
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import { formatAddress, type Address } from '@dsm/packets';
+import { type Address, formatAddress } from '@dsm/packets';
 import { Connection } from './connection.ts';
 import type { Transport } from './transport.ts';
 
@@ -145,7 +145,12 @@ export class Pool {
       const got = await new Promise<Connection | null>((resolve, reject) => {
         const timer = setTimeout(() => {
           slot.waiters = slot.waiters.filter((w) => w.timer !== timer);
-          reject(new DsmError(ErrorCode.TIMEOUT, `no connection to ${key} within ${this.#opts.acquireTimeoutMs} ms`));
+          reject(
+            new DsmError(
+              ErrorCode.TIMEOUT,
+              `no connection to ${key} within ${this.#opts.acquireTimeoutMs} ms`,
+            ),
+          );
         }, this.#opts.acquireTimeoutMs);
         slot.waiters.push({ resolve, reject, timer });
       });

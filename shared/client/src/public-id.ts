@@ -1,5 +1,5 @@
-import { APPID_WIDTH, FILEID_WIDTH, USERID_WIDTH, decodeUtf8, encodeUtf8 } from '@dsm/packets';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { APPID_WIDTH, decodeUtf8, encodeUtf8, FILEID_WIDTH, USERID_WIDTH } from '@dsm/packets';
 
 /**
  * The public id of a file: what `dsm upload` prints and what the gateway puts in URLs. It is
@@ -21,9 +21,11 @@ export function encodePublicId(p: PublicIdParts): string {
   const a = encodeUtf8(p.appId);
   const u = encodeUtf8(p.userId);
   const f = encodeUtf8(p.fileId);
-  if (a.length === 0 || a.length >= APPID_WIDTH) throw new DsmError(ErrorCode.BAD_INPUT, 'app id must be 1..15 bytes');
+  if (a.length === 0 || a.length >= APPID_WIDTH)
+    throw new DsmError(ErrorCode.BAD_INPUT, 'app id must be 1..15 bytes');
   if (u.length >= USERID_WIDTH) throw new DsmError(ErrorCode.BAD_INPUT, 'user id must be at most 255 bytes');
-  if (f.length === 0 || f.length >= FILEID_WIDTH) throw new DsmError(ErrorCode.BAD_INPUT, 'file id must be 1..127 bytes');
+  if (f.length === 0 || f.length >= FILEID_WIDTH)
+    throw new DsmError(ErrorCode.BAD_INPUT, 'file id must be 1..127 bytes');
   const b = new Uint8Array(4 + a.length + u.length + f.length);
   let o = 0;
   b[o++] = VERSION;

@@ -1,8 +1,11 @@
-import { z } from 'zod';
 import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { ConfigError, parseConfig, parseHostPort } from './config.ts';
 
-const schema = z.object({ listen: z.string().default('127.0.0.1:1'), step: z.number().int().min(10).default(100) });
+const schema = z.object({
+  listen: z.string().default('127.0.0.1:1'),
+  step: z.number().int().min(10).default(100),
+});
 
 describe('config', () => {
   it('fills defaults and freezes the result', () => {

@@ -1,3 +1,3 @@
+export * from './config.ts';
 export * from './errors.ts';
 export * from './logger.ts';
-export * from './config.ts';

@@ -1,2 +1,2 @@
-export * from './protocol-server.ts';
 export * from './node-runner.ts';
+export * from './protocol-server.ts';

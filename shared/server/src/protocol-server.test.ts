@@ -4,13 +4,13 @@ import { nodeTransport } from '@dsm/client/node';
 import { createLogger } from '@dsm/common';
 import {
   Command,
-  Errno,
-  HEADER_LENGTH,
   decodeErrorReply,
   decodeHeader,
+  Errno,
   encodeFrame,
   encodeHeader,
   exactly,
+  HEADER_LENGTH,
 } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolServer } from './protocol-server.ts';
@@ -69,7 +69,9 @@ describe('protocol server', () => {
     expect(h).toEqual({ bodyLength: reply.length - HEADER_LENGTH, command: 102, status: 0xfd });
     expect(decodeErrorReply(reply.subarray(HEADER_LENGTH)).message).toBe('[testhost] Unknown Command: 99');
     const pool = new Pool({ transport: nodeTransport });
-    await pool.use({ host: '127.0.0.1', port }, (c) => c.request(Command.PING, new Uint8Array(0), 102, exactly(0)));
+    await pool.use({ host: '127.0.0.1', port }, (c) =>
+      c.request(Command.PING, new Uint8Array(0), 102, exactly(0)),
+    );
     await pool.close();
   });
 
@@ -85,7 +87,14 @@ describe('protocol server', () => {
     async function* src() {
       for (let i = 0; i < 5; i++) yield new Uint8Array(7000);
     }
-    const r = await c.requestStreamed(Command.STORAGE_UPLOAD, new Uint8Array(408).fill(0), 35_000, src(), 102, exactly(8));
+    const r = await c.requestStreamed(
+      Command.STORAGE_UPLOAD,
+      new Uint8Array(408).fill(0),
+      35_000,
+      src(),
+      102,
+      exactly(8),
+    );
     expect(Number(new DataView(r.buffer, r.byteOffset).getBigInt64(0))).toBe(35_000);
     const d = await c.requestStream(Command.STORAGE_DOWNLOAD, new Uint8Array(416), 102);
     let n = 0;

@@ -1,16 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
-import { type Logger, errnoOf } from '@dsm/common';
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { errnoOf, type Logger } from '@dsm/common';
 import {
-  type FrameEvent,
-  FrameReader,
-  type Header,
-  HEADER_LENGTH,
-  Status,
   encodeErrorReply,
   encodeFrame,
   encodeStreamHeader,
+  type FrameEvent,
+  FrameReader,
+  HEADER_LENGTH,
+  type Header,
   requestSpecs,
+  Status,
 } from '@dsm/packets';
 
 export interface ConnectionInfo {
