@@ -22,6 +22,13 @@ Cluster
   dsm tracker --config FILE                        run one tracker
   dsm storage --config FILE                        run one storage server
   dsm id --config FILE                             run one id server
+  dsm gateway --config FILE                        run the HTTP gateway
+
+Gateway credentials (keys from the gateway's config file, or --secret/--kid)
+  dsm token --config FILE --app A --user U [--ttl SEC] [--secret S]
+                                                   print an upload token (HS256 JWT)
+  dsm sign URL|ID --config FILE [--ttl SEC] [--kid K] [--secret S] [--base URL]
+                                                   print a signed, expiring download URL
 
 Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 127.0.0.1:21000)
   dsm upload FILE [--app A] [--user U] [--type MIME]    prints the public id on its last line
@@ -48,8 +55,18 @@ function needId(positionals: string[]): string {
 
 async function main(argv: string[]): Promise<number> {
   const cmd = argv[0];
+  // `--range -N` (a suffix range) would read as an option to parseArgs: glue it to its flag.
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    const next = argv[i + 1];
+    if (a === '--range' && next !== undefined && /^-\d+$/.test(next)) {
+      args.push(`--range=${next}`);
+      i++;
+    } else args.push(a);
+  }
   const { values: v, positionals } = parseArgs({
-    args: argv,
+    args,
     allowPositionals: true,
     options: {
       config: { type: 'string' },
@@ -67,6 +84,10 @@ async function main(argv: string[]): Promise<number> {
       output: { type: 'string', short: 'o' },
       range: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
+      ttl: { type: 'string' },
+      secret: { type: 'string' },
+      kid: { type: 'string' },
+      base: { type: 'string' },
     },
   });
   if (!cmd || v.help || cmd === 'help') {
@@ -79,7 +100,12 @@ async function main(argv: string[]): Promise<number> {
     case 'tracker':
     case 'storage':
     case 'id':
+    case 'gateway':
       return runNodeCommand(cmd, v.config);
+    case 'token':
+      return gatewayToken(v);
+    case 'sign':
+      return gatewaySign(positionals[1], v);
     case 'upload': {
       const file = positionals[1];
       if (!file) throw new UsageError('usage: dsm upload FILE [--app A] [--user U]');
@@ -204,12 +230,17 @@ async function main(argv: string[]): Promise<number> {
 }
 
 async function runNodeCommand(
-  role: 'tracker' | 'storage' | 'id',
+  role: 'tracker' | 'storage' | 'id' | 'gateway',
   configFile: string | undefined,
 ): Promise<number> {
   const log = createLogger(role);
   // Each node package is loaded only when that node runs, so client verbs start fast.
-  if (role === 'tracker') {
+  if (role === 'gateway') {
+    const g = await import('@dsm/gateway');
+    const n = await import('@dsm/gateway/node');
+    const cfg = loadConfig(g.configSchema, configFile);
+    await runNode(log, () => n.startGateway(cfg, { log }));
+  } else if (role === 'tracker') {
     const m = await import('@dsm/tracker-node');
     const cfg = loadConfig(m.configSchema, configFile);
     await runNode(log, () => m.startTracker(cfg, { log }));
@@ -223,6 +254,51 @@ async function runNodeCommand(
     await runNode(log, () => m.startIdServer(cfg, { log }));
   }
   return -1; // keeps running
+}
+
+function ttlSeconds(text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`bad --ttl "${text}": seconds, > 0`);
+  return Number(text);
+}
+
+async function gatewayToken(v: { config?: string; app?: string; user?: string; ttl?: string; secret?: string }) {
+  const g = await import('@dsm/gateway');
+  const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
+  const secret = v.secret ?? cfg?.auth.hs256Secret;
+  if (!secret) throw new UsageError('no HS256 secret: give --config (auth.hs256Secret) or --secret');
+  const s = clientSettings(v);
+  const token = await g.mintToken({
+    secret,
+    app: s.appId,
+    sub: s.userId,
+    ttlSec: ttlSeconds(v.ttl, 3600),
+    issuer: cfg?.auth.issuer,
+    audience: cfg?.auth.audience,
+  });
+  process.stdout.write(`${token}\n`);
+  return 0;
+}
+
+async function gatewaySign(
+  target: string | undefined,
+  v: { config?: string; ttl?: string; secret?: string; kid?: string; base?: string },
+) {
+  if (!target) throw new UsageError('usage: dsm sign URL|ID --config FILE [--ttl SEC]');
+  const g = await import('@dsm/gateway');
+  const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
+  const keys = cfg?.downloads.signingKeys ?? {};
+  const kid = v.kid ?? cfg?.downloads.signingKeyId ?? Object.keys(keys)[0];
+  const secret = v.secret ?? (kid ? keys[kid] : undefined);
+  if (!kid || !secret) throw new UsageError('no signing key: give --config (downloads.signingKeys) or --kid and --secret');
+  let url = target;
+  if (!/^https?:\/\//.test(target) && !target.startsWith('/')) {
+    // a bare public id
+    const base = v.base ?? cfg?.publicUrl ?? `http://${cfg?.listen ?? '127.0.0.1:8080'}`;
+    url = `${base.replace(/\/+$/, '')}/files/${target}`;
+  }
+  process.stdout.write(`${await g.signUrl(url, { kid, secret, expiresInSec: ttlSeconds(v.ttl, 3600) })}\n`);
+  return 0;
 }
 
 main(process.argv.slice(2)).then(

@@ -1,4 +1,12 @@
-import { createRemoteJWKSet, errors as joseErrors, type JWTPayload, jwtVerify, SignJWT } from 'jose';
+import {
+  createRemoteJWKSet,
+  type FlattenedJWSInput,
+  type JWTHeaderParameters,
+  type JWTPayload,
+  errors as joseErrors,
+  jwtVerify,
+  SignJWT,
+} from 'jose';
 import type { GatewayConfig } from './config.ts';
 import { fromBase64Url, toBase64Url, utf8 } from './encoding.ts';
 import { forbidden, unauthorized } from './problem.ts';
@@ -17,7 +25,7 @@ const CHALLENGE = 'Bearer realm="dsm"';
  */
 export class TokenVerifier {
   readonly #cfg: GatewayConfig['auth'];
-  readonly #secret: Uint8Array | null;
+  readonly #secret: Uint8Array<ArrayBuffer> | null;
   readonly #jwks: ReturnType<typeof createRemoteJWKSet> | null;
 
   constructor(cfg: GatewayConfig['auth']) {
@@ -57,22 +65,30 @@ export class TokenVerifier {
         const jwks = this.#jwks;
         const r = await jwtVerify(
           token,
-          async (header, input) => (header.alg === 'HS256' ? secret : jwks(header, input)),
+          async (header: JWTHeaderParameters, input: FlattenedJWSInput) =>
+            header.alg === 'HS256' ? secret : jwks(header, input),
           opts,
         );
         return r.payload;
       }
       if (this.#jwks) return (await jwtVerify(token, this.#jwks, opts)).payload;
-      return (await jwtVerify(token, this.#secret as Uint8Array, { ...opts, algorithms: ['HS256'] })).payload;
+      return (
+        await jwtVerify(token, this.#secret as Uint8Array<ArrayBuffer>, { ...opts, algorithms: ['HS256'] })
+      ).payload;
     } catch (e) {
-      if (e instanceof joseErrors.JWTExpired) throw unauthorized('the token has expired', 'expired', CHALLENGE);
+      if (e instanceof joseErrors.JWTExpired)
+        throw unauthorized('the token has expired', 'expired', CHALLENGE);
       throw unauthorized(`the token is not valid: ${(e as Error).message}`, 'invalid', CHALLENGE);
     }
   }
 }
 
 /** The caller may act on files of (appId, userId) only when the token names exactly them. */
-export function requireOwner(p: Principal, ids: { appId: string; userId: string }, mode: 'none' | 'jwt'): void {
+export function requireOwner(
+  p: Principal,
+  ids: { appId: string; userId: string },
+  mode: 'none' | 'jwt',
+): void {
   if (mode === 'none') return;
   if (p.appId !== ids.appId || p.userId !== ids.userId) {
     throw forbidden('the token does not belong to the owner of this file');
@@ -109,7 +125,10 @@ const hmacKeys = new Map<string, Promise<CryptoKey>>();
 function hmacKey(secret: string): Promise<CryptoKey> {
   let k = hmacKeys.get(secret);
   if (!k) {
-    k = crypto.subtle.importKey('raw', utf8(secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']);
+    k = crypto.subtle.importKey('raw', utf8(secret), { name: 'HMAC', hash: 'SHA-256' }, false, [
+      'sign',
+      'verify',
+    ]);
     hmacKeys.set(secret, k);
   }
   return k;
@@ -152,7 +171,7 @@ export async function verifySignedUrl(
   const secret = kid === undefined ? undefined : keys[kid];
   if (secret === undefined) throw unauthorized('unknown signing key id', 'invalid');
   if (!/^\d{1,12}$/.test(q.exp)) throw unauthorized('bad exp in the signed URL', 'invalid');
-  let sig: Uint8Array;
+  let sig: Uint8Array<ArrayBuffer>;
   try {
     sig = fromBase64Url(q.sig);
   } catch {

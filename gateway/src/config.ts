@@ -56,7 +56,11 @@ const authSchema = z
   .superRefine((a, ctx) => {
     if (a.mode !== 'jwt') return;
     if (!a.hs256Secret && !a.jwksUrl) {
-      ctx.addIssue({ code: 'custom', path: ['hs256Secret'], message: 'mode jwt needs hs256Secret or jwksUrl' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hs256Secret'],
+        message: 'mode jwt needs hs256Secret or jwksUrl',
+      });
     }
     if (a.hs256Secret && new TextEncoder().encode(a.hs256Secret).length < 32) {
       ctx.addIssue({ code: 'custom', path: ['hs256Secret'], message: 'must be at least 32 bytes' });
@@ -78,7 +82,11 @@ const downloadsSchema = z
   .superRefine((d, ctx) => {
     const needsKeys = d.default === 'signed' || Object.values(d.apps).includes('signed');
     if (needsKeys && Object.keys(d.signingKeys).length === 0) {
-      ctx.addIssue({ code: 'custom', path: ['signingKeys'], message: 'signed downloads need at least one key' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['signingKeys'],
+        message: 'signed downloads need at least one key',
+      });
     }
     if (d.signingKeyId !== undefined && !(d.signingKeyId in d.signingKeys)) {
       ctx.addIssue({ code: 'custom', path: ['signingKeyId'], message: 'not a key of signingKeys' });
@@ -96,7 +104,11 @@ export const configSchema = z
     /** Upload state, locks and counters: `memory:` or `redis://host:port/db?prefix=p`. */
     cache: z.string().default('memory:'),
     /** Largest file accepted (REST and tus). */
-    maxUploadBytes: z.number().int().min(0).default(64 * GiB),
+    maxUploadBytes: z
+      .number()
+      .int()
+      .min(0)
+      .default(64 * GiB),
     /**
      * Block size for bodies of unknown length (chunked REST bodies, multipart, tus PATCH without
      * Content-Length): each block is held in memory once, then appended to the storage.

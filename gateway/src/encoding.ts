@@ -3,7 +3,7 @@
 const te = new TextEncoder();
 const td = new TextDecoder('utf-8', { fatal: true });
 
-export const utf8 = (s: string): Uint8Array => te.encode(s);
+export const utf8 = (s: string): Uint8Array<ArrayBuffer> => te.encode(s);
 
 /** Strict UTF-8 decoding; throws on invalid bytes. */
 export const fromUtf8 = (b: Uint8Array): string => td.decode(b);
@@ -21,7 +21,7 @@ export function toBase64(b: Uint8Array): string {
 }
 
 /** Standard base64 (padding optional); throws on anything else. */
-export function fromBase64(s: string): Uint8Array {
+export function fromBase64(s: string): Uint8Array<ArrayBuffer> {
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s)) throw new Error('not base64');
   const bin = atob(s);
   const out = new Uint8Array(bin.length);
@@ -32,7 +32,7 @@ export function fromBase64(s: string): Uint8Array {
 export const toBase64Url = (b: Uint8Array): string =>
   toBase64(b).replaceAll('+', '-').replaceAll('/', '_').replace(/=+$/, '');
 
-export function fromBase64Url(s: string): Uint8Array {
+export function fromBase64Url(s: string): Uint8Array<ArrayBuffer> {
   if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new Error('not base64url');
   return fromBase64(s.replaceAll('-', '+').replaceAll('_', '/'));
 }

@@ -81,7 +81,8 @@ export class MultipartReader {
     for (;;) {
       const i = indexOf(this.#buf, CRLF);
       if (i >= 0) {
-        if (!/^[ \t]*$/.test(String.fromCharCode(...this.#buf.subarray(0, i)))) throw malformed('text after a delimiter');
+        if (!/^[ \t]*$/.test(String.fromCharCode(...this.#buf.subarray(0, i))))
+          throw malformed('text after a delimiter');
         this.#buf = this.#buf.subarray(i + 2);
         return true;
       }

@@ -171,13 +171,22 @@ export function toProblem(err: unknown, instance?: string): Problem {
     detail = err.message;
     status = statusForCode(code);
     if (status >= 500 || code === ErrorCode.REMOTE) status = statusForErrno(err.errno) ?? status;
+    if (err.errno === Errno.BUSY) {
+      // a storage's lock on a resumable upload: another append is running
+      status = 423;
+      code = GatewayErrorCode.LOCKED;
+    }
   } else if (isHttpException(err)) {
     status = err.status;
-    code = status === 413 ? ErrorCode.TOO_LARGE : status >= 500 ? GatewayErrorCode.INTERNAL : ErrorCode.BAD_INPUT;
+    code =
+      status === 413 ? ErrorCode.TOO_LARGE : status >= 500 ? GatewayErrorCode.INTERNAL : ErrorCode.BAD_INPUT;
     detail = err.message || TITLES[status] || 'error';
   }
   const title = TITLES[status] ?? (status >= 500 ? 'Server Error' : 'Client Error');
-  const type = `urn:dsm:problem:${code.replace(/^DSM_ERR_/, '').toLowerCase().replaceAll('_', '-')}`;
+  const type = `urn:dsm:problem:${code
+    .replace(/^DSM_ERR_/, '')
+    .toLowerCase()
+    .replaceAll('_', '-')}`;
   return {
     status,
     headers,

@@ -58,7 +58,10 @@ export async function* bodyChunks(body: ReadableStream<Uint8Array> | null): Asyn
       try {
         r = await reader.read();
       } catch (e) {
-        throw new DsmError(GatewayErrorCode.BODY_INCOMPLETE, `request body ended early: ${(e as Error).message}`);
+        throw new DsmError(
+          GatewayErrorCode.BODY_INCOMPLETE,
+          `request body ended early: ${(e as Error).message}`,
+        );
       }
       if (r.done) {
         done = true;
@@ -91,11 +94,15 @@ export async function* limited(
  * Requires exactly `length` bytes: the storage protocol declares a length up front, so a short
  * body must fail (and the storage then drops what it got) rather than pass as a small file.
  */
-export async function* exactLength(source: AsyncIterable<Uint8Array>, length: number): AsyncGenerator<Uint8Array> {
+export async function* exactLength(
+  source: AsyncIterable<Uint8Array>,
+  length: number,
+): AsyncGenerator<Uint8Array> {
   let total = 0;
   for await (const c of source) {
     total += c.length;
-    if (total > length) throw new DsmError(ErrorCode.BAD_INPUT, `body is longer than its declared ${length} bytes`);
+    if (total > length)
+      throw new DsmError(ErrorCode.BAD_INPUT, `body is longer than its declared ${length} bytes`);
     yield c;
   }
   if (total !== length) {

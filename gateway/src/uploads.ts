@@ -1,4 +1,11 @@
-import { type DsmClient, encodePublicId, newFileId, tryEach, isRetryable, type UploadSource } from '@dsm/client';
+import {
+  type DsmClient,
+  encodePublicId,
+  isRetryable,
+  newFileId,
+  tryEach,
+  type UploadSource,
+} from '@dsm/client';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import type { Address, FileIds, FileStat } from '@dsm/packets';
 import type { Principal } from './auth.ts';
@@ -20,7 +27,10 @@ export function oneShot(body: AsyncIterable<Uint8Array>, size: number): UploadSo
     size,
     open() {
       if (opened) {
-        throw new DsmError(ErrorCode.IO, 'the storage failed during the upload and the body cannot be replayed');
+        throw new DsmError(
+          ErrorCode.IO,
+          'the storage failed during the upload and the body cannot be replayed',
+        );
       }
       opened = true;
       return body;
@@ -109,7 +119,9 @@ export class Uploader {
 
   /** Appends an in-memory block (replayable, so any member of the group may take it). */
   append(ids: FileIds, offset: number, block: Uint8Array): Promise<number> {
-    return this.onGroup(ids, (a) => this.client.storage.uploadAppend(a, ids, offset, block.length, slices(block)));
+    return this.onGroup(ids, (a) =>
+      this.client.storage.uploadAppend(a, ids, offset, block.length, slices(block)),
+    );
   }
 
   /** Best effort: drops a partial upload (the storages' own sweeper catches what this misses). */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
 import { type FileTableName, isUniqueViolation } from '@dsm/db';
@@ -148,7 +148,11 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   const tmp = join(env.stores.tmpDir(storeIndex), `${fileId}.${randomBytes(6).toString('hex')}`);
   let fh: FileHandle;
   try {
-    fh = await open(tmp, 'wx', 0o644);
+    fh = await open(tmp, 'wx', 0o644).catch(async (e) => {
+      if (errCode(e) !== 'ENOENT') throw e;
+      await mkdir(dirname(tmp), { recursive: true }); // the temp folder was removed under us
+      return open(tmp, 'wx', 0o644);
+    });
   } catch (e) {
     throw saveFail(e);
   }

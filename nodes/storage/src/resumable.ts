@@ -1,4 +1,4 @@
-import { type FileHandle, open, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
 import { isUniqueViolation, type UploadTable } from '@dsm/db';
@@ -120,6 +120,7 @@ export async function handleUploadCreate(env: StorageEnv, ctx: RequestContext): 
   }
   try {
     // The id is ours now (primary key): a lock or partial file left by an expired upload goes.
+    await mkdir(dirname(partial), { recursive: true });
     await removeQuiet(lockPath(partial));
     const fh = await open(partial, 'w', 0o644);
     try {

@@ -1,12 +1,19 @@
 import { mkdir } from 'node:fs/promises';
 import { IdClient, Pool } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
-import { createLogger, DsmError, ErrorCode, type Logger, parseHostPort } from '@dsm/common';
+import { createLogger, DsmError, ErrorCode, type Logger, parseConfig, parseHostPort } from '@dsm/common';
 import { createDb, isDbUnavailable, migrate } from '@dsm/db';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { Command, Errno } from '@dsm/packets';
 import { type Handler, ProtocolServer, type RequestContext, type RunningNode } from '@dsm/server';
-import { parseListen, resolveDatabaseUrl, resolveStorePaths, type StorageConfig } from './config.ts';
+import {
+  configSchema,
+  parseListen,
+  resolveDatabaseUrl,
+  resolveStorePaths,
+  type StorageConfig,
+  type StorageConfigInput,
+} from './config.ts';
 import type { StorageEnv } from './env.ts';
 import { handleDelete, handleDownload, handleSize, handleStat, handleUpload } from './file-ops.ts';
 import { MetaStore } from './meta.ts';
@@ -50,14 +57,22 @@ const SWEEP_INTERVAL_MS = 60_000;
 const MIGRATE_RETRY_MS = 5_000;
 
 /**
- * Starts a storage server: metadata database (migrated; a database that is down at start-up is
+ * Starts a storage server (the config is validated again, so a raw object works too; its
+ * `configDir` anchors relative paths, default the current folder): metadata database (migrated; a database that is down at start-up is
  * retried in the background and requests get errno DB_UNAVAILABLE meanwhile), metadata cache,
  * store folders, protocol server, expired-upload sweeper and one link per tracker.
  */
 export async function startStorage(
-  config: StorageConfig,
+  configIn: StorageConfig | (StorageConfigInput & { configDir?: string }),
   opts: StartStorageOptions = {},
 ): Promise<StorageNode> {
+  // A config from loadConfig() carries its folder; the rest is (re)validated, unknown keys refused.
+  const { configDir: dirIn, ...raw } = configIn as StorageConfig;
+  const config: StorageConfig = parseConfig(
+    configSchema,
+    raw,
+    typeof dirIn === 'string' ? dirIn : process.cwd(),
+  );
   const log = opts.log ?? createLogger('storage', { group: config.group });
   const storePaths = resolveStorePaths(config);
   const { host, port: listenPort } = parseListen(config.listen);
@@ -184,7 +199,7 @@ export async function startStorage(
         try {
           id = await nextIdFrom(key);
         } catch (e) {
-          log.warn({ err: e, key }, 'no id from the id servers');
+          log.warn({ err: (e as Error)?.message ?? String(e), key }, 'no id from the id servers');
           throw new DsmError(ErrorCode.ID_UNAVAILABLE, 'Get Filepath Fail...', Errno.ID_UNAVAILABLE, {
             cause: e,
           });

@@ -110,7 +110,10 @@ export function mariaRedis(): Backend {
 }
 
 /** An id source like one id server: a counter per key. */
-export function idStub(start = 114_700): { source: (key: string) => Promise<number>; keys: Map<string, number> } {
+export function idStub(start = 114_700): {
+  source: (key: string) => Promise<number>;
+  keys: Map<string, number>;
+} {
   const keys = new Map<string, number>();
   return {
     keys,
@@ -217,7 +220,11 @@ export class RawConn {
 }
 
 /** Polls `pred` until true (or fails after `timeoutMs`). */
-export async function eventually(pred: () => Promise<boolean> | boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+export async function eventually(
+  pred: () => Promise<boolean> | boolean,
+  timeoutMs = 5000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await pred()) return;

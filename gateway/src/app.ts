@@ -1,0 +1,203 @@
+import { ping } from '@dsm/client';
+import { Command, parseAddress } from '@dsm/packets';
+import { Hono } from 'hono';
+import { cors } from 'hono/cors';
+import { routePath } from 'hono/route';
+import { GatewayCore, type GatewayDeps } from './core.ts';
+import { deleteFile, fileMeta, serveFile, uploadFile } from './files.ts';
+import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
+import { TusService } from './tus.ts';
+
+export type GatewayEnv = { Variables: { requestId: string } };
+
+export interface GatewayApp {
+  app: Hono<GatewayEnv>;
+  core: GatewayCore;
+  tus: TusService;
+}
+
+/** Request headers a browser may send (preflight): ranges, tokens, tus. */
+const ALLOW_HEADERS = [
+  'Authorization',
+  'Content-Type',
+  'Range',
+  'If-Range',
+  'If-None-Match',
+  'If-Modified-Since',
+  'If-Match',
+  'Tus-Resumable',
+  'Upload-Length',
+  'Upload-Offset',
+  'Upload-Metadata',
+  'Upload-Defer-Length',
+  'Upload-Checksum',
+  'Upload-Concat',
+  'X-Requested-With',
+  'X-HTTP-Method-Override',
+  'X-Request-Id',
+];
+
+/** Response headers a page's script may read. */
+const EXPOSE_HEADERS = [
+  'Content-Range',
+  'Content-Length',
+  'Content-Type',
+  'ETag',
+  'Accept-Ranges',
+  'Last-Modified',
+  'Location',
+  'Tus-Resumable',
+  'Tus-Version',
+  'Tus-Extension',
+  'Tus-Max-Size',
+  'Tus-Checksum-Algorithm',
+  'Upload-Offset',
+  'Upload-Length',
+  'Upload-Metadata',
+  'Upload-Defer-Length',
+  'Upload-Expires',
+  'Dsm-File-Id',
+  'X-Request-Id',
+];
+
+/**
+ * The gateway as a Hono app. Runtime-neutral: the client, the KV store, the config, the
+ * logger and the metrics sink are injected by the entry (node.ts; a Worker entry later).
+ */
+export function createApp(deps: GatewayDeps): GatewayApp {
+  const core = new GatewayCore(deps);
+  const tus = new TusService(core);
+  const app = new Hono<GatewayEnv>();
+  const cfg = deps.config;
+
+  app.use('*', async (c, next) => {
+    const t0 = performance.now();
+    const incoming = c.req.header('x-request-id');
+    const requestId = incoming && /^[\w.-]{1,64}$/.test(incoming) ? incoming : crypto.randomUUID();
+    c.set('requestId', requestId);
+    await next();
+    c.res.headers.set('X-Request-Id', requestId);
+    const status = c.res.status;
+    const matched = routePath(c, c.req.routeIndex);
+    const route = matched && matched !== '*' && matched !== '/*' ? matched : 'unmatched';
+    const seconds = (performance.now() - t0) / 1000;
+    core.metrics?.request(c.req.raw.method, route, status, seconds);
+    const line = {
+      requestId,
+      method: c.req.raw.method,
+      path: c.req.path,
+      status,
+      ms: Math.round(seconds * 1000),
+    };
+    if (status >= 500) core.log.warn(line, 'request');
+    else core.log.debug(line, 'request');
+  });
+
+  app.use(
+    '*',
+    cors({
+      origin: cfg.corsOrigins.includes('*') ? '*' : [...cfg.corsOrigins],
+      allowMethods: ['GET', 'HEAD', 'POST', 'PATCH', 'DELETE', 'OPTIONS'],
+      allowHeaders: ALLOW_HEADERS,
+      exposeHeaders: EXPOSE_HEADERS,
+      maxAge: 86400,
+    }),
+  );
+
+  // tus asks for this header on every reply but OPTIONS' preflight
+  app.use('/tus/*', async (c, next) => {
+    await next();
+    c.res.headers.set('Tus-Resumable', '1.0.0');
+  });
+  app.use('/tus', async (c, next) => {
+    await next();
+    c.res.headers.set('Tus-Resumable', '1.0.0');
+  });
+
+  app.onError((err, c) => {
+    const p = toProblem(err, c.req.path);
+    p.body.requestId = c.get('requestId');
+    if (p.status >= 500) core.log.error({ err, requestId: c.get('requestId') }, p.body.detail);
+    else
+      core.log.debug({ code: p.body.code, detail: p.body.detail, requestId: c.get('requestId') }, 'refused');
+    return problemResponse(p, c.req.raw.method);
+  });
+
+  app.notFound((c) => {
+    const p = toProblem(
+      new HttpError(404, GatewayErrorCode.NO_ROUTE, `no route for ${c.req.raw.method} ${c.req.path}`),
+      c.req.path,
+    );
+    return problemResponse(p, c.req.raw.method);
+  });
+
+  // health --------------------------------------------------------------------------------------
+  app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
+
+  app.get('/readyz', async (c) => {
+    const trackers = await Promise.all(
+      cfg.trackers.map(async (address) => {
+        try {
+          await withTimeout(ping(core.client.pool, parseAddress(address), Command.TRACKER_REPLY), 2000);
+          return { address, ok: true };
+        } catch (e) {
+          return { address, ok: false, error: (e as Error).message };
+        }
+      }),
+    );
+    let cache: { ok: boolean; error?: string } = { ok: true };
+    try {
+      await withTimeout(core.kv.get('gw:readyz'), 2000);
+    } catch (e) {
+      cache = { ok: false, error: (e as Error).message };
+    }
+    const ready = trackers.some((t) => t.ok) && cache.ok;
+    if (!ready) {
+      throw new HttpError(503, GatewayErrorCode.NOT_READY, 'no tracker answers, or the cache is down', {
+        extra: { trackers, cache },
+      });
+    }
+    return c.json({ status: 'ready', trackers, cache }, 200, { 'Cache-Control': 'no-store' });
+  });
+
+  app.get('/metrics', async (c) => {
+    if (!core.metrics) throw new HttpError(404, GatewayErrorCode.NO_ROUTE, 'metrics are not enabled');
+    const m = await core.metrics.render();
+    return c.body(m.body, 200, { 'Content-Type': m.contentType, 'Cache-Control': 'no-store' });
+  });
+
+  // files ---------------------------------------------------------------------------------------
+  app.post('/files', (c) => uploadFile(core, c));
+  app.get('/files/:id/meta', (c) => fileMeta(core, c, c.req.param('id')));
+  app.get('/files/:id', (c) => serveFile(core, c, c.req.param('id')));
+  app.get('/files/:id/:filename', (c) =>
+    serveFile(core, c, c.req.param('id'), {
+      filename: c.req.param('filename'),
+      route: '/files/:id/:filename',
+    }),
+  );
+  app.delete('/files/:id', (c) => deleteFile(core, c, c.req.param('id')));
+
+  // tus -----------------------------------------------------------------------------------------
+  app.options('/tus', () => tus.options());
+  app.options('/tus/', () => tus.options());
+  app.options('/tus/:id', () => tus.options());
+  app.post('/tus', (c) => tus.create(c));
+  app.post('/tus/', (c) => tus.create(c));
+  // Hono answers HEAD with the GET route; the raw method tells them apart.
+  app.get('/tus/:id', (c) =>
+    c.req.raw.method === 'HEAD' ? tus.head(c, c.req.param('id')) : tus.get(c, c.req.param('id')),
+  );
+  app.patch('/tus/:id', (c) => tus.patch(c, c.req.param('id')));
+  app.delete('/tus/:id', (c) => tus.terminate(c, c.req.param('id')));
+
+  return { app, core, tus };
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,113 @@
+import { type DsmClient, decodePublicId } from '@dsm/client';
+import type { KvStore } from '@dsm/kv';
+import type { FileIds, FileStat } from '@dsm/packets';
+import { TokenVerifier } from './auth.ts';
+import type { DownloadPolicy, GatewayConfig } from './config.ts';
+import { notFound } from './problem.ts';
+import { Uploader } from './uploads.ts';
+
+/** The subset of a pino logger the gateway uses (pino fits; the Worker entry passes its own). */
+export interface GatewayLog {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** Metrics sink; the Node entry uses prom-client (metrics.ts), the default records nothing. */
+export interface GatewayMetrics {
+  request(method: string, route: string, status: number, seconds: number): void;
+  bytesOut(route: string, n: number): void;
+  bytesIn(route: string, n: number): void;
+  tusSwept?(n: number): void;
+  /** The exposition text for GET /metrics. */
+  render(): Promise<{ contentType: string; body: string }>;
+}
+
+export interface GatewayDeps {
+  client: DsmClient;
+  kv: KvStore;
+  config: GatewayConfig;
+  log?: GatewayLog;
+  metrics?: GatewayMetrics;
+}
+
+const noop = () => {};
+export const silentLog: GatewayLog = { debug: noop, info: noop, warn: noop, error: noop };
+
+const STAT_CACHE_MAX = 10_000;
+
+/** Shared state and services of one gateway instance (independent of the HTTP framework). */
+export class GatewayCore {
+  readonly client: DsmClient;
+  readonly kv: KvStore;
+  readonly cfg: GatewayConfig;
+  readonly log: GatewayLog;
+  readonly metrics: GatewayMetrics | undefined;
+  readonly verifier: TokenVerifier;
+  readonly uploader: Uploader;
+  readonly #stats = new Map<string, { at: number; stat: FileStat }>();
+  readonly #inflight = new Map<string, Promise<FileStat>>();
+
+  constructor(d: GatewayDeps) {
+    this.client = d.client;
+    this.kv = d.kv;
+    this.cfg = d.config;
+    this.log = d.log ?? silentLog;
+    this.metrics = d.metrics;
+    this.verifier = new TokenVerifier(d.config.auth);
+    this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
+  }
+
+  /** A public id from a URL, as ids; a string that is not one is "not found" for the client. */
+  parseId(publicId: string): FileIds {
+    try {
+      return decodePublicId(publicId);
+    } catch {
+      throw notFound(`no file with id "${publicId.slice(0, 80)}"`);
+    }
+  }
+
+  /**
+   * A file's stat, reused for `statCacheMs` (files never change, ids are never reused; only a
+   * delete can make a cached stat stale, for at most that long). Concurrent requests for one
+   * file (a CDN's range storm) share one storage round trip.
+   */
+  async stat(publicId: string, ids: FileIds): Promise<FileStat> {
+    const ttl = this.cfg.statCacheMs;
+    const hit = this.#stats.get(publicId);
+    if (hit && Date.now() - hit.at < ttl) return hit.stat;
+    let p = this.#inflight.get(publicId);
+    if (!p) {
+      p = this.client.stat(ids);
+      this.#inflight.set(publicId, p);
+      p.then(
+        (stat) => {
+          this.#inflight.delete(publicId);
+          if (ttl > 0) {
+            if (this.#stats.size >= STAT_CACHE_MAX) {
+              const oldest = this.#stats.keys().next().value;
+              if (oldest !== undefined) this.#stats.delete(oldest);
+            }
+            this.#stats.set(publicId, { at: Date.now(), stat });
+          }
+        },
+        () => this.#inflight.delete(publicId),
+      );
+    }
+    return p;
+  }
+
+  forget(publicId: string): void {
+    this.#stats.delete(publicId);
+  }
+
+  policyFor(appId: string): DownloadPolicy {
+    return this.cfg.downloads.apps[appId] ?? this.cfg.downloads.default;
+  }
+
+  /** Base of URLs in replies: `publicUrl`, else the origin the request came to. */
+  baseUrl(requestUrl: string): string {
+    return (this.cfg.publicUrl ?? new URL(requestUrl).origin).replace(/\/+$/, '');
+  }
+}

@@ -1,0 +1,257 @@
+import { ErrorCode } from '@dsm/common/errors';
+import type { FileIds, FileStat } from '@dsm/packets';
+import type { Context } from 'hono';
+import { requireOwner, verifySignedUrl } from './auth.ts';
+import type { GatewayCore } from './core.ts';
+import { toHex } from './encoding.ts';
+import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
+import { typeForName } from './mime.ts';
+import { boundaryOf, MultipartReader } from './multipart.ts';
+import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
+import { bodyChunks, toReadableStream } from './streams.ts';
+import { cleanContentType, type StoredFile } from './uploads.ts';
+
+export const IMMUTABLE = 'public, max-age=31536000, immutable';
+
+/** Types a browser could run as a page: served sandboxed so an upload cannot script our origin. */
+const ACTIVE_TYPE = /html|xml|javascript|ecmascript/i;
+
+export function etagOf(stat: FileStat): string {
+  return `"${toHex(stat.sha256)}"`;
+}
+
+function contentTypeOf(stat: FileStat, filename?: string): string {
+  const recorded =
+    stat.contentType && stat.contentType !== 'application/octet-stream' ? stat.contentType : '';
+  return recorded || typeForName(filename) || 'application/octet-stream';
+}
+
+/** Downloads of an app with policy `signed` need a valid `?exp&kid&sig` for this exact path. */
+export async function checkDownloadAllowed(core: GatewayCore, c: Context, ids: FileIds): Promise<void> {
+  if (core.policyFor(ids.appId) !== 'signed') return;
+  const q = c.req.query();
+  await verifySignedUrl(
+    new URL(c.req.url).pathname,
+    { exp: q.exp, kid: q.kid, sig: q.sig },
+    core.cfg.downloads.signingKeys,
+    core.cfg.downloads.signingKeyId,
+  );
+}
+
+/**
+ * GET/HEAD of a file: conditional requests, one byte range, and the bytes streamed from the
+ * storage as the client reads them. (Hono runs GET handlers for HEAD too; the raw method tells.)
+ */
+export async function serveFile(
+  core: GatewayCore,
+  c: Context,
+  publicId: string,
+  opts: { filename?: string; route: string } = { route: '/files/:id' },
+): Promise<Response> {
+  const ids = core.parseId(publicId);
+  await checkDownloadAllowed(core, c, ids);
+  const stat = await core.stat(publicId, ids);
+  const etag = etagOf(stat);
+  const mtimeSec = Math.floor(stat.mtimeMs / 1000);
+  const headers = new Headers({
+    ETag: etag,
+    'Last-Modified': new Date(mtimeSec * 1000).toUTCString(),
+    'Cache-Control': IMMUTABLE,
+    'Accept-Ranges': 'bytes',
+  });
+  const h = (k: string) => c.req.header(k);
+  const pre = evaluatePreconditions(
+    {
+      ifMatch: h('if-match'),
+      ifUnmodifiedSince: h('if-unmodified-since'),
+      ifNoneMatch: h('if-none-match'),
+      ifModifiedSince: h('if-modified-since'),
+    },
+    etag,
+    mtimeSec,
+  );
+  if (pre === 'failed') {
+    throw new HttpError(
+      412,
+      GatewayErrorCode.PRECONDITION_FAILED,
+      'If-Match / If-Unmodified-Since did not hold',
+      {
+        headers: { ETag: etag },
+      },
+    );
+  }
+  if (pre === 'not-modified') return new Response(null, { status: 304, headers });
+
+  const size = stat.size;
+  const range = ifRangeAllows(h('if-range'), etag, mtimeSec)
+    ? parseRange(h('range'), size)
+    : { kind: 'none' as const };
+  if (range.kind === 'unsatisfiable') {
+    throw new HttpError(416, ErrorCode.RANGE, `range "${h('range')}" is not satisfiable for ${size} bytes`, {
+      headers: { 'Content-Range': `bytes */${size}`, 'Accept-Ranges': 'bytes', ETag: etag },
+    });
+  }
+  const type = contentTypeOf(stat, opts.filename);
+  headers.set('Content-Type', type);
+  headers.set('X-Content-Type-Options', 'nosniff');
+  if (ACTIVE_TYPE.test(type)) headers.set('Content-Security-Policy', 'sandbox');
+  if (opts.filename)
+    headers.set('Content-Disposition', `inline; filename*=UTF-8''${encodeURIComponent(opts.filename)}`);
+  let status = 200;
+  let start = 0;
+  let length = size;
+  if (range.kind === 'range') {
+    status = 206;
+    start = range.start;
+    length = range.end - range.start + 1;
+    headers.set('Content-Range', `bytes ${range.start}-${range.end}/${size}`);
+  }
+  headers.set('Content-Length', String(length));
+  if (c.req.raw.method === 'HEAD' || length === 0) return new Response(null, { status, headers });
+
+  const reply = await core.client.download(ids, start, length);
+  if (reply.length !== length) {
+    const it = reply.stream[Symbol.asyncIterator]();
+    await it.next().catch(() => {});
+    await it.return?.();
+    throw new HttpError(
+      502,
+      ErrorCode.PROTOCOL,
+      `the storage offered ${reply.length} bytes, expected ${length}`,
+    );
+  }
+  const route = opts.route;
+  const body = toReadableStream(
+    reply.stream,
+    (n) => core.metrics?.bytesOut(route, n),
+    (e) => {
+      if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream ended early');
+    },
+  );
+  return new Response(body, { status, headers });
+}
+
+export async function fileMeta(core: GatewayCore, c: Context, publicId: string): Promise<Response> {
+  const ids = core.parseId(publicId);
+  await checkDownloadAllowed(core, c, ids);
+  const stat = await core.stat(publicId, ids);
+  const base = core.baseUrl(c.req.url);
+  return c.json(
+    {
+      id: publicId,
+      app: ids.appId,
+      user: ids.userId,
+      fileId: ids.fileId,
+      size: stat.size,
+      sha256: toHex(stat.sha256),
+      contentType: contentTypeOf(stat),
+      etag: etagOf(stat),
+      lastModified: new Date(stat.mtimeMs).toISOString(),
+      url: `${base}/files/${publicId}`,
+      downloadPolicy: core.policyFor(ids.appId),
+    },
+    200,
+    { 'Cache-Control': 'no-cache' },
+  );
+}
+
+export function uploadReply(core: GatewayCore, c: Context, f: StoredFile, filename?: string) {
+  const base = core.baseUrl(c.req.url);
+  const url = `${base}/files/${f.publicId}`;
+  return {
+    id: f.publicId,
+    size: f.stat.size,
+    sha256: toHex(f.stat.sha256),
+    contentType: contentTypeOf(f.stat, filename),
+    url,
+    ...(filename ? { namedUrl: `${url}/${encodeURIComponent(filename)}` } : {}),
+    lastModified: new Date(f.stat.mtimeMs).toISOString(),
+    downloadPolicy: core.policyFor(f.ids.appId),
+  };
+}
+
+/** Multipart bodies carry some bytes around the file; allow this much over the file limit. */
+const MULTIPART_OVERHEAD = 1024 * 1024;
+const MAX_FIELDS_BYTES = 64 * 1024;
+
+/**
+ * POST /files: a raw body (streamed as one upload when Content-Length is known, in blocks
+ * otherwise) or multipart/form-data (the first part with a filename, or named "file").
+ */
+export async function uploadFile(core: GatewayCore, c: Context): Promise<Response> {
+  const p = await core.verifier.principal(c.req.header('authorization'));
+  const max = core.cfg.maxUploadBytes;
+  const ctype = c.req.header('content-type') ?? '';
+  const lenHeader = c.req.header('content-length');
+  if (lenHeader !== undefined && !/^\d{1,15}$/.test(lenHeader)) throw badRequest('bad Content-Length');
+  const declared = lenHeader === undefined ? undefined : Number(lenHeader);
+  const isMultipart = /^multipart\/form-data\b/i.test(ctype);
+  if (declared !== undefined && declared > max + (isMultipart ? MULTIPART_OVERHEAD : 0)) {
+    throw tooLarge(`the body (${declared} bytes) exceeds the limit of ${max} bytes`);
+  }
+  let received = 0;
+  const counted = async function* (src: AsyncIterable<Uint8Array>) {
+    for await (const b of src) {
+      received += b.length;
+      yield b;
+    }
+  };
+  const body = counted(bodyChunks(c.req.raw.body));
+  let stored: StoredFile;
+  let filename = c.req.query('filename') || undefined;
+  try {
+    if (isMultipart) {
+      const boundary = boundaryOf(ctype);
+      if (!boundary) throw badRequest('multipart/form-data without a boundary');
+      const reader = new MultipartReader(body, boundary);
+      const fields: Record<string, string> = {};
+      let fieldBytes = 0;
+      let result: StoredFile | undefined;
+      for (let part = await reader.next(); part; part = await reader.next()) {
+        if (result === undefined && (part.filename !== undefined || part.name === 'file')) {
+          const fileType = () =>
+            cleanContentType(fields.type) ||
+            cleanContentType(part?.contentType) ||
+            typeForName(part?.filename) ||
+            typeForName(fields.filename) ||
+            '';
+          filename = fields.filename || part.filename || filename;
+          result = await core.uploader.uploadUnknown(p, fileType, part.body, max, async () => {
+            // the rest of the form must arrive whole before the file is committed
+            for (let rest = await reader.next(); rest; rest = await reader.next()) {
+              for await (const _ of rest.body) {
+                // later parts are read and dropped
+              }
+            }
+          });
+          break;
+        }
+        const text = await MultipartReader.text(part, MAX_FIELDS_BYTES);
+        fieldBytes += text.length;
+        if (fieldBytes > MAX_FIELDS_BYTES) throw badRequest('form fields are too large');
+        fields[part.name] = text;
+      }
+      if (!result) throw badRequest('the form has no file part (a part with a filename, or named "file")');
+      stored = result;
+    } else {
+      const type = cleanContentType(ctype) || typeForName(filename) || '';
+      stored =
+        declared !== undefined
+          ? await core.uploader.uploadKnown(p, declared, type, body)
+          : await core.uploader.uploadUnknown(p, type, body, max);
+    }
+  } finally {
+    core.metrics?.bytesIn('/files', received);
+  }
+  const reply = uploadReply(core, c, stored, filename);
+  return c.json(reply, 201, { Location: reply.url, 'Cache-Control': 'no-store' });
+}
+
+export async function deleteFile(core: GatewayCore, c: Context, publicId: string): Promise<Response> {
+  const p = await core.verifier.principal(c.req.header('authorization'));
+  const ids = core.parseId(publicId);
+  requireOwner(p, ids, core.cfg.auth.mode);
+  await core.client.delete(ids);
+  core.forget(publicId);
+  return new Response(null, { status: 204 });
+}

@@ -1,0 +1,80 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DsmError } from '@dsm/common';
+import { Errno } from '@dsm/packets';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileLock, isLockHeld } from './lock.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'dsm-lock-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+const fresh = () => join(dir, `upload-${++n}.lock`);
+
+async function busy(p: Promise<unknown>): Promise<DsmError> {
+  const e = await p.then(
+    () => null,
+    (x: unknown) => x,
+  );
+  expect(e).toBeInstanceOf(DsmError);
+  expect((e as DsmError).errno).toBe(Errno.BUSY);
+  return e as DsmError;
+}
+
+describe('FileLock', () => {
+  it('is exclusive until released', async () => {
+    const path = fresh();
+    const l1 = await FileLock.acquire(path, 'a', 'f1');
+    expect(await isLockHeld(path)).toBe(true);
+    const e = await busy(FileLock.acquire(path, 'b', 'f1'));
+    expect(e.message).toBe('Upload Busy, Fileid: f1');
+    await l1.release();
+    expect(existsSync(path)).toBe(false);
+    const l2 = await FileLock.acquire(path, 'b', 'f1');
+    await l1.release(); // a second release of an old lock does not touch the new one
+    expect(existsSync(path)).toBe(true);
+    await l2.release();
+  });
+
+  it('only one of many concurrent takers wins', async () => {
+    const path = fresh();
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, (_, i) => FileLock.acquire(path, `o${i}`, 'f')),
+    );
+    const won = results.filter((r) => r.status === 'fulfilled') as PromiseFulfilledResult<FileLock>[];
+    expect(won).toHaveLength(1);
+    await won[0]?.value.release();
+  });
+
+  it('steals an expired lock (its holder died); a live one is kept', async () => {
+    const path = fresh();
+    writeFileSync(path, JSON.stringify({ token: 'dead', owner: 'x', expiresMs: Date.now() - 1 }));
+    const l = await FileLock.acquire(path, 'me', 'f');
+    expect(JSON.parse(readFileSync(path, 'utf8')).token).toBe(l.token);
+    await l.release();
+
+    writeFileSync(path, JSON.stringify({ token: 'alive', owner: 'x', expiresMs: Date.now() + 60_000 }));
+    await busy(FileLock.acquire(path, 'me', 'f'));
+    expect(JSON.parse(readFileSync(path, 'utf8')).token).toBe('alive');
+  });
+
+  it('an unreadable lock file counts as valid for a TTL after its last change', async () => {
+    const path = fresh();
+    writeFileSync(path, '{"tok');
+    await busy(FileLock.acquire(path, 'me', 'f', 60_000));
+    const old = new Date(Date.now() - 120_000);
+    utimesSync(path, old, old);
+    const l = await FileLock.acquire(path, 'me', 'f', 60_000);
+    await l.release();
+  });
+
+  it('a holder refreshes its expiry', async () => {
+    const path = fresh();
+    const l = await FileLock.acquire(path, 'me', 'f', 90);
+    await new Promise((r) => setTimeout(r, 250));
+    expect(await isLockHeld(path, 90)).toBe(true);
+    await busy(FileLock.acquire(path, 'other', 'f', 90));
+    await l.release();
+    expect(await isLockHeld(path, 90)).toBe(false);
+  });
+});
