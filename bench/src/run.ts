@@ -3,6 +3,7 @@ import { open, unlink } from 'node:fs/promises';
 import { Agent, get } from 'node:http';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Cluster } from '@dsm/cli';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
@@ -35,7 +36,7 @@ export interface BenchOptions {
   concurrency: number;
   /** Sections to run. */
   only: ReadonlySet<Section>;
-  /** When set, the cluster nodes write V8 CPU profiles (--cpu-prof) into this folder. */
+  /** When set, the cluster nodes write V8 CPU profiles (see cpu-profile.js) into this folder. */
   profileDir?: string;
   log(msg: string): void;
 }
@@ -96,6 +97,7 @@ async function runQuietly(step: () => unknown): Promise<void> {
 const APP_ID = 'tnvideo';
 const CONTENT_TYPE = 'application/octet-stream';
 const STORAGE = 'group001-s1';
+const PROFILE_PRELOAD = fileURLToPath(new URL('./cpu-profile.js', import.meta.url));
 
 export function sizeLabel(n: number): string {
   if (n >= GiB && n % GiB === 0) return `${n / GiB} GiB`;
@@ -217,7 +219,10 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
 
   log(`starting the cluster in ${clusterDir} (ports ${base}..${base + 2})`);
   const env: Record<string, string> = { DSM_LOG_LEVEL: process.env.DSM_LOG_LEVEL ?? 'warn' };
-  if (o.profileDir) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${o.profileDir}`;
+  if (o.profileDir) {
+    env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --import ${PROFILE_PRELOAD}`.trim();
+    env.DSM_BENCH_PROFILE_DIR = o.profileDir;
+  }
   const cluster = await Cluster.start({
     dir: clusterDir,
     trackers: 1,

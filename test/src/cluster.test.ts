@@ -36,6 +36,7 @@ describe.each(BACKENDS)('whole cluster on %s', (backend) => {
       source: patternSource(size, 7),
     });
     expect(up.stat.size).toBe(size);
+    expect(up.group).toMatch(/^group00[12]$/);
     expect(toHex(up.stat.sha256)).toBe(expected);
     const located = await t.client.locate('tnvideo', `u-${backend}-1`, true);
     expect(located.addrs.length).toBe(2);

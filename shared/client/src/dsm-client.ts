@@ -57,14 +57,14 @@ export class DsmClient {
   }
 
   /** Runs `fn` on the user's storages in turn; re-asks the tracker once if all of them fail. */
-  async #onStorages<T>(appId: string, userId: string, fn: (a: Address) => Promise<T>): Promise<T> {
+  async #onStorages<T>(appId: string, userId: string, fn: (a: Address, group: string) => Promise<T>): Promise<T> {
     const first = await this.locate(appId, userId);
     try {
-      return await tryEach(first.addrs, fn);
+      return await tryEach(first.addrs, (a) => fn(a, first.group));
     } catch (e) {
       if (!isRetryable(e)) throw e;
       const again = await this.locate(appId, userId, true);
-      return tryEach(again.addrs, fn);
+      return tryEach(again.addrs, (a) => fn(a, again.group));
     }
   }
 
@@ -74,9 +74,8 @@ export class DsmClient {
   ): Promise<UploadResult> {
     const ids: FileIds = { appId: req.appId, userId: req.userId, fileId: req.fileId ?? newFileId() };
     let group = '';
-    const stat = await this.#onStorages(ids.appId, ids.userId, async (a) => {
-      const located = this.#cache.get(`${ids.appId}\u0000${ids.userId}`);
-      group = located?.reply.group ?? '';
+    const stat = await this.#onStorages(ids.appId, ids.userId, (a, g) => {
+      group = g;
       return this.storage.uploadExt(a, ids, req.contentType ?? '', req.source, onProgress);
     });
     return { publicId: encodePublicId(ids), ids, group, stat };
