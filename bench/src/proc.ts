@@ -3,21 +3,40 @@ import { createServer } from 'node:net';
 
 const TICKS_PER_SECOND = 100; // USER_HZ on Linux
 
-/** User + system CPU seconds used so far by a process (from /proc/<pid>/stat), or 0 if gone. */
-export function cpuSeconds(pid: number): number {
+export interface CpuTimes {
+  user: number;
+  sys: number;
+}
+
+/** User and system CPU seconds used so far by a process (from /proc/<pid>/stat); 0 if gone. */
+export function cpuTimes(pid: number): CpuTimes {
   try {
     const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
     // fields[0] is field 3 (state); utime and stime are fields 14 and 15
-    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+    return { user: Number(fields[11]) / TICKS_PER_SECOND, sys: Number(fields[12]) / TICKS_PER_SECOND };
   } catch {
-    return 0;
+    return { user: 0, sys: 0 };
   }
 }
 
-/** CPU seconds of several processes together. */
+/** User + system CPU seconds of several processes together. */
 export function cpuOf(pids: number[]): number {
-  return pids.reduce((s, p) => s + cpuSeconds(p), 0);
+  return pids.reduce((s, p) => {
+    const t = cpuTimes(p);
+    return s + t.user + t.sys;
+  }, 0);
+}
+
+/** User and system CPU seconds of several processes together. */
+export function cpuSplitOf(pids: number[]): CpuTimes {
+  const sum = { user: 0, sys: 0 };
+  for (const p of pids) {
+    const t = cpuTimes(p);
+    sum.user += t.user;
+    sum.sys += t.sys;
+  }
+  return sum;
 }
 
 function canListen(port: number): Promise<boolean> {

@@ -93,16 +93,26 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     else core.log.debug(line, 'request');
   });
 
-  app.use(
-    '*',
-    cors({
-      origin: cfg.corsOrigins.includes('*') ? '*' : [...cfg.corsOrigins],
-      allowMethods: ['GET', 'HEAD', 'POST', 'PATCH', 'DELETE', 'OPTIONS'],
-      allowHeaders: ALLOW_HEADERS,
-      exposeHeaders: EXPOSE_HEADERS,
-      maxAge: 86400,
-    }),
-  );
+  const anyOrigin = cfg.corsOrigins.includes('*');
+  const corsMiddleware = cors({
+    origin: anyOrigin ? '*' : [...cfg.corsOrigins],
+    allowMethods: ['GET', 'HEAD', 'POST', 'PATCH', 'DELETE', 'OPTIONS'],
+    allowHeaders: ALLOW_HEADERS,
+    exposeHeaders: EXPOSE_HEADERS,
+    maxAge: 86400,
+  });
+  app.use('*', async (c, next) => {
+    // Hono's cors answers every OPTIONS as a preflight; a plain OPTIONS (tus discovery) must
+    // reach its route.
+    if (c.req.method === 'OPTIONS' && !c.req.header('access-control-request-method')) {
+      await next();
+      const origin = c.req.header('origin');
+      if (anyOrigin) c.res.headers.set('Access-Control-Allow-Origin', '*');
+      else if (origin && cfg.corsOrigins.includes(origin)) c.res.headers.set('Access-Control-Allow-Origin', origin);
+      return;
+    }
+    return corsMiddleware(c, next);
+  });
 
   // tus asks for this header on every reply but OPTIONS' preflight
   app.use('/tus/*', async (c, next) => {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { connect } from 'node:net';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { Redis } from 'ioredis';
 import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,14 +48,49 @@ async function patch(url: string, offset: number, body: Buffer, extra: Record<st
 const offsetOf = async (url: string) =>
   Number((await fetch(url, { method: 'HEAD', headers: TUS })).headers.get('upload-offset'));
 
+/**
+ * A TCP relay to a gateway that passes client bytes at a limited pace, like a phone's uplink,
+ * so an upload can be interrupted while its PATCH is really in flight.
+ */
+async function slowLink(port: number): Promise<{ url: string; close(): Promise<void> }> {
+  const conns = new Set<Socket>();
+  const server = createServer((client) => {
+    const up = connect(port, '127.0.0.1');
+    conns.add(client).add(up);
+    client.on('data', (chunk) => {
+      up.write(chunk);
+      client.pause();
+      setTimeout(() => client.resume(), 4);
+    });
+    up.pipe(client);
+    const end = () => {
+      client.destroy();
+      up.destroy();
+    };
+    client.on('close', end).on('error', end);
+    up.on('close', end).on('error', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const c of conns) c.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
 describe('tus-js-client', () => {
   it('resumes an interrupted upload on a second gateway and ends with a byte-equal file', async () => {
     const data = patternBytes(8 * MiB + 321, 21);
     let uploadUrl = '';
-    // 1st attempt on gateway A: one PATCH for the whole file, aborted a quarter in
+    const link = await slowLink(a.port);
+    // 1st attempt on gateway A (through a slow link): one PATCH for the whole file, aborted
+    // a quarter in
     await new Promise<void>((resolve, reject) => {
       const up = new Upload(data, {
-        endpoint: `${a.url}/tus/`,
+        endpoint: `${link.url}/tus/`,
         metadata: { filename: 'movie.mp4', filetype: 'video/mp4' },
         retryDelays: [],
         onProgress(sent) {
@@ -69,8 +104,9 @@ describe('tus-js-client', () => {
       });
       up.start();
     });
-    expect(uploadUrl.startsWith(`${a.url}/tus/`)).toBe(true);
-    const onB = uploadUrl.replace(a.url, b.url);
+    await link.close();
+    expect(uploadUrl.startsWith(`${link.url}/tus/`)).toBe(true);
+    const onB = uploadUrl.replace(link.url, b.url);
     // the torn PATCH keeps what reached the storage; wait until the offset settles
     let offset = -1;
     for (let i = 0; i < 50; i++) {
@@ -103,7 +139,7 @@ describe('tus-js-client', () => {
     expect(fileId).toBe(onB.slice(onB.lastIndexOf('/') + 1));
 
     // GET on the upload URL (either gateway) and /files/<id> serve the committed file
-    const viaTus = Buffer.from(await (await fetch(uploadUrl)).arrayBuffer());
+    const viaTus = Buffer.from(await (await fetch(uploadUrl.replace(link.url, a.url))).arrayBuffer());
     expect(sha256(viaTus)).toBe(sha256(data));
     const r = await fetch(`${b.url}/files/${fileId}`);
     expect(r.headers.get('content-type')).toBe('video/mp4');

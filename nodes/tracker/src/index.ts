@@ -8,7 +8,7 @@ export {
   type TrackerConfig,
   type TrackerConfigInput,
 } from './config.ts';
-export { ConnectionWatch, connKey } from './conn-watch.ts';
+export { connKey } from './conn-key.ts';
 export {
   GroupRouter,
   type GroupRouterOptions,

@@ -17,7 +17,7 @@ import {
 import { type Handler, ProtocolServer, type RequestContext } from '@dsm/server';
 import { JoinAccess } from './access.ts';
 import { APP_ID_RE, configSchema, parseListen, type TrackerConfig } from './config.ts';
-import { ConnectionWatch, connKey } from './conn-watch.ts';
+import { connKey } from './conn-key.ts';
 import { GroupRouter } from './group-router.ts';
 import { formatGroupList, type JoinInput, Registry } from './registry.ts';
 
@@ -130,10 +130,13 @@ export async function startTracker(
     log,
     schemaReady,
   });
-  const watch = new ConnectionWatch((key) => {
+  // A storage's join/beat connection closing (a killed process closes its sockets) marks it
+  // OFFLINE at once; the server calls this after the connection's last request finished.
+  const onConnectionClose = (conn: { remoteAddress: string; remotePort: number }): void => {
+    const key = connKey(conn.remoteAddress, conn.remotePort);
     const n = registry.connectionClosed(key);
     if (n > 0) log.info({ conn: key, storages: n }, 'storage connection closed; marked OFFLINE');
-  });
+  };
 
   const keyOf = (ctx: RequestContext) => connKey(ctx.conn.remoteAddress, ctx.conn.remotePort);
 
@@ -146,17 +149,11 @@ export async function startTracker(
       );
     }
     const rec = registry.join(j);
-    // The connection may have closed before this request was handled.
-    if (watch.isClosed(j.conn)) registry.connectionClosed(j.conn);
     void router.noteGroup(j.group);
     ctx.log.info(
       { group: rec.group, hostname: rec.hostname, addr: `${rec.host}:${rec.port}`, v: rec.protocolVersion },
       'storage joined',
     );
-  };
-
-  const afterBeat = (key: string): void => {
-    if (watch.isClosed(key)) registry.connectionClosed(key);
   };
 
   const handlers: Record<number, Handler> = {
@@ -201,7 +198,6 @@ export async function startTracker(
       const b = decodeBeat(ctx.body);
       const key = keyOf(ctx);
       registry.beat(b.group, b.hostname, ctx.conn.remoteAddress, key);
-      afterBeat(key);
       await ctx.reply();
     },
 
@@ -219,7 +215,6 @@ export async function startTracker(
         pendingHeals: b.pendingHeals,
         conn: key,
       });
-      afterBeat(key);
       await ctx.reply();
     },
 
@@ -260,6 +255,7 @@ export async function startTracker(
     replyCommand: Command.TRACKER_REPLY,
     handlers,
     log,
+    onConnectionClose,
   });
   let addr: { address: string; port: number };
   try {
@@ -268,7 +264,6 @@ export async function startTracker(
     await Promise.allSettled([dbh.close(), kv.close()]);
     throw e;
   }
-  watch.start(addr.port);
 
   const sweeper = setInterval(() => {
     const r = registry.sweep();
@@ -291,7 +286,6 @@ export async function startTracker(
       closing ??= (async () => {
         clearInterval(sweeper);
         await server.close();
-        watch.stop();
         await router.settle();
         await Promise.allSettled([dbh.close(), kv.close()]);
       })();

@@ -49,6 +49,8 @@ export interface ProtocolServerOptions {
   maxUpload?: number;
   /** Close a connection idle this long between requests (0 = never). */
   idleTimeoutMs?: number;
+  /** Called once per connection after it closed and its last request finished. */
+  onConnectionClose?: (conn: ConnectionInfo) => void;
 }
 
 class ReplyStarted extends Error {}
@@ -243,6 +245,11 @@ export class ProtocolServer {
     } finally {
       this.#sockets.delete(socket);
       if (!socket.destroyed) socket.end();
+      try {
+        this.#opts.onConnectionClose?.(conn);
+      } catch (err) {
+        log.error({ err }, 'onConnectionClose failed');
+      }
       // end() waits for the peer; make sure nothing lingers
       setTimeout(() => socket.destroy(), 1000).unref();
       await events.return(undefined).catch(() => {});
