@@ -6,6 +6,7 @@ export default defineConfig({
       'shared/*/src/**/*.test.ts',
       'nodes/*/src/**/*.test.ts',
       'cli/src/**/*.test.ts',
+      'infra/*/src/**/*.test.ts',
       'gateway/src/**/*.test.ts',
       'test/src/**/*.test.ts',
     ],

@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { waitForIdle } from './proc.ts';
 import { type BenchResult, runBench, Scope, SECTIONS, type Section } from './run.ts';
 import { GiB, KiB, MiB } from './source.ts';
 import { renderTable } from './table.ts';
@@ -17,7 +18,8 @@ const USAGE = `usage: npm run bench -- [options]
                      cluster data and the nginx files share it, so they are on one disk
   --keep             keep the scratch folder (cluster logs, nginx error log)
   --json FILE        also write the results as JSON
-  --profile DIR      cluster nodes write V8 CPU profiles (--cpu-prof) into DIR
+  --profile DIR      cluster nodes write V8 CPU profiles into DIR (<role>-<pid>.cpuprofile)
+  --wait-idle SEC    first wait up to SEC seconds for the machine to be ≥ 90% idle
 `;
 
 function fail(msg: string): never {
@@ -36,6 +38,7 @@ const { values } = parseArgs({
     keep: { type: 'boolean', default: false },
     json: { type: 'string' },
     profile: { type: 'string' },
+    'wait-idle': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -84,6 +87,10 @@ const onSignal = (signal: NodeJS.Signals) => {
 process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
 
+const waitIdle = int('wait-idle', values['wait-idle'], 0, 0, 24 * 3600);
+let idleBefore: number | null = null;
+if (waitIdle > 0) idleBefore = await waitForIdle(0.9, waitIdle * 1000, log);
+
 let result: BenchResult | null = null;
 let exitCode = 0;
 try {
@@ -119,7 +126,8 @@ if (result && !interrupted) {
     '',
     `dsm benchmark ${m.date}${quick ? ' (--quick)' : ''}`,
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
-    `load average at start: ${m.loadAvgAtStart.join(' ')}`,
+    `load average at start: ${m.loadAvgAtStart.join(' ')}` +
+      (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),
     '',
     renderTable(result.rows),
     '',
@@ -127,6 +135,8 @@ if (result && !interrupted) {
     '',
   ].join('\n');
   process.stdout.write(out);
-  if (values.json) writeFileSync(values.json, `${JSON.stringify({ quick, ...result }, null, 2)}\n`);
+  if (values.json) {
+    writeFileSync(values.json, `${JSON.stringify({ quick, idleBefore, ...result }, null, 2)}\n`);
+  }
 }
 if (!interrupted) process.exit(exitCode);

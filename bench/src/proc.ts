@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
 const TICKS_PER_SECOND = 100; // USER_HZ on Linux
@@ -56,4 +56,107 @@ export async function freePortRange(n: number): Promise<number> {
     if (ok) return base;
   }
   throw new Error('no free port range found');
+}
+
+function cpuTotals(): { idle: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal …
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return { idle, total: v.slice(0, 8).reduce((a, b) => a + b, 0) };
+}
+
+/** Fraction of the machine's CPU time that was idle over the next `ms`. */
+export async function idleFraction(ms: number): Promise<number> {
+  const a = cpuTotals();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = cpuTotals();
+  return b.total > a.total ? (b.idle - a.idle) / (b.total - a.total) : 1;
+}
+
+/**
+ * Waits until the machine is idle-ish (≥ `minIdle` of the CPU idle over 3 s windows) or
+ * `maxMs` passed; returns the last idle fraction seen.
+ */
+export async function waitForIdle(minIdle: number, maxMs: number, log: (m: string) => void): Promise<number> {
+  const deadline = Date.now() + maxMs;
+  for (;;) {
+    const idle = await idleFraction(3000);
+    if (idle >= minIdle || Date.now() >= deadline) return idle;
+    log(`machine busy (${Math.round(idle * 100)}% idle); waiting`);
+  }
+}
+
+interface ProcSample {
+  ppid: number;
+  kernel: boolean;
+  start: string;
+  cpu: number;
+}
+
+const PF_KTHREAD = 0x00200000;
+
+function scanProcesses(): Map<number, ProcSample> {
+  const out = new Map<number, ProcSample>();
+  let names: string[] = [];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const text = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      // f[0] = field 3 (state): ppid = field 4, flags = 9, utime = 14, stime = 15, starttime = 22
+      out.set(Number(name), {
+        ppid: Number(f[1]),
+        kernel: (Number(f[6]) & PF_KTHREAD) !== 0,
+        start: f[19] ?? '',
+        cpu: (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND,
+      });
+    } catch {
+      // exited while we looked
+    }
+  }
+  return out;
+}
+
+/** This process and everything started under it (cluster nodes, nginx, their helpers). */
+function ownPids(procs: Map<number, ProcSample>): Set<number> {
+  const own = new Set<number>([process.pid]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, p] of procs) {
+      if (!own.has(pid) && own.has(p.ppid)) {
+        own.add(pid);
+        grew = true;
+      }
+    }
+  }
+  return own;
+}
+
+/**
+ * CPU used by other user-space processes (not this one, not its descendants, not kernel
+ * threads) between construction and `stop()`, in cores: a check that nobody else was busy
+ * while we measured. Processes that both start and end in between are not seen.
+ */
+export class OtherLoad {
+  readonly #t0 = performance.now();
+  readonly #before = scanProcesses();
+
+  stop(): number {
+    const after = scanProcesses();
+    const own = ownPids(after);
+    let cpu = 0;
+    for (const [pid, p] of after) {
+      if (p.kernel || own.has(pid)) continue;
+      const b = this.#before.get(pid);
+      cpu += b && b.start === p.start ? p.cpu - b.cpu : p.cpu;
+    }
+    return cpu / ((performance.now() - this.#t0) / 1000);
+  }
 }

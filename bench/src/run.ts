@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { open, unlink } from 'node:fs/promises';
 import { Agent, get } from 'node:http';
@@ -8,7 +9,7 @@ import { Cluster } from '@dsm/cli';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
-import { cpuOf, freePortRange } from './proc.ts';
+import { type CpuTimes, cpuSplitOf, freePortRange } from './proc.ts';
 import { readRss, withRss } from './rss.ts';
 import { GiB, KiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
 import { median, type Row } from './table.ts';
@@ -112,19 +113,38 @@ const mibPerSec = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
 /** One timed run: wall time, CPU seconds of the server processes and of this process. */
 interface Timed {
   ms: number;
-  serverCpu: number;
-  clientCpu: number;
+  server: CpuTimes;
+  client: CpuTimes;
   peakRss: number;
 }
 
-async function timed(serverPids: number[], fn: () => Promise<void>): Promise<Timed> {
-  const cpu0 = cpuOf(serverPids);
+/** CPU used by `pids` and by this process while `fn` runs. */
+async function cpuDuring<T>(
+  pids: number[],
+  fn: () => Promise<T>,
+): Promise<{ result: T; server: CpuTimes; client: CpuTimes }> {
+  const s0 = cpuSplitOf(pids);
   const own0 = process.cpuUsage();
-  const t0 = performance.now();
-  const { peakRss } = await withRss(serverPids, fn);
-  const ms = performance.now() - t0;
+  const result = await fn();
   const own = process.cpuUsage(own0);
-  return { ms, serverCpu: cpuOf(serverPids) - cpu0, clientCpu: (own.user + own.system) / 1e6, peakRss };
+  const s1 = cpuSplitOf(pids);
+  return {
+    result,
+    server: { user: s1.user - s0.user, sys: s1.sys - s0.sys },
+    client: { user: own.user / 1e6, sys: own.system / 1e6 },
+  };
+}
+
+async function timed(serverPids: number[], fn: () => Promise<void>): Promise<Timed> {
+  const t0 = performance.now();
+  const { result, server, client } = await cpuDuring(serverPids, () => withRss(serverPids, fn));
+  return { ms: performance.now() - t0, server, client, peakRss: result.peakRss };
+}
+
+/** `user+sys (user u, sys s)` scaled by `per`. */
+function cpuText(t: CpuTimes, per: number, unit: string, digits: number): string {
+  const f = (x: number) => (x * per).toFixed(digits);
+  return `${f(t.user + t.sys)} ${unit} (user ${f(t.user)}, sys ${f(t.sys)})`;
 }
 
 /** Runs `op` from `concurrency` workers until `durationMs` passed or `maxOps` started. */
@@ -148,7 +168,7 @@ async function loop(
   return { ops: done, ms: performance.now() - t0 };
 }
 
-/** Resolves with the number of body bytes, consumed with `for await` and discarded. */
+/** Resolves with the number of body bytes ('data' events, counted and discarded). */
 function httpGet(agent: Agent, port: number, path: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = get({ host: '127.0.0.1', port, path, agent }, (res) => {
@@ -157,33 +177,49 @@ function httpGet(agent: Agent, port: number, path: string): Promise<number> {
         reject(new Error(`GET ${path}: HTTP ${res.statusCode}`));
         return;
       }
-      (async () => {
-        let n = 0;
-        for await (const c of res) n += (c as Buffer).length;
-        return n;
-      })().then(resolve, reject);
+      let n = 0;
+      res.on('data', (c: Buffer) => {
+        n += c.length;
+      });
+      res.on('end', () => resolve(n));
+      res.on('error', reject);
     });
     req.on('error', reject);
   });
 }
 
-/** Writes `size` pattern bytes to a new file and fsyncs it (the upload baseline). */
-async function fsWrite(path: string, size: number): Promise<void> {
+/** MiB/s of one `curl` download to /dev/null, or null without curl. */
+function curlRate(url: string, size: number): number | null {
+  const r = spawnSync('curl', ['-s', '-o', '/dev/null', '-w', '%{size_download} %{time_total}', url], {
+    encoding: 'utf8',
+  });
+  if (r.error || r.status !== 0) return null;
+  const [bytes, secs] = r.stdout.trim().split(' ').map(Number) as [number, number];
+  if (bytes !== size || !(secs > 0)) return null;
+  return bytes / MiB / secs;
+}
+
+/**
+ * Writes `size` pattern bytes to a new file and fsyncs it (the upload baseline); `onWritten`
+ * is called when the last write returned, before the fsync.
+ */
+async function fsWrite(path: string, size: number, onWritten?: () => void): Promise<void> {
   const fh = await open(path, 'w');
   try {
     for (const chunk of patternChunks(size)) {
       let off = 0;
       while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
     }
+    onWritten?.();
     await fh.sync();
   } finally {
     await fh.close();
   }
 }
 
-function perGiB(t: Timed, bytes: number): string {
-  const g = bytes / GiB;
-  return `server ${(t.serverCpu / g).toFixed(2)} s, client ${(t.clientCpu / g).toFixed(2)} s CPU/GiB`;
+function perGiB(t: Timed, bytes: number, server = 'server'): string {
+  const per = GiB / bytes;
+  return `${server} ${cpuText(t.server, per, 's', 2)}, client ${cpuText(t.client, per, 's', 2)} CPU/GiB`;
 }
 
 export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResult> {
@@ -238,6 +274,9 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   await scope.defer(() => cluster.stop());
   const storagePid = cluster.nodes.get(STORAGE)?.pid;
   if (!storagePid) throw new Error(`no pid for ${STORAGE}`);
+  const otherPids = [...cluster.nodes.values()]
+    .filter((n) => n.name !== STORAGE && n.pid !== undefined)
+    .map((n) => n.pid as number);
 
   const [thost, tport] = (cluster.addresses('tracker')[0] as string).split(':') as [string, string];
   const client = new DsmClient({
@@ -270,8 +309,8 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     const n = await httpGet(agent, nginxPort, path);
     if (n !== size) throw new Error(`nginx download returned ${n} of ${size} bytes`);
   };
-  const storageUpload = async (ids: Ids, size: number) => {
-    const stat = await client.storage.uploadExt(addr, ids, CONTENT_TYPE, patternSource(size));
+  const storageUpload = async (ids: Ids, size: number, onEnd?: () => void) => {
+    const stat = await client.storage.uploadExt(addr, ids, CONTENT_TYPE, patternSource(size, onEnd));
     if (stat.size !== size) throw new Error(`dsm upload stored ${stat.size} of ${size} bytes`);
   };
 
@@ -282,15 +321,33 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     const fsUp: Timed[] = [];
     let kept: Ids | null = null;
     const servedName = `big-${size}.bin`;
+    // time until the last byte was handed over (socket / file) vs. the whole operation
+    const upTail: number[] = [];
+    const fsTail: number[] = [];
     for (let r = 0; r < o.reps; r++) {
       const ids: Ids = { appId: APP_ID, userId: 'bench-big', fileId: newFileId() };
       log(`upload ${label} #${r + 1}: dsm`);
-      up.push(await timed([storagePid], () => storageUpload(ids, size)));
+      let sentAt = 0;
+      const t = await timed([storagePid], () =>
+        storageUpload(ids, size, () => {
+          sentAt = performance.now();
+        }),
+      );
+      up.push(t);
+      upTail.push(performance.now() - sentAt);
       if (kept) await client.storage.delete(addr, ids);
       else kept = ids;
       log(`upload ${label} #${r + 1}: fs + fsync`);
       const path = join(r === 0 ? www : fsDir, r === 0 ? servedName : `big-${size}-${r}.bin`);
-      fsUp.push(await timed([], () => fsWrite(path, size)));
+      let writtenAt = 0;
+      fsUp.push(
+        await timed([], () =>
+          fsWrite(path, size, () => {
+            writtenAt = performance.now();
+          }),
+        ),
+      );
+      fsTail.push(performance.now() - writtenAt);
       if (r > 0) await unlink(path);
     }
     const keptIds = kept as Ids;
@@ -304,6 +361,13 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
       down.push(await timed([storagePid], () => storageDownload(keptIds, size)));
       log(`download ${label} #${r + 1}: nginx`);
       ngx.push(await timed(nginx.workerPids(), () => nginxDownload(`/${servedName}`, size)));
+    }
+    // reference: what nginx does for a native client (curl), when there is one
+    const curlRates: number[] = [];
+    for (let r = 0; r < o.reps; r++) {
+      const rate = curlRate(`http://127.0.0.1:${nginxPort}/${servedName}`, size);
+      if (rate === null) break;
+      curlRates.push(rate);
     }
     const rate = (ts: Timed[]) => ts.map((t) => mibPerSec(size, t.ms));
     const med = (ts: Timed[]) => ts[ts.map((t) => t.ms).indexOf(median(ts.map((t) => t.ms)))] ?? ts[0];
@@ -332,13 +396,16 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
       name: `download ${label}`,
       text:
         `runs MiB/s dsm [${show(rate(down))}] nginx [${show(rate(ngx))}]; ` +
-        `median run: dsm ${perGiB(med(down) as Timed, size)}; nginx ${perGiB(med(ngx) as Timed, size)}`,
+        `median run: dsm ${perGiB(med(down) as Timed, size, 'storage')}; nginx ${perGiB(med(ngx) as Timed, size, 'nginx')}` +
+        (curlRates.length ? `; nginx to curl (reference, not Node): [${show(curlRates)}] MiB/s` : ''),
     });
     details.push({
       name: `upload ${label}`,
       text:
         `runs MiB/s dsm [${show(rate(up))}] fs+fsync [${show(rate(fsUp))}]; ` +
-        `median run: dsm ${perGiB(med(up) as Timed, size)}; fs+fsync client ${((med(fsUp) as Timed).clientCpu / (size / GiB)).toFixed(2)} s CPU/GiB`,
+        `median run: dsm ${perGiB(med(up) as Timed, size, 'storage')}; fs+fsync ${cpuText((med(fsUp) as Timed).client, GiB / size, 's', 2)} CPU/GiB; ` +
+        `ms after the last byte was sent (storage fsync + commit) [${show(upTail)}] of [${show(up.map((t) => t.ms))}] in all; ` +
+        `fs+fsync: ms in fsync [${show(fsTail)}] of [${show(fsUp.map((t) => t.ms))}]`,
     });
     const rssRows: Row[] = [];
     if (withRssRows) {
@@ -378,6 +445,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
       www,
       fsDir,
       storagePid,
+      otherPids,
       nginx,
       details,
     });
@@ -404,6 +472,8 @@ interface SmallCtx {
   www: string;
   fsDir: string;
   storagePid: number;
+  /** The id server and tracker (CPU they spend per upload). */
+  otherPids: number[];
   nginx: PrivateNginx;
   details: Detail[];
 }
@@ -451,25 +521,34 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
     if (n !== size) throw new Error(`nginx small download returned ${n} bytes`);
   };
 
+  /** Warm-up, then `loopReps` timed loops; CPU of `pids` (server) and of the other nodes. */
   const measure = async (name: string, pids: number[], op: (i: number) => Promise<void>) => {
     await loop(o.concurrency, warmMs, o.maxOps, op);
     const rates: number[] = [];
-    let cpu = 0;
+    const server = { user: 0, sys: 0 };
+    const others = { user: 0, sys: 0 };
+    const client = { user: 0, sys: 0 };
     let ops = 0;
     for (let r = 0; r < o.loopReps; r++) {
       log(`${name} #${r + 1} (${o.loopMs} ms, concurrency ${o.concurrency})`);
-      const cpu0 = cpuOf(pids);
-      const res = await loop(o.concurrency, o.loopMs, o.maxOps, op);
-      cpu += cpuOf(pids) - cpu0;
-      ops += res.ops;
-      rates.push(res.ops / (res.ms / 1000));
+      const o0 = cpuSplitOf(c.otherPids);
+      const m = await cpuDuring(pids, () => loop(o.concurrency, o.loopMs, o.maxOps, op));
+      const o1 = cpuSplitOf(c.otherPids);
+      for (const [acc, d] of [
+        [server, m.server],
+        [client, m.client],
+        [others, { user: o1.user - o0.user, sys: o1.sys - o0.sys }],
+      ] as const) {
+        acc.user += d.user;
+        acc.sys += d.sys;
+      }
+      ops += m.result.ops;
+      rates.push(m.result.ops / (m.result.ms / 1000));
     }
-    return {
-      rate: rates.reduce((a, b) => a + b, 0) / rates.length,
-      rates,
-      serverCpuPerOp: pids.length ? cpu / ops : 0,
-    };
+    return { rate: rates.reduce((a, b) => a + b, 0) / rates.length, rates, server, others, client, ops };
   };
+  type Measured = Awaited<ReturnType<typeof measure>>;
+  const perOp = (m: Measured, t: CpuTimes) => cpuText(t, 1e6 / Math.max(1, m.ops), 'µs', 0);
 
   const up = await measure(`${label} uploads: dsm`, [c.storagePid], dsmUp);
   const upBase = await measure(`${label} uploads: fs + fsync`, [], fsUp);
@@ -479,13 +558,17 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
   c.details.push(
     {
       name: `${label} uploads`,
-      text: `runs/s dsm [${show(up.rates)}] fs+fsync [${show(upBase.rates)}]; storage CPU ${(up.serverCpuPerOp * 1e6).toFixed(0)} µs/upload`,
+      text:
+        `runs/s dsm [${show(up.rates)}] fs+fsync [${show(upBase.rates)}]; CPU per upload: ` +
+        `storage ${perOp(up, up.server)}, id+tracker ${perOp(up, up.others)}, client ${perOp(up, up.client)}; ` +
+        `fs+fsync baseline ${perOp(upBase, upBase.client)}`,
     },
     {
       name: `${label} downloads`,
       text:
-        `runs/s dsm [${show(down.rates)}] nginx [${show(downBase.rates)}]; ` +
-        `server CPU dsm ${(down.serverCpuPerOp * 1e6).toFixed(0)} µs/request, nginx ${(downBase.serverCpuPerOp * 1e6).toFixed(0)} µs/request`,
+        `runs/s dsm [${show(down.rates)}] nginx [${show(downBase.rates)}]; CPU per request: ` +
+        `storage ${perOp(down, down.server)}, client ${perOp(down, down.client)}; ` +
+        `nginx ${perOp(downBase, downBase.server)}, client ${perOp(downBase, downBase.client)}`,
     },
   );
   return [

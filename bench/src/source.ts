@@ -35,12 +35,16 @@ export function* patternChunks(size: number): Generator<Uint8Array> {
   }
 }
 
-/** An upload source over `patternChunks` (re-openable, as failover requires). */
-export function patternSource(size: number): UploadSource {
+/**
+ * An upload source over `patternChunks` (re-openable, as failover requires). `onEnd` is called
+ * when the last chunk was taken (the client has handed every byte to its socket by then).
+ */
+export function patternSource(size: number, onEnd?: () => void): UploadSource {
   return {
     size,
     async *open() {
       yield* patternChunks(size);
+      onEnd?.();
     },
   };
 }

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 
 const DSM_BIN = fileURLToPath(new URL('../bin/dsm.js', import.meta.url));
 
-export type Role = 'tracker' | 'id' | 'storage';
+export type Role = 'tracker' | 'id' | 'storage' | 'gateway';
 
 export interface ClusterOptions {
   /** Folder for configs, logs, SQLite files and the group data folders. */
@@ -17,6 +17,9 @@ export interface ClusterOptions {
   /** Group names, each with `storagesPerGroup` members sharing one data folder. */
   groups?: string[];
   storagesPerGroup?: number;
+  /** HTTP gateways in front of the cluster (`dsm up` starts one on 8080; tests choose). */
+  gateways?: number;
+  gatewayBasePort?: number;
   trackerBasePort?: number;
   idBasePort?: number;
   storageBasePort?: number;
@@ -132,6 +135,15 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       port++;
     }
   }
+  const gBase = o.gatewayBasePort ?? 8080;
+  for (let i = 0; i < (o.gateways ?? 0); i++) {
+    specs.push({
+      name: `gateway${i + 1}`,
+      role: 'gateway',
+      port: gBase + i,
+      config: { listen: `${host}:${gBase + i}`, trackers, cache, ...o.extra?.gateway },
+    });
+  }
   return specs;
 }
 
@@ -160,7 +172,7 @@ export class Cluster {
     }
     try {
       // id servers first (storages need them), then trackers, then storages
-      for (const role of ['id', 'tracker', 'storage'] as const) {
+      for (const role of ['id', 'tracker', 'storage', 'gateway'] as const) {
         await Promise.all(c.specs.filter((s) => s.role === role).map((s) => c.startNode(s.name)));
       }
     } catch (e) {
@@ -169,7 +181,7 @@ export class Cluster {
     }
     writeFileSync(
       join(c.dir, 'cluster.json'),
-      `${JSON.stringify({ trackers: c.addresses('tracker'), ids: c.addresses('id'), dir: c.dir }, null, 2)}\n`,
+      `${JSON.stringify({ trackers: c.addresses('tracker'), ids: c.addresses('id'), gateways: c.addresses('gateway'), dir: c.dir }, null, 2)}\n`,
     );
     return c;
   }
@@ -268,7 +280,7 @@ export class Cluster {
 
   /** Stops storages first (they leave the trackers), then trackers and id servers. */
   async stop(): Promise<void> {
-    for (const role of ['storage', 'tracker', 'id'] as const) {
+    for (const role of ['gateway', 'storage', 'tracker', 'id'] as const) {
       await Promise.all(
         [...this.nodes.values()].filter((n) => n.role === role).map((n) => this.stopNode(n.name)),
       );

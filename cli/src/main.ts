@@ -18,7 +18,8 @@ const HELP = `dsm — distributed streaming-media store
 
 Cluster
   dsm up [--dir D] [--trackers N] [--ids N] [--groups g1,g2] [--storages-per-group N]
-         [--mysql URL] [--redis URL] [--fresh]     start a local cluster (Ctrl-C stops it)
+         [--gateways N] [--mysql URL] [--redis URL] [--fresh]
+                                                   start a local cluster (Ctrl-C stops it)
   dsm tracker --config FILE                        run one tracker
   dsm storage --config FILE                        run one storage server
   dsm id --config FILE                             run one id server
@@ -75,6 +76,7 @@ async function main(argv: string[]): Promise<number> {
       ids: { type: 'string' },
       groups: { type: 'string' },
       'storages-per-group': { type: 'string' },
+      gateways: { type: 'string' },
       mysql: { type: 'string' },
       redis: { type: 'string' },
       fresh: { type: 'boolean' },
@@ -262,7 +264,13 @@ function ttlSeconds(text: string | undefined, fallback: number): number {
   return Number(text);
 }
 
-async function gatewayToken(v: { config?: string; app?: string; user?: string; ttl?: string; secret?: string }) {
+async function gatewayToken(v: {
+  config?: string;
+  app?: string;
+  user?: string;
+  ttl?: string;
+  secret?: string;
+}) {
   const g = await import('@dsm/gateway');
   const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
   const secret = v.secret ?? cfg?.auth.hs256Secret;
@@ -290,7 +298,8 @@ async function gatewaySign(
   const keys = cfg?.downloads.signingKeys ?? {};
   const kid = v.kid ?? cfg?.downloads.signingKeyId ?? Object.keys(keys)[0];
   const secret = v.secret ?? (kid ? keys[kid] : undefined);
-  if (!kid || !secret) throw new UsageError('no signing key: give --config (downloads.signingKeys) or --kid and --secret');
+  if (!kid || !secret)
+    throw new UsageError('no signing key: give --config (downloads.signingKeys) or --kid and --secret');
   let url = target;
   if (!/^https?:\/\//.test(target) && !target.startsWith('/')) {
     // a bare public id

@@ -31,14 +31,19 @@ export async function runUp(v: Record<string, string | boolean | undefined>): Pr
     ids: int(v.ids as string | undefined, 'ids', 1),
     groups: v.groups ? String(v.groups).split(',').filter(Boolean) : undefined,
     storagesPerGroup: int(v['storages-per-group'] as string | undefined, 'storages-per-group', 2),
+    gateways: v.gateways === '0' ? 0 : int(v.gateways as string | undefined, 'gateways', 1),
     databases: v.mysql ? mysqlDatabases(String(v.mysql)) : undefined,
     cache: v.redis ? String(v.redis) : undefined,
     onReady: (n) => process.stdout.write(`  ${n.role.padEnd(8)} ${n.name.padEnd(16)} ${n.host}:${n.port}\n`),
   };
   process.stdout.write(`starting dsm cluster in ${dir}\n`);
   const cluster = await Cluster.start(opts);
+  const gw = cluster.addresses('gateway')[0];
   process.stdout.write(
     `\ncluster up: trackers ${cluster.addresses('tracker').join(', ')}; logs in ${dir}/logs\n` +
+      (gw
+        ? `gateway: http://${gw}/  (curl -T movie.mp4 http://${gw}/files  → JSON with the file's url)\n`
+        : '') +
       `try:  npx dsm upload FILE   |   npx dsm status   |   Ctrl-C to stop\n`,
   );
   await new Promise<void>((done) => {

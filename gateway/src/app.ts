@@ -31,9 +31,7 @@ const ALLOW_HEADERS = [
   'Upload-Metadata',
   'Upload-Defer-Length',
   'Upload-Checksum',
-  'Upload-Concat',
   'X-Requested-With',
-  'X-HTTP-Method-Override',
   'X-Request-Id',
 ];
 
@@ -108,7 +106,8 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       await next();
       const origin = c.req.header('origin');
       if (anyOrigin) c.res.headers.set('Access-Control-Allow-Origin', '*');
-      else if (origin && cfg.corsOrigins.includes(origin)) c.res.headers.set('Access-Control-Allow-Origin', origin);
+      else if (origin && cfg.corsOrigins.includes(origin))
+        c.res.headers.set('Access-Control-Allow-Origin', origin);
       return;
     }
     return corsMiddleware(c, next);
@@ -127,9 +126,11 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   app.onError((err, c) => {
     const p = toProblem(err, c.req.path);
     p.body.requestId = c.get('requestId');
-    if (p.status >= 500) core.log.error({ err, requestId: c.get('requestId') }, p.body.detail);
-    else
-      core.log.debug({ code: p.body.code, detail: p.body.detail, requestId: c.get('requestId') }, 'refused');
+    const line = { code: p.body.code, detail: p.body.detail, requestId: c.get('requestId') };
+    // 503/507 are the cluster's state (the request line logs them), not a gateway fault
+    if (p.status >= 500 && p.status !== 503 && p.status !== 507)
+      core.log.error({ ...line, err }, 'request failed');
+    else core.log.debug(line, 'refused');
     return problemResponse(p, c.req.raw.method);
   });
 

@@ -124,8 +124,9 @@ export async function serveFile(
   const body = toReadableStream(
     reply.stream,
     (n) => core.metrics?.bytesOut(route, n),
-    (e) => {
-      if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream ended early');
+    (e, cancelled) => {
+      if (cancelled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
+      else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
     },
   );
   return new Response(body, { status, headers });

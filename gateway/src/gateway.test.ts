@@ -43,8 +43,17 @@ function tmpFile(name: string, data: Buffer): string {
   return p;
 }
 
-async function upload(data: Buffer, type = 'application/octet-stream', base = gw.url, query = '') {
-  const r = await fetch(`${base}/files${query}`, { method: 'POST', body: data, headers: { 'content-type': type } });
+async function upload(
+  data: Buffer<ArrayBuffer>,
+  type = 'application/octet-stream',
+  base = gw.url,
+  query = '',
+) {
+  const r = await fetch(`${base}/files${query}`, {
+    method: 'POST',
+    body: data,
+    headers: { 'content-type': type },
+  });
   expect(r.status).toBe(201);
   return (await r.json()) as { id: string; url: string; size: number; sha256: string; contentType: string };
 }
@@ -139,7 +148,11 @@ describe('downloads and REST uploads (curl)', () => {
       expect(h.status).toBe(416);
       expect(h.headers['content-range']).toBe(`bytes */${data.length}`);
       expect(h.headers['content-type']).toBe('application/problem+json');
-      const p = JSON.parse(String(r.stdout).split(/\r?\n\r?\n/).pop() as string);
+      const p = JSON.parse(
+        String(r.stdout)
+          .split(/\r?\n\r?\n/)
+          .pop() as string,
+      );
       expect(p).toMatchObject({ status: 416, code: 'DSM_ERR_RANGE' });
     }
   });
@@ -217,7 +230,8 @@ describe('downloads and REST uploads (curl)', () => {
     expect(r.headers.get('access-control-allow-headers')?.toLowerCase()).toContain('range');
     const g = await fetch(url, { headers: { origin: 'https://player.example', range: 'bytes=0-1' } });
     const exposed = g.headers.get('access-control-expose-headers')?.toLowerCase() ?? '';
-    for (const h of ['content-range', 'content-length', 'etag', 'accept-ranges']) expect(exposed).toContain(h);
+    for (const h of ['content-range', 'content-length', 'etag', 'accept-ranges'])
+      expect(exposed).toContain(h);
     await g.arrayBuffer();
   });
 
@@ -232,10 +246,42 @@ describe('downloads and REST uploads (curl)', () => {
   it('reads no more from the storages than the ranges asked for, however many at once', async () => {
     const before = await bytesOut(gw);
     const rs = await Promise.all(
-      Array.from({ length: 40 }, (_, i) => fetch(url, { headers: { range: `bytes=${i * 1000}-${i * 1000 + 1023}` } })),
+      Array.from({ length: 40 }, (_, i) =>
+        fetch(url, { headers: { range: `bytes=${i * 1000}-${i * 1000 + 1023}` } }),
+      ),
     );
     for (const r of rs) expect((await r.arrayBuffer()).byteLength).toBe(1024);
     expect((await bytesOut(gw)) - before).toBe(40 * 1024);
+  });
+});
+
+describe('streaming', () => {
+  it('sends a large file only as fast as the client reads it (backpressure, no buffering)', async () => {
+    const size = 24 * MiB;
+    const big = patternBytes(size, 13);
+    const up = await gw.client.upload({
+      appId: 'tnvideo',
+      userId: 'tnv001',
+      source: {
+        size,
+        async *open() {
+          for (let o = 0; o < size; o += MiB) yield big.subarray(o, o + MiB);
+        },
+      },
+    });
+    const before = await bytesOut(gw);
+    // a client that sends the request and then does not read
+    const sock = connect(gw.port, '127.0.0.1');
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    sock.write(`GET /files/${up.publicId} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    await new Promise((r) => setTimeout(r, 800));
+    const sent = (await bytesOut(gw)) - before;
+    expect(sent).toBeGreaterThan(0);
+    expect(sent).toBeLessThan(size / 2);
+    sock.destroy();
+    // a client that reads gets every byte
+    const r = await fetch(`${gw.url}/files/${up.publicId}`);
+    expect(Buffer.from(await r.arrayBuffer()).equals(big)).toBe(true);
   });
 });
 
@@ -274,7 +320,11 @@ describe('uploads of unknown length', () => {
     const reply = JSON.parse(String(r.stdout));
     expect(reply).toMatchObject({ size: data.length, sha256: sha256(data), contentType: 'video/mp4' });
     expect(reply.namedUrl).toBe(`${reply.url}/form.mp4`);
-    const small = await curl(['-F', `upload=@${tmpFile('s.txt', Buffer.from('hi there'))}`, `${gw.url}/files`]);
+    const small = await curl([
+      '-F',
+      `upload=@${tmpFile('s.txt', Buffer.from('hi there'))}`,
+      `${gw.url}/files`,
+    ]);
     expect(JSON.parse(String(small.stdout))).toMatchObject({ size: 8, contentType: 'text/plain' });
   });
 });
@@ -291,7 +341,17 @@ describe('refusals leave nothing behind', () => {
     const before = await settledFiles();
     const file = tmpFile('big.bin', patternBytes(9 * MiB));
     const r = await curl(
-      ['-X', 'POST', '-H', 'Transfer-Encoding: chunked', '--data-binary', `@${file}`, '-w', '\n%{http_code}', `${gw.url}/files`],
+      [
+        '-X',
+        'POST',
+        '-H',
+        'Transfer-Encoding: chunked',
+        '--data-binary',
+        `@${file}`,
+        '-w',
+        '\n%{http_code}',
+        `${gw.url}/files`,
+      ],
       { allowFail: true },
     );
     const out = String(r.stdout);
@@ -334,7 +394,13 @@ describe('refusals leave nothing behind', () => {
       const h = parseHead(String(r.stdout));
       expect(h.status).toBe(404);
       expect(h.headers['content-type']).toBe('application/problem+json');
-      expect(JSON.parse(String(r.stdout).split(/\r?\n\r?\n/).pop() as string)).toMatchObject({
+      expect(
+        JSON.parse(
+          String(r.stdout)
+            .split(/\r?\n\r?\n/)
+            .pop() as string,
+        ),
+      ).toMatchObject({
         code: 'DSM_ERR_NOT_FOUND',
       });
     }
@@ -354,7 +420,15 @@ describe('auth: bearer tokens for uploads and deletes, signed URLs for downloads
   it('refuses uploads without a valid token (curl), and takes them with one', async () => {
     const file = tmpFile('auth.bin', patternBytes(10_000, 2));
     const post = async (headers: string[]) => {
-      const r = await curl(['-i', '-X', 'POST', '--data-binary', `@${file}`, ...headers, `${authGw.url}/files`]);
+      const r = await curl([
+        '-i',
+        '-X',
+        'POST',
+        '--data-binary',
+        `@${file}`,
+        ...headers,
+        `${authGw.url}/files`,
+      ]);
       const text = String(r.stdout);
       return { ...parseHead(text), body: JSON.parse(text.split(/\r?\n\r?\n/).pop() as string) };
     };
@@ -389,7 +463,9 @@ describe('auth: bearer tokens for uploads and deletes, signed URLs for downloads
       403,
       'DSM_ERR_FORBIDDEN',
     );
-    expect((await fetch(url, { method: 'DELETE', headers: { authorization: `Bearer ${owner}` } })).status).toBe(204);
+    expect(
+      (await fetch(url, { method: 'DELETE', headers: { authorization: `Bearer ${owner}` } })).status,
+    ).toBe(204);
   });
 
   it('serves a signed app only with a valid, unexpired signature of any live key', async () => {
@@ -414,7 +490,11 @@ describe('auth: bearer tokens for uploads and deletes, signed URLs for downloads
     const sig = signed.searchParams.get('sig') as string;
     signed.searchParams.set('sig', `${sig.slice(0, -2)}${sig.endsWith('AA') ? 'BB' : 'AA'}`);
     await expectProblem(await fetch(signed), 401, 'DSM_ERR_UNAUTHORIZED');
-    const expired = await signUrl(url, { kid: 'k1', secret: KEYS.k1, exp: Math.floor(Date.now() / 1000) - 5 });
+    const expired = await signUrl(url, {
+      kid: 'k1',
+      secret: KEYS.k1,
+      exp: Math.floor(Date.now() / 1000) - 5,
+    });
     const p = await expectProblem(await fetch(expired), 401, 'DSM_ERR_UNAUTHORIZED');
     expect(p.reason).toBe('expired');
     const otherPath = await signUrl(`${url}/x.mp4`, { kid: 'k1', secret: KEYS.k1, expiresInSec: 60 });
@@ -437,5 +517,21 @@ describe('operations endpoints', () => {
     const lonely = await s.startGateway({ trackers: ['127.0.0.1:1'] });
     await expectProblem(await fetch(`${lonely.url}/readyz`), 503, 'DSM_ERR_NOT_READY');
     expect((await fetch(`${lonely.url}/healthz`)).status).toBe(200);
+  });
+});
+
+describe('storage failure (runs last: it stops a storage)', () => {
+  it('serves downloads from the other member of the group when one storage is down', async () => {
+    const data = patternBytes(500 * KiB, 17);
+    const up = await upload(data);
+    await s.cluster.kill('group001-s1');
+    for (let i = 0; i < 5; i++) {
+      const whole = await fetch(up.url);
+      expect(whole.status).toBe(200);
+      expect(Buffer.from(await whole.arrayBuffer()).equals(data)).toBe(true);
+      const part = await fetch(up.url, { headers: { range: 'bytes=100-199' } });
+      expect(part.status).toBe(206);
+      expect(Buffer.from(await part.arrayBuffer()).equals(data.subarray(100, 200))).toBe(true);
+    }
   });
 });

@@ -8,7 +8,9 @@ let s: Stack;
 beforeAll(async () => {
   for (const tool of ['ffmpeg', 'ffprobe']) {
     await run(tool, ['-version']).catch(() => {
-      throw new Error(`${tool} is required for the media tests (Debian package "ffmpeg": apt-get install -y ffmpeg)`);
+      throw new Error(
+        `${tool} is required for the media tests (Debian package "ffmpeg": apt-get install -y ffmpeg)`,
+      );
     });
   }
   s = await startStack('embedded');
@@ -21,7 +23,8 @@ afterAll(async () => {
 async function rangeRequests(): Promise<number> {
   const text = await (await fetch(`${s.gateway.url}/metrics`)).text();
   let n = 0;
-  for (const m of text.matchAll(/^dsm_gateway_requests_total\{[^}]*status="206"[^}]*\} (\d+)/gm)) n += Number(m[1]);
+  for (const m of text.matchAll(/^dsm_gateway_requests_total\{[^}]*status="206"[^}]*\} (\d+)/gm))
+    n += Number(m[1]);
   return n;
 }
 
@@ -81,7 +84,15 @@ describe('ffmpeg and ffprobe over HTTP', () => {
     const frame = join(s.dir, 'frame.png');
     await run('ffmpeg', ['-v', 'error', '-ss', '4.2', '-i', reply.url, '-frames:v', '1', '-y', frame]);
     expect(existsSync(frame)).toBe(true);
-    const png = await run('ffprobe', ['-v', 'error', '-show_entries', 'stream=width,height', '-of', 'csv=p=0', frame]);
+    const png = await run('ffprobe', [
+      '-v',
+      'error',
+      '-show_entries',
+      'stream=width,height',
+      '-of',
+      'csv=p=0',
+      frame,
+    ]);
     expect(png.stdout.trim()).toBe('320,240');
     expect(await rangeRequests()).toBeGreaterThan(before);
   });

@@ -9,18 +9,21 @@ import { GatewayErrorCode, tooLarge } from './problem.ts';
 export function toReadableStream(
   source: AsyncIterable<Uint8Array>,
   onChunk?: (n: number) => void,
-  onEnd?: (error?: unknown) => void,
+  /** Called once: at the end, on a source error, or with `cancelled` when the client went away. */
+  onEnd?: (error: unknown, cancelled: boolean) => void,
 ): ReadableStream<Uint8Array> {
   const it = source[Symbol.asyncIterator]();
   let finished = false;
-  const finish = (e?: unknown) => {
+  const finish = (e?: unknown, cancelled = false) => {
     if (finished) return;
     finished = true;
-    onEnd?.(e);
+    onEnd?.(e, cancelled);
   };
+  let pulled = false;
   return new ReadableStream<Uint8Array>(
     {
       async pull(ctrl) {
+        pulled = true;
         try {
           const r = await it.next();
           if (r.done) {
@@ -36,7 +39,10 @@ export function toReadableStream(
         }
       },
       async cancel(reason) {
-        finish(reason ?? new Error('cancelled'));
+        finish(reason, true);
+        // A generator that never ran ignores return() (its finally blocks never run), and the
+        // download's connection would stay checked out: start it, then close it.
+        if (!pulled) await it.next().catch(() => {});
         await it.return?.();
       },
     },

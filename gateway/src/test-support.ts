@@ -74,7 +74,7 @@ export async function startStack(
   const trackers = o.trackers ?? 1;
   const base = await freePortRange(trackers + 1 + groups.length * per);
   const tag = `dsm_t_${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
-  let databases: ClusterOptions['databases'] = undefined;
+  let databases: ClusterOptions['databases'];
   let cache: string | undefined;
   if (backend === 'mysql') {
     const admin = await mysqlAdmin();
@@ -161,7 +161,8 @@ export async function startStack(
       await cluster.stop();
       if (backend === 'mysql') {
         const admin = await mysqlAdmin();
-        for (const db of ['tracker', 'storage', 'id']) await admin.query(`DROP DATABASE IF EXISTS \`${tag}_${db}\``);
+        for (const db of ['tracker', 'storage', 'id'])
+          await admin.query(`DROP DATABASE IF EXISTS \`${tag}_${db}\``);
         await admin.end();
         const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
         const keys = await redis.keys(`${tag}:*`);
@@ -185,7 +186,7 @@ export async function redisKv(prefix: string): Promise<KvStore> {
 }
 
 /** Deterministic pseudo-random bytes. */
-export function patternBytes(size: number, seed = 1): Buffer {
+export function patternBytes(size: number, seed = 1): Buffer<ArrayBuffer> {
   const b = Buffer.alloc(size);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < size; i++) {

@@ -33,14 +33,28 @@ afterAll(async () => {
 const sha256 = (x: Buffer) => createHash('sha256').update(x).digest('hex');
 const TUS = { 'Tus-Resumable': '1.0.0' };
 
-async function create(g: RunningGateway, headers: Record<string, string>, body?: Buffer): Promise<Response> {
+async function create(
+  g: RunningGateway,
+  headers: Record<string, string>,
+  body?: Buffer<ArrayBuffer>,
+): Promise<Response> {
   return fetch(`${g.url}/tus/`, { method: 'POST', headers: { ...TUS, ...headers }, body });
 }
 
-async function patch(url: string, offset: number, body: Buffer, extra: Record<string, string> = {}) {
+async function patch(
+  url: string,
+  offset: number,
+  body: Buffer<ArrayBuffer>,
+  extra: Record<string, string> = {},
+) {
   return fetch(url, {
     method: 'PATCH',
-    headers: { ...TUS, 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream', ...extra },
+    headers: {
+      ...TUS,
+      'Upload-Offset': String(offset),
+      'Content-Type': 'application/offset+octet-stream',
+      ...extra,
+    },
     body,
   });
 }
@@ -127,7 +141,8 @@ describe('tus-js-client', () => {
         uploadUrl: onB,
         retryDelays: [0, 200, 500, 1000],
         onAfterResponse(req, res) {
-          if (req.getMethod() === 'HEAD' && resumedFrom < 0) resumedFrom = Number(res.getHeader('Upload-Offset'));
+          if (req.getMethod() === 'HEAD' && resumedFrom < 0)
+            resumedFrom = Number(res.getHeader('Upload-Offset'));
           fileId = res.getHeader('Dsm-File-Id') ?? fileId;
         },
         onError: reject,
@@ -226,7 +241,9 @@ describe('tus protocol (curl and fetch)', () => {
     const ok = await patch(url, 0, first, { 'Upload-Checksum': `sha1 ${sha1(first)}` });
     expect(ok.status).toBe(204);
     expect(await offsetOf(url)).toBe(20 * KiB);
-    const unsupported = await patch(url, 20 * KiB, data.subarray(20 * KiB), { 'Upload-Checksum': 'crc32 AAAA' });
+    const unsupported = await patch(url, 20 * KiB, data.subarray(20 * KiB), {
+      'Upload-Checksum': 'crc32 AAAA',
+    });
     expect(unsupported.status).toBe(400);
   });
 
@@ -242,7 +259,9 @@ describe('tus protocol (curl and fetch)', () => {
     const url = r.headers.get('location') as string;
     const h = await fetch(url, { method: 'HEAD', headers: TUS });
     expect(h.headers.get('upload-defer-length')).toBe('1');
-    const done = await patch(url, 15 * KiB, data.subarray(15 * KiB), { 'Upload-Length': String(data.length) });
+    const done = await patch(url, 15 * KiB, data.subarray(15 * KiB), {
+      'Upload-Length': String(data.length),
+    });
     expect(done.status).toBe(204);
     const id = done.headers.get('dsm-file-id');
     expect(id).toBeTruthy();

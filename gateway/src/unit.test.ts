@@ -1,4 +1,5 @@
-import { createHash } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { mintToken, signUrl, TokenVerifier, verifySignedUrl } from './auth.ts';
@@ -76,7 +77,9 @@ describe('conditional requests', () => {
     expect(evaluatePreconditions({ ifModifiedSince: date(mtime) }, etag, mtime)).toBe('not-modified');
     expect(evaluatePreconditions({ ifModifiedSince: date(mtime - 1) }, etag, mtime)).toBe('ok');
     // If-None-Match wins over If-Modified-Since
-    expect(evaluatePreconditions({ ifNoneMatch: '"x"', ifModifiedSince: date(mtime) }, etag, mtime)).toBe('ok');
+    expect(evaluatePreconditions({ ifNoneMatch: '"x"', ifModifiedSince: date(mtime) }, etag, mtime)).toBe(
+      'ok',
+    );
   });
 
   it('fails If-Match unless strongly equal', () => {
@@ -107,7 +110,9 @@ describe('MultipartReader', () => {
         'Content-Type: video/mp4\r\n\r\n',
     ),
     file,
-    Buffer.from(`\r\n--${boundary}\r\nContent-Disposition: form-data; name="after"\r\n\r\nx\r\n--${boundary}--\r\n`),
+    Buffer.from(
+      `\r\n--${boundary}\r\nContent-Disposition: form-data; name="after"\r\n\r\nx\r\n--${boundary}--\r\n`,
+    ),
   ]);
 
   it('streams parts out of a body split at any chunk size', async () => {
@@ -150,7 +155,9 @@ describe('BlockReader', () => {
 describe('tus metadata', () => {
   it('decodes base64 values and keys without values', () => {
     const b64 = (s: string) => Buffer.from(s).toString('base64');
-    expect(parseMetadata(`filename ${b64('vidéo.mp4')},filetype ${b64('video/mp4')},is_confidential`)).toEqual({
+    expect(
+      parseMetadata(`filename ${b64('vidéo.mp4')},filetype ${b64('video/mp4')},is_confidential`),
+    ).toEqual({
       filename: 'vidéo.mp4',
       filetype: 'video/mp4',
       is_confidential: undefined,
@@ -170,15 +177,50 @@ describe('tokens and signed URLs', () => {
   });
 
   it('refuses missing, expired and tampered tokens with a reason', async () => {
-    await expect(verifier.principal(undefined)).rejects.toMatchObject({ status: 401, extra: { reason: 'missing' } });
+    await expect(verifier.principal(undefined)).rejects.toMatchObject({
+      status: 401,
+      extra: { reason: 'missing' },
+    });
     const old = await mintToken({ secret, app: 'tnvideo', sub: 'u1', ttlSec: -3600 });
     await expect(verifier.principal(`Bearer ${old}`)).rejects.toMatchObject({ extra: { reason: 'expired' } });
     const t = await mintToken({ secret, app: 'tnvideo', sub: 'u1' });
     const [h, , s] = t.split('.');
     const forged = `${h}.${Buffer.from(JSON.stringify({ app: 'tnvideo', sub: 'admin', exp: 9e9 })).toString('base64url')}.${s}`;
-    await expect(verifier.principal(`Bearer ${forged}`)).rejects.toMatchObject({ extra: { reason: 'invalid' } });
+    await expect(verifier.principal(`Bearer ${forged}`)).rejects.toMatchObject({
+      extra: { reason: 'invalid' },
+    });
     const other = await mintToken({ secret: 'z'.repeat(40), app: 'tnvideo', sub: 'u1' });
     await expect(verifier.principal(`Bearer ${other}`)).rejects.toMatchObject({ status: 401 });
+  });
+
+  it('verifies asymmetric tokens from a JWKS endpoint next to HS256 ones', async () => {
+    const { generateKeyPair, exportJWK, SignJWT } = await import('jose');
+    const { publicKey, privateKey } = await generateKeyPair('ES256');
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'es1', alg: 'ES256', use: 'sig' };
+    const server = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const jwksUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json`;
+      const v = new TokenVerifier(
+        parseGatewayConfig({ auth: { mode: 'jwt', jwksUrl, hs256Secret: secret, issuer: 'idp' } }).auth,
+      );
+      const es = await new SignJWT({ app: 'tnvideo' })
+        .setProtectedHeader({ alg: 'ES256', kid: 'es1' })
+        .setSubject('u7')
+        .setIssuer('idp')
+        .setExpirationTime('5m')
+        .sign(privateKey);
+      expect(await v.principal(`Bearer ${es}`)).toEqual({ appId: 'tnvideo', userId: 'u7' });
+      const hs = await mintToken({ secret, app: 'tnvideo', sub: 'u8', issuer: 'idp' });
+      expect(await v.principal(`Bearer ${hs}`)).toEqual({ appId: 'tnvideo', userId: 'u8' });
+      const wrongIssuer = await mintToken({ secret, app: 'tnvideo', sub: 'u8', issuer: 'other' });
+      await expect(v.principal(`Bearer ${wrongIssuer}`)).rejects.toMatchObject({ status: 401 });
+    } finally {
+      server.close();
+    }
   });
 
   it('verifies a signed path, and refuses another path, a tampered or expired signature', async () => {
@@ -190,11 +232,15 @@ describe('tokens and signed URLs', () => {
     await expect(verifySignedUrl('/files/abc', { ...q, kid: 'k1' }, keys, 'k1')).rejects.toMatchObject({
       extra: { reason: 'invalid' },
     });
-    await expect(verifySignedUrl('/files/abc', { ...q, exp: String(Number(q.exp) + 1) }, keys, 'k1')).rejects.toThrow();
     await expect(
-      verifySignedUrl('/files/abc', q, keys, 'k1', Number(q.exp) + 1),
-    ).rejects.toMatchObject({ extra: { reason: 'expired' } });
-    await expect(verifySignedUrl('/files/abc', {}, keys, 'k1')).rejects.toMatchObject({ extra: { reason: 'missing' } });
+      verifySignedUrl('/files/abc', { ...q, exp: String(Number(q.exp) + 1) }, keys, 'k1'),
+    ).rejects.toThrow();
+    await expect(verifySignedUrl('/files/abc', q, keys, 'k1', Number(q.exp) + 1)).rejects.toMatchObject({
+      extra: { reason: 'expired' },
+    });
+    await expect(verifySignedUrl('/files/abc', {}, keys, 'k1')).rejects.toMatchObject({
+      extra: { reason: 'missing' },
+    });
   });
 });
 
@@ -238,8 +284,21 @@ describe('config', () => {
     expect(() => parseGatewayConfig({ downloads: { default: 'signed' } })).toThrow(/signingKeys/);
     expect(() => parseGatewayConfig({ nope: 1 })).toThrow();
   });
+});
 
-  it('hashes like node (sanity for checksum tests)', () => {
-    expect(createHash('sha1').update('abc').digest('hex')).toBe('a9993e364706816aba3e25717850c26c9cd0d89d');
+describe('runtime neutrality', () => {
+  it('keeps node: modules and Node-only packages out of the core (only node.ts and metrics.ts)', async () => {
+    const { readdirSync, readFileSync } = await import('node:fs');
+    const dir = new URL('.', import.meta.url);
+    const nodeOnly =
+      /from '(node:[^']+|@dsm\/common|@dsm\/client\/node|prom-client|@hono\/node-server|ioredis)'/;
+    const valueImportOfKv = /^import (?!type )[^;]*from '@dsm\/kv'/m;
+    for (const name of readdirSync(dir)) {
+      if (!name.endsWith('.ts') || name.endsWith('.test.ts')) continue;
+      if (['node.ts', 'metrics.ts', 'test-support.ts'].includes(name)) continue;
+      const text = readFileSync(new URL(name, dir), 'utf8');
+      expect(text, name).not.toMatch(nodeOnly);
+      expect(text, name).not.toMatch(valueImportOfKv);
+    }
   });
 });

@@ -42,7 +42,10 @@ export function oneShot(body: AsyncIterable<Uint8Array>, size: number): UploadSo
 export function cleanContentType(t: string | undefined | null): string {
   if (!t) return '';
   const v = t.trim();
-  if (v.toLowerCase() === 'application/octet-stream') return '';
+  // No information (octet-stream), or curl's default for --data-binary: let the storage sniff.
+  const lower = v.toLowerCase();
+  if (lower === 'application/octet-stream' || lower.startsWith('application/x-www-form-urlencoded'))
+    return '';
   return v.length <= 127 && /^[\x20-\x7e]+$/.test(v) ? v : '';
 }
 

@@ -81,6 +81,15 @@ export const configSchema = z.object({
     .default(24 * 3600 * 1000),
   /** TTL of cached file metadata (`storage:meta:<fileid>`); 0 disables the cache. */
   metaCacheTtlMs: z.number().int().min(0).default(60_000),
+  /**
+   * GlusterFS volume behind the store paths; when set, the pending heals from
+   * `gluster volume heal VOL info` (run every `healCheckIntervalMs`) go into the heartbeats.
+   */
+  glusterVolume: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{0,64}$/, 'a GlusterFS volume name (or empty)')
+    .default(''),
+  healCheckIntervalMs: z.number().int().min(100).default(10_000),
   /** Read/write chunk size for file I/O. */
   ioChunkBytes: z
     .number()

@@ -16,6 +16,7 @@ import {
 } from './config.ts';
 import type { StorageEnv } from './env.ts';
 import { handleDelete, handleDownload, handleSize, handleStat, handleUpload } from './file-ops.ts';
+import { HealMonitor } from './heal-info.ts';
 import { MetaStore } from './meta.ts';
 import {
   handleUploadAbort,
@@ -220,6 +221,10 @@ export async function startStorage(
     sweeper.unref();
     cleanups.push(async () => clearInterval(sweeper));
 
+    const heals = config.glusterVolume
+      ? new HealMonitor(config.glusterVolume, config.healCheckIntervalMs, log)
+      : undefined;
+    if (heals) cleanups.push(async () => heals.close());
     const links = new TrackerLinks({
       trackers: config.trackers,
       group: config.group,
@@ -229,6 +234,7 @@ export async function startStorage(
       secret: config.joinSecret,
       capacityPath: storePaths[0] as string,
       load: () => server.inFlight,
+      pendingHeals: () => heals?.value ?? -1,
       log,
     });
     links.start();

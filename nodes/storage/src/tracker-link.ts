@@ -41,6 +41,8 @@ export interface TrackerLinksOptions {
   capacityPath: string;
   /** Requests in flight right now. */
   load: () => number;
+  /** Pending heals of the group volume (-1 = unknown / not GlusterFS). */
+  pendingHeals?: () => number;
   log: Logger;
   transport?: Transport;
   connectTimeoutMs?: number;
@@ -60,6 +62,8 @@ export class TrackerLinks {
   readonly #abort = new AbortController();
   readonly #conns = new Set<Connection>();
   readonly #startTime = Math.floor(Date.now() / 1000);
+  #statfs: Promise<{ totalBytes: number; freeBytes: number }> | null = null;
+  #space: { totalBytes: number; freeBytes: number } | null = null;
   #loops: Promise<void>[] = [];
 
   constructor(opts: TrackerLinksOptions) {
@@ -102,13 +106,33 @@ export class TrackerLinks {
     }
   }
 
+  /**
+   * Capacity for a join/heartbeat. A statfs of a GlusterFS mount blocks while a replica is
+   * silent (up to network.ping-timeout), which would stall the heartbeats of every member of
+   * the group and get them all marked OFFLINE: so wait at most half a beat interval (≤ 1 s)
+   * and send the last known figures meanwhile. One statfs at a time.
+   */
   async #capacity(): Promise<Capacity> {
     const load = Math.max(0, Math.min(0xffffffff, this.#opts.load()));
-    try {
-      return { ...(await diskSpace(this.#opts.capacityPath)), load };
-    } catch {
-      return { totalBytes: 0, freeBytes: 0, load };
+    if (!this.#statfs) {
+      this.#statfs = diskSpace(this.#opts.capacityPath)
+        .then((d) => {
+          this.#space = d;
+          return d;
+        })
+        .catch(() => ({ totalBytes: 0, freeBytes: 0 }))
+        .finally(() => {
+          this.#statfs = null;
+        });
     }
+    const waitMs = Math.min(1000, Math.max(1, Math.floor(this.#opts.beatIntervalMs / 2)));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<null>((r) => {
+      timer = setTimeout(() => r(null), waitMs);
+    });
+    const d = await Promise.race([this.#statfs, late]);
+    clearTimeout(timer);
+    return { ...(d ?? this.#space ?? { totalBytes: 0, freeBytes: 0 }), load };
   }
 
   async #run(addr: Address, st: TrackerLinkState): Promise<void> {
@@ -148,7 +172,7 @@ export class TrackerLinks {
             group: o.group,
             hostname: o.hostname,
             port: o.port,
-            pendingHeals: -1,
+            pendingHeals: o.pendingHeals?.() ?? -1,
             ...(await this.#capacity()),
           });
           await conn.request(Command.TRACKER_BEAT_EXT, beat, Command.TRACKER_REPLY, exactly(0));

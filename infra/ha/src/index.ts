@@ -1,0 +1,2 @@
+export * from './gluster.ts';
+export * from './keepalived.ts';
