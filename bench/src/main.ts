@@ -128,6 +128,11 @@ if (result && !interrupted) {
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
     `load average at start: ${m.loadAvgAtStart.join(' ')}` +
       (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),
+    `CPU of other processes while measuring (cores): ${Object.entries(result.otherLoad)
+      .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+      .join(
+        ', ',
+      )}${Object.values(result.otherLoad).some((v) => v > 0.2) ? ' (the machine was not idle: figures are disturbed)' : ''}`,
     '',
     renderTable(result.rows),
     '',

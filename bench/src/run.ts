@@ -9,7 +9,7 @@ import { Cluster } from '@dsm/cli';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
-import { type CpuTimes, cpuSplitOf, freePortRange } from './proc.ts';
+import { type CpuTimes, cpuSplitOf, freePortRange, OtherLoad } from './proc.ts';
 import { readRss, withRss } from './rss.ts';
 import { GiB, KiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
 import { median, type Row } from './table.ts';
@@ -65,6 +65,8 @@ export interface BenchResult {
   machine: Machine;
   rows: Row[];
   details: Detail[];
+  /** CPU (cores, average) used by other processes on the machine during each section. */
+  otherLoad: Partial<Record<Section, number>>;
 }
 
 /** Deferred clean-up steps, run in reverse order; a step deferred after close() runs at once. */
@@ -432,23 +434,34 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     return { downRow, upRow, rssRows };
   };
 
-  const big = o.only.has('large') ? await bigTransfers(o.largeSize, true) : null;
-  const medium = o.only.has('medium') ? await bigTransfers(o.mediumSize, !o.only.has('large')) : null;
+  const otherLoad: BenchResult['otherLoad'] = {};
+  const section = async <T>(name: Section, fn: () => Promise<T>): Promise<T> => {
+    const load = new OtherLoad();
+    const r = await fn();
+    otherLoad[name] = load.stop();
+    return r;
+  };
+  const big = o.only.has('large') ? await section('large', () => bigTransfers(o.largeSize, true)) : null;
+  const medium = o.only.has('medium')
+    ? await section('medium', () => bigTransfers(o.mediumSize, !o.only.has('large')))
+    : null;
 
   let smallRows: Row[] = [];
   if (o.only.has('small'))
-    smallRows = await smallRequests(o, {
-      client,
-      addr,
-      agent,
-      nginxPort,
-      www,
-      fsDir,
-      storagePid,
-      otherPids,
-      nginx,
-      details,
-    });
+    smallRows = await section('small', () =>
+      smallRequests(o, {
+        client,
+        addr,
+        agent,
+        nginxPort,
+        www,
+        fsDir,
+        storagePid,
+        otherPids,
+        nginx,
+        details,
+      }),
+    );
 
   for (const part of [big?.downRow, medium?.downRow, big?.upRow, medium?.upRow]) if (part) rows.push(part);
   rows.push(...smallRows);
@@ -461,7 +474,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     baseLabel: 'nginx worker',
     target: { kind: 'none' },
   });
-  return { machine, rows, details };
+  return { machine, rows, details, otherLoad };
 }
 
 interface SmallCtx {
