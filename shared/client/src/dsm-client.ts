@@ -57,7 +57,11 @@ export class DsmClient {
   }
 
   /** Runs `fn` on the user's storages in turn; re-asks the tracker once if all of them fail. */
-  async #onStorages<T>(appId: string, userId: string, fn: (a: Address, group: string) => Promise<T>): Promise<T> {
+  async #onStorages<T>(
+    appId: string,
+    userId: string,
+    fn: (a: Address, group: string) => Promise<T>,
+  ): Promise<T> {
     const first = await this.locate(appId, userId);
     try {
       return await tryEach(first.addrs, (a) => fn(a, first.group));
