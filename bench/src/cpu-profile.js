@@ -12,7 +12,8 @@ if (dir) {
   session.post('Profiler.enable');
   session.post('Profiler.setSamplingInterval', { interval: 500 });
   session.post('Profiler.start');
-  const role = process.argv.find((a) => a === 'storage' || a === 'tracker' || a === 'id') ?? 'node';
+  const role =
+    process.argv.find((a) => a === 'storage' || a === 'tracker' || a === 'id' || a === 'gateway') ?? 'node';
   process.once('exit', () => {
     session.post('Profiler.stop', (err, res) => {
       if (!err) writeFileSync(join(dir, `${role}-${process.pid}.cpuprofile`), JSON.stringify(res.profile));

@@ -148,15 +148,34 @@ export class OtherLoad {
   readonly #t0 = performance.now();
   readonly #before = scanProcesses();
 
-  stop(): number {
+  /** Average cores used by other processes, and the busiest of them (`pid command: cores`). */
+  stop(): { cores: number; top: string[] } {
     const after = scanProcesses();
     const own = ownPids(after);
+    const secs = (performance.now() - this.#t0) / 1000;
     let cpu = 0;
+    const each: Array<[number, number]> = [];
     for (const [pid, p] of after) {
       if (p.kernel || own.has(pid)) continue;
       const b = this.#before.get(pid);
-      cpu += b && b.start === p.start ? p.cpu - b.cpu : p.cpu;
+      const used = b && b.start === p.start ? p.cpu - b.cpu : p.cpu;
+      cpu += used;
+      if (used > 0) each.push([pid, used]);
     }
-    return cpu / ((performance.now() - this.#t0) / 1000);
+    const top = each
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 3)
+      .filter(([, used]) => used / secs >= 0.05)
+      .map(([pid, used]) => `${pid} ${commandOf(pid)}: ${(used / secs).toFixed(2)}`);
+    return { cores: cpu / secs, top };
+  }
+}
+
+function commandOf(pid: number): string {
+  try {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
+    return cmd.length > 80 ? `${cmd.slice(0, 77)}...` : cmd;
+  } catch {
+    return '(exited)';
   }
 }

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Cluster } from '@dsm/cli';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
+import { GATEWAY_CONCURRENCY, GATEWAY_STREAMS, gatewayBench } from './gateway.ts';
 import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
 import { type CpuTimes, cpuSplitOf, freePortRange, OtherLoad } from './proc.ts';
 import { readRss, withRss } from './rss.ts';
@@ -42,8 +43,8 @@ export interface BenchOptions {
   log(msg: string): void;
 }
 
-export type Section = 'large' | 'medium' | 'small';
-export const SECTIONS: readonly Section[] = ['large', 'medium', 'small'];
+export type Section = 'large' | 'medium' | 'small' | 'gateway';
+export const SECTIONS: readonly Section[] = ['large', 'medium', 'small', 'gateway'];
 
 export interface Machine {
   date: string;
@@ -100,6 +101,7 @@ async function runQuietly(step: () => unknown): Promise<void> {
 const APP_ID = 'tnvideo';
 const CONTENT_TYPE = 'application/octet-stream';
 const STORAGE = 'group001-s1';
+const GATEWAY = 'gateway1';
 const PROFILE_PRELOAD = fileURLToPath(new URL('./cpu-profile.js', import.meta.url));
 
 export function sizeLabel(n: number): string {
@@ -113,7 +115,7 @@ const mib = (bytes: number) => bytes / MiB;
 const mibPerSec = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
 
 /** One timed run: wall time, CPU seconds of the server processes and of this process. */
-interface Timed {
+export interface Timed {
   ms: number;
   server: CpuTimes;
   client: CpuTimes;
@@ -137,14 +139,14 @@ async function cpuDuring<T>(
   };
 }
 
-async function timed(serverPids: number[], fn: () => Promise<void>): Promise<Timed> {
+export async function timed(serverPids: number[], fn: () => Promise<void>): Promise<Timed> {
   const t0 = performance.now();
   const { result, server, client } = await cpuDuring(serverPids, () => withRss(serverPids, fn));
   return { ms: performance.now() - t0, server, client, peakRss: result.peakRss };
 }
 
 /** `user+sys (user u, sys s)` scaled by `per`. */
-function cpuText(t: CpuTimes, per: number, unit: string, digits: number): string {
+export function cpuText(t: CpuTimes, per: number, unit: string, digits: number): string {
   const f = (x: number) => (x * per).toFixed(digits);
   return `${f(t.user + t.sys)} ${unit} (user ${f(t.user)}, sys ${f(t.sys)})`;
 }
@@ -191,7 +193,7 @@ function httpGet(agent: Agent, port: number, path: string): Promise<number> {
 }
 
 /** MiB/s of one `curl` download to /dev/null, or null without curl. */
-function curlRate(url: string, size: number): number | null {
+export function curlRate(url: string, size: number): number | null {
   const r = spawnSync('curl', ['-s', '-o', '/dev/null', '-w', '%{size_download} %{time_total}', url], {
     encoding: 'utf8',
   });
@@ -219,7 +221,7 @@ async function fsWrite(path: string, size: number, onWritten?: () => void): Prom
   }
 }
 
-function perGiB(t: Timed, bytes: number, server = 'server'): string {
+export function perGiB(t: Timed, bytes: number, server = 'server'): string {
   const per = GiB / bytes;
   return `${server} ${cpuText(t.server, per, 's', 2)}, client ${cpuText(t.client, per, 's', 2)} CPU/GiB`;
 }
@@ -242,7 +244,8 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   const fsDir = join(o.dir, 'fs-baseline');
   for (const d of [clusterDir, join(www, 'small'), fsDir]) mkdirSync(d, { recursive: true });
 
-  const base = await freePortRange(4);
+  const withGateway = o.only.has('gateway');
+  const base = await freePortRange(withGateway ? 5 : 4);
   const nginxPort = base + 3;
   log(`starting nginx on 127.0.0.1:${nginxPort}`);
   const nginx = await PrivateNginx.start(nginxBin, {
@@ -270,6 +273,9 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     trackerBasePort: base,
     idBasePort: base + 1,
     storageBasePort: base + 2,
+    // the HTTP gateway (`dsm gateway`, default config) for the gateway section
+    gateways: withGateway ? 1 : 0,
+    gatewayBasePort: base + 4,
     beatIntervalMs: 500,
     env,
   });
@@ -277,7 +283,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   const storagePid = cluster.nodes.get(STORAGE)?.pid;
   if (!storagePid) throw new Error(`no pid for ${STORAGE}`);
   const otherPids = [...cluster.nodes.values()]
-    .filter((n) => n.name !== STORAGE && n.pid !== undefined)
+    .filter((n) => n.name !== STORAGE && n.role !== 'gateway' && n.pid !== undefined)
     .map((n) => n.pid as number);
 
   const [thost, tport] = (cluster.addresses('tracker')[0] as string).split(':') as [string, string];
@@ -438,7 +444,10 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   const section = async <T>(name: Section, fn: () => Promise<T>): Promise<T> => {
     const load = new OtherLoad();
     const r = await fn();
-    otherLoad[name] = load.stop();
+    const other = load.stop();
+    otherLoad[name] = other.cores;
+    if (other.top.length)
+      details.push({ name: `other processes during ${name}`, text: other.top.join('; ') });
     return r;
   };
   const big = o.only.has('large') ? await section('large', () => bigTransfers(o.largeSize, true)) : null;
@@ -463,6 +472,30 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
       }),
     );
 
+  let gatewayRows: Row[] = [];
+  if (withGateway) {
+    const gw = cluster.nodes.get(GATEWAY);
+    if (!gw?.pid) throw new Error(`no pid for ${GATEWAY}`);
+    log(
+      `gateway ${gw.host}:${gw.port} (pid ${gw.pid}): ${sizeLabel(o.largeSize)} up/down, ` +
+        `${sizeLabel(o.mediumSize)} ranges, ${sizeLabel(o.smallSize)} GETs × ${GATEWAY_CONCURRENCY}, ${GATEWAY_STREAMS} streams`,
+    );
+    const gwPid = gw.pid;
+    gatewayRows = await section('gateway', () =>
+      gatewayBench(o, {
+        port: gw.port,
+        pid: gwPid,
+        storagePid,
+        client,
+        addr,
+        nginxPort,
+        nginx,
+        www,
+        details,
+      }),
+    );
+  }
+
   for (const part of [big?.downRow, medium?.downRow, big?.upRow, medium?.upRow]) if (part) rows.push(part);
   rows.push(...smallRows);
   rows.push(...(big?.rssRows ?? []), ...(medium?.rssRows ?? []));
@@ -474,6 +507,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     baseLabel: 'nginx worker',
     target: { kind: 'none' },
   });
+  rows.push(...gatewayRows);
   return { machine, rows, details, otherLoad };
 }
 

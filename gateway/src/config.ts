@@ -125,6 +125,12 @@ export const configSchema = z
     locateCacheMs: z.number().int().min(0).default(2000),
     /** Longest wait for the next bytes from a tracker or storage. */
     ioTimeoutMs: z.number().int().min(100).default(30_000),
+    /**
+     * Connections to each tracker and storage (Node entry). A download holds one for as long as
+     * it streams, so this bounds the concurrent downloads per storage; requests beyond it wait
+     * (at most 256 of them, 10 s) for one to free up.
+     */
+    upstreamConnections: z.number().int().min(1).max(10_000).default(512),
     auth: authSchema.prefault({}),
     downloads: downloadsSchema.prefault({}),
     /** Allowed browser origins; `*` = any. */

@@ -24,12 +24,22 @@ export interface GatewayMetrics {
   render(): Promise<{ contentType: string; body: string }>;
 }
 
+/** Finished stat answers by public id (see GatewayCore.stat). */
+export type StatCache = Map<string, { at: number; stat: FileStat }>;
+
 export interface GatewayDeps {
   client: DsmClient;
   kv: KvStore;
   config: GatewayConfig;
   log?: GatewayLog;
   metrics?: GatewayMetrics;
+  /**
+   * Share the stat cache between app instances (the Worker builds one app per request, since a
+   * Worker request may not use another request's sockets). Default: one per instance.
+   */
+  statCache?: StatCache;
+  /** Share the token verifier (and its JWKS cache) the same way. Default: one per instance. */
+  verifier?: TokenVerifier;
 }
 
 const noop = () => {};
@@ -46,7 +56,7 @@ export class GatewayCore {
   readonly metrics: GatewayMetrics | undefined;
   readonly verifier: TokenVerifier;
   readonly uploader: Uploader;
-  readonly #stats = new Map<string, { at: number; stat: FileStat }>();
+  readonly #stats: StatCache;
   readonly #inflight = new Map<string, Promise<FileStat>>();
 
   constructor(d: GatewayDeps) {
@@ -55,7 +65,8 @@ export class GatewayCore {
     this.cfg = d.config;
     this.log = d.log ?? silentLog;
     this.metrics = d.metrics;
-    this.verifier = new TokenVerifier(d.config.auth);
+    this.#stats = d.statCache ?? new Map();
+    this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
   }
 

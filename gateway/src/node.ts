@@ -42,6 +42,7 @@ export async function startGateway(
       transport: nodeTransport,
       locateCacheMs: config.locateCacheMs,
       ioTimeoutMs: config.ioTimeoutMs,
+      maxPerAddress: config.upstreamConnections,
     });
   const metrics = createPromMetrics();
   const built = createApp({ client, kv, config, log, metrics });

@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Cluster, type ClusterOptions } from '@dsm/cli';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { parseAddress } from '@dsm/packets';
+import { freePortRange } from '@dsm/testkit';
 import { Redis } from 'ioredis';
 import mysql from 'mysql2/promise';
 import { type GatewayConfigInput, parseGatewayConfig } from './config.ts';
@@ -21,23 +21,8 @@ export type Backend = 'embedded' | 'mysql';
 
 export const run = promisify(execFile);
 
-function canListen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.once('error', () => resolve(false));
-    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-  });
-}
-
-async function freePortRange(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 30000 + Math.floor(Math.random() * 25000);
-    let ok = true;
-    for (let i = 0; i < n && ok; i++) ok = await canListen(base + i);
-    if (ok) return base;
-  }
-  throw new Error('no free port range found');
-}
+/** Deterministic pseudo-random bytes. */
+export { patternBytes } from '@dsm/testkit';
 
 async function mysqlAdmin(): Promise<mysql.Connection> {
   try {
@@ -183,19 +168,6 @@ export async function redisKv(prefix: string): Promise<KvStore> {
     throw new Error(`Redis is required at ${REDIS_URL}: ${(e as Error).message}`);
   }
   return kv;
-}
-
-/** Deterministic pseudo-random bytes. */
-export function patternBytes(size: number, seed = 1): Buffer<ArrayBuffer> {
-  const b = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
 }
 
 /** curl with `-s -S`; returns stdout/stderr (exit code ≠ 0 throws unless `allowFail`). */

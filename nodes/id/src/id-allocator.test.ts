@@ -116,7 +116,7 @@ describe.each(BACKENDS)('DbSegmentStore on %s', (_name, makeBackend) => {
   });
 
   it('two handles racing on one database reserve every segment exactly once', async () => {
-    const url = backend.url('store_race');
+    const url = backend.database('store_race');
     const stores = [0, 1].map(() => {
       const h = createDb(url, { connectionLimit: 8 });
       handles.push(h);

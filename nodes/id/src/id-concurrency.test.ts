@@ -43,7 +43,7 @@ describe.each(BACKENDS)('two id servers on one %s database', (_name, makeBackend
   });
 
   it(`${2 * REQUESTS_PER_SERVER} concurrent requests, one server restarted midway: all ids distinct`, async () => {
-    const url = backend.url('race');
+    const url = backend.database('race');
     const config = testConfig(url, { step: STEP });
     const slots: Slot[] = [];
     for (const name of ['A', 'B']) {

@@ -2,8 +2,6 @@
  * The id server over the wire, on SQLite and on MariaDB: seed vectors replayed byte for byte,
  * id order per key, request validation, restart behaviour and database outages.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Connection, IdClient, Pool } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { parseConfig } from '@dsm/common';
@@ -20,46 +18,22 @@ import {
   HEADER_LENGTH,
   Status,
 } from '@dsm/packets';
+import {
+  loadSeedVectors,
+  MYSQL_URL,
+  mariadbBackend,
+  SEED_VECTORS_PATH,
+  type SeedVector,
+  sqliteBackend,
+} from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema, resolveDatabaseUrl } from './config.ts';
 import type { IdServer } from './id-server.ts';
-import {
-  BACKENDS,
-  MYSQL_SERVER,
-  mysqlBackend,
-  rawExchange,
-  ServerSet,
-  sqliteBackend,
-  TEST_HOSTNAME,
-  ToggleProxy,
-  testConfig,
-} from './test-support.ts';
+import { BACKENDS, rawExchange, ServerSet, TEST_HOSTNAME, ToggleProxy, testConfig } from './test-support.ts';
 
-interface Vector {
-  name: string;
-  direction: 'request' | 'reply';
-  command: number;
-  status: number;
-  frame_hex: string;
-  fields: Record<string, unknown>;
-}
-
-const VECTORS_PATH = fileURLToPath(
-  new URL('../../../../shared/reference/seed-vectors.json', import.meta.url),
-);
-
-function loadVectors(): Vector[] {
-  if (!existsSync(VECTORS_PATH)) {
-    throw new Error(
-      `seed vectors file not found at ${VECTORS_PATH} (expected /work/shared/reference/seed-vectors.json)`,
-    );
-  }
-  return JSON.parse(readFileSync(VECTORS_PATH, 'utf8')) as Vector[];
-}
-
-function vector(all: Vector[], name: string): Vector {
+function vector(all: SeedVector[], name: string): SeedVector {
   const v = all.find((x) => x.name === name);
-  if (!v) throw new Error(`seed vector ${name} missing from ${VECTORS_PATH}`);
+  if (!v) throw new Error(`seed vector ${name} missing from ${SEED_VECTORS_PATH}`);
   return v;
 }
 
@@ -116,12 +90,12 @@ describe('config', () => {
 describe.each(BACKENDS)('id server on %s', (_name, makeBackend) => {
   const backend = makeBackend();
   const servers = new ServerSet();
-  const vectors = loadVectors();
+  const vectors = loadSeedVectors();
   let main: IdServer;
 
   beforeAll(async () => {
     await backend.setup();
-    main = await servers.start(testConfig(backend.url('main'), { step: 10 }));
+    main = await servers.start(testConfig(backend.database('main'), { step: 10 }));
   });
 
   afterAll(async () => {
@@ -221,7 +195,7 @@ describe.each(BACKENDS)('id server on %s', (_name, makeBackend) => {
   });
 
   it('maxKeyLength refuses longer keys', async () => {
-    const s = await servers.start(testConfig(backend.url('main'), { maxKeyLength: 8 }));
+    const s = await servers.start(testConfig(backend.database('main'), { maxKeyLength: 8 }));
     try {
       const e = await errorFor(s.port, encodeIdRequest('123456789'));
       expect(e).toEqual({
@@ -237,7 +211,7 @@ describe.each(BACKENDS)('id server on %s', (_name, makeBackend) => {
   });
 
   it('a restart skips the rest of the segment and never repeats an id (seed: 0,1,2 … then 100)', async () => {
-    const url = backend.url('restart');
+    const url = backend.database('restart');
     let s = await servers.start(testConfig(url, { step: 100 }));
     let c = await connection(s.port);
     expect([await getId(c, '../data'), await getId(c, '../data'), await getId(c, '../data')]).toEqual([
@@ -294,13 +268,13 @@ describe('database outages', () => {
   });
 
   it('MySQL going away and coming back: errors while down, then ids continue without repeats', async () => {
-    const backend = mysqlBackend();
+    const backend = mariadbBackend({ redis: false });
     await backend.setup();
-    const target = new URL(MYSQL_SERVER);
+    const target = new URL(MYSQL_URL);
     const proxy = new ToggleProxy({ host: target.hostname, port: Number(target.port || 3306) });
     await proxy.up();
     try {
-      const dbName = new URL(backend.url('outage')).pathname;
+      const dbName = new URL(backend.database('outage')).pathname;
       const url = `mysql://${target.username || 'root'}${target.password ? `:${target.password}` : ''}@127.0.0.1:${proxy.port}${dbName}`;
       const s = await servers.start(testConfig(url, { step: 10 }), { db: { connectTimeoutMs: 1000 } });
       const c = await connection(s.port);
@@ -343,7 +317,7 @@ describe('database outages', () => {
     await backend.setup();
     const Database = (await import('better-sqlite3')).default;
     try {
-      const url = backend.url('locked');
+      const url = backend.database('locked');
       const s = await servers.start(testConfig(url, { step: 10 }), { busyWaitMs: 300 });
       const c = await connection(s.port);
       expect(await getId(c, 'lock')).toBe(0);

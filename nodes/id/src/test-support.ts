@@ -1,95 +1,20 @@
 /**
- * Helpers for the id server tests (not exported by the package): database backends, raw
- * sockets and a TCP proxy that can be switched off to simulate a database outage.
+ * Helpers for the id server tests (not exported by the package): the backends to loop over,
+ * servers stopped at the end, one-shot raw exchanges and a TCP proxy that can be switched off
+ * to simulate a database outage. Generic test support is in @dsm/testkit.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createLogger } from '@dsm/common';
-import { decodeHeader, HEADER_LENGTH } from '@dsm/packets';
-import { createConnection } from 'mysql2/promise';
+import { type Backend, mariadbBackend, RawConn, sqliteBackend } from '@dsm/testkit';
 import { configSchema, type IdConfig } from './config.ts';
 import { type IdServer, type StartIdServerOptions, startIdServer } from './id-server.ts';
 
-export const MYSQL_SERVER = process.env.DSM_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306';
 export const TEST_HOSTNAME = 'id-test';
 
-export type BackendName = 'sqlite' | 'mysql';
-
-/** A place for test databases; `url(name)` gives a fresh database per name. */
-export interface Backend {
-  name: BackendName;
-  setup(): Promise<void>;
-  url(name: string): string;
-  cleanup(): Promise<void>;
-}
-
-const rand = () => randomBytes(5).toString('hex');
-
-export function sqliteBackend(): Backend {
-  let dir = '';
-  return {
-    name: 'sqlite',
-    async setup() {
-      dir = mkdtempSync(join(tmpdir(), 'dsm-id-test-'));
-    },
-    url: (name) => `sqlite:${join(dir, `${name}.db`)}`,
-    async cleanup() {
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-function mysqlAdmin() {
-  const u = new URL(MYSQL_SERVER);
-  return createConnection({
-    host: u.hostname,
-    port: Number(u.port || 3306),
-    user: decodeURIComponent(u.username),
-    password: decodeURIComponent(u.password),
-    connectTimeout: 5000,
-  });
-}
-
-export function mysqlBackend(): Backend {
-  const prefix = `dsm_t_${rand()}`;
-  const created = new Set<string>();
-  return {
-    name: 'mysql',
-    async setup() {
-      try {
-        const c = await mysqlAdmin();
-        await c.query('SELECT 1');
-        await c.end();
-      } catch (e) {
-        throw new Error(
-          `MariaDB/MySQL is required for the id server tests but ${MYSQL_SERVER} is unreachable ` +
-            `(${(e as Error).message}); start it or set DSM_TEST_MYSQL_URL`,
-        );
-      }
-    },
-    url(name) {
-      const db = `${prefix}_${name}`;
-      created.add(db);
-      return `${MYSQL_SERVER.replace(/\/+$/, '')}/${db}`;
-    },
-    async cleanup() {
-      if (created.size === 0) return;
-      const c = await mysqlAdmin();
-      try {
-        for (const db of created) await c.query(`DROP DATABASE IF EXISTS \`${db}\``);
-      } finally {
-        await c.end();
-      }
-    },
-  };
-}
-
-export const BACKENDS: [BackendName, () => Backend][] = [
+/** The database backends, as [title, factory]: SQLite files, or fresh MariaDB databases. */
+export const BACKENDS: [string, () => Backend][] = [
   ['sqlite', sqliteBackend],
-  ['mysql', mysqlBackend],
+  ['mysql', () => mariadbBackend({ redis: false })],
 ];
 
 export const testLog = createLogger('id-test');
@@ -129,50 +54,22 @@ export interface RawReply {
 
 /**
  * Sends `bytes` on a new TCP connection and reads one reply frame. When `waitClose` is set,
- * also waits (up to 2 s) for the server to close the connection.
+ * also waits (up to 5 s) for the server to close the connection.
  */
-export function rawExchange(port: number, bytes: Uint8Array, waitClose = false): Promise<RawReply> {
-  return new Promise((resolve, reject) => {
-    const s = connect(port, '127.0.0.1');
-    let buf = Buffer.alloc(0);
-    let frame: Uint8Array | null = null;
-    let done = false;
-    const finish = (closed: boolean) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ frame: frame ?? new Uint8Array(buf), closed });
-    };
-    const timer = setTimeout(() => {
-      if (frame) finish(false);
-      else {
-        done = true;
-        s.destroy();
-        reject(new Error(`no reply within 5 s (got ${buf.length} bytes)`));
-      }
-    }, 5000);
-    s.on('data', (c: Buffer) => {
-      buf = Buffer.concat([buf, c]);
-      if (!frame && buf.length >= HEADER_LENGTH) {
-        const n = HEADER_LENGTH + decodeHeader(buf).bodyLength;
-        if (buf.length >= n) {
-          frame = new Uint8Array(buf.subarray(0, n));
-          if (!waitClose) finish(false);
-          else timer.refresh();
-        }
-      }
-    });
-    s.on('close', () => finish(true));
-    s.on('error', (e) => {
-      if (!frame && !done) {
-        done = true;
-        clearTimeout(timer);
-        reject(e);
-      }
-    });
-    s.write(bytes);
-  });
+export async function rawExchange(port: number, bytes: Uint8Array, waitClose = false): Promise<RawReply> {
+  const c = await RawConn.open(port);
+  try {
+    c.send(bytes);
+    const f = await c.readFrame();
+    if (!f) {
+      if (!c.isClosed) throw new Error(`no reply within 5 s (got ${c.pending.length} bytes)`);
+      return { frame: new Uint8Array(c.pending), closed: true };
+    }
+    const frame = new Uint8Array(f.frame);
+    return { frame, closed: waitClose ? await c.closedWithin(5000) : false };
+  } finally {
+    c.close();
+  }
 }
 
 /** A TCP forwarder to `target`; `down()` drops every connection and refuses new ones. */

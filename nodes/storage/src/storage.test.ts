@@ -22,36 +22,34 @@ import {
   IDS_LENGTH,
   Status,
 } from '@dsm/packets';
+import {
+  type Backend,
+  collect,
+  loadSeedVectors,
+  mariadbBackend,
+  RawConn,
+  randomTag,
+  type SeedVector,
+  sqliteBackend,
+  until,
+} from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema } from './config.ts';
 import { fileTableFor } from './seed-rules.ts';
 import { type StorageNode, startStorage } from './storage.ts';
 import { PARTIAL_DIR, TMP_DIR } from './store.ts';
-import { type Backend, eventually, idStub, mariaRedis, RawConn, rand, sqliteMemory } from './test-support.ts';
+import { idStub } from './test-support.ts';
 
 const log = createLogger('storage-test');
 
 // ---------------------------------------------------------------------------------------------
 // Seed vectors: every frame exchanged with the seed storage, in capture order.
 // ---------------------------------------------------------------------------------------------
-interface Vector {
-  name: string;
-  direction: 'request' | 'reply';
-  command: number;
-  status: number;
-  frame_hex: string;
-  declared_body_len: number;
-  connection: number;
-  server: string;
-  fields: Record<string, unknown>;
-}
-
-const VECTORS_URL = new URL('../../../../shared/reference/seed-vectors.json', import.meta.url);
-const VECTORS = JSON.parse(readFileSync(VECTORS_URL, 'utf8')) as Vector[];
+const VECTORS = loadSeedVectors();
 
 interface Exchange {
-  request: Vector;
-  replies: Vector[];
+  request: SeedVector;
+  replies: SeedVector[];
 }
 
 /** Storage request vectors, each with the reply frame(s) the seed sent on that connection. */
@@ -103,12 +101,6 @@ async function* chunks(data: Buffer): AsyncGenerator<Uint8Array> {
   for (let i = 0; i < data.length; i += 64 * 1024) yield data.subarray(i, i + 64 * 1024);
 }
 
-async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(Buffer.from(c));
-  return Buffer.concat(parts);
-}
-
 async function caught(p: Promise<unknown>): Promise<RemoteError> {
   try {
     await p;
@@ -150,8 +142,7 @@ const addr = (n: StorageNode): Address => ({ host: '127.0.0.1', port: n.port });
 // ---------------------------------------------------------------------------------------------
 // The suite, on both backends.
 // ---------------------------------------------------------------------------------------------
-let sharedDir = '';
-const BACKENDS: (() => Backend)[] = [() => sqliteMemory(() => sharedDir), () => mariaRedis()];
+const BACKENDS: (() => Backend)[] = [sqliteBackend, mariadbBackend];
 
 describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s', (_name, makeBackend) => {
   let dir = '';
@@ -186,7 +177,6 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'dsm-storage-'));
-    sharedDir = dir;
     backend = makeBackend();
     await backend.setup();
     dbUrl = backend.database();
@@ -232,7 +222,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       const c = await RawConn.open(a.port);
       try {
         await c.write(Buffer.from(ex.request.frame_hex, 'hex'));
-        const want = ex.replies[0] as Vector;
+        const want = ex.replies[0] as SeedVector;
         const got = await c.readFrame();
         expect(got, name).not.toBeNull();
         if (!got) continue;
@@ -253,7 +243,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
         const end = await c.waitClosed();
         expect(end, name).toEqual({ closed: true, extra: 0 });
       } finally {
-        c.destroy();
+        c.close();
       }
     }
     // Both uploaded files were deleted again, rows and files.
@@ -401,7 +391,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       const f = await c.readFrame();
       expect(f?.header.status).toBe(Status.ERROR);
       expect(decodeErrorReply(f?.body as Buffer).errno).toBe(Errno.BAD_FIELD);
-      c.destroy();
+      c.close();
     }
     await ping(pool, addr(a), Command.STORAGE_REPLY);
     const fileId = newFileId();
@@ -417,9 +407,9 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     await c.write(encodeStreamHeader(Command.STORAGE_UPLOAD, 408 + size));
     await c.write(encodeUploadPrefix({ ...idsFor(fileId), size }));
     await c.write(randomBytes(1_500_000));
-    await eventually(async () => (await tmpFiles(a)).length > 0, 5000, 'a temp file');
-    c.destroy();
-    await eventually(async () => (await tmpFiles(a)).length === 0, 5000, 'the temp file to go');
+    await until(async () => (await tmpFiles(a)).length > 0, 5000, 20, 'a temp file');
+    c.close();
+    await until(async () => (await tmpFiles(a)).length === 0, 5000, 20, 'the temp file to go');
     expect(await storedFiles(stores())).toEqual(filesBefore);
     expect((await caught(sc.size(addr(a), idsFor(fileId)))).errno).toBe(Errno.NOT_FOUND);
     // The id can be used again.
@@ -481,14 +471,15 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     await c.write(encodeStreamHeader(Command.STORAGE_UPLOAD_APPEND, 416 + data.length));
     await c.write(encodeUploadAppendPrefix({ ...ids, offset: 0, length: data.length }));
     await c.write(data.subarray(0, 150_000));
-    c.destroy();
-    await eventually(
+    c.close();
+    await until(
       async () => (await sc.uploadOffset(addr(b), ids)).offset === 150_000,
       5000,
+      20,
       'bytes on disk',
     );
     // The lock is released once the server notices the cut.
-    await eventually(
+    await until(
       async () => {
         try {
           return (await sc.uploadAppend(addr(b), ids, 150_000, 0, chunks(Buffer.alloc(0)))) === 150_000;
@@ -497,6 +488,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
         }
       },
       5000,
+      20,
       'the lock to be released',
     );
     expect((await caught(sc.uploadCommit(addr(a), ids))).errno).toBe(Errno.OFFSET_MISMATCH);
@@ -543,7 +535,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       .selectAll()
       .where('id', '=', ids.fileId)
       .executeTakeFirstOrThrow();
-    await eventually(() => existsSync(`${row.temp_path}.lock`), 5000, 'the lock file');
+    await until(() => existsSync(`${row.temp_path}.lock`), 5000, 20, 'the lock file');
     const e = await caught(sc.uploadAppend(addr(b), ids, part.length, 3, chunks(Buffer.from('xyz'))));
     expect(e.errno).toBe(Errno.BUSY);
     expect((await caught(sc.uploadCommit(addr(b), ids))).errno).toBe(Errno.BUSY);
@@ -551,7 +543,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     const f = await c.readFrame();
     expect(f?.header.status).toBe(Status.OK);
     expect(Number(f?.body.readBigInt64BE(0))).toBe(part.length + more.length);
-    c.destroy();
+    c.close();
     const st = await sc.uploadCommit(addr(b), ids);
     expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(Buffer.concat([part, more])));
   });
@@ -730,7 +722,7 @@ describe('storage node, special situations', () => {
     expect(n.advertisePort).toBe(45678);
     expect(existsSync(join(own, 'left-by-kill-9'))).toBe(false);
     expect(existsSync(join(other, 'in-progress'))).toBe(true);
-    const ids = idsFor(`kv-${rand()}`);
+    const ids = idsFor(`kv-${randomTag()}`);
     const data = randomBytes(10_000);
     await sc.upload(addr(n), ids, source(data));
     expect(await sc.size(addr(n), ids)).toBe(data.length);

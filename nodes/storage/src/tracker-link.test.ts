@@ -12,9 +12,10 @@ import {
   PROTOCOL_VERSION,
 } from '@dsm/packets';
 import { ProtocolServer } from '@dsm/server';
+import { until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type StorageNode, startStorage } from './storage.ts';
-import { eventually, idStub } from './test-support.ts';
+import { idStub } from './test-support.ts';
 
 const log = createLogger('tracker-link-test');
 
@@ -74,7 +75,7 @@ describe('tracker links', () => {
   });
 
   it('joins with JOIN_EXT, then beats with BEAT_EXT on the same connection', async () => {
-    await eventually(() => joins.length >= 1 && beats.length >= 3, 5000, 'a join and beats');
+    await until(() => joins.length >= 1 && beats.length >= 3, 5000, 20, 'a join and beats');
     const j = joins[0] as JoinExt;
     expect(j).toMatchObject({
       version: '1.0',
@@ -98,7 +99,7 @@ describe('tracker links', () => {
     const [up, down] = node.trackerLinks;
     expect(up).toMatchObject({ tracker: `127.0.0.1:${trackerPort}`, status: 'joined', joins: 1 });
     expect(up?.beats).toBeGreaterThanOrEqual(3);
-    await eventually(() => (down?.failures ?? 0) >= 1, 5000, 'the dead tracker to be tried');
+    await until(() => (down?.failures ?? 0) >= 1, 5000, 20, 'the dead tracker to be tried');
     expect(down?.status).not.toBe('joined');
     expect(down?.lastError).toContain('127.0.0.1:1');
   });
@@ -106,10 +107,10 @@ describe('tracker links', () => {
   it('an error reply to a heartbeat (tracker restarted) makes it join again', async () => {
     refuseBeats = true;
     const [up] = node.trackerLinks;
-    await eventually(() => (up?.failures ?? 0) >= 1, 5000, 'a refused beat');
+    await until(() => (up?.failures ?? 0) >= 1, 5000, 20, 'a refused beat');
     expect(up?.lastError).toContain('Mark Storage As ACTIVE Fail');
     refuseBeats = false;
-    await eventually(() => joins.length >= 2 && up?.status === 'joined', 5000, 'a new join');
+    await until(() => joins.length >= 2 && up?.status === 'joined', 5000, 20, 'a new join');
     expect(up?.joins).toBeGreaterThanOrEqual(2);
   });
 

@@ -3,10 +3,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '@dsm/common';
 import { Command, decodeAddrsReply, Errno, Status } from '@dsm/packets';
+import { BACKEND_NAMES } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema } from './config.ts';
 import { routeCacheKey } from './group-router.ts';
-import { addrs, ask, BACKENDS, type Backend, createBackend, FakeStorage, log } from './test-support.ts';
+import { addrs, ask, createBackend, FakeStorage, log, type TrackerBackend } from './test-support.ts';
 import { startTracker } from './tracker.ts';
 
 const groupOf = async (port: number, appId: string, userId: string): Promise<string> => {
@@ -15,8 +16,8 @@ const groupOf = async (port: number, appId: string, userId: string): Promise<str
   return decodeAddrsReply(r.body).group;
 };
 
-describe.each(BACKENDS)('routing on %s', (backendName) => {
-  let backend: Backend;
+describe.each(BACKEND_NAMES)('routing on %s', (backendName) => {
+  let backend: TrackerBackend;
   const user = (s: string) => `${s}-${backendName}-${Math.random().toString(36).slice(2, 8)}`;
   beforeAll(async () => {
     backend = await createBackend(backendName);

@@ -11,25 +11,14 @@ import {
   Status,
   toHex,
 } from '@dsm/packets';
+import { BACKEND_NAMES, frameOf, loadSeedVectors, RawConn, type SeedVector, until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  ask,
-  BACKENDS,
-  type Backend,
-  createBackend,
-  FakeStorage,
-  frameOf,
-  loadVectors,
-  RawConn,
-  type SeedVector,
-  text,
-  until,
-} from './test-support.ts';
+import { ask, createBackend, FakeStorage, type TrackerBackend, text } from './test-support.ts';
 
 // The seed printed times with ctime() in the tracker's zone: UTC on the capture machine.
 process.env.TZ = 'UTC';
 
-const vectors = loadVectors();
+const vectors = loadSeedVectors();
 const vec = (name: string): SeedVector => {
   const v = vectors.find((x) => x.name === name);
   if (!v) throw new Error(`seed vector ${name} missing`);
@@ -57,8 +46,8 @@ const seedJoin = (over: Partial<Parameters<typeof encodeJoin>[0]> = {}) =>
     ...over,
   });
 
-describe.each(BACKENDS)('tracker on %s', (backendName) => {
-  let backend: Backend;
+describe.each(BACKEND_NAMES)('tracker on %s', (backendName) => {
+  let backend: TrackerBackend;
   beforeAll(async () => {
     backend = await createBackend(backendName);
   });

@@ -118,9 +118,14 @@ export function socketsTransport(connect: CfConnect): Transport {
       try {
         s = connect({ hostname: host, port }, { secureTransport: 'off', allowHalfOpen: false });
       } catch (e) {
-        throw new DsmError(ErrorCode.CONNECT, `cannot connect to ${address}: ${(e as Error).message}`, undefined, {
-          cause: e,
-        });
+        throw new DsmError(
+          ErrorCode.CONNECT,
+          `cannot connect to ${address}: ${(e as Error).message}`,
+          undefined,
+          {
+            cause: e,
+          },
+        );
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timeout = new Promise<never>((_, reject) => {
@@ -137,9 +142,14 @@ export function socketsTransport(connect: CfConnect): Transport {
       } catch (e) {
         s.close().catch(() => {});
         if (e instanceof DsmError) throw e;
-        throw new DsmError(ErrorCode.CONNECT, `cannot connect to ${address}: ${(e as Error).message}`, undefined, {
-          cause: e,
-        });
+        throw new DsmError(
+          ErrorCode.CONNECT,
+          `cannot connect to ${address}: ${(e as Error).message}`,
+          undefined,
+          {
+            cause: e,
+          },
+        );
       } finally {
         clearTimeout(timer);
       }

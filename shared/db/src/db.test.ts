@@ -1,11 +1,8 @@
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
 import { Errno } from '@dsm/packets';
+import { type Backend, mariadbBackend, rejection, sqliteBackend } from '@dsm/testkit';
 import { sql } from 'kysely';
-import { createConnection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createDb,
@@ -21,76 +18,11 @@ import {
   ROLE_TABLES,
 } from './index.ts';
 
-/** MariaDB/MySQL server for the tests (no database part); a fresh database is created per run. */
-const MYSQL_SERVER = process.env.DSM_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306';
 const ROLES: DbRole[] = ['tracker', 'id', 'storage'];
 
-const rand = () => randomBytes(5).toString('hex');
-
-interface Target {
-  url(name: string): string;
-  setup(): Promise<void>;
-  cleanup(): Promise<void>;
-}
-
-function sqliteTarget(): Target {
-  let dir = '';
-  return {
-    url: (name) => `sqlite:${join(dir, `${name}.db`)}`,
-    async setup() {
-      dir = mkdtempSync(join(tmpdir(), 'dsm-db-test-'));
-    },
-    async cleanup() {
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-function mysqlTarget(): Target {
-  const created = new Set<string>();
-  const server = new URL(MYSQL_SERVER);
-  const admin = () =>
-    createConnection({
-      host: server.hostname,
-      port: Number(server.port || 3306),
-      user: decodeURIComponent(server.username),
-      password: decodeURIComponent(server.password),
-      connectTimeout: 5000,
-    });
-  const prefix = `dsm_t_${rand()}`;
-  return {
-    url: (name) => {
-      const database = `${prefix}_${name}`;
-      created.add(database);
-      return `${MYSQL_SERVER.replace(/\/+$/, '')}/${database}`;
-    },
-    async setup() {
-      try {
-        const c = await admin();
-        await c.query('SELECT 1');
-        await c.end();
-      } catch (e) {
-        throw new Error(
-          `MariaDB/MySQL is required for this test but ${MYSQL_SERVER} is unreachable ` +
-            `(${(e as Error).message}); start it or set DSM_TEST_MYSQL_URL`,
-        );
-      }
-    },
-    async cleanup() {
-      if (created.size === 0) return;
-      const c = await admin();
-      try {
-        for (const d of created) await c.query(`DROP DATABASE IF EXISTS \`${d}\``);
-      } finally {
-        await c.end();
-      }
-    },
-  };
-}
-
-const TARGETS: [DbDialect, () => Target][] = [
-  ['sqlite', sqliteTarget],
-  ['mysql', mysqlTarget],
+const TARGETS: [DbDialect, () => Backend][] = [
+  ['sqlite', sqliteBackend],
+  ['mysql', () => mariadbBackend({ redis: false })],
 ];
 
 async function tableNames(h: DbHandle): Promise<string[]> {
@@ -98,21 +30,12 @@ async function tableNames(h: DbHandle): Promise<string[]> {
   return tables.map((t) => t.name);
 }
 
-async function caught(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected a rejection');
-}
-
 describe.each(TARGETS)('@dsm/db on %s', (dialect, makeTarget) => {
   const target = makeTarget();
   const handles: DbHandle[] = [];
   let h: DbHandle;
   const open = (name: string) => {
-    const x = createDb(target.url(name), { connectionLimit: 4 });
+    const x = createDb(target.database(name), { connectionLimit: 4 });
     handles.push(x);
     return x;
   };
@@ -198,7 +121,7 @@ describe.each(TARGETS)('@dsm/db on %s', (dialect, makeTarget) => {
     const userid = 'u'.repeat(255);
     await h.db.insertInto('t_router').values({ appid: 'app1', userid, group_name: 'group001' }).execute();
     await h.db.insertInto('t_router').values({ appid: 'app2', userid, group_name: 'group001' }).execute();
-    const e = await caught(
+    const e = await rejection(
       h.db.insertInto('t_router').values({ appid: 'app1', userid, group_name: 'group002' }).execute(),
     );
     expect(isUniqueViolation(e)).toBe(true);
@@ -213,10 +136,10 @@ describe.each(TARGETS)('@dsm/db on %s', (dialect, makeTarget) => {
 
     // Primary keys too.
     await h.db.insertInto('t_file_01').values({ id: 'f1', appid: 'app1', status: 1 }).execute();
-    const e2 = await caught(h.db.insertInto('t_file_01').values({ id: 'f1', appid: 'app1' }).execute());
+    const e2 = await rejection(h.db.insertInto('t_file_01').values({ id: 'f1', appid: 'app1' }).execute());
     expect(isUniqueViolation(e2)).toBe(true);
     // Some other error is not a unique violation.
-    const e3 = await caught(sql`SELECT * FROM no_such_table`.execute(h.db));
+    const e3 = await rejection(sql`SELECT * FROM no_such_table`.execute(h.db));
     expect(isUniqueViolation(e3)).toBe(false);
     expect(isDbUnavailable(e3)).toBe(false);
   });
@@ -270,7 +193,7 @@ describe.each(TARGETS)('@dsm/db on %s', (dialect, makeTarget) => {
   });
 
   it('a failed transaction rolls back', async () => {
-    const e = await caught(
+    const e = await rejection(
       h.db.transaction().execute(async (trx) => {
         await trx.insertInto('t_id_gen').values({ id: 'rolled-back', id_value: 1 }).execute();
         await trx.updateTable('t_id_gen').set({ id_value: 99 }).where('id', '=', 'bigint-test').execute();
@@ -287,12 +210,12 @@ describe.each(TARGETS)('@dsm/db on %s', (dialect, makeTarget) => {
     await migrate(x.db, x.dialect, 'id');
     await x.close();
     await x.close(); // idempotent
-    const e = await caught(x.db.selectFrom('t_id_gen').selectAll().execute());
+    const e = await rejection(x.db.selectFrom('t_id_gen').selectAll().execute());
     expect(isDbUnavailable(e)).toBe(true);
     // Closed before its first query: stays closed.
     const y = open('closed2');
     await y.close();
-    const e2 = await caught(sql`SELECT 1`.execute(y.db));
+    const e2 = await rejection(sql`SELECT 1`.execute(y.db));
     expect(isDbUnavailable(e2)).toBe(true);
     expect(String((e2 as Error).message)).toMatch(/closed/);
   });
@@ -303,7 +226,7 @@ describe('@dsm/db URLs and unavailability', () => {
     const x = createDb('mysql://root@127.0.0.1:1/dsm_never');
     try {
       const started = Date.now();
-      const e = await caught(sql`SELECT 1`.execute(x.db));
+      const e = await rejection(sql`SELECT 1`.execute(x.db));
       expect(Date.now() - started).toBeLessThan(6000);
       expect(isDbUnavailable(e)).toBe(true);
       expect(isUniqueViolation(e)).toBe(false);
@@ -318,7 +241,7 @@ describe('@dsm/db URLs and unavailability', () => {
       expect((wrapped as DsmError).errno).toBe(Errno.DB_UNAVAILABLE);
       expect((wrapped as DsmError).message).toMatch(/^probing: database unavailable/);
       // migrate reports it the same way
-      const m = await caught(migrate(x.db, x.dialect, 'id'));
+      const m = await rejection(migrate(x.db, x.dialect, 'id'));
       expect((m as DsmError).code).toBe(ErrorCode.DB_UNAVAILABLE);
     } finally {
       await x.close();

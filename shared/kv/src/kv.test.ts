@@ -1,23 +1,13 @@
-import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DsmError, ErrorCode } from '@dsm/common';
+import { deleteRedisKeys, REDIS_URL, randomTag, rejection, requireRedis } from '@dsm/testkit';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvStore, type KvStore, MemoryKvStore, RedisKvStore } from './index.ts';
 
-/** Redis server for the tests; keys go under a random prefix that is deleted afterwards. */
-const REDIS_URL = process.env.DSM_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379/0';
-const PREFIX = `dsm_t_${randomBytes(5).toString('hex')}:`;
+/** Keys go under a random prefix (on the tests' Redis) that is deleted afterwards. */
+const PREFIX = `dsm_t_${randomTag()}:`;
 const TTL = 150;
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected a rejection');
-}
 
 interface Backend {
   name: string;
@@ -34,33 +24,10 @@ const memoryBackend: Backend = {
 const redisBackend: Backend = {
   name: 'redis',
   async open() {
-    const store = new RedisKvStore(REDIS_URL, PREFIX);
-    try {
-      await store.get('probe');
-    } catch (e) {
-      await store.close();
-      throw new Error(
-        `Redis is required for this test but ${REDIS_URL} is unreachable (${(e as Error).message}); ` +
-          'start it or set DSM_TEST_REDIS_URL',
-      );
-    }
-    return store;
+    await requireRedis();
+    return new RedisKvStore(REDIS_URL, PREFIX);
   },
-  async cleanup() {
-    const r = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
-    r.on('error', () => {});
-    try {
-      await r.connect();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${PREFIX}*`, 'COUNT', 500);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
-    } finally {
-      r.disconnect();
-    }
-  },
+  cleanup: () => deleteRedisKeys(PREFIX),
 };
 
 describe.each([memoryBackend, redisBackend])('KvStore conformance: $name', (backend) => {

@@ -1,0 +1,72 @@
+import { type GatewayConfig, parseGatewayConfig } from './config.ts';
+
+// Kept apart from worker.ts (which imports `cloudflare:sockets`) so Node tests can load it.
+
+/**
+ * Bindings ([vars] in wrangler.toml; secrets with `wrangler secret put`). Every one is optional:
+ * without any, the gateway has the Node entry's defaults.
+ */
+export interface WorkerEnv {
+  /** The gateway config (the keys of gateway.json) as a [vars] table or a JSON string. */
+  DSM_GATEWAY?: string | Record<string, unknown>;
+  /** `host:port,host:port`: the trackers (overrides `trackers` of DSM_GATEWAY). */
+  DSM_TRACKERS?: string;
+  /** Base of URLs in replies (overrides `publicUrl`). */
+  DSM_PUBLIC_URL?: string;
+  /** Secret: HS256 key for bearer tokens (overrides `auth.hs256Secret`). */
+  DSM_AUTH_HS256_SECRET?: string;
+  /** Secret: JSON `{"kid": "secret"}` of URL-signing keys (overrides `downloads.signingKeys`). */
+  DSM_SIGNING_KEYS?: string;
+  /** debug | info | warn (default) | error */
+  DSM_LOG_LEVEL?: string;
+}
+
+/** The gateway config from the Worker's bindings; throws an Error naming the bad key. */
+export function configFromEnv(env: WorkerEnv): GatewayConfig {
+  let raw: Record<string, unknown> = {};
+  if (typeof env.DSM_GATEWAY === 'string' && env.DSM_GATEWAY.trim() !== '') {
+    try {
+      raw = JSON.parse(env.DSM_GATEWAY) as Record<string, unknown>;
+    } catch (e) {
+      throw new Error(`DSM_GATEWAY is not JSON: ${(e as Error).message}`);
+    }
+  } else if (env.DSM_GATEWAY && typeof env.DSM_GATEWAY === 'object') {
+    raw = structuredClone(env.DSM_GATEWAY);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new Error('DSM_GATEWAY must be an object');
+  const cfg: Record<string, unknown> = { ...raw };
+  if (env.DSM_TRACKERS)
+    cfg.trackers = env.DSM_TRACKERS.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+  if (env.DSM_PUBLIC_URL) cfg.publicUrl = env.DSM_PUBLIC_URL;
+  if (env.DSM_AUTH_HS256_SECRET)
+    cfg.auth = { ...(cfg.auth as object | undefined), hs256Secret: env.DSM_AUTH_HS256_SECRET };
+  if (env.DSM_SIGNING_KEYS) {
+    let keys: unknown;
+    try {
+      keys = JSON.parse(env.DSM_SIGNING_KEYS);
+    } catch (e) {
+      throw new Error(`DSM_SIGNING_KEYS is not JSON: ${(e as Error).message}`);
+    }
+    cfg.downloads = { ...(cfg.downloads as object | undefined), signingKeys: keys };
+  }
+  const cache = (cfg.cache as string | undefined) ?? 'memory:';
+  if (cache !== 'memory:') {
+    throw new Error(
+      `cache "${cache}" is not available in the Worker entry (it keeps tus state in isolate memory; use "memory:")`,
+    );
+  }
+  let config: GatewayConfig;
+  try {
+    config = parseGatewayConfig(cfg);
+  } catch (e) {
+    const issues = (e as { issues?: { path: PropertyKey[]; message: string }[] }).issues;
+    const first = issues?.[0];
+    throw new Error(
+      first ? `config key "${first.path.map(String).join('.')}": ${first.message}` : (e as Error).message,
+    );
+  }
+  return config;
+}

@@ -1,0 +1,149 @@
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer } from 'node:net';
+import { Duplex } from 'node:stream';
+import type { CfConnect } from '@dsm/client/workers';
+import { describe, expect, it, vi } from 'vitest';
+import { IsolateKvStore } from './isolate-kv.ts';
+import { configFromEnv } from './worker-config.ts';
+
+// The `cloudflare:sockets` module exists only in workerd; the adapter is tested here over a
+// Node socket with the same shape (the Miniflare tests run it for real).
+vi.mock('cloudflare:sockets', () => ({
+  connect: () => {
+    throw new Error('not in workerd');
+  },
+}));
+
+const { socketsTransport } = await import('@dsm/client/workers');
+
+/** A `cloudflare:sockets` Socket look-alike over node:net. */
+const nodeCfConnect: CfConnect = ({ hostname, port }) => {
+  const s = connect(port, hostname);
+  const web = Duplex.toWeb(s) as {
+    readable: ReadableStream<Uint8Array>;
+    writable: WritableStream<Uint8Array>;
+  };
+  return {
+    readable: web.readable,
+    writable: web.writable,
+    opened: new Promise((resolve, reject) => s.once('connect', resolve).once('error', reject)),
+    closed: new Promise((resolve) => s.once('close', () => resolve())),
+    close: async () => {
+      s.destroy();
+    },
+  };
+};
+
+describe('socketsTransport (the cloudflare:sockets Transport)', () => {
+  it('writes, reads to the end, and reports the close', async () => {
+    const server = createServer((c) => c.pipe(c)); // echo
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const t = socketsTransport(nodeCfConnect);
+      const sock = await t.connect('127.0.0.1', port, { timeoutMs: 1000 });
+      await sock.write(new TextEncoder().encode('hello '));
+      await sock.write(new TextEncoder().encode('world'));
+      let got = '';
+      while (got.length < 11) {
+        const c = await sock.read();
+        if (!c) break;
+        got += new TextDecoder().decode(c);
+      }
+      expect(got).toBe('hello world');
+      expect(sock.closed).toBe(false);
+      sock.close();
+      expect(sock.closed).toBe(true);
+      expect(await sock.read()).toBeNull();
+      await expect(sock.write(new Uint8Array(1))).rejects.toMatchObject({ code: 'DSM_ERR_SOCKET' });
+    } finally {
+      server.close();
+    }
+  });
+
+  it('fails to connect with DSM_ERR_CONNECT (refused, and timed out)', async () => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    server.close();
+    await once(server, 'close');
+    const t = socketsTransport(nodeCfConnect);
+    await expect(t.connect('127.0.0.1', port, { timeoutMs: 1000 })).rejects.toMatchObject({
+      code: 'DSM_ERR_CONNECT',
+    });
+    const never = socketsTransport(() => ({
+      readable: new ReadableStream(),
+      writable: new WritableStream(),
+      opened: new Promise(() => {}),
+      closed: new Promise(() => {}),
+      close: async () => {},
+    }));
+    await expect(never.connect('192.0.2.1', 1, { timeoutMs: 50 })).rejects.toThrow(/timed out after 50 ms/);
+  });
+});
+
+describe('configFromEnv (Worker bindings)', () => {
+  it('has the defaults without bindings', () => {
+    const c = configFromEnv({});
+    expect(c.trackers).toEqual(['127.0.0.1:21000']);
+    expect(c.cache).toBe('memory:');
+  });
+
+  it('takes DSM_GATEWAY as a table or JSON, with the single-value bindings on top', () => {
+    const table = configFromEnv({
+      DSM_GATEWAY: { statCacheMs: 5, auth: { mode: 'jwt' } },
+      DSM_TRACKERS: '10.0.0.1:21000, 10.0.0.2:21000',
+      DSM_PUBLIC_URL: 'https://media.example.com',
+      DSM_AUTH_HS256_SECRET: 'x'.repeat(32),
+      DSM_SIGNING_KEYS: '{"k1":"0123456789abcdef0123"}',
+    });
+    expect(table).toMatchObject({
+      statCacheMs: 5,
+      trackers: ['10.0.0.1:21000', '10.0.0.2:21000'],
+      publicUrl: 'https://media.example.com',
+      auth: { mode: 'jwt', hs256Secret: 'x'.repeat(32) },
+      downloads: { signingKeys: { k1: '0123456789abcdef0123' } },
+    });
+    expect(configFromEnv({ DSM_GATEWAY: '{"maxUploadBytes": 1000}' }).maxUploadBytes).toBe(1000);
+  });
+
+  it('names the bad key, and refuses state outside the isolate', () => {
+    expect(() => configFromEnv({ DSM_GATEWAY: { statCacheMs: -1 } })).toThrow(/config key "statCacheMs"/);
+    expect(() => configFromEnv({ DSM_GATEWAY: { nope: 1 } })).toThrow(/nope/);
+    expect(() => configFromEnv({ DSM_GATEWAY: '{' })).toThrow(/DSM_GATEWAY is not JSON/);
+    expect(() => configFromEnv({ DSM_SIGNING_KEYS: 'k1=abc' })).toThrow(/DSM_SIGNING_KEYS is not JSON/);
+    expect(() => configFromEnv({ DSM_GATEWAY: { cache: 'redis://127.0.0.1:6379/0' } })).toThrow(
+      /not available in the Worker/,
+    );
+  });
+});
+
+describe('IsolateKvStore', () => {
+  it('has Redis semantics: NX, TTL, compare-and-delete, expire, incrBy', async () => {
+    const kv = new IsolateKvStore();
+    expect(await kv.setIfAbsent('lock', 'a', 40)).toBe(true);
+    expect(await kv.setIfAbsent('lock', 'b', 40)).toBe(false);
+    expect(await kv.delIfValue('lock', 'b')).toBe(false);
+    expect(await kv.get('lock')).toBe('a');
+    await new Promise((r) => setTimeout(r, 60));
+    expect(await kv.get('lock')).toBeNull();
+    expect(await kv.setIfAbsent('lock', 'b', 1000)).toBe(true);
+    expect(await kv.delIfValue('lock', 'b')).toBe(true);
+    expect(await kv.expire('lock', 100)).toBe(false);
+    await kv.set('k', 'v', 30);
+    expect(await kv.expire('k', 1000)).toBe(true);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await kv.get('k')).toBe('v');
+    expect(await kv.incrBy('n', 2)).toBe(2);
+    expect(await kv.incrBy('n', 3)).toBe(5);
+    await expect(kv.incrBy('k', 1)).rejects.toMatchObject({ code: 'DSM_ERR_BAD_INPUT' });
+    await expect(kv.set('k', 'v', 0)).rejects.toMatchObject({ code: 'DSM_ERR_BAD_INPUT' });
+    for (let i = 0; i < IsolateKvStore.SWEEP_EVERY; i++) await kv.set(`t${i}`, 'x', 1);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(kv.size).toBe(2); // k, n
+    await kv.close();
+    await expect(kv.get('k')).rejects.toMatchObject({ code: 'DSM_ERR_CACHE_UNAVAILABLE' });
+  });
+});

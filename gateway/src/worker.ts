@@ -1,0 +1,181 @@
+// The Cloudflare Worker entry (wrangler.toml `main`): the same Hono app as the Node entry, with a
+// DsmClient over `cloudflare:sockets`. Runtime-neutral modules only (no node:, no prom-client).
+import { DsmClient } from '@dsm/client';
+import { workersTransport } from '@dsm/client/workers';
+import { ErrorCode } from '@dsm/common/errors';
+import { parseAddress } from '@dsm/packets';
+import { createApp } from './app.ts';
+import { TokenVerifier } from './auth.ts';
+import type { GatewayConfig } from './config.ts';
+import type { GatewayLog, StatCache } from './core.ts';
+import { IsolateKvStore } from './isolate-kv.ts';
+import { HttpError, problemResponse, toProblem } from './problem.ts';
+import { configFromEnv, type WorkerEnv } from './worker-config.ts';
+
+/** The subset of the Workers ExecutionContext used here. */
+export interface WorkerContext {
+  waitUntil(p: Promise<unknown>): void;
+  passThroughOnException?(): void;
+}
+
+/** Workers' IdentityTransformStream that sets Content-Length from the length it is given. */
+type FixedLengthStreamCtor = new (length: number | bigint) => TransformStream<Uint8Array, Uint8Array>;
+
+/** Per-isolate state, reused by every request the isolate serves. */
+interface Isolate {
+  /** The DSM_* bindings this state was built from. */
+  key: string;
+  config: GatewayConfig;
+  kv: IsolateKvStore;
+  log: GatewayLog;
+  statCache: StatCache;
+  verifier: TokenVerifier;
+}
+
+let isolate: Isolate | null = null;
+
+const LEVELS = { debug: 10, info: 20, warn: 30, error: 40 } as const;
+
+/** JSON lines on the console, which is where Workers logs go (Workers Logs, `wrangler tail`). */
+function consoleLog(level: string | undefined): GatewayLog {
+  const min = LEVELS[(level ?? 'warn') as keyof typeof LEVELS] ?? LEVELS.warn;
+  const at =
+    (name: keyof typeof LEVELS) =>
+    (obj: object, msg?: string): void => {
+      if (LEVELS[name] < min) return;
+      const { err, ...rest } = obj as { err?: unknown };
+      const line = JSON.stringify({
+        level: name,
+        time: Date.now(),
+        name: 'gateway',
+        ...rest,
+        ...(err instanceof Error ? { err: { message: err.message, stack: err.stack } } : {}),
+        msg,
+      });
+      // biome-ignore lint/suspicious/noConsole: the console is the Workers runtime's log sink
+      if (name === 'error' || name === 'warn') console.error(line);
+      // biome-ignore lint/suspicious/noConsole: the console is the Workers runtime's log sink
+      else console.log(line);
+    };
+  return { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
+}
+
+function isolateFor(env: WorkerEnv): Isolate {
+  const key = JSON.stringify([
+    env.DSM_GATEWAY,
+    env.DSM_TRACKERS,
+    env.DSM_PUBLIC_URL,
+    env.DSM_AUTH_HS256_SECRET,
+    env.DSM_SIGNING_KEYS,
+    env.DSM_LOG_LEVEL,
+  ]);
+  if (isolate && isolate.key === key) return isolate;
+  const config = configFromEnv(env);
+  isolate = {
+    key,
+    config,
+    // kept across a config change: uploads in progress stay resumable
+    kv: isolate?.kv ?? new IsolateKvStore(),
+    log: consoleLog(env.DSM_LOG_LEVEL),
+    statCache: new Map(),
+    verifier: new TokenVerifier(config.auth),
+  };
+  return isolate;
+}
+
+/**
+ * One app per request over a DsmClient of its own: Workers bind a socket to the request that
+ * opened it, so connections cannot be pooled across requests. The config, the tus state, the
+ * stat cache and the token verifier are per isolate.
+ */
+function build(env: WorkerEnv) {
+  const iso = isolateFor(env);
+  const { config } = iso;
+  const client = new DsmClient({
+    trackers: config.trackers.map(parseAddress),
+    transport: workersTransport,
+    locateCacheMs: config.locateCacheMs,
+    ioTimeoutMs: config.ioTimeoutMs,
+    // Workers allow 6 simultaneous outgoing connections per request
+    maxPerAddress: 2,
+    idleTimeoutMs: 60_000,
+  });
+  const built = createApp({
+    client,
+    kv: iso.kv,
+    config,
+    log: iso.log,
+    statCache: iso.statCache,
+    verifier: iso.verifier,
+  });
+  return { ...built, client, iso };
+}
+
+function configProblem(e: unknown, req: Request): Response {
+  const err = new HttpError(500, ErrorCode.CONFIG, `the Worker is misconfigured: ${(e as Error).message}`);
+  return problemResponse(toProblem(err, new URL(req.url).pathname), req.method);
+}
+
+/**
+ * The response as it goes out: a body of known length goes through a FixedLengthStream, so
+ * the runtime sends Content-Length instead of chunked encoding (players and CDNs want it); the
+ * request's client is closed once the body has been sent (or the client went away).
+ */
+function finish(res: Response, client: DsmClient, ctx: WorkerContext): Response {
+  const close = () => client.close().catch(() => {});
+  if (!res.body) {
+    ctx.waitUntil(close());
+    return res;
+  }
+  const len = res.headers.get('content-length');
+  const FixedLengthStream = (globalThis as { FixedLengthStream?: FixedLengthStreamCtor }).FixedLengthStream;
+  const pipe =
+    len !== null && /^\d{1,15}$/.test(len) && FixedLengthStream
+      ? new FixedLengthStream(Number(len))
+      : new TransformStream<Uint8Array, Uint8Array>();
+  ctx.waitUntil(
+    res.body
+      .pipeTo(pipe.writable)
+      .catch(() => {
+        // the client went away, or the storage failed midway (already logged by the app)
+      })
+      .finally(close),
+  );
+  return new Response(pipe.readable, {
+    status: res.status,
+    statusText: res.statusText,
+    headers: res.headers,
+  });
+}
+
+export default {
+  async fetch(req: Request, env: WorkerEnv, ctx: WorkerContext): Promise<Response> {
+    let b: ReturnType<typeof build>;
+    try {
+      b = build(env);
+    } catch (e) {
+      return configProblem(e, req);
+    }
+    let res: Response;
+    try {
+      res = await b.app.fetch(req, env, ctx as never);
+    } catch (e) {
+      // app.onError answers every error; this is a last resort
+      ctx.waitUntil(b.client.close().catch(() => {}));
+      b.iso.log.error({ err: e }, 'unhandled error');
+      return problemResponse(toProblem(e, new URL(req.url).pathname), req.method);
+    }
+    return finish(res, b.client, ctx);
+  },
+
+  /** Cron Trigger: deletes expired tus uploads (of this isolate's state; see IsolateKvStore). */
+  async scheduled(_controller: unknown, env: WorkerEnv, ctx: WorkerContext): Promise<void> {
+    const b = build(env);
+    ctx.waitUntil(
+      b.tus
+        .sweep()
+        .catch((e) => b.iso.log.warn({ err: e }, 'tus sweep failed'))
+        .finally(() => b.client.close().catch(() => {})),
+    );
+  },
+};

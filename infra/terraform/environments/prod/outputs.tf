@@ -1,0 +1,57 @@
+output "gateway_url" {
+  description = "Public URL of the gateways (through the load balancer)."
+  value       = var.domain == "" ? "http://${hcloud_load_balancer.gateway.ipv4}" : "https://${var.domain}"
+}
+
+output "tracker_vip" {
+  description = "The tracker VIP on the private network."
+  value       = module.trackers.vip
+}
+
+output "tracker_endpoint" {
+  description = "`VIP:port` of the trackers (`dsm --trackers`, from inside the private network)."
+  value       = module.trackers.endpoint
+}
+
+output "id_vip" {
+  description = "The id-server VIP on the private network."
+  value       = module.id_servers.vip
+}
+
+output "id_endpoint" {
+  description = "`VIP:port` of the id servers."
+  value       = module.id_servers.endpoint
+}
+
+output "storage_groups" {
+  description = "Each storage group: its hosts, volume, mount point and storage addresses."
+  value = {
+    for name, g in module.storage_group : name => {
+      hosts             = g.hosts
+      volume            = g.volume
+      mount_point       = g.mount_point
+      storage_addresses = g.storage_addresses
+    }
+  }
+}
+
+output "mysql_address" {
+  description = "`host:port` of MySQL on the data VM."
+  value       = module.data.mysql_address
+}
+
+output "redis_address" {
+  description = "`host:port` of Redis on the data VM."
+  value       = module.data.redis_address
+}
+
+output "servers" {
+  description = "Every VM: role, private address and public IPv4 (for SSH)."
+  value = {
+    for h, v in local.hosts : h => {
+      role        = v.role
+      private_ip  = v.address
+      public_ipv4 = hcloud_server.host[h].ipv4_address
+    }
+  }
+}

@@ -1,0 +1,91 @@
+variable "hcloud_token" {
+  description = "Hetzner Cloud API token of the project (read/write) Terraform uses."
+  type        = string
+  sensitive   = true
+}
+
+variable "secrets" {
+  description = "Values of the `{{secret:NAME}}` marks in dsm.json: mysql_password, join_secret, gateway_hs256_secret (at least 32 characters) and hcloud_vip_token (an API token the pair hosts use to move their VIP). Letters, digits and . _ ~ - only, 16-128 characters."
+  type        = map(string)
+  sensitive   = true
+
+  validation {
+    condition     = alltrue([for v in values(var.secrets) : can(regex("^[A-Za-z0-9._~-]{16,128}$", v))])
+    error_message = "Each secret is 16-128 of [A-Za-z0-9._~-]."
+  }
+}
+
+variable "location" {
+  description = "Hetzner location of every VM, volume and the load balancer (fsn1, nbg1, hel1, …)."
+  type        = string
+  default     = "fsn1"
+}
+
+variable "network_zone" {
+  description = "Network zone of the private subnet (must contain location)."
+  type        = string
+  default     = "eu-central"
+}
+
+variable "network_cidr" {
+  description = "IP range of the private network."
+  type        = string
+  default     = "10.0.0.0/16"
+}
+
+variable "subnet_cidr" {
+  description = "The subnet every host address (and VIP) of dsm.json lies in."
+  type        = string
+  default     = "10.0.1.0/24"
+}
+
+variable "image" {
+  description = "OS image of every VM (Debian 12: keepalived, glusterfs-server, mariadb-server, redis-server and hcloud-cli come from its packages)."
+  type        = string
+  default     = "debian-12"
+}
+
+variable "server_types" {
+  description = "Server type per role (tracker, id, storage, gateway, data)."
+  type        = map(string)
+  default = {
+    tracker = "cx22"
+    id      = "cx22"
+    storage = "cx32"
+    gateway = "cx32"
+    data    = "cx42"
+  }
+
+  validation {
+    condition     = alltrue([for r in ["tracker", "id", "storage", "gateway", "data"] : contains(keys(var.server_types), r)])
+    error_message = "server_types needs tracker, id, storage, gateway and data."
+  }
+}
+
+variable "ssh_public_keys" {
+  description = "Admin SSH public keys, by name, put on every VM."
+  type        = map(string)
+}
+
+variable "admin_cidrs" {
+  description = "Addresses allowed to SSH to the VMs' public interfaces."
+  type        = list(string)
+}
+
+variable "load_balancer_type" {
+  description = "Hetzner load balancer type in front of the gateways."
+  type        = string
+  default     = "lb11"
+}
+
+variable "domain" {
+  description = "DNS name of the gateway (its A record must point at the load balancer): HTTPS with a managed certificate. Empty: plain HTTP on port 80."
+  type        = string
+  default     = ""
+}
+
+variable "protect_bricks" {
+  description = "Delete protection on the brick volumes (turn off only to tear the environment down)."
+  type        = bool
+  default     = true
+}

@@ -1,0 +1,3 @@
+export * from './render-provisioning.ts';
+export * from './spec.ts';
+export * from './template.ts';
