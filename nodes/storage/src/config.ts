@@ -1,30 +1,11 @@
 import { hostname as osHostname } from 'node:os';
-import { isAbsolute, resolve } from 'node:path';
-import { ConfigError, parseHostPort } from '@dsm/common';
+import { resolve } from 'node:path';
+import { listenAddress, peerAddress, resolveSqliteUrl } from '@dsm/common';
 import { HOSTNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
 import { z } from 'zod';
 
 const GiB = 1024 ** 3;
 const utf8Length = (s: string) => Buffer.byteLength(s, 'utf8');
-
-/** `host:port` where the port may be 0 (an ephemeral port, for tests). */
-const listenAddress = z.string().refine((s) => {
-  try {
-    parseListen(s);
-    return true;
-  } catch {
-    return false;
-  }
-}, 'expected host:port (port 0..65535)');
-
-const hostPort = z.string().refine((s) => {
-  try {
-    parseHostPort(s);
-    return true;
-  } catch {
-    return false;
-  }
-}, 'expected host:port');
 
 /**
  * Storage node configuration. Every key has a default, so an empty file works. Relative paths
@@ -52,9 +33,9 @@ export const configSchema = z.object({
    */
   storePaths: z.array(z.string().min(1)).min(1).default(['./.dsm/data/group001']),
   /** Trackers to join (one link each); empty = standalone. */
-  trackers: z.array(hostPort).default(['127.0.0.1:21000']),
+  trackers: z.array(peerAddress).default(['127.0.0.1:21000']),
   /** Id servers (tried with failover). */
-  idServers: z.array(hostPort).min(1).default(['127.0.0.1:22000']),
+  idServers: z.array(peerAddress).min(1).default(['127.0.0.1:22000']),
   /** `sqlite:<path>` or `mysql://user:pass@host:port/db`. */
   database: z.string().min(1).default('sqlite:./.dsm/storage.db'),
   /** Metadata cache: `memory:` or `redis://host:port/db`. */
@@ -104,12 +85,7 @@ export type StorageConfigInput = z.input<typeof configSchema>;
 export type StorageConfig = z.infer<typeof configSchema> & { configDir?: string };
 
 /** Parses `host:port` allowing port 0. */
-export function parseListen(s: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s.trim());
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || !(port >= 0 && port <= 65535)) throw new ConfigError(`not a host:port address: "${s}"`);
-  return { host: (m[1] ?? m[2]) as string, port };
-}
+export { parseListen } from '@dsm/common';
 
 /** Store paths as absolute folders (relative ones against `configDir`). */
 export function resolveStorePaths(config: StorageConfig): string[] {
@@ -119,10 +95,5 @@ export function resolveStorePaths(config: StorageConfig): string[] {
 
 /** The database URL with a relative SQLite file resolved against `configDir`. */
 export function resolveDatabaseUrl(config: StorageConfig): string {
-  const url = config.database.trim();
-  const m = /^sqlite:(.*)$/i.exec(url);
-  if (!m) return url;
-  const path = m[1] as string;
-  if (path === '' || path === ':memory:' || isAbsolute(path)) return url;
-  return `sqlite:${resolve(config.configDir ?? process.cwd(), path)}`;
+  return resolveSqliteUrl(config.database, config.configDir ?? process.cwd());
 }

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
+import { listenAddress } from '@dsm/common';
 import { GROUPNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
 import { z } from 'zod';
 
@@ -8,15 +9,7 @@ export const GROUP_NAME_RE = new RegExp(`^[A-Za-z0-9]{1,${GROUPNAME_WIDTH - 1}}$
 /** App ids: non-empty alphanumeric, at most 15 characters (16-byte field with its NUL). */
 export const APP_ID_RE = /^[A-Za-z0-9]{1,15}$/;
 
-/** `host:port`; port 0 = ephemeral (tests). IPv6 hosts in brackets. */
-const LISTEN_RE = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/;
-
-export function parseListen(s: string): { host: string; port: number } {
-  const m = LISTEN_RE.exec(s.trim());
-  const port = m ? Number(m[3]) : Number.NaN;
-  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`not a host:port address: "${s}"`);
-  return { host: (m[1] ?? m[2]) as string, port };
-}
+export { parseListen } from '@dsm/common';
 
 /** An IP address, or an IPv4/IPv6 CIDR block (`10.0.0.0/8`). */
 export function isIpOrCidr(s: string): boolean {
@@ -31,17 +24,7 @@ export function isIpOrCidr(s: string): boolean {
 
 export const configSchema = z.object({
   /** Address to listen on. */
-  listen: z
-    .string()
-    .refine((s) => {
-      try {
-        parseListen(s);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 'expected host:port')
-    .default('127.0.0.1:21000'),
+  listen: listenAddress.default('127.0.0.1:21000'),
   /** Name in error replies (`[hostname] message`) and in the status reply. */
   hostname: z
     .string()

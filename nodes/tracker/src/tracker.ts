@@ -1,5 +1,4 @@
-import { isAbsolute, resolve } from 'node:path';
-import { createLogger, DsmError, ErrorCode, type Logger, parseConfig } from '@dsm/common';
+import { createLogger, DsmError, ErrorCode, type Logger, parseConfig, resolveSqliteUrl } from '@dsm/common';
 import { createDb, type DbHandle, isDbUnavailable, migrate } from '@dsm/db';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import {
@@ -46,13 +45,7 @@ const MIGRATE_RETRY_MS = 1000;
 const redact = (url: string): string => url.replace(/^([a-z]+:\/\/[^:/@]*:)[^@]*@/i, '$1***@');
 
 /** `sqlite:<relative path>` resolves against the config file's folder. */
-export function resolveDatabaseUrl(url: string, configDir: string): string {
-  const m = /^sqlite:(.*)$/i.exec(url.trim());
-  if (!m) return url;
-  const path = m[1] as string;
-  if (path === '' || path === ':memory:' || isAbsolute(path)) return url;
-  return `sqlite:${resolve(configDir, path)}`;
-}
+export const resolveDatabaseUrl = resolveSqliteUrl;
 
 /**
  * Starts a tracker: storage registry (join / beat / sweep), user → group routing and the

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { DsmError, ErrorCode } from './errors.ts';
 
@@ -65,6 +65,16 @@ export function parseConfig<S extends z.ZodType>(
     throw new ConfigError(`config key "${key}": ${issue?.message ?? 'invalid'}`);
   }
   return Object.freeze({ ...(r.data as object), configDir }) as Readonly<z.infer<S>> & { configDir: string };
+}
+
+/** Makes a relative `sqlite:` path absolute against `configDir`; other URLs come back as they are. */
+export function resolveSqliteUrl(url: string, configDir: string): string {
+  const u = url.trim();
+  const m = /^sqlite:(.*)$/is.exec(u);
+  if (!m) return u;
+  const path = m[1] as string;
+  if (path === '' || path === ':memory:' || isAbsolute(path)) return u;
+  return `sqlite:${resolve(configDir, path)}`;
 }
 
 /** `host:port` strings, as in the seed's address lists. */
