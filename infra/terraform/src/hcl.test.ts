@@ -41,7 +41,11 @@ const hcl = (file: string) => {
 
 /** variable/output/module/resource blocks of every .tf file in a folder. */
 async function folder(dir: string) {
-  const out = { variable: new Map<string, Block>(), output: new Map<string, Block>(), module: new Map<string, Block>() };
+  const out = {
+    variable: new Map<string, Block>(),
+    output: new Map<string, Block>(),
+    module: new Map<string, Block>(),
+  };
   for (const f of FILES.filter((x) => resolve(x, '..') === resolve(dir))) {
     const j = await hcl(f);
     for (const kind of ['variable', 'output', 'module'] as const)
@@ -62,7 +66,10 @@ describe('Terraform files', () => {
   it('finds the modules and environments', () => {
     expect(MODULES).toEqual(['data', 'gateway', 'id-pair', 'storage-group', 'tracker-pair']);
     expect(ENVIRONMENTS).toEqual(['dev', 'local', 'prod']);
-    for (const d of [...MODULES.map((m) => join(MODULES_DIR, m)), ...ENVIRONMENTS.map((e) => join(TERRAFORM_DIR, 'environments', e))])
+    for (const d of [
+      ...MODULES.map((m) => join(MODULES_DIR, m)),
+      ...ENVIRONMENTS.map((e) => join(TERRAFORM_DIR, 'environments', e)),
+    ])
       for (const f of ['main.tf', 'variables.tf', 'outputs.tf', 'README.md'])
         expect(existsSync(join(d, f)), `${relative(TERRAFORM_DIR, d)}/${f}`).toBe(true);
   });
@@ -77,7 +84,9 @@ describe('Terraform files', () => {
   });
 
   it('a syntax error is reported (the parser is not lenient)', async () => {
-    await expect(parse('bad.tf', 'variable "x" {\n  type = string\n')).rejects.toThrow(/Unclosed configuration block/);
+    await expect(parse('bad.tf', 'variable "x" {\n  type = string\n')).rejects.toThrow(
+      /Unclosed configuration block/,
+    );
   });
 });
 
@@ -90,9 +99,10 @@ describe.each([
     const readme = readFileSync(join(dir, 'README.md'), 'utf8');
     for (const kind of ['variable', 'output'] as const)
       for (const [name, b] of f[kind]) {
-        expect(typeof b.description === 'string' && b.description.length > 10, `${kind} ${name}: description`).toBe(
-          true,
-        );
+        expect(
+          typeof b.description === 'string' && b.description.length > 10,
+          `${kind} ${name}: description`,
+        ).toBe(true);
         expect(readme, `${kind} ${name} is not in ${relative(TERRAFORM_DIR, dir)}/README.md`).toMatch(
           new RegExp(`^\\|\\s*\`${name}\``, 'm'),
         );
@@ -113,24 +123,33 @@ describe.each([
       expect(existsSync(join(src, 'main.tf')), `module ${name}: source ${b.source}`).toBe(true);
       calls.set(name, src);
       const m = await folder(src);
-      const args = Object.keys(b).filter((k) => !['source', 'for_each', 'count', 'depends_on', 'providers'].includes(k));
-      for (const a of args) expect(m.variable.has(a), `module ${name}: no variable "${a}" in ${b.source}`).toBe(true);
+      const args = Object.keys(b).filter(
+        (k) => !['source', 'for_each', 'count', 'depends_on', 'providers'].includes(k),
+      );
+      for (const a of args)
+        expect(m.variable.has(a), `module ${name}: no variable "${a}" in ${b.source}`).toBe(true);
       for (const [v, vb] of m.variable)
-        if (!('default' in vb)) expect(args, `module ${name}: required variable "${v}" not passed`).toContain(v);
+        if (!('default' in vb))
+          expect(args, `module ${name}: required variable "${v}" not passed`).toContain(v);
     }
     for (const r of text(dir).matchAll(/\bmodule\.([a-z_]+)(?:\[[^\]]*\])?\.([a-z_]+)/g)) {
       const src = calls.get(r[1] as string);
       expect(src, `module.${r[1]} is not called here`).toBeDefined();
-      expect((await folder(src as string)).output.has(r[2] as string), `module.${r[1]}.${r[2]}: no such output`).toBe(
-        true,
-      );
+      expect(
+        (await folder(src as string)).output.has(r[2] as string),
+        `module.${r[1]}.${r[2]}: no such output`,
+      ).toBe(true);
     }
   });
 });
 
 function which(cmd: string): string | null {
   try {
-    return execFileSync('sh', ['-c', `command -v ${cmd}`]).toString().trim() || null;
+    return (
+      execFileSync('sh', ['-c', `command -v ${cmd}`])
+        .toString()
+        .trim() || null
+    );
   } catch {
     return null;
   }

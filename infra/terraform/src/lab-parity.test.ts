@@ -54,7 +54,14 @@ describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
     // the lab's renderVipPair call (Lab.up) with the lab's own constants; its literal options
     // (vrid, advertIntMs, interface, trackFileDir) are checked against lab.ts's text below
     const pairs = [
-      { role: 'tracker', hosts: ['t1', 't2'], vip: lab.TRACKER_VIP, vrid: 51, port: lab.TRACKER_PORT, reply: 100 },
+      {
+        role: 'tracker',
+        hosts: ['t1', 't2'],
+        vip: lab.TRACKER_VIP,
+        vrid: 51,
+        port: lab.TRACKER_PORT,
+        reply: 100,
+      },
       { role: 'id', hosts: ['i1', 'i2'], vip: lab.ID_VIP, vrid: 52, port: lab.ID_PORT, reply: 101 },
     ];
     for (const p of pairs) {
@@ -86,9 +93,10 @@ describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
       'reply: Command.TRACKER_REPLY',
       'reply: Command.ID_REPLY',
     ])
-      expect(src, `lab.ts no longer has ${literal}: update environments/local/dsm.json and this test`).toContain(
-        literal,
-      );
+      expect(
+        src,
+        `lab.ts no longer has ${literal}: update environments/local/dsm.json and this test`,
+      ).toContain(literal);
   });
 
   it('GlusterFS steps: the commands the lab runs on s1, in order', () => {

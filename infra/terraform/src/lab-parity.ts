@@ -18,7 +18,11 @@ export interface LabInstance {
   readonly dir: string;
   readonly dataPath: string;
   proxySock: string;
-  nodeConfig(h: string): { name: string; role: 'tracker' | 'id' | 'storage'; config: Record<string, unknown> };
+  nodeConfig(h: string): {
+    name: string;
+    role: 'tracker' | 'id' | 'storage';
+    config: Record<string, unknown>;
+  };
   groupSteps(): GlusterGroupSteps;
   vipHolders(vip: string): string[];
   waitStorages(count: number, timeoutMs?: number): Promise<void>;
@@ -83,7 +87,14 @@ export async function verifyAgainstLab(r: RenderedEnvironment, labModule?: LabMo
     same(`${h}/${role}.json`, r.files.get(`${h}/${role}.json`), configText(config));
   }
   for (const p of [
-    { role: 'tracker', hosts: ['t1', 't2'], vip: lab.TRACKER_VIP, vrid: 51, port: lab.TRACKER_PORT, reply: 100 },
+    {
+      role: 'tracker',
+      hosts: ['t1', 't2'],
+      vip: lab.TRACKER_VIP,
+      vrid: 51,
+      port: lab.TRACKER_PORT,
+      reply: 100,
+    },
     { role: 'id', hosts: ['i1', 'i2'], vip: lab.ID_VIP, vrid: 52, port: lab.ID_PORT, reply: 101 },
   ])
     for (const c of renderVipPair({
@@ -103,7 +114,11 @@ export async function verifyAgainstLab(r: RenderedEnvironment, labModule?: LabMo
   same('s1/dsm-gluster-steps', r.files.get('s1/dsm-gluster-steps'), glusterStepsScript(steps, lab.VOLUME, 3));
   for (const h of lab.STORAGE_HOSTS) {
     const m = r.files.get(`${h}/mount.json`);
-    same(`${h}/mount.json argv`, m && JSON.stringify(JSON.parse(m).argv), JSON.stringify(lab.labMountArgv(inst, h)));
+    same(
+      `${h}/mount.json argv`,
+      m && JSON.stringify(JSON.parse(m).argv),
+      JSON.stringify(lab.labMountArgv(inst, h)),
+    );
   }
   return diffs;
 }

@@ -12,7 +12,16 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadLab, verifyAgainstLab } from './lab-parity.ts';
@@ -51,7 +60,8 @@ export async function preflight(renderedDir = process.env.DSM_RENDERED_DIR || jo
   const { spec, inputSha256 } = loadEnvSpec('local');
   const r = renderEnvironment(spec, inputSha256);
   // 1. the folder Terraform read is exactly what the renderer makes from dsm.json now
-  if (!existsSync(renderedDir)) problems.push(`${renderedDir} does not exist: run npm run render -w @dsm/terraform`);
+  if (!existsSync(renderedDir))
+    problems.push(`${renderedDir} does not exist: run npm run render -w @dsm/terraform`);
   else {
     const onDisk = new Set(listFiles(renderedDir).map((f) => relative(renderedDir, f)));
     for (const [rel, content] of r.files) {
@@ -106,7 +116,9 @@ async function up(): Promise<number> {
   const t0 = Date.now();
   while (!existsSync(READY)) {
     if (!alive(child.pid as number) || Date.now() - t0 > 300_000) {
-      process.stderr.write(`local-lab: the lab did not come up; ${LOG}:\n${readFileSync(LOG, 'utf8').slice(-3000)}\n`);
+      process.stderr.write(
+        `local-lab: the lab did not come up; ${LOG}:\n${readFileSync(LOG, 'utf8').slice(-3000)}\n`,
+      );
       if (alive(child.pid as number)) process.kill(child.pid as number, 'SIGTERM');
       return 1;
     }
@@ -141,7 +153,12 @@ async function serve(): Promise<void> {
     const r = await c.upload({
       appId: 'tnvideo',
       userId: 'tf-local',
-      source: { size: data.length, open: async function* () { yield data; } },
+      source: {
+        size: data.length,
+        open: async function* () {
+          yield data;
+        },
+      },
     });
     const chunks: Uint8Array[] = [];
     for await (const b of (await c.download(r.ids)).stream) chunks.push(b);
@@ -179,7 +196,9 @@ async function down(): Promise<number> {
   const t0 = Date.now();
   while (alive(pid) && Date.now() - t0 < 90_000) await sleep(200);
   if (alive(pid)) {
-    process.stderr.write(`local-lab: ${pid} did not stop in 90 s; killing it (the next up cleans what is left)\n`);
+    process.stderr.write(
+      `local-lab: ${pid} did not stop in 90 s; killing it (the next up cleans what is left)\n`,
+    );
     process.kill(pid, 'SIGKILL');
   }
   rmSync(PID, { force: true });
@@ -194,18 +213,27 @@ async function status(): Promise<number> {
     out(readFileSync(READY, 'utf8').trim());
     return 0;
   }
-  out(pid ? `local-lab: starting (pid ${pid}, log ${LOG}, since ${statSync(PID).mtime.toISOString()})` : 'local-lab: down');
+  out(
+    pid
+      ? `local-lab: starting (pid ${pid}, log ${LOG}, since ${statSync(PID).mtime.toISOString()})`
+      : 'local-lab: down',
+  );
   return pid ? 0 : 3;
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const cmd = process.argv[2];
-  const run = { up, down, status, check: async () => {
-    const { problems } = await preflight();
-    for (const p of problems) process.stderr.write(`local-lab: ${p}\n`);
-    if (!problems.length) out('local-lab: rendered/local is current and is what the HA lab starts');
-    return problems.length ? 1 : 0;
-  } }[cmd ?? ''];
+  const run = {
+    up,
+    down,
+    status,
+    check: async () => {
+      const { problems } = await preflight();
+      for (const p of problems) process.stderr.write(`local-lab: ${p}\n`);
+      if (!problems.length) out('local-lab: rendered/local is current and is what the HA lab starts');
+      return problems.length ? 1 : 0;
+    },
+  }[cmd ?? ''];
   if (cmd === 'serve') await serve();
   else if (!run) {
     process.stderr.write('usage: local-lab.ts up|down|status|check\n');

@@ -85,11 +85,17 @@ async function keepalivedCheck(spec: EnvSpec, name: string, conf: string, iface:
     );
   }
   lines.push(`exec keepalived -t -f ${f}`);
-  const r = await run('unshare', ['--net', '--mount', '--propagation', 'private', 'sh', '-c', lines.join('\n')], {
-    env: { ...process.env, PATH },
-  }).catch((e: { code?: number | string; stderr?: string; stdout?: string; message: string }) => e);
+  const r = await run(
+    'unshare',
+    ['--net', '--mount', '--propagation', 'private', 'sh', '-c', lines.join('\n')],
+    {
+      env: { ...process.env, PATH },
+    },
+  ).catch((e: { code?: number | string; stderr?: string; stdout?: string; message: string }) => e);
   if ('code' in r && r.code)
-    throw new Error(`keepalived -t rejected ${name} (exit ${r.code}): ${r.stderr || r.message}${r.stdout ?? ''}\n${conf}`);
+    throw new Error(
+      `keepalived -t rejected ${name} (exit ${r.code}): ${r.stderr || r.message}${r.stdout ?? ''}\n${conf}`,
+    );
 }
 
 const SCHEMA_OF: Record<string, Parameters<typeof parseConfig>[0]> = {
@@ -119,7 +125,9 @@ describe.each(ENVS)('environment %s', (env) => {
     for (const [host, h] of r.hosts) {
       const { text, doc } = userDataOf(env, host);
       expect(text.startsWith('#cloud-config\n'), host).toBe(true);
-      expect(Buffer.byteLength(text), `${host}: Hetzner takes at most 32 KiB of user data`).toBeLessThan(32 * 1024);
+      expect(Buffer.byteLength(text), `${host}: Hetzner takes at most 32 KiB of user data`).toBeLessThan(
+        32 * 1024,
+      );
       expect(doc.hostname).toBe(host);
       expect(doc.runcmd).toEqual([['bash', '/usr/local/sbin/dsm-provision']]);
       expect(doc.packages).toEqual(h.packages);
@@ -134,7 +142,9 @@ describe.each(ENVS)('environment %s', (env) => {
     let n = 0;
     for (const [host, h] of r.hosts) {
       if (h.role !== 'tracker' && h.role !== 'id') continue;
-      const conf = userDataOf(env, host).doc.write_files.find((f) => f.path === '/etc/keepalived/keepalived.conf');
+      const conf = userDataOf(env, host).doc.write_files.find(
+        (f) => f.path === '/etc/keepalived/keepalived.conf',
+      );
       expect(conf, host).toBeDefined();
       const pair = h.role === 'tracker' ? spec.trackers : spec.idServers;
       await keepalivedCheck(spec, `${env}-${host}`, conf!.content, pair.interface);

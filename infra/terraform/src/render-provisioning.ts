@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseConfig } from '@dsm/common';
 import { configSchema as gatewaySchema } from '@dsm/gateway';
-import { glusterGroupSteps, type GlusterGroupSteps, pingCheckCommand, renderVipPair } from '@dsm/ha';
+import { type GlusterGroupSteps, glusterGroupSteps, pingCheckCommand, renderVipPair } from '@dsm/ha';
 import { configSchema as idSchema } from '@dsm/id-node';
 import { configSchema as storageSchema } from '@dsm/storage-node';
 import { configSchema as trackerSchema } from '@dsm/tracker-node';
@@ -94,7 +94,8 @@ export function loadEnvSpec(env: string): { spec: EnvSpec; inputSha256: string; 
   const file = join(ENVIRONMENTS_DIR, env, 'dsm.json');
   const bytes = readFileSync(file);
   const spec = parseEnvSpec(JSON.parse(bytes.toString('utf8')), file);
-  if (spec.environment !== env) throw new Error(`${file}: environment is "${spec.environment}", not "${env}"`);
+  if (spec.environment !== env)
+    throw new Error(`${file}: environment is "${spec.environment}", not "${env}"`);
   return { spec, inputSha256: createHash('sha256').update(bytes).digest('hex'), file };
 }
 
@@ -134,7 +135,8 @@ export function runtimeOf(spec: EnvSpec): { node: string; dsm: string } {
 }
 
 const vipAddress = (vip: string) => vip.split('/')[0] as string;
-const fill = (s: string, v: Record<string, string>) => s.replace(/\{(host|volume)\}/g, (_m, k: string) => v[k] ?? '');
+const fill = (s: string, v: Record<string, string>) =>
+  s.replace(/\{(host|volume)\}/g, (_m, k: string) => v[k] ?? '');
 
 // ---- node configs ----------------------------------------------------------------------------
 
@@ -170,7 +172,10 @@ function nodeConfig(role: NodeRole, derived: Record<string, unknown>, extra: Rec
   return out;
 }
 
-export function nodeConfigFor(spec: EnvSpec, host: string): { role: NodeRole; config: Record<string, unknown> } {
+export function nodeConfigFor(
+  spec: EnvSpec,
+  host: string,
+): { role: NodeRole; config: Record<string, unknown> } {
   const h = hostsOf(spec).find((x) => x.name === host);
   if (!h) throw new Error(`no host "${host}"`);
   const t = spec.trackers;
@@ -513,7 +518,10 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
         `GRANT ALL PRIVILEGES ON \`tnv\\_%\`.* TO '${d.mysqlUser}'@'${d.allowFrom}';\nFLUSH PRIVILEGES;\n`,
       '0600',
     );
-    file('/etc/redis/redis.conf.d-dsm', `bind ${h.address} 127.0.0.1\nport ${d.redisPort}\nprotected-mode no\n`);
+    file(
+      '/etc/redis/redis.conf.d-dsm',
+      `bind ${h.address} 127.0.0.1\nport ${d.redisPort}\nprotected-mode no\n`,
+    );
     steps.push(
       'systemctl restart mariadb.service',
       'mysql </etc/dsm/mysql-init.sql',
@@ -531,7 +539,12 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
     hostname: h.name,
     package_update: true,
     packages,
-    write_files: files.map((f) => ({ path: f.path, owner: 'root:root', permissions: f.mode, content: f.content })),
+    write_files: files.map((f) => ({
+      path: f.path,
+      owner: 'root:root',
+      permissions: f.mode,
+      content: f.content,
+    })),
     runcmd: [['bash', '/usr/local/sbin/dsm-provision']],
   };
   const userData =

@@ -111,7 +111,10 @@ export const envSpecSchema = z
     data: z
       .object({
         hosts: hostsMap.refine((h) => Object.keys(h).length === 1, 'the data VM is one host'),
-        mysqlUser: z.string().regex(/^[a-z][a-z0-9_]{0,31}$/).default('dsm'),
+        mysqlUser: z
+          .string()
+          .regex(/^[a-z][a-z0-9_]{0,31}$/)
+          .default('dsm'),
         mysqlPassword: z.string().min(1),
         /** MySQL host pattern the dsm user may connect from, e.g. `10.0.%`. */
         allowFrom: z.string().regex(/^[0-9.%]+$/),
