@@ -1,6 +1,8 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { waitForIdle } from './proc.ts';
 import { type BenchResult, runBench, Scope, SECTIONS, type Section } from './run.ts';
@@ -20,6 +22,8 @@ const USAGE = `usage: npm run bench -- [options]
   --json FILE        also write the results as JSON
   --profile DIR      cluster nodes write V8 CPU profiles into DIR (<role>-<pid>.cpuprofile)
   --wait-idle SEC    first wait up to SEC seconds for the machine to be ≥ 90% idle
+  --from-source      run the cluster from the TypeScript sources through tsx (as \`npm start\`)
+                     instead of the bundle of \`npm run build\` (what production hosts run)
 `;
 
 function fail(msg: string): never {
@@ -39,6 +43,7 @@ const { values } = parseArgs({
     json: { type: 'string' },
     profile: { type: 'string' },
     'wait-idle': { type: 'string' },
+    'from-source': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
   strict: true,
@@ -91,6 +96,16 @@ const waitIdle = int('wait-idle', values['wait-idle'], 0, 0, 24 * 3600);
 let idleBefore: number | null = null;
 if (waitIdle > 0) idleBefore = await waitForIdle(0.9, waitIdle * 1000, log);
 
+let entry: string | undefined;
+if (!values['from-source']) {
+  const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+  entry = join(repo, 'dist', 'dsm.mjs');
+  log(`building ${entry} (npm run build)`);
+  execFileSync(process.execPath, [join(repo, 'cli', 'build.mjs'), entry], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+}
+
 let result: BenchResult | null = null;
 let exitCode = 0;
 try {
@@ -107,6 +122,7 @@ try {
       concurrency: int('concurrency', values.concurrency, 16, 1, 256),
       only,
       profileDir,
+      entry,
       log,
     },
     scope,
@@ -124,7 +140,7 @@ if (result && !interrupted) {
   const m = result.machine;
   const out = [
     '',
-    `dsm benchmark ${m.date}${quick ? ' (--quick)' : ''}`,
+    `dsm benchmark ${m.date}${quick ? ' (--quick)' : ''}; cluster runs ${entry ? 'the bundle (npm run build)' : 'from source (tsx)'}`,
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
     `load average at start: ${m.loadAvgAtStart.join(' ')}` +
       (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),

@@ -40,6 +40,8 @@ export interface BenchOptions {
   only: ReadonlySet<Section>;
   /** When set, the cluster nodes write V8 CPU profiles (see cpu-profile.js) into this folder. */
   profileDir?: string;
+  /** The `dsm` entry the cluster runs: the bundle of `npm run build` (default) or the sources. */
+  entry?: string;
   log(msg: string): void;
 }
 
@@ -260,6 +262,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
 
   log(`starting the cluster in ${clusterDir} (ports ${base}..${base + 2})`);
   const env: Record<string, string> = { DSM_LOG_LEVEL: process.env.DSM_LOG_LEVEL ?? 'warn' };
+  if (o.entry) env.DSM_ENTRY = o.entry;
   if (o.profileDir) {
     env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --import ${PROFILE_PRELOAD}`.trim();
     env.DSM_BENCH_PROFILE_DIR = o.profileDir;

@@ -4,7 +4,14 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-const DSM_BIN = fileURLToPath(new URL('../bin/dsm.js', import.meta.url));
+/**
+ * What each node runs: the `dsm` entry, from source through tsx (cli/bin/dsm.js), or the bundle
+ * of `npm run build` when DSM_ENTRY names it (the bundle sets it for the nodes it starts).
+ */
+function dsmEntry(env?: Record<string, string>): string {
+  const entry = env?.DSM_ENTRY ?? process.env.DSM_ENTRY;
+  return entry ? resolve(entry) : fileURLToPath(new URL('../bin/dsm.js', import.meta.url));
+}
 
 export type Role = 'tracker' | 'id' | 'storage' | 'gateway';
 
@@ -205,10 +212,14 @@ export class Cluster {
     const s = this.spec(name);
     const logFile = join(this.dir, 'logs', `${name}.log`);
     const log = createWriteStream(logFile, { flags: 'a' });
-    const child = spawn(process.execPath, [DSM_BIN, s.role, '--config', this.configFile(name)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...this.#opts.env, DSM_PARENT_PID: String(process.pid) },
-    });
+    const child = spawn(
+      process.execPath,
+      [dsmEntry(this.#opts.env), s.role, '--config', this.configFile(name)],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...this.#opts.env, DSM_PARENT_PID: String(process.pid) },
+      },
+    );
     child.stderr?.pipe(log);
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const [host, port] = String(s.config.listen).split(':') as [string, string];
