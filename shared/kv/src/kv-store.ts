@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode } from '@dsm/common/errors';
 
 /**
  * A small key/value store with millisecond TTLs (Redis semantics). Values are strings.

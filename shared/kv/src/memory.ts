@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode } from '@dsm/common/errors';
 import { checkIncrement, type KvStore, ttlToMs } from './kv-store.ts';
 
 interface Entry {
@@ -8,19 +8,36 @@ interface Entry {
 }
 
 export interface MemoryKvStoreOptions {
-  /** How often expired keys are swept (default 1000 ms). Expiry is also checked on every read. */
+  /**
+   * How often expired keys are swept (default 1000 ms). 0: no timer (a Cloudflare Worker may not
+   * start one outside a request); expired keys are then dropped every `SWEEP_EVERY` writes.
+   * Expiry is also checked on every read.
+   */
   sweepIntervalMs?: number;
 }
 
-/** In-process KvStore (embedded mode, tests). TTLs are honoured on access and by a periodic sweep. */
+/**
+ * In-process KvStore (embedded mode, tests, one Worker isolate). TTLs are honoured on access,
+ * by a periodic sweep and every `SWEEP_EVERY` writes. Runtime-neutral (`@dsm/kv/memory`).
+ */
 export class MemoryKvStore implements KvStore {
   readonly #map = new Map<string, Entry>();
-  readonly #timer: NodeJS.Timeout;
+  readonly #timer: ReturnType<typeof setInterval> | undefined;
+  #writes = 0;
   #closed = false;
 
+  static readonly SWEEP_EVERY = 1000;
+
   constructor(opts: MemoryKvStoreOptions = {}) {
-    this.#timer = setInterval(() => this.#sweep(), opts.sweepIntervalMs ?? 1000);
-    this.#timer.unref();
+    const every = opts.sweepIntervalMs ?? 1000;
+    if (every > 0) {
+      this.#timer = setInterval(() => this.#sweep(), every);
+      (this.#timer as { unref?: () => void }).unref?.();
+    }
+  }
+
+  #wrote(): void {
+    if (++this.#writes % MemoryKvStore.SWEEP_EVERY === 0) this.#sweep();
   }
 
   /** Number of live keys (for tests and metrics). */
@@ -56,6 +73,7 @@ export class MemoryKvStore implements KvStore {
     this.#check();
     const expiresAt = ttlMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + ttlToMs(ttlMs);
     this.#map.set(key, { value: String(value), expiresAt });
+    this.#wrote();
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
@@ -63,6 +81,7 @@ export class MemoryKvStore implements KvStore {
     const ms = ttlToMs(ttlMs);
     if (this.#live(key)) return false;
     this.#map.set(key, { value: String(value), expiresAt: Date.now() + ms });
+    this.#wrote();
     return true;
   }
 
@@ -101,12 +120,13 @@ export class MemoryKvStore implements KvStore {
       throw new DsmError(ErrorCode.BAD_INPUT, `incrBy ${key}: result out of range`);
     if (e) e.value = String(next);
     else this.#map.set(key, { value: String(next), expiresAt: Number.POSITIVE_INFINITY });
+    this.#wrote();
     return next;
   }
 
   async close(): Promise<void> {
     this.#closed = true;
-    clearInterval(this.#timer);
+    if (this.#timer) clearInterval(this.#timer);
     this.#map.clear();
   }
 }
