@@ -1,5 +1,4 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 
 const TICKS_PER_SECOND = 100; // USER_HZ on Linux
 
@@ -37,25 +36,6 @@ export function cpuSplitOf(pids: number[]): CpuTimes {
     sum.sys += t.sys;
   }
   return sum;
-}
-
-function canListen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.once('error', () => resolve(false));
-    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
-  });
-}
-
-/** A base port with `n` free consecutive loopback ports (away from the defaults of `dsm up`). */
-export async function freePortRange(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 30000 + Math.floor(Math.random() * 25000);
-    let ok = true;
-    for (let i = 0; i < n && ok; i++) ok = await canListen(base + i);
-    if (ok) return base;
-  }
-  throw new Error('no free port range found');
 }
 
 function cpuTotals(): { idle: number; total: number } {
