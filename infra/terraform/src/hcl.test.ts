@@ -1,11 +1,11 @@
 /**
- * Offline checks of the Terraform code (no terraform binary here, see README): every .tf file
+ * Offline checks of the Terraform code that need no terraform binary (src/terraform.test.ts runs
+ * the binary: fmt, validate, plan and apply without a network): every .tf file
  * parses (HCL parser of HashiCorp's hcl library, compiled to wasm) and is formatted as hclwrite
  * formats it (what `terraform fmt` is built on); every variable and output has a description
  * and is in its README; module calls pass only declared variables, all required ones, and use
  * only declared outputs; `var.x` references are declared.
  */
-import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { format } from '@cdktf/hcl-tools';
@@ -139,34 +139,6 @@ describe.each([
         (await folder(src as string)).output.has(r[2] as string),
         `module.${r[1]}.${r[2]}: no such output`,
       ).toBe(true);
-    }
-  });
-});
-
-function which(cmd: string): string | null {
-  try {
-    return (
-      execFileSync('sh', ['-c', `command -v ${cmd}`])
-        .toString()
-        .trim() || null
-    );
-  } catch {
-    return null;
-  }
-}
-
-// Neither Debian's packages nor npm ship terraform (or OpenTofu) without downloading it at
-// install time, so this only runs where someone put a terraform binary on PATH (README).
-const TERRAFORM = which('terraform');
-describe.skipIf(!TERRAFORM)('terraform binary', () => {
-  it('terraform fmt -check -recursive', () => {
-    execFileSync(TERRAFORM as string, ['fmt', '-check', '-recursive', TERRAFORM_DIR], { stdio: 'pipe' });
-  });
-  it('terraform validate (environments without providers: local, dev)', () => {
-    for (const env of ['local', 'dev']) {
-      const cwd = join(TERRAFORM_DIR, 'environments', env);
-      execFileSync(TERRAFORM as string, ['init', '-backend=false', '-input=false'], { cwd, stdio: 'pipe' });
-      execFileSync(TERRAFORM as string, ['validate'], { cwd, stdio: 'pipe' });
     }
   });
 });

@@ -1,20 +1,32 @@
 /**
- * The local environment's rendered provisioning is byte-for-byte what the HA tests start in
- * namespaces (test/src/ha/lab.ts): the same node config files, the same keepalived.conf per
- * host, the same GlusterFS steps and the same mount per storage host, from the same renderers.
+ * The local environment's rendered provisioning of a tracker pair, an id pair and a storage
+ * group is byte for byte what the HA tests start in namespaces (test/src/ha/lab.ts): the same
+ * node config files, the same keepalived.conf per host, the same GlusterFS steps and the same
+ * mount per storage host. The lab's side comes from the lab's own methods (src/lab-parity.ts);
+ * the environment's side from dsm.json through the renderer and, for what a host receives, through
+ * the user data as Terraform's templatefile and cloud-init hand it over.
  */
 import { readFileSync } from 'node:fs';
-import { renderVipPair } from '@dsm/ha';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
-import { type LabModule, loadLab, verifyAgainstLab } from './lab-parity.ts';
-import { configText, glusterStepsScript, loadEnvSpec, renderEnvironment } from './render-provisioning.ts';
+import {
+  LAB_FILE,
+  LAB_VIP_SOURCE,
+  type LabModule,
+  labFiles,
+  labMountArgv,
+  labSourceProblems,
+  loadLab,
+  verifyAgainstLab,
+} from './lab-parity.ts';
+import { loadEnvSpec, renderEnvironment } from './render-provisioning.ts';
+import { type EnvSpec, parseEnvSpec } from './spec.ts';
 import { applyTerraformTemplate } from './template.ts';
 
 const { spec, inputSha256 } = loadEnvSpec('local');
 const r = renderEnvironment(spec, inputSha256);
 const lab: LabModule = await loadLab();
-const labInstance = new lab.Lab();
+const want = await labFiles(lab);
 
 /** A file as the host receives it (user data through templatefile, then cloud-init). */
 function delivered(host: string, path: string): string {
@@ -41,87 +53,106 @@ describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
     expect(Object.keys(spec.storageGroups)).toEqual([lab.VOLUME]);
   });
 
-  it('node config files: byte-for-byte what the lab writes before it starts each node', () => {
+  it('node config files: byte for byte what the lab writes before it starts each node (Lab#nodeConfig)', () => {
     for (const h of ['t1', 't2', 'i1', 'i2', 's1', 's2', 's3']) {
-      const { role, config } = labInstance.nodeConfig(h);
-      const labFile = configText(config); // lab.ts: writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`)
+      const role = h.startsWith('t') ? 'tracker' : h.startsWith('i') ? 'id' : 'storage';
+      const labFile = want.get(`${h}/${role}.json`);
+      expect(labFile, h).toBeDefined();
       expect(r.files.get(`${h}/${role}.json`), h).toBe(labFile);
       expect(delivered(h, `/etc/dsm/${role}.json`), h).toBe(labFile);
     }
   });
 
-  it('keepalived.conf: byte-for-byte what the lab renders for each host of both pairs', () => {
-    // the lab's renderVipPair call (Lab.up) with the lab's own constants; its literal options
-    // (vrid, advertIntMs, interface, trackFileDir) are checked against lab.ts's text below
-    const pairs = [
-      {
-        role: 'tracker',
-        hosts: ['t1', 't2'],
-        vip: lab.TRACKER_VIP,
-        vrid: 51,
-        port: lab.TRACKER_PORT,
-        reply: 100,
-      },
-      { role: 'id', hosts: ['i1', 'i2'], vip: lab.ID_VIP, vrid: 52, port: lab.ID_PORT, reply: 101 },
-    ];
-    for (const p of pairs) {
-      const confs = renderVipPair({
-        role: p.role,
-        vip: `${p.vip}/24`,
-        interface: 'eth0',
-        virtualRouterId: p.vrid,
-        nodes: p.hosts.map((h) => ({ name: h, address: lab.ipOf(h) })),
-        checkAddress: `127.0.0.1:${p.port}`,
-        replyCommand: p.reply,
-        advertIntMs: 100,
-        trackFileDir: labInstance.dir,
-      });
-      for (const c of confs) {
-        expect(r.files.get(`${c.name}/keepalived.conf`), c.name).toBe(c.conf);
-        expect(delivered(c.name, '/etc/keepalived/keepalived.conf'), c.name).toBe(c.conf);
-      }
+  it('keepalived.conf: byte for byte what Lab.up renders for each host of both pairs', () => {
+    expect(labSourceProblems()).toEqual([]);
+    for (const h of ['t1', 't2', 'i1', 'i2']) {
+      const labConf = want.get(`${h}/keepalived.conf`);
+      expect(labConf, h).toMatch(/^vrrp_instance /m);
+      expect(r.files.get(`${h}/keepalived.conf`), h).toBe(labConf);
+      expect(delivered(h, '/etc/keepalived/keepalived.conf'), h).toBe(labConf);
     }
-    const src = readFileSync(lab.LAB_FILE, 'utf8');
-    for (const literal of [
-      'vrid: 51',
-      'vrid: 52',
-      "interface: 'eth0'",
-      'advertIntMs: 100,',
-      'trackFileDir: STATE,',
-      'vip: `${p.vip}/24`',
-      'checkAddress: `127.0.0.1:${p.port}`',
-      'reply: Command.TRACKER_REPLY',
-      'reply: Command.ID_REPLY',
-    ])
-      expect(
-        src,
-        `lab.ts no longer has ${literal}: update environments/local/dsm.json and this test`,
-      ).toContain(literal);
   });
 
-  it('GlusterFS steps: the commands the lab runs on s1, in order', () => {
-    const labSteps = labInstance.groupSteps();
-    expect(r.files.get('s1/gluster-steps.json')).toBe(`${JSON.stringify(labSteps, null, 2)}\n`);
+  it('the keepalived mirror notices a change of lab.ts', () => {
+    const src = readFileSync(LAB_FILE, 'utf8');
+    expect(labSourceProblems(src)).toEqual([]);
+    expect(labSourceProblems(src.replace('vrid: 52', 'vrid: 53'))).toHaveLength(1);
+    expect(
+      labSourceProblems(src.replace('advertIntMs: 100,', 'advertIntMs: 100,\n unicast: true,')),
+    ).toHaveLength(1);
+    expect(labSourceProblems(src.replace('reply: Command.ID_REPLY', 'reply: 101'))).toHaveLength(1);
+    expect(labSourceProblems(`${src}\nrenderVipPair({});\n`)).toHaveLength(1);
+    for (const part of LAB_VIP_SOURCE) expect(src.replace(/\s+/g, '')).toContain(part.replace(/\s+/g, ''));
+  });
+
+  it('GlusterFS steps: the commands the lab runs on s1 (Lab#groupSteps), in order', () => {
+    const labSteps = want.get('s1/gluster-steps.json')!;
+    expect(JSON.parse(labSteps).commands.length).toBeGreaterThanOrEqual(5);
+    expect(r.files.get('s1/gluster-steps.json')).toBe(labSteps);
     // the script on s1 runs exactly these argv, in this order (with waits and idempotence guards)
     const script = delivered('s1', '/usr/local/sbin/dsm-gluster-steps');
-    expect(script).toBe(glusterStepsScript(labSteps, lab.VOLUME, 3));
+    expect(script).toBe(want.get('s1/dsm-gluster-steps'));
     let at = 0;
-    for (const c of labSteps.commands) {
+    for (const c of JSON.parse(labSteps).commands as string[][]) {
       const i = script.indexOf(c.join(' '), at);
       expect(i, c.join(' ')).toBeGreaterThan(at);
       at = i;
     }
   });
 
-  it('mount of the group volume on each storage host: the lab’s argv', () => {
+  it('mount of the group volume on each storage host: the argv Lab#mountVolume runs', async () => {
     for (const h of ['s1', 's2', 's3']) {
-      const labArgv = lab.labMountArgv(labInstance, h);
+      const labArgv = await labMountArgv(lab, h);
+      expect(labArgv.slice(0, 3), h).toEqual(['mount', '-t', 'glusterfs']);
+      expect(labArgv.at(-2), h).toBe(`${lab.ipOf(h)}:/${lab.VOLUME}`);
       expect(JSON.parse(r.files.get(`${h}/mount.json`)!).argv, h).toEqual(labArgv);
-      expect(delivered(h, '/usr/local/sbin/dsm-mount-group')).toContain(labArgv.join(' '));
+      expect(delivered(h, '/usr/local/sbin/dsm-mount-group'), h).toContain(
+        `\nretry 120 ${labArgv.join(' ')}\n`,
+      );
     }
   });
 
   it('verifyAgainstLab (what scripts/local-lab.sh runs before it starts anything) finds no difference', async () => {
-    expect(await verifyAgainstLab(r)).toEqual([]);
+    expect(await verifyAgainstLab(r, lab)).toEqual([]);
+  });
+
+  it('verifyAgainstLab reports a local environment that drifted from the lab', async () => {
+    const drift = async (edit: (s: EnvSpec) => void) => {
+      const s = structuredClone(spec);
+      edit(s);
+      return verifyAgainstLab(renderEnvironment(parseEnvSpec(s), 'x'), lab);
+    };
+    expect(
+      await drift((s) => {
+        s.trackers.virtualRouterId = 61;
+      }),
+    ).toEqual(["t1/keepalived.conf differs from the lab's", "t2/keepalived.conf differs from the lab's"]);
+    expect(
+      await drift((s) => {
+        s.idServers.config.step = 20;
+      }),
+    ).toEqual(["i1/id.json differs from the lab's", "i2/id.json differs from the lab's"]);
+    expect(
+      await drift((s) => {
+        s.storageGroups.group001!.brickPath = '/tmp/dsm-halab/{host}/brick';
+      }),
+    ).toEqual([
+      "s1/gluster-steps.json differs from the lab's",
+      "s1/dsm-gluster-steps differs from the lab's",
+    ]);
+    expect(
+      await drift((s) => {
+        delete s.storageGroups.group001!.mountLogFile;
+      }),
+    ).toEqual([
+      "s1/mount.argv differs from the lab's",
+      "s2/mount.argv differs from the lab's",
+      "s3/mount.argv differs from the lab's",
+    ]);
+    expect(
+      await drift((s) => {
+        s.storageGroups.group001!.hosts = { s1: '10.213.0.15', s2: '10.213.0.16', s4: '10.213.0.18' };
+      }),
+    ).toContain('host s3 of the lab is not in the local environment');
   });
 });

@@ -5,9 +5,9 @@
  * the nodes' own schemas and its scripts pass `bash -n`.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { parseConfig } from '@dsm/common';
 import { configSchema as gatewaySchema } from '@dsm/gateway';
@@ -20,10 +20,12 @@ import {
   listEnvironments,
   loadEnvSpec,
   nodeConfigFor,
+  RENDERED_DIR,
   REPO_ROOT,
   type RenderedEnvironment,
   renderEnvironment,
   runtimeOf,
+  TERRAFORM_DIR,
 } from './render-provisioning.ts';
 import { type EnvSpec, parseEnvSpec, SECRET_MARK } from './spec.ts';
 import { applyTerraformTemplate, templateVariables, toTerraformTemplate } from './template.ts';
@@ -48,6 +50,10 @@ interface CloudConfig {
 }
 
 const ENVS = listEnvironments();
+const listFiles = (d: string): string[] =>
+  readdirSync(d, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? listFiles(join(d, e.name)) : [join(d, e.name)],
+  );
 const rendered = new Map<string, { spec: EnvSpec; r: RenderedEnvironment }>();
 for (const env of ENVS) {
   const { spec, inputSha256 } = loadEnvSpec(env);
@@ -175,6 +181,30 @@ describe.each(ENVS)('environment %s', (env) => {
       }
   });
 
+  it('rendered/<env> in the checkout is current: byte for byte what the renderer makes now (or ignored by git)', () => {
+    const dir = join(RENDERED_DIR, env);
+    if (!spec.install) {
+      // the HA lab's Node and checkout paths: every clone renders its own, git does not keep it
+      expect([...r.files.values()].join('\n')).toContain(REPO_ROOT.replace(/\/$/, ''));
+      expect(readFileSync(join(TERRAFORM_DIR, '.gitignore'), 'utf8').split('\n')).toContain(
+        `rendered/${env}/`,
+      );
+      return;
+    }
+    expect(existsSync(dir), `${dir}: run npm run render -w @dsm/terraform -- ${env}`).toBe(true);
+    const onDisk = listFiles(dir)
+      .map((f) => relative(dir, f))
+      .sort();
+    expect(onDisk, `rendered/${env}: files differ; run npm run render -w @dsm/terraform -- ${env}`).toEqual(
+      [...r.files.keys()].sort(),
+    );
+    for (const [rel, content] of r.files)
+      expect(
+        readFileSync(join(dir, rel), 'utf8') === content,
+        `rendered/${env}/${rel} is stale: run npm run render -w @dsm/terraform -- ${env}`,
+      ).toBe(true);
+  });
+
   it('storage configs: every member of a group has the same store path, the group volume mount', () => {
     for (const [g, s] of Object.entries(spec.storageGroups)) {
       const paths = Object.keys(s.hosts).map((h) => JSON.stringify(nodeConfigFor(spec, h).config.storePaths));
@@ -185,7 +215,7 @@ describe.each(ENVS)('environment %s', (env) => {
 });
 
 describe('renderer rules', () => {
-  const base = () => JSON.parse(JSON.stringify(rendered.get('local')!.spec)) as Record<string, any>;
+  const base = (): EnvSpec => structuredClone(rendered.get('local')!.spec);
 
   it('refuses derived keys, unknown keys and bad values in node configs', () => {
     const a = base();
@@ -207,7 +237,7 @@ describe('renderer rules', () => {
     b.idServers.hosts.i2 = '10.213.0.11';
     expect(() => renderEnvironment(parseEnvSpec(b), 'x')).toThrow(/share the address/);
     const c = base();
-    delete c.storageGroups.group001.hosts.s3;
+    delete c.storageGroups.group001!.hosts.s3;
     expect(() => parseEnvSpec(c)).toThrow(/exactly 3 hosts/);
   });
 

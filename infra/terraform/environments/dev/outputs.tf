@@ -18,6 +18,11 @@ output "id_vip" {
   value       = module.id_servers.vip
 }
 
+output "id_endpoint" {
+  description = "`VIP:port` of the id servers (what the storages use)."
+  value       = module.id_servers.endpoint
+}
+
 output "storage_groups" {
   description = "Each storage group: its hosts, volume, mount point and storage addresses."
   value = {
