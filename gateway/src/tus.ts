@@ -229,9 +229,17 @@ export class TusService {
       contentType,
       ...(filename ? { filename } : {}),
     };
-    await this.#putState(id, state);
-    const n = await core.kv.incrBy(K.seq, 1);
-    await core.kv.set(K.idx(n), id);
+    try {
+      await this.#putState(id, state);
+      const n = await core.kv.incrBy(K.seq, 1);
+      await core.kv.set(K.idx(n), id);
+    } catch (e) {
+      // The KV store is down (503): without state nobody could continue or sweep this upload,
+      // so it goes now rather than wait for the storages' own expiry.
+      await core.uploader.abort(ids);
+      await core.kv.del(K.state(id)).catch(() => {});
+      throw e;
+    }
     core.log.info({ uploadId: id, length, group: state.group }, 'tus upload created');
 
     const headers: Record<string, string> = {

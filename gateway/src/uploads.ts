@@ -17,6 +17,14 @@ export interface StoredFile {
   stat: FileStat;
 }
 
+/** The retry of an upload whose body was already (partly) sent: the first failure is the answer. */
+export class BodyNotReplayable extends DsmError {
+  constructor() {
+    super(ErrorCode.IO, 'the storage failed during the upload and the body cannot be replayed');
+    this.name = 'BodyNotReplayable';
+  }
+}
+
 /**
  * A request body can be read once. The client library re-opens an upload source to retry on
  * another storage; that is fine before the first byte was taken, and refused after.
@@ -26,12 +34,7 @@ export function oneShot(body: AsyncIterable<Uint8Array>, size: number): UploadSo
   return {
     size,
     open() {
-      if (opened) {
-        throw new DsmError(
-          ErrorCode.IO,
-          'the storage failed during the upload and the body cannot be replayed',
-        );
-      }
+      if (opened) throw new BodyNotReplayable();
       opened = true;
       return body;
     },
@@ -75,13 +78,22 @@ export class Uploader {
     contentType: string,
     body: AsyncIterable<Uint8Array>,
   ): Promise<StoredFile> {
-    const r = await this.client.upload({
-      appId: p.appId,
-      userId: p.userId,
-      contentType,
-      source: oneShot(exactLength(body, size), size),
-    });
-    return { publicId: r.publicId, ids: r.ids, stat: r.stat };
+    const ids: FileIds = { appId: p.appId, userId: p.userId, fileId: newFileId() };
+    const source = oneShot(exactLength(body, size), size);
+    // A retry after the body was taken cannot be made; then the storage's failure that caused it
+    // (e.g. errno DB_UNAVAILABLE while its database is down) is the answer, not the refusal.
+    let storageFailure: unknown;
+    try {
+      const stat = await this.onGroup(ids, (a) =>
+        this.client.storage.uploadExt(a, ids, contentType, source).catch((e: unknown) => {
+          if (!(e instanceof BodyNotReplayable)) storageFailure = e;
+          throw e;
+        }),
+      );
+      return { publicId: encodePublicId(ids), ids, stat };
+    } catch (e) {
+      throw e instanceof BodyNotReplayable && storageFailure !== undefined ? storageFailure : e;
+    }
   }
 
   /**

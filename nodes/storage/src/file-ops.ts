@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
-import { type FileTableName, isUniqueViolation } from '@dsm/db';
+import { type FileTableName, isOutcomeUnknown, isUniqueViolation } from '@dsm/db';
 import {
   decodeDownloadRequest,
   decodeIdsRequest,
@@ -152,12 +152,23 @@ export async function placeFinal(
   }
 }
 
-/** Records a new file; on failure the file is removed again. */
+/**
+ * Records a new file; on failure the file is removed again, unless the database was lost after
+ * the INSERT was sent: then the row may exist, and a row must never point at a missing file,
+ * so the file stays (at worst a file without a row, which costs only space).
+ */
 export async function recordFile(env: StorageEnv, meta: FileMeta, undo: () => Promise<void>): Promise<void> {
   try {
     await env.meta.insert(meta);
   } catch (e) {
-    await undo().catch((u) => env.log.error({ err: u, path: meta.path }, 'cannot undo a failed upload'));
+    if (isOutcomeUnknown(e)) {
+      env.log.warn(
+        { err: (e as Error).message, fileId: meta.fileId, path: meta.path },
+        'database lost during the INSERT; the file is kept in case the row was written',
+      );
+    } else {
+      await undo().catch((u) => env.log.error({ err: u, path: meta.path }, 'cannot undo a failed upload'));
+    }
     if (isUniqueViolation(e)) throw exists(meta.fileId);
     throw dbFailure(e, `INSERT Database Fail, Fileid: ${meta.fileId}`);
   }

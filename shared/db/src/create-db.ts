@@ -2,8 +2,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
 import Database from 'better-sqlite3';
-import { Kysely, MysqlDialect, SqliteDialect } from 'kysely';
-import { createPool, type PoolOptions, type TypeCast } from 'mysql2';
+import { Kysely, MysqlDialect, type MysqlPool, type MysqlPoolConnection, SqliteDialect } from 'kysely';
+import { createPool, type Pool, type PoolConnection, type PoolOptions, type TypeCast } from 'mysql2';
 import { createConnection } from 'mysql2/promise';
 import type { Schema } from './schema.ts';
 
@@ -19,9 +19,24 @@ export interface DbHandle {
 export interface CreateDbOptions {
   /** MySQL pool size (default 10). */
   connectionLimit?: number;
-  /** MySQL connect timeout in ms (default 5000). */
+  /** MySQL connect timeout in ms (default: the URL's `connectTimeoutMs`, else 5000). */
   connectTimeoutMs?: number;
+  /**
+   * MySQL: longest wait for the answer to a statement (default: the URL's `queryTimeoutMs`,
+   * else 10000). A statement that gets no answer in time fails as "database unavailable" and
+   * its connection is dropped, so a frozen server or a silent network cannot hang requests.
+   * DDL and GET_LOCK (migrations) are not limited.
+   */
+  queryTimeoutMs?: number;
+  /**
+   * MySQL: longest wait for a pooled connection (all busy, or a new one connecting); default:
+   * the URL's `acquireTimeoutMs`, else the larger of queryTimeoutMs and connectTimeoutMs + 1 s.
+   */
+  acquireTimeoutMs?: number;
 }
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+export const DEFAULT_QUERY_TIMEOUT_MS = 10_000;
 
 export const SQLITE_BUSY_TIMEOUT_MS = 10_000;
 
@@ -31,7 +46,13 @@ export interface MysqlUrlParts {
   user: string;
   password: string;
   database: string;
+  /** `?connectTimeoutMs=N&queryTimeoutMs=N&acquireTimeoutMs=N` (see CreateDbOptions). */
+  connectTimeoutMs?: number;
+  queryTimeoutMs?: number;
+  acquireTimeoutMs?: number;
 }
+
+const URL_TIMEOUTS = ['connectTimeoutMs', 'queryTimeoutMs', 'acquireTimeoutMs'] as const;
 
 export type ParsedDbUrl = { dialect: 'sqlite'; path: string } | ({ dialect: 'mysql' } & MysqlUrlParts);
 
@@ -77,6 +98,16 @@ export function parseDbUrl(url: string): ParsedDbUrl {
     }
     const user = decodeURIComponent(p.username);
     if (!user) throw configError(u, 'no user');
+    const timeouts: Partial<Record<(typeof URL_TIMEOUTS)[number], number>> = {};
+    for (const k of URL_TIMEOUTS) {
+      const v = p.searchParams.get(k);
+      if (v === null) continue;
+      const n = Number(v);
+      if (!/^\d+$/.test(v) || n < 1 || n > 3_600_000) {
+        throw configError(u, `${k} must be a whole number of milliseconds (1 to 3600000)`);
+      }
+      timeouts[k] = n;
+    }
     return {
       dialect: 'mysql',
       host: p.hostname.replace(/^\[(.*)\]$/, '$1'),
@@ -84,6 +115,7 @@ export function parseDbUrl(url: string): ParsedDbUrl {
       user,
       password: decodeURIComponent(p.password),
       database,
+      ...timeouts,
     };
   }
   throw configError(u, 'unknown scheme');
@@ -120,8 +152,74 @@ const bigintAsNumber: TypeCast = (field, next) => {
   return next();
 };
 
+/** Statements without a time limit: DDL (migrations of big tables) and GET_LOCK (waits by design). */
+const UNLIMITED_SQL = /^\s*(create|alter|drop|rename|truncate)\b|\bget_lock\s*\(/i;
+
+/** The error of a pool that had no connection to give within the acquire timeout. */
+export const ACQUIRE_TIMEOUT_CODE = 'DSM_DB_ACQUIRE_TIMEOUT';
+
+/**
+ * The mysql2 pool as Kysely sees it, with time limits: waiting for a connection is bounded by
+ * `acquireTimeoutMs`, each statement (but DDL and GET_LOCK) by `queryTimeoutMs`. mysql2 leaves
+ * a connection whose statement timed out in use (a later statement would queue behind the
+ * unanswered one), so such a connection is destroyed: the pool opens a fresh one next time.
+ * Without this a server that stops answering (SIGSTOP, a silent network) hangs every request
+ * until TCP gives up, minutes later.
+ */
+function guardPool(pool: Pool, queryTimeoutMs: number, acquireTimeoutMs: number): MysqlPool {
+  const wrappers = new WeakMap<PoolConnection, MysqlPoolConnection>();
+  const wrap = (conn: PoolConnection): MysqlPoolConnection => {
+    let w = wrappers.get(conn);
+    if (!w) {
+      type Cb = (error: unknown, result: never) => void;
+      const query = (sqlText: string, parameters: unknown[], cb?: Cb) => {
+        if (!cb)
+          return conn.query(sqlText, parameters) as unknown as ReturnType<MysqlPoolConnection['query']>;
+        const timeout = UNLIMITED_SQL.test(sqlText) ? undefined : queryTimeoutMs;
+        conn.query({ sql: sqlText, timeout }, parameters, (err: unknown, result: unknown) => {
+          if ((err as { code?: unknown } | null)?.code === 'PROTOCOL_SEQUENCE_TIMEOUT') conn.destroy();
+          cb(err, result as never);
+        });
+        return undefined;
+      };
+      w = { query, release: () => conn.release() } as MysqlPoolConnection;
+      wrappers.set(conn, w);
+    }
+    return w;
+  };
+  return {
+    getConnection(callback) {
+      let settled = false;
+      const timer = setTimeout(() => {
+        settled = true;
+        const e = new Error(`timed out waiting for a database connection (${acquireTimeoutMs} ms)`);
+        (e as Error & { code: string }).code = ACQUIRE_TIMEOUT_CODE;
+        callback(e, undefined as unknown as MysqlPoolConnection);
+      }, acquireTimeoutMs);
+      pool.getConnection((err, conn) => {
+        if (settled) {
+          // too late: the caller has been answered; hand the connection back
+          if (!err) conn.release();
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        if (err) callback(err, undefined as unknown as MysqlPoolConnection);
+        else callback(null, wrap(conn));
+      });
+    },
+    end(callback) {
+      pool.end(callback);
+    },
+  };
+}
+
 /** Creates the database (utf8mb4) if it does not exist, on a short-lived connection. */
-async function ensureMysqlDatabase(p: MysqlUrlParts, connectTimeout: number): Promise<void> {
+async function ensureMysqlDatabase(
+  p: MysqlUrlParts,
+  connectTimeout: number,
+  queryTimeoutMs: number,
+): Promise<void> {
   const conn = await createConnection({
     host: p.host,
     port: p.port,
@@ -130,12 +228,16 @@ async function ensureMysqlDatabase(p: MysqlUrlParts, connectTimeout: number): Pr
     connectTimeout,
   });
   try {
-    await conn.query(
-      `CREATE DATABASE IF NOT EXISTS \`${p.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
-    );
-  } finally {
-    await conn.end().catch(() => conn.destroy());
+    await conn.query({
+      sql: `CREATE DATABASE IF NOT EXISTS \`${p.database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+      timeout: queryTimeoutMs,
+    });
+  } catch (e) {
+    // a polite QUIT would queue behind the unanswered statement
+    conn.destroy();
+    throw e;
   }
+  await conn.end().catch(() => conn.destroy());
 }
 
 /**
@@ -170,7 +272,10 @@ export function createDb(url: string, opts: CreateDbOptions = {}): DbHandle {
       },
     };
   }
-  const connectTimeout = opts.connectTimeoutMs ?? 5000;
+  const connectTimeout = opts.connectTimeoutMs ?? parsed.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  const queryTimeoutMs = opts.queryTimeoutMs ?? parsed.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS;
+  const acquireTimeoutMs =
+    opts.acquireTimeoutMs ?? parsed.acquireTimeoutMs ?? Math.max(queryTimeoutMs, connectTimeout + 1000);
   const connectionLimit = opts.connectionLimit ?? 10;
   if (!Number.isInteger(connectionLimit) || connectionLimit < 1) {
     throw new DsmError(
@@ -198,8 +303,8 @@ export function createDb(url: string, opts: CreateDbOptions = {}): DbHandle {
     dialect: new MysqlDialect({
       pool: async () => {
         if (closed) throw closedError();
-        await ensureMysqlDatabase(parsed, connectTimeout);
-        return createPool(poolOptions);
+        await ensureMysqlDatabase(parsed, connectTimeout, queryTimeoutMs);
+        return guardPool(createPool(poolOptions), queryTimeoutMs, acquireTimeoutMs);
       },
     }),
   });

@@ -1,3 +1,4 @@
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
 import { Errno } from '@dsm/packets';
@@ -5,12 +6,14 @@ import { type Backend, mariadbBackend, rejection, sqliteBackend } from '@dsm/tes
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  ACQUIRE_TIMEOUT_CODE,
   createDb,
   type DbDialect,
   type DbHandle,
   type DbRole,
   dbError,
   isDbUnavailable,
+  isOutcomeUnknown,
   isUniqueViolation,
   migrate,
   migrationTableName,
@@ -245,6 +248,66 @@ describe('@dsm/db URLs and unavailability', () => {
       expect((m as DsmError).code).toBe(ErrorCode.DB_UNAVAILABLE);
     } finally {
       await x.close();
+    }
+  });
+
+  it('a server that accepts but never answers fails within the connect timeout', async () => {
+    const silent = createServer(() => {});
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const port = (silent.address() as AddressInfo).port;
+    const x = createDb(`mysql://root@127.0.0.1:${port}/dsm_never?connectTimeoutMs=300`);
+    try {
+      const started = Date.now();
+      const e = await rejection(sql`SELECT 1`.execute(x.db));
+      expect(Date.now() - started).toBeLessThan(3000);
+      expect(isDbUnavailable(e)).toBe(true);
+    } finally {
+      await x.close();
+      silent.close();
+    }
+  });
+
+  it('mysql URLs carry time limits; bad ones are config errors', () => {
+    expect(
+      parseDbUrl('mysql://root@h:3306/dsm?connectTimeoutMs=1500&queryTimeoutMs=3000&acquireTimeoutMs=4000'),
+    ).toEqual({
+      dialect: 'mysql',
+      host: 'h',
+      port: 3306,
+      user: 'root',
+      password: '',
+      database: 'dsm',
+      connectTimeoutMs: 1500,
+      queryTimeoutMs: 3000,
+      acquireTimeoutMs: 4000,
+    });
+    for (const q of [
+      'queryTimeoutMs=0',
+      'queryTimeoutMs=abc',
+      'connectTimeoutMs=1.5',
+      'acquireTimeoutMs=-1',
+    ]) {
+      let e: unknown;
+      try {
+        createDb(`mysql://root@h/dsm?${q}`);
+      } catch (x) {
+        e = x;
+      }
+      expect(e, q).toBeInstanceOf(DsmError);
+      expect((e as DsmError).code, q).toBe(ErrorCode.CONFIG);
+    }
+    expect(
+      isDbUnavailable(
+        Object.assign(new Error('Query inactivity timeout'), { code: 'PROTOCOL_SEQUENCE_TIMEOUT' }),
+      ),
+    ).toBe(true);
+    expect(isDbUnavailable(Object.assign(new Error('x'), { code: ACQUIRE_TIMEOUT_CODE }))).toBe(true);
+    // lost after sending: maybe applied; refused / no connection / an error reply: certainly not
+    const err = (code: string) => Object.assign(new Error(code), { code });
+    expect(isOutcomeUnknown(err('PROTOCOL_SEQUENCE_TIMEOUT'))).toBe(true);
+    expect(isOutcomeUnknown(new Error('x', { cause: err('PROTOCOL_CONNECTION_LOST') }))).toBe(true);
+    for (const c of ['ECONNREFUSED', ACQUIRE_TIMEOUT_CODE, 'ER_DUP_ENTRY', 'ER_SERVER_SHUTDOWN']) {
+      expect(isOutcomeUnknown(err(c)), c).toBe(false);
     }
   });
 

@@ -68,6 +68,8 @@ const UNAVAILABLE_CODES = new Set([
   'ER_QUERY_INTERRUPTED',
   'ER_LOCK_WAIT_TIMEOUT',
   'ER_CLIENT_INTERACTION_TIMEOUT',
+  // createDb's pool: no connection within acquireTimeoutMs
+  'DSM_DB_ACQUIRE_TIMEOUT',
 ]);
 
 // MySQL server errnos of the codes above, for errors whose `code` was lost.
@@ -81,6 +83,8 @@ const UNAVAILABLE_MESSAGES = [
   'connection lost',
   'the database connection is not open',
   'connect etimedout',
+  'query inactivity timeout',
+  'timed out waiting for a database connection',
   'timed out waiting for the migration lock',
 ];
 
@@ -107,6 +111,27 @@ export function isDbUnavailable(e: unknown): boolean {
     }
     const msg = str(x.message).toLowerCase();
     return UNAVAILABLE_MESSAGES.some((m) => msg.includes(m));
+  });
+}
+
+// Lost after the statement may have reached the server (no error reply was read).
+const OUTCOME_UNKNOWN_CODES = new Set([
+  'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
+  'ECONNRESET',
+  'EPIPE',
+]);
+
+/**
+ * The connection was lost, or the answer timed out, after a statement was sent: it may or may
+ * not have been applied. (An error reply from the server, or a failure to connect, is not
+ * this: the statement was then certainly not applied.) Callers that undo side effects when a
+ * write fails should not undo them for such a failure.
+ */
+export function isOutcomeUnknown(e: unknown): boolean {
+  return chain(e).some((x) => {
+    if (x instanceof DsmError) return false;
+    return OUTCOME_UNKNOWN_CODES.has(str(x.code)) || str(x.message).toLowerCase().includes('connection lost');
   });
 }
 
