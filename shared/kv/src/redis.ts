@@ -1,5 +1,6 @@
+import { createRequire } from 'node:module';
 import { DsmError, ErrorCode } from '@dsm/common';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { checkIncrement, type KvStore, ttlToMs } from './kv-store.ts';
 
 export interface RedisKvStoreOptions {
@@ -8,6 +9,10 @@ export interface RedisKvStoreOptions {
   /** Per-command timeout (default 2000 ms). */
   commandTimeoutMs?: number;
 }
+
+/** ioredis loads on first use: a node on the in-process cache never loads it (about 20 MiB). */
+const lazy = createRequire(import.meta.url);
+const redisDriver = () => lazy('ioredis') as typeof import('ioredis');
 
 const DEL_IF_VALUE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
@@ -55,7 +60,8 @@ export class RedisKvStore implements KvStore {
     this.prefix = prefix;
     this.#where = `${parsed.hostname}:${parsed.port || 6379}`;
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 2000;
-    this.#redis = new Redis(url, {
+    const { Redis: RedisClient } = redisDriver();
+    this.#redis = new RedisClient(url, {
       lazyConnect: true,
       maxRetriesPerRequest: 1,
       enableOfflineQueue: false,
