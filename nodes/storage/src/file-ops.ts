@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode } from '@dsm/common';
 import { type FileTableName, isOutcomeUnknown, isUniqueViolation } from '@dsm/db';
@@ -269,19 +269,31 @@ async function lookupDb(env: StorageEnv, table: FileTableName, fileId: string): 
 const badPath = (fileId: string) =>
   new DsmError(ErrorCode.IO, `Invalid File Path, Fileid: ${fileId}`, Errno.INTERNAL);
 
-/** Opens a recorded file, refusing any path outside the store folders. Raw fs errors pass. */
+/**
+ * Opens a recorded file, refusing any path outside the store folders. Raw fs errors pass.
+ * The check is made on the file actually opened (its /proc/self/fd link: one syscall instead of
+ * a realpath walk, and no window between check and open); where /proc is missing, realpath.
+ */
 async function openRecorded(env: StorageEnv, m: FileMeta): Promise<FileHandle> {
   const abs = env.stores.resolveRecorded(m.path);
   if (!abs) {
     env.log.error({ fileId: m.fileId, path: m.path }, 'recorded path is outside the store folders');
     throw badPath(m.fileId);
   }
-  const real = await env.stores.realInside(abs);
-  if (!real) {
+  const fh = await open(abs, 'r');
+  let real: string | null;
+  try {
+    real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => realpath(abs));
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
+  if (!env.stores.isRealInside(real)) {
+    await fh.close().catch(() => {});
     env.log.error({ fileId: m.fileId, path: m.path }, 'recorded path leads outside the store folders');
     throw badPath(m.fileId);
   }
-  return open(real, 'r');
+  return fh;
 }
 
 /**

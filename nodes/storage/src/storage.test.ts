@@ -1,6 +1,15 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -366,6 +375,19 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       await sc.delete(addr(a), idsFor(id, 'tnv002')); // the row goes; nothing outside is touched
     }
     expect(existsSync('/etc/passwd')).toBe(true);
+
+    // a symlink inside a store that leads outside it: refused on the file actually opened
+    const link = join(folder, 'LINK_OUT');
+    symlinkSync('/etc/passwd', link);
+    const linked = newFileId();
+    await dbh.db
+      .insertInto(table)
+      .values({ id: linked, appid: APP, userid: 'tnv002', status: 0, file_path: link, file_size: 10 })
+      .execute();
+    const e = await caught(sc.download(addr(a), { ...idsFor(linked, 'tnv002'), offset: 0, size: 0 }));
+    expect(e.errno).toBe(Errno.INTERNAL);
+    expect(e.message).toContain('Invalid File Path');
+    rmSync(link);
   });
 
   it('refuses bad file ids and app ids with an error reply and keeps serving', async () => {

@@ -83,9 +83,8 @@ export class Stores {
     return this.indexOf(abs) >= 0 ? abs : null;
   }
 
-  /** The real path of `absPath`, if it still lies inside a store after resolving symlinks. */
-  async realInside(absPath: string): Promise<string | null> {
-    const real = await realpath(absPath);
-    return this.#real.some((root) => isInside(root, real) && real !== root) ? real : null;
+  /** Whether a real (symlink-free) path lies inside one of the stores. */
+  isRealInside(real: string): boolean {
+    return this.#real.some((root) => isInside(root, real) && real !== root);
   }
 }
