@@ -121,6 +121,16 @@ export async function serveFile(
     );
   }
   const route = opts.route;
+  if (length <= SMALL_BODY_BYTES) {
+    // A small body is read whole before the reply: one write instead of a stream, and a storage
+    // failure midway is still a clean 502 problem rather than a cut-off 200.
+    const bytes = await readSmallBody(reply.stream, length).catch((e: unknown) => {
+      core.log.warn({ err: e, fileId: ids.fileId }, 'download failed');
+      throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
+    });
+    core.metrics?.bytesOut(route, length);
+    return new Response(bytes, { status, headers });
+  }
   const body = toReadableStream(
     reply.stream,
     (n) => core.metrics?.bytesOut(route, n),
@@ -130,6 +140,24 @@ export async function serveFile(
     },
   );
   return new Response(body, { status, headers });
+}
+
+/** Bodies up to this size are read whole and sent in one piece (see serveFile). */
+const SMALL_BODY_BYTES = 64 * 1024;
+
+async function readSmallBody(
+  stream: AsyncIterable<Uint8Array>,
+  length: number,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for await (const chunk of stream) {
+    if (at + chunk.length > length) throw new Error(`the storage sent more than ${length} bytes`);
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  if (at !== length) throw new Error(`the storage sent ${at} of ${length} bytes`);
+  return out;
 }
 
 export async function fileMeta(core: GatewayCore, c: Context, publicId: string): Promise<Response> {
