@@ -27,7 +27,7 @@ import {
   type UploadOffsetReply,
 } from '@dsm/packets';
 import type { StreamReply } from './connection.ts';
-import { randomStart, tryEach } from './failover.ts';
+import { isRetryableOnTracker, randomStart, tryEach } from './failover.ts';
 import type { Pool } from './pool.ts';
 
 /** Replies up to this size are read whole (group list, status JSON). */
@@ -69,6 +69,7 @@ export class TrackerClient {
       (a) =>
         this.pool.use(a, (c) => c.request(command, body, Command.TRACKER_REPLY, bufferedUpTo(max)), true),
       randomStart(this.trackers.length),
+      isRetryableOnTracker,
     );
   }
 

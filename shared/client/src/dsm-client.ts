@@ -1,7 +1,7 @@
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import type { Address, AddrsReply, FileIds, FileStat } from '@dsm/packets';
+import { type Address, type AddrsReply, Errno, type FileIds, type FileStat } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
-import type { StreamReply } from './connection.ts';
+import type { RemoteError, StreamReply } from './connection.ts';
 import { isRetryable, tryEach } from './failover.ts';
 import { newFileId } from './file-id.ts';
 import { Pool, type PoolOptions } from './pool.ts';
@@ -72,15 +72,41 @@ export class DsmClient {
     }
   }
 
+  /**
+   * Uploads to one of the user's storages, trying the next one on a retryable failure. When the
+   * client chose the file id itself (or `freshFileId` says the caller made `fileId` with
+   * `newFileId()` for this upload alone), "id exists" on a retry can only mean that an earlier
+   * attempt of this call was stored although its reply was lost (the storage was killed or the
+   * reply timed out after the commit): the upload then succeeded, and its stat is returned when
+   * the stored size matches.
+   */
   async upload(
-    req: { appId: string; userId: string; fileId?: string; contentType?: string; source: UploadSource },
+    req: {
+      appId: string;
+      userId: string;
+      fileId?: string;
+      freshFileId?: boolean;
+      contentType?: string;
+      source: UploadSource;
+    },
     onProgress?: (sent: number) => void,
   ): Promise<UploadResult> {
     const ids: FileIds = { appId: req.appId, userId: req.userId, fileId: req.fileId ?? newFileId() };
+    const ownId = req.fileId === undefined || req.freshFileId === true;
     let group = '';
-    const stat = await this.#onStorages(ids.appId, ids.userId, (a, g) => {
+    let attempts = 0;
+    const stat = await this.#onStorages(ids.appId, ids.userId, async (a, g) => {
       group = g;
-      return this.storage.uploadExt(a, ids, req.contentType ?? '', req.source, onProgress);
+      attempts++;
+      try {
+        return await this.storage.uploadExt(a, ids, req.contentType ?? '', req.source, onProgress);
+      } catch (e) {
+        const errno = (e as { errno?: number; remote?: boolean }).remote ? (e as RemoteError).errno : -1;
+        if (!ownId || attempts < 2 || errno !== Errno.EXISTS) throw e;
+        const st = await this.storage.stat(a, ids).catch(() => null);
+        if (st?.size !== req.source.size) throw e;
+        return st;
+      }
     });
     return { publicId: encodePublicId(ids), ids, group, stat };
   }

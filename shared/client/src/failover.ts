@@ -21,6 +21,17 @@ export function isRetryable(e: unknown): boolean {
   );
 }
 
+/**
+ * Errors after which a tracker request may go to another tracker: the above, and "no storage"
+ * (NO_STORAGE), since each tracker knows the storages only from their own heartbeats to it: a
+ * tracker that has just restarted has no live storage until they beat again, while the other
+ * tracker still knows them all.
+ */
+export function isRetryableOnTracker(e: unknown): boolean {
+  const err = e as { errno?: number; remote?: boolean };
+  return isRetryable(e) || (err?.remote === true && err.errno === Errno.NO_STORAGE);
+}
+
 /** Random start index from a real random source (the seed reseeded its PRNG every second). */
 export function randomStart(n: number): number {
   if (n <= 1) return 0;
@@ -37,6 +48,7 @@ export async function tryEach<T>(
   addrs: readonly Address[],
   fn: (a: Address) => Promise<T>,
   start = 0,
+  retryable: (e: unknown) => boolean = isRetryable,
 ): Promise<T> {
   let last: unknown = new Error('no addresses to try');
   for (let i = 0; i < addrs.length; i++) {
@@ -45,7 +57,7 @@ export async function tryEach<T>(
       return await fn(a);
     } catch (e) {
       last = e;
-      if (!isRetryable(e)) throw e;
+      if (!retryable(e)) throw e;
     }
   }
   throw last;
