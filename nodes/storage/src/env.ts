@@ -37,8 +37,32 @@ export function checkAppId(appId: string): void {
 export const notFound = (fileId: string) =>
   new DsmError(ErrorCode.NOT_FOUND, `Read Database Fail, Fileid: ${fileId}`, Errno.NOT_FOUND);
 
+/** Why a store operation failed, for the error reply: the system error's code, never its path. */
+const STORE_ERRORS: Readonly<Record<string, string>> = {
+  EROFS: 'store is read-only',
+  ENOTCONN: 'store not connected',
+  EIO: 'store I/O error',
+  ENOSPC: 'no space left on the store',
+  EDQUOT: 'store quota exceeded',
+  ESTALE: 'stale store handle',
+  EACCES: 'permission denied on the store',
+};
+
+function causeNote(cause: unknown): string {
+  if (typeof cause !== 'object' || cause === null || !('syscall' in cause)) return '';
+  const code = (cause as { code?: unknown }).code;
+  if (typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) return '';
+  const why = STORE_ERRORS[code];
+  return why ? ` (${code}: ${why})` : ` (${code})`;
+}
+
+/**
+ * An I/O failure (errno IO_ERROR). The seed's text comes first; when the cause is a system
+ * error its code follows, e.g. "Receive and Save File Fail, Fileid: X (EROFS: store is
+ * read-only)" from a GlusterFS member that lost its quorum, so the client sees why.
+ */
 export const ioFailure = (message: string, cause?: unknown) =>
-  new DsmError(ErrorCode.IO, message, Errno.IO_ERROR, { cause });
+  new DsmError(ErrorCode.IO, `${message}${causeNote(cause)}`, Errno.IO_ERROR, { cause });
 
 export const exists = (fileId: string) =>
   new DsmError(ErrorCode.EXISTS, `INSERT Database Fail, Fileid: ${fileId}`, Errno.EXISTS);

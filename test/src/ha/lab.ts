@@ -17,6 +17,7 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
+  cpSync,
   existsSync,
   mkdirSync,
   openSync,
@@ -45,6 +46,8 @@ const ENV = { ...process.env, PATH, DSM_LAB_HOSTS: LAB_HOSTS };
 const LOCK = '/run/dsm-halab.lock';
 const MNTNS = '/run/dsm-halab-mnt';
 const STATE = '/tmp/dsm-halab';
+/** Logs of the last run are copied here at teardown. */
+export const LAST_LOGS = '/tmp/dsm-halab-last-logs';
 const GSYNCD = '/usr/lib/x86_64-linux-gnu/glusterfs/gsyncd';
 
 export const HOSTS = ['t1', 't2', 'i1', 'i2', 's1', 's2', 's3', 'c'] as const;
@@ -294,7 +297,7 @@ export class Lab {
   }
 
   /** Starts (or restarts) the dsm node of host `h` and waits for its ready line. */
-  async startNode(h: Host, timeoutMs = 30_000): Promise<void> {
+  async startNode(h: Host, timeoutMs = 60_000): Promise<void> {
     const { name, role, config } = this.nodeConfig(h);
     const configFile = join(STATE, `${name}.json`);
     writeFileSync(configFile, `${JSON.stringify(config, null, 2)}\n`);
@@ -408,6 +411,19 @@ export class Lab {
     }
   }
 
+  /**
+   * Puts a VIP host back as a scenario expects to find it, whatever an earlier failed scenario
+   * left: link and cable up, keepalived and the dsm node running.
+   */
+  async restoreVipHost(h: Host): Promise<void> {
+    await this.linkUp(h);
+    await this.uncut(h);
+    const vpid = join(STATE, `keepalived-${h}.vpid`);
+    if (!pidAlive(existsSync(vpid) ? Number(readFileSync(vpid, 'utf8')) : 0))
+      await this.startKeepalivedAfterCrash(h);
+    if (!this.nodes.get(h)?.child) await this.startNode(h);
+  }
+
   /** Lab hosts whose eth0 holds `vip` now. */
   vipHolders(vip: string): Host[] {
     return HOSTS.filter((h) =>
@@ -421,6 +437,54 @@ export class Lab {
 
   async uncut(h: Host): Promise<void> {
     await sh('ip', ['-n', 'dsm-sw', 'link', 'set', `v-${h}`, 'up']);
+  }
+
+  /**
+   * Cuts the network between storage host `h` and the other members of its group, and nothing
+   * else: blackhole routes to the other members in `h`, and to `h` in each of them. Packets of
+   * open connections vanish silently (GlusterFS notices through network.ping-timeout), new
+   * connections fail at once (EINVAL). Clients, trackers and id servers still reach every host.
+   */
+  async cutGroup(h: StorageHost): Promise<void> {
+    for (const o of STORAGE_HOSTS) {
+      if (o === h) continue;
+      await sh('ip', ['-n', ns(h), 'route', 'replace', 'blackhole', `${ipOf(o)}/32`]);
+      await sh('ip', ['-n', ns(o), 'route', 'replace', 'blackhole', `${ipOf(h)}/32`]);
+    }
+  }
+
+  /** Undoes `cutGroup(h)`. */
+  async uncutGroup(h: StorageHost): Promise<void> {
+    for (const o of STORAGE_HOSTS) {
+      if (o === h) continue;
+      shSync('ip', ['-n', ns(h), 'route', 'del', 'blackhole', `${ipOf(o)}/32`]);
+      shSync('ip', ['-n', ns(o), 'route', 'del', 'blackhole', `${ipOf(h)}/32`]);
+    }
+    const left = STORAGE_HOSTS.filter((x) =>
+      shSync('ip', ['-n', ns(x), 'route', 'show', 'type', 'blackhole']).trim(),
+    );
+    if (left.length) throw new Error(`blackhole routes left on ${left.join(', ')}`);
+  }
+
+  /** Entries GlusterFS lists as split-brain (`heal info split-brain`); throws when it cannot tell. */
+  async splitBrainEntries(): Promise<number> {
+    const via = STORAGE_HOSTS.find((h) => pidAlive(this.glusterdPid(h)))!;
+    const out = await this.gl(via, 'volume', 'heal', VOLUME, 'info', 'split-brain');
+    const counts = [...out.matchAll(/Number of entries in split-brain:\s*(\S+)/g)].map((m) => m[1]);
+    if (counts.length !== STORAGE_HOSTS.length || counts.some((c) => !/^\d+$/.test(c ?? '')))
+      throw new Error(`cannot read split-brain entries: ${out}`);
+    return counts.reduce((a, c) => a + Number(c), 0);
+  }
+
+  /** Takes host `h`'s own interface down (a cable pulled at the host; its processes keep running). */
+  async linkDown(h: Host): Promise<void> {
+    await sh('ip', ['-n', ns(h), 'link', 'set', 'eth0', 'down']);
+  }
+
+  /** Brings `h`'s interface back with its address (a down link loses no address, but make sure). */
+  async linkUp(h: Host): Promise<void> {
+    await sh('ip', ['-n', ns(h), 'link', 'set', 'eth0', 'up']);
+    await sh('ip', ['-n', ns(h), 'addr', 'replace', `${ipOf(h)}/24`, 'dev', 'eth0']);
   }
 
   async #startProxy(): Promise<void> {
@@ -610,9 +674,15 @@ export class Lab {
    */
   async killHost(h: StorageHost, o: { silent?: boolean } = {}): Promise<void> {
     if (o.silent) await this.cut(h);
-    const pids = this.hostPids(h);
-    for (const p of pids) if (pidAlive(p)) process.kill(p, 'SIGKILL');
-    await until(`all processes of ${h} dead`, 10_000, () => pids.every((p) => !pidAlive(p)));
+    // until none is left: glusterd may fork a helper between the listing and the kill
+    await until(`all processes of ${h} dead`, 10_000, () => {
+      const pids = this.hostPids(h).filter(pidAlive);
+      for (const p of pids)
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {}
+      return pids.length === 0;
+    });
     const n = this.nodes.get(h);
     if (n) n.child = null;
     if (!o.silent) await this.cut(h);
@@ -662,6 +732,14 @@ export class Lab {
         try {
           process.kill(p, 'SIGKILL');
         } catch {}
+    // keep the logs of the last run for a look after a failure (the state folder goes away)
+    try {
+      rmSync(LAST_LOGS, { recursive: true, force: true });
+      if (existsSync(join(STATE, 'logs'))) cpSync(join(STATE, 'logs'), LAST_LOGS, { recursive: true });
+      for (const h of STORAGE_HOSTS)
+        for (const f of ['mount.log', 'glusterd.log'])
+          if (existsSync(join(STATE, h, f))) cpSync(join(STATE, h, f), join(LAST_LOGS, `${h}-${f}`));
+    } catch {}
     cleanupLeftovers();
     releaseLock();
   }
