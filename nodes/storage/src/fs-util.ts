@@ -120,16 +120,36 @@ export async function receiveInto(
   let batchLen = 0;
   let total = 0;
   let pos = position;
+  // One write may be in flight while the next batch is read from the socket (receiving and
+  // writing overlap); at most two batches are held.
+  let writing: Promise<void> | null = null;
   const flush = async () => {
+    if (writing) {
+      const w = writing;
+      writing = null;
+      await w;
+    }
     if (batchLen === 0) return;
     const b = batch;
     const n = batchLen;
+    const at = pos;
     batch = [];
     batchLen = 0;
-    await writeChunks(fh, b, pos);
     if (pos !== null) pos += n;
-    total += n;
-    onWritten?.(total);
+    const w = writeChunks(fh, b, at).then(() => {
+      total += n;
+      onWritten?.(total);
+    });
+    w.catch(() => {}); // observed by the next flush
+    writing = w;
+  };
+  const drain = async () => {
+    await flush();
+    if (writing) {
+      const w = writing;
+      writing = null;
+      await w;
+    }
   };
   try {
     for await (const chunk of source) {
@@ -148,10 +168,10 @@ export async function receiveInto(
     }
   } catch (e) {
     // Keep what arrived (resumable appends rely on it), then report the failure.
-    await flush().catch(() => {});
+    await drain().catch(() => {});
     throw e;
   }
-  await flush();
+  await drain();
   return { bytes: total, sha256: hash.digest(), head };
 }
 
