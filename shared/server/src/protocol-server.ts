@@ -32,7 +32,11 @@ export interface RequestContext {
   log: Logger;
   /** Success reply with this server's reply command. */
   reply(body?: Uint8Array): Promise<void>;
-  /** Success reply whose body (exactly `length` bytes) comes from `source`, with backpressure. */
+  /**
+   * Success reply whose body (exactly `length` bytes) comes from `source`, with backpressure.
+   * Each chunk has been handed to the OS before the next one is asked for, so a source may
+   * read the next chunk into the same buffer.
+   */
   replyStream(length: number, source: AsyncIterable<Uint8Array>): Promise<void>;
 }
 
@@ -132,6 +136,12 @@ export class ProtocolServer {
     const events = readEvents(socket, reader);
     let busy = false;
 
+    /** Resolves when the socket has handed `b` to the OS (so its buffer may be reused). */
+    const writeFlushed = (b: Uint8Array): Promise<void> =>
+      new Promise((resolve, reject) => {
+        if (socket.destroyed) return reject(new Error('socket closed'));
+        socket.write(b, (err) => (err ? reject(err) : resolve()));
+      });
     const write = (b: Uint8Array): Promise<void> =>
       new Promise((resolve, reject) => {
         if (socket.destroyed) return reject(new Error('socket closed'));
@@ -206,7 +216,7 @@ export class ProtocolServer {
             let sent = 0;
             for await (const chunk of source) {
               if (sent + chunk.length > length) throw new ReplyStarted('stream source longer than declared');
-              await write(chunk);
+              await writeFlushed(chunk);
               sent += chunk.length;
             }
             if (sent !== length) throw new ReplyStarted(`stream source ended at ${sent} of ${length} bytes`);
