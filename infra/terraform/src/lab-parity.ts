@@ -7,17 +7,12 @@
  * - GlusterFS steps: `Lab#groupSteps()`;
  * - the mount of each storage host: `Lab#mountVolume(h)` run with its `inNode` recording the
  *   commands instead of entering a namespace, so the argv is the lab's own;
- * - keepalived.conf: the lab renders it inline in the static `Lab.up` (which needs root and
- *   starts everything), so its `renderVipPair` call is mirrored below and lab.ts's source text is
- *   checked to hold exactly that call: a change there is reported as a difference until the
- *   mirror (and environments/local/dsm.json) follow.
+ * - keepalived.conf: `labVipConfs(dir)`, the function `Lab.up` renders and starts them with.
  *
- * Gap (reported to the HA work): @dsm/test does not export the lab, so it is loaded by path at
- * run time. Once the lab exports its keepalived inputs, the mirror goes.
+ * @dsm/test does not export the lab (it is test code), so it is loaded by path at run time.
  */
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { type GlusterGroupSteps, renderVipPair } from '@dsm/ha';
+import type { GlusterGroupSteps } from '@dsm/ha';
 import { configText, glusterStepsScript, type RenderedEnvironment } from './render-provisioning.ts';
 
 export const LAB_FILE = fileURLToPath(new URL('../../../test/src/ha/lab.ts', import.meta.url));
@@ -59,89 +54,17 @@ export interface LabModule {
   ID_PORT: number;
   STORAGE_PORT: number;
   VOLUME: string;
+  labVipConfs(trackFileDir?: string): { hosts: string[]; confs: { name: string; conf: string }[] }[];
 }
 
 export async function loadLab(): Promise<LabModule> {
   return (await import(LAB_FILE)) as LabModule;
 }
 
-/**
- * The keepalived part of `Lab.up`, as lab.ts writes it (whitespace aside): the two pairs and the
- * one `renderVipPair` call. `labKeepalived` renders exactly this.
- */
-export const LAB_VIP_SOURCE = [
-  `{
-    role: 'tracker',
-    hosts: ['t1', 't2'] as Host[],
-    vip: TRACKER_VIP,
-    vrid: 51,
-    port: TRACKER_PORT,
-    reply: Command.TRACKER_REPLY,
-  },
-  {
-    role: 'id',
-    hosts: ['i1', 'i2'] as Host[],
-    vip: ID_VIP,
-    vrid: 52,
-    port: ID_PORT,
-    reply: Command.ID_REPLY,
-  },`,
-  `const confs = renderVipPair({
-    role: p.role,
-    vip: \`\${p.vip}/24\`,
-    interface: 'eth0',
-    virtualRouterId: p.vrid,
-    nodes: p.hosts.map((h) => ({ name: h, address: ipOf(h) })),
-    checkAddress: \`127.0.0.1:\${p.port}\`,
-    replyCommand: p.reply,
-    advertIntMs: 100,
-    trackFileDir: STATE,
-  });`,
-];
-
-const squash = (s: string) => s.replace(/\s+/g, '');
-
-/** Problems with the mirror: lab.ts no longer holds exactly the mirrored keepalived code. */
-export function labSourceProblems(src = readFileSync(LAB_FILE, 'utf8')): string[] {
-  const problems: string[] = [];
-  const flat = squash(src);
-  for (const part of LAB_VIP_SOURCE)
-    if (!flat.includes(squash(part)))
-      problems.push(
-        `lab.ts changed its keepalived inputs (no longer contains: ${part.split('\n')[0]}…): update LAB_VIP_SOURCE and labKeepalived in infra/terraform/src/lab-parity.ts and environments/local/dsm.json`,
-      );
-  const calls = src.match(/\brenderVipPair\(/g)?.length ?? 0;
-  if (calls !== 1) problems.push(`lab.ts calls renderVipPair ${calls} times, the mirror knows one call`);
-  return problems;
-}
-
-/** keepalived.conf per host, as `Lab.up` renders them (LAB_VIP_SOURCE with the lab's constants). */
+/** keepalived.conf per host, as `Lab.up` renders them (the lab's own `labVipConfs`). */
 export function labKeepalived(lab: LabModule, inst: LabInstance): Map<string, string> {
   const out = new Map<string, string>();
-  const pairs = [
-    {
-      role: 'tracker',
-      hosts: ['t1', 't2'],
-      vip: lab.TRACKER_VIP,
-      vrid: 51,
-      port: lab.TRACKER_PORT,
-      reply: 100,
-    },
-    { role: 'id', hosts: ['i1', 'i2'], vip: lab.ID_VIP, vrid: 52, port: lab.ID_PORT, reply: 101 },
-  ];
-  for (const p of pairs)
-    for (const c of renderVipPair({
-      role: p.role,
-      vip: `${p.vip}/24`,
-      interface: 'eth0',
-      virtualRouterId: p.vrid,
-      nodes: p.hosts.map((h) => ({ name: h, address: lab.ipOf(h) })),
-      checkAddress: `127.0.0.1:${p.port}`,
-      replyCommand: p.reply,
-      advertIntMs: 100,
-      trackFileDir: inst.dir, // STATE
-    }))
-      out.set(c.name, c.conf);
+  for (const p of lab.labVipConfs(inst.dir)) for (const c of p.confs) out.set(c.name, c.conf);
   return out;
 }
 
@@ -179,7 +102,7 @@ export async function labFiles(lab: LabModule): Promise<Map<string, string>> {
 /** Differences between the rendered local environment and what the lab starts ([] = none). */
 export async function verifyAgainstLab(r: RenderedEnvironment, labModule?: LabModule): Promise<string[]> {
   const lab = labModule ?? (await loadLab());
-  const diffs = labSourceProblems();
+  const diffs: string[] = [];
   for (const h of lab.HOSTS.filter((x) => x !== 'c')) {
     const m = r.manifest.hosts[h];
     if (!m) diffs.push(`host ${h} of the lab is not in the local environment`);

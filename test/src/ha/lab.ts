@@ -134,6 +134,47 @@ interface NodeProc {
   pid: number | undefined;
 }
 
+/**
+ * keepalived.conf of every VIP host of the lab, as `Lab.up` writes and starts them: the tracker
+ * pair (VIP 10.213.0.100, router id 51) and the id-server pair (VIP 10.213.0.101, router id 52).
+ * Pure (renders only), so the Terraform parity check compares with exactly this.
+ */
+export function labVipConfs(
+  trackFileDir = STATE,
+): { hosts: Host[]; confs: { name: string; conf: string }[] }[] {
+  return [
+    {
+      role: 'tracker',
+      hosts: ['t1', 't2'] as Host[],
+      vip: TRACKER_VIP,
+      vrid: 51,
+      port: TRACKER_PORT,
+      reply: Command.TRACKER_REPLY,
+    },
+    {
+      role: 'id',
+      hosts: ['i1', 'i2'] as Host[],
+      vip: ID_VIP,
+      vrid: 52,
+      port: ID_PORT,
+      reply: Command.ID_REPLY,
+    },
+  ].map((p) => ({
+    hosts: p.hosts,
+    confs: renderVipPair({
+      role: p.role,
+      vip: `${p.vip}/24`,
+      interface: 'eth0',
+      virtualRouterId: p.vrid,
+      nodes: p.hosts.map((h) => ({ name: h, address: ipOf(h) })),
+      checkAddress: `127.0.0.1:${p.port}`,
+      replyCommand: p.reply,
+      advertIntMs: 100,
+      trackFileDir,
+    }),
+  }));
+}
+
 export class Lab {
   readonly dir = STATE;
   readonly dataPath = join(STATE, 'data', VOLUME);
@@ -186,36 +227,8 @@ export class Lab {
         ...(['t1', 't2'] as const).map((h) => lab.startNode(h)),
       ]);
       await Promise.all(
-        [
-          {
-            role: 'tracker',
-            hosts: ['t1', 't2'] as Host[],
-            vip: TRACKER_VIP,
-            vrid: 51,
-            port: TRACKER_PORT,
-            reply: Command.TRACKER_REPLY,
-          },
-          {
-            role: 'id',
-            hosts: ['i1', 'i2'] as Host[],
-            vip: ID_VIP,
-            vrid: 52,
-            port: ID_PORT,
-            reply: Command.ID_REPLY,
-          },
-        ].map(async (p) => {
-          const confs = renderVipPair({
-            role: p.role,
-            vip: `${p.vip}/24`,
-            interface: 'eth0',
-            virtualRouterId: p.vrid,
-            nodes: p.hosts.map((h) => ({ name: h, address: ipOf(h) })),
-            checkAddress: `127.0.0.1:${p.port}`,
-            replyCommand: p.reply,
-            advertIntMs: 100,
-            trackFileDir: STATE,
-          });
-          for (const c of confs) {
+        labVipConfs(STATE).map(async (p) => {
+          for (const c of p.confs) {
             const f = join(STATE, `keepalived-${c.name}.conf`);
             writeFileSync(f, c.conf);
             await sh('keepalived', ['-t', '-f', f]);
