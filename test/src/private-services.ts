@@ -84,16 +84,59 @@ const MARIADB_OPTS = [
   '--max-connections=200',
 ];
 
-export class PrivateMariadb {
+/** A server process of the test's own (its folder, its port), started and stopped by PID. */
+abstract class PrivateServer {
   readonly dir: string;
   readonly port: number;
-  readonly #bin: string;
+  protected readonly bin: string;
   #child: ChildProcess | null = null;
 
-  private constructor(dir: string, port: number, bin: string) {
+  protected constructor(dir: string, port: number, bin: string) {
     this.dir = dir;
     this.port = port;
-    this.#bin = bin;
+    this.bin = bin;
+  }
+
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  get running(): boolean {
+    const c = this.#child;
+    return !!c && c.exitCode === null && c.signalCode === null;
+  }
+
+  abstract ping(): Promise<boolean>;
+
+  /** Spawns the server (output to `logName` in its folder) and waits until `ping` answers. */
+  protected async launch(what: string, args: string[], logName: string, timeoutMs: number): Promise<void> {
+    if (this.running) throw new Error(`${what} is already running`);
+    const log = createWriteStream(join(this.dir, logName), { flags: 'a' });
+    const child = spawn(this.bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout?.pipe(log);
+    child.stderr?.pipe(log);
+    track(child);
+    this.#child = child;
+    try {
+      await poll(`${what} on port ${this.port}`, timeoutMs, () => this.ping(), child);
+    } catch (e) {
+      await stopChild(child, 'SIGKILL', 1000);
+      throw e;
+    }
+  }
+
+  /** SIGTERM (clean shutdown) or SIGKILL (a crash); waits for the process to exit. */
+  async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM', timeoutMs = 20_000): Promise<void> {
+    const c = this.#child;
+    if (!c) return;
+    await stopChild(c, signal, timeoutMs);
+    this.#child = null;
+  }
+}
+
+export class PrivateMariadb extends PrivateServer {
+  private constructor(dir: string, port: number, bin: string) {
+    super(dir, port, bin);
   }
 
   /** Creates a data folder (root without password, loopback only) and starts the server. */
@@ -127,42 +170,26 @@ export class PrivateMariadb {
     return `mysql://root@127.0.0.1:${this.port}/${db}`;
   }
 
-  get pid(): number | undefined {
-    return this.#child?.pid;
-  }
-
-  get running(): boolean {
-    const c = this.#child;
-    return !!c && c.exitCode === null && c.signalCode === null;
-  }
-
   /** Starts the server on the same port and data folder; resolves once it answers a query. */
   async start(timeoutMs = 30_000): Promise<void> {
-    if (this.running) throw new Error('MariaDB is already running');
-    const log = createWriteStream(join(this.dir, 'mariadbd.out'), { flags: 'a' });
-    const child = spawn(
-      this.#bin,
-      [
-        '--no-defaults',
-        `--datadir=${join(this.dir, 'data')}`,
-        `--port=${this.port}`,
-        '--bind-address=127.0.0.1',
-        `--socket=${join(this.dir, 'mysqld.sock')}`,
-        `--pid-file=${join(this.dir, 'mysqld.pid')}`,
-        `--log-error=${join(this.dir, 'error.log')}`,
-        ...(process.getuid?.() === 0 ? ['--user=root'] : []),
-        ...MARIADB_OPTS,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    child.stdout?.pipe(log);
-    child.stderr?.pipe(log);
-    track(child);
-    this.#child = child;
     try {
-      await poll(`mariadbd on port ${this.port}`, timeoutMs, () => this.ping(), child);
+      await this.launch(
+        'mariadbd',
+        [
+          '--no-defaults',
+          `--datadir=${join(this.dir, 'data')}`,
+          `--port=${this.port}`,
+          '--bind-address=127.0.0.1',
+          `--socket=${join(this.dir, 'mysqld.sock')}`,
+          `--pid-file=${join(this.dir, 'mysqld.pid')}`,
+          `--log-error=${join(this.dir, 'error.log')}`,
+          ...(process.getuid?.() === 0 ? ['--user=root'] : []),
+          ...MARIADB_OPTS,
+        ],
+        'mariadbd.out',
+        timeoutMs,
+      );
     } catch (e) {
-      await stopChild(child, 'SIGKILL', 1000);
       throw new Error(`${(e as Error).message}\n${this.errorLogTail()}`);
     }
   }
@@ -180,14 +207,6 @@ export class PrivateMariadb {
     }
   }
 
-  /** SIGTERM (clean shutdown) or SIGKILL (a crash); waits for the process to exit. */
-  async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
-    const c = this.#child;
-    if (!c) return;
-    await stopChild(c, signal, 20_000);
-    this.#child = null;
-  }
-
   errorLogTail(lines = 15): string {
     try {
       return readFileSync(join(this.dir, 'error.log'), 'utf8').split('\n').slice(-lines).join('\n');
@@ -197,16 +216,9 @@ export class PrivateMariadb {
   }
 }
 
-export class PrivateRedis {
-  readonly dir: string;
-  readonly port: number;
-  readonly #bin: string;
-  #child: ChildProcess | null = null;
-
+export class PrivateRedis extends PrivateServer {
   private constructor(dir: string, port: number, bin: string) {
-    this.dir = dir;
-    this.port = port;
-    this.#bin = bin;
+    super(dir, port, bin);
   }
 
   /** A Redis without persistence on 127.0.0.1:<port> (a restart starts empty). */
@@ -226,20 +238,9 @@ export class PrivateRedis {
     return `redis://127.0.0.1:${this.port}/0${prefix ? `?prefix=${prefix}` : ''}`;
   }
 
-  get pid(): number | undefined {
-    return this.#child?.pid;
-  }
-
-  get running(): boolean {
-    const c = this.#child;
-    return !!c && c.exitCode === null && c.signalCode === null;
-  }
-
   async start(timeoutMs = 10_000): Promise<void> {
-    if (this.running) throw new Error('Redis is already running');
-    const log = createWriteStream(join(this.dir, 'redis.log'), { flags: 'a' });
-    const child = spawn(
-      this.#bin,
+    await this.launch(
+      'redis-server',
       [
         '--port',
         String(this.port),
@@ -254,18 +255,9 @@ export class PrivateRedis {
         '--daemonize',
         'no',
       ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+      'redis.log',
+      timeoutMs,
     );
-    child.stdout?.pipe(log);
-    child.stderr?.pipe(log);
-    track(child);
-    this.#child = child;
-    try {
-      await poll(`redis-server on port ${this.port}`, timeoutMs, () => this.ping(), child);
-    } catch (e) {
-      await stopChild(child, 'SIGKILL', 1000);
-      throw e;
-    }
   }
 
   async ping(): Promise<boolean> {
@@ -288,12 +280,5 @@ export class PrivateRedis {
     } finally {
       await kv.close();
     }
-  }
-
-  async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
-    const c = this.#child;
-    if (!c) return;
-    await stopChild(c, signal, 10_000);
-    this.#child = null;
   }
 }
