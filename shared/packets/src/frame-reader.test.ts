@@ -180,9 +180,7 @@ interface Vector {
   server: 'tracker' | 'id' | 'storage';
 }
 
-const VECTORS_PATH = fileURLToPath(
-  new URL('../../../../shared/reference/seed-vectors.json', import.meta.url),
-);
+const VECTORS_PATH = fileURLToPath(new URL('../fixtures/seed-vectors.json', import.meta.url));
 const vectors: Vector[] = existsSync(VECTORS_PATH)
   ? (JSON.parse(readFileSync(VECTORS_PATH, 'utf8')) as Vector[])
   : [];

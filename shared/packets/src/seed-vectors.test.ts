@@ -1,6 +1,6 @@
 /**
  * Byte-exact tests against frames captured between the original seed programs
- * (/work/shared/reference/seed-vectors.json, described in seed-vectors.md).
+ * (shared/packets/fixtures/seed-vectors.json, described in seed-vectors.md next to it).
  *
  * For every vector: the header is parsed, the body decoded with the codec of its command and
  * direction, the result compared with the vector's `fields`, and the frame re-encoded with our
@@ -86,16 +86,16 @@ interface Vector {
   notes: string;
 }
 
-// This file is /work/main/shared/packets/src/…; four levels up is /work, the shared reference is
-// /work/shared/reference.
-const VECTORS_URL = new URL('../../../../shared/reference/seed-vectors.json', import.meta.url);
+// A copy of the shared reference's seed-vectors.json (and .md) kept in the repository, so a
+// clone anywhere has it.
+const VECTORS_URL = new URL('../fixtures/seed-vectors.json', import.meta.url);
 const VECTORS_PATH = fileURLToPath(VECTORS_URL);
 
 function loadVectors(): { vectors: Vector[]; error?: string } {
   if (!existsSync(VECTORS_PATH)) {
     return {
       vectors: [],
-      error: `seed vectors file not found at ${VECTORS_PATH} (expected /work/shared/reference/seed-vectors.json)`,
+      error: `seed vectors file not found at ${VECTORS_PATH} (shared/packets/fixtures/seed-vectors.json, a copy of the seed capture)`,
     };
   }
   try {

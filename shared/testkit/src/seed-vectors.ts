@@ -1,6 +1,6 @@
-/** The frames captured from the seed (/work/shared/reference/seed-vectors.json, see seed-vectors.md). */
+/** The frames captured from the seed (shared/packets/fixtures/seed-vectors.json, see seed-vectors.md there). */
 import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 import { fromHex } from '@dsm/packets';
 
 export interface SeedVector {
@@ -21,7 +21,7 @@ export interface SeedVector {
 /** The vectors file (DSM_SEED_VECTORS overrides it). */
 export const SEED_VECTORS_PATH =
   process.env.DSM_SEED_VECTORS ??
-  fileURLToPath(new URL('../../../../shared/reference/seed-vectors.json', import.meta.url));
+  createRequire(import.meta.url).resolve('@dsm/packets/fixtures/seed-vectors.json');
 
 /** Every captured frame, in capture order; throws a clear error when the file is missing. */
 export function loadSeedVectors(): SeedVector[] {
