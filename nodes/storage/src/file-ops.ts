@@ -28,6 +28,7 @@ import {
   receiveInto,
   removeQuiet,
 } from './fs-util.ts';
+import { FileLock } from './lock.ts';
 import { dbFailure, type FileMeta, type Found } from './meta.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
@@ -193,6 +194,28 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   checkContentType(head.contentType);
   const fileId = head.fileId;
   const table = fileTableFor(readUserIdBytes(ctx.body));
+  // The file id is claimed in the group's shared folder for the whole upload: a client that
+  // gave up on a slow member and retries on another gets BUSY instead of a second copy, so a
+  // late commit on the first member cannot bring back a file deleted in between (chaos run).
+  const claim = await FileLock.acquire(`${env.stores.partialPath(0, fileId)}.upload.lock`, env.owner, fileId);
+  let reply: Uint8Array | undefined;
+  try {
+    reply = await receiveUpload(env, ctx, ext, head, table);
+  } finally {
+    // released before the reply: the client's next request may be about this file id
+    await claim.release().catch((e) => env.log.warn({ err: e, fileId }, 'cannot release the upload claim'));
+  }
+  await ctx.reply(reply);
+}
+
+async function receiveUpload(
+  env: StorageEnv,
+  ctx: RequestContext,
+  ext: boolean,
+  head: { fileId: string; appId: string; userId: string; size: number; contentType: string },
+  table: FileTableName,
+): Promise<Uint8Array | undefined> {
+  const fileId = head.fileId;
   await refuseExisting(env, table, fileId);
   const storeIndex = env.stores.pick();
   await checkSpace(env, storeIndex, head.size);
@@ -241,7 +264,7 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   };
   await recordFile(env, meta, () => removeQuiet(finalPath));
   ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
-  await ctx.reply(ext ? encodeStatReply(statOf(meta)) : undefined);
+  return ext ? encodeStatReply(statOf(meta)) : undefined;
 }
 
 async function lookup(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
