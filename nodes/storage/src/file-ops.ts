@@ -197,7 +197,14 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   // The file id is claimed in the group's shared folder for the whole upload: a client that
   // gave up on a slow member and retries on another gets BUSY instead of a second copy, so a
   // late commit on the first member cannot bring back a file deleted in between (chaos run).
-  const claim = await FileLock.acquire(`${env.stores.partialPath(0, fileId)}.upload.lock`, env.owner, fileId);
+  const claim = await FileLock.acquire(
+    `${env.stores.partialPath(0, fileId)}.upload.lock`,
+    env.owner,
+    fileId,
+  ).catch((e: unknown) => {
+    // BUSY passes; a store that cannot take the lock file fails as the upload would
+    throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
+  });
   let reply: Uint8Array | undefined;
   try {
     reply = await receiveUpload(env, ctx, ext, head, table);
