@@ -262,6 +262,43 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     }
   });
 
+  it('lets only one member at a time receive a file id: a retry elsewhere gets BUSY, one copy is stored', async () => {
+    const fileId = newFileId();
+    const data = randomBytes(300_000);
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let halfSent!: () => void;
+    const half = new Promise<void>((r) => {
+      halfSent = r;
+    });
+    // member a gets half the body, then the sender stalls (a slow client or a slow member)
+    const slow: UploadSource = {
+      size: data.length,
+      async *open() {
+        yield data.subarray(0, 150_000);
+        halfSent();
+        await held;
+        yield data.subarray(150_000);
+      },
+    };
+    const first = sc.uploadExt(addr(a), idsFor(fileId), '', slow);
+    await half;
+    const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
+    await until(async () => existsSync(claimFile), 5000, 20, 'the upload claim on a');
+    const busy = await caught(sc.uploadExt(addr(b), idsFor(fileId), '', source(data)));
+    expect(busy.errno).toBe(Errno.BUSY);
+    expect(busy.message).toContain('Upload Busy');
+    release();
+    const st = await first;
+    expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
+    // the claim is gone with the upload: the same id now meets the stored file, not BUSY
+    const again = await caught(sc.uploadExt(addr(b), idsFor(fileId), '', source(data)));
+    expect(again.errno).toBe(Errno.EXISTS);
+    expect(existsSync(claimFile)).toBe(false);
+  });
+
   it('stores at the seed path scheme (folders created) and records size, sha-256, type, mtime', async () => {
     const fileId = newFileId();
     const data = Buffer.concat([Buffer.from([0, 0, 0, 0x18]), Buffer.from('ftypisom'), randomBytes(70_000)]);
