@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolServer } from './protocol-server.ts';
 
 const log = createLogger('test');
+const REUSED_CHUNKS = 4096; // 16 MiB: more than loopback's socket buffers hold
 let server: ProtocolServer;
 let port = 0;
 
@@ -45,6 +46,14 @@ beforeAll(async () => {
         }
         await ctx.replyStream(10_000, gen());
       },
+      // a large reply from two reused 4 KiB buffers, as the storage's downloads read files
+      [Command.TRACKER_GROUPS]: async (ctx) => {
+        const bufs = [new Uint8Array(4096), new Uint8Array(4096)];
+        async function* gen() {
+          for (let i = 0; i < REUSED_CHUNKS; i++) yield (bufs[i % 2] as Uint8Array).fill(i % 251);
+        }
+        await ctx.replyStream(REUSED_CHUNKS * 4096, gen());
+      },
     },
   });
   port = (await server.listen(0)).port;
@@ -63,6 +72,36 @@ function raw(frame: Uint8Array): Promise<Uint8Array> {
 }
 
 describe('protocol server', () => {
+  it('hands each reply chunk to the OS before asking for the next (a source may reuse buffers)', async () => {
+    const body = REUSED_CHUNKS * 4096;
+    const got = await new Promise<Buffer>((resolve, reject) => {
+      const s = connect(port, '127.0.0.1');
+      const chunks: Buffer[] = [];
+      let n = 0;
+      s.on('error', reject);
+      s.on('close', () => reject(new Error(`closed after ${n} bytes`)));
+      s.write(encodeFrame(Command.TRACKER_GROUPS, new Uint8Array(0)));
+      s.pause(); // a slow reader: the kernel buffers fill and writes queue in the server
+      setTimeout(() => {
+        s.on('data', (c: Buffer) => {
+          chunks.push(c);
+          n += c.length;
+          if (n >= HEADER_LENGTH + body) {
+            s.destroy();
+            resolve(Buffer.concat(chunks));
+          }
+        });
+        s.resume();
+      }, 300);
+    });
+    expect(decodeHeader(got.subarray(0, HEADER_LENGTH)).bodyLength).toBe(body);
+    for (let i = 0; i < REUSED_CHUNKS; i++) {
+      const at = HEADER_LENGTH + i * 4096;
+      const c = got.subarray(at, at + 4096);
+      if (c[0] !== i % 251 || c[4095] !== i % 251) throw new Error(`chunk ${i} holds another chunk's bytes`);
+    }
+  });
+
   it('answers an unknown command with the seed error text and closes only that connection', async () => {
     const reply = await raw(encodeFrame(99));
     const h = decodeHeader(reply);
