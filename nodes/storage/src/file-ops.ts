@@ -17,7 +17,7 @@ import {
 import type { RequestContext } from '@dsm/server';
 import { checkAppId, checkFileId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
 import {
-  diskSpace,
+  type DiskSpace,
   errCode,
   fsyncDir,
   hashOpenFile,
@@ -48,54 +48,23 @@ export function checkContentType(ct: string): void {
 /** Refuses an upload that would leave less than `reserveBytes` free on the store folder. */
 /** How long one free-space reading serves uploads (a statfs per upload is slow on GlusterFS). */
 const SPACE_READING_MS = 1000;
-interface SpaceReading {
-  at: number;
-  free: number;
-  reading?: Promise<void>;
-}
-const spaceReadings = new WeakMap<object, Map<number, SpaceReading>>();
 
 /**
- * Free bytes of a store: a statfs reading at most SPACE_READING_MS old, less what uploads
- * accepted since then will take (so a burst of uploads cannot overrun the reserve).
+ * Refuses an upload that would leave less than `reserveBytes` free. The free space is a reading
+ * at most SPACE_READING_MS old, less what uploads accepted since then will take (so a burst of
+ * uploads cannot overrun the reserve).
  */
-async function freeSpace(env: StorageEnv, storeIndex: number): Promise<SpaceReading> {
-  let byStore = spaceReadings.get(env.stores);
-  if (!byStore) {
-    byStore = new Map();
-    spaceReadings.set(env.stores, byStore);
-  }
-  const cached = byStore.get(storeIndex);
-  if (cached && Date.now() - cached.at < SPACE_READING_MS) return cached;
-  if (cached?.reading) {
-    await cached.reading;
-    return byStore.get(storeIndex) ?? freeSpace(env, storeIndex);
-  }
-  const map = byStore;
-  const entry: SpaceReading = cached ?? { at: 0, free: 0 };
-  entry.reading = diskSpace(env.stores.path(storeIndex)).then(
-    (s) => {
-      map.set(storeIndex, { at: Date.now(), free: s.freeBytes });
-    },
-    (e) => {
-      map.delete(storeIndex);
-      throw e;
-    },
-  );
-  map.set(storeIndex, entry);
-  await entry.reading;
-  return map.get(storeIndex) as SpaceReading;
-}
-
 export async function checkSpace(env: StorageEnv, storeIndex: number, bytes: number): Promise<void> {
-  let space: SpaceReading;
+  const reader = env.stores.space(storeIndex);
+  let space: DiskSpace;
   try {
-    space = await freeSpace(env, storeIndex);
+    const last = reader.last;
+    space = last && Date.now() - last.atMs < SPACE_READING_MS ? last.space : await reader.read();
   } catch (e) {
     env.log.warn({ err: e }, 'cannot read free space; accepting the upload');
     return;
   }
-  const free = space.free;
+  const free = space.freeBytes;
   if (free - bytes < env.config.reserveBytes) {
     throw new DsmError(
       ErrorCode.NO_SPACE,
@@ -103,7 +72,7 @@ export async function checkSpace(env: StorageEnv, storeIndex: number, bytes: num
       Errno.NO_SPACE,
     );
   }
-  space.free -= bytes;
+  space.freeBytes -= bytes;
 }
 
 /** Refuses a file id already recorded for this user's table (before any body byte is read). */

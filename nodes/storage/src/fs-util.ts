@@ -237,8 +237,40 @@ export async function hashOpenFile(
   return { sha256: hash.digest(), head: head ?? new Uint8Array(0) };
 }
 
+export interface DiskSpace {
+  totalBytes: number;
+  freeBytes: number;
+}
+
 /** Total and available bytes of the file system holding `path`. */
-export async function diskSpace(path: string): Promise<{ totalBytes: number; freeBytes: number }> {
+export async function diskSpace(path: string): Promise<DiskSpace> {
   const s = await statfs(path);
   return { totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize };
+}
+
+/**
+ * `diskSpace` of one folder, one statfs at a time (a statfs of a GlusterFS mount can block while
+ * a replica is silent): concurrent callers share the call in flight, and `last` keeps the latest
+ * reading with the time it was taken.
+ */
+export class SpaceReader {
+  readonly path: string;
+  last: { atMs: number; space: DiskSpace } | null = null;
+  #inFlight: Promise<DiskSpace> | null = null;
+
+  constructor(path: string) {
+    this.path = path;
+  }
+
+  read(): Promise<DiskSpace> {
+    this.#inFlight ??= diskSpace(this.path)
+      .then((space) => {
+        this.last = { atMs: Date.now(), space };
+        return space;
+      })
+      .finally(() => {
+        this.#inFlight = null;
+      });
+    return this.#inFlight;
+  }
 }

@@ -1,6 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { mkdir, readdir, realpath, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { SpaceReader } from './fs-util.ts';
 
 /** Folder (inside each store) for this process's upload temp files: `.tmp/<hostname>-<port>`. */
 export const TMP_DIR = '.tmp';
@@ -23,6 +24,7 @@ export class Stores {
   readonly paths: readonly string[];
   readonly #tmpName: string;
   readonly #base: string;
+  readonly #space: SpaceReader[];
   #real: string[] = [];
 
   /** `tmpName` identifies this process among the group members (`<hostname>-<port>`). */
@@ -30,6 +32,12 @@ export class Stores {
     this.paths = paths.map((p) => resolve(base, p));
     this.#base = base;
     this.#tmpName = safeName(tmpName);
+    this.#space = this.paths.map((p) => new SpaceReader(p));
+  }
+
+  /** The free-space reader of store `i` (shared by every upload of this process). */
+  space(i: number): SpaceReader {
+    return this.#space[i] as SpaceReader;
   }
 
   /**

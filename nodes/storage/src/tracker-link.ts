@@ -13,7 +13,7 @@ import {
   PROTOCOL_VERSION,
   SEED_VERSION_STRING,
 } from '@dsm/packets';
-import { diskSpace } from './fs-util.ts';
+import { SpaceReader } from './fs-util.ts';
 
 /** What a tracker link is doing (exposed for tests and status pages). */
 export interface TrackerLinkState {
@@ -62,13 +62,13 @@ export class TrackerLinks {
   readonly #abort = new AbortController();
   readonly #conns = new Set<Connection>();
   readonly #startTime = Math.floor(Date.now() / 1000);
-  #statfs: Promise<{ totalBytes: number; freeBytes: number }> | null = null;
-  #space: { totalBytes: number; freeBytes: number } | null = null;
+  readonly #space: SpaceReader;
   #loops: Promise<void>[] = [];
 
   constructor(opts: TrackerLinksOptions) {
     this.#opts = opts;
     this.#addrs = opts.trackers.map((t) => parseHostPort(t));
+    this.#space = new SpaceReader(opts.capacityPath);
     this.states = this.#addrs.map((a) => ({
       tracker: formatAddress(a),
       status: 'connecting',
@@ -114,25 +114,15 @@ export class TrackerLinks {
    */
   async #capacity(): Promise<Capacity> {
     const load = Math.max(0, Math.min(0xffffffff, this.#opts.load()));
-    if (!this.#statfs) {
-      this.#statfs = diskSpace(this.#opts.capacityPath)
-        .then((d) => {
-          this.#space = d;
-          return d;
-        })
-        .catch(() => ({ totalBytes: 0, freeBytes: 0 }))
-        .finally(() => {
-          this.#statfs = null;
-        });
-    }
+    const reading = this.#space.read().catch(() => ({ totalBytes: 0, freeBytes: 0 }));
     const waitMs = Math.min(1000, Math.max(1, Math.floor(this.#opts.beatIntervalMs / 2)));
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<null>((r) => {
       timer = setTimeout(() => r(null), waitMs);
     });
-    const d = await Promise.race([this.#statfs, late]);
+    const d = await Promise.race([reading, late]);
     clearTimeout(timer);
-    return { ...(d ?? this.#space ?? { totalBytes: 0, freeBytes: 0 }), load };
+    return { ...(d ?? this.#space.last?.space ?? { totalBytes: 0, freeBytes: 0 }), load };
   }
 
   async #run(addr: Address, st: TrackerLinkState): Promise<void> {
