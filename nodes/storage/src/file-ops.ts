@@ -24,7 +24,7 @@ import {
   mkdirDurable,
   moveNoReplace,
   type Received,
-  readChunksReusing,
+  readChunks,
   receiveInto,
   removeQuiet,
 } from './fs-util.ts';
@@ -362,7 +362,7 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
       if (st.size < req.offset + size) {
         throw ioFailure(`File Size Mismatch, Fileid: ${fileId}: ${st.size} < ${req.offset + size}`);
       }
-      await ctx.replyStream(size, readChunksReusing(fh, req.offset, size, env.config.ioChunkBytes));
+      await ctx.replyStream(size, readChunks(fh, req.offset, size, env.config.ioChunkBytes));
     } finally {
       await fh.close().catch(() => {});
     }

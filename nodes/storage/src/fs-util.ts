@@ -175,32 +175,13 @@ export async function receiveInto(
   return { bytes: total, sha256: hash.digest(), head };
 }
 
-/** Reads `length` bytes from `position` in chunks of at most `chunkBytes` (a fresh buffer each). */
-export async function* readChunks(
-  fh: FileHandle,
-  position: number,
-  length: number,
-  chunkBytes: number,
-): AsyncGenerator<Uint8Array> {
-  let pos = position;
-  let left = length;
-  while (left > 0) {
-    const buf = Buffer.allocUnsafe(Math.min(chunkBytes, left));
-    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
-    if (bytesRead === 0) throw new Error(`file ended ${left} bytes early`);
-    pos += bytesRead;
-    left -= bytesRead;
-    yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
-  }
-}
-
 /**
- * Like readChunks, but into two buffers used in turn (no garbage per chunk: a 1 GiB download
- * no longer leaves up to 64 MiB of dead buffers waiting for the GC). A chunk stays valid only
- * until the next one after it is asked for: for consumers that are done with a chunk by then,
- * such as the protocol server's replyStream.
+ * Reads `length` bytes from `position` in chunks of at most `chunkBytes`, into two buffers used
+ * in turn (no garbage per chunk: a 1 GiB download does not leave up to 64 MiB of dead buffers
+ * waiting for the GC). A chunk stays valid only until the one after it is asked for: consumers
+ * must be done with it by then (copy what they keep), as the protocol server's replyStream is.
  */
-export async function* readChunksReusing(
+export async function* readChunks(
   fh: FileHandle,
   position: number,
   length: number,
@@ -231,7 +212,7 @@ export async function hashOpenFile(
   const hash = createHash('sha256');
   let head: Uint8Array | undefined;
   for await (const c of readChunks(fh, 0, size, chunkBytes)) {
-    head ??= c.slice(0, SNIFF_BYTES);
+    head ??= new Uint8Array(c.subarray(0, SNIFF_BYTES)); // a copy: the chunk's buffer is reused
     hash.update(c);
   }
   return { sha256: hash.digest(), head: head ?? new Uint8Array(0) };
