@@ -1,11 +1,16 @@
+import type { SerializedError } from 'vitest';
 import type { Reporter, TestModule } from 'vitest/node';
 
 /**
  * Prints one plain line `N passed, N failed` at the very end of a run (CI reads it).
- * Counts test cases; a file that failed to load counts as one failure.
+ * Counts test cases; a file that failed to load counts as one failure, and so does each
+ * unhandled error (vitest's own summary shows those apart from the tests, yet they fail the run).
  */
 export default class SummaryReporter implements Reporter {
-  onTestRunEnd(testModules: ReadonlyArray<TestModule>): void {
+  onTestRunEnd(
+    testModules: ReadonlyArray<TestModule>,
+    unhandledErrors: ReadonlyArray<SerializedError> = [],
+  ): void {
     let passed = 0;
     let failed = 0;
     let skipped = 0;
@@ -23,6 +28,7 @@ export default class SummaryReporter implements Reporter {
         if (cases === 0 || errors > 0) failed += Math.max(1, errors);
       }
     }
+    failed += unhandledErrors.length;
     process.stdout.write(`\n${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}\n`);
   }
 }

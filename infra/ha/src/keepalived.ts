@@ -39,6 +39,12 @@ export interface KeepalivedOptions {
   trackFile?: string;
   /** Keep the VIP where it is when a higher-priority node comes back. */
   nopreempt?: boolean;
+  /**
+   * Wait this long (ms, 0..1,000,000) after start or after a healthy return before taking the
+   * VIP from a lower-priority master: a restarted tracker needs its storages to join and beat
+   * again before it routes anything. keepalived applies it only when `state` is BACKUP.
+   */
+  preemptDelayMs?: number;
 }
 
 export class HaConfigError extends Error {
@@ -90,6 +96,11 @@ export function renderKeepalivedConf(o: KeepalivedOptions): string {
   if (o.advertIntMs % 10 !== 0)
     throw new HaConfigError('advertIntMs must be a multiple of 10 ms (VRRPv3 centiseconds)');
   const v3 = o.advertIntMs % 1000 !== 0;
+  const preemptDelay = intIn(o.preemptDelayMs ?? 0, 0, 1_000_000, 'preemptDelayMs');
+  if (preemptDelay > 0 && o.state === 'MASTER')
+    throw new HaConfigError('preemptDelayMs needs state BACKUP (keepalived ignores it for MASTER)');
+  if (preemptDelay > 0 && o.nopreempt)
+    throw new HaConfigError('preemptDelayMs and nopreempt exclude each other');
   const ts = o.trackScript;
   if (!ts.cmd.startsWith('/'))
     throw new HaConfigError(`trackScript.cmd must start with an absolute path: "${ts.cmd}"`);
@@ -135,6 +146,7 @@ export function renderKeepalivedConf(o: KeepalivedOptions): string {
     `  priority ${o.priority}`,
     `  advert_int ${adv}`,
     ...(o.nopreempt ? ['  nopreempt'] : []),
+    ...(preemptDelay > 0 ? [`  preempt_delay ${preemptDelay / 1000}`] : []),
   );
   if (o.unicast) {
     lines.push(`  unicast_src_ip ${ipv4(o.unicast.src, 'unicast.src')}`, '  unicast_peer {');
@@ -155,22 +167,20 @@ export function renderKeepalivedConf(o: KeepalivedOptions): string {
   return lines.join('\n');
 }
 
-/** Absolute path of the PING health check shipped with this package. */
-export const PING_SCRIPT = fileURLToPath(new URL('../scripts/dsm-ping.mjs', import.meta.url));
+/** Absolute path of the PING health check shipped with this package (bash, no Node start). */
+export const PING_SCRIPT = fileURLToPath(new URL('../scripts/dsm-ping.sh', import.meta.url));
 
 /**
  * The track-script command line that checks a dsm node answers the protocol PING:
- * `node dsm-ping.mjs HOST:PORT REPLY TIMEOUT_MS`. `replyCommand`: 100 tracker, 101 id, 102 storage.
+ * `dsm-ping.sh HOST:PORT REPLY TIMEOUT_MS`. `replyCommand`: 100 tracker, 101 id, 102 storage.
  */
 export function pingCheckCommand(o: {
   address: string;
   replyCommand?: number;
   timeoutMs?: number;
-  node?: string;
   script?: string;
 }): string {
-  const node = o.node ?? process.execPath;
-  const parts = [node, o.script ?? PING_SCRIPT, o.address];
+  const parts = [o.script ?? PING_SCRIPT, o.address];
   if (o.replyCommand !== undefined) parts.push(String(o.replyCommand));
   if (o.timeoutMs !== undefined) {
     if (o.replyCommand === undefined) parts.push('0');
@@ -196,11 +206,19 @@ export interface VipPairOptions {
   unicast?: boolean;
   trackFileDir?: string;
   trackScript?: Partial<TrackScript>;
+  /**
+   * How long a recovered higher-priority node waits before it takes the VIP back (default
+   * 5000 ms: a storage retries a lost tracker every 2 s at most, then joins and beats at
+   * once). With a delay every node starts as BACKUP and priority alone picks the master.
+   * 0: take it back at once (the first node starts as MASTER).
+   */
+  preemptDelayMs?: number;
 }
 
-/** keepalived.conf of each node of a VIP pair: the first node is MASTER (priority 150). */
+/** keepalived.conf of each node of a VIP pair: the first node has the top priority (150). */
 export function renderVipPair(o: VipPairOptions): { name: string; conf: string }[] {
   if (o.nodes.length < 2) throw new HaConfigError('a VIP pair needs at least two nodes');
+  const preemptDelayMs = o.preemptDelayMs ?? 5000;
   return o.nodes.map((n, i) => ({
     name: n.name,
     conf: renderKeepalivedConf({
@@ -210,7 +228,8 @@ export function renderVipPair(o: VipPairOptions): { name: string; conf: string }
       vip: o.vip,
       virtualRouterId: o.virtualRouterId,
       priority: 150 - 50 * Math.min(i, 2) - Math.max(0, i - 2),
-      state: i === 0 ? 'MASTER' : 'BACKUP',
+      state: i === 0 && preemptDelayMs === 0 ? 'MASTER' : 'BACKUP',
+      preemptDelayMs,
       advertIntMs: o.advertIntMs ?? 100,
       unicast: o.unicast
         ? { src: n.address, peers: o.nodes.filter((p) => p !== n).map((p) => p.address) }

@@ -47,11 +47,12 @@ describe('keepalived.conf renderer', () => {
   ];
   for (const p of pairs) {
     for (const variant of [
-      { advertIntMs: 100, unicast: false },
-      { advertIntMs: 1000, unicast: false },
-      { advertIntMs: 250, unicast: true },
+      { advertIntMs: 100, unicast: false, preemptDelayMs: undefined },
+      { advertIntMs: 1000, unicast: false, preemptDelayMs: 0 },
+      { advertIntMs: 250, unicast: true, preemptDelayMs: 1500 },
     ]) {
-      it(`keepalived -t accepts the ${p.role} pair (advert ${variant.advertIntMs} ms${variant.unicast ? ', unicast' : ''})`, async () => {
+      const delay = variant.preemptDelayMs ?? 5000;
+      it(`keepalived -t accepts the ${p.role} pair (advert ${variant.advertIntMs} ms${variant.unicast ? ', unicast' : ''}, preempt delay ${delay} ms)`, async () => {
         const confs = renderVipPair({
           role: p.role,
           vip: p.vip,
@@ -66,9 +67,13 @@ describe('keepalived.conf renderer', () => {
           advertIntMs: variant.advertIntMs,
           unicast: variant.unicast,
           trackFileDir: dir,
+          preemptDelayMs: variant.preemptDelayMs,
         });
         expect(confs).toHaveLength(2);
-        expect(confs[0]!.conf).toContain('state MASTER');
+        // keepalived honours preempt_delay only on an instance that starts as BACKUP
+        expect(confs[0]!.conf).toContain(delay ? 'state BACKUP' : 'state MASTER');
+        for (const c of confs) expect(c.conf.includes(`preempt_delay ${delay / 1000}\n`)).toBe(delay > 0);
+        if (!delay) expect(confs[0]!.conf).not.toContain('preempt_delay');
         expect(confs[0]!.conf).toContain('priority 150');
         expect(confs[1]!.conf).toContain('state BACKUP');
         expect(confs[1]!.conf).toContain('priority 100');
@@ -116,21 +121,27 @@ describe('keepalived.conf renderer', () => {
     expect(() => renderKeepalivedConf({ ...base, vip: '10.213.0.300/24' })).toThrow(/IPv4/);
     expect(() => renderKeepalivedConf({ ...base, priority: 255 })).toThrow(/priority/);
     expect(() => renderKeepalivedConf({ ...base, advertIntMs: 105 })).toThrow(/multiple of 10/);
+    expect(() => renderKeepalivedConf({ ...base, preemptDelayMs: 1000 })).toThrow(/BACKUP/);
+    expect(() =>
+      renderKeepalivedConf({ ...base, state: 'BACKUP', preemptDelayMs: 1000, nopreempt: true }),
+    ).toThrow(/exclude/);
   });
 });
 
 describe('PING track script', () => {
   let server: Server;
   let port = 0;
-  let answer: 'ok' | 'error' | 'silent' = 'ok';
+  let answer: 'ok' | 'error' | 'silent' | 'body' | 'short' = 'ok';
   beforeAll(async () => {
     server = createServer((s) => {
+      s.on('error', () => {}); // a check killed at its time limit resets the connection
       s.once('data', () => {
         if (answer === 'silent') return;
-        const f = Buffer.alloc(10);
+        const f = Buffer.alloc(answer === 'body' ? 12 : 10);
+        if (answer === 'body') f.writeBigInt64BE(2n, 0);
         f.writeUInt8(100, 8);
         f.writeUInt8(answer === 'ok' ? 0 : 0xfd, 9);
-        s.end(f);
+        s.end(answer === 'short' ? f.subarray(0, 9) : f);
       });
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -160,6 +171,23 @@ describe('PING track script', () => {
     const t0 = Date.now();
     expect(await check(100)).toBe(1);
     expect(Date.now() - t0).toBeLessThan(1500);
+    answer = 'body';
+    expect(await check(100)).toBe(1);
+    answer = 'short'; // closed after 9 bytes
+    expect(await check(100)).toBe(1);
+  });
+
+  it('accepts any node kind when no reply command is given', async () => {
+    answer = 'ok';
+    const [cmd, ...args] = pingCheckCommand({ address: `127.0.0.1:${port}`, timeoutMs: 500 }).split(' ');
+    expect(args).toEqual([`127.0.0.1:${port}`, '0', '500']);
+    await expect(run(cmd as string, args)).resolves.toBeDefined();
+    await expect(run(cmd as string, [`127.0.0.1:${port}`])).resolves.toBeDefined();
+  });
+
+  it('exits 2 on a malformed address', async () => {
+    await expect(run(PING_SCRIPT, ['127.0.0.1'])).rejects.toMatchObject({ code: 2 });
+    await expect(run(PING_SCRIPT, ['127.0.0.1:80', 'x'])).rejects.toMatchObject({ code: 2 });
   });
 
   it('exits 1 when nothing listens', async () => {

@@ -244,18 +244,18 @@ export function vipPairConfs(spec: EnvSpec, role: 'tracker' | 'id'): { name: str
     checkAddress,
     replyCommand: REPLY[role],
     advertIntMs: p.advertIntMs,
+    preemptDelayMs: p.preemptDelayMs,
     unicast: p.unicast || undefined,
     trackFileDir: p.trackFileDir,
-    // installed hosts run the release's check script with the installed Node; the lab (install
-    // null) keeps renderVipPair's default: this Node and this checkout's script
+    // installed hosts run the release's check script; the lab (install null) keeps
+    // renderVipPair's default: this checkout's script
     trackScript: spec.install
       ? {
           cmd: pingCheckCommand({
             address: checkAddress,
             replyCommand: REPLY[role],
             timeoutMs: 800,
-            node: rt.node,
-            script: `${rt.dsm}/infra/ha/scripts/dsm-ping.mjs`,
+            script: `${rt.dsm}/infra/ha/scripts/dsm-ping.sh`,
           }),
         }
       : undefined,

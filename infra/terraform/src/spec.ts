@@ -35,6 +35,8 @@ const vipPair = z
     /** Interface the VIP lives on. */
     interface: z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/),
     advertIntMs: z.number().int().default(1000),
+    /** How long a recovered master waits before it takes the VIP back (keepalived preempt_delay). */
+    preemptDelayMs: z.number().int().min(0).max(1_000_000).default(5000),
     /** Unicast VRRP (clouds have no multicast). */
     unicast: z.boolean().default(false),
     /** Folder of the `<host>.force-fault` track files (omit: no track file). */

@@ -114,6 +114,30 @@ describe('tracker links', () => {
     expect(up?.joins).toBeGreaterThanOrEqual(2);
   });
 
+  it('beats right after joining, not one beat interval later (ACTIVE at once on a new tracker)', async () => {
+    const other = await startStorage(
+      {
+        configDir: join(dir, 'eager'),
+        listen: '127.0.0.1:0',
+        hostname: 'eager',
+        group: 'groupX',
+        storePaths: ['s'],
+        trackers: [`127.0.0.1:${trackerPort}`],
+        database: `sqlite:${join(dir, 'eager.db')}`,
+        beatIntervalMs: 60_000,
+        joinSecret: 's3cret',
+      },
+      { log, idSource: idStub().source },
+    );
+    try {
+      await until(() => beats.some((b) => b.hostname === 'eager'), 5000, 20, 'the first beat');
+      expect(joins.filter((j) => j.hostname === 'eager')).toHaveLength(1);
+      expect(other.trackerLinks[0]?.beats).toBe(1);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('stops cleanly on close', async () => {
     const t0 = Date.now();
     await node.close();

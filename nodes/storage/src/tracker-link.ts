@@ -157,7 +157,12 @@ export class TrackerLinks {
         st.lastJoinMs = Date.now();
         st.lastError = null;
         log.info({ group: o.group, port: o.port }, 'joined tracker');
-        while (await this.#wait(o.beatIntervalMs)) {
+        // The first beat goes right after the join: a tracker routes only to ACTIVE storages,
+        // and a storage becomes ACTIVE on a beat, so a restarted tracker (or one whose link
+        // came back) would otherwise route nothing to it for a whole beat interval.
+        let first = true;
+        while (first || (await this.#wait(o.beatIntervalMs))) {
+          first = false;
           const beat = encodeBeatExt({
             group: o.group,
             hostname: o.hostname,

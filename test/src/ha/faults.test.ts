@@ -184,6 +184,7 @@ async function verifyAll(c: DsmClient, files: Acked[]): Promise<void> {
 function prober(op: () => Promise<unknown>, everyMs = 20) {
   const ok: number[] = [];
   let fails = 0;
+  const reasons = new Map<string, number>();
   let running = true;
   const done = (async () => {
     while (running) {
@@ -191,8 +192,10 @@ function prober(op: () => Promise<unknown>, everyMs = 20) {
       try {
         await op();
         ok.push(Date.now());
-      } catch {
+      } catch (e) {
         fails++;
+        const why = (e as { code?: string }).code ?? String(e).slice(0, 60);
+        reasons.set(why, (reasons.get(why) ?? 0) + 1);
       }
       await sleep(Math.max(0, everyMs - (Date.now() - t)));
     }
@@ -201,6 +204,10 @@ function prober(op: () => Promise<unknown>, everyMs = 20) {
     ok,
     get fails() {
       return fails;
+    },
+    /** The failures by error code, e.g. `8 DSM_ERR_TIMEOUT, 1 DSM_ERR_NO_STORAGE`. */
+    why(): string {
+      return [...reasons].map(([k, n]) => `${n} ${k}`).join(', ') || 'none';
     },
     async stop() {
       running = false;
@@ -295,7 +302,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       await writes.stop();
     }
     figure(
-      `(a) lookups: ${lookups.ok.length} ok, ${lookups.fails} failed; uploads: ${writes.acked.length} acknowledged, ${writes.failures} failed`,
+      `(a) lookups: ${lookups.ok.length} ok, ${lookups.fails} failed (${lookups.why()}); uploads: ${writes.acked.length} acknowledged, ${writes.failures} failed`,
     );
     expect(writes.acked.length).toBeGreaterThan(10);
     await verifyAll(up, writes.acked);
@@ -349,7 +356,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       await writes.stop();
     }
     figure(
-      `(a') lookups: ${lookups.ok.length} ok, ${lookups.fails} failed; uploads: ${writes.acked.length} acknowledged, ${writes.failures} failed`,
+      `(a') lookups: ${lookups.ok.length} ok, ${lookups.fails} failed (${lookups.why()}); uploads: ${writes.acked.length} acknowledged, ${writes.failures} failed`,
     );
     expect(writes.acked.length).toBeGreaterThan(5);
     await verifyAll(up, writes.acked);

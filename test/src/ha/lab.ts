@@ -64,6 +64,8 @@ export const VOLUME = 'group001';
 export const BEAT_MS = 500;
 export const BEAT_TIMEOUT_MS = 3 * BEAT_MS;
 export const SWEEP_MS = 100;
+/** keepalived preempt_delay: a recovered master waits this long before taking its VIP back. */
+export const PREEMPT_DELAY_MS = 2000;
 
 const ns = (h: Host) => `dsm-${h}`;
 const mntFile = (h: Host) => `${MNTNS}/dsm-${h}`;
@@ -170,6 +172,9 @@ export function labVipConfs(
       checkAddress: `127.0.0.1:${p.port}`,
       replyCommand: p.reply,
       advertIntMs: 100,
+      // storages retry a lost tracker every 500 ms here; TCP's retransmission after a cut
+      // link comes back can add a second (scenario a')
+      preemptDelayMs: PREEMPT_DELAY_MS,
       trackFileDir,
     }),
   }));
