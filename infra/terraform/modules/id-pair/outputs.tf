@@ -18,7 +18,7 @@ output "user_data" {
 }
 
 output "hosts" {
-  description = "The hosts of the pair (name → address); the MASTER is the first host of the pair in dsm.json."
+  description = "The hosts of the pair (name → address); the preferred master (priority 150) is the first host of the pair in dsm.json."
   value       = var.hosts
 }
 
