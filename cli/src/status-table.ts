@@ -21,7 +21,7 @@ function ago(now: number, t: number): string {
 /** `dsm status`: one row per storage, grouped. */
 export function formatStatus(s: ClusterStatus): string {
   const rows: string[][] = [
-    ['GROUP', 'STORAGE', 'HOSTNAME', 'STATE', 'FREE', 'TOTAL', 'LOAD', 'HEALS', 'LAST BEAT'],
+    ['GROUP', 'STORAGE', 'HOSTNAME', 'STATE', 'WRITES', 'FREE', 'TOTAL', 'LOAD', 'HEALS', 'LAST BEAT'],
   ];
   for (const g of s.groups) {
     for (const st of g.storages) {
@@ -30,6 +30,8 @@ export function formatStatus(s: ClusterStatus): string {
         `${st.host}:${st.port}`,
         st.hostname,
         st.state,
+        // the store's own write probe: "refused" = it fails or stalls (e.g. no GlusterFS quorum)
+        st.writable === undefined ? '-' : st.writable ? 'ok' : 'refused',
         size(st.freeBytes),
         size(st.totalBytes),
         String(st.load),
@@ -48,5 +50,7 @@ export function formatStatus(s: ClusterStatus): string {
   const groups = s.groups.length;
   const storages = s.groups.reduce((n, g) => n + g.storages.length, 0);
   const active = s.groups.reduce((n, g) => n + g.storages.filter((x) => x.state === 'ACTIVE').length, 0);
-  return `tracker ${s.tracker}: ${groups} group(s), ${storages} storage(s), ${active} active\n${lines.join('\n')}\n`;
+  const refusing = s.groups.reduce((n, g) => n + g.storages.filter((x) => x.writable === false).length, 0);
+  const warn = refusing ? `, ${refusing} refusing writes` : '';
+  return `tracker ${s.tracker}: ${groups} group(s), ${storages} storage(s), ${active} active${warn}\n${lines.join('\n')}\n`;
 }

@@ -71,6 +71,13 @@ export const configSchema = z.object({
     .regex(/^[A-Za-z0-9_-]{0,64}$/, 'a GlusterFS volume name (or empty)')
     .default(''),
   healCheckIntervalMs: z.number().int().min(100).default(10_000),
+  /**
+   * How often the storage writes, fsyncs and removes a probe file in each store; a probe that
+   * fails or takes longer than `storeProbeTimeoutMs` marks the store not writable in the
+   * heartbeats (trackers hand the storage out last; `dsm status` shows it). 0 = no probe.
+   */
+  storeProbeIntervalMs: z.number().int().min(0).default(2000),
+  storeProbeTimeoutMs: z.number().int().min(10).default(3000),
   /** Read/write chunk size for file I/O. */
   ioChunkBytes: z
     .number()

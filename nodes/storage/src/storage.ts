@@ -28,6 +28,7 @@ import {
 } from './resumable.ts';
 import { idKeyFor } from './seed-rules.ts';
 import { Stores } from './store.ts';
+import { StoreProbe } from './store-probe.ts';
 import { type TrackerLinkState, TrackerLinks } from './tracker-link.ts';
 
 export interface StartStorageOptions {
@@ -225,6 +226,20 @@ export async function startStorage(
       ? new HealMonitor(config.glusterVolume, config.healCheckIntervalMs, log)
       : undefined;
     if (heals) cleanups.push(async () => heals.close());
+    const probe =
+      config.storeProbeIntervalMs > 0
+        ? new StoreProbe(
+            storePaths.map((_, i) => stores.tmpDir(i)),
+            config.storeProbeIntervalMs,
+            config.storeProbeTimeoutMs,
+            log,
+            () => links.nudge(),
+          )
+        : undefined;
+    if (probe) {
+      cleanups.push(async () => probe.close());
+      void probe.check();
+    }
     const links = new TrackerLinks({
       trackers: config.trackers,
       group: config.group,
@@ -235,6 +250,7 @@ export async function startStorage(
       capacityPath: storePaths[0] as string,
       load: () => server.inFlight,
       pendingHeals: () => heals?.value ?? -1,
+      writable: () => probe?.writable ?? true,
       log,
     });
     links.start();

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, DsmError, ErrorCode } from '@dsm/common';
@@ -15,6 +15,7 @@ import { ProtocolServer } from '@dsm/server';
 import { until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type StorageNode, startStorage } from './storage.ts';
+import { TMP_DIR } from './store.ts';
 import { idStub } from './test-support.ts';
 
 const log = createLogger('tracker-link-test');
@@ -63,6 +64,7 @@ describe('tracker links', () => {
         database: `sqlite:${join(dir, 'm.db')}`,
         beatIntervalMs: 60,
         joinSecret: 's3cret',
+        storeProbeIntervalMs: 100,
       },
       { log, idSource: idStub().source },
     );
@@ -95,6 +97,7 @@ describe('tracker links', () => {
       hostname: 'linked',
       port: node.port,
       pendingHeals: -1,
+      writable: true,
     });
     const [up, down] = node.trackerLinks;
     expect(up).toMatchObject({ tracker: `127.0.0.1:${trackerPort}`, status: 'joined', joins: 1 });
@@ -136,6 +139,20 @@ describe('tracker links', () => {
     } finally {
       await other.close();
     }
+  });
+
+  it('a store that refuses writes is reported in the next heartbeat, and its recovery too', async () => {
+    // the probe writes in this process's temp folder: a file in its place makes it fail
+    const tmp = join(node.storePaths[0] as string, TMP_DIR, `linked-${node.port}`);
+    rmSync(tmp, { recursive: true, force: true });
+    writeFileSync(tmp, 'not a folder');
+    try {
+      await until(() => beats.at(-1)?.writable === false, 5000, 20, 'a beat saying "not writable"');
+    } finally {
+      rmSync(tmp, { force: true });
+      mkdirSync(tmp);
+    }
+    await until(() => beats.at(-1)?.writable === true, 5000, 20, 'a beat saying "writable" again');
   });
 
   it('stops cleanly on close', async () => {

@@ -43,6 +43,8 @@ export interface TrackerLinksOptions {
   load: () => number;
   /** Pending heals of the group volume (-1 = unknown / not GlusterFS). */
   pendingHeals?: () => number;
+  /** Whether the stores take writes (StoreProbe); absent = yes. */
+  writable?: () => boolean;
   log: Logger;
   transport?: Transport;
   connectTimeoutMs?: number;
@@ -97,6 +99,32 @@ export class TrackerLinks {
   }
 
   /** Waits `ms`; false when stopped meanwhile. */
+  /** Sends the next heartbeat on every joined link now (the store's state changed). */
+  nudge(): void {
+    for (const wake of this.#wakers) wake();
+  }
+
+  readonly #wakers = new Set<() => void>();
+
+  /** Like #wait, but `nudge()` ends it early (still true). */
+  #waitBeat(ms: number): Promise<boolean> {
+    const signal = this.#abort.signal;
+    if (signal.aborted) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const done = (go: boolean) => {
+        clearTimeout(timer);
+        this.#wakers.delete(wake);
+        signal.removeEventListener('abort', stop);
+        resolve(go);
+      };
+      const wake = () => done(true);
+      const stop = () => done(false);
+      const timer = setTimeout(wake, ms);
+      this.#wakers.add(wake);
+      signal.addEventListener('abort', stop, { once: true });
+    });
+  }
+
   async #wait(ms: number): Promise<boolean> {
     try {
       await sleep(ms, undefined, { signal: this.#abort.signal });
@@ -161,13 +189,14 @@ export class TrackerLinks {
         // and a storage becomes ACTIVE on a beat, so a restarted tracker (or one whose link
         // came back) would otherwise route nothing to it for a whole beat interval.
         let first = true;
-        while (first || (await this.#wait(o.beatIntervalMs))) {
+        while (first || (await this.#waitBeat(o.beatIntervalMs))) {
           first = false;
           const beat = encodeBeatExt({
             group: o.group,
             hostname: o.hostname,
             port: o.port,
             pendingHeals: o.pendingHeals?.() ?? -1,
+            writable: o.writable?.() ?? true,
             ...(await this.#capacity()),
           });
           await conn.request(Command.TRACKER_BEAT_EXT, beat, Command.TRACKER_REPLY, exactly(0));

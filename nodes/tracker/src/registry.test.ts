@@ -140,6 +140,32 @@ describe('registry', () => {
     expect(reg.pick('nosuch', 3)).toEqual([]);
   });
 
+  it('pick: a storage whose store refuses writes goes last, and back in line when it recovers', () => {
+    const reg = new Registry({ beatTimeoutMs: 30_000 });
+    const beat = (port: number, load: number, writable?: boolean) =>
+      reg.beatExt({
+        group: 'g',
+        host: '10.0.0.1',
+        port,
+        totalBytes: 0,
+        freeBytes: 0,
+        load,
+        pendingHeals: -1,
+        writable,
+        conn: 'c',
+      });
+    for (const p of [1, 2, 3]) reg.join(join({ group: 'g', port: p }));
+    beat(1, 0, false); // least loaded, but its store lost quorum
+    beat(2, 5, true);
+    beat(3, 7); // a first-version beat (no store flags): writable
+    expect(reg.pick('g', 3).map((r) => r.port)).toEqual([2, 3, 1]);
+    expect(reg.toStatus(reg.storages('g')[0]!)).toMatchObject({ port: 1, writable: false });
+    reg.join(join({ group: 'g', port: 1 })); // a re-join keeps what the last beat said
+    expect(reg.storages('g')[0]!.writable).toBe(false);
+    beat(1, 0, true);
+    expect(reg.pick('g', 3).map((r) => r.port)).toEqual([1, 2, 3]);
+  });
+
   it('pick: equal storages (seed storages report no load) are handed out in varying order', () => {
     const reg = new Registry({ beatTimeoutMs: 30_000 });
     for (const p of [1, 2, 3, 4]) {

@@ -28,6 +28,11 @@ export interface StorageRecord {
   load: number;
   /** −1 = unknown. */
   pendingHeals: number;
+  /**
+   * The storage's last heartbeat said its store takes writes (true until a beat says
+   * otherwise; seed storages never say). A storage whose store does not is handed out last.
+   */
+  writable: boolean;
   /** Connection the last join / beat came on; its close marks the storage OFFLINE. */
   conn: string;
 }
@@ -56,6 +61,8 @@ export interface BeatExtInput {
   freeBytes: number;
   load: number;
   pendingHeals: number;
+  /** Absent: writable (a first-version beat without store flags). */
+  writable?: boolean;
   conn: string;
 }
 
@@ -132,6 +139,7 @@ export class Registry {
       freeBytes: j.freeBytes ?? prev?.freeBytes ?? 0,
       load: j.load ?? prev?.load ?? 0,
       pendingHeals: prev?.pendingHeals ?? -1,
+      writable: prev?.writable ?? true,
       conn: j.conn,
     };
     if (prev) Object.assign(prev, rec);
@@ -165,6 +173,7 @@ export class Registry {
     r.freeBytes = b.freeBytes;
     r.load = b.load;
     r.pendingHeals = b.pendingHeals;
+    r.writable = b.writable ?? true;
     return r;
   }
 
@@ -244,9 +253,12 @@ export class Registry {
   }
 
   /**
-   * Storages to hand to a client: the group's ACTIVE storages, least load first, then most
-   * free bytes; at most `max`. Ties are broken at random, so storages that report neither (seed
-   * storages) share the clients as the seed's random rotation did.
+   * Storages to hand to a client: the group's ACTIVE storages, those whose store takes writes
+   * first (one that lost its GlusterFS quorum refuses uploads, and its reads may be stale),
+   * then least load, then most free bytes; at most `max`. A storage that cannot write stays in
+   * the list, last, so a group whose members all lost quorum still serves reads. Ties are
+   * broken at random, so storages that report neither (seed storages) share the clients as
+   * the seed's random rotation did.
    */
   pick(group: string, max: number): StorageRecord[] {
     const recs = this.active(group);
@@ -255,7 +267,9 @@ export class Registry {
       [recs[i], recs[j]] = [recs[j] as StorageRecord, recs[i] as StorageRecord];
     }
     // Array.prototype.sort is stable: equal storages keep the shuffled order.
-    return recs.sort((a, b) => a.load - b.load || b.freeBytes - a.freeBytes).slice(0, max);
+    return recs
+      .sort((a, b) => Number(b.writable) - Number(a.writable) || a.load - b.load || b.freeBytes - a.freeBytes)
+      .slice(0, max);
   }
 
   get size(): number {
@@ -280,6 +294,7 @@ export class Registry {
       freeBytes: r.freeBytes,
       load: r.load,
       pendingHeals: r.pendingHeals,
+      writable: r.writable,
     };
   }
 }

@@ -166,8 +166,9 @@ export class FakeStorage {
     return storage;
   }
 
-  beat(over: { freeBytes?: number; load?: number } = {}): Promise<RawFrame> {
-    Object.assign(this.o, over);
+  beat(over: { freeBytes?: number; load?: number; writable?: boolean } = {}): Promise<RawFrame> {
+    const { writable = true, ...rest } = over;
+    Object.assign(this.o, rest);
     return this.conn.request(
       Command.TRACKER_BEAT_EXT,
       encodeBeatExt({
@@ -178,6 +179,7 @@ export class FakeStorage {
         freeBytes: this.o.freeBytes,
         load: this.o.load,
         pendingHeals: -1,
+        writable,
       }),
     );
   }

@@ -259,6 +259,15 @@ describe.each(BACKEND_NAMES)('tracker on %s', (backendName) => {
     await s[0]!.beat({ load: 0 });
     const r2 = decodeAddrsReply((await ask(t.port, Command.TRACKER_ADDRS, addrsBody('tnvideo', user))).body);
     expect(r2.addrs.map((a) => a.port)).toEqual([25001, 25004, 25003]);
+    // a storage whose store refuses writes (lost quorum) goes to the end, and status says so
+    await s[0]!.beat({ load: 0, writable: false });
+    const r3w = decodeAddrsReply((await ask(t.port, Command.TRACKER_ADDRS, addrsBody('tnvideo', user))).body);
+    expect(r3w.addrs.map((a) => a.port)).toEqual([25004, 25003, 25002]);
+    const refusing = t.registry.storages('gsort').find((x) => x.port === 25001);
+    expect(t.registry.toStatus(refusing!).writable).toBe(false);
+    await s[0]!.beat({ load: 0, writable: true });
+    const r4w = decodeAddrsReply((await ask(t.port, Command.TRACKER_ADDRS, addrsBody('tnvideo', user))).body);
+    expect(r4w.addrs.map((a) => a.port)).toEqual([25001, 25004, 25003]);
     // every storage of the group gone → Get Storage Address Fail...
     for (const x of s) x.close();
     await until(() => t.registry.active('gsort').length === 0);

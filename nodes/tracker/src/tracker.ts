@@ -206,6 +206,7 @@ export async function startTracker(
         freeBytes: b.freeBytes,
         load: b.load,
         pendingHeals: b.pendingHeals,
+        writable: b.writable,
         conn: key,
       });
       await ctx.reply();

@@ -409,6 +409,7 @@ const OWN_FRAMES: readonly { name: string; spec: SpecFn; frame: Uint8Array; stre
           freeBytes: 5,
           load: 1,
           pendingHeals: -1,
+          writable: true,
         }),
       ),
     },

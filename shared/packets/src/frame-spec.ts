@@ -8,7 +8,13 @@ import {
   UPLOAD_EXT_PREFIX,
   UPLOAD_PREFIX,
 } from './messages/storage.ts';
-import { BEAT_EXT_LENGTH, BEAT_LENGTH, JOIN_EXT_LENGTH, JOIN_LENGTH } from './messages/tracker.ts';
+import {
+  BEAT_EXT_LENGTH,
+  BEAT_EXT_V1_LENGTH,
+  BEAT_LENGTH,
+  JOIN_EXT_LENGTH,
+  JOIN_LENGTH,
+} from './messages/tracker.ts';
 
 /**
  * How a frame's body is read: `buffered` bodies are small and read whole (length checked against
@@ -33,7 +39,8 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   // The seed did not check this length, and a non-empty body desynchronised the stream.
   [Command.TRACKER_GROUPS]: exact(0),
   [Command.TRACKER_JOIN_EXT]: exact(JOIN_EXT_LENGTH),
-  [Command.TRACKER_BEAT_EXT]: exact(BEAT_EXT_LENGTH),
+  // 172 bytes from the first version (no store flags), 173 now
+  [Command.TRACKER_BEAT_EXT]: { kind: 'buffered', min: BEAT_EXT_V1_LENGTH, max: BEAT_EXT_LENGTH },
   [Command.TRACKER_STATUS]: exact(0),
   [Command.ID_GET]: { kind: 'buffered', min: 0, max: ID_KEY_MAX + 1 },
   [Command.STORAGE_UPLOAD]: { kind: 'stream', prefix: UPLOAD_PREFIX, maxRest: UNLIMITED },

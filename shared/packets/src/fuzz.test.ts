@@ -393,6 +393,7 @@ describe('(b) encode → decode round trips', () => {
       hostname: fixed(HOSTNAME_WIDTH),
       port,
       pendingHeals: i32,
+      writable: fc.boolean(),
       ...capacity,
     }),
     encodeBeatExt,
@@ -562,6 +563,7 @@ describe('(b) encode → decode round trips', () => {
           freeBytes: 0,
           load: -1,
           pendingHeals: 0,
+          writable: true,
         }),
       () =>
         encodeBeatExt({
@@ -572,6 +574,7 @@ describe('(b) encode → decode round trips', () => {
           freeBytes: 0,
           load: 0,
           pendingHeals: 2 ** 31,
+          writable: true,
         }),
       () => encodeErrorReply({ errno: 40000, message: 'x' }),
       () => encodeIds({ appId: 'a'.repeat(16), userId: '', fileId: '' }),
@@ -615,6 +618,7 @@ const DECODERS: readonly [name: string, length: number | null, decode: (b: Uint8
   ['decodeJoinExt', JOIN_EXT_LENGTH, decodeJoinExt],
   ['decodeBeat', BEAT_LENGTH, decodeBeat],
   ['decodeBeatExt', BEAT_EXT_LENGTH, decodeBeatExt],
+  ['decodeBeatExt (first version)', BEAT_EXT_LENGTH - 1, decodeBeatExt],
   ['decodeAddrsRequest', IDS_LENGTH, decodeAddrsRequest],
   ['decodeAddrsReply', null, decodeAddrsReply],
   ['decodeText', null, decodeText],

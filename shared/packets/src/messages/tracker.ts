@@ -144,18 +144,27 @@ export function decodeBeat(b: Uint8Array): Beat {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Heartbeat, extension (15), body 172 bytes: the seed heartbeat (146) followed by
+// Heartbeat, extension (15), body 173 bytes: the seed heartbeat (146) followed by
 // | 146 | 2 | advertised port, u16 (identifies one of several storages on a host) |
 // | 148 | 8 | total bytes, i64                                                     |
 // | 156 | 8 | free bytes, i64                                                      |
 // | 164 | 4 | load, u32                                                            |
 // | 168 | 4 | pending heals of the group volume, i32 (−1 = unknown / not GlusterFS) |
+// | 172 | 1 | store flags, u8: bit 0 = the store refuses or stalls writes         |
+// A 172-byte body (without the flags, as the first version sent it) is still accepted: the
+// store counts as writable.
 // ---------------------------------------------------------------------------------------------
-export const BEAT_EXT_LENGTH = BEAT_LENGTH + 2 + 8 + 8 + 4 + 4;
+export const BEAT_EXT_LENGTH = BEAT_LENGTH + 2 + 8 + 8 + 4 + 4 + 1;
+/** The first version's body, without the store flags. */
+export const BEAT_EXT_V1_LENGTH = BEAT_EXT_LENGTH - 1;
+/** Store flags bit 0: a write probe of the store failed or did not finish in time. */
+export const STORE_FLAG_NOT_WRITABLE = 0x01;
 
 export interface BeatExt extends Beat, Capacity {
   port: number;
   pendingHeals: number;
+  /** False when the storage's own write probe fails or stalls (e.g. GlusterFS quorum lost). */
+  writable: boolean;
 }
 
 export function encodeBeatExt(h: BeatExt): Uint8Array {
@@ -166,11 +175,12 @@ export function encodeBeatExt(h: BeatExt): Uint8Array {
   writeI64(b, 156, h.freeBytes);
   writeU32(b, 164, h.load);
   writeI32(b, 168, h.pendingHeals);
+  b[172] = h.writable ? 0 : STORE_FLAG_NOT_WRITABLE;
   return b;
 }
 
 export function decodeBeatExt(b: Uint8Array): BeatExt {
-  expectLength(b, BEAT_EXT_LENGTH);
+  if (b.length !== BEAT_EXT_V1_LENGTH) expectLength(b, BEAT_EXT_LENGTH);
   return {
     ...decodeBeat(b.subarray(0, BEAT_LENGTH)),
     port: readU16(b, 146),
@@ -178,6 +188,7 @@ export function decodeBeatExt(b: Uint8Array): BeatExt {
     freeBytes: readI64(b, 156, 'free bytes'),
     load: readU32(b, 164),
     pendingHeals: readI32(b, 168),
+    writable: b.length === BEAT_EXT_V1_LENGTH || ((b[172] as number) & STORE_FLAG_NOT_WRITABLE) === 0,
   };
 }
 
@@ -256,6 +267,8 @@ export interface StorageStatus {
   freeBytes: number;
   load: number;
   pendingHeals: number;
+  /** The storage's store takes writes (its write probe passes); absent from older trackers. */
+  writable?: boolean;
 }
 
 export interface ClusterStatus {
