@@ -229,7 +229,7 @@ export async function startStorage(
     const probe =
       config.storeProbeIntervalMs > 0
         ? new StoreProbe(
-            storePaths.map((_, i) => stores.tmpDir(i)),
+            storePaths.map((_, i) => `${stores.tmpDir(i)}.probe`),
             config.storeProbeIntervalMs,
             config.storeProbeTimeoutMs,
             log,

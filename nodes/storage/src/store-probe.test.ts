@@ -16,7 +16,7 @@ describe('store write probe', () => {
   it('a failing write marks the store not writable; a passing one marks it writable again', async () => {
     const store = join(dir, 'a');
     const changes: boolean[] = [];
-    const probe = new StoreProbe([store], 60_000, 1000, log, (w) => changes.push(w));
+    const probe = new StoreProbe([join(store, 'x.probe')], 60_000, 1000, log, (w) => changes.push(w));
     try {
       expect(await probe.check()).toBe(false); // the folder does not exist: ENOENT
       expect(probe.reason).toContain('ENOENT');
@@ -34,10 +34,10 @@ describe('store write probe', () => {
     const store = join(dir, 'b');
     mkdirSync(store);
     // opening a FIFO for writing blocks until a reader comes: a write that hangs
-    const fifo = join(store, '.probe');
+    const fifo = join(store, 'x.probe');
     execFileSync('mkfifo', [fifo]);
     const changes: boolean[] = [];
-    const probe = new StoreProbe([store], 60_000, 300, log, (w) => changes.push(w));
+    const probe = new StoreProbe([fifo], 60_000, 300, log, (w) => changes.push(w));
     try {
       const t0 = Date.now();
       const first = probe.check();

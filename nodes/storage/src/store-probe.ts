@@ -1,10 +1,10 @@
 import { open, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from '@dsm/common';
 
 /**
  * Tells whether this storage's stores take writes: every `intervalMs` it writes, fsyncs and
- * removes a small file in each store's own temp folder (the path an upload's temp file takes).
+ * removes a small file in each store, next to this process's temp folder (`.tmp/<owner>.probe`,
+ * on the same volume as an upload's temp file, outside the folder itself).
  * A probe that fails (ENOTCONN or EROFS when a GlusterFS member lost its quorum, EIO, ENOSPC)
  * or that has not finished after `timeoutMs` (a volume waiting out `network.ping-timeout`)
  * makes `writable` false until a later probe passes. The heartbeat carries it (BEAT_EXT store
@@ -19,7 +19,8 @@ export class StoreProbe {
   #closed = false;
 
   constructor(
-    readonly dirs: readonly string[],
+    /** One probe file per store. */
+    readonly files: readonly string[],
     readonly intervalMs: number,
     readonly timeoutMs: number,
     readonly log: Logger,
@@ -58,8 +59,7 @@ export class StoreProbe {
   }
 
   async #probe(): Promise<void> {
-    for (const dir of this.dirs) {
-      const path = join(dir, '.probe');
+    for (const path of this.files) {
       const fh = await open(path, 'w');
       try {
         await fh.write(`dsm store probe ${Date.now()}\n`);

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger, DsmError, ErrorCode } from '@dsm/common';
@@ -142,15 +142,22 @@ describe('tracker links', () => {
   });
 
   it('a store that refuses writes is reported in the next heartbeat, and its recovery too', async () => {
-    // the probe writes in this process's temp folder: a file in its place makes it fail
-    const tmp = join(node.storePaths[0] as string, TMP_DIR, `linked-${node.port}`);
-    rmSync(tmp, { recursive: true, force: true });
-    writeFileSync(tmp, 'not a folder');
+    // the probe writes `.tmp/<owner>.probe`: a folder in its place makes it fail (EISDIR)
+    const probeFile = join(node.storePaths[0] as string, TMP_DIR, `linked-${node.port}.probe`);
+    // (a probe in flight has the file there for a moment: EEXIST, try again)
+    const inPlace = () => {
+      try {
+        mkdirSync(probeFile);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await until(inPlace, 2000, 5, 'a folder in place of the probe file');
     try {
       await until(() => beats.at(-1)?.writable === false, 5000, 20, 'a beat saying "not writable"');
     } finally {
-      rmSync(tmp, { force: true });
-      mkdirSync(tmp);
+      rmSync(probeFile, { recursive: true, force: true });
     }
     await until(() => beats.at(-1)?.writable === true, 5000, 20, 'a beat saying "writable" again');
   });
