@@ -5,15 +5,20 @@ import type { ByteSocket, ConnectOptions, Transport } from './transport.ts';
 /** Chunks buffered before the socket is paused (backpressure towards the server). */
 const HIGH_WATER_CHUNKS = 16;
 
-class NodeByteSocket implements ByteSocket {
+/**
+ * A ByteSocket over a connected `net.Socket`. `first`: bytes already read from it (a proxy's
+ * handshake may read past its own reply), handed out before anything else.
+ */
+export class NodeByteSocket implements ByteSocket {
   readonly #s: Socket;
   readonly #queue: Uint8Array[] = [];
   #waiter: { resolve: (c: Uint8Array | null) => void; reject: (e: Error) => void } | null = null;
   #ended = false;
   #error: Error | null = null;
 
-  constructor(s: Socket) {
+  constructor(s: Socket, first?: Uint8Array) {
     this.#s = s;
+    if (first?.length) this.#queue.push(first);
     s.on('data', (c: Buffer) => {
       if (this.#waiter) {
         const w = this.#waiter;
@@ -36,6 +41,8 @@ class NodeByteSocket implements ByteSocket {
       this.#error = new DsmError(ErrorCode.SOCKET, `socket error: ${e.message}`, undefined, { cause: e });
       this.#wake();
     });
+    // a socket that was paused (by a handshake) flows again: reads are paced by the queue
+    if (s.isPaused()) s.resume();
   }
 
   #wake(): void {

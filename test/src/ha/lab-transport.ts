@@ -1,101 +1,7 @@
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import type { ByteSocket, ConnectOptions, Transport } from '@dsm/client';
+import { NodeByteSocket } from '@dsm/client/node';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-
-const HIGH_WATER_CHUNKS = 16;
-
-/** A ByteSocket over a connection already set up through the lab's connect proxy. */
-class ProxiedSocket implements ByteSocket {
-  readonly #s: Socket;
-  readonly #queue: Uint8Array[] = [];
-  #waiter: { resolve: (c: Uint8Array | null) => void; reject: (e: Error) => void } | null = null;
-  #ended = false;
-  #error: Error | null = null;
-
-  constructor(s: Socket, first: Buffer) {
-    this.#s = s;
-    if (first.length) this.#queue.push(first);
-    s.on('data', (c: Buffer) => {
-      if (this.#waiter) {
-        const w = this.#waiter;
-        this.#waiter = null;
-        w.resolve(c);
-        return;
-      }
-      this.#queue.push(c);
-      if (this.#queue.length >= HIGH_WATER_CHUNKS) s.pause();
-    });
-    const end = () => {
-      this.#ended = true;
-      this.#wake();
-    };
-    s.on('end', end);
-    s.on('close', end);
-    s.on('error', (e) => {
-      this.#error = new DsmError(ErrorCode.SOCKET, `socket error: ${e.message}`, undefined, { cause: e });
-      this.#wake();
-    });
-    s.resume();
-  }
-
-  #wake(): void {
-    if (!this.#waiter) return;
-    const w = this.#waiter;
-    this.#waiter = null;
-    if (this.#error) w.reject(this.#error);
-    else w.resolve(null);
-  }
-
-  get closed(): boolean {
-    return this.#s.destroyed || this.#ended;
-  }
-
-  read(): Promise<Uint8Array | null> {
-    const c = this.#queue.shift();
-    if (c) {
-      if (this.#queue.length < HIGH_WATER_CHUNKS / 2 && this.#s.isPaused()) this.#s.resume();
-      return Promise.resolve(c);
-    }
-    if (this.#error) return Promise.reject(this.#error);
-    if (this.#ended) return Promise.resolve(null);
-    if (this.#s.isPaused()) this.#s.resume();
-    return new Promise((resolve, reject) => {
-      this.#waiter = { resolve, reject };
-    });
-  }
-
-  write(bytes: Uint8Array): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.#s.destroyed) {
-        reject(new DsmError(ErrorCode.SOCKET, 'socket closed'));
-        return;
-      }
-      if (this.#s.write(bytes)) {
-        resolve();
-        return;
-      }
-      const onDrain = () => {
-        this.#s.off('close', onClose);
-        resolve();
-      };
-      const onClose = () => {
-        this.#s.off('drain', onDrain);
-        reject(this.#error ?? new DsmError(ErrorCode.SOCKET, 'socket closed while writing'));
-      };
-      this.#s.once('drain', onDrain);
-      this.#s.once('close', onClose);
-    });
-  }
-
-  close(): void {
-    this.#s.end();
-    setTimeout(() => this.#s.destroy(), 1000).unref();
-  }
-
-  destroy(): void {
-    this.#s.destroy();
-  }
-}
 
 /**
  * A Transport whose TCP connections are made from inside a lab namespace by
@@ -128,7 +34,7 @@ export function labTransport(socketPath: string): Transport {
             s.off('end', onEnd);
             s.removeAllListeners('error');
             s.pause();
-            resolve(new ProxiedSocket(s, head.subarray(1)));
+            resolve(new NodeByteSocket(s, head.subarray(1)));
           }
         };
         const onEnd = () => fail(head.subarray(1).toString() || 'closed by the lab proxy');
