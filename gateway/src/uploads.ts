@@ -26,13 +26,14 @@ export class BodyNotReplayable extends DsmError {
 }
 
 /**
- * A request body can be read once. The client library re-opens an upload source to retry on
- * another storage; that is fine before the first byte was taken, and refused after.
+ * A request body can be read once (`replayable: false`: DsmClient opens it at most once; a
+ * second open is refused all the same).
  */
 export function oneShot(body: AsyncIterable<Uint8Array>, size: number): UploadSource {
   let opened = false;
   return {
     size,
+    replayable: false,
     open() {
       if (opened) throw new BodyNotReplayable();
       opened = true;
@@ -71,29 +72,25 @@ export class Uploader {
     }
   }
 
-  /** One streamed upload frame of exactly `size` bytes; the storage commits it whole or not at all. */
+  /**
+   * One streamed upload frame of exactly `size` bytes; the storage commits it whole or not at all.
+   * DsmClient sends the one-shot body at most once (a failure after that is the answer), and
+   * when the reply is lost after the whole body went out it asks the group whether the file was
+   * stored (docs/reliability.md, "Lost upload replies").
+   */
   async uploadKnown(
     p: Principal,
     size: number,
     contentType: string,
     body: AsyncIterable<Uint8Array>,
   ): Promise<StoredFile> {
-    const ids: FileIds = { appId: p.appId, userId: p.userId, fileId: newFileId() };
-    const source = oneShot(exactLength(body, size), size);
-    // A retry after the body was taken cannot be made; then the storage's failure that caused it
-    // (e.g. errno DB_UNAVAILABLE while its database is down) is the answer, not the refusal.
-    let storageFailure: unknown;
-    try {
-      const stat = await this.onGroup(ids, (a) =>
-        this.client.storage.uploadExt(a, ids, contentType, source).catch((e: unknown) => {
-          if (!(e instanceof BodyNotReplayable)) storageFailure = e;
-          throw e;
-        }),
-      );
-      return { publicId: encodePublicId(ids), ids, stat };
-    } catch (e) {
-      throw e instanceof BodyNotReplayable && storageFailure !== undefined ? storageFailure : e;
-    }
+    const r = await this.client.upload({
+      appId: p.appId,
+      userId: p.userId,
+      contentType,
+      source: oneShot(exactLength(body, size), size),
+    });
+    return { publicId: r.publicId, ids: r.ids, stat: r.stat };
   }
 
   /**

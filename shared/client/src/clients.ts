@@ -107,8 +107,18 @@ export async function ping(pool: Pool, addr: Address, replyCommand: number): Pro
 
 export interface UploadSource {
   size: number;
-  /** Called again for a retry on another storage, so it must be able to start over. */
+  /**
+   * Called again for a retry on another storage, so it must be able to start over and give the
+   * same bytes, unless `replayable` is false.
+   */
   open(): AsyncIterable<Uint8Array>;
+  /**
+   * false: the bytes can be read only once (an HTTP request body streamed through). DsmClient
+   * then opens the source at most once: after a failure that happened once it was opened, that
+   * failure is the answer (no retry on another member), except for a lost reply after the whole
+   * body was sent, which DsmClient resolves by asking the group (see `DsmClient.upload`).
+   */
+  replayable?: boolean;
 }
 
 /** One storage server's operations (no failover; see DsmClient). */

@@ -1,9 +1,11 @@
+import { createHash } from 'node:crypto';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import { type Address, Errno, type FileStat } from '@dsm/packets';
 import { describe, expect, it } from 'vitest';
 import { RemoteError } from './connection.ts';
 import { DsmClient } from './dsm-client.ts';
 import { newFileId } from './file-id.ts';
+import { nodeTransport } from './node-transport.ts';
 import type { Transport } from './transport.ts';
 
 const noTransport = { connect: () => Promise.reject(new Error('not used')) } as unknown as Transport;
@@ -50,5 +52,138 @@ describe('DsmClient.upload after a lost reply', () => {
     await expect(c.upload({ appId: 'app', userId: 'u', source })).rejects.toMatchObject({
       errno: Errno.EXISTS,
     });
+  });
+});
+
+describe('DsmClient.upload of a one-shot source after a lost reply', () => {
+  const body = new TextEncoder().encode('0123456789');
+  const bodySha = new Uint8Array(createHash('sha256').update(body).digest());
+  const hashing = { ...noTransport, sha256: nodeTransport.sha256 } as Transport;
+  const oneShot = () => {
+    let opens = 0;
+    return {
+      get opens() {
+        return opens;
+      },
+      source: {
+        size: body.length,
+        replayable: false,
+        open: async function* () {
+          opens++;
+          yield body;
+        },
+      },
+    };
+  };
+  /** a1 takes the whole body, then the connection closes; `statOf` answers stat per member. */
+  function client(
+    statOf: (a: Address) => FileStat | Error,
+    fail: Error = new DsmError(ErrorCode.SOCKET, 'closed'),
+  ) {
+    const c = new DsmClient({ trackers: [a1], transport: hashing, locateCacheMs: 0 });
+    c.tracker.storagesFor = async () => ({ group: 'g1', addrs: [a1, a2] });
+    const asked: number[] = [];
+    c.storage.uploadExt = async (_a, _ids, _t, src) => {
+      for await (const _ of src.open()) {
+        // sent
+      }
+      throw fail;
+    };
+    c.storage.stat = async (a) => {
+      asked.push(a.port);
+      const r = statOf(a);
+      if (r instanceof Error) throw r;
+      return r;
+    };
+    return { c, asked };
+  }
+  const ours: FileStat = { size: body.length, mtimeMs: 1, sha256: bodySha, contentType: '' };
+
+  it('returns the stored file when the group has it with the size and sha-256 sent', async () => {
+    const s = oneShot();
+    const { c, asked } = client(() => ours);
+    const r = await c.upload({ appId: 'app', userId: 'u', source: s.source });
+    expect(r.stat).toEqual(ours);
+    expect(asked).toEqual([2]); // the other member first
+    expect(s.opens).toBe(1);
+    const t = client(
+      (a) => (a.port === 2 ? new DsmError(ErrorCode.CONNECT, 'down') : ours),
+      new DsmError(ErrorCode.TIMEOUT, 'slow'),
+    );
+    expect((await t.c.upload({ appId: 'app', userId: 'u', source: oneShot().source })).stat).toEqual(ours);
+    expect(t.asked).toEqual([2, 1]);
+  });
+
+  it('keeps the error when the file is missing, differs, or the id is not its own', async () => {
+    const missing = client(() => new RemoteError(Errno.NOT_FOUND, 'Read Database Fail'));
+    await expect(
+      missing.c.upload({ appId: 'app', userId: 'u', source: oneShot().source }),
+    ).rejects.toMatchObject({
+      code: ErrorCode.SOCKET,
+    });
+    expect(missing.asked).toEqual([2]);
+    const other = client(() => ({ ...ours, sha256: new Uint8Array(32) }));
+    await expect(
+      other.c.upload({ appId: 'app', userId: 'u', source: oneShot().source }),
+    ).rejects.toMatchObject({
+      code: ErrorCode.SOCKET,
+    });
+    const given = client(() => ours);
+    const up = given.c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), source: oneShot().source });
+    await expect(up).rejects.toMatchObject({ code: ErrorCode.SOCKET });
+    expect(given.asked).toEqual([]);
+  });
+
+  it('never opens a one-shot source twice: the first failure after opening is the answer', async () => {
+    const s = oneShot();
+    const c = new DsmClient({ trackers: [a1], transport: hashing, locateCacheMs: 0 });
+    c.tracker.storagesFor = async () => ({ group: 'g1', addrs: [a1, a2] });
+    const tried: number[] = [];
+    c.storage.uploadExt = async (a, _ids, _t, src) => {
+      tried.push(a.port);
+      if (a.port === 1) throw new DsmError(ErrorCode.CONNECT, 'refused'); // before opening: next member
+      src.open();
+      throw new RemoteError(Errno.DB_UNAVAILABLE, '[s2] INSERT Database Fail');
+    };
+    await expect(c.upload({ appId: 'app', userId: 'u', source: s.source })).rejects.toMatchObject({
+      errno: Errno.DB_UNAVAILABLE,
+    });
+    expect(tried).toEqual([1, 2]);
+  });
+});
+
+describe('DsmClient.upload of a replayable source after a lost reply', () => {
+  const body = new TextEncoder().encode('abcdefghij');
+  const bodySha = new Uint8Array(createHash('sha256').update(body).digest());
+  const hashing = { ...noTransport, sha256: nodeTransport.sha256 } as Transport;
+  const source = {
+    size: body.length,
+    open: async function* () {
+      yield body;
+    },
+  };
+
+  it('asks the group first and sends again only when the stored file is not its own', async () => {
+    for (const [storedSha, sends] of [
+      [bodySha, 1],
+      [new Uint8Array(32), 2],
+    ] as const) {
+      const c = new DsmClient({ trackers: [a1], transport: hashing, locateCacheMs: 0 });
+      c.tracker.storagesFor = async () => ({ group: 'g1', addrs: [a1, a2] });
+      let sent = 0;
+      const fresh = { size: body.length, mtimeMs: 2, sha256: bodySha, contentType: '' };
+      c.storage.uploadExt = async (a, _ids, _t, src) => {
+        for await (const _ of src.open()) {
+          // sent
+        }
+        sent++;
+        if (a.port === 1) throw new DsmError(ErrorCode.TIMEOUT, 'reply timed out');
+        return fresh;
+      };
+      c.storage.stat = async () => ({ ...fresh, mtimeMs: 1, sha256: storedSha });
+      const r = await c.upload({ appId: 'app', userId: 'u', source });
+      expect(sent).toBe(sends);
+      expect(r.stat.mtimeMs).toBe(sends === 1 ? 1 : 2);
+    }
   });
 });

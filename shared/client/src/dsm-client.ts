@@ -6,7 +6,7 @@ import { isRetryable, tryEach } from './failover.ts';
 import { newFileId } from './file-id.ts';
 import { Pool, type PoolOptions } from './pool.ts';
 import { encodePublicId } from './public-id.ts';
-import type { Transport } from './transport.ts';
+import type { Sha256Hasher, Transport } from './transport.ts';
 
 export interface DsmClientOptions extends Partial<Omit<PoolOptions, 'transport'>> {
   trackers: readonly Address[];
@@ -33,12 +33,14 @@ export class DsmClient {
   readonly storage: StorageClient;
   readonly #cacheMs: number;
   readonly #cache = new Map<string, { at: number; reply: AddrsReply }>();
+  readonly #sha256: (() => Sha256Hasher) | undefined;
 
   constructor(opts: DsmClientOptions) {
     this.pool = new Pool({ ...opts, transport: opts.transport });
     this.tracker = new TrackerClient(this.pool, opts.trackers);
     this.storage = new StorageClient(this.pool);
     this.#cacheMs = opts.locateCacheMs ?? 2000;
+    this.#sha256 = opts.transport.sha256?.bind(opts.transport);
   }
 
   idClient(servers: readonly Address[]): IdClient {
@@ -56,29 +58,42 @@ export class DsmClient {
     return reply;
   }
 
-  /** Runs `fn` on the user's storages in turn; re-asks the tracker once if all of them fail. */
+  /**
+   * Runs `fn` on the user's storages in turn while its failure is `retryable`; re-asks the
+   * tracker once if all of them fail that way.
+   */
   async #onStorages<T>(
     appId: string,
     userId: string,
-    fn: (a: Address, group: string) => Promise<T>,
+    fn: (a: Address, group: string, addrs: readonly Address[]) => Promise<T>,
+    retryable: (e: unknown) => boolean = isRetryable,
   ): Promise<T> {
     const first = await this.locate(appId, userId);
     try {
-      return await tryEach(first.addrs, (a) => fn(a, first.group));
+      return await tryEach(first.addrs, (a) => fn(a, first.group, first.addrs), 0, retryable);
     } catch (e) {
-      if (!isRetryable(e)) throw e;
+      if (!retryable(e)) throw e;
       const again = await this.locate(appId, userId, true);
-      return tryEach(again.addrs, (a) => fn(a, again.group));
+      return tryEach(again.addrs, (a) => fn(a, again.group, again.addrs), 0, retryable);
     }
   }
 
   /**
-   * Uploads to one of the user's storages, trying the next one on a retryable failure. When the
-   * client chose the file id itself (or `freshFileId` says the caller made `fileId` with
-   * `newFileId()` for this upload alone), "id exists" on a retry can only mean that an earlier
-   * attempt of this call was stored although its reply was lost (the storage was killed or the
-   * reply timed out after the commit): the upload then succeeded, and its stat is returned when
-   * the stored size matches.
+   * Uploads to one of the user's storages, trying the next one on a retryable failure (a source
+   * with `replayable: false` only until it was opened).
+   *
+   * A reply can be lost after the storage committed (the storage was killed, the connection
+   * reset, or the reply timed out). When the file id is the client's own (generated here, or
+   * the caller says `freshFileId`: made with `newFileId()` for this upload alone), nobody else
+   * can have stored that id, so the file's existence answers the question:
+   * - the whole body was sent and then the connection closed, reset or timed out: the group is
+   *   asked for the file's stat (the other members first, since they share the store, then the
+   *   same one). A file of the size sent, and of the sha-256 of the bytes sent when the runtime
+   *   hashes (`Transport.sha256`), is this upload: its stat is returned. Otherwise (not found,
+   *   or no member answers) the failure stands, and a replayable source is sent again to the
+   *   next member as before;
+   * - "id exists" on a retry (a replayable source sent again) is taken the same way, after the
+   *   same size/sha-256 check.
    */
   async upload(
     req: {
@@ -93,22 +108,66 @@ export class DsmClient {
   ): Promise<UploadResult> {
     const ids: FileIds = { appId: req.appId, userId: req.userId, fileId: req.fileId ?? newFileId() };
     const ownId = req.fileId === undefined || req.freshFileId === true;
+    const replayable = req.source.replayable !== false;
+    // A one-shot body is hashed while it goes out (it cannot be read again to check); a
+    // replayable one is read again only if a check needs its hash.
+    const hashWhileSending = ownId && !replayable ? this.#sha256 : undefined;
+    let opened = false;
+    let sentDigest: Uint8Array | undefined;
     let group = '';
     let attempts = 0;
-    const stat = await this.#onStorages(ids.appId, ids.userId, async (a, g) => {
-      group = g;
-      attempts++;
-      try {
-        return await this.storage.uploadExt(a, ids, req.contentType ?? '', req.source, onProgress);
-      } catch (e) {
-        const errno = (e as { errno?: number; remote?: boolean }).remote ? (e as RemoteError).errno : -1;
-        if (!ownId || attempts < 2 || errno !== Errno.EXISTS) throw e;
-        const st = await this.storage.stat(a, ids).catch(() => null);
-        if (st?.size !== req.source.size) throw e;
-        return st;
+    const isOurs = async (st: FileStat): Promise<boolean> => {
+      if (st.size !== req.source.size) return false;
+      if (!sentDigest && replayable && this.#sha256) {
+        // the same bytes again; a source that cannot be read now leaves the size to decide
+        sentDigest = await hashSource(req.source, this.#sha256()).catch(() => undefined);
       }
-    });
+      return !sentDigest || equalBytes(st.sha256, sentDigest);
+    };
+    const stat = await this.#onStorages(
+      ids.appId,
+      ids.userId,
+      async (a, g, addrs) => {
+        group = g;
+        attempts++;
+        const send = trackedSource(req.source, hashWhileSending, () => {
+          opened = true;
+        });
+        try {
+          return await this.storage.uploadExt(a, ids, req.contentType ?? '', send.source, onProgress);
+        } catch (e) {
+          if (!ownId) throw e;
+          if (send.complete) sentDigest ??= send.digest();
+          if (send.complete && isLostReply(e)) {
+            const st = await this.#statInGroup(ids, a, addrs);
+            if (st && (await isOurs(st))) return st;
+            throw e;
+          }
+          const errno = (e as { errno?: number; remote?: boolean }).remote ? (e as RemoteError).errno : -1;
+          if (attempts < 2 || errno !== Errno.EXISTS) throw e;
+          const st = await this.storage.stat(a, ids).catch(() => null);
+          if (st && (await isOurs(st))) return st;
+          throw e;
+        }
+      },
+      (e) => isRetryable(e) && (replayable || !opened),
+    );
     return { publicId: encodePublicId(ids), ids, group, stat };
+  }
+
+  /**
+   * The stat of `ids` from the group, or null when no member has it or none answers. The members
+   * other than `failed` are asked first (they share the store; `failed` may be dead), then
+   * `failed` itself (its connection may be all that failed).
+   */
+  async #statInGroup(ids: FileIds, failed: Address, addrs: readonly Address[]): Promise<FileStat | null> {
+    const same = (x: Address) => x.host === failed.host && x.port === failed.port;
+    const order = [...addrs.filter((x) => !same(x)), failed];
+    try {
+      return await tryEach(order, (x) => this.storage.stat(x, ids));
+    } catch {
+      return null;
+    }
   }
 
   stat(ids: FileIds): Promise<FileStat> {
@@ -133,4 +192,63 @@ export class DsmClient {
   close(): Promise<void> {
     return this.pool.close();
   }
+}
+
+/** A reply that never came: the connection closed or reset, or the reply timed out. */
+export function isLostReply(e: unknown): boolean {
+  const err = e as { code?: string; remote?: boolean };
+  return err?.remote !== true && (err?.code === ErrorCode.SOCKET || err?.code === ErrorCode.TIMEOUT);
+}
+
+/**
+ * One attempt's view of an upload source: whether the storage was handed the whole body (the
+ * source ran to its end, so every chunk was written) and, with `hasher`, the sha-256 of the
+ * bytes handed over.
+ */
+function trackedSource(
+  src: UploadSource,
+  hasher: (() => Sha256Hasher) | undefined,
+  onOpen: () => void,
+): { source: UploadSource; readonly complete: boolean; digest(): Uint8Array | undefined } {
+  let complete = false;
+  let h: Sha256Hasher | undefined;
+  const source: UploadSource = {
+    size: src.size,
+    replayable: src.replayable,
+    open() {
+      onOpen();
+      const inner = src.open();
+      h = hasher?.();
+      return {
+        async *[Symbol.asyncIterator]() {
+          let n = 0;
+          for await (const chunk of inner) {
+            h?.update(chunk);
+            n += chunk.length;
+            yield chunk;
+          }
+          // reached only when the sender asked for more after writing the last chunk
+          complete = n === src.size;
+        },
+      };
+    },
+  };
+  return {
+    source,
+    get complete() {
+      return complete;
+    },
+    digest: () => (complete ? h?.digest() : undefined),
+  };
+}
+
+async function hashSource(src: UploadSource, h: Sha256Hasher): Promise<Uint8Array> {
+  for await (const chunk of src.open()) h.update(chunk);
+  return h.digest();
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import type { ByteSocket, ConnectOptions, Transport } from './transport.ts';
+import type { ByteSocket, ConnectOptions, Sha256Hasher, Transport } from './transport.ts';
 
 /** Chunks buffered before the socket is paused (backpressure towards the server). */
 const HIGH_WATER_CHUNKS = 16;
@@ -128,5 +129,14 @@ export const nodeTransport: Transport = {
         );
       });
     });
+  },
+  sha256(): Sha256Hasher {
+    const h = createHash('sha256');
+    return {
+      update(bytes) {
+        h.update(bytes);
+      },
+      digest: () => new Uint8Array(h.digest()),
+    };
   },
 };

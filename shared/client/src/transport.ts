@@ -18,6 +18,17 @@ export interface ConnectOptions {
   timeoutMs: number;
 }
 
+/** An incremental SHA-256 (the runtime's own, e.g. node:crypto). */
+export interface Sha256Hasher {
+  update(bytes: Uint8Array): void;
+  digest(): Uint8Array;
+}
+
 export interface Transport {
   connect(host: string, port: number, opts: ConnectOptions): Promise<ByteSocket>;
+  /**
+   * The runtime's incremental SHA-256, when it has one. DsmClient hashes what it sends with it
+   * to recognise its own upload after a lost reply; without it, that check compares sizes only.
+   */
+  sha256?(): Sha256Hasher;
 }
