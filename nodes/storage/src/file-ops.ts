@@ -370,18 +370,15 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
   }
 }
 
-/** Delete (73): row, then cache entry, then file. */
+/**
+ * Delete (73): file, then row, then cache entry. The file goes first: a storage killed in the
+ * middle leaves a row without a file (a read answers an error, a retried delete finishes the
+ * job), never a file without a row, which another member's cached metadata would still serve
+ * and a retried delete could no longer find (chaos run, 2026-12-02).
+ */
 export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promise<void> {
   const { fileId, table } = idsOf(ctx);
   const f = await lookupDb(env, table, fileId);
-  let removed: boolean;
-  try {
-    removed = await env.meta.remove(table, fileId);
-  } catch (e) {
-    throw dbFailure(e, `Delete Database Fail, Fileid: ${fileId}`);
-  }
-  await env.meta.evict(fileId);
-  if (!removed) throw notFound(fileId);
   const abs = env.stores.resolveRecorded(f.meta.path);
   if (!abs) {
     env.log.error(
@@ -395,6 +392,14 @@ export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promis
       throw ioFailure(`Delete File Fail, Fileid: ${fileId}`, e);
     }
   }
+  let removed: boolean;
+  try {
+    removed = await env.meta.remove(table, fileId);
+  } catch (e) {
+    throw dbFailure(e, `Delete Database Fail, Fileid: ${fileId}`);
+  }
+  await env.meta.evict(fileId);
+  if (!removed) throw notFound(fileId);
   await ctx.reply();
 }
 

@@ -367,6 +367,28 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     expect((await caught(sc.delete(addr(b), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
   });
 
+  it('a delete interrupted after the file went (row left) serves nothing and is finished by a retry', async () => {
+    const fileId = newFileId();
+    const data = randomBytes(50_000);
+    await sc.upload(addr(a), idsFor(fileId, 'user1'), source(data));
+    expect(await sc.size(addr(b), idsFor(fileId, 'user1'))).toBe(data.length); // cached on B
+    const table = fileTableFor('user1');
+    const row = await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).executeTakeFirstOrThrow();
+    // the file goes before the row: a file that cannot be removed keeps the row too
+    rmSync(row.file_path);
+    mkdirSync(join(row.file_path, 'x'), { recursive: true }); // unlink → EISDIR
+    expect((await caught(sc.delete(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.IO_ERROR);
+    expect(await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).execute()).toHaveLength(1);
+    // the state a storage killed in the middle of a delete leaves: no file, the row still there
+    rmSync(row.file_path, { recursive: true });
+    const e = await caught(sc.download(addr(b), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }));
+    expect(e.errno).toBe(Errno.IO_ERROR);
+    expect(e.message).toContain('ENOENT');
+    await sc.delete(addr(b), idsFor(fileId, 'user1')); // the client's retry
+    expect(await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).execute()).toEqual([]);
+    expect((await caught(sc.size(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
+  });
+
   it('stat of a seed-era row computes and records the sha-256 and sniffs the type; paths outside the stores are refused', async () => {
     const fileId = newFileId();
     const data = Buffer.concat([
