@@ -374,13 +374,14 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     expect(await sc.size(addr(b), idsFor(fileId, 'user1'))).toBe(data.length); // cached on B
     const table = fileTableFor('user1');
     const row = await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).executeTakeFirstOrThrow();
+    const path = row.file_path as string;
     // the file goes before the row: a file that cannot be removed keeps the row too
-    rmSync(row.file_path);
-    mkdirSync(join(row.file_path, 'x'), { recursive: true }); // unlink → EISDIR
+    rmSync(path);
+    mkdirSync(join(path, 'x'), { recursive: true }); // unlink → EISDIR
     expect((await caught(sc.delete(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.IO_ERROR);
     expect(await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).execute()).toHaveLength(1);
     // the state a storage killed in the middle of a delete leaves: no file, the row still there
-    rmSync(row.file_path, { recursive: true });
+    rmSync(path, { recursive: true });
     const e = await caught(sc.download(addr(b), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }));
     expect(e.errno).toBe(Errno.IO_ERROR);
     expect(e.message).toContain('ENOENT');

@@ -55,6 +55,56 @@ describe('DsmClient.upload after a lost reply', () => {
   });
 });
 
+describe('DsmClient.upload when a killed storage left its claim on the file id', () => {
+  /** a1 is killed mid-body (nothing stored; refused from then on); a2 answers BUSY for that id. */
+  function busyClient() {
+    const c = new DsmClient({ trackers: [a1], transport: noTransport, locateCacheMs: 0 });
+    c.tracker.storagesFor = async () => ({ group: 'g1', addrs: [a1, a2] });
+    const claimed = new Set<string>();
+    const tried: string[] = [];
+    c.storage.uploadExt = async (a, ids, _type, src) => {
+      tried.push(`${a.port}:${ids.fileId}`);
+      if (claimed.has(ids.fileId)) throw new RemoteError(Errno.BUSY, '[s2] Upload Busy, Fileid: x');
+      if (a.port === 1) {
+        if (claimed.size > 0) throw new DsmError(ErrorCode.CONNECT, 'connection refused'); // s1 is dead
+        for await (const _ of src.open()) break; // the body starts going out
+        claimed.add(ids.fileId); // the claim a killed s1 leaves behind
+        throw new DsmError(ErrorCode.SOCKET, 'connection reset');
+      }
+      return stored;
+    };
+    c.storage.stat = async () => {
+      throw new RemoteError(Errno.NOT_FOUND, 'not found');
+    };
+    return { c, tried };
+  }
+
+  it('starts over once under a fresh id when the id is its own and the source replayable', async () => {
+    const { c, tried } = busyClient();
+    const r = await c.upload({ appId: 'app', userId: 'u', source });
+    expect(r.stat).toEqual(stored);
+    // every member tried (and the tracker asked again) under the first id, then once more
+    // under one fresh id, which a2 stored
+    const ids = tried.map((t) => t.split(':')[1]);
+    const distinct = [...new Set(ids)];
+    expect(distinct).toHaveLength(2);
+    expect(r.ids.fileId).toBe(distinct[1]);
+    expect(tried.at(-1)).toBe(`2:${distinct[1]}`);
+    expect(tried.filter((t) => t === `2:${distinct[0]}`).length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('keeps BUSY for a caller-chosen id and for a one-shot source', async () => {
+    const given = busyClient().c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), source });
+    await expect(given).rejects.toMatchObject({ errno: Errno.BUSY });
+    const once = busyClient().c.upload({
+      appId: 'app',
+      userId: 'u',
+      source: { ...source, replayable: false },
+    });
+    await expect(once).rejects.toMatchObject({ code: ErrorCode.SOCKET });
+  });
+});
+
 describe('DsmClient.upload of a one-shot source after a lost reply', () => {
   const body = new TextEncoder().encode('0123456789');
   const bodySha = new Uint8Array(createHash('sha256').update(body).digest());

@@ -27,6 +27,17 @@ export interface UploadResult {
  * then talks to the storages of that group, trying the next member when one fails before
  * anything was committed or sent.
  */
+export interface UploadRequest {
+  appId: string;
+  userId: string;
+  /** Default: a new id made here (the client's own). */
+  fileId?: string;
+  /** `fileId` was made with `newFileId()` for this upload alone: treat it as the client's own. */
+  freshFileId?: boolean;
+  contentType?: string;
+  source: UploadSource;
+}
+
 export class DsmClient {
   readonly pool: Pool;
   readonly tracker: TrackerClient;
@@ -93,21 +104,31 @@ export class DsmClient {
    *   or no member answers) the failure stands, and a replayable source is sent again to the
    *   next member as before;
    * - "id exists" on a retry (a replayable source sent again) is taken the same way, after the
-   *   same size/sha-256 check.
+   *   same size/sha-256 check;
+   * - BUSY on a retry: another member still holds the claim on the id, taken by an earlier
+   *   attempt of this call whose storage was killed (the claim expires after 60 s) or is still
+   *   slow. With its own id and a replayable source the client starts over once under a fresh
+   *   id: the earlier attempt was never acknowledged, so at worst it leaves an unreferenced
+   *   copy, where the caller would otherwise get a failure.
    */
-  async upload(
-    req: {
-      appId: string;
-      userId: string;
-      fileId?: string;
-      freshFileId?: boolean;
-      contentType?: string;
-      source: UploadSource;
-    },
+  async upload(req: UploadRequest, onProgress?: (sent: number) => void): Promise<UploadResult> {
+    const ownId = req.fileId === undefined || req.freshFileId === true;
+    try {
+      return await this.#uploadAs(req, req.fileId ?? newFileId(), ownId, onProgress);
+    } catch (e) {
+      const busy = (e as { remote?: boolean }).remote === true && (e as RemoteError).errno === Errno.BUSY;
+      if (!busy || !ownId || req.source.replayable === false) throw e;
+      return this.#uploadAs(req, newFileId(), true, onProgress);
+    }
+  }
+
+  async #uploadAs(
+    req: UploadRequest,
+    fileId: string,
+    ownId: boolean,
     onProgress?: (sent: number) => void,
   ): Promise<UploadResult> {
-    const ids: FileIds = { appId: req.appId, userId: req.userId, fileId: req.fileId ?? newFileId() };
-    const ownId = req.fileId === undefined || req.freshFileId === true;
+    const ids: FileIds = { appId: req.appId, userId: req.userId, fileId };
     const replayable = req.source.replayable !== false;
     // A one-shot body is hashed while it goes out (it cannot be read again to check); a
     // replayable one is read again only if a check needs its hash.
