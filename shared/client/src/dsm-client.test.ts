@@ -79,7 +79,7 @@ describe('DsmClient.upload when a killed storage left its claim on the file id',
     return { c, tried };
   }
 
-  it('starts over once under a fresh id when the id is its own and the source replayable', async () => {
+  it('starts over once under a fresh id when it made the id itself and the source is replayable', async () => {
     const { c, tried } = busyClient();
     const r = await c.upload({ appId: 'app', userId: 'u', source });
     expect(r.stat).toEqual(stored);
@@ -93,9 +93,17 @@ describe('DsmClient.upload when a killed storage left its claim on the file id',
     expect(tried.filter((t) => t === `2:${distinct[0]}`).length).toBeGreaterThanOrEqual(1);
   });
 
-  it('keeps BUSY for a caller-chosen id and for a one-shot source', async () => {
+  it('keeps BUSY for a caller-chosen id (fresh or not) and for a one-shot source', async () => {
     const given = busyClient().c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), source });
     await expect(given).rejects.toMatchObject({ errno: Errno.BUSY });
+    const fresh = busyClient().c.upload({
+      appId: 'app',
+      userId: 'u',
+      fileId: newFileId(),
+      freshFileId: true,
+      source,
+    });
+    await expect(fresh).rejects.toMatchObject({ errno: Errno.BUSY });
     const once = busyClient().c.upload({
       appId: 'app',
       userId: 'u',

@@ -107,9 +107,11 @@ export class DsmClient {
    *   same size/sha-256 check;
    * - BUSY on a retry: another member still holds the claim on the id, taken by an earlier
    *   attempt of this call whose storage was killed (the claim expires after 60 s) or is still
-   *   slow. With its own id and a replayable source the client starts over once under a fresh
-   *   id: the earlier attempt was never acknowledged, so at worst it leaves an unreferenced
-   *   copy, where the caller would otherwise get a failure.
+   *   slow. When it made the id itself (no `fileId` given) and the source is replayable, the
+   *   client starts over once under a fresh id: the earlier attempt was never acknowledged, so
+   *   at worst it leaves an unreferenced copy, where the caller would otherwise get a failure.
+   *   A caller that passed `fileId` (even with `freshFileId`) keeps the error: it may have
+   *   recorded that id already.
    */
   async upload(req: UploadRequest, onProgress?: (sent: number) => void): Promise<UploadResult> {
     const ownId = req.fileId === undefined || req.freshFileId === true;
@@ -117,7 +119,8 @@ export class DsmClient {
       return await this.#uploadAs(req, req.fileId ?? newFileId(), ownId, onProgress);
     } catch (e) {
       const busy = (e as { remote?: boolean }).remote === true && (e as RemoteError).errno === Errno.BUSY;
-      if (!busy || !ownId || req.source.replayable === false) throw e;
+      // only an id made here: a caller that passed its own (even a fresh one) holds on to it
+      if (!busy || req.fileId !== undefined || req.source.replayable === false) throw e;
       return this.#uploadAs(req, newFileId(), true, onProgress);
     }
   }
