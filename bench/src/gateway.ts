@@ -271,7 +271,8 @@ export async function gatewayBench(o: BenchOptions, c: GatewayCtx): Promise<Row[
   const rows: Row[] = [];
   const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
   const rate = (bytes: number, ts: Timed[]) => ts.map((t) => bytes / MiB / (t.ms / 1000));
-  const med = (ts: Timed[]) => ts[ts.map((t) => t.ms).indexOf(median(ts.map((t) => t.ms)))] as Timed;
+  const med = (ts: Timed[]) =>
+    (ts[ts.map((t) => t.ms).indexOf(median(ts.map((t) => t.ms)))] ?? ts[0]) as Timed;
   try {
     const idleRss = readRss(c.pid) ?? 0;
 

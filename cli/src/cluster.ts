@@ -3,6 +3,7 @@ import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '@dsm/common';
 
 /**
  * What each node runs: the `dsm` entry, from source through tsx (cli/bin/dsm.js), or the bundle
@@ -214,7 +215,8 @@ export class Cluster {
     const log = createWriteStream(logFile, { flags: 'a' });
     const child = spawn(
       process.execPath,
-      [dsmEntry(this.#opts.env), s.role, '--config', this.configFile(name)],
+      // V8 flags of every node process (@dsm/common NODE_FLAGS: the young generation's size)
+      [...NODE_FLAGS, dsmEntry(this.#opts.env), s.role, '--config', this.configFile(name)],
       {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, ...this.#opts.env, DSM_PARENT_PID: String(process.pid) },

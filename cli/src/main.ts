@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
-import { ConfigError, createLogger, loadConfig } from '@dsm/common';
+import { ConfigError, createLogger, loadConfig, missingNodeFlags } from '@dsm/common';
 import { toHex } from '@dsm/packets';
 import { runNode } from '@dsm/server';
 import { clientSettings, parseRange, UsageError } from './client-config.ts';
@@ -236,6 +236,14 @@ async function runNodeCommand(
   configFile: string | undefined,
 ): Promise<number> {
   const log = createLogger(role);
+  const missing = missingNodeFlags();
+  if (missing.length > 0) {
+    // `dsm up`, the tests and the systemd units pass them; a node started by hand may not
+    log.info(
+      { missing },
+      `node runs without ${missing.join(' ')}: more memory while streaming (docs/performance.md)`,
+    );
+  }
   // Each node package is loaded only when that node runs, so client verbs start fast.
   if (role === 'gateway') {
     const g = await import('@dsm/gateway');

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseConfig } from '@dsm/common';
+import { NODE_FLAGS, parseConfig } from '@dsm/common';
 import { configSchema as gatewaySchema } from '@dsm/gateway';
 import { type GlusterGroupSteps, glusterGroupSteps, pingCheckCommand, renderVipPair } from '@dsm/ha';
 import { configSchema as idSchema } from '@dsm/id-node';
@@ -128,10 +128,18 @@ export function hostsOf(spec: EnvSpec): HostInfo[] {
   return out;
 }
 
-/** Node binary and dsm checkout a host runs. `install: null` = the Node and checkout that render. */
-export function runtimeOf(spec: EnvSpec): { node: string; dsm: string } {
-  if (!spec.install) return { node: process.execPath, dsm: REPO_ROOT.replace(/\/$/, '') };
-  return { node: `${spec.install.nodeDir}/bin/node`, dsm: `${spec.install.prefix}/current` };
+/**
+ * Node binary, dsm checkout and the `dsm` entry a host runs. Installed hosts run the bundle the
+ * install step builds (`dist/dsm.mjs`: no TypeScript loader, each role loads only its own
+ * chunks; docs/performance.md); `install: null` = the Node and checkout that render, from source.
+ */
+export function runtimeOf(spec: EnvSpec): { node: string; dsm: string; entry: string } {
+  if (!spec.install) {
+    const dsm = REPO_ROOT.replace(/\/$/, '');
+    return { node: process.execPath, dsm, entry: `${dsm}/cli/bin/dsm.js` };
+  }
+  const dsm = `${spec.install.prefix}/current`;
+  return { node: `${spec.install.nodeDir}/bin/node`, dsm, entry: `${dsm}/dist/dsm.mjs` };
 }
 
 const vipAddress = (vip: string) => vip.split('/')[0] as string;
@@ -377,14 +385,15 @@ mountpoint -q ${q(root)} || mount ${q(root)}
 
 // ---- systemd units ---------------------------------------------------------------------------
 
-function unit(role: NodeRole, rt: { node: string; dsm: string }, extra: string[] = []): string {
+/** A node's unit; `node` runs with NODE_FLAGS (@dsm/common), as every launcher of a node does. */
+function unit(role: NodeRole, rt: { node: string; entry: string }, extra: string[] = []): string {
   return `[Unit]
 Description=dsm ${role}
 After=network-online.target${role === 'storage' ? ' glusterd.service' : ''}
 Wants=network-online.target
 
 [Service]
-${extra.join('\n')}${extra.length ? '\n' : ''}ExecStart=${rt.node} ${rt.dsm}/cli/bin/dsm.js ${role} --config /etc/dsm/${role}.json
+${extra.join('\n')}${extra.length ? '\n' : ''}ExecStart=${[rt.node, ...NODE_FLAGS].join(' ')} ${rt.entry} ${role} --config /etc/dsm/${role}.json
 Restart=always
 RestartSec=2
 LimitNOFILE=65536
@@ -403,11 +412,13 @@ if [ ! -x ${q(i.nodeDir)}/bin/node ]; then
   retry 24 curl -fsSL -o /tmp/node.tar.xz ${q(i.nodeUrl)}
   tar -xJf /tmp/node.tar.xz -C ${q(i.nodeDir)} --strip-components=1
 fi
-if [ ! -e ${q(i.prefix)}/current/cli/bin/dsm.js ]; then
+if [ ! -e ${q(i.prefix)}/current/dist/dsm.mjs ]; then
   mkdir -p ${q(i.prefix)}/release
   retry 24 curl -fsSL -o /tmp/dsm.tar.gz ${q(i.releaseUrl)}
   tar -xzf /tmp/dsm.tar.gz -C ${q(i.prefix)}/release --strip-components=1
-  (cd ${q(i.prefix)}/release && PATH=${q(i.nodeDir)}/bin:$PATH npm ci --omit=dev --no-audit --no-fund)
+  # production packages only (esbuild is one: the bundle is built here), then the bundle
+  (cd ${q(i.prefix)}/release && PATH=${q(i.nodeDir)}/bin:$PATH npm ci --omit=dev --no-audit --no-fund &&
+    PATH=${q(i.nodeDir)}/bin:$PATH npm run build)
   ln -sfn ${q(i.prefix)}/release ${q(i.prefix)}/current
 fi
 `;

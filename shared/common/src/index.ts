@@ -2,3 +2,4 @@ export * from './address.ts';
 export * from './config.ts';
 export * from './errors.ts';
 export * from './logger.ts';
+export * from './node-flags.ts';

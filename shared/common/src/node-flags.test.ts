@@ -1,0 +1,19 @@
+import { describe, expect, it } from 'vitest';
+import { missingNodeFlags, NODE_FLAGS } from './node-flags.ts';
+
+describe('missingNodeFlags', () => {
+  it('lists every flag when none is given', () => {
+    expect(missingNodeFlags([], '')).toEqual([...NODE_FLAGS]);
+  });
+
+  it('finds the flags on the command line or in NODE_OPTIONS', () => {
+    expect(missingNodeFlags([...NODE_FLAGS], '')).toEqual([]);
+    expect(missingNodeFlags([], ` ${NODE_FLAGS.join(' ')} --enable-source-maps`)).toEqual([]);
+  });
+
+  it('counts a flag given with another value (or with underscores) as given', () => {
+    expect(missingNodeFlags(['--max-semi-space-size=8'], '')).toEqual([]);
+    expect(missingNodeFlags([], '--max_semi_space_size=2')).toEqual([]);
+    expect(missingNodeFlags(['--max-old-space-size=512'], '')).toEqual([...NODE_FLAGS]);
+  });
+});
