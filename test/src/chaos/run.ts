@@ -8,7 +8,7 @@ import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { ErrorCode } from '@dsm/common/errors';
 import type { FileIds } from '@dsm/packets';
-import { parseAddress } from '@dsm/packets';
+import { Errno, parseAddress } from '@dsm/packets';
 import { freePortRange, mariadbBackend } from '@dsm/testkit';
 import type { Backend } from '../helpers.ts';
 import { classifyMismatch, fileBytes, sha256Hex } from './content.ts';
@@ -171,6 +171,8 @@ class PickSet {
     return this.#items.length ? this.#items[randInt(this.#items.length)] : undefined;
   }
 }
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(Errno).map(([name, n]) => [n as number, name]));
 
 function errInfo(e: unknown): Pick<Op, 'code' | 'errno' | 'message'> {
   const x = e as { code?: unknown; errno?: unknown; message?: unknown };
@@ -491,8 +493,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const mine = ops.filter((x) => x.kind === k);
     const failuresByCode: Record<string, number> = {};
     for (const x of mine) {
-      if (x.outcome === 'error')
-        failuresByCode[x.code ?? 'UNKNOWN'] = (failuresByCode[x.code ?? 'UNKNOWN'] ?? 0) + 1;
+      if (x.outcome !== 'error') continue;
+      // an error reply is named by its errno too: DSM_ERR_REMOTE/BUSY, DSM_ERR_REMOTE/ID_UNAVAILABLE
+      const key =
+        x.errno === undefined ? (x.code ?? 'UNKNOWN') : `${x.code}/${ERRNO_NAMES.get(x.errno) ?? x.errno}`;
+      failuresByCode[key] = (failuresByCode[key] ?? 0) + 1;
     }
     kinds[k] = {
       total: mine.length,
