@@ -28,7 +28,7 @@ import {
   receiveInto,
   removeQuiet,
 } from './fs-util.ts';
-import { FileLock } from './lock.ts';
+import { FileLock, UPLOAD_CLAIM_TTL_MS } from './lock.ts';
 import { dbFailure, type FileMeta, type Found } from './meta.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
@@ -166,17 +166,20 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   // The file id is claimed in the group's shared folder for the whole upload: a client that
   // gave up on a slow member and retries on another gets BUSY instead of a second copy, so a
   // late commit on the first member cannot bring back a file deleted in between (chaos run).
+  // The claim is refreshed while the upload runs and expires UPLOAD_CLAIM_TTL_MS after its
+  // holder died; a holder that stalled that long checks it still has it before committing.
   const claim = await FileLock.acquire(
     `${env.stores.partialPath(0, fileId)}.upload.lock`,
     env.owner,
     fileId,
+    UPLOAD_CLAIM_TTL_MS,
   ).catch((e: unknown) => {
     // BUSY passes; a store that cannot take the lock file fails as the upload would
     throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
   });
   let reply: Uint8Array | undefined;
   try {
-    reply = await receiveUpload(env, ctx, ext, head, table);
+    reply = await receiveUpload(env, ctx, ext, head, table, () => claim.held());
   } finally {
     // released before the reply: the client's next request may be about this file id
     await claim.release().catch((e) => env.log.warn({ err: e, fileId }, 'cannot release the upload claim'));
@@ -190,6 +193,7 @@ async function receiveUpload(
   ext: boolean,
   head: { fileId: string; appId: string; userId: string; size: number; contentType: string },
   table: FileTableName,
+  stillClaimed: () => Promise<boolean>,
 ): Promise<Uint8Array | undefined> {
   const fileId = head.fileId;
   await refuseExisting(env, table, fileId);
@@ -238,6 +242,15 @@ async function receiveUpload(
     sha256: got.sha256.toString('hex'),
     mtimeMs: Date.now(),
   };
+  if (!(await stillClaimed())) {
+    // stalled past the claim's expiry and another member took the id over: it commits, not us
+    await removeQuiet(finalPath).catch(() => {});
+    throw new DsmError(
+      ErrorCode.IO,
+      `Upload Busy, Fileid: ${fileId} (claim taken over while this upload stalled)`,
+      Errno.BUSY,
+    );
+  }
   await recordFile(env, meta, () => removeQuiet(finalPath));
   ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
   return ext ? encodeStatReply(statOf(meta)) : undefined;

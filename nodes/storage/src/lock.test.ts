@@ -68,6 +68,20 @@ describe('FileLock', () => {
     await l.release();
   });
 
+  it('held(): true while the lock file is this lock, false once another took it over', async () => {
+    const path = fresh();
+    const l = await FileLock.acquire(path, 'me', 'f', 60_000);
+    expect(await l.held()).toBe(true);
+    writeFileSync(path, JSON.stringify({ token: 'thief', owner: 'x', expiresMs: Date.now() + 60_000 }));
+    expect(await l.held()).toBe(false);
+    await l.release(); // not ours: left in place
+    expect(JSON.parse(readFileSync(path, 'utf8')).token).toBe('thief');
+    rmSync(path);
+    const m = await FileLock.acquire(path, 'me', 'f', 60_000);
+    await m.release();
+    expect(await m.held()).toBe(false);
+  });
+
   it('a holder refreshes its expiry', async () => {
     const path = fresh();
     const l = await FileLock.acquire(path, 'me', 'f', 90);

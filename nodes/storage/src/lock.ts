@@ -6,6 +6,12 @@ import { errCode, removeQuiet } from './fs-util.ts';
 
 /** How long a lock is valid without a refresh; holders refresh every third of it. */
 export const LOCK_TTL_MS = 60_000;
+/**
+ * The claim an upload holds on its file id (file-ops.ts): short, so a storage killed mid-upload
+ * blocks that id for seconds, not a minute (the client waits that out and retries); refreshed
+ * every 2 s while the upload runs.
+ */
+export const UPLOAD_CLAIM_TTL_MS = 6000;
 
 interface LockContent {
   token: string;
@@ -118,6 +124,17 @@ export class FileLock {
       })
       .catch(() => {});
     return this.#refreshing;
+  }
+
+  /**
+   * The lock file is still this lock (nobody stole it after it expired). An upload checks this
+   * right before it commits: a holder that stalled past its expiry must not commit after another
+   * member took the file id over.
+   */
+  async held(): Promise<boolean> {
+    if (this.#released) return false;
+    const cur = await readLock(this.path, this.#ttlMs).catch(() => null);
+    return cur !== null && cur.token === this.#token;
   }
 
   /** Removes the lock file if it is still ours. */

@@ -299,6 +299,43 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     expect(existsSync(claimFile)).toBe(false);
   });
 
+  it('an upload whose claim was taken over while it stalled does not commit (BUSY, nothing stored)', async () => {
+    const fileId = newFileId();
+    const data = randomBytes(300_000);
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let halfSent!: () => void;
+    const half = new Promise<void>((r) => {
+      halfSent = r;
+    });
+    const slow: UploadSource = {
+      size: data.length,
+      async *open() {
+        yield data.subarray(0, 150_000);
+        halfSent();
+        await held;
+        yield data.subarray(150_000);
+      },
+    };
+    const first = caught(sc.uploadExt(addr(a), idsFor(fileId), '', slow));
+    await half;
+    const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
+    await until(async () => existsSync(claimFile), 5000, 20, 'the upload claim on a');
+    // what another member does once the claim expired: its own lock in its place
+    writeFileSync(claimFile, JSON.stringify({ token: 'thief', owner: 'b', expiresMs: Date.now() + 60_000 }));
+    release();
+    const e = await first;
+    expect(e.errno).toBe(Errno.BUSY);
+    expect(e.message).toContain('claim taken over');
+    const table = fileTableFor('tnv001');
+    expect(await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).execute()).toEqual([]);
+    expect(await tmpFiles(a)).toEqual([]);
+    expect(JSON.parse(readFileSync(claimFile, 'utf8')).token).toBe('thief'); // not ours to remove
+    rmSync(claimFile);
+  });
+
   it('stores at the seed path scheme (folders created) and records size, sha-256, type, mtime', async () => {
     const fileId = newFileId();
     const data = Buffer.concat([Buffer.from([0, 0, 0, 0x18]), Buffer.from('ftypisom'), randomBytes(70_000)]);

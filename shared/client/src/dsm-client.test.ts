@@ -57,18 +57,20 @@ describe('DsmClient.upload after a lost reply', () => {
 
 describe('DsmClient.upload when a killed storage left its claim on the file id', () => {
   /** a1 is killed mid-body (nothing stored; refused from then on); a2 answers BUSY for that id. */
-  function busyClient() {
-    const c = new DsmClient({ trackers: [a1], transport: noTransport, locateCacheMs: 0 });
+  function busyClient(busyWaitsMs: number[] = []) {
+    const c = new DsmClient({ trackers: [a1], transport: noTransport, locateCacheMs: 0, busyWaitsMs });
     c.tracker.storagesFor = async () => ({ group: 'g1', addrs: [a1, a2] });
     const claimed = new Set<string>();
     const tried: string[] = [];
+    let s1Dead = false;
     c.storage.uploadExt = async (a, ids, _type, src) => {
       tried.push(`${a.port}:${ids.fileId}`);
       if (claimed.has(ids.fileId)) throw new RemoteError(Errno.BUSY, '[s2] Upload Busy, Fileid: x');
       if (a.port === 1) {
-        if (claimed.size > 0) throw new DsmError(ErrorCode.CONNECT, 'connection refused'); // s1 is dead
+        if (s1Dead) throw new DsmError(ErrorCode.CONNECT, 'connection refused');
         for await (const _ of src.open()) break; // the body starts going out
         claimed.add(ids.fileId); // the claim a killed s1 leaves behind
+        s1Dead = true;
         throw new DsmError(ErrorCode.SOCKET, 'connection reset');
       }
       return stored;
@@ -76,7 +78,7 @@ describe('DsmClient.upload when a killed storage left its claim on the file id',
     c.storage.stat = async () => {
       throw new RemoteError(Errno.NOT_FOUND, 'not found');
     };
-    return { c, tried };
+    return { c, tried, expire: () => claimed.clear() };
   }
 
   it('starts over once under a fresh id when it made the id itself and the source is replayable', async () => {
@@ -93,17 +95,29 @@ describe('DsmClient.upload when a killed storage left its claim on the file id',
     expect(tried.filter((t) => t === `2:${distinct[0]}`).length).toBeGreaterThanOrEqual(1);
   });
 
-  it('keeps BUSY for a caller-chosen id (fresh or not) and for a one-shot source', async () => {
-    const given = busyClient().c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), source });
-    await expect(given).rejects.toMatchObject({ errno: Errno.BUSY });
-    const fresh = busyClient().c.upload({
+  it("waits out the claim under a caller's fresh id, and gives up after the last wait", async () => {
+    const { c, tried, expire } = busyClient([30, 30, 30]);
+    const fileId = newFileId();
+    const t0 = Date.now();
+    const pending = c.upload({ appId: 'app', userId: 'u', fileId, freshFileId: true, source });
+    setTimeout(expire, 40); // the dead holder's claim expires during the second wait
+    const r = await pending;
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(55);
+    expect(r.ids.fileId).toBe(fileId); // the caller's id, kept
+    expect(new Set(tried.map((t) => t.split(':')[1]))).toEqual(new Set([fileId]));
+    const never = busyClient([10, 10]).c.upload({
       appId: 'app',
       userId: 'u',
       fileId: newFileId(),
       freshFileId: true,
       source,
     });
-    await expect(fresh).rejects.toMatchObject({ errno: Errno.BUSY });
+    await expect(never).rejects.toMatchObject({ errno: Errno.BUSY });
+  });
+
+  it('keeps BUSY for a caller-chosen id and for a one-shot source', async () => {
+    const given = busyClient().c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), source });
+    await expect(given).rejects.toMatchObject({ errno: Errno.BUSY });
     const once = busyClient().c.upload({
       appId: 'app',
       userId: 'u',

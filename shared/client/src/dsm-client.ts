@@ -13,6 +13,11 @@ export interface DsmClientOptions extends Partial<Omit<PoolOptions, 'transport'>
   transport: Transport;
   /** How long a user → storages answer is reused (0 = ask every time). */
   locateCacheMs?: number;
+  /**
+   * Pauses before sending a `freshFileId` upload again after BUSY (a killed storage's claim on
+   * the id, which expires 6 s after its last refresh); default 2, 2.5 and 3 s.
+   */
+  busyWaitsMs?: readonly number[];
 }
 
 export interface UploadResult {
@@ -45,6 +50,7 @@ export class DsmClient {
   readonly #cacheMs: number;
   readonly #cache = new Map<string, { at: number; reply: AddrsReply }>();
   readonly #sha256: (() => Sha256Hasher) | undefined;
+  readonly #busyWaitsMs: readonly number[];
 
   constructor(opts: DsmClientOptions) {
     this.pool = new Pool({ ...opts, transport: opts.transport });
@@ -52,6 +58,7 @@ export class DsmClient {
     this.storage = new StorageClient(this.pool);
     this.#cacheMs = opts.locateCacheMs ?? 2000;
     this.#sha256 = opts.transport.sha256?.bind(opts.transport);
+    this.#busyWaitsMs = opts.busyWaitsMs ?? [2000, 2500, 3000];
   }
 
   idClient(servers: readonly Address[]): IdClient {
@@ -110,18 +117,26 @@ export class DsmClient {
    *   slow. When it made the id itself (no `fileId` given) and the source is replayable, the
    *   client starts over once under a fresh id: the earlier attempt was never acknowledged, so
    *   at worst it leaves an unreferenced copy, where the caller would otherwise get a failure.
-   *   A caller that passed `fileId` (even with `freshFileId`) keeps the error: it may have
-   *   recorded that id already.
+   *   A caller that passed `fileId` with `freshFileId` may have recorded that id already: the
+   *   client waits the claim out (`busyWaitsMs`, 7.5 s in all against the storages' 6 s claim
+   *   expiry) and sends again under the same id. Any other caller-chosen id keeps the error.
    */
   async upload(req: UploadRequest, onProgress?: (sent: number) => void): Promise<UploadResult> {
     const ownId = req.fileId === undefined || req.freshFileId === true;
-    try {
-      return await this.#uploadAs(req, req.fileId ?? newFileId(), ownId, onProgress);
-    } catch (e) {
-      const busy = (e as { remote?: boolean }).remote === true && (e as RemoteError).errno === Errno.BUSY;
-      // only an id made here: a caller that passed its own (even a fresh one) holds on to it
-      if (!busy || req.fileId !== undefined || req.source.replayable === false) throw e;
-      return this.#uploadAs(req, newFileId(), true, onProgress);
+    const fileId = req.fileId ?? newFileId();
+    for (let round = 0; ; round++) {
+      try {
+        return await this.#uploadAs(req, fileId, ownId, onProgress);
+      } catch (e) {
+        const busy = (e as { remote?: boolean }).remote === true && (e as RemoteError).errno === Errno.BUSY;
+        if (!busy || !ownId || req.source.replayable === false) throw e;
+        // an id made here: start over at once under another
+        if (req.fileId === undefined) return this.#uploadAs(req, newFileId(), true, onProgress);
+        // the caller's fresh id (it may have recorded it): wait out the dead holder's claim
+        const wait = this.#busyWaitsMs[round];
+        if (wait === undefined) throw e;
+        await new Promise((r) => setTimeout(r, wait));
+      }
     }
   }
 

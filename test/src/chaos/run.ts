@@ -496,7 +496,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       if (x.outcome !== 'error') continue;
       // an error reply is named by its errno too: DSM_ERR_REMOTE/BUSY, DSM_ERR_REMOTE/ID_UNAVAILABLE
       const key =
-        x.errno === undefined ? (x.code ?? 'UNKNOWN') : `${x.code}/${ERRNO_NAMES.get(x.errno) ?? x.errno}`;
+        x.code === 'DSM_ERR_REMOTE' && x.errno !== undefined
+          ? `${x.code}/${ERRNO_NAMES.get(x.errno) ?? x.errno}`
+          : (x.code ?? 'UNKNOWN');
       failuresByCode[key] = (failuresByCode[key] ?? 0) + 1;
     }
     kinds[k] = {
