@@ -143,6 +143,28 @@ async function tmpFiles(node: StorageNode): Promise<string[]> {
   }
   return out;
 }
+/** A source that sends the first half of `data`, then waits for `release()` before the rest. */
+function stalledSource(data: Buffer): { slow: UploadSource; half: Promise<void>; release: () => void } {
+  let release!: () => void;
+  const held = new Promise<void>((r) => {
+    release = r;
+  });
+  let halfSent!: () => void;
+  const half = new Promise<void>((r) => {
+    halfSent = r;
+  });
+  const mid = Math.floor(data.length / 2);
+  const slow: UploadSource = {
+    size: data.length,
+    async *open() {
+      yield data.subarray(0, mid);
+      halfSent();
+      await held;
+      yield data.subarray(mid);
+    },
+  };
+  return { slow, half, release };
+}
 const hostNames = new WeakMap<StorageNode, string>();
 const hostOf = (n: StorageNode) => hostNames.get(n) ?? '';
 
@@ -265,24 +287,8 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
   it('lets only one member at a time receive a file id: a retry elsewhere gets BUSY, one copy is stored', async () => {
     const fileId = newFileId();
     const data = randomBytes(300_000);
-    let release!: () => void;
-    const held = new Promise<void>((r) => {
-      release = r;
-    });
-    let halfSent!: () => void;
-    const half = new Promise<void>((r) => {
-      halfSent = r;
-    });
     // member a gets half the body, then the sender stalls (a slow client or a slow member)
-    const slow: UploadSource = {
-      size: data.length,
-      async *open() {
-        yield data.subarray(0, 150_000);
-        halfSent();
-        await held;
-        yield data.subarray(150_000);
-      },
-    };
+    const { slow, half, release } = stalledSource(data);
     const first = sc.uploadExt(addr(a), idsFor(fileId), '', slow);
     await half;
     const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
@@ -302,23 +308,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
   it('an upload whose claim was taken over while it stalled does not commit (BUSY, nothing stored)', async () => {
     const fileId = newFileId();
     const data = randomBytes(300_000);
-    let release!: () => void;
-    const held = new Promise<void>((r) => {
-      release = r;
-    });
-    let halfSent!: () => void;
-    const half = new Promise<void>((r) => {
-      halfSent = r;
-    });
-    const slow: UploadSource = {
-      size: data.length,
-      async *open() {
-        yield data.subarray(0, 150_000);
-        halfSent();
-        await held;
-        yield data.subarray(150_000);
-      },
-    };
+    const { slow, half, release } = stalledSource(data);
     const first = caught(sc.uploadExt(addr(a), idsFor(fileId), '', slow));
     await half;
     const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
