@@ -243,16 +243,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   /** The operation each worker is in (for the hang report). */
   const inFlight = new Map<number, { kind: OpKind; file: number; start: number }>();
-  const begin = (worker: number, kind: OpKind, file: number): number => {
-    const start = now();
-    if (worker >= 0) inFlight.set(worker, { kind, file, start });
-    return start;
-  };
   const record = (op: Omit<Op, 'seq'>): Op => {
     const full = { seq: seq++, ...op };
     ops.push(full);
     inFlight.delete(op.worker);
     return full;
+  };
+  type Outcome = Omit<Op, 'seq' | 'worker' | 'kind' | 'file' | 'start' | 'end'>;
+  /** Starts an operation; the function it returns records its outcome (ending it now). */
+  const begin = (worker: number, kind: OpKind, file: number): ((o: Outcome) => Op) => {
+    const start = now();
+    if (worker >= 0) inFlight.set(worker, { kind, file, start });
+    return (o) => record({ worker, kind, file, start, end: now(), ...o });
   };
 
   async function upload(worker: number): Promise<void> {
@@ -263,7 +265,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const sha = sha256Hex(bytes);
     // recorded before the upload: one that fails may still have been stored (checked at the end)
     files.set(n, { n, size, sha256: sha, ids });
-    const start = begin(worker, 'upload', n);
+    const done = begin(worker, 'upload', n);
     try {
       const r = await client.upload({
         appId: ids.appId,
@@ -277,26 +279,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
           },
         },
       });
-      record({
-        worker,
-        kind: 'upload',
-        file: n,
-        start,
-        end: now(),
-        outcome: 'ok',
-        sha256: Buffer.from(r.stat.sha256).toString('hex'),
-        bytes: size,
-      });
+      done({ outcome: 'ok', sha256: Buffer.from(r.stat.sha256).toString('hex'), bytes: size });
       bytesUp += size;
       live.add(n);
     } catch (e) {
-      record({ worker, kind: 'upload', file: n, start, end: now(), outcome: 'error', ...errInfo(e) });
+      done({ outcome: 'error', ...errInfo(e) });
     }
   }
 
   async function read(worker: number, kind: 'download' | 'verify', n: number): Promise<Op> {
     const f = files.get(n) as FileRecord & { ids: FileIds };
-    const start = begin(worker, kind, n);
+    const done = begin(worker, kind, n);
     try {
       const r = await client.download(f.ids);
       const parts: Buffer[] = [];
@@ -304,49 +297,28 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       const got = Buffer.concat(parts);
       const sha = sha256Hex(got);
       bytesDown += got.length;
-      return record({
-        worker,
-        kind,
-        file: n,
-        start,
-        end: now(),
+      return done({
         outcome: 'ok',
         sha256: sha,
         bytes: got.length,
         ...(sha !== f.sha256 ? { mismatch: classifyMismatch(got, n) } : {}),
       });
     } catch (e) {
-      return record({
-        worker,
-        kind,
-        file: n,
-        start,
-        end: now(),
-        outcome: isNotFound(e) ? 'not-found' : 'error',
-        ...errInfo(e),
-      });
+      return done({ outcome: isNotFound(e) ? 'not-found' : 'error', ...errInfo(e) });
     }
   }
 
   async function remove(worker: number, n: number): Promise<void> {
     const f = files.get(n) as FileRecord & { ids: FileIds };
     live.delete(n);
-    const start = begin(worker, 'delete', n);
+    const done = begin(worker, 'delete', n);
     try {
       await client.delete(f.ids);
-      record({ worker, kind: 'delete', file: n, start, end: now(), outcome: 'ok' });
+      done({ outcome: 'ok' });
       deleted.add(n);
     } catch (e) {
       const nf = isNotFound(e);
-      record({
-        worker,
-        kind: 'delete',
-        file: n,
-        start,
-        end: now(),
-        outcome: nf ? 'not-found' : 'error',
-        ...errInfo(e),
-      });
+      done({ outcome: nf ? 'not-found' : 'error', ...errInfo(e) });
       // not-found: an earlier attempt inside the client's failover removed it
       if (nf) deleted.add(n);
     }
