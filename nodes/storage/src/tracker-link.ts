@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Connection, type Transport } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { type Logger, parseHostPort } from '@dsm/common';
@@ -98,7 +97,6 @@ export class TrackerLinks {
     await Promise.all(this.#loops);
   }
 
-  /** Waits `ms`; false when stopped meanwhile. */
   /** Sends the next heartbeat on every joined link now (the store's state changed). */
   nudge(): void {
     for (const wake of this.#wakers) wake();
@@ -106,8 +104,11 @@ export class TrackerLinks {
 
   readonly #wakers = new Set<() => void>();
 
-  /** Like #wait, but `nudge()` ends it early (still true). */
-  #waitBeat(ms: number): Promise<boolean> {
+  /**
+   * Waits `ms`; false when the links are closing. `nudge()` ends it early (true): the next beat,
+   * or the next join attempt, goes at once.
+   */
+  #wait(ms: number): Promise<boolean> {
     const signal = this.#abort.signal;
     if (signal.aborted) return Promise.resolve(false);
     return new Promise((resolve) => {
@@ -123,15 +124,6 @@ export class TrackerLinks {
       this.#wakers.add(wake);
       signal.addEventListener('abort', stop, { once: true });
     });
-  }
-
-  async #wait(ms: number): Promise<boolean> {
-    try {
-      await sleep(ms, undefined, { signal: this.#abort.signal });
-      return true;
-    } catch {
-      return false;
-    }
   }
 
   /**
@@ -188,9 +180,7 @@ export class TrackerLinks {
         // The first beat goes right after the join: a tracker routes only to ACTIVE storages,
         // and a storage becomes ACTIVE on a beat, so a restarted tracker (or one whose link
         // came back) would otherwise route nothing to it for a whole beat interval.
-        let first = true;
-        while (first || (await this.#waitBeat(o.beatIntervalMs))) {
-          first = false;
+        do {
           const beat = encodeBeatExt({
             group: o.group,
             hostname: o.hostname,
@@ -202,7 +192,7 @@ export class TrackerLinks {
           await conn.request(Command.TRACKER_BEAT_EXT, beat, Command.TRACKER_REPLY, exactly(0));
           st.beats++;
           st.lastBeatMs = Date.now();
-        }
+        } while (await this.#wait(o.beatIntervalMs));
       } catch (e) {
         if (this.#stopped) break;
         const message = e instanceof Error ? e.message : String(e);
