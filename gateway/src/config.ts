@@ -93,6 +93,70 @@ const downloadsSchema = z
     }
   });
 
+/**
+ * Timeouts of the HTTP edge (Node entry). Inactivity timeouts count silence, not duration: an
+ * upload from a slow phone that keeps sending, or a player that keeps reading, is never cut.
+ */
+const timeoutsSchema = z
+  .object({
+    /** The whole request head (line + headers) must arrive within this long (slowloris). */
+    headersMs: z.number().int().min(100).default(20_000),
+    /** A request body that sends nothing for this long is cut (socket closed, upload aborted). */
+    bodyIdleMs: z.number().int().min(100).default(30_000),
+    /**
+     * A download whose client reads nothing for this long is cut; its storage connection goes
+     * back to the pool (or is closed when mid-stream).
+     */
+    downloadIdleMs: z.number().int().min(100).default(60_000),
+    /** A keep-alive connection idle between requests is closed after this long. */
+    keepAliveMs: z.number().int().min(100).default(5_000),
+    /** Longest wait for an upstream (tracker/storage) connection when all are busy. */
+    upstreamQueueMs: z.number().int().min(10).default(5_000),
+  })
+  .strict();
+
+/** Caps of the HTTP edge: past one, the request is refused before its bytes are held (413/429). */
+const limitsSchema = z
+  .object({
+    /** Bytes of a request head (request line + headers); larger heads get 431. */
+    maxHeaderBytes: z
+      .number()
+      .int()
+      .min(1024)
+      .max(1024 * 1024)
+      .default(16 * 1024),
+    /** Parts of a multipart/form-data body (fields and the file). */
+    multipartParts: z.number().int().min(1).max(10_000).default(32),
+    /** Form fields (parts that are not the file). */
+    multipartFields: z.number().int().min(0).max(10_000).default(16),
+    /** Total bytes of the form fields' names and values. */
+    multipartFieldBytes: z
+      .number()
+      .int()
+      .min(0)
+      .max(16 * MiB)
+      .default(64 * 1024),
+    /** Bytes of one part's header block. */
+    multipartPartHeaderBytes: z
+      .number()
+      .int()
+      .min(256)
+      .max(1024 * 1024)
+      .default(4 * 1024),
+    /** Uploads (REST and tus PATCH) streaming at once, gateway-wide; more get 429. */
+    concurrentUploads: z.number().int().min(1).max(100_000).default(256),
+    /** Open HTTP connections from one client address; more are answered 429 and closed. */
+    connectionsPerClient: z.number().int().min(1).max(100_000).default(64),
+    /**
+     * Downloads one client address may stream at once (each holds a storage connection), so
+     * slow readers from one address cannot take the upstream pool; more get 429.
+     */
+    downloadsPerClient: z.number().int().min(1).max(100_000).default(16),
+    /** Requests waiting for an upstream connection, per storage; beyond it 503 at once. */
+    upstreamQueue: z.number().int().min(0).max(100_000).default(64),
+  })
+  .strict();
+
 /** Gateway configuration. Every key has a default, so an empty file works. */
 export const configSchema = z
   .object({
@@ -131,6 +195,8 @@ export const configSchema = z
      * (at most 256 of them, 10 s) for one to free up.
      */
     upstreamConnections: z.number().int().min(1).max(10_000).default(512),
+    timeouts: timeoutsSchema.prefault({}),
+    limits: limitsSchema.prefault({}),
     auth: authSchema.prefault({}),
     downloads: downloadsSchema.prefault({}),
     /** Allowed browser origins; `*` = any. */
