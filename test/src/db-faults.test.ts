@@ -457,7 +457,11 @@ describe('database and cache outages (private MariaDB and Redis)', () => {
     // The storages cache metadata again.
     const metaBack = await recoveryTime('storage metadata cache', RECOVERY_MS, async () => {
       await client.stat(before.ids);
-      if ((await r.rawGet(`${PREFIX}storage:meta:${before.ids.fileId}`)) === null) {
+      if (
+        (await r.rawGet(
+          `${PREFIX}storage:meta:${before.ids.fileId}:${before.ids.appId}:${before.ids.userId}`,
+        )) === null
+      ) {
         throw new Error('metadata not cached');
       }
     });

@@ -34,6 +34,20 @@ export function checkAppId(appId: string): void {
   }
 }
 
+/**
+ * Refuses a new file whose user id is not valid UTF-8: it is recorded as decoded text, which
+ * could equal another user's id, and a request with such an id never owns a file (see Owner).
+ */
+export function checkUserId(owner: { exact: boolean }): void {
+  if (!owner.exact) {
+    throw new DsmError(ErrorCode.BAD_INPUT, 'Invalid USERID: not UTF-8', Errno.BAD_FIELD);
+  }
+}
+
+/**
+ * A missing file, and equally a file of another app or user: the two replies are the same bytes
+ * (errno and text), so a request cannot learn that someone else's file exists.
+ */
 export const notFound = (fileId: string) =>
   new DsmError(ErrorCode.NOT_FOUND, `Read Database Fail, Fileid: ${fileId}`, Errno.NOT_FOUND);
 

@@ -15,7 +15,7 @@ import {
   readUserIdBytes,
 } from '@dsm/packets';
 import type { RequestContext } from '@dsm/server';
-import { checkAppId, checkFileId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
+import { checkAppId, checkFileId, checkUserId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
 import {
   type DiskSpace,
   errCode,
@@ -29,7 +29,7 @@ import {
   removeQuiet,
 } from './fs-util.ts';
 import { FileLock, UPLOAD_CLAIM_TTL_MS } from './lock.ts';
-import { dbFailure, type FileMeta, type Found } from './meta.ts';
+import { dbFailure, type FileMeta, type Found, type Owner, ownerOf } from './meta.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
 
@@ -160,6 +160,7 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
     : { ...decodeUploadPrefix(ctx.body, ctx.header.bodyLength), contentType: '' };
   checkFileId(head.fileId);
   checkAppId(head.appId);
+  checkUserId(ownerOf(head.appId, head.userId, readUserIdBytes(ctx.body)));
   checkContentType(head.contentType);
   const fileId = head.fileId;
   const table = fileTableFor(readUserIdBytes(ctx.body));
@@ -256,10 +257,15 @@ async function receiveUpload(
   return ext ? encodeStatReply(statOf(meta)) : undefined;
 }
 
-async function lookup(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
+/*
+ * Lookups name the requester: another tenant's file is "not found" after the same work as a
+ * missing one (see MetaStore). Every error below that could tell the two apart (range, I/O,
+ * path) comes only after the row was found as the requester's.
+ */
+async function lookup(env: StorageEnv, table: FileTableName, fileId: string, owner: Owner): Promise<Found> {
   let f: Found | null;
   try {
-    f = await env.meta.find(table, fileId);
+    f = await env.meta.find(table, fileId, owner);
   } catch (e) {
     throw dbFailure(e, `Read Database Fail, Fileid: ${fileId}`);
   }
@@ -267,10 +273,10 @@ async function lookup(env: StorageEnv, table: FileTableName, fileId: string): Pr
   return f;
 }
 
-async function lookupDb(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
+async function lookupDb(env: StorageEnv, table: FileTableName, fileId: string, owner: Owner): Promise<Found> {
   let m: FileMeta | null;
   try {
-    m = await env.meta.findInDb(table, fileId);
+    m = await env.meta.findInDb(table, fileId, owner);
   } catch (e) {
     throw dbFailure(e, `Read Database Fail, Fileid: ${fileId}`);
   }
@@ -312,8 +318,13 @@ async function openRecorded(env: StorageEnv, m: FileMeta): Promise<FileHandle> {
  * A lookup that does not trust a cache hit blindly: a file deleted through another member is
  * noticed (its file is gone) and the database is asked instead.
  */
-async function lookupFresh(env: StorageEnv, table: FileTableName, fileId: string): Promise<Found> {
-  const f = await lookup(env, table, fileId);
+async function lookupFresh(
+  env: StorageEnv,
+  table: FileTableName,
+  fileId: string,
+  owner: Owner,
+): Promise<Found> {
+  const f = await lookup(env, table, fileId, owner);
   if (!f.cached) return f;
   const abs = env.stores.resolveRecorded(f.meta.path);
   const gone = abs
@@ -323,20 +334,22 @@ async function lookupFresh(env: StorageEnv, table: FileTableName, fileId: string
       )
     : false;
   if (!gone) return f;
-  await env.meta.evict(fileId);
-  return lookupDb(env, table, fileId);
+  await env.meta.evict(fileId, owner);
+  return lookupDb(env, table, fileId, owner);
 }
 
+/** The ids of a request, its table (by the user id's raw bytes) and the owner it claims. */
 function idsOf(ctx: RequestContext) {
   const ids = decodeIdsRequest(ctx.body);
   checkFileId(ids.fileId);
-  return { ...ids, table: fileTableFor(readUserIdBytes(ctx.body)) };
+  const userBytes = readUserIdBytes(ctx.body);
+  return { ...ids, table: fileTableFor(userBytes), owner: ownerOf(ids.appId, ids.userId, userBytes) };
 }
 
 /** File size (71), from metadata. */
 export async function handleSize(env: StorageEnv, ctx: RequestContext): Promise<void> {
-  const { fileId, table } = idsOf(ctx);
-  const f = await lookupFresh(env, table, fileId);
+  const { fileId, table, owner } = idsOf(ctx);
+  const f = await lookupFresh(env, table, fileId, owner);
   await ctx.reply(encodeI64Body(f.meta.size));
 }
 
@@ -347,8 +360,10 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
   const req = decodeDownloadRequest(ctx.body);
   checkFileId(req.fileId);
   const fileId = req.fileId;
-  const table = fileTableFor(readUserIdBytes(ctx.body));
-  let f = await lookup(env, table, fileId);
+  const userBytes = readUserIdBytes(ctx.body);
+  const table = fileTableFor(userBytes);
+  const owner = ownerOf(req.appId, req.userId, userBytes);
+  let f = await lookup(env, table, fileId, owner);
   for (;;) {
     const total = f.meta.size;
     if (req.offset < 0 || req.offset > total) {
@@ -364,8 +379,8 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
       if (e instanceof DsmError) throw e;
       if (errCode(e) === 'ENOENT' && f.cached) {
         // Deleted through another member while cached here: ask the database.
-        await env.meta.evict(fileId);
-        f = await lookupDb(env, table, fileId);
+        await env.meta.evict(fileId, owner);
+        f = await lookupDb(env, table, fileId, owner);
         continue;
       }
       throw ioFailure(`Open File Fail, Fileid: ${fileId}`, e);
@@ -390,8 +405,8 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
  * and a retried delete could no longer find (chaos run, 2026-12-02).
  */
 export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promise<void> {
-  const { fileId, table } = idsOf(ctx);
-  const f = await lookupDb(env, table, fileId);
+  const { fileId, table, owner } = idsOf(ctx);
+  const f = await lookupDb(env, table, fileId, owner);
   const abs = env.stores.resolveRecorded(f.meta.path);
   if (!abs) {
     env.log.error(
@@ -407,11 +422,11 @@ export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promis
   }
   let removed: boolean;
   try {
-    removed = await env.meta.remove(table, fileId);
+    removed = await env.meta.remove(table, fileId, owner);
   } catch (e) {
     throw dbFailure(e, `Delete Database Fail, Fileid: ${fileId}`);
   }
-  await env.meta.evict(fileId);
+  await env.meta.evict(fileId, owner);
   if (!removed) throw notFound(fileId);
   await ctx.reply();
 }
@@ -421,8 +436,8 @@ export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promis
  * get one computed and stored; a missing content type is sniffed from the first bytes.
  */
 export async function handleStat(env: StorageEnv, ctx: RequestContext): Promise<void> {
-  const { fileId, table } = idsOf(ctx);
-  const f = await lookupFresh(env, table, fileId);
+  const { fileId, table, owner } = idsOf(ctx);
+  const f = await lookupFresh(env, table, fileId, owner);
   let m = f.meta;
   const needHash = !m.sha256 || !SHA256_HEX.test(m.sha256);
   if (needHash || !m.contentType || m.mtimeMs === null) {

@@ -19,6 +19,46 @@ export interface FileMeta {
   mtimeMs: number | null;
 }
 
+/**
+ * Who a request says it is: the app and user of its id block. A file belongs to a request only
+ * when the row's app and user equal these exactly (JavaScript string equality, not the
+ * database's collation, which may ignore case or trailing spaces).
+ */
+export interface Owner {
+  appId: string;
+  userId: string;
+  /**
+   * False when the user id's bytes are not valid UTF-8: they were decoded with U+FFFD in place of
+   * the bad bytes, so the text could equal another user's id. Such a request owns nothing.
+   */
+  exact: boolean;
+}
+
+const utf8 = new TextEncoder();
+
+/** The owner named by a request: its decoded app and user ids and the user id's raw bytes. */
+export function ownerOf(appId: string, userId: string, userIdBytes: Uint8Array): Owner {
+  return { appId, userId, exact: Buffer.from(utf8.encode(userId)).equals(userIdBytes) };
+}
+
+/**
+ * Whether a recorded app/user pair is the requester's. A row without an owner (NULL app or user,
+ * possible only in rows written outside dsm) belongs to nobody: no request can read or delete it.
+ */
+export function isOwner(appId: string | null, userId: string | null, o: Owner): boolean {
+  return o.exact && appId !== null && userId !== null && appId === o.appId && userId === o.userId;
+}
+
+/** Cache key parts are escaped so that no (app, user) pair can spell another pair's key. */
+function keyPart(s: string): string {
+  let out = '';
+  for (const b of utf8.encode(s)) {
+    const ch = String.fromCharCode(b);
+    out += /[A-Za-z0-9._~-]/.test(ch) ? ch : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
 export interface Found {
   meta: FileMeta;
   /** Came from the cache (may be stale by up to the TTL). */
@@ -54,9 +94,15 @@ const FILE_TABLES = new Set(['t_file_01', 't_file_02', 't_file_03']);
 
 /**
  * File metadata: the user's table (by the seed's hash) in the database, with a read-through
- * cache `storage:meta:<fileid>` in the KV store. The cache is only an accelerator: when it is
- * down lookups go to the database, and a database outage does not fail lookups the cache can
- * answer (seed quirk 7).
+ * cache `storage:meta:<fileid>:<app>:<user>` in the KV store. The cache is only an accelerator:
+ * when it is down lookups go to the database, and a database outage does not fail lookups the
+ * cache can answer (seed quirk 7).
+ *
+ * Tenant isolation: every lookup names the requester (`Owner`), and a row recorded for another
+ * app or user is answered exactly like a missing one, after the same work (one cache read, one
+ * SELECT by id): the table is chosen by the user id's hash, so users of one table could
+ * otherwise reach each other's files by naming their file ids. The cache key carries the owner,
+ * so another tenant's request never meets the entry, and a hit is checked against the owner too.
  */
 export class MetaStore {
   readonly #db: Kysely<Schema>;
@@ -72,8 +118,8 @@ export class MetaStore {
     this.#log = log;
   }
 
-  static cacheKey(fileId: string): string {
-    return `storage:meta:${fileId}`;
+  static cacheKey(fileId: string, owner: { appId: string; userId: string }): string {
+    return `storage:meta:${fileId}:${keyPart(owner.appId)}:${keyPart(owner.userId)}`;
   }
 
   #cacheDown(e: unknown): void {
@@ -84,22 +130,26 @@ export class MetaStore {
     }
   }
 
-  /** Cache → database. Throws (raw) database errors; the caller words the reply. */
-  async find(table: FileTableName, fileId: string): Promise<Found | null> {
-    const hit = await this.#cacheGet(table, fileId);
+  /**
+   * Cache → database: `owner`'s file `fileId`, or null (missing or someone else's: the caller
+   * cannot tell, and neither can the requester). Throws (raw) database errors.
+   */
+  async find(table: FileTableName, fileId: string, owner: Owner): Promise<Found | null> {
+    const hit = await this.#cacheGet(table, fileId, owner);
     if (hit) return { meta: hit, cached: true };
-    const meta = await this.findInDb(table, fileId);
+    const meta = await this.findInDb(table, fileId, owner);
     if (meta) await this.#cacheSet(meta);
     return meta ? { meta, cached: false } : null;
   }
 
-  async findInDb(table: FileTableName, fileId: string): Promise<FileMeta | null> {
+  /** The row of `fileId` when it is `owner`'s, else null (the same SELECT either way). */
+  async findInDb(table: FileTableName, fileId: string, owner: Owner): Promise<FileMeta | null> {
     const row = await this.#db
       .selectFrom(table)
       .select(['id', 'appid', 'userid', 'file_path', 'file_size', 'content_type', 'sha256', 'mtime_ms'])
       .where('id', '=', fileId)
       .executeTakeFirst();
-    if (!row) return null;
+    if (!row || !isOwner(row.appid, row.userid, owner)) return null;
     return {
       table,
       fileId: row.id,
@@ -150,28 +200,39 @@ export class MetaStore {
       })
       .where('id', '=', m.fileId)
       .execute();
-    await this.evict(m.fileId);
+    if (m.appId !== null && m.userId !== null)
+      await this.evict(m.fileId, { appId: m.appId, userId: m.userId });
   }
 
-  /** Deletes the row; false when there was none. */
-  async remove(table: FileTableName, fileId: string): Promise<boolean> {
-    const r = await this.#db.deleteFrom(table).where('id', '=', fileId).executeTakeFirst();
+  /**
+   * Deletes `owner`'s row; false when there was none. The caller found the row as `owner`'s
+   * first (exact comparison); the owner columns in the WHERE keep a row that changed hands in
+   * between out of reach.
+   */
+  async remove(table: FileTableName, fileId: string, owner: Owner): Promise<boolean> {
+    if (!owner.exact) return false;
+    const r = await this.#db
+      .deleteFrom(table)
+      .where('id', '=', fileId)
+      .where('appid', '=', owner.appId)
+      .where('userid', '=', owner.userId)
+      .executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
   }
 
-  async evict(fileId: string): Promise<void> {
+  async evict(fileId: string, owner: { appId: string; userId: string }): Promise<void> {
     try {
-      await this.#kv.del(MetaStore.cacheKey(fileId));
+      await this.#kv.del(MetaStore.cacheKey(fileId, owner));
     } catch (e) {
       this.#cacheDown(e);
     }
   }
 
-  async #cacheGet(table: FileTableName, fileId: string): Promise<FileMeta | null> {
+  async #cacheGet(table: FileTableName, fileId: string, owner: Owner): Promise<FileMeta | null> {
     if (this.#ttlMs <= 0) return null;
     let raw: string | null;
     try {
-      raw = await this.#kv.get(MetaStore.cacheKey(fileId));
+      raw = await this.#kv.get(MetaStore.cacheKey(fileId, owner));
     } catch (e) {
       this.#cacheDown(e);
       return null;
@@ -179,8 +240,10 @@ export class MetaStore {
     if (!raw) return null;
     try {
       const v = JSON.parse(raw) as Cached;
-      // The key names the file id only; the same id may exist for another user in another table.
+      // The same id may exist for another user in another table; and an entry answers only its
+      // owner (the key says so already; this holds even if two owners' keys ever met).
       if (v.t !== table || !FILE_TABLES.has(v.t) || typeof v.p !== 'string' || v.p === '') return null;
+      if (!isOwner(v.a ?? null, v.u ?? null, owner)) return null;
       if (typeof v.s !== 'number' || !Number.isSafeInteger(v.s) || v.s < 0) return null;
       return {
         table,
@@ -199,7 +262,7 @@ export class MetaStore {
   }
 
   async #cacheSet(m: FileMeta): Promise<void> {
-    if (this.#ttlMs <= 0) return;
+    if (this.#ttlMs <= 0 || m.appId === null || m.userId === null) return;
     const v: Cached = {
       t: m.table,
       p: m.path,
@@ -211,7 +274,11 @@ export class MetaStore {
       u: m.userId,
     };
     try {
-      await this.#kv.set(MetaStore.cacheKey(m.fileId), JSON.stringify(v), this.#ttlMs);
+      await this.#kv.set(
+        MetaStore.cacheKey(m.fileId, { appId: m.appId, userId: m.userId }),
+        JSON.stringify(v),
+        this.#ttlMs,
+      );
     } catch (e) {
       this.#cacheDown(e);
     }

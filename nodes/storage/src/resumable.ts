@@ -15,11 +15,11 @@ import {
 } from '@dsm/packets';
 import type { RequestContext } from '@dsm/server';
 import type { Selectable } from 'kysely';
-import { checkAppId, checkFileId, exists, ioFailure, type StorageEnv } from './env.ts';
+import { checkAppId, checkFileId, checkUserId, exists, ioFailure, type StorageEnv } from './env.ts';
 import { checkContentType, checkSpace, isSystemError, placeFinal, recordFile, statOf } from './file-ops.ts';
 import { errCode, fsyncDir, hashOpenFile, moveNoReplace, receiveInto, removeQuiet } from './fs-util.ts';
 import { FileLock, isLockHeld } from './lock.ts';
-import { dbFailure, type FileMeta } from './meta.ts';
+import { dbFailure, type FileMeta, ownerOf } from './meta.ts';
 import { fileTableFor } from './seed-rules.ts';
 import { sniffContentType } from './sniff.ts';
 
@@ -36,17 +36,23 @@ const uploadNotFound = (fileId: string) =>
 
 const lockPath = (partial: string) => `${partial}.lock`;
 
-/** The upload named by the request's ids, checked against its row (owner, group, path). */
-async function findUpload(env: StorageEnv, ids: FileIds): Promise<OpenUpload> {
+/**
+ * The upload named by the request's ids, checked against its row (owner, group, path). An
+ * upload of another app or user, or of another group, is "Upload Not Found" exactly like a
+ * missing one (same errno and text, after the same single SELECT). Rows are written by create
+ * with the requester's app and user (NOT NULL columns), and the user id must be valid UTF-8 to
+ * match (see Owner).
+ */
+async function findUpload(env: StorageEnv, ids: FileIds, userIdBytes: Uint8Array): Promise<OpenUpload> {
   let row: UploadRow | undefined;
   try {
     row = await env.db.selectFrom('t_upload').selectAll().where('id', '=', ids.fileId).executeTakeFirst();
   } catch (e) {
     throw dbFailure(e, `Read Database Fail, Fileid: ${ids.fileId}`);
   }
-  if (!row || row.group_name !== env.config.group || row.appid !== ids.appId || row.userid !== ids.userId) {
-    throw uploadNotFound(ids.fileId);
-  }
+  const owner = ownerOf(ids.appId, ids.userId, userIdBytes);
+  if (!row || row.group_name !== env.config.group || !owner.exact) throw uploadNotFound(ids.fileId);
+  if (row.appid !== owner.appId || row.userid !== owner.userId) throw uploadNotFound(ids.fileId);
   const partial = env.stores.resolveRecorded(row.temp_path);
   const storeIndex = partial ? env.stores.indexOf(partial) : -1;
   if (!partial || partial !== env.stores.partialPath(storeIndex, ids.fileId)) {
@@ -76,6 +82,7 @@ export async function handleUploadCreate(env: StorageEnv, ctx: RequestContext): 
   const req = decodeUploadCreate(ctx.body);
   checkFileId(req.fileId);
   checkAppId(req.appId);
+  checkUserId(ownerOf(req.appId, req.userId, readUserIdBytes(ctx.body)));
   checkContentType(req.contentType);
   const fileId = req.fileId;
   if (req.totalSize > env.config.maxUploadBytes) {
@@ -149,7 +156,7 @@ export async function handleUploadAppend(env: StorageEnv, ctx: RequestContext): 
   const head = decodeUploadAppendPrefix(ctx.body, ctx.header.bodyLength);
   checkFileId(head.fileId);
   const fileId = head.fileId;
-  const up = await findUpload(env, head);
+  const up = await findUpload(env, head, readUserIdBytes(ctx.body));
   const lock = await FileLock.acquire(lockPath(up.partial), env.owner, fileId);
   let newOffset: number;
   try {
@@ -202,7 +209,7 @@ export async function handleUploadAppend(env: StorageEnv, ctx: RequestContext): 
 export async function handleUploadOffset(env: StorageEnv, ctx: RequestContext): Promise<void> {
   const ids = decodeIdsRequest(ctx.body);
   checkFileId(ids.fileId);
-  const up = await findUpload(env, ids);
+  const up = await findUpload(env, ids, readUserIdBytes(ctx.body));
   let size: number;
   try {
     size = (await stat(up.partial)).size;
@@ -221,7 +228,7 @@ export async function handleUploadCommit(env: StorageEnv, ctx: RequestContext): 
   checkFileId(ids.fileId);
   const fileId = ids.fileId;
   const table = fileTableFor(readUserIdBytes(ctx.body));
-  const up = await findUpload(env, ids);
+  const up = await findUpload(env, ids, readUserIdBytes(ctx.body));
   const lock = await FileLock.acquire(lockPath(up.partial), env.owner, fileId);
   let meta: FileMeta;
   try {
@@ -285,11 +292,18 @@ export async function handleUploadCommit(env: StorageEnv, ctx: RequestContext): 
 export async function handleUploadAbort(env: StorageEnv, ctx: RequestContext): Promise<void> {
   const ids = decodeIdsRequest(ctx.body);
   checkFileId(ids.fileId);
-  const up = await findUpload(env, ids);
+  const up = await findUpload(env, ids, readUserIdBytes(ctx.body));
   const lock = await FileLock.acquire(lockPath(up.partial), env.owner, ids.fileId);
   try {
     try {
-      await env.db.deleteFrom('t_upload').where('id', '=', ids.fileId).execute();
+      // the owner columns too: the row was found as the requester's, and stays out of reach if
+      // it changed hands in between
+      await env.db
+        .deleteFrom('t_upload')
+        .where('id', '=', ids.fileId)
+        .where('appid', '=', ids.appId)
+        .where('userid', '=', ids.userId)
+        .execute();
     } catch (e) {
       throw dbFailure(e, `Delete Database Fail, Fileid: ${ids.fileId}`);
     }
