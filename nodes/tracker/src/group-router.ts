@@ -62,6 +62,21 @@ export class GroupRouter {
     return group;
   }
 
+  /**
+   * The group of a user already routed (route cache → `t_router`), or null: never assigns, so
+   * reads by unknown users leave no state behind (only uploads route a new user).
+   */
+  async lookup(appId: string, userId: string): Promise<string | null> {
+    const key = routeCacheKey(appId, userId);
+    const cached = await this.#cacheGet(key);
+    if (cached !== null && GROUP_NAME_RE.test(cached)) return cached;
+    const group = await this.#read(appId, userId);
+    // only found routes are cached: a miss cached under an attacker's random user ids would be
+    // the unbounded state this method exists to avoid
+    if (group !== null) await this.#cacheSet(key, group);
+    return group;
+  }
+
   /** Records a joined group in `t_groups_info` if missing (best effort; never fails a join). */
   noteGroup(name: string): Promise<void> {
     if (this.#knownGroups.has(name)) return Promise.resolve();

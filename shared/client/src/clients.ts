@@ -15,6 +15,7 @@ import {
   encodeDownloadRequest,
   encodeIdRequest,
   encodeIds,
+  encodeLocateRequest,
   encodeUploadAppendPrefix,
   encodeUploadCreate,
   encodeUploadExtPrefix,
@@ -76,6 +77,14 @@ export class TrackerClient {
   async storagesFor(appId: string, userId: string): Promise<AddrsReply> {
     const body = encodeAddrsRequest({ appId, userId, fileId: '' });
     return decodeAddrsReply(await this.#ask(Command.TRACKER_ADDRS, body, 64 * 1024));
+  }
+
+  /**
+   * The storages of a user the cluster already routed (17): a user without a route is a
+   * NOT_FOUND error reply, and nothing is created (reads use this; uploads use storagesFor).
+   */
+  async storagesOf(ids: FileIds): Promise<AddrsReply> {
+    return decodeAddrsReply(await this.#ask(Command.TRACKER_LOCATE, encodeLocateRequest(ids), 64 * 1024));
   }
 
   async groupsText(): Promise<string> {

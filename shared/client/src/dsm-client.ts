@@ -1,4 +1,5 @@
 import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { LruMap } from '@dsm/common/lru';
 import { type Address, type AddrsReply, Errno, type FileIds, type FileStat } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
 import type { RemoteError, StreamReply } from './connection.ts';
@@ -13,6 +14,8 @@ export interface DsmClientOptions extends Partial<Omit<PoolOptions, 'transport'>
   transport: Transport;
   /** How long a user → storages answer is reused (0 = ask every time). */
   locateCacheMs?: number;
+  /** Most users whose answer is cached (least recently used go first). Default 10,000. */
+  locateCacheMax?: number;
   /**
    * Pauses before sending a `freshFileId` upload again after BUSY (a killed storage's claim on
    * the id, which expires 6 s after its last refresh); default 2, 2.5 and 3 s.
@@ -48,7 +51,7 @@ export class DsmClient {
   readonly tracker: TrackerClient;
   readonly storage: StorageClient;
   readonly #cacheMs: number;
-  readonly #cache = new Map<string, { at: number; reply: AddrsReply }>();
+  readonly #cache: LruMap<string, { at: number; reply: AddrsReply }>;
   readonly #sha256: (() => Sha256Hasher) | undefined;
   readonly #busyWaitsMs: readonly number[];
 
@@ -57,6 +60,7 @@ export class DsmClient {
     this.tracker = new TrackerClient(this.pool, opts.trackers);
     this.storage = new StorageClient(this.pool);
     this.#cacheMs = opts.locateCacheMs ?? 2000;
+    this.#cache = new LruMap(opts.locateCacheMax ?? 10_000);
     this.#sha256 = opts.transport.sha256?.bind(opts.transport);
     this.#busyWaitsMs = opts.busyWaitsMs ?? [2000, 2500, 3000];
   }
@@ -65,11 +69,28 @@ export class DsmClient {
     return new IdClient(this.pool, servers);
   }
 
-  async locate(appId: string, userId: string, fresh = false): Promise<AddrsReply> {
+  /** Users with a cached answer (bounded by `locateCacheMax`). */
+  get locateCacheSize(): number {
+    return this.#cache.size;
+  }
+
+  /**
+   * The storages of a user's group. Uploads route (`lookupOnly` false: the tracker assigns a
+   * group to a new user); reads look up only (a user without a route is NOT_FOUND and the
+   * tracker records nothing). `fileId` is only sent with a lookup, for the NOT_FOUND text.
+   */
+  async locate(
+    appId: string,
+    userId: string,
+    fresh = false,
+    lookup?: { fileId: string },
+  ): Promise<AddrsReply> {
     const key = `${appId}\u0000${userId}`;
     const hit = this.#cache.get(key);
     if (!fresh && hit && Date.now() - hit.at < this.#cacheMs) return hit.reply;
-    const reply = await this.tracker.storagesFor(appId, userId);
+    const reply = lookup
+      ? await this.tracker.storagesOf({ appId, userId, fileId: lookup.fileId })
+      : await this.tracker.storagesFor(appId, userId);
     if (reply.addrs.length === 0)
       throw new DsmError(ErrorCode.NO_STORAGE, `no active storage for group ${reply.group}`);
     if (this.#cacheMs > 0) this.#cache.set(key, { at: Date.now(), reply });
@@ -85,13 +106,14 @@ export class DsmClient {
     userId: string,
     fn: (a: Address, group: string, addrs: readonly Address[]) => Promise<T>,
     retryable: (e: unknown) => boolean = isRetryable,
+    lookup?: { fileId: string },
   ): Promise<T> {
-    const first = await this.locate(appId, userId);
+    const first = await this.locate(appId, userId, false, lookup);
     try {
       return await tryEach(first.addrs, (a) => fn(a, first.group, first.addrs), 0, retryable);
     } catch (e) {
       if (!retryable(e)) throw e;
-      const again = await this.locate(appId, userId, true);
+      const again = await this.locate(appId, userId, true, lookup);
       return tryEach(again.addrs, (a) => fn(a, again.group, again.addrs), 0, retryable);
     }
   }
@@ -209,22 +231,27 @@ export class DsmClient {
     }
   }
 
+  // Reads and deletes look the user's route up and never create one (TRACKER_LOCATE).
   stat(ids: FileIds): Promise<FileStat> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.stat(a, ids));
+    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.stat(a, ids), isRetryable, ids);
   }
 
   size(ids: FileIds): Promise<number> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.size(a, ids));
+    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.size(a, ids), isRetryable, ids);
   }
 
   delete(ids: FileIds): Promise<void> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.delete(a, ids));
+    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.delete(a, ids), isRetryable, ids);
   }
 
   /** `length` 0 means to the end, as in the protocol. Fails over until the first byte. */
   download(ids: FileIds, offset = 0, length = 0): Promise<StreamReply> {
-    return this.#onStorages(ids.appId, ids.userId, (a) =>
-      this.storage.download(a, { ...ids, offset, size: length }),
+    return this.#onStorages(
+      ids.appId,
+      ids.userId,
+      (a) => this.storage.download(a, { ...ids, offset, size: length }),
+      isRetryable,
+      ids,
     );
   }
 

@@ -32,6 +32,11 @@ export const Command = {
   TRACKER_BEAT_EXT: 15,
   /** Extension: cluster status as JSON (for `dsm status`). */
   TRACKER_STATUS: 16,
+  /**
+   * Extension: the storages of an already routed user (same body and reply as 12); NOT_FOUND
+   * for a user without a route, so reads never create routes (only uploads use 12).
+   */
+  TRACKER_LOCATE: 17,
   ID_GET: 40,
   STORAGE_UPLOAD: 70,
   STORAGE_SIZE: 71,

@@ -42,6 +42,7 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   // 172 bytes from the first version (no store flags), 173 now
   [Command.TRACKER_BEAT_EXT]: { kind: 'buffered', min: BEAT_EXT_V1_LENGTH, max: BEAT_EXT_LENGTH },
   [Command.TRACKER_STATUS]: exact(0),
+  [Command.TRACKER_LOCATE]: exact(IDS_LENGTH),
   [Command.ID_GET]: { kind: 'buffered', min: 0, max: ID_KEY_MAX + 1 },
   [Command.STORAGE_UPLOAD]: { kind: 'stream', prefix: UPLOAD_PREFIX, maxRest: UNLIMITED },
   [Command.STORAGE_SIZE]: exact(IDS_LENGTH),
@@ -65,6 +66,7 @@ export const TRACKER_COMMANDS: readonly number[] = [
   Command.TRACKER_JOIN_EXT,
   Command.TRACKER_BEAT_EXT,
   Command.TRACKER_STATUS,
+  Command.TRACKER_LOCATE,
 ];
 export const ID_COMMANDS: readonly number[] = [Command.PING, Command.ID_GET];
 export const STORAGE_COMMANDS: readonly number[] = [

@@ -203,6 +203,20 @@ export function decodeAddrsRequest(b: Uint8Array): FileIds {
   return readIds(b);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Locate (17), extension, client → tracker: the body and reply of 12, but the tracker only looks
+// the route up (cache → t_router) and never assigns one: a user without a route gets an error
+// reply with errno NOT_FOUND and the text a storage gives for a missing file
+// ("Read Database Fail, Fileid: <file id>"), so a read cannot tell an unknown user from a
+// missing file. The file id is carried for that text only.
+// ---------------------------------------------------------------------------------------------
+export const encodeLocateRequest = (ids: FileIds): Uint8Array => encodeIds(ids);
+
+export function decodeLocateRequest(b: Uint8Array): FileIds {
+  expectLength(b, IDS_LENGTH);
+  return readIds(b);
+}
+
 export interface Address {
   host: string;
   port: number;
