@@ -97,6 +97,9 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       config: {
         listen: ids[i],
         database: db('id', 'id.db'),
+        // our storages' `<group>:<index>` keys, and the seed storage's default store path, so
+        // that seed storages (and the seed vectors) work against a local cluster
+        keyPatterns: ['[A-Za-z0-9]{1,16}:[0-9]{1,4}', '\\.\\./data'],
         ...(o.idStep ? { step: o.idStep } : {}),
         ...o.extra?.id,
       },

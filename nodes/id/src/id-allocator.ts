@@ -20,6 +20,11 @@ export interface DbSegmentStoreOptions {
   busyWaitMs?: number;
   /** MySQL: attempts when two first reservations of a new key collide. */
   maxAttempts?: number;
+  /**
+   * Makes sure the schema is in place (the node's `NodeDatabase.ready`, which retries a database
+   * that was down at start-up); default: run the id migrations.
+   */
+  ready?: () => Promise<void>;
 }
 
 function isBusy(e: unknown): boolean {
@@ -55,16 +60,18 @@ export class DbSegmentStore implements SegmentStore {
   readonly #h: Pick<DbHandle, 'db' | 'dialect'>;
   readonly #busyWaitMs: number;
   readonly #maxAttempts: number;
+  readonly #ready: () => Promise<unknown>;
 
   constructor(handle: Pick<DbHandle, 'db' | 'dialect'>, opts: DbSegmentStoreOptions = {}) {
     this.#h = handle;
+    this.#ready = opts.ready ?? (() => migrate(handle.db, handle.dialect, 'id'));
     this.#busyWaitMs = opts.busyWaitMs ?? 5000;
     this.#maxAttempts = opts.maxAttempts ?? 8;
   }
 
   async prepare(): Promise<void> {
     const { db, dialect } = this.#h;
-    await migrate(db, dialect, 'id');
+    await this.#ready();
     // After migrate: it resets busy_timeout when it finishes.
     if (dialect === 'sqlite') await sql`PRAGMA busy_timeout = 0`.execute(db);
   }

@@ -210,6 +210,42 @@ describe.each(BACKENDS)('id server on %s', (_name, makeBackend) => {
     }
   });
 
+  it("keyPatterns: by default only the storages' <group>:<index> keys are served; others get BAD_FIELD", async () => {
+    const s = await servers.start(
+      configSchema.parse({
+        listen: '127.0.0.1:0',
+        hostname: TEST_HOSTNAME,
+        database: backend.database('main'),
+      }),
+    );
+    try {
+      for (const key of ['../data', 'group001', 'x:y', 'group001:0:1', `${'g'.repeat(17)}:0`]) {
+        const e = await errorFor(s.port, encodeIdRequest(key));
+        expect(e, key).toEqual({
+          errno: Errno.BAD_FIELD,
+          message: `[${TEST_HOSTNAME}] ID Key Not Served: ${key}`,
+        });
+      }
+      const c = await connection(s.port);
+      expect(await getId(c, 'group001:0')).toBeGreaterThanOrEqual(0);
+      expect(await getId(c, 'G9:12')).toBeGreaterThanOrEqual(0);
+      c.close();
+    } finally {
+      await servers.stop(s);
+    }
+    // a configured list replaces the default
+    const t = await servers.start(testConfig(backend.database('main'), { keyPatterns: ['\\.\\./data'] }));
+    try {
+      expect((await errorFor(t.port, encodeIdRequest('group001:0'))).errno).toBe(Errno.BAD_FIELD);
+      const c = await connection(t.port);
+      expect(await getId(c, '../data')).toBeGreaterThanOrEqual(0);
+      c.close();
+    } finally {
+      await servers.stop(t);
+    }
+    expect(() => parseConfig(configSchema, { keyPatterns: ['('] })).toThrow(/config key "keyPatterns.0"/);
+  });
+
   it('a restart skips the rest of the segment and never repeats an id (seed: 0,1,2 … then 100)', async () => {
     const url = backend.database('restart');
     let s = await servers.start(testConfig(url, { step: 100 }));

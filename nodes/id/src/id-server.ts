@@ -1,8 +1,8 @@
-import { createLogger, DsmError, ErrorCode, type Logger } from '@dsm/common';
-import { type CreateDbOptions, createDb, isDbUnavailable, redact } from '@dsm/db';
-import { Command, decodeIdRequest, Errno, encodeI64Body, formatAddress, ProtocolError } from '@dsm/packets';
-import { ProtocolServer, type RunningNode } from '@dsm/server';
-import { type IdConfig, parseListen, resolveDatabaseUrl } from './config.ts';
+import { createLogger, DsmError, ErrorCode, type Logger, parseConfig } from '@dsm/common';
+import type { CreateDbOptions } from '@dsm/db';
+import { Command, decodeIdRequest, Errno, encodeI64Body, ProtocolError } from '@dsm/packets';
+import { type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
+import { configSchema, type IdConfig, type IdConfigInput, keyMatcher, resolveDatabaseUrl } from './config.ts';
 import { DbSegmentStore, IdAllocator } from './id-allocator.ts';
 
 export interface StartIdServerOptions {
@@ -24,88 +24,44 @@ export interface IdServer extends RunningNode {
 }
 
 /**
- * Starts an id server: PING (1) and ID_GET (40), replies with command ID_REPLY (101).
- * `config.configDir` (from loadConfig) anchors a relative SQLite path; default: the current
- * directory. A database that is down at start-up is not fatal: requests fail with errno
- * DB_UNAVAILABLE until it is back.
+ * Starts an id server: PING (1) and ID_GET (40), replies with command ID_REPLY (101). Only keys
+ * matching `keyPatterns` are served (each new key is a row that lives for ever). A database that
+ * is down at start-up is not fatal: requests fail with errno DB_UNAVAILABLE until it is back.
  */
 export async function startIdServer(
-  config: IdConfig & { configDir?: string },
+  configIn: IdConfig | (IdConfigInput & { configDir?: string }),
   opts: StartIdServerOptions = {},
 ): Promise<IdServer> {
+  const config: IdConfig = parseConfig(configSchema, configIn);
   const log = opts.log ?? createLogger('id');
-  const { host, port } = parseListen(config.listen);
-  const url = resolveDatabaseUrl(config.database, config.configDir ?? process.cwd());
-  const handle = createDb(url, opts.db);
-  const allocator = new IdAllocator(new DbSegmentStore(handle, { busyWaitMs: opts.busyWaitMs }), {
-    step: config.step,
-    log,
-  });
-
-  try {
-    await allocator.prepare();
-  } catch (e) {
-    if (!isDbUnavailable(e)) {
-      await handle.close();
-      throw e;
-    }
-    log.warn({ err: e, database: redact(url) }, 'database unavailable at start-up; requests will retry it');
-  }
-
-  const server = new ProtocolServer({
-    name: 'id',
-    hostname: config.hostname,
-    replyCommand: Command.ID_REPLY,
-    log,
-    handlers: {
-      [Command.PING]: (ctx) => ctx.reply(),
-      [Command.ID_GET]: async (ctx) => {
-        const key = decodeIdRequest(ctx.body);
-        const length = ctx.body.length - 1;
-        if (length > config.maxKeyLength) {
-          throw new ProtocolError(
-            `Invalid ID Key Length: ${length} > ${config.maxKeyLength}`,
-            Errno.BAD_FIELD,
-          );
-        }
-        await ctx.reply(encodeI64Body(await allocator.next(key)));
+  const served = keyMatcher(config.keyPatterns);
+  return startNode(log, async (kit) => {
+    const url = resolveDatabaseUrl(config.database, config.configDir ?? '.');
+    const db = await kit.openDatabase('id', url, { db: opts.db });
+    const store = new DbSegmentStore(db, { busyWaitMs: opts.busyWaitMs, ready: db.ready });
+    const allocator = new IdAllocator(store, { step: config.step, log });
+    await allocator.prepare().catch(() => {}); // failures were logged; requests try again
+    const { server, host, port, listen } = await kit.listen({
+      name: 'id',
+      listen: config.listen,
+      hostname: config.hostname,
+      replyCommand: Command.ID_REPLY,
+      handlers: {
+        [Command.PING]: (ctx) => ctx.reply(),
+        [Command.ID_GET]: async (ctx) => {
+          const key = decodeIdRequest(ctx.body);
+          const length = ctx.body.length - 1;
+          if (length > config.maxKeyLength) {
+            const why = `Invalid ID Key Length: ${length} > ${config.maxKeyLength}`;
+            throw new ProtocolError(why, Errno.BAD_FIELD);
+          }
+          if (!served(key))
+            throw new DsmError(ErrorCode.BAD_INPUT, `ID Key Not Served: ${key}`, Errno.BAD_FIELD);
+          await ctx.reply(encodeI64Body(await allocator.next(key)));
+        },
       },
-    },
+    });
+    log.info({ listen, step: config.step }, 'id server ready');
+    return { ready: { role: 'id' as const, listen }, host, port, allocator, server };
   });
-
-  let actualPort: number;
-  try {
-    actualPort = (await server.listen(port, host)).port;
-  } catch (e) {
-    await handle.close();
-    throw new DsmError(
-      ErrorCode.CONFIG,
-      `cannot listen on ${config.listen}: ${(e as Error).message}`,
-      undefined,
-      {
-        cause: e,
-      },
-    );
-  }
-  const listen = formatAddress({ host, port: actualPort });
-  log.info({ listen, database: redact(url), step: config.step }, 'id server ready');
-
-  let closing: Promise<void> | undefined;
-  return {
-    ready: { role: 'id', listen },
-    host,
-    port: actualPort,
-    allocator,
-    server,
-    close: () => {
-      closing ??= (async () => {
-        try {
-          await server.close();
-        } finally {
-          await handle.close();
-        }
-      })();
-      return closing;
-    },
-  };
 }

@@ -19,8 +19,15 @@ export const BACKENDS: [string, () => Backend][] = [
 
 export const testLog = createLogger('id-test');
 
+/** Any key is served (these tests are about allocation; `keyPatterns` has its own test). */
 export function testConfig(database: string, extra: Partial<IdConfig> = {}): IdConfig {
-  return configSchema.parse({ listen: '127.0.0.1:0', hostname: TEST_HOSTNAME, database, ...extra });
+  return configSchema.parse({
+    listen: '127.0.0.1:0',
+    hostname: TEST_HOSTNAME,
+    database,
+    keyPatterns: ['.*'],
+    ...extra,
+  });
 }
 
 /** Starts servers and stops them all at the end of the suite. */

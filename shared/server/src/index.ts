@@ -1,2 +1,5 @@
+export * from './cleanups.ts';
+export * from './database.ts';
 export * from './node-runner.ts';
 export * from './protocol-server.ts';
+export * from './start-node.ts';
