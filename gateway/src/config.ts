@@ -110,6 +110,12 @@ const timeoutsSchema = z
     downloadIdleMs: z.number().int().min(100).default(60_000),
     /** A keep-alive connection idle between requests is closed after this long. */
     keepAliveMs: z.number().int().min(100).default(5_000),
+    /**
+     * A download whose client has not read for this long gives its storage connection back;
+     * reading again continues it from the next byte on a new one (stalled players, paused videos
+     * hold no storage connection).
+     */
+    upstreamReleaseMs: z.number().int().min(10).default(2_000),
     /** Longest wait for an upstream (tracker/storage) connection when all are busy. */
     upstreamQueueMs: z.number().int().min(10).default(5_000),
   })
