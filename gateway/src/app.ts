@@ -60,7 +60,7 @@ const EXPOSE_HEADERS = [
 
 /**
  * The gateway as a Hono app. Runtime-neutral: the client, the KV store, the config, the
- * logger and the metrics sink are injected by the entry (node.ts; a Worker entry later).
+ * logger and the metrics sink are injected by the entry (node.ts for Node, worker.ts for Workers).
  */
 export function createApp(deps: GatewayDeps): GatewayApp {
   const core = new GatewayCore(deps);

@@ -8,7 +8,7 @@ import { sniffContentType } from './sniff.ts';
 
 const utf8 = (s: string) => new TextEncoder().encode(s);
 
-describe('seed table sharding (seed-protocol.md 4.6)', () => {
+describe('seed table sharding', () => {
   // Every row of the seed's table, including the non-ASCII one (signed-char quirk).
   const ROWS: [string, number, string][] = [
     ['tnv001', 0xd69ab821, 't_file_02'],
@@ -37,7 +37,7 @@ describe('seed table sharding (seed-protocol.md 4.6)', () => {
   });
 });
 
-describe('file path from an id (seed-protocol.md 4.5)', () => {
+describe('file path from an id (the seed layout)', () => {
   const T = 0x65f1560c;
   it.each([
     [0, '000/000/000/65F1560C_000'],

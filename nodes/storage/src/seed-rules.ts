@@ -1,7 +1,7 @@
 import type { FileTableName } from '@dsm/db';
 
 /**
- * The seed's table-sharding hash (seed-protocol.md 4.6) over the raw user id bytes. Each byte
+ * The seed's table-sharding hash over the raw user id bytes (the seed's exact rule). Each byte
  * is a *signed* char sign-extended to 32 bits (bytes ≥ 0x80 become 0xFFFFFF00 | byte); all
  * arithmetic mod 2^32 with logical shifts:
  *   even i: h ^= (h << 7) ^ c ^ (h >>> 3)
@@ -28,7 +28,7 @@ const DIGIT = 512;
 const hex3 = (n: number) => n.toString(16).toUpperCase().padStart(3, '0');
 
 /**
- * Relative file path for an id (seed-protocol.md 4.5): the id in base 512, every digit as 3
+ * Relative file path for an id (the seed's layout): the id in base 512, every digit as 3
  * uppercase hex characters, `<d1>/<d2>/<d3>/<T>_<d4>` with T the Unix seconds in uppercase hex.
  * Unlike the seed (quirk 13) digits above the fourth are not dropped: the first level just gets
  * wider (id 512^4 → `200/000/000/<T>_000`), so distinct ids never share a path.
