@@ -135,7 +135,7 @@ export class DsmClient {
    * - "id exists" on a retry (a replayable source sent again) is taken the same way, after the
    *   same size/sha-256 check;
    * - BUSY on a retry: another member still holds the claim on the id, taken by an earlier
-   *   attempt of this call whose storage was killed (the claim expires after 60 s) or is still
+   *   attempt of this call whose storage was killed (the claim lapses 6 s after its last refresh) or is still
    *   slow. When it made the id itself (no `fileId` given) and the source is replayable, the
    *   client starts over once under a fresh id: the earlier attempt was never acknowledged, so
    *   at worst it leaves an unreferenced copy, where the caller would otherwise get a failure.
