@@ -91,6 +91,16 @@ describe('package boundaries (docs/architecture.md, "Rules checked by a test")',
     expect(cycles).toContain('@dsm/client → @dsm/packets →(dev) @dsm/client');
   });
 
+  it('fails on a declared @dsm/* dependency that nothing imports', () => {
+    const packages = model.packages.map((p) =>
+      p.name === '@dsm/client' ? { ...p, devDependencies: new Set([...p.devDependencies, '@dsm/kv']) } : p,
+    );
+    const found = checkBoundaries({ ...model, packages }).filter((v) => !baseline.has(formatViolation(v)));
+    expect(found.map(formatViolation)).toEqual([
+      'unused-workspace-dependency: shared/client/package.json: @dsm/client declares @dsm/kv but no file of it imports @dsm/kv',
+    ]);
+  });
+
   it('fails when packets imports one of ours or a node: module', () => {
     const f = 'shared/packets/src/codec.ts';
     expect(rulesFor(withImport(f, 'node:fs'), f)).toEqual(['packets-imports']);

@@ -60,6 +60,7 @@ export type Rule =
   | 'undeclared-dependency'
   | 'dev-dependency-in-production'
   | 'package-cycle'
+  | 'unused-workspace-dependency'
   | 'packets-imports'
   | 'node-imports-node'
   | 'gateway-imports-db-or-node'
@@ -275,5 +276,22 @@ export function checkBoundaries(model: RepoModel): Violation[] {
     }
   }
   out.push(...packageCycles(model.packages));
+  // a declared @dsm/* dependency nothing imports still shapes the graph above (and can make a cycle)
+  for (const p of model.packages) {
+    const used = new Set(
+      model.imports
+        .filter((i) => packageOfFile(model.packages, i.file) === p && !i.specifier.startsWith('.'))
+        .map((i) => packageOf(i.specifier)),
+    );
+    for (const d of [...p.dependencies, ...p.devDependencies, ...p.peerDependencies]) {
+      if (byName.has(d) && !used.has(d)) {
+        out.push({
+          rule: 'unused-workspace-dependency',
+          where: `${p.dir}/package.json`,
+          detail: `${p.name} declares ${d} but no file of it imports ${d}`,
+        });
+      }
+    }
+  }
   return out;
 }
