@@ -28,12 +28,15 @@ export interface DocTree {
 
 /** The repository as git sees it: tracked files plus new ones that are not ignored. */
 export function readDocTree(root: string): DocTree {
-  const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard'], {
-    cwd: root,
-    encoding: 'utf8',
-  })
-    .split('\n')
-    .filter((f) => f && existsSync(join(root, f)));
+  let listing: string;
+  try {
+    listing = execFileSync('git', ['ls-files', '-co', '--exclude-standard'], { cwd: root, encoding: 'utf8' });
+  } catch (e) {
+    throw new Error(`the doc checks list the repository's files with git, which failed in ${root}`, {
+      cause: e,
+    });
+  }
+  const files = listing.split('\n').filter((f) => f && existsSync(join(root, f)));
   const gitignore = existsSync(join(root, '.gitignore'))
     ? readFileSync(join(root, '.gitignore'), 'utf8')
     : '';
