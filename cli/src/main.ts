@@ -26,7 +26,7 @@ Cluster
   dsm gateway --config FILE                        run the HTTP gateway
 
 Gateway credentials (keys from the gateway's config file, or --secret/--kid)
-  dsm token --config FILE --app A --user U [--ttl SEC] [--secret S]
+  dsm token --config FILE --app A --user U [--ttl SEC] [--kid K] [--secret S]
                                                    print an upload token (HS256 JWT)
   dsm sign URL|ID --config FILE [--ttl SEC] [--kid K] [--secret S] [--base URL]
                                                    print a signed, expiring download URL
@@ -278,14 +278,26 @@ async function gatewayToken(v: {
   user?: string;
   ttl?: string;
   secret?: string;
+  kid?: string;
 }) {
   const g = await import('@dsm/gateway');
   const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
-  const secret = v.secret ?? cfg?.auth.hs256Secret;
-  if (!secret) throw new UsageError('no HS256 secret: give --config (auth.hs256Secret) or --secret');
+  // the key set of the config (hs256Keys + the legacy hs256Secret as kid "default")
+  const keys = cfg ? g.hs256KeySet(cfg.auth) : {};
+  const ids = Object.keys(keys);
+  const kid = v.kid ?? cfg?.auth.hs256KeyId ?? (ids.length === 1 ? ids[0] : undefined);
+  const secret = v.secret ?? (kid !== undefined && Object.hasOwn(keys, kid) ? keys[kid] : undefined);
+  if (!secret) {
+    throw new UsageError(
+      ids.length > 1
+        ? `several HS256 keys (${ids.join(', ')}): give --kid or auth.hs256KeyId`
+        : 'no HS256 key: give --config (auth.hs256Keys) or --secret',
+    );
+  }
   const s = clientSettings(v);
   const token = await g.mintToken({
     secret,
+    ...(kid !== undefined ? { kid } : {}),
     app: s.appId,
     sub: s.userId,
     ttlSec: ttlSeconds(v.ttl, 3600),
@@ -305,7 +317,7 @@ async function gatewaySign(
   const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
   const keys = cfg?.downloads.signingKeys ?? {};
   const kid = v.kid ?? cfg?.downloads.signingKeyId ?? Object.keys(keys)[0];
-  const secret = v.secret ?? (kid ? keys[kid] : undefined);
+  const secret = v.secret ?? (kid && Object.hasOwn(keys, kid) ? keys[kid] : undefined);
   if (!kid || !secret)
     throw new UsageError('no signing key: give --config (downloads.signingKeys) or --kid and --secret');
   let url = target;
@@ -314,7 +326,14 @@ async function gatewaySign(
     const base = v.base ?? cfg?.publicUrl ?? `http://${cfg?.listen ?? '127.0.0.1:8080'}`;
     url = `${base.replace(/\/+$/, '')}/files/${target}`;
   }
-  process.stdout.write(`${await g.signUrl(url, { kid, secret, expiresInSec: ttlSeconds(v.ttl, 3600) })}\n`);
+  const maxLifetimeSec = cfg?.downloads.maxSignedUrlLifetimeSec ?? 7 * 24 * 3600;
+  const expiresInSec = ttlSeconds(v.ttl, 3600);
+  if (expiresInSec > maxLifetimeSec) {
+    throw new UsageError(
+      `--ttl ${expiresInSec} is longer than the gateway accepts (downloads.maxSignedUrlLifetimeSec ${maxLifetimeSec})`,
+    );
+  }
+  process.stdout.write(`${await g.signUrl(url, { kid, secret, expiresInSec, maxLifetimeSec })}\n`);
   return 0;
 }
 

@@ -1,10 +1,11 @@
-import { ping } from '@dsm/client';
-import { Command, parseAddress } from '@dsm/packets';
-import { Hono } from 'hono';
+import { type Context, Hono } from 'hono';
 import { cors } from 'hono/cors';
 import { routePath } from 'hono/route';
+import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
 import { GatewayCore, type GatewayDeps } from './core.ts';
+import { EdgeLimits, releaseWhenSent } from './edge-limits.ts';
 import { deleteFile, fileMeta, serveFile, uploadFile } from './files.ts';
+import { FILE_CSP } from './mime.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { TusService } from './tus.ts';
 
@@ -62,6 +63,16 @@ const EXPOSE_HEADERS = [
  * The gateway as a Hono app. Runtime-neutral: the client, the KV store, the config, the
  * logger and the metrics sink are injected by the entry (node.ts for Node, worker.ts for Workers).
  */
+/**
+ * The client's address: the socket's peer on Node (not a header a client could set), Cloudflare's
+ * `CF-Connecting-IP` on Workers (set by the platform).
+ */
+function clientAddress(c: Context<GatewayEnv>): string {
+  const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
+  if (incoming) return incoming.socket?.remoteAddress ?? 'unknown';
+  return c.req.header('cf-connecting-ip') ?? 'unknown';
+}
+
 export function createApp(deps: GatewayDeps): GatewayApp {
   const core = new GatewayCore(deps);
   const tus = new TusService(core);
@@ -123,10 +134,57 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     c.res.headers.set('Tus-Resumable', '1.0.0');
   });
 
+  // Every reply under /files and /tus (bytes, 304s, problems) is sandboxed and never sniffed:
+  // whatever an upload contains, a browser may not run it as a page of our origin.
+  for (const path of ['/files/*', '/tus/*']) {
+    app.use(path, async (c, next) => {
+      await next();
+      c.res.headers.set('Content-Security-Policy', FILE_CSP);
+      c.res.headers.set('X-Content-Type-Options', 'nosniff');
+    });
+  }
+
+  // Concurrency caps (config `limits`): uploads gateway-wide, streaming downloads per address.
+  const limits = new EdgeLimits(cfg.limits);
+  app.use('*', async (c, next) => {
+    const method = c.req.raw.method;
+    const path = c.req.path;
+    const upload =
+      (method === 'POST' && (path === '/files' || path === '/tus' || path === '/tus/')) ||
+      (method === 'PATCH' && path.startsWith('/tus/'));
+    if (upload) {
+      const release = limits.takeUpload();
+      try {
+        await next();
+      } finally {
+        release();
+      }
+      return;
+    }
+    const download =
+      method === 'GET' &&
+      (path.startsWith('/tus/') || (path.startsWith('/files/') && !path.endsWith('/meta')));
+    if (!download) return next();
+    const release = limits.takeDownload(clientAddress(c));
+    try {
+      await next();
+    } catch (e) {
+      release();
+      throw e;
+    }
+    c.res = releaseWhenSent(c.res, release);
+  });
+
   app.onError((err, c) => {
     const p = toProblem(err, c.req.path);
     p.body.requestId = c.get('requestId');
-    const line = { code: p.body.code, detail: p.body.detail, requestId: c.get('requestId') };
+    // the original text (storage names, paths, free space) goes to the log only
+    const line = {
+      code: p.body.code,
+      detail: p.body.detail,
+      ...(p.internal !== undefined ? { internal: p.internal } : {}),
+      requestId: c.get('requestId'),
+    };
     // 503/507 are the cluster's state (the request line logs them), not a gateway fault
     if (p.status >= 500 && p.status !== 503 && p.status !== 507)
       core.log.error({ ...line, err }, 'request failed');
@@ -145,36 +203,15 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   // health --------------------------------------------------------------------------------------
   app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
 
-  app.get('/readyz', async (c) => {
-    const trackers = await Promise.all(
-      cfg.trackers.map(async (address) => {
-        try {
-          await withTimeout(ping(core.client.pool, parseAddress(address), Command.TRACKER_REPLY), 2000);
-          return { address, ok: true };
-        } catch (e) {
-          return { address, ok: false, error: (e as Error).message };
-        }
-      }),
-    );
-    let cache: { ok: boolean; error?: string } = { ok: true };
-    try {
-      await withTimeout(core.kv.get('gw:readyz'), 2000);
-    } catch (e) {
-      cache = { ok: false, error: (e as Error).message };
-    }
-    const ready = trackers.some((t) => t.ok) && cache.ok;
-    if (!ready) {
-      throw new HttpError(503, GatewayErrorCode.NOT_READY, 'no tracker answers, or the cache is down', {
-        extra: { trackers, cache },
-      });
-    }
-    return c.json({ status: 'ready', trackers, cache }, 200, { 'Cache-Control': 'no-store' });
-  });
+  // Public readiness says only ready / not ready; details and metrics need `admin.token` here
+  // (or the admin listener, admin.ts).
+  app.get('/readyz', (c) => readyResponse(core, hasAdminToken(core, c.req.header('authorization'))));
 
-  app.get('/metrics', async (c) => {
-    if (!core.metrics) throw new HttpError(404, GatewayErrorCode.NO_ROUTE, 'metrics are not enabled');
-    const m = await core.metrics.render();
-    return c.body(m.body, 200, { 'Content-Type': m.contentType, 'Cache-Control': 'no-store' });
+  app.get('/metrics', (c) => {
+    if (!hasAdminToken(core, c.req.header('authorization'))) {
+      throw new HttpError(404, GatewayErrorCode.NO_ROUTE, 'metrics are served on the admin listener');
+    }
+    return metricsResponse(core);
   });
 
   // files ---------------------------------------------------------------------------------------
@@ -203,12 +240,4 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   app.delete('/tus/:id', (c) => tus.terminate(c, c.req.param('id')));
 
   return { app, core, tus };
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
 }

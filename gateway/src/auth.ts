@@ -7,7 +7,7 @@ import {
   jwtVerify,
   SignJWT,
 } from 'jose';
-import type { GatewayConfig } from './config.ts';
+import { type GatewayConfig, hs256KeySet, LEGACY_HS256_KID } from './config.ts';
 import { fromBase64Url, toBase64Url, utf8 } from './encoding.ts';
 import { forbidden, unauthorized } from './problem.ts';
 
@@ -19,25 +19,46 @@ export interface Principal {
 
 const CHALLENGE = 'Bearer realm="dsm"';
 
+/** What the caller wants to do: uploads may be anonymous where configured, deletes never. */
+export type Action = 'upload' | 'delete';
+
 /**
- * Verifies bearer tokens: HS256 with a shared secret and/or any JWKS algorithm. The token must
- * carry `app` (the dsm app id) and `sub` (the user id); `exp` unless `requireExp` is off.
+ * Verifies bearer tokens: HS256 with a key set (the token's `kid` header names the key; a token
+ * without `kid` is checked against the legacy `hs256Secret` only) and/or any JWKS algorithm. The
+ * token must carry `app` (the dsm app id) and `sub` (the user id); `exp` unless `requireExp` is
+ * off.
  */
 export class TokenVerifier {
   readonly #cfg: GatewayConfig['auth'];
-  readonly #secret: Uint8Array<ArrayBuffer> | null;
+  /** HS256 keys by key id (a Map: a `kid` from a token never walks a prototype). */
+  readonly #keys: Map<string, Uint8Array<ArrayBuffer>>;
   readonly #jwks: ReturnType<typeof createRemoteJWKSet> | null;
 
   constructor(cfg: GatewayConfig['auth']) {
     this.#cfg = cfg;
-    this.#secret = cfg.hs256Secret ? utf8(cfg.hs256Secret) : null;
+    this.#keys = new Map(Object.entries(hs256KeySet(cfg)).map(([kid, secret]) => [kid, utf8(secret)]));
     this.#jwks = cfg.jwksUrl ? createRemoteJWKSet(new URL(cfg.jwksUrl)) : null;
   }
 
-  /** The caller of a request, from its Authorization header (mode none: the configured default). */
-  async principal(authorization: string | undefined): Promise<Principal> {
-    if (this.#cfg.mode === 'none') return { appId: this.#cfg.defaultApp, userId: this.#cfg.defaultUser };
-    if (!authorization) throw unauthorized('a bearer token is required', 'missing', CHALLENGE);
+  /**
+   * The caller of a request, from its Authorization header. Without a token: the configured
+   * default identity for an upload in mode `none` or with `allowAnonymousUploads`; otherwise 401.
+   * A delete always needs a token (mode `none` has none to check: 403).
+   */
+  async principal(authorization: string | undefined, action: Action = 'upload'): Promise<Principal> {
+    const anonymous = { appId: this.#cfg.defaultApp, userId: this.#cfg.defaultUser };
+    if (this.#cfg.mode === 'none') {
+      if (action === 'delete') {
+        throw forbidden(
+          'deletes over HTTP need auth.mode "jwt" (this gateway accepts anonymous uploads only)',
+        );
+      }
+      return anonymous;
+    }
+    if (!authorization) {
+      if (action === 'upload' && this.#cfg.allowAnonymousUploads) return anonymous;
+      throw unauthorized('a bearer token is required', 'missing', CHALLENGE);
+    }
     const m = /^Bearer\s+([A-Za-z0-9_\-.]+)\s*$/i.exec(authorization);
     if (!m) throw unauthorized('the Authorization header is not a bearer token', 'invalid', CHALLENGE);
     const payload = await this.verify(m[1] as string);
@@ -52,6 +73,14 @@ export class TokenVerifier {
     return { appId, userId };
   }
 
+  /** The HS256 key a token's header names; unknown or missing `kid` (without a legacy key) is refused. */
+  #hsKey(header: JWTHeaderParameters): Uint8Array<ArrayBuffer> {
+    const kid = header.kid ?? (this.#cfg.hs256Secret ? LEGACY_HS256_KID : undefined);
+    const key = kid === undefined ? undefined : this.#keys.get(kid);
+    if (!key) throw new Error(kid === undefined ? 'the token names no key (kid)' : 'unknown key id (kid)');
+    return key;
+  }
+
   async verify(token: string): Promise<JWTPayload> {
     const opts = {
       issuer: this.#cfg.issuer,
@@ -59,22 +88,22 @@ export class TokenVerifier {
       clockTolerance: this.#cfg.clockToleranceSec,
       requiredClaims: this.#cfg.requireExp ? ['exp'] : [],
     };
+    const jwks = this.#jwks;
+    const hs = this.#keys.size > 0;
     try {
-      if (this.#jwks && this.#secret) {
-        const secret = this.#secret;
-        const jwks = this.#jwks;
-        const r = await jwtVerify(
-          token,
-          async (header: JWTHeaderParameters, input: FlattenedJWSInput) =>
-            header.alg === 'HS256' ? secret : jwks(header, input),
-          opts,
-        );
-        return r.payload;
-      }
-      if (this.#jwks) return (await jwtVerify(token, this.#jwks, opts)).payload;
-      return (
-        await jwtVerify(token, this.#secret as Uint8Array<ArrayBuffer>, { ...opts, algorithms: ['HS256'] })
-      ).payload;
+      const r = await jwtVerify(
+        token,
+        async (header: JWTHeaderParameters, input: FlattenedJWSInput) => {
+          if (header.alg === 'HS256') {
+            if (!hs) throw new Error('HS256 tokens are not accepted here');
+            return this.#hsKey(header);
+          }
+          if (!jwks) throw new Error(`algorithm ${header.alg} is not accepted here`);
+          return jwks(header, input);
+        },
+        opts,
+      );
+      return r.payload;
     } catch (e) {
       if (e instanceof joseErrors.JWTExpired)
         throw unauthorized('the token has expired', 'expired', CHALLENGE);
@@ -83,21 +112,25 @@ export class TokenVerifier {
   }
 }
 
-/** The caller may act on files of (appId, userId) only when the token names exactly them. */
+/**
+ * The caller may act on files of (appId, userId) only when the token names exactly them. In
+ * mode `none` everyone is the default identity, so only reads of one's own tus uploads pass
+ * (deletes were refused by `principal(…, 'delete')` already).
+ */
 export function requireOwner(
   p: Principal,
   ids: { appId: string; userId: string },
-  mode: 'none' | 'jwt',
+  _mode: 'none' | 'jwt',
 ): void {
-  if (mode === 'none') return;
   if (p.appId !== ids.appId || p.userId !== ids.userId) {
     throw forbidden('the token does not belong to the owner of this file');
   }
 }
 
-/** Mints an HS256 token (the `dsm token` command, tests). */
+/** Mints an HS256 token (the `dsm token` command, tests); `kid` names the key in the header. */
 export async function mintToken(o: {
   secret: string;
+  kid?: string;
   app: string;
   sub: string;
   ttlSec?: number;
@@ -105,7 +138,7 @@ export async function mintToken(o: {
   audience?: string;
 }): Promise<string> {
   let jwt = new SignJWT({ app: o.app })
-    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT', ...(o.kid ? { kid: o.kid } : {}) })
     .setSubject(o.sub)
     .setIssuedAt()
     .setExpirationTime(Math.floor(Date.now() / 1000) + (o.ttlSec ?? 3600));
@@ -141,13 +174,22 @@ export async function signPath(path: string, exp: number, secret: string): Promi
   return toBase64Url(new Uint8Array(sig));
 }
 
-/** Appends `exp`, `kid` and `sig` to a URL (absolute or a path). */
+/**
+ * Appends `exp`, `kid` and `sig` to a URL (absolute or a path). With `maxLifetimeSec` (the
+ * gateway's `downloads.maxSignedUrlLifetimeSec`), a URL that would live longer is refused.
+ */
 export async function signUrl(
   url: string,
-  o: { kid: string; secret: string; expiresInSec?: number; exp?: number },
+  o: { kid: string; secret: string; expiresInSec?: number; exp?: number; maxLifetimeSec?: number },
 ): Promise<string> {
   const u = new URL(url, 'http://x');
-  const exp = o.exp ?? Math.floor(Date.now() / 1000) + (o.expiresInSec ?? 3600);
+  const now = Math.floor(Date.now() / 1000);
+  const exp = o.exp ?? now + (o.expiresInSec ?? 3600);
+  if (o.maxLifetimeSec !== undefined && exp - now > o.maxLifetimeSec) {
+    throw new RangeError(
+      `a signed URL may live at most ${o.maxLifetimeSec} s (downloads.maxSignedUrlLifetimeSec); asked for ${exp - now} s`,
+    );
+  }
   const sig = await signPath(u.pathname, exp, o.secret);
   u.searchParams.set('exp', String(exp));
   u.searchParams.set('kid', o.kid);
@@ -157,7 +199,9 @@ export async function signUrl(
 
 /**
  * Checks a signed URL. HMAC verification through WebCrypto `verify`, which compares in
- * constant time; a missing, unknown-key, malformed, tampered or expired signature is refused.
+ * constant time; a missing, unknown-key, malformed, tampered or expired signature is refused,
+ * and so is one whose `exp` lies more than `maxLifetimeSec` ahead (a URL signed to live for
+ * years is refused until its last `maxLifetimeSec`: the signature holds no issue time).
  */
 export async function verifySignedUrl(
   path: string,
@@ -165,10 +209,12 @@ export async function verifySignedUrl(
   keys: Record<string, string>,
   defaultKid: string | undefined,
   nowSec = Math.floor(Date.now() / 1000),
+  maxLifetimeSec = Number.POSITIVE_INFINITY,
 ): Promise<void> {
   if (!q.sig || !q.exp) throw unauthorized('this file needs a signed URL (exp, sig)', 'missing');
   const kid = q.kid ?? defaultKid;
-  const secret = kid === undefined ? undefined : keys[kid];
+  // own keys only: `?kid=constructor` must not find Object.prototype's
+  const secret = kid === undefined || !Object.hasOwn(keys, kid) ? undefined : keys[kid];
   if (secret === undefined) throw unauthorized('unknown signing key id', 'invalid');
   if (!/^\d{1,12}$/.test(q.exp)) throw unauthorized('bad exp in the signed URL', 'invalid');
   let sig: Uint8Array<ArrayBuffer>;
@@ -182,4 +228,10 @@ export async function verifySignedUrl(
   if (!ok) throw unauthorized('the URL signature does not match', 'invalid');
   // Checked after the MAC, so an attacker learns nothing about validity from the expiry reply.
   if (nowSec > exp) throw unauthorized('the signed URL has expired', 'expired');
+  if (exp - nowSec > maxLifetimeSec) {
+    throw unauthorized(
+      `the signed URL lives longer than the gateway allows (${maxLifetimeSec} s)`,
+      'invalid',
+    );
+  }
 }

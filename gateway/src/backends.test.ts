@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { decodePublicId } from '@dsm/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Backend, curl, parseHead, patternBytes, type Stack, startStack } from './test-support.ts';
 
@@ -68,7 +69,9 @@ describe.each(['embedded', 'mysql'] as Backend[])('round trip on %s', (backend) 
     const h = parseHead(String((await curl(['-I', '-H', `If-None-Match: "${raw.sha256}"`, raw.url])).stdout));
     expect(h.status).toBe(304);
 
-    expect((await fetch(raw.url, { method: 'DELETE' })).status).toBe(204);
+    // anonymous deletes are refused (auth.mode none); the owner's client deletes
+    expect((await fetch(raw.url, { method: 'DELETE' })).status).toBe(403);
+    await s.gateway.client.delete(decodePublicId(raw.id));
     const gone = await fetch(raw.url);
     expect(gone.status).toBe(404);
     expect(gone.headers.get('content-type')).toBe('application/problem+json');

@@ -83,7 +83,7 @@ afterAll(async () => {
 });
 
 async function rangeReplies(): Promise<number> {
-  const text = await (await fetch(`${s.gateway.url}/metrics`)).text();
+  const text = await (await fetch(`${s.gateway.adminUrl}/metrics`)).text();
   let n = 0;
   for (const m of text.matchAll(/^dsm_gateway_requests_total\{[^}]*status="206"[^}]*\} (\d+)/gm))
     n += Number(m[1]);

@@ -34,11 +34,33 @@ const trackerAddress = z.string().refine((s) => {
 const downloadPolicy = z.enum(['public', 'signed']);
 export type DownloadPolicy = z.infer<typeof downloadPolicy>;
 
+/** Key ids of HS256 token keys and URL-signing keys: what a `kid` header or `?kid=` may hold. */
+const keyId = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'key ids are 1..64 of A-Z a-z 0-9 . _ -');
+const byteLength = (s: string) => new TextEncoder().encode(s).length;
+
+/** Key id of the legacy single `hs256Secret` (tokens without a `kid` are checked against it). */
+export const LEGACY_HS256_KID = 'default';
+
 const authSchema = z
   .object({
-    /** `none`: anyone may upload, as `defaultApp`/`defaultUser`. `jwt`: a bearer token is required. */
+    /**
+     * `none`: anyone may upload, as `defaultApp`/`defaultUser`, and nobody may delete over HTTP;
+     * refused on a non-loopback `listen` unless `allowAnonymousUploads` is true.
+     * `jwt`: a bearer token is required (uploads may be let through without one, see below).
+     */
     mode: z.enum(['none', 'jwt']).default('none'),
-    /** Shared secret for HS256 tokens (at least 32 bytes when used). */
+    /**
+     * Anonymous uploads (as `defaultApp`/`defaultUser`) on a public address: mode `none` may then
+     * listen on a non-loopback address, and mode `jwt` accepts uploads without a token. Deletes
+     * are never anonymous.
+     */
+    allowAnonymousUploads: z.boolean().default(false),
+    /** HS256 token keys by key id; a token names its key in the `kid` header. Two may be live
+     * while one rotates out. Each at least 32 bytes. */
+    hs256Keys: z.record(keyId, z.string()).default({}),
+    /** Key id `dsm token` signs with (default: the only key, or the legacy secret). */
+    hs256KeyId: keyId.optional(),
+    /** Legacy single HS256 secret (= key id "default"; tokens without `kid` are checked against it). */
     hs256Secret: z.string().default(''),
     /** A JWKS endpoint for asymmetric tokens (RS256, ES256, EdDSA …); optional. */
     jwksUrl: z.url().optional(),
@@ -48,24 +70,49 @@ const authSchema = z
     /** Tokens must carry `exp` (tokens that never expire are refused). */
     requireExp: z.boolean().default(true),
     clockToleranceSec: z.number().int().min(0).default(30),
-    /** Identity of uploads in mode `none`. */
+    /** Identity of anonymous uploads. */
     defaultApp: z.string().min(1).max(15).default('tnvideo'),
     defaultUser: z.string().min(1).max(255).default('tnv001'),
   })
   .strict()
   .superRefine((a, ctx) => {
-    if (a.mode !== 'jwt') return;
-    if (!a.hs256Secret && !a.jwksUrl) {
+    for (const [kid, secret] of Object.entries(a.hs256Keys)) {
+      if (byteLength(secret) < 32)
+        ctx.addIssue({ code: 'custom', path: ['hs256Keys', kid], message: 'must be at least 32 bytes' });
+    }
+    if (a.hs256Secret && byteLength(a.hs256Secret) < 32) {
+      ctx.addIssue({ code: 'custom', path: ['hs256Secret'], message: 'must be at least 32 bytes' });
+    }
+    if (a.hs256Secret && Object.hasOwn(a.hs256Keys, LEGACY_HS256_KID)) {
       ctx.addIssue({
         code: 'custom',
         path: ['hs256Secret'],
-        message: 'mode jwt needs hs256Secret or jwksUrl',
+        message: `hs256Secret is key id "${LEGACY_HS256_KID}", which hs256Keys defines too`,
       });
     }
-    if (a.hs256Secret && new TextEncoder().encode(a.hs256Secret).length < 32) {
-      ctx.addIssue({ code: 'custom', path: ['hs256Secret'], message: 'must be at least 32 bytes' });
+    if (a.hs256KeyId !== undefined && !Object.hasOwn(hs256KeySet(a), a.hs256KeyId)) {
+      ctx.addIssue({ code: 'custom', path: ['hs256KeyId'], message: 'not a key of hs256Keys' });
+    }
+    if (a.mode !== 'jwt') return;
+    if (Object.keys(hs256KeySet(a)).length === 0 && !a.jwksUrl) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hs256Keys'],
+        message: 'mode jwt needs hs256Keys (or hs256Secret) or jwksUrl',
+      });
     }
   });
+
+/** Every HS256 key by key id: `hs256Keys` plus the legacy `hs256Secret` as key id "default". */
+export function hs256KeySet(a: {
+  hs256Keys: Record<string, string>;
+  hs256Secret: string;
+}): Record<string, string> {
+  const out: Record<string, string> = Object.create(null);
+  for (const [k, v] of Object.entries(a.hs256Keys)) out[k] = v;
+  if (a.hs256Secret) out[LEGACY_HS256_KID] = a.hs256Secret;
+  return out;
+}
 
 const downloadsSchema = z
   .object({
@@ -77,6 +124,15 @@ const downloadsSchema = z
     signingKeys: z.record(z.string().regex(/^[A-Za-z0-9._-]{1,64}$/), z.string().min(16)).default({}),
     /** Key id `dsm sign` uses (and the one assumed when a URL carries no `kid`). */
     signingKeyId: z.string().optional(),
+    /**
+     * Longest life of a signed URL: one whose `exp` lies further ahead is refused, and
+     * `dsm sign` refuses to make it. Default 7 days.
+     */
+    maxSignedUrlLifetimeSec: z
+      .number()
+      .int()
+      .min(1)
+      .default(7 * 24 * 3600),
   })
   .strict()
   .superRefine((d, ctx) => {
@@ -88,7 +144,7 @@ const downloadsSchema = z
         message: 'signed downloads need at least one key',
       });
     }
-    if (d.signingKeyId !== undefined && !(d.signingKeyId in d.signingKeys)) {
+    if (d.signingKeyId !== undefined && !Object.hasOwn(d.signingKeys, d.signingKeyId)) {
       ctx.addIssue({ code: 'custom', path: ['signingKeyId'], message: 'not a key of signingKeys' });
     }
   });
@@ -163,6 +219,31 @@ const limitsSchema = z
   })
   .strict();
 
+const adminSchema = z
+  .object({
+    /**
+     * A second listener for operators: `/metrics`, `/readyz` with its details, `/healthz`.
+     * Empty (the default): none. Keep it on loopback or a private network.
+     */
+    listen: z.union([z.literal(''), listenAddress]).default(''),
+    /**
+     * A bearer token that unlocks `/metrics` and the details of `/readyz` on the public listener
+     * (the Worker has no second listener). Unset: the public `/readyz` says only ready or not,
+     * and the public `/metrics` is 404. At least 32 bytes.
+     */
+    token: z
+      .string()
+      .refine((t) => byteLength(t) >= 32, 'must be at least 32 bytes')
+      .optional(),
+  })
+  .strict();
+
+/** Loopback listen hosts: the only ones where the embedded default (`auth.mode: none`) may run. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
 /** Gateway configuration. Every key has a default, so an empty file works. */
 export const configSchema = z
   .object({
@@ -193,6 +274,10 @@ export const configSchema = z
     statCacheMs: z.number().int().min(0).default(2000),
     /** How long a user → storages answer from the tracker is reused. */
     locateCacheMs: z.number().int().min(0).default(2000),
+    /** Most users whose storages are cached (least recently used go first). */
+    locateCacheMax: z.number().int().min(1).max(10_000_000).default(10_000),
+    /** Most files whose stat is cached (least recently used go first). */
+    statCacheMax: z.number().int().min(1).max(10_000_000).default(10_000),
     /** Longest wait for the next bytes from a tracker or storage. */
     ioTimeoutMs: z.number().int().min(100).default(30_000),
     /**
@@ -205,6 +290,7 @@ export const configSchema = z
     limits: limitsSchema.prefault({}),
     auth: authSchema.prefault({}),
     downloads: downloadsSchema.prefault({}),
+    admin: adminSchema.prefault({}),
     /** Allowed browser origins; `*` = any. */
     corsOrigins: z.array(z.string().min(1)).min(1).default(['*']),
     /** A tus upload not touched for this long expires and is deleted by the sweeper. */
@@ -218,7 +304,21 @@ export const configSchema = z
     /** Per-upload lock lifetime; renewed while a PATCH streams. */
     tusLockTtlMs: z.number().int().min(1000).default(30_000),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // The embedded default lets anyone upload: fine on loopback, never by accident on a network.
+    if (
+      c.auth.mode === 'none' &&
+      !c.auth.allowAnonymousUploads &&
+      !isLoopbackHost(parseListen(c.listen).host)
+    ) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['auth', 'mode'],
+        message: `"none" is refused on the non-loopback address ${c.listen}: set auth.mode "jwt" (or auth.allowAnonymousUploads true to accept anonymous uploads there)`,
+      });
+    }
+  });
 
 export type GatewayConfig = z.infer<typeof configSchema>;
 export type GatewayConfigInput = z.input<typeof configSchema>;

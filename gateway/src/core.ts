@@ -1,4 +1,5 @@
 import { type DsmClient, decodePublicId } from '@dsm/client';
+import { LruMap } from '@dsm/common/lru';
 import type { KvStore } from '@dsm/kv';
 import type { FileIds, FileStat } from '@dsm/packets';
 import { TokenVerifier } from './auth.ts';
@@ -24,8 +25,8 @@ export interface GatewayMetrics {
   render(): Promise<{ contentType: string; body: string }>;
 }
 
-/** Finished stat answers by public id (see GatewayCore.stat). */
-export type StatCache = Map<string, { at: number; stat: FileStat }>;
+/** Finished stat answers by public id (see GatewayCore.stat), at most `statCacheMax`. */
+export type StatCache = LruMap<string, { at: number; stat: FileStat }>;
 
 export interface GatewayDeps {
   client: DsmClient;
@@ -45,8 +46,6 @@ export interface GatewayDeps {
 const noop = () => {};
 export const silentLog: GatewayLog = { debug: noop, info: noop, warn: noop, error: noop };
 
-const STAT_CACHE_MAX = 10_000;
-
 /** Shared state and services of one gateway instance (independent of the HTTP framework). */
 export class GatewayCore {
   readonly client: DsmClient;
@@ -65,7 +64,7 @@ export class GatewayCore {
     this.cfg = d.config;
     this.log = d.log ?? silentLog;
     this.metrics = d.metrics;
-    this.#stats = d.statCache ?? new Map();
+    this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
   }
@@ -95,13 +94,7 @@ export class GatewayCore {
       p.then(
         (stat) => {
           this.#inflight.delete(publicId);
-          if (ttl > 0) {
-            if (this.#stats.size >= STAT_CACHE_MAX) {
-              const oldest = this.#stats.keys().next().value;
-              if (oldest !== undefined) this.#stats.delete(oldest);
-            }
-            this.#stats.set(publicId, { at: Date.now(), stat });
-          }
+          if (ttl > 0) this.#stats.set(publicId, { at: Date.now(), stat });
         },
         () => this.#inflight.delete(publicId),
       );
@@ -109,12 +102,19 @@ export class GatewayCore {
     return p;
   }
 
+  /** Files with a cached stat (bounded by `statCacheMax`). */
+  get statCacheSize(): number {
+    return this.#stats.size;
+  }
+
   forget(publicId: string): void {
     this.#stats.delete(publicId);
   }
 
   policyFor(appId: string): DownloadPolicy {
-    return this.cfg.downloads.apps[appId] ?? this.cfg.downloads.default;
+    // own keys only: an app id like "constructor" must not find Object.prototype's
+    const apps = this.cfg.downloads.apps;
+    return (Object.hasOwn(apps, appId) ? apps[appId] : undefined) ?? this.cfg.downloads.default;
   }
 
   /** Base of URLs in replies: `publicUrl`, else the origin the request came to. */

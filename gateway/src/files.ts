@@ -5,16 +5,12 @@ import { requireOwner, verifySignedUrl } from './auth.ts';
 import type { GatewayCore } from './core.ts';
 import { toHex } from './encoding.ts';
 import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
-import { typeForName } from './mime.ts';
-import { boundaryOf, MultipartReader } from './multipart.ts';
+import { dispositionFor, typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
-import { bodyChunks, toReadableStream } from './streams.ts';
-import { cleanContentType, type StoredFile } from './uploads.ts';
+import { bodyChunks, resumeDownload, toReadableStream } from './streams.ts';
+import { cleanContentType, type StoredFile, uploadMultipart } from './uploads.ts';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
-
-/** Types a browser could run as a page: served sandboxed so an upload cannot script our origin. */
-const ACTIVE_TYPE = /html|xml|javascript|ecmascript/i;
 
 export function etagOf(stat: FileStat): string {
   return `"${toHex(stat.sha256)}"`;
@@ -35,6 +31,8 @@ export async function checkDownloadAllowed(core: GatewayCore, c: Context, ids: F
     { exp: q.exp, kid: q.kid, sig: q.sig },
     core.cfg.downloads.signingKeys,
     core.cfg.downloads.signingKeyId,
+    undefined,
+    core.cfg.downloads.maxSignedUrlLifetimeSec,
   );
 }
 
@@ -93,10 +91,9 @@ export async function serveFile(
   }
   const type = contentTypeOf(stat, opts.filename);
   headers.set('Content-Type', type);
-  headers.set('X-Content-Type-Options', 'nosniff');
-  if (ACTIVE_TYPE.test(type)) headers.set('Content-Security-Policy', 'sandbox');
-  if (opts.filename)
-    headers.set('Content-Disposition', `inline; filename*=UTF-8''${encodeURIComponent(opts.filename)}`);
+  // inline only for the media allow-list (CSP sandbox and nosniff: app.ts, on every file reply)
+  const disposition = dispositionFor(type, opts.filename);
+  if (disposition) headers.set('Content-Disposition', disposition);
   let status = 200;
   let start = 0;
   let length = size;
@@ -137,6 +134,11 @@ export async function serveFile(
     (e, cancelled) => {
       if (cancelled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
       else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
+    },
+    // a client that stops reading gives its storage connection back (timeouts.upstreamReleaseMs)
+    {
+      afterMs: core.cfg.timeouts.upstreamReleaseMs,
+      reopen: (done) => resumeDownload(core.client, ids, start + done, length - done),
     },
   );
   return new Response(body, { status, headers });
@@ -201,7 +203,6 @@ export function uploadReply(core: GatewayCore, c: Context, f: StoredFile, filena
 
 /** Multipart bodies carry some bytes around the file; allow this much over the file limit. */
 const MULTIPART_OVERHEAD = 1024 * 1024;
-const MAX_FIELDS_BYTES = 64 * 1024;
 
 /**
  * POST /files: a raw body (streamed as one upload when Content-Length is known, in blocks
@@ -230,38 +231,21 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
   let filename = c.req.query('filename') || undefined;
   try {
     if (isMultipart) {
-      const boundary = boundaryOf(ctype);
-      if (!boundary) throw badRequest('multipart/form-data without a boundary');
-      const reader = new MultipartReader(body, boundary);
-      const fields: Record<string, string> = {};
-      let fieldBytes = 0;
-      let result: StoredFile | undefined;
-      for (let part = await reader.next(); part; part = await reader.next()) {
-        if (result === undefined && (part.filename !== undefined || part.name === 'file')) {
-          const fileType = () =>
-            cleanContentType(fields.type) ||
-            cleanContentType(part?.contentType) ||
-            typeForName(part?.filename) ||
-            typeForName(fields.filename) ||
-            '';
-          filename = fields.filename || part.filename || filename;
-          result = await core.uploader.uploadUnknown(p, fileType, part.body, max, async () => {
-            // the rest of the form must arrive whole before the file is committed
-            for (let rest = await reader.next(); rest; rest = await reader.next()) {
-              for await (const _ of rest.body) {
-                // later parts are read and dropped
-              }
-            }
-          });
-          break;
-        }
-        const text = await MultipartReader.text(part, MAX_FIELDS_BYTES);
-        fieldBytes += text.length;
-        if (fieldBytes > MAX_FIELDS_BYTES) throw badRequest('form fields are too large');
-        fields[part.name] = text;
-      }
-      if (!result) throw badRequest('the form has no file part (a part with a filename, or named "file")');
-      stored = result;
+      const l = core.cfg.limits;
+      ({ stored, filename } = await uploadMultipart(
+        core.uploader,
+        p,
+        body,
+        ctype,
+        max,
+        {
+          maxParts: l.multipartParts,
+          maxPartHeaderBytes: l.multipartPartHeaderBytes,
+          maxFields: l.multipartFields,
+          maxFieldBytes: l.multipartFieldBytes,
+        },
+        filename,
+      ));
     } else {
       const type = cleanContentType(ctype) || typeForName(filename) || '';
       stored =
@@ -277,7 +261,7 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
 }
 
 export async function deleteFile(core: GatewayCore, c: Context, publicId: string): Promise<Response> {
-  const p = await core.verifier.principal(c.req.header('authorization'));
+  const p = await core.verifier.principal(c.req.header('authorization'), 'delete');
   const ids = core.parseId(publicId);
   requireOwner(p, ids, core.cfg.auth.mode);
   await core.client.delete(ids);

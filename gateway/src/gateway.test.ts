@@ -286,7 +286,7 @@ describe('streaming', () => {
 });
 
 async function bytesOut(g: RunningGateway): Promise<number> {
-  const text = await (await fetch(`${g.url}/metrics`)).text();
+  const text = await (await fetch(`${g.adminUrl}/metrics`)).text();
   let n = 0;
   for (const m of text.matchAll(/^dsm_gateway_bytes_out_total\{[^}]*\} (\d+)/gm)) n += Number(m[1]);
   return n;
@@ -407,10 +407,10 @@ describe('refusals leave nothing behind', () => {
     await expectProblem(await fetch(`${gw.url}/nothing/here`), 404, 'DSM_ERR_NO_ROUTE');
   });
 
-  it('deletes a file; afterwards it is 404', async () => {
+  it('refuses anonymous deletes in mode none (403 problem); the file stays', async () => {
     const up = await upload(patternBytes(5000, 9));
-    expect((await fetch(up.url, { method: 'DELETE' })).status).toBe(204);
-    await expectProblem(await fetch(up.url), 404, 'DSM_ERR_NOT_FOUND');
+    await expectProblem(await fetch(up.url, { method: 'DELETE' }), 403, 'DSM_ERR_FORBIDDEN');
+    expect((await fetch(up.url)).status).toBe(200);
   });
 });
 
@@ -505,10 +505,10 @@ describe('auth: bearer tokens for uploads and deletes, signed URLs for downloads
 describe('operations endpoints', () => {
   it('reports health, readiness and Prometheus metrics', async () => {
     expect(await (await fetch(`${gw.url}/healthz`)).json()).toEqual({ status: 'ok' });
-    const ready = await fetch(`${gw.url}/readyz`);
+    const ready = await fetch(`${gw.adminUrl}/readyz`);
     expect(ready.status).toBe(200);
     expect(await ready.json()).toMatchObject({ status: 'ready', cache: { ok: true } });
-    const m = await (await fetch(`${gw.url}/metrics`)).text();
+    const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
     expect(m).toMatch(/dsm_gateway_requests_total\{method="GET",route="\/files\/:id",status="200"\} \d+/);
     expect(m).toContain('dsm_gateway_request_duration_seconds_bucket');
   });

@@ -1,14 +1,16 @@
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { DsmClient } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { createLogger, type Logger } from '@dsm/common';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { parseAddress } from '@dsm/packets';
 import { type ServerType, serve } from '@hono/node-server';
+import { createAdminApp } from './admin.ts';
 import { createApp, type GatewayApp } from './app.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
 import { createPromMetrics } from './metrics.ts';
+import { GatewayErrorCode } from './problem.ts';
 
 export interface StartGatewayOptions {
   log?: Logger;
@@ -23,6 +25,8 @@ export interface RunningGateway extends GatewayApp {
   port: number;
   /** `http://host:port` */
   url: string;
+  /** The admin listener (`admin.listen`), when there is one. */
+  adminUrl?: string;
   kv: KvStore;
   client: DsmClient;
   close(): Promise<void>;
@@ -41,17 +45,30 @@ export async function startGateway(
       trackers: config.trackers.map(parseAddress),
       transport: nodeTransport,
       locateCacheMs: config.locateCacheMs,
+      locateCacheMax: config.locateCacheMax,
       ioTimeoutMs: config.ioTimeoutMs,
       maxPerAddress: config.upstreamConnections,
+      maxQueue: config.limits.upstreamQueue,
+      acquireTimeoutMs: config.timeouts.upstreamQueueMs,
     });
   const metrics = createPromMetrics();
   const built = createApp({ client, kv, config, log, metrics });
   const { host, port } = parseListen(config.listen);
+  const guard = new ConnectionGuard(config, log);
 
   let server: ServerType;
   try {
     server = await new Promise<ServerType>((resolve, reject) => {
-      const s = serve({ fetch: built.app.fetch, port, hostname: host }, () => resolve(s));
+      const s = serve(
+        {
+          fetch: guard.wrap(built.app.fetch),
+          port,
+          hostname: host,
+          serverOptions: edgeServerOptions(config),
+        },
+        () => resolve(s),
+      );
+      guard.attach(s as Server);
       s.once('error', reject);
     });
   } catch (e) {
@@ -59,15 +76,25 @@ export async function startGateway(
     if (!opts.client) await client.close();
     throw e;
   }
-  // Uploads from phones can take long: no whole-request deadline, only one for the headers.
   const http = server as Server;
-  http.requestTimeout = 0;
-  http.headersTimeout = 60_000;
-  http.keepAliveTimeout = 65_000;
 
   const bound = (server.address() as AddressInfo).port;
   const shownHost = host.includes(':') ? `[${host}]` : host;
   const url = `http://${shownHost === '0.0.0.0' ? '127.0.0.1' : shownHost}:${bound}`;
+
+  // operators' listener (metrics, readiness details): admin.ts
+  let admin: { server: Server; url: string } | undefined;
+  if (config.admin.listen) {
+    try {
+      admin = await listenAdmin(createAdminApp(built.core).fetch, config.admin.listen);
+    } catch (e) {
+      http.close();
+      http.closeAllConnections();
+      if (!opts.kv) await kv.close();
+      if (!opts.client) await client.close();
+      throw e;
+    }
+  }
 
   let sweeping = false;
   const sweeper =
@@ -92,12 +119,20 @@ export async function startGateway(
     ready: { role: 'gateway', listen: `${host}:${bound}`, url },
     port: bound,
     url,
+    ...(admin ? { adminUrl: admin.url } : {}),
     kv,
     client,
     async close() {
       if (closed) return;
       closed = true;
       if (sweeper) clearInterval(sweeper);
+      if (admin) {
+        const a = admin.server;
+        await new Promise<void>((resolve) => {
+          a.close(() => resolve());
+          a.closeAllConnections();
+        });
+      }
       await new Promise<void>((resolve) => {
         http.close(() => resolve());
         http.closeIdleConnections();
@@ -108,4 +143,121 @@ export async function startGateway(
       if (!opts.kv) await kv.close();
     },
   };
+}
+
+async function listenAdmin(
+  fetch: (req: Request) => Response | Promise<Response>,
+  listen: string,
+): Promise<{ server: Server; url: string }> {
+  const { host, port } = parseListen(listen);
+  const server = await new Promise<ServerType>((resolve, reject) => {
+    const s = serve({ fetch, port, hostname: host }, () => resolve(s));
+    s.once('error', reject);
+  });
+  const shown = host.includes(':') ? `[${host}]` : host;
+  const bound = (server.address() as AddressInfo).port;
+  return { server: server as Server, url: `http://${shown === '0.0.0.0' ? '127.0.0.1' : shown}:${bound}` };
+}
+
+/**
+ * Node's HTTP server limits: uploads from phones can take long, so there is no whole-request
+ * deadline; the head has one, bodies and downloads have inactivity timeouts (ConnectionGuard).
+ */
+export function edgeServerOptions(config: GatewayConfig): ServerOptions {
+  const t = config.timeouts;
+  return {
+    maxHeaderSize: config.limits.maxHeaderBytes,
+    requestTimeout: 0,
+    headersTimeout: t.headersMs,
+    keepAliveTimeout: t.keepAliveMs,
+    // how often Node checks headersTimeout (default 30 s, coarser than a small headersMs)
+    connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(t.headersMs / 4))),
+  };
+}
+
+const tooManyConnections = (() => {
+  const body = JSON.stringify({
+    type: 'urn:dsm:problem:too-many-requests',
+    title: 'Too Many Requests',
+    status: 429,
+    detail: 'too many connections from this address',
+    code: GatewayErrorCode.TOO_MANY_REQUESTS,
+  });
+  return (
+    'HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/problem+json\r\n' +
+    `Retry-After: 1\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+  );
+})();
+
+/**
+ * Per-socket rules of the Node entry: connections per client address, and the inactivity
+ * timeouts of each phase of a request (Node's socket timeout counts silence in both
+ * directions: bytes read reset it, and so do writes the client's window lets through).
+ *
+ * - reading a request body: `timeouts.bodyIdleMs` (a stalled upload is cut, a slow one is not);
+ * - between the body's end and the reply's head: none (the storages' own timeouts bound it);
+ * - writing a reply: `timeouts.downloadIdleMs` (a client that reads nothing is cut, and the
+ *   download's storage stream is cancelled with it).
+ *
+ * A socket that times out is destroyed by Node (nothing listens for 'timeout').
+ */
+class ConnectionGuard {
+  readonly #perAddress = new Map<string, number>();
+  readonly #refused = new WeakSet<Socket>();
+  readonly #cfg: GatewayConfig;
+  readonly #log: Logger;
+
+  constructor(config: GatewayConfig, log: Logger) {
+    this.#cfg = config;
+    this.#log = log;
+  }
+
+  attach(server: Server): void {
+    const max = this.#cfg.limits.connectionsPerClient;
+    server.on('connection', (socket: Socket) => {
+      const addr = socket.remoteAddress ?? 'unknown';
+      const n = this.#perAddress.get(addr) ?? 0;
+      if (n >= max) {
+        this.#refused.add(socket);
+        this.#log.debug({ addr, open: n }, 'connection refused: too many from this address');
+        socket.end(tooManyConnections);
+        setTimeout(() => socket.destroy(), 1000).unref();
+        return;
+      }
+      this.#perAddress.set(addr, n + 1);
+      socket.once('close', () => {
+        const left = (this.#perAddress.get(addr) ?? 1) - 1;
+        if (left <= 0) this.#perAddress.delete(addr);
+        else this.#perAddress.set(addr, left);
+      });
+    });
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#phases(req, res));
+  }
+
+  #phases(req: IncomingMessage, res: ServerResponse): void {
+    const socket = req.socket;
+    const t = this.#cfg.timeouts;
+    const len = req.headers['content-length'];
+    const hasBody = (len !== undefined && len !== '0') || req.headers['transfer-encoding'] !== undefined;
+    if (hasBody && !req.complete) {
+      socket.setTimeout(t.bodyIdleMs);
+      req.once('end', () => {
+        if (!res.headersSent) socket.setTimeout(0);
+      });
+    }
+    const writeHead = res.writeHead;
+    res.writeHead = function (this: ServerResponse, ...args: Parameters<typeof writeHead>) {
+      if (!socket.destroyed) socket.setTimeout(t.downloadIdleMs);
+      return writeHead.apply(this, args);
+    } as typeof writeHead;
+  }
+
+  /** Requests on a socket refused by the per-address cap are not handled (it is closing). */
+  wrap<E>(fetch: (req: Request, env: E) => Response | Promise<Response>) {
+    return (req: Request, env: E): Response | Promise<Response> => {
+      const socket = (env as { incoming?: IncomingMessage } | undefined)?.incoming?.socket;
+      if (socket && this.#refused.has(socket)) return new Response(null, { status: 429 });
+      return fetch(req, env);
+    };
+  }
 }

@@ -94,6 +94,7 @@ export async function startStack(
         cache: cacheUrl,
         statCacheMs: 0,
         locateCacheMs: 0,
+        admin: { listen: '127.0.0.1:0' },
         ...cfg,
       }),
       { kv },

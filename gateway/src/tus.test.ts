@@ -3,6 +3,7 @@ import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { Redis } from 'ioredis';
 import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mintToken } from './auth.ts';
 import type { RunningGateway } from './node.ts';
 import { curl, parseHead, patternBytes, REDIS_URL, redisKv, type Stack, startStack } from './test-support.ts';
 
@@ -271,14 +272,27 @@ describe('tus protocol (curl and fetch)', () => {
     expect(Buffer.from(await (await fetch(`${a.url}/files/${id}`)).arrayBuffer()).equals(data)).toBe(true);
   });
 
-  it('terminates an upload: the partial file is deleted and the URL is gone', async () => {
+  it('terminates an upload with a token: the partial file is deleted and the URL is gone; never anonymously', async () => {
+    const secret = 'tus-termination-test-secret-0123456789';
+    const j = await s.startGateway({
+      cache,
+      maxUploadBytes: 64 * MiB,
+      auth: { mode: 'jwt', hs256Keys: { k1: secret } },
+    });
+    const auth = {
+      Authorization: `Bearer ${await mintToken({ secret, kid: 'k1', app: 'tnvideo', sub: 'tnv001' })}`,
+    };
     const before = s.dataFiles();
-    const url = (await create(a, { 'Upload-Length': '1000' })).headers.get('location') as string;
-    await patch(url, 0, patternBytes(100));
+    const url = (await create(j, { 'Upload-Length': '1000', ...auth })).headers.get('location') as string;
+    await patch(url, 0, patternBytes(100), auth);
     expect(s.dataFiles().length).toBe(before.length + 1);
-    const d = await fetch(url.replace(a.url, b.url), { method: 'DELETE', headers: TUS });
+    // anonymous termination is refused in every mode (here: mode none on gateway b, shared state)
+    const anon = await fetch(url.replace(j.url, b.url), { method: 'DELETE', headers: TUS });
+    expect(anon.status).toBe(403);
+    expect((await fetch(url, { method: 'HEAD', headers: { ...TUS, ...auth } })).status).toBe(200);
+    const d = await fetch(url, { method: 'DELETE', headers: { ...TUS, ...auth } });
     expect(d.status).toBe(204);
-    expect((await fetch(url, { method: 'HEAD', headers: TUS })).status).toBe(404);
+    expect((await fetch(url, { method: 'HEAD', headers: { ...TUS, ...auth } })).status).toBe(404);
     expect(s.dataFiles()).toEqual(before);
   });
 

@@ -486,7 +486,7 @@ export class TusService {
   async terminate(c: Context, id: string): Promise<Response> {
     this.#checkVersion(c);
     const core = this.#core;
-    const p: Principal = await core.verifier.principal(c.req.header('authorization'));
+    const p: Principal = await core.verifier.principal(c.req.header('authorization'), 'delete');
     const unlock = await this.#lock(id);
     try {
       const s = await this.#getState(id);

@@ -13,8 +13,12 @@ export interface WorkerEnv {
   DSM_TRACKERS?: string;
   /** Base of URLs in replies (overrides `publicUrl`). */
   DSM_PUBLIC_URL?: string;
-  /** Secret: HS256 key for bearer tokens (overrides `auth.hs256Secret`). */
+  /** Secret: legacy single HS256 key for bearer tokens (overrides `auth.hs256Secret`). */
   DSM_AUTH_HS256_SECRET?: string;
+  /** Secret: JSON `{"kid": "secret"}` of HS256 token keys (overrides `auth.hs256Keys`). */
+  DSM_AUTH_HS256_KEYS?: string;
+  /** Secret: bearer token for `/metrics` and the details of `/readyz` (overrides `admin.token`). */
+  DSM_ADMIN_TOKEN?: string;
   /** Secret: JSON `{"kid": "secret"}` of URL-signing keys (overrides `downloads.signingKeys`). */
   DSM_SIGNING_KEYS?: string;
   /** debug | info | warn (default) | error */
@@ -43,6 +47,16 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
   if (env.DSM_PUBLIC_URL) cfg.publicUrl = env.DSM_PUBLIC_URL;
   if (env.DSM_AUTH_HS256_SECRET)
     cfg.auth = { ...(cfg.auth as object | undefined), hs256Secret: env.DSM_AUTH_HS256_SECRET };
+  if (env.DSM_AUTH_HS256_KEYS) {
+    let keys: unknown;
+    try {
+      keys = JSON.parse(env.DSM_AUTH_HS256_KEYS);
+    } catch (e) {
+      throw new Error(`DSM_AUTH_HS256_KEYS is not JSON: ${(e as Error).message}`);
+    }
+    cfg.auth = { ...(cfg.auth as object | undefined), hs256Keys: keys };
+  }
+  if (env.DSM_ADMIN_TOKEN) cfg.admin = { ...(cfg.admin as object | undefined), token: env.DSM_ADMIN_TOKEN };
   if (env.DSM_SIGNING_KEYS) {
     let keys: unknown;
     try {
@@ -68,5 +82,14 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
       first ? `config key "${first.path.map(String).join('.')}": ${first.message}` : (e as Error).message,
     );
   }
+  // A Worker is on the internet by nature (its `listen` means nothing): the embedded default of
+  // anonymous uploads must be asked for.
+  if (config.auth.mode === 'none' && !config.auth.allowAnonymousUploads) {
+    throw new Error(
+      'config key "auth.mode": "none" is refused in the Worker (it is public): set auth.mode "jwt" with DSM_AUTH_HS256_KEYS, or auth.allowAnonymousUploads true',
+    );
+  }
+  if (config.admin.listen)
+    throw new Error('config key "admin.listen": the Worker has no second listener; use admin.token');
   return config;
 }

@@ -85,10 +85,30 @@ describe('socketsTransport (the cloudflare:sockets Transport)', () => {
 });
 
 describe('configFromEnv (Worker bindings)', () => {
-  it('has the defaults without bindings', () => {
-    const c = configFromEnv({});
+  it('has the defaults without bindings, except that anonymous uploads must be asked for', () => {
+    // a Worker is public: the embedded default (auth.mode none) is refused unless asked for
+    expect(() => configFromEnv({})).toThrow(/config key "auth.mode"/);
+    const c = configFromEnv({ DSM_GATEWAY: { auth: { allowAnonymousUploads: true } } });
     expect(c.trackers).toEqual(['127.0.0.1:21000']);
     expect(c.cache).toBe('memory:');
+    expect(() =>
+      configFromEnv({
+        DSM_GATEWAY: { auth: { allowAnonymousUploads: true }, admin: { listen: '127.0.0.1:9' } },
+      }),
+    ).toThrow(/admin.listen/);
+  });
+
+  it('takes HS256 key sets and the admin token from secrets', () => {
+    const c = configFromEnv({
+      DSM_GATEWAY: { auth: { mode: 'jwt' } },
+      DSM_AUTH_HS256_KEYS: JSON.stringify({ k1: 'a'.repeat(32), k2: 'b'.repeat(32) }),
+      DSM_ADMIN_TOKEN: 't'.repeat(32),
+    });
+    expect(c.auth.hs256Keys).toEqual({ k1: 'a'.repeat(32), k2: 'b'.repeat(32) });
+    expect(c.admin.token).toBe('t'.repeat(32));
+    expect(() => configFromEnv({ DSM_GATEWAY: { auth: { mode: 'jwt' } }, DSM_AUTH_HS256_KEYS: '{' })).toThrow(
+      /DSM_AUTH_HS256_KEYS is not JSON/,
+    );
   });
 
   it('takes DSM_GATEWAY as a table or JSON, with the single-value bindings on top', () => {
@@ -106,7 +126,10 @@ describe('configFromEnv (Worker bindings)', () => {
       auth: { mode: 'jwt', hs256Secret: 'x'.repeat(32) },
       downloads: { signingKeys: { k1: '0123456789abcdef0123' } },
     });
-    expect(configFromEnv({ DSM_GATEWAY: '{"maxUploadBytes": 1000}' }).maxUploadBytes).toBe(1000);
+    expect(
+      configFromEnv({ DSM_GATEWAY: '{"maxUploadBytes": 1000, "auth": {"allowAnonymousUploads": true}}' })
+        .maxUploadBytes,
+    ).toBe(1000);
   });
 
   it('names the bad key, and refuses state outside the isolate', () => {

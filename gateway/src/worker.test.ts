@@ -25,6 +25,7 @@ const OFFLINE = {
   CLOUDFLARE_CF_FETCH_ENABLED: 'false',
 };
 const TUS = { 'Tus-Resumable': '1.0.0' };
+const ADMIN_TOKEN = 'worker-admin-token-0123456789abcdef';
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 let out: string;
@@ -55,7 +56,10 @@ beforeAll(async () => {
     bindings: {
       DSM_TRACKERS: s.cluster.addresses('tracker').join(','),
       DSM_LOG_LEVEL: 'error',
+      DSM_ADMIN_TOKEN: ADMIN_TOKEN,
       DSM_GATEWAY: {
+        // a Worker is public: mode none must be asked for
+        auth: { allowAnonymousUploads: true },
         statCacheMs: 0,
         locateCacheMs: 0,
         uploadBlockBytes: 256 * KiB,
@@ -93,7 +97,11 @@ describe('wrangler build', () => {
 describe('the Worker in Miniflare against a real cluster', () => {
   it('answers health and readiness through cloudflare:sockets', async () => {
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
-    const r = await fetch(`${base}/readyz`);
+    // the public answer is only ready / not ready; the details need the admin token
+    const pub = await fetch(`${base}/readyz`);
+    expect(pub.status).toBe(200);
+    expect(await pub.json()).toEqual({ status: 'ready' });
+    const r = await fetch(`${base}/readyz`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(r.status).toBe(200);
     expect(((await r.json()) as { trackers: { ok: boolean }[] }).trackers.every((t) => t.ok)).toBe(true);
   });

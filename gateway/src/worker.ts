@@ -3,6 +3,7 @@
 import { DsmClient } from '@dsm/client';
 import { workersTransport } from '@dsm/client/workers';
 import { ErrorCode } from '@dsm/common/errors';
+import { LruMap } from '@dsm/common/lru';
 import { parseAddress } from '@dsm/packets';
 import { createApp } from './app.ts';
 import { TokenVerifier } from './auth.ts';
@@ -66,6 +67,8 @@ function isolateFor(env: WorkerEnv): Isolate {
     env.DSM_TRACKERS,
     env.DSM_PUBLIC_URL,
     env.DSM_AUTH_HS256_SECRET,
+    env.DSM_AUTH_HS256_KEYS,
+    env.DSM_ADMIN_TOKEN,
     env.DSM_SIGNING_KEYS,
     env.DSM_LOG_LEVEL,
   ]);
@@ -77,7 +80,7 @@ function isolateFor(env: WorkerEnv): Isolate {
     // kept across a config change: uploads in progress stay resumable
     kv: isolate?.kv ?? new IsolateKvStore(),
     log: consoleLog(env.DSM_LOG_LEVEL),
-    statCache: new Map(),
+    statCache: new LruMap(config.statCacheMax),
     verifier: new TokenVerifier(config.auth),
   };
   return isolate;
@@ -95,6 +98,7 @@ function build(env: WorkerEnv) {
     trackers: config.trackers.map(parseAddress),
     transport: workersTransport,
     locateCacheMs: config.locateCacheMs,
+    locateCacheMax: config.locateCacheMax,
     ioTimeoutMs: config.ioTimeoutMs,
     // Workers allow 6 simultaneous outgoing connections per request
     maxPerAddress: 2,
