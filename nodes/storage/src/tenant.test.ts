@@ -6,6 +6,7 @@ import { newFileId, Pool, RemoteError, StorageClient, type UploadSource } from '
 import { nodeTransport } from '@dsm/client/node';
 import { createLogger, parseConfig } from '@dsm/common';
 import { createDb, type DbHandle } from '@dsm/db';
+import { createKvStore } from '@dsm/kv';
 import {
   type Address,
   APPID_WIDTH,
@@ -20,6 +21,7 @@ import {
 import { type Backend, collect, mariadbBackend, RawConn, type RawFrame, sqliteBackend } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema } from './config.ts';
+import { type FileMeta, MetaStore, ownerOf } from './meta.ts';
 import { fileTableFor } from './seed-rules.ts';
 import { type StorageNode, startStorage } from './storage.ts';
 import { idStub } from './test-support.ts';
@@ -310,5 +312,53 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
     expect(await errnoOf(Command.STORAGE_STAT)).toBe(Errno.NOT_FOUND);
     expect(await errnoOf(Command.STORAGE_DELETE)).toBe(Errno.NOT_FOUND);
     await victimIntact(v, data);
+  });
+
+  it('metadata cache: entries are keyed and checked by owner; another key, a forged entry or the old key never answer', async () => {
+    const kv = createKvStore(backend.cacheUrl('meta-unit:'));
+    const meta = new MetaStore(dbh.db, kv, 60_000, log);
+    const owner = (appId: string, userId: string) => ownerOf(appId, userId, new TextEncoder().encode(userId));
+    const fileId = newFileId();
+    const m: FileMeta = {
+      table: TABLE,
+      fileId,
+      appId: APP,
+      userId: VICTIM,
+      path: '/nowhere/file',
+      size: 5,
+      contentType: 'video/mp4',
+      sha256: null,
+      mtimeMs: 1,
+    };
+    try {
+      await meta.insert(m);
+      const victim = owner(APP, VICTIM);
+      expect((await meta.find(TABLE, fileId, victim))?.cached).toBe(false);
+      expect((await meta.find(TABLE, fileId, victim))?.cached).toBe(true); // warm
+      const entry = await kv.get(MetaStore.cacheKey(fileId, victim));
+      expect(entry).not.toBeNull();
+      for (const x of attackers) {
+        const o = owner(x.appId, x.userId);
+        expect(await meta.find(TABLE, fileId, o)).toBeNull();
+        // an entry with the victim's data under the attacker's key (as if two keys ever met)
+        await kv.set(MetaStore.cacheKey(fileId, o), entry as string, 60_000);
+        expect(await meta.find(TABLE, fileId, o)).toBeNull();
+      }
+      // the key of the old format (file id only) is not read
+      await kv.set(`storage:meta:${fileId}`, entry as string, 60_000);
+      expect(await meta.find(TABLE, fileId, owner(APP, 'mallory'))).toBeNull();
+      // app and user are escaped: no (app, user) pair spells another pair's key
+      expect(MetaStore.cacheKey(fileId, { appId: 'a', userId: 'b:c' })).not.toBe(
+        MetaStore.cacheKey(fileId, { appId: 'a:b', userId: 'c' }),
+      );
+      expect(MetaStore.cacheKey(fileId, { appId: 'a', userId: 'b%3Ac' })).not.toBe(
+        MetaStore.cacheKey(fileId, { appId: 'a', userId: 'b:c' }),
+      );
+      // removing needs the owner too
+      expect(await meta.remove(TABLE, fileId, owner(APP, attackers[0]?.userId as string))).toBe(false);
+      expect(await meta.remove(TABLE, fileId, victim)).toBe(true);
+    } finally {
+      await kv.close();
+    }
   });
 });
