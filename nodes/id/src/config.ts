@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { listenAddress, resolveSqliteUrl } from '@dsm/common';
 import { ID_KEY_MAX } from '@dsm/packets';
+import { nodeSecurityShape } from '@dsm/server';
 import { z } from 'zod';
 
 export { parseListen } from '@dsm/common';
@@ -49,6 +50,8 @@ export const configSchema = z.object({
     .array(z.string().min(1).refine(compiles, 'not a valid regular expression'))
     .min(1)
     .default([...DEFAULT_KEY_PATTERNS]),
+  /** auth, allowFrom, tls: the same on every node (@dsm/server). */
+  ...nodeSecurityShape,
 });
 
 export type IdConfig = z.infer<typeof configSchema> & { configDir?: string };

@@ -1,7 +1,7 @@
-import { createLogger, DsmError, ErrorCode, type Logger, parseConfig } from '@dsm/common';
+import { createLogger, DsmError, ErrorCode, type Logger, parseConfig, parseListen } from '@dsm/common';
 import type { CreateDbOptions } from '@dsm/db';
 import { Command, decodeIdRequest, Errno, encodeI64Body, ProtocolError } from '@dsm/packets';
-import { type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
+import { loadNodeSecurity, type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
 import { configSchema, type IdConfig, type IdConfigInput, keyMatcher, resolveDatabaseUrl } from './config.ts';
 import { DbSegmentStore, IdAllocator } from './id-allocator.ts';
 
@@ -35,6 +35,7 @@ export async function startIdServer(
   const config: IdConfig = parseConfig(configSchema, configIn);
   const log = opts.log ?? createLogger('id');
   const served = keyMatcher(config.keyPatterns);
+  const security = loadNodeSecurity(config, parseListen(config.listen).host);
   return startNode(log, async (kit) => {
     const url = resolveDatabaseUrl(config.database, config.configDir ?? '.');
     const db = await kit.openDatabase('id', url, { db: opts.db });
@@ -46,6 +47,7 @@ export async function startIdServer(
       listen: config.listen,
       hostname: config.hostname,
       replyCommand: Command.ID_REPLY,
+      security,
       handlers: {
         [Command.PING]: (ctx) => ctx.reply(),
         [Command.ID_GET]: async (ctx) => {

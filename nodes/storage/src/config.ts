@@ -2,6 +2,7 @@ import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import { listenAddress, peerAddress, resolveSqliteUrl } from '@dsm/common';
 import { HOSTNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
+import { nodeSecurityShape } from '@dsm/server';
 import { z } from 'zod';
 
 const GiB = 1024 ** 3;
@@ -85,6 +86,11 @@ export const configSchema = z.object({
     .min(4096)
     .max(64 * 1024 * 1024)
     .default(512 * 1024),
+  /**
+   * auth, allowFrom, tls: the same on every node (@dsm/server). The first `auth.keys` entry and
+   * `tls.caFile` are also used on this storage's connections to trackers and id servers.
+   */
+  ...nodeSecurityShape,
 });
 
 export type StorageConfigInput = z.input<typeof configSchema>;

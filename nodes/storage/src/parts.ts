@@ -1,8 +1,8 @@
 import { IdClient, Pool } from '@dsm/client';
-import { nodeTransport } from '@dsm/client/node';
+import { createNodeTransport, nodeTransport } from '@dsm/client/node';
 import { DsmError, ErrorCode, type Logger, parseHostPort } from '@dsm/common';
 import { Command, Errno } from '@dsm/packets';
-import type { Handler, NodeKit, RequestContext } from '@dsm/server';
+import type { Handler, NodeKit, NodeSecurity, RequestContext } from '@dsm/server';
 import type { StorageConfig } from './config.ts';
 import type { StorageEnv } from './env.ts';
 import { handleDelete, handleDownload, handleSize, handleStat, handleUpload } from './file-ops.ts';
@@ -20,6 +20,12 @@ import type { Stores } from './store.ts';
 import { StoreProbe } from './store-probe.ts';
 
 const SWEEP_INTERVAL_MS = 60_000;
+
+/** How this node connects to other nodes: TLS when `tls.caFile` is configured. */
+export function outgoingTransport(security: NodeSecurity) {
+  const tls = security.tlsClient;
+  return tls ? createNodeTransport({ tls: { ca: tls.ca, servername: tls.servername } }) : nodeTransport;
+}
 
 type EnvHandler = (env: StorageEnv, ctx: RequestContext) => Promise<void>;
 
@@ -52,14 +58,18 @@ export function storageHandlers(env: () => Promise<StorageEnv>): Record<number, 
 export function idAllocator(
   kit: NodeKit,
   config: StorageConfig,
+  security: NodeSecurity,
   source?: (key: string) => Promise<number>,
-  clientOpts: { pool?: Pool } = {},
 ): (storeIndex: number) => Promise<number> {
   let next = source;
   if (!next) {
-    const pool =
-      clientOpts.pool ??
-      new Pool({ transport: nodeTransport, maxPerAddress: 4, connectTimeoutMs: 3000, ioTimeoutMs: 10_000 });
+    const pool = new Pool({
+      transport: outgoingTransport(security),
+      auth: security.ownKey,
+      maxPerAddress: 4,
+      connectTimeoutMs: 3000,
+      ioTimeoutMs: 10_000,
+    });
     kit.defer('id server pool', () => pool.close());
     const ids = new IdClient(
       pool,

@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
-import { createLogger, type Logger, parseConfig } from '@dsm/common';
+import { createLogger, type Logger, parseConfig, parseListen } from '@dsm/common';
 import { Command } from '@dsm/packets';
-import { type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
+import { loadNodeSecurity, type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
 import {
   configSchema,
   resolveDatabaseUrl,
@@ -11,7 +11,7 @@ import {
 } from './config.ts';
 import type { StorageEnv } from './env.ts';
 import { MetaStore } from './meta.ts';
-import { backgroundTasks, idAllocator, storageHandlers } from './parts.ts';
+import { backgroundTasks, idAllocator, outgoingTransport, storageHandlers } from './parts.ts';
 import { Stores } from './store.ts';
 import { type TrackerLinkState, TrackerLinks } from './tracker-link.ts';
 
@@ -51,12 +51,13 @@ export async function startStorage(
 ): Promise<StorageNode> {
   const config: StorageConfig = parseConfig(configSchema, configIn);
   const log = opts.log ?? createLogger('storage', { group: config.group });
+  const security = loadNodeSecurity(config, parseListen(config.listen).host);
   const storePaths = resolveStorePaths(config);
   for (const p of storePaths) await mkdir(p, { recursive: true });
   return startNode(log, async (kit) => {
     const db = await kit.openDatabase('storage', resolveDatabaseUrl(config));
     const kv = kit.openCache(config.cache, { prefix: opts.cachePrefix });
-    const nextId = idAllocator(kit, config, opts.idSource);
+    const nextId = idAllocator(kit, config, security, opts.idSource);
     // Filled in once the port is known (temp folders are named after it); requests wait for it.
     let setEnv!: (env: StorageEnv) => void;
     let failStart!: (e: unknown) => void;
@@ -71,6 +72,7 @@ export async function startStorage(
       hostname: config.hostname,
       replyCommand: Command.STORAGE_REPLY,
       maxUpload: config.maxUploadBytes,
+      security,
       handlers: storageHandlers(async () => {
         const env = await envReady;
         await db.ready();
@@ -97,6 +99,8 @@ export async function startStorage(
       port: advertisePort,
       beatIntervalMs: config.beatIntervalMs,
       secret: config.joinSecret,
+      auth: security.ownKey,
+      transport: outgoingTransport(security),
       capacityPath: storePaths[0] as string,
       load: () => server.inFlight,
       pendingHeals: () => tasks.heals?.value ?? -1,

@@ -1,4 +1,4 @@
-import { Connection, type Transport } from '@dsm/client';
+import { type ClusterKey, Connection, type Transport } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { type Logger, parseHostPort } from '@dsm/common';
 import {
@@ -45,6 +45,8 @@ export interface TrackerLinksOptions {
   /** Whether the stores take writes (StoreProbe); absent = yes. */
   writable?: () => boolean;
   log: Logger;
+  /** Cluster key: each connection authenticates with it before joining (trackers with auth.required). */
+  auth?: ClusterKey;
   transport?: Transport;
   connectTimeoutMs?: number;
   ioTimeoutMs?: number;
@@ -159,6 +161,7 @@ export class TrackerLinks {
         conn = new Connection(sock, st.tracker, { ioTimeoutMs: o.ioTimeoutMs ?? 30_000 });
         this.#conns.add(conn);
         if (this.#stopped) break;
+        if (o.auth) await conn.authenticate(o.auth);
         const now = Math.floor(Date.now() / 1000);
         const join = encodeJoinExt({
           version: SEED_VERSION_STRING,

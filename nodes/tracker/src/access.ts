@@ -1,32 +1,21 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { BlockList, isIP } from 'node:net';
 import { DsmError, ErrorCode } from '@dsm/common';
 import { Errno } from '@dsm/packets';
 
 /**
- * Who may join and beat: `allowFrom` (IPs / CIDR blocks; empty = anyone) and the shared
- * `joinSecret` (empty = none; when set, seed joins, which cannot carry it, are refused).
- * The seed let anyone join (quirk 1).
+ * The shared `joinSecret` of joins (empty = none; when set, seed joins, which cannot carry it,
+ * are refused). The seed let anyone join (quirk 1). Who may connect at all (`allowFrom`) and
+ * the node-protocol auth are checked by the listener (@dsm/server), for every command.
  */
 export class JoinAccess {
-  readonly #allow: BlockList | null;
   readonly #secret: Buffer | null;
 
-  constructor(allowFrom: readonly string[], joinSecret: string) {
-    this.#allow = allowFrom.length > 0 ? buildList(allowFrom) : null;
+  constructor(joinSecret: string) {
     this.#secret = joinSecret === '' ? null : digest(joinSecret);
   }
 
   get secretRequired(): boolean {
     return this.#secret !== null;
-  }
-
-  /** Throws UNAUTHORIZED when `ip` may not join or beat. */
-  checkPeer(ip: string): void {
-    if (!this.#allow) return;
-    const family = isIP(ip);
-    const ok = family !== 0 && this.#allow.check(ip, family === 6 ? 'ipv6' : 'ipv4');
-    if (!ok) throw new DsmError(ErrorCode.UNAUTHORIZED, `Address Not Allowed: ${ip}`, Errno.UNAUTHORIZED);
   }
 
   /** Seed join (10): refused when a secret is configured. */
@@ -51,16 +40,4 @@ export class JoinAccess {
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s, 'utf8').digest();
-}
-
-function buildList(entries: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const e of entries) {
-    const slash = e.indexOf('/');
-    const ip = slash < 0 ? e : e.slice(0, slash);
-    const type = isIP(ip) === 6 ? 'ipv6' : 'ipv4';
-    if (slash < 0) list.addAddress(ip, type);
-    else list.addSubnet(ip, Number(e.slice(slash + 1)), type);
-  }
-  return list;
 }

@@ -1,7 +1,7 @@
-import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { listenAddress } from '@dsm/common';
 import { GROUPNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
+import { isIpOrCidr, nodeSecurityShape } from '@dsm/server';
 import { z } from 'zod';
 
 /** `[A-Za-z0-9]`, 1..16 characters (the group name field is 17 bytes with its NUL). */
@@ -11,16 +11,7 @@ export const APP_ID_RE = /^[A-Za-z0-9]{1,15}$/;
 
 export { parseListen } from '@dsm/common';
 
-/** An IP address, or an IPv4/IPv6 CIDR block (`10.0.0.0/8`). */
-export function isIpOrCidr(s: string): boolean {
-  const slash = s.indexOf('/');
-  if (slash < 0) return isIP(s) !== 0;
-  const ip = s.slice(0, slash);
-  const bits = s.slice(slash + 1);
-  const family = isIP(ip);
-  if (family === 0 || !/^\d{1,3}$/.test(bits)) return false;
-  return Number(bits) <= (family === 4 ? 32 : 128);
-}
+export { isIpOrCidr };
 
 export const configSchema = z.object({
   /** Address to listen on. */
@@ -51,8 +42,8 @@ export const configSchema = z.object({
     .string()
     .refine((s) => Buffer.byteLength(s) <= TOKEN_WIDTH - 1 && !s.includes('\0'), 'at most 63 bytes, no NUL')
     .default(''),
-  /** IPs or CIDR blocks allowed to join and beat; empty = anyone. */
-  allowFrom: z.array(z.string().refine(isIpOrCidr, 'expected an IP address or a CIDR block')).default([]),
+  /** auth, allowFrom (every connection, not only joins), tls: the same on every node (@dsm/server). */
+  ...nodeSecurityShape,
 });
 
 export type TrackerConfig = z.infer<typeof configSchema> & { configDir?: string };

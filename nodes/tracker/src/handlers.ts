@@ -56,7 +56,6 @@ export function trackerHandlers({ config, registry, router, access }: TrackerPar
     [Command.PING]: async (ctx) => ctx.reply(),
 
     [Command.TRACKER_JOIN]: async (ctx) => {
-      access.checkPeer(ctx.conn.remoteAddress);
       access.checkSeedJoin();
       const j = decodeJoin(ctx.body);
       register(ctx, {
@@ -69,7 +68,6 @@ export function trackerHandlers({ config, registry, router, access }: TrackerPar
     },
 
     [Command.TRACKER_JOIN_EXT]: async (ctx) => {
-      access.checkPeer(ctx.conn.remoteAddress);
       const j = decodeJoinExt(ctx.body);
       access.checkSecret(j.secret);
       register(ctx, {
@@ -90,14 +88,12 @@ export function trackerHandlers({ config, registry, router, access }: TrackerPar
     },
 
     [Command.TRACKER_BEAT]: async (ctx) => {
-      access.checkPeer(ctx.conn.remoteAddress);
       const b = decodeBeat(ctx.body);
       registry.beat(b.group, b.hostname, ctx.conn.remoteAddress, keyOf(ctx));
       await ctx.reply();
     },
 
     [Command.TRACKER_BEAT_EXT]: async (ctx) => {
-      access.checkPeer(ctx.conn.remoteAddress);
       const b = decodeBeatExt(ctx.body);
       registry.beatExt({
         group: b.group,

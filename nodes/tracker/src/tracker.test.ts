@@ -306,7 +306,7 @@ describe.each(BACKEND_NAMES)('tracker on %s', (backendName) => {
     ok.close();
   });
 
-  it('allowFrom: joins and beats from other addresses are refused; clients are not restricted', async () => {
+  it('allowFrom: every request from another address is refused (joins, beats, address lists)', async () => {
     const t = await backend.start({ allowFrom: ['127.0.0.1/32'] });
     const other = await FakeStorage.join(t.port, { port: 27001, localAddress: '127.0.0.2' });
     expect(other.reply.errno).toBe(Errno.UNAUTHORIZED);
@@ -326,7 +326,9 @@ describe.each(BACKEND_NAMES)('tracker on %s', (backendName) => {
       addrsBody('tnvideo', `allow-${backendName}`),
       '127.0.0.2',
     );
-    expect(r.header.status).toBe(Status.OK);
+    expect([r.errno, r.message]).toEqual([Errno.UNAUTHORIZED, '[vm] Address Not Allowed: 127.0.0.2']);
+    const mine = await ask(t.port, Command.TRACKER_ADDRS, addrsBody('tnvideo', `allow-${backendName}`));
+    expect(mine.header.status).toBe(Status.OK);
     ok.close();
     // and an allow list that does include 127.0.0.2
     const t2 = await backend.start({ allowFrom: ['127.0.0.2', '10.0.0.0/8'] });

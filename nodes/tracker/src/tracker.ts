@@ -1,8 +1,8 @@
-import { createLogger, type Logger, parseConfig, resolveSqliteUrl } from '@dsm/common';
+import { createLogger, type Logger, parseConfig, parseListen, resolveSqliteUrl } from '@dsm/common';
 import type { DbHandle } from '@dsm/db';
 import type { KvStore } from '@dsm/kv';
 import { Command } from '@dsm/packets';
-import { startNode } from '@dsm/server';
+import { loadNodeSecurity, startNode } from '@dsm/server';
 import { JoinAccess } from './access.ts';
 import { configSchema, type TrackerConfig, type TrackerConfigInput } from './config.ts';
 import { connKey } from './conn-key.ts';
@@ -42,6 +42,7 @@ export async function startTracker(
   // A config from loadConfig() carries its folder; the rest is (re)validated, unknown keys refused.
   const config: TrackerConfig = parseConfig(configSchema, configIn);
   const log = opts.log ?? createLogger('tracker');
+  const security = loadNodeSecurity(config, parseListen(config.listen).host);
   return startNode(log, async (kit) => {
     const db = await kit.openDatabase(
       'tracker',
@@ -58,12 +59,13 @@ export async function startTracker(
       schemaReady: db.ready,
     });
     kit.defer('route writes', () => router.settle());
-    const access = new JoinAccess(config.allowFrom, config.joinSecret);
+    const access = new JoinAccess(config.joinSecret);
     const { port, listen } = await kit.listen({
       name: 'tracker',
       listen: config.listen,
       hostname: config.hostname,
       replyCommand: Command.TRACKER_REPLY,
+      security,
       handlers: trackerHandlers({ config, registry, router, access }),
       // A storage's join/beat connection closing (a killed process closes its sockets) marks
       // it OFFLINE at once; called after the connection's last request finished.

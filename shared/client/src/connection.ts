@@ -1,8 +1,19 @@
 import { codeForErrno, DsmError, ErrorCode } from '@dsm/common/errors';
 import {
+  AUTH_CLIENT_LABEL,
+  AUTH_NONCE_LENGTH,
+  AUTH_PROOF_LENGTH,
+  AUTH_SERVER_LABEL,
+  authReplySpec,
+  authTranscript,
+  Command,
+  decodeAuthChallengeReply,
+  decodeAuthProveReply,
   decodeErrorReply,
+  encodeAuthProve,
   encodeFrame,
   encodeHeader,
+  exactly,
   type FrameEvent,
   FrameReader,
   type FrameSpec,
@@ -12,6 +23,7 @@ import {
   Status,
   streamed,
 } from '@dsm/packets';
+import { type ClusterKey, hmacSha256, sameBytes } from './cluster-key.ts';
 import type { ByteSocket } from './transport.ts';
 
 /** An error reply from a server: `errno` and the server's description. */
@@ -67,6 +79,37 @@ export class Connection {
   destroy(): void {
     this.#usable = false;
     this.#sock.destroy();
+  }
+
+  /**
+   * Proves that this side holds `key` and checks that the server holds it too (AUTH_CHALLENGE,
+   * AUTH_PROVE; @dsm/packets messages/auth.ts). A server that refuses answers an error reply
+   * (RemoteError, code DSM_ERR_UNAUTHORIZED); a server that cannot prove the key back fails
+   * with DSM_ERR_UNAUTHORIZED too. Either way the connection is closed.
+   */
+  async authenticate(key: ClusterKey): Promise<void> {
+    await this.#exclusive(async () => {
+      this.#reader.setSpec(authReplySpec(exactly(AUTH_NONCE_LENGTH)));
+      await this.#sock.write(encodeFrame(Command.AUTH_CHALLENGE, new Uint8Array(0)));
+      const serverNonce = decodeAuthChallengeReply(await this.#readBuffered());
+      const clientNonce = crypto.getRandomValues(new Uint8Array(AUTH_NONCE_LENGTH));
+      const proof = await hmacSha256(
+        key,
+        authTranscript(AUTH_CLIENT_LABEL, serverNonce, clientNonce, key.id),
+      );
+      this.#reader.setSpec(authReplySpec(exactly(AUTH_PROOF_LENGTH)));
+      await this.#sock.write(
+        encodeFrame(Command.AUTH_PROVE, encodeAuthProve({ keyId: key.id, clientNonce, proof })),
+      );
+      const serverProof = decodeAuthProveReply(await this.#readBuffered());
+      const want = await hmacSha256(key, authTranscript(AUTH_SERVER_LABEL, serverNonce, clientNonce, key.id));
+      if (!sameBytes(want, serverProof)) {
+        throw new DsmError(
+          ErrorCode.UNAUTHORIZED,
+          `${this.address} could not prove that it holds cluster key "${key.id}"; not talking to it`,
+        );
+      }
+    });
   }
 
   /** Sends a small request and reads a buffered reply (`ok` bounds the success body). */

@@ -1,4 +1,5 @@
 export * from './clients.ts';
+export * from './cluster-key.ts';
 export * from './connection.ts';
 export * from './dsm-client.ts';
 export * from './failover.ts';

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import type { ByteSocket, ConnectOptions, Sha256Hasher, Transport } from './transport.ts';
 
@@ -105,38 +106,75 @@ export class NodeByteSocket implements ByteSocket {
   }
 }
 
-export const nodeTransport: Transport = {
-  connect(host: string, port: number, opts: ConnectOptions): Promise<ByteSocket> {
-    return new Promise((resolve, reject) => {
-      const s = netConnect({ host, port, noDelay: true, keepAlive: true });
-      const timer = setTimeout(() => {
-        s.destroy();
-        reject(
-          new DsmError(ErrorCode.CONNECT, `connect to ${host}:${port} timed out after ${opts.timeoutMs} ms`),
-        );
-      }, opts.timeoutMs);
-      s.once('connect', () => {
-        clearTimeout(timer);
-        s.removeAllListeners('error');
-        resolve(new NodeByteSocket(s));
-      });
-      s.once('error', (e) => {
-        clearTimeout(timer);
-        reject(
-          new DsmError(ErrorCode.CONNECT, `cannot connect to ${host}:${port}: ${e.message}`, undefined, {
-            cause: e,
-          }),
-        );
-      });
-    });
-  },
-  sha256(): Sha256Hasher {
-    const h = createHash('sha256');
-    return {
-      update(bytes) {
-        h.update(bytes);
-      },
-      digest: () => new Uint8Array(h.digest()),
+export interface NodeTransportOptions {
+  /**
+   * TLS to the nodes: `ca` (PEM) is the authority that signed their certificates (default: the
+   * system's); `servername` the name to check in them (default: the host, unless it is an IP
+   * address, which is then checked against the certificate's IP entries).
+   */
+  tls?: { ca?: string | Uint8Array; servername?: string };
+}
+
+/** A Node `Transport`: plain TCP, or TLS when `opts.tls` is given. */
+export function createNodeTransport(opts: NodeTransportOptions = {}): Transport {
+  return { connect: (host, port, c) => connectNode(host, port, c, opts), sha256 };
+}
+
+function connectNode(
+  host: string,
+  port: number,
+  opts: ConnectOptions,
+  t: NodeTransportOptions,
+): Promise<ByteSocket> {
+  return new Promise((resolve, reject) => {
+    const tls = t.tls;
+    let s: Socket;
+    const onReady = () => {
+      clearTimeout(timer);
+      s.removeAllListeners('error');
+      resolve(new NodeByteSocket(s));
     };
-  },
-};
+    if (tls) {
+      s = tlsConnect(
+        {
+          host,
+          port,
+          ca: typeof tls.ca === 'string' || !tls.ca ? tls.ca : Buffer.from(tls.ca),
+          servername: tls.servername ?? (isIP(host) ? undefined : host),
+        },
+        onReady,
+      );
+      s.setNoDelay(true);
+      s.setKeepAlive(true);
+    } else {
+      s = netConnect({ host, port, noDelay: true, keepAlive: true }, onReady);
+    }
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(
+        new DsmError(ErrorCode.CONNECT, `connect to ${host}:${port} timed out after ${opts.timeoutMs} ms`),
+      );
+    }, opts.timeoutMs);
+    s.once('error', (e) => {
+      clearTimeout(timer);
+      reject(
+        new DsmError(ErrorCode.CONNECT, `cannot connect to ${host}:${port}: ${e.message}`, undefined, {
+          cause: e,
+        }),
+      );
+    });
+  });
+}
+
+function sha256(): Sha256Hasher {
+  const h = createHash('sha256');
+  return {
+    update(bytes) {
+      h.update(bytes);
+    },
+    digest: () => new Uint8Array(h.digest()),
+  };
+}
+
+/** Plain TCP (the default of every client). */
+export const nodeTransport: Transport = createNodeTransport();

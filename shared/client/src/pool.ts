@@ -1,5 +1,6 @@
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import { type Address, formatAddress } from '@dsm/packets';
+import type { ClusterKey } from './cluster-key.ts';
 import { Connection } from './connection.ts';
 import type { Transport } from './transport.ts';
 
@@ -15,6 +16,8 @@ export interface PoolOptions {
   idleTimeoutMs?: number;
   /** Longest wait in the queue. */
   acquireTimeoutMs?: number;
+  /** Cluster key: every new connection authenticates with it (mutually) before its first request. */
+  auth?: ClusterKey;
 }
 
 interface Waiter {
@@ -34,7 +37,7 @@ interface Slot {
  * Connections stay open between requests, as the seed's client does.
  */
 export class Pool {
-  readonly #opts: Required<PoolOptions>;
+  readonly #opts: Required<Omit<PoolOptions, 'auth'>> & Pick<PoolOptions, 'auth'>;
   readonly #slots = new Map<string, Slot>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   #closed = false;
@@ -53,7 +56,7 @@ export class Pool {
     (this.#sweeper as { unref?: () => void }).unref?.();
   }
 
-  get options(): Readonly<Required<PoolOptions>> {
+  get options(): Readonly<Required<Omit<PoolOptions, 'auth'>> & Pick<PoolOptions, 'auth'>> {
     return this.#opts;
   }
 
@@ -126,7 +129,16 @@ export class Pool {
           const sock = await this.#opts.transport.connect(addr.host, addr.port, {
             timeoutMs: this.#opts.connectTimeoutMs,
           });
-          return { conn: new Connection(sock, key, { ioTimeoutMs: this.#opts.ioTimeoutMs }), reused: false };
+          const conn = new Connection(sock, key, { ioTimeoutMs: this.#opts.ioTimeoutMs });
+          if (this.#opts.auth) {
+            try {
+              await conn.authenticate(this.#opts.auth);
+            } catch (e) {
+              conn.destroy();
+              throw e;
+            }
+          }
+          return { conn, reused: false };
         } catch (e) {
           slot.open--;
           this.#wakeOne(slot);

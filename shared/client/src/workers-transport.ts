@@ -109,14 +109,20 @@ class WorkersByteSocket implements ByteSocket {
   }
 }
 
+export interface SocketsTransportOptions {
+  /** `'on'`: TLS to the nodes (their listeners have `tls.certFile`); default `'off'`. */
+  secureTransport?: 'off' | 'on';
+}
+
 /** A Transport over any `connect()` with the `cloudflare:sockets` shape (tests can pass a fake). */
-export function socketsTransport(connect: CfConnect): Transport {
+export function socketsTransport(connect: CfConnect, options: SocketsTransportOptions = {}): Transport {
+  const secureTransport = options.secureTransport ?? 'off';
   return {
     async connect(host: string, port: number, opts: ConnectOptions): Promise<ByteSocket> {
       const address = `${host}:${port}`;
       let s: CfSocket;
       try {
-        s = connect({ hostname: host, port }, { secureTransport: 'off', allowHalfOpen: false });
+        s = connect({ hostname: host, port }, { secureTransport, allowHalfOpen: false });
       } catch (e) {
         throw new DsmError(
           ErrorCode.CONNECT,
@@ -160,3 +166,8 @@ export function socketsTransport(connect: CfConnect): Transport {
 
 /** TCP from a Cloudflare Worker (or workerd / Miniflare) to the cluster. */
 export const workersTransport: Transport = socketsTransport(cfConnect as CfConnect);
+
+/** TLS from a Worker to the cluster (`secureTransport: 'on'`). */
+export const workersTlsTransport: Transport = socketsTransport(cfConnect as CfConnect, {
+  secureTransport: 'on',
+});

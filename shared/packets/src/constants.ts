@@ -16,12 +16,20 @@ export const ERROR_DESC_MAX = 1024;
 export const ERROR_BODY_MAX = 2 + ERROR_DESC_MAX;
 /** An id key is at most 64 bytes + NUL. */
 export const ID_KEY_MAX = 64;
+/** Node-protocol auth: key id field (≤ 32 bytes + NUL), nonces and HMAC-SHA-256 proofs. */
+export const KEY_ID_WIDTH = 33;
+export const AUTH_NONCE_LENGTH = 32;
+export const AUTH_PROOF_LENGTH = 32;
 /** Largest body a u64/i64 field may carry and still be a safe JS number. */
 export const MAX_SAFE_LENGTH = Number.MAX_SAFE_INTEGER;
 
 export const Command = {
   /** Extension: liveness probe answered by every server with an empty OK. */
   PING: 1,
+  /** Extension: node-protocol auth, step 1: the server's nonce (messages/auth.ts). */
+  AUTH_CHALLENGE: 2,
+  /** Extension: node-protocol auth, step 2: key id, client nonce and proof; the server's proof back. */
+  AUTH_PROVE: 3,
   TRACKER_JOIN: 10,
   TRACKER_BEAT: 11,
   TRACKER_ADDRS: 12,

@@ -1,6 +1,7 @@
 import { Command, ERROR_BODY_MAX, Errno, ID_KEY_MAX, IDS_LENGTH, Status } from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import type { Header } from './header.ts';
+import { AUTH_PROVE_LENGTH } from './messages/auth.ts';
 import {
   DOWNLOAD_LENGTH,
   UPLOAD_APPEND_PREFIX,
@@ -33,6 +34,8 @@ const UNLIMITED = Number.MAX_SAFE_INTEGER;
 /** Request body rules for every command a server accepts. */
 export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze({
   [Command.PING]: exact(0),
+  [Command.AUTH_CHALLENGE]: exact(0),
+  [Command.AUTH_PROVE]: exact(AUTH_PROVE_LENGTH),
   [Command.TRACKER_JOIN]: exact(JOIN_LENGTH),
   [Command.TRACKER_BEAT]: exact(BEAT_LENGTH),
   [Command.TRACKER_ADDRS]: exact(IDS_LENGTH),
@@ -57,8 +60,11 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   [Command.STORAGE_UPLOAD_EXT]: { kind: 'stream', prefix: UPLOAD_EXT_PREFIX, maxRest: UNLIMITED },
 });
 
+/** Every node serves these (auth is set up once, in @dsm/server, for all of them). */
+const EVERY_NODE = [Command.PING, Command.AUTH_CHALLENGE, Command.AUTH_PROVE];
+
 export const TRACKER_COMMANDS: readonly number[] = [
-  Command.PING,
+  ...EVERY_NODE,
   Command.TRACKER_JOIN,
   Command.TRACKER_BEAT,
   Command.TRACKER_ADDRS,
@@ -68,9 +74,9 @@ export const TRACKER_COMMANDS: readonly number[] = [
   Command.TRACKER_STATUS,
   Command.TRACKER_LOCATE,
 ];
-export const ID_COMMANDS: readonly number[] = [Command.PING, Command.ID_GET];
+export const ID_COMMANDS: readonly number[] = [...EVERY_NODE, Command.ID_GET];
 export const STORAGE_COMMANDS: readonly number[] = [
-  Command.PING,
+  ...EVERY_NODE,
   Command.STORAGE_UPLOAD,
   Command.STORAGE_SIZE,
   Command.STORAGE_DOWNLOAD,
@@ -130,3 +136,18 @@ export function replySpec(replyCommand: number, ok: FrameSpec): SpecFn {
 export const bufferedUpTo = (max: number): FrameSpec => ({ kind: 'buffered', min: 0, max });
 export const exactly = exact;
 export const streamed = (prefix = 0): FrameSpec => ({ kind: 'stream', prefix, maxRest: UNLIMITED });
+
+/**
+ * The spec function a client uses for the reply to AUTH_CHALLENGE / AUTH_PROVE: it comes with
+ * the answering node's own reply command (100, 101 or 102), which a pooled client need not know.
+ */
+export function authReplySpec(ok: FrameSpec): SpecFn {
+  const replies = new Set<number>([Command.TRACKER_REPLY, Command.ID_REPLY, Command.STORAGE_REPLY]);
+  return (h) => {
+    if (!replies.has(h.command)) {
+      return new ProtocolError(`Unexpected Reply Command: ${h.command}`, Errno.BAD_FIELD);
+    }
+    if (h.status !== Status.OK) return { kind: 'buffered', min: 2, max: ERROR_BODY_MAX };
+    return ok;
+  };
+}

@@ -4,6 +4,7 @@ export * from './errors.ts';
 export * from './frame-reader.ts';
 export * from './frame-spec.ts';
 export * from './header.ts';
+export * from './messages/auth.ts';
 export * from './messages/error-reply.ts';
 export * from './messages/id.ts';
 export * from './messages/ids.ts';

@@ -1,7 +1,16 @@
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { errnoOf, type Logger } from '@dsm/common';
 import {
+  AUTH_CLIENT_LABEL,
+  AUTH_SERVER_LABEL,
+  authTranscript,
+  Command,
+  decodeAuthProve,
+  Errno,
+  encodeAuthChallengeReply,
+  encodeAuthProveReply,
   encodeErrorReply,
   encodeFrame,
   encodeStreamHeader,
@@ -12,6 +21,8 @@ import {
   requestSpecs,
   Status,
 } from '@dsm/packets';
+import { commandAccess } from './access.ts';
+import { addressAllowed, type NodeSecurity } from './security.ts';
 
 export interface ConnectionInfo {
   id: string;
@@ -55,7 +66,25 @@ export interface ProtocolServerOptions {
   idleTimeoutMs?: number;
   /** Called once per connection after it closed and its last request finished. */
   onConnectionClose?: (conn: ConnectionInfo) => void;
+  /** Node-protocol security: allowFrom, auth (the handshake is served here), TLS. Absent = open TCP. */
+  security?: ServerSecurity;
 }
+
+export type ServerSecurity = Pick<
+  NodeSecurity,
+  'required' | 'reads' | 'timeoutMs' | 'keys' | 'allow' | 'tlsServer'
+>;
+
+/** Per-connection handshake state. */
+interface AuthState {
+  nonce: Uint8Array | null;
+  keyId: string | null;
+}
+
+/** A TLS handshake that has not finished in this time is dropped. */
+const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** HMAC key used for an unknown key id, so that a wrong id costs the same as a wrong secret. */
+const DUMMY_KEY = randomBytes(32);
 
 class ReplyStarted extends Error {}
 
@@ -73,9 +102,22 @@ export class ProtocolServer {
 
   constructor(opts: ProtocolServerOptions) {
     this.#opts = opts;
-    this.#server = createServer({ noDelay: true, keepAlive: true }, (s) => {
+    const serve = (s: Socket) => {
       this.#serve(s).catch((e) => opts.log.error({ err: e }, 'connection handler crashed'));
-    });
+    };
+    const tls = opts.security?.tlsServer;
+    this.#server = tls
+      ? createTlsServer(
+          {
+            cert: tls.cert,
+            key: tls.key,
+            noDelay: true,
+            keepAlive: true,
+            handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
+          },
+          serve,
+        ).on('tlsClientError', (err) => opts.log.debug({ err: err.message }, 'TLS handshake failed'))
+      : createServer({ noDelay: true, keepAlive: true }, serve);
   }
 
   /** Requests being handled right now (reported to trackers as load). */
@@ -127,12 +169,23 @@ export class ProtocolServer {
     };
     const log = baseLog.child({ conn: conn.id, peer: `${conn.remoteAddress}:${conn.remotePort}` });
     socket.on('error', (e) => log.debug({ err: e }, 'socket error'));
-    if (this.#opts.idleTimeoutMs) {
-      socket.setTimeout(this.#opts.idleTimeoutMs, () => {
+    const sec = this.#opts.security;
+    const auth: AuthState = { nonce: null, keyId: null };
+    // An unauthenticated connection may stay idle for auth.timeoutMs at most (when auth is
+    // required); an authenticated one for idleTimeoutMs (0 = for ever).
+    const idleMs = this.#opts.idleTimeoutMs ?? 0;
+    const unauthIdleMs = sec?.required
+      ? idleMs > 0
+        ? Math.min(idleMs, sec.timeoutMs)
+        : sec.timeoutMs
+      : idleMs;
+    if (unauthIdleMs > 0) {
+      socket.setTimeout(unauthIdleMs, () => {
         if (!busy) socket.destroy();
       });
     }
-    const reader = new FrameReader(requestSpecs(Object.keys(handlers).map(Number), this.#opts.maxUpload));
+    const commands = [...Object.keys(handlers).map(Number), Command.AUTH_CHALLENGE, Command.AUTH_PROVE];
+    const reader = new FrameReader(requestSpecs(commands, this.#opts.maxUpload));
     const events = readEvents(socket, reader);
     let busy = false;
 
@@ -179,6 +232,40 @@ export class ProtocolServer {
         }
         if (e.type !== 'frame' && e.type !== 'head') break; // cannot happen: data only follows head
         const header = e.header;
+        if (!addressAllowed(sec?.allow ?? null, conn.remoteAddress)) {
+          log.info({ command: header.command }, 'address not allowed');
+          await sendError(Errno.UNAUTHORIZED, `Address Not Allowed: ${conn.remoteAddress}`);
+          break;
+        }
+        if (header.command === Command.AUTH_CHALLENGE || header.command === Command.AUTH_PROVE) {
+          if (e.type !== 'frame') break; // cannot happen: both are buffered
+          let step: Uint8Array | string;
+          try {
+            step = authStep(sec, auth, header.command, e.body);
+          } catch {
+            step = 'Authentication Failed'; // a malformed proof (bad key id field)
+          }
+          if (typeof step === 'string') {
+            log.info({ command: header.command, msg: step }, 'authentication refused');
+            await sendError(Errno.UNAUTHORIZED, step);
+            break;
+          }
+          await write(encodeFrame(replyCommand, step));
+          if (auth.keyId) {
+            log.debug({ keyId: auth.keyId }, 'authenticated');
+            socket.setTimeout(idleMs);
+          }
+          continue;
+        }
+        const access = commandAccess(header.command);
+        if (sec?.required && !auth.keyId && (access === 'write' || (access === 'read' && sec.reads))) {
+          log.info({ command: header.command }, 'unauthenticated request refused');
+          await sendError(
+            Errno.UNAUTHORIZED,
+            `Authentication Required: command ${header.command} needs a connection authenticated with a cluster key`,
+          );
+          break;
+        }
         const handler = handlers[header.command];
         if (!handler) break;
         const isStream = e.type === 'head';
@@ -274,6 +361,39 @@ async function* readEvents(socket: Socket, reader: FrameReader): AsyncGenerator<
     if (reader.dead) return;
   }
   if (!reader.idle) throw new Error('connection closed in the middle of a frame');
+}
+
+/**
+ * One handshake step (messages/auth.ts in @dsm/packets): the reply body, or the text of the
+ * UNAUTHORIZED error reply after which the connection is closed.
+ */
+function authStep(
+  sec: ServerSecurity | undefined,
+  auth: AuthState,
+  command: number,
+  body: Uint8Array,
+): Uint8Array | string {
+  if (!sec || sec.keys.size === 0) return 'Authentication Not Configured On This Node';
+  if (auth.keyId) return 'Already Authenticated';
+  if (command === Command.AUTH_CHALLENGE) {
+    if (auth.nonce) return 'Authentication Failed: One Challenge Per Connection';
+    auth.nonce = new Uint8Array(randomBytes(32));
+    return encodeAuthChallengeReply(auth.nonce);
+  }
+  const nonce = auth.nonce;
+  // one attempt per connection: the nonce is spent whatever the outcome
+  auth.nonce = null;
+  if (!nonce) return 'Authentication Failed: No Challenge';
+  const m = decodeAuthProve(body);
+  const secret = sec.keys.get(m.keyId);
+  const want = hmac(secret ?? DUMMY_KEY, authTranscript(AUTH_CLIENT_LABEL, nonce, m.clientNonce, m.keyId));
+  if (!timingSafeEqual(want, m.proof) || !secret) return 'Authentication Failed';
+  auth.keyId = m.keyId;
+  return encodeAuthProveReply(hmac(secret, authTranscript(AUTH_SERVER_LABEL, nonce, m.clientNonce, m.keyId)));
+}
+
+function hmac(key: Uint8Array, data: Uint8Array): Uint8Array {
+  return new Uint8Array(createHmac('sha256', key).update(data).digest());
 }
 
 function normalizeAddress(a: string): string {

@@ -1,0 +1,25 @@
+import { Command } from '@dsm/packets';
+
+/**
+ * Which commands need an authenticated connection when `auth.required` is on. One table for
+ * every node; a command that is not listed here is a write (refused by default).
+ * - open: liveness and the handshake itself (keepalived's PING check has no key);
+ * - read: also needs auth when `auth.reads` is on;
+ * - write: everything else (uploads, deletes, resumable uploads, id get, join, beat, group
+ *   list and status, which reveal the cluster's layout).
+ */
+export type CommandAccess = 'open' | 'read' | 'write';
+
+const OPEN: ReadonlySet<number> = new Set([Command.PING, Command.AUTH_CHALLENGE, Command.AUTH_PROVE]);
+const READ: ReadonlySet<number> = new Set([
+  Command.STORAGE_SIZE,
+  Command.STORAGE_DOWNLOAD,
+  Command.STORAGE_STAT,
+  Command.TRACKER_ADDRS,
+  Command.TRACKER_LOCATE,
+]);
+
+export function commandAccess(command: number): CommandAccess {
+  if (OPEN.has(command)) return 'open';
+  return READ.has(command) ? 'read' : 'write';
+}
