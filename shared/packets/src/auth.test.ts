@@ -27,7 +27,11 @@ describe('node-protocol auth messages', () => {
     expect(b.subarray(9, KEY_ID_WIDTH).every((x) => x === 0)).toBe(true);
     expect(b.subarray(33, 65).every((x) => x === 1)).toBe(true);
     expect(b.subarray(65).every((x) => x === 2)).toBe(true);
-    expect(decodeAuthProve(b)).toEqual({ keyId: 'k2-2026.a', clientNonce: bytes(32, 1), proof: bytes(32, 2) });
+    expect(decodeAuthProve(b)).toEqual({
+      keyId: 'k2-2026.a',
+      clientNonce: bytes(32, 1),
+      proof: bytes(32, 2),
+    });
   });
 
   it('refuses bad key ids, lengths and unterminated fields', () => {

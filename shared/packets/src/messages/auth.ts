@@ -38,7 +38,8 @@ function checkKeyId(keyId: string): void {
 }
 
 function checkLength(b: Uint8Array, n: number, field: string): void {
-  if (b.length !== n) throw new ProtocolError(`Invalid ${field} Length: ${b.length} != ${n}`, Errno.BAD_LENGTH);
+  if (b.length !== n)
+    throw new ProtocolError(`Invalid ${field} Length: ${b.length} != ${n}`, Errno.BAD_LENGTH);
 }
 
 /** Reply to AUTH_CHALLENGE: the server nonce. */
