@@ -282,6 +282,8 @@ export class Lab {
           database: `sqlite:${join(STATE, 'tracker.db')}`,
           beatTimeoutMs: BEAT_TIMEOUT_MS,
           sweepIntervalMs: SWEEP_MS,
+          // the lab's namespaces are a closed network; production renders auth.required (Terraform)
+          auth: { allowUnauthenticated: true },
         },
       };
     if (role === 'id')
@@ -293,6 +295,7 @@ export class Lab {
           hostname: h,
           database: `sqlite:${join(STATE, 'id.db')}`,
           step: 10,
+          auth: { allowUnauthenticated: true },
         },
       };
     return {
@@ -308,6 +311,7 @@ export class Lab {
         database: `sqlite:${join(STATE, 'storage.db')}`,
         beatIntervalMs: BEAT_MS,
         metaCacheTtlMs: 0,
+        auth: { allowUnauthenticated: true },
         glusterVolume: VOLUME,
         healCheckIntervalMs: 1000,
       },
