@@ -19,10 +19,12 @@ import { cleanContentType } from './uploads.ts';
  * State (KvStore, Redis in production, so any gateway instance can continue an upload):
  *   gw:tus:u:<id>     JSON TusState, TTL = expiry + a grace period for the sweeper
  *   gw:tus:lock:<id>  per-upload lock (SET NX PX); one PATCH at a time across all gateways
- *   gw:tus:seq        counter; gw:tus:idx:<n> = upload id, for the sweeper to walk
+ *   gw:tus:seq        counter; gw:tus:idx:<n> = upload id, for the sweeper to walk (same TTL as
+ *                     the state, renewed with it: an index entry never outlives its upload)
  *   gw:tus:cursor     first index the sweeper still has to look at; gw:tus:sweep = its lock
  * The storage is the authority on an upload's offset (its partial file); the state holds who
- * owns the upload, its length, metadata and expiry.
+ * owns the upload, its length, metadata and expiry. Only a holder of the upload's lock deletes
+ * anything (a PATCH, a termination, the sweeper); HEAD and GET only read.
  */
 export const TUS_VERSION = '1.0.0';
 export const TUS_EXTENSIONS = 'creation,creation-with-upload,termination,expiration,checksum';
@@ -48,6 +50,8 @@ export interface TusState {
   metadata: string;
   contentType: string;
   filename?: string;
+  /** Its index entry (gw:tus:idx:<n>), whose TTL is renewed with the state's. */
+  idx?: number;
 }
 
 const K = {
@@ -128,12 +132,15 @@ export class TusService {
     return raw ? (JSON.parse(raw) as TusState) : null;
   }
 
+  /** How long an upload's keys live: its expiry plus the sweeper's grace. */
+  #stateTtl(s: TusState): number {
+    return Math.max(1, s.expiresAt - Date.now()) + STATE_GRACE_MS;
+  }
+
   async #putState(id: string, s: TusState): Promise<void> {
-    await this.#core.kv.set(
-      K.state(id),
-      JSON.stringify(s),
-      Math.max(1, s.expiresAt - Date.now()) + STATE_GRACE_MS,
-    );
+    const ttl = this.#stateTtl(s);
+    await this.#core.kv.set(K.state(id), JSON.stringify(s), ttl);
+    if (s.idx !== undefined) await this.#core.kv.expire(K.idx(s.idx), ttl);
   }
 
   /** Takes the per-upload lock (renewed while held) or answers 423. */
@@ -170,8 +177,12 @@ export class TusService {
     return { appId: s.appId, userId: s.userId, fileId: s.fileId };
   }
 
-  /** The storage's offset of a live upload; a partial the storages no longer know is 404. */
-  async #storageOffset(id: string, s: TusState): Promise<number> {
+  /**
+   * The storage's offset of a live upload; a partial the storages no longer know is 404. With
+   * `locked` (the caller holds the upload's lock) its state goes too; without (HEAD), nothing
+   * is deleted.
+   */
+  async #storageOffset(id: string, s: TusState, locked: boolean): Promise<number> {
     try {
       const r = await this.#core.uploader.onGroup(s, (a) =>
         this.#core.client.storage.uploadOffset(a, this.#ids(s)),
@@ -179,7 +190,7 @@ export class TusService {
       return r.offset;
     } catch (e) {
       if ((e as DsmError).errno === Errno.NOT_FOUND) {
-        await this.#core.kv.del(K.state(id)).catch(() => {});
+        if (locked) await this.#core.kv.del(K.state(id)).catch(() => {});
         throw notFound('this upload no longer exists');
       }
       throw e;
@@ -230,9 +241,10 @@ export class TusService {
       ...(filename ? { filename } : {}),
     };
     try {
-      await this.#putState(id, state);
       const n = await core.kv.incrBy(K.seq, 1);
-      await core.kv.set(K.idx(n), id);
+      state.idx = n;
+      await core.kv.set(K.idx(n), id, this.#stateTtl(state));
+      await this.#putState(id, state);
     } catch (e) {
       // The KV store is down (503): without state nobody could continue or sweep this upload,
       // so it goes now rather than wait for the storages' own expiry.
@@ -262,7 +274,7 @@ export class TusService {
         headers['Upload-Expires'] = httpDate(r.expiresAt);
       } catch (e) {
         core.log.info({ err: e, uploadId: id }, 'creation-with-upload body failed; upload kept');
-        headers['Upload-Offset'] = String(await this.#storageOffset(id, state).catch(() => 0));
+        headers['Upload-Offset'] = String(await this.#storageOffset(id, state, true).catch(() => 0));
       } finally {
         await unlock();
       }
@@ -288,11 +300,9 @@ export class TusService {
       return new Response(null, { status: 200, headers });
     }
     requireOwner(p, s, core.cfg.auth.mode);
-    if (s.expiresAt < Date.now()) {
-      await this.#expire(id, s);
-      throw new HttpError(410, GatewayErrorCode.GONE, 'this upload has expired');
-    }
-    headers['Upload-Offset'] = String(await this.#storageOffset(id, s));
+    // HEAD holds no lock, so it only reports: the sweeper (under the lock) deletes
+    if (s.expiresAt < Date.now()) throw new HttpError(410, GatewayErrorCode.GONE, 'this upload has expired');
+    headers['Upload-Offset'] = String(await this.#storageOffset(id, s, false));
     if (s.length >= 0) headers['Upload-Length'] = String(s.length);
     else headers['Upload-Defer-Length'] = '1';
     if (s.metadata) headers['Upload-Metadata'] = s.metadata;
@@ -372,7 +382,7 @@ export class TusService {
   ): Promise<{ offset: number; fileId?: string; expiresAt: number }> {
     const core = this.#core;
     const ids = this.#ids(s);
-    const current = await this.#storageOffset(id, s);
+    const current = await this.#storageOffset(id, s, true);
     if (clientOffset !== current) {
       throw new HttpError(409, ErrorCode.OFFSET_MISMATCH, `Upload-Offset ${clientOffset} != ${current}`, {
         headers: { 'Upload-Offset': String(current) },
@@ -530,17 +540,23 @@ export class TusService {
       for (let n = cursor + 1; n <= end; n++) {
         let finished = false;
         const id = await kv.get(K.idx(n));
-        const s = id ? await this.#getState(id) : null;
-        if (!id || !s) finished = true;
+        const seen = id ? await this.#getState(id) : null;
+        if (!id || !seen) finished = true;
         else if (
-          s.expiresAt < now &&
+          seen.expiresAt < now &&
           (await kv.setIfAbsent(K.lock(id), token, this.#core.cfg.tusLockTtlMs))
         ) {
           try {
-            await this.#expire(id, s);
-            swept++;
-            finished = true;
-            this.#core.log.info({ uploadId: id }, 'expired tus upload deleted');
+            // The decision is taken again under the lock: a PATCH may have finished (and moved
+            // the expiry) between the read above and the lock, or the upload may be gone.
+            const s = await this.#getState(id);
+            if (!s) finished = true;
+            else if (s.expiresAt < now) {
+              await this.#expire(id, s);
+              swept++;
+              finished = true;
+              this.#core.log.info({ uploadId: id }, 'expired tus upload deleted');
+            }
           } finally {
             await kv.delIfValue(K.lock(id), token);
           }
