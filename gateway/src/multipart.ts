@@ -1,6 +1,6 @@
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { ErrorCode } from '@dsm/common/errors';
 import { fromUtf8, utf8 } from './encoding.ts';
-import { GatewayErrorCode } from './problem.ts';
+import { GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
 
 /**
  * A streaming `multipart/form-data` reader (RFC 7578): parts come one after another and a
@@ -12,13 +12,24 @@ export interface Part {
   name: string;
   filename: string | undefined;
   contentType: string | undefined;
+  /** Lower-cased names; a null-prototype object, so `constructor` or `__proto__` are plain keys. */
   headers: Record<string, string>;
   /** Must be consumed (or `skip`ped) before the next part is asked for. */
   body: AsyncIterable<Uint8Array>;
 }
 
 const CRLF = utf8('\r\n');
-const MAX_HEADER_BYTES = 16 * 1024;
+const HEADER_END = utf8('\r\n\r\n');
+
+/** Bounds of one body; every buffer the reader keeps is bounded by one of them or by a chunk. */
+export interface MultipartLimits {
+  /** Bytes of one part's header block (past it: 413). */
+  maxPartHeaderBytes: number;
+  /** Parts in the body (past it: 413). */
+  maxParts: number;
+}
+
+export const DEFAULT_MULTIPART_LIMITS: MultipartLimits = { maxPartHeaderBytes: 4 * 1024, maxParts: 32 };
 
 export function boundaryOf(contentType: string): string | null {
   const m = /;\s*boundary=(?:"([^"]{1,70})"|([^\s;]{1,70}))/i.exec(contentType);
@@ -36,8 +47,11 @@ function indexOf(hay: Uint8Array, needle: Uint8Array, from = 0): number {
   return -1;
 }
 
-const incomplete = (what: string) => new DsmError(GatewayErrorCode.BODY_INCOMPLETE, `multipart body ${what}`);
-const malformed = (what: string) => new DsmError(ErrorCode.BAD_INPUT, `malformed multipart body: ${what}`);
+// HttpErrors: the gateway's own words, so the problem keeps them as its detail.
+const incomplete = (what: string) =>
+  new HttpError(400, GatewayErrorCode.BODY_INCOMPLETE, `multipart body ${what}`);
+const malformed = (what: string) =>
+  new HttpError(400, ErrorCode.BAD_INPUT, `malformed multipart body: ${what}`);
 
 export class MultipartReader {
   readonly #it: AsyncIterator<Uint8Array>;
@@ -48,10 +62,17 @@ export class MultipartReader {
   #started = false;
   #finished = false;
   #partOpen = false;
+  #parts = 0;
+  readonly #limits: MultipartLimits;
 
-  constructor(source: AsyncIterable<Uint8Array>, boundary: string) {
+  constructor(
+    source: AsyncIterable<Uint8Array>,
+    boundary: string,
+    limits: MultipartLimits = DEFAULT_MULTIPART_LIMITS,
+  ) {
     this.#it = source[Symbol.asyncIterator]();
     this.#delim = utf8(`\r\n--${boundary}`);
+    this.#limits = limits;
   }
 
   async #fill(): Promise<boolean> {
@@ -114,6 +135,8 @@ export class MultipartReader {
       }
       if (!(await this.#afterDelimiter())) return null;
     }
+    if (++this.#parts > this.#limits.maxParts)
+      throw tooLarge(`the form has more than ${this.#limits.maxParts} parts`);
     // headers, up to an empty line
     let end: number;
     for (;;) {
@@ -121,10 +144,15 @@ export class MultipartReader {
         end = -2; // a part with no headers at all
         break;
       }
-      end = indexOf(this.#buf, utf8('\r\n\r\n'));
+      end = indexOf(this.#buf, HEADER_END);
       if (end >= 0) break;
-      if (this.#buf.length > MAX_HEADER_BYTES) throw malformed('part headers too long');
+      if (this.#buf.length > this.#limits.maxPartHeaderBytes) {
+        throw tooLarge(`a part's headers exceed ${this.#limits.maxPartHeaderBytes} bytes`);
+      }
       if (!(await this.#fill())) throw incomplete('ended in part headers');
+    }
+    if (end > this.#limits.maxPartHeaderBytes) {
+      throw tooLarge(`a part's headers exceed ${this.#limits.maxPartHeaderBytes} bytes`);
     }
     let headerText = '';
     try {
@@ -133,7 +161,7 @@ export class MultipartReader {
       throw malformed('part headers are not UTF-8');
     }
     this.#buf = this.#buf.subarray(end < 0 ? 2 : end + 4);
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = Object.create(null);
     for (const line of headerText.split('\r\n')) {
       if (!line) continue;
       const c = line.indexOf(':');
@@ -181,7 +209,7 @@ export class MultipartReader {
     let n = 0;
     for await (const c of part.body) {
       n += c.length;
-      if (n > max) throw malformed(`field "${part.name}" is longer than ${max} bytes`);
+      if (n > max) throw tooLarge(`form field "${part.name.slice(0, 40)}" is longer than ${max} bytes`);
       chunks.push(c);
     }
     const b = new Uint8Array(n);

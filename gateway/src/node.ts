@@ -195,9 +195,10 @@ const tooManyConnections = (() => {
  * directions: bytes read reset it, and so do writes the client's window lets through).
  *
  * - reading a request body: `timeouts.bodyIdleMs` (a stalled upload is cut, a slow one is not);
- * - between the body's end and the reply's head: none (the storages' own timeouts bound it);
- * - writing a reply: `timeouts.downloadIdleMs` (a client that reads nothing is cut, and the
- *   download's storage stream is cancelled with it).
+ * - after the body (or from the start when there is none): `timeouts.downloadIdleMs`, so a
+ *   client that reads nothing of the reply is cut and the download's storage stream cancelled
+ *   with it. The wait for the storages before the reply counts too; `ioTimeoutMs` (shorter by
+ *   default) bounds that wait first.
  *
  * A socket that times out is destroyed by Node (nothing listens for 'timeout').
  */
@@ -231,7 +232,8 @@ class ConnectionGuard {
         else this.#perAddress.set(addr, left);
       });
     });
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => this.#phases(req, res));
+    // prependListener: before the app's handler, so the timeout is set before any reply byte
+    server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => this.#phases(req, res));
   }
 
   #phases(req: IncomingMessage, res: ServerResponse): void {
@@ -242,14 +244,9 @@ class ConnectionGuard {
     if (hasBody && !req.complete) {
       socket.setTimeout(t.bodyIdleMs);
       req.once('end', () => {
-        if (!res.headersSent) socket.setTimeout(0);
+        if (!socket.destroyed && !res.writableFinished) socket.setTimeout(t.downloadIdleMs);
       });
-    }
-    const writeHead = res.writeHead;
-    res.writeHead = function (this: ServerResponse, ...args: Parameters<typeof writeHead>) {
-      if (!socket.destroyed) socket.setTimeout(t.downloadIdleMs);
-      return writeHead.apply(this, args);
-    } as typeof writeHead;
+    } else socket.setTimeout(t.downloadIdleMs);
   }
 
   /** Requests on a socket refused by the per-address cap are not handled (it is closing). */

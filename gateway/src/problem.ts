@@ -18,6 +18,8 @@ export const GatewayErrorCode = {
   BODY_INCOMPLETE: 'DSM_ERR_BODY_INCOMPLETE',
   NOT_READY: 'DSM_ERR_NOT_READY',
   INTERNAL: 'DSM_ERR_INTERNAL',
+  /** A concurrency cap (uploads, downloads or connections per client address): 429. */
+  TOO_MANY_REQUESTS: 'DSM_ERR_TOO_MANY_REQUESTS',
 } as const;
 
 /** An error that already knows its HTTP status (thrown by the gateway's own checks). */
@@ -53,6 +55,7 @@ const TITLES: Record<number, string> = {
   415: 'Unsupported Media Type',
   416: 'Range Not Satisfiable',
   423: 'Locked',
+  429: 'Too Many Requests',
   460: 'Checksum Mismatch',
   500: 'Internal Server Error',
   502: 'Bad Gateway',
@@ -75,6 +78,8 @@ function statusForCode(code: string): number {
     case ErrorCode.UNKNOWN_APP:
     case GatewayErrorCode.FORBIDDEN:
       return 403;
+    case GatewayErrorCode.TOO_MANY_REQUESTS:
+      return 429;
     case ErrorCode.TOO_LARGE:
       return 413;
     case ErrorCode.BAD_INPUT:
@@ -136,9 +141,34 @@ function statusForErrno(errno: number): number | undefined {
   }
 }
 
+/**
+ * What a client is told for errors that come from the cluster or the client library. Their own
+ * texts name storages (`[host:port] …`), folders and free-space figures: those go to the log
+ * (with the request id), never into a reply.
+ */
+const PUBLIC_DETAIL: Record<number, string> = {
+  400: 'the request was refused as malformed',
+  401: 'not authorized',
+  403: 'not allowed',
+  404: 'no such file',
+  409: 'the request conflicts with the state of the file',
+  413: 'too large',
+  416: 'the range is not satisfiable',
+  423: 'the upload is busy with another request',
+  429: 'too many requests',
+  502: 'a storage answered in a way the gateway did not expect',
+  503: 'the storage cluster cannot serve this request now; try again',
+  507: 'the storage group has no space for this file',
+};
+
+/** Codes whose texts are the gateway's own words (no cluster text in them). */
+const OWN_WORDS = new Set<string>([GatewayErrorCode.BODY_INCOMPLETE, GatewayErrorCode.TOO_MANY_REQUESTS]);
+
 export interface Problem {
   status: number;
   headers: Record<string, string>;
+  /** The original message when `detail` was replaced by a public text: for the log only. */
+  internal?: string;
   body: {
     type: string;
     title: string;
@@ -160,6 +190,7 @@ export function toProblem(err: unknown, instance?: string): Problem {
   let detail = 'internal error';
   let headers: Record<string, string> = {};
   let extra: Record<string, unknown> = {};
+  let internal: string | undefined;
   if (err instanceof HttpError) {
     status = err.status;
     code = err.code;
@@ -176,11 +207,18 @@ export function toProblem(err: unknown, instance?: string): Problem {
       status = 423;
       code = GatewayErrorCode.LOCKED;
     }
+    if (!OWN_WORDS.has(code)) {
+      internal = detail;
+      detail = PUBLIC_DETAIL[status] ?? (status >= 500 ? 'internal error' : 'the request was refused');
+    }
   } else if (isHttpException(err)) {
+    internal = err.message;
     status = err.status;
     code =
       status === 413 ? ErrorCode.TOO_LARGE : status >= 500 ? GatewayErrorCode.INTERNAL : ErrorCode.BAD_INPUT;
-    detail = err.message || TITLES[status] || 'error';
+    detail = TITLES[status] ?? 'error';
+  } else if (err instanceof Error) {
+    internal = err.message;
   }
   const title = TITLES[status] ?? (status >= 500 ? 'Server Error' : 'Client Error');
   const type = `urn:dsm:problem:${code
@@ -190,6 +228,7 @@ export function toProblem(err: unknown, instance?: string): Problem {
   return {
     status,
     headers,
+    ...(internal !== undefined ? { internal } : {}),
     body: { type, title, status, detail, code, ...(instance ? { instance } : {}), ...extra },
   };
 }
@@ -207,6 +246,7 @@ export function problemResponse(p: Problem, method: string): Response {
   const headers = new Headers(p.headers);
   headers.set('Content-Type', 'application/problem+json');
   headers.set('Cache-Control', 'no-store');
+  headers.set('X-Content-Type-Options', 'nosniff');
   const body = method === 'HEAD' ? null : JSON.stringify(p.body);
   return new Response(body, { status: p.status, headers });
 }

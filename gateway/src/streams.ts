@@ -1,53 +1,114 @@
+import type { DsmClient } from '@dsm/client';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import { GatewayErrorCode, tooLarge } from './problem.ts';
+import type { FileIds } from '@dsm/packets';
+import { badRequest, GatewayErrorCode, tooLarge } from './problem.ts';
+
+/** Lets a download stream give its storage connection back while the client is not reading. */
+export interface ReleaseOnStall {
+  /** The rest of the download from `delivered` bytes on (a new storage request). */
+  reopen(delivered: number): Promise<AsyncIterable<Uint8Array>>;
+  /** No pull for this long: the current storage stream is closed (its connection freed). */
+  afterMs: number;
+}
 
 /**
  * An async iterable → a pull-based ReadableStream: the next chunk is asked from the source only
  * when the HTTP side wants one (backpressure), and a cancelled response (client gone) closes
  * the source, which drops the storage connection instead of reading the rest.
+ *
+ * With `stall`, a client that stops reading for `stall.afterMs` no longer holds a storage
+ * connection: the source is closed and reopened (from the next byte) when it reads again, so
+ * slow or stalled readers cannot take the upstream pool from everyone else.
  */
 export function toReadableStream(
   source: AsyncIterable<Uint8Array>,
   onChunk?: (n: number) => void,
   /** Called once: at the end, on a source error, or with `cancelled` when the client went away. */
   onEnd?: (error: unknown, cancelled: boolean) => void,
+  stall?: ReleaseOnStall,
 ): ReadableStream<Uint8Array> {
-  const it = source[Symbol.asyncIterator]();
+  let it: AsyncIterator<Uint8Array> | null = source[Symbol.asyncIterator]();
+  let started = false;
   let finished = false;
+  let delivered = 0;
+  let pulling = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const finish = (e?: unknown, cancelled = false) => {
+    if (timer) clearTimeout(timer);
     if (finished) return;
     finished = true;
     onEnd?.(e, cancelled);
   };
-  let pulled = false;
+  /** Closes the current source (a generator that never ran must be started first, or its
+   * finally blocks never run and the download's connection stays checked out). */
+  const closeSource = async () => {
+    const cur = it;
+    it = null;
+    if (!cur) return;
+    if (!started) await cur.next().catch(() => {});
+    await cur.return?.(undefined).catch(() => {});
+  };
+  const armStallTimer = () => {
+    if (!stall || finished) return;
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (pulling || finished || !it) return;
+      void closeSource();
+    }, stall.afterMs);
+    (timer as { unref?: () => void }).unref?.();
+  };
   return new ReadableStream<Uint8Array>(
     {
       async pull(ctrl) {
-        pulled = true;
+        pulling = true;
+        if (timer) clearTimeout(timer);
         try {
+          if (!it) {
+            it = (await (stall as ReleaseOnStall).reopen(delivered))[Symbol.asyncIterator]();
+            started = false;
+          }
+          started = true;
           const r = await it.next();
           if (r.done) {
             finish();
             ctrl.close();
           } else {
+            delivered += r.value.length;
             onChunk?.(r.value.length);
             ctrl.enqueue(r.value);
+            armStallTimer();
           }
         } catch (e) {
           finish(e);
           ctrl.error(e);
+        } finally {
+          pulling = false;
         }
       },
       async cancel(reason) {
         finish(reason, true);
-        // A generator that never ran ignores return() (its finally blocks never run), and the
-        // download's connection would stay checked out: start it, then close it.
-        if (!pulled) await it.next().catch(() => {});
-        await it.return?.();
+        await closeSource();
       },
     },
     { highWaterMark: 0 },
   );
+}
+
+/** The rest of a download, `length` bytes from `offset`, on a new storage request. */
+export async function resumeDownload(
+  client: DsmClient,
+  ids: FileIds,
+  offset: number,
+  length: number,
+): Promise<AsyncIterable<Uint8Array>> {
+  const reply = await client.download(ids, offset, length);
+  if (reply.length !== length) {
+    const it = reply.stream[Symbol.asyncIterator]();
+    await it.next().catch(() => {});
+    await it.return?.();
+    throw new DsmError(ErrorCode.PROTOCOL, `the storage offered ${reply.length} bytes, expected ${length}`);
+  }
+  return reply.stream;
 }
 
 /**
@@ -107,8 +168,7 @@ export async function* exactLength(
   let total = 0;
   for await (const c of source) {
     total += c.length;
-    if (total > length)
-      throw new DsmError(ErrorCode.BAD_INPUT, `body is longer than its declared ${length} bytes`);
+    if (total > length) throw badRequest(`body is longer than its declared ${length} bytes`);
     yield c;
   }
   if (total !== length) {

@@ -9,6 +9,9 @@ import {
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import type { Address, FileIds, FileStat } from '@dsm/packets';
 import type { Principal } from './auth.ts';
+import { typeForName } from './mime.ts';
+import { boundaryOf, type MultipartLimits, MultipartReader } from './multipart.ts';
+import { badRequest, tooLarge } from './problem.ts';
 import { BlockReader, exactLength, limited, slices } from './streams.ts';
 
 export interface StoredFile {
@@ -144,4 +147,67 @@ export class Uploader {
       // not found (already gone) or unreachable: nothing more to do here
     }
   }
+}
+
+/** Caps of a multipart/form-data upload (config `limits.multipart*`). */
+export interface FormLimits extends MultipartLimits {
+  /** Parts that are not the file. */
+  maxFields: number;
+  /** Bytes of all fields' names and values together. */
+  maxFieldBytes: number;
+}
+
+/**
+ * A multipart/form-data upload: the first part with a filename (or named "file") is streamed to
+ * the storage, the other parts are small fields (`type`, `filename` are used). Everything held
+ * in memory is bounded before it is taken: the parts, each part's headers, the number of
+ * fields and their bytes, names included (30,000 empty fields with long names are refused at
+ * the first field past the cap, not collected).
+ */
+export async function uploadMultipart(
+  uploader: Uploader,
+  p: Principal,
+  body: AsyncIterable<Uint8Array>,
+  contentType: string,
+  max: number,
+  limits: FormLimits,
+  filenameFromQuery?: string,
+): Promise<{ stored: StoredFile; filename: string | undefined }> {
+  const boundary = boundaryOf(contentType);
+  if (!boundary) throw badRequest('multipart/form-data without a boundary');
+  const reader = new MultipartReader(body, boundary, limits);
+  // a Map: field names come from the request, so `__proto__` or `constructor` are plain keys
+  const fields = new Map<string, string>();
+  let fieldCount = 0;
+  let fieldBytes = 0;
+  let filename = filenameFromQuery;
+  for (let part = await reader.next(); part; part = await reader.next()) {
+    if (part.filename !== undefined || part.name === 'file') {
+      const filePart = part;
+      const fileType = () =>
+        cleanContentType(fields.get('type')) ||
+        cleanContentType(filePart.contentType) ||
+        typeForName(filePart.filename) ||
+        typeForName(fields.get('filename')) ||
+        '';
+      filename = fields.get('filename') || filePart.filename || filename;
+      const stored = await uploader.uploadUnknown(p, fileType, filePart.body, max, async () => {
+        // the rest of the form must arrive whole (and within the caps) before the commit
+        for (let rest = await reader.next(); rest; rest = await reader.next()) {
+          for await (const _ of rest.body) {
+            // later parts are read and dropped
+          }
+        }
+      });
+      return { stored, filename };
+    }
+    if (++fieldCount > limits.maxFields) throw tooLarge(`the form has more than ${limits.maxFields} fields`);
+    fieldBytes += part.name.length;
+    if (fieldBytes > limits.maxFieldBytes)
+      throw tooLarge(`the form's fields exceed ${limits.maxFieldBytes} bytes`);
+    const text = await MultipartReader.text(part, limits.maxFieldBytes - fieldBytes);
+    fieldBytes += text.length;
+    fields.set(part.name, text);
+  }
+  throw badRequest('the form has no file part (a part with a filename, or named "file")');
 }
