@@ -219,17 +219,35 @@ export function nodeConfigFor(
     }
     case 'gateway': {
       const gw = spec.gateways!;
-      return {
-        role: 'gateway',
-        config: nodeConfig(
-          'gateway',
-          { listen: `0.0.0.0:${gw.port}`, trackers: [`${vipAddress(t.vip)}:${t.port}`] },
-          gw.config,
-        ),
-      };
+      const config = nodeConfig(
+        'gateway',
+        { listen: `0.0.0.0:${gw.port}`, trackers: [`${vipAddress(t.vip)}:${t.port}`] },
+        gw.config,
+      );
+      checkGatewayAuth(config);
+      return { role: 'gateway', config };
     }
     default:
       throw new Error(`host "${host}" (${h.role}) runs no dsm node`);
+  }
+}
+
+/**
+ * A Terraform gateway is on a network: tokens are required (`auth.mode` "jwt") and must be for
+ * this deployment (`auth.issuer` and `auth.audience` set, so a token minted for another service
+ * with the same key is refused).
+ */
+function checkGatewayAuth(config: Record<string, unknown>): void {
+  const auth = (config.auth ?? {}) as Record<string, unknown>;
+  for (const [key, ok] of [
+    ['mode', auth.mode === 'jwt'],
+    ['issuer', typeof auth.issuer === 'string' && auth.issuer !== ''],
+    ['audience', typeof auth.audience === 'string' && auth.audience !== ''],
+  ] as const) {
+    if (!ok)
+      throw new Error(
+        `gateway config: auth.${key} is required in a Terraform environment (auth.mode "jwt" with auth.issuer and auth.audience)`,
+      );
   }
 }
 
@@ -385,8 +403,23 @@ mountpoint -q ${q(root)} || mount ${q(root)}
 
 // ---- systemd units ---------------------------------------------------------------------------
 
-/** A node's unit; `node` runs with NODE_FLAGS (@dsm/common), as every launcher of a node does. */
-function unit(role: NodeRole, rt: { node: string; entry: string }, extra: string[] = []): string {
+/** The unprivileged account every dsm node runs as (keepalived and glusterd stay root). */
+export const DSM_USER = 'dsm';
+/** Folders a node may write besides its data: state (SQLite files, if any) and logs. */
+export const DSM_STATE_DIRS = ['/var/lib/dsm', '/var/log/dsm'];
+
+/**
+ * A node's unit; `node` runs with NODE_FLAGS (@dsm/common), as every launcher of a node does.
+ * The node runs as the `dsm` user, cannot gain privileges, sees the file system read-only but
+ * for `writable` (its data) and the state and log folders, and has a private /tmp. `extra`
+ * lines come first (a `+` ExecStartPre runs as root: the volume mount).
+ */
+function unit(
+  role: NodeRole,
+  rt: { node: string; entry: string },
+  extra: string[] = [],
+  writable: string[] = [],
+): string {
   return `[Unit]
 Description=dsm ${role}
 After=network-online.target${role === 'storage' ? ' glusterd.service' : ''}
@@ -394,6 +427,13 @@ Wants=network-online.target
 
 [Service]
 ${extra.join('\n')}${extra.length ? '\n' : ''}ExecStart=${[rt.node, ...NODE_FLAGS].join(' ')} ${rt.entry} ${role} --config /etc/dsm/${role}.json
+User=${DSM_USER}
+Group=${DSM_USER}
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadWritePaths=${[...writable, ...DSM_STATE_DIRS].join(' ')}
 Restart=always
 RestartSec=2
 LimitNOFILE=65536
@@ -401,6 +441,20 @@ LimitNOFILE=65536
 [Install]
 WantedBy=multi-user.target
 `;
+}
+
+/**
+ * Provisioning lines that create the `dsm` system user and its folders, and let it read its
+ * config (root-owned, group dsm, 0640): before any dsm unit starts.
+ */
+function dsmUserSteps(role: NodeRole): string[] {
+  return [
+    `getent group ${DSM_USER} >/dev/null || groupadd --system ${DSM_USER}`,
+    `id -u ${DSM_USER} >/dev/null 2>&1 || useradd --system --gid ${DSM_USER} --home-dir /var/lib/dsm --no-create-home --shell /usr/sbin/nologin ${DSM_USER}`,
+    `install -d -o ${DSM_USER} -g ${DSM_USER} -m 0750 ${DSM_STATE_DIRS.join(' ')}`,
+    `chgrp ${DSM_USER} /etc/dsm /etc/dsm/${role}.json`,
+    'chmod 0750 /etc/dsm',
+  ];
 }
 
 function installScript(spec: EnvSpec): string {
@@ -467,6 +521,7 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
     file(`/etc/dsm/${h.role}.json`, configText(config), '0640');
     file('/etc/keepalived/keepalived.conf', conf, '0640');
     file(`/etc/systemd/system/dsm-${h.role}.service`, unit(h.role, rt));
+    steps.push(...dsmUserSteps(h.role));
     if (p.trackFileDir) {
       // the track file's folder must exist before keepalived starts, also after a reboot (/run)
       file('/etc/tmpfiles.d/dsm.conf', `d ${p.trackFileDir} 0755 root root -\n`);
@@ -499,15 +554,25 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
     sbin('dsm-prepare-brick', brickScript(g, brick));
     sbin('dsm-mount-group', mountScript(mountFor(spec, group, h.name)));
     if (first) sbin('dsm-gluster-steps', glusterStepsScript(groupSteps(spec, group), group, 3));
+    const store = fill(g.mountPoint, { volume: group });
     file(
       '/etc/systemd/system/dsm-storage.service',
-      unit('storage', rt, ['ExecStartPre=/usr/local/sbin/dsm-mount-group']),
+      // `+`: the mount runs as root; `gluster` group: the node's `gluster volume heal info`
+      unit(
+        'storage',
+        rt,
+        ['ExecStartPre=+/usr/local/sbin/dsm-mount-group', 'SupplementaryGroups=gluster'],
+        [store],
+      ),
     );
     steps.push(
+      ...dsmUserSteps('storage'),
       '/usr/local/sbin/dsm-prepare-brick',
       'systemctl enable --now glusterd.service',
       ...(first ? ['/usr/local/sbin/dsm-gluster-steps'] : []),
       '/usr/local/sbin/dsm-mount-group',
+      // the volume's root belongs to the node (kept by the bricks: once per volume is enough)
+      `chown ${DSM_USER}:${DSM_USER} ${q(store)}`,
       'systemctl daemon-reload',
       'systemctl enable --now dsm-storage.service',
     );
@@ -515,7 +580,11 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
     const { config } = nodeConfigFor(spec, h.name);
     file('/etc/dsm/gateway.json', configText(config), '0640');
     file('/etc/systemd/system/dsm-gateway.service', unit('gateway', rt));
-    steps.push('systemctl daemon-reload', 'systemctl enable --now dsm-gateway.service');
+    steps.push(
+      ...dsmUserSteps('gateway'),
+      'systemctl daemon-reload',
+      'systemctl enable --now dsm-gateway.service',
+    );
   } else {
     const d = spec.data!;
     packages.push('mariadb-server', 'redis-server');
