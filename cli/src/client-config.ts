@@ -1,11 +1,47 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { type ClusterKey, clusterKey } from '@dsm/client';
 import { type Address, parseAddress } from '@dsm/packets';
 
 export interface ClientSettings {
   trackers: Address[];
   appId: string;
   userId: string;
+  /** Node-protocol key (clusters whose nodes have auth.required). */
+  auth?: ClusterKey;
+  /** PEM of the authority of the nodes' TLS certificates: connect with TLS. */
+  tlsCa?: string;
+}
+
+export interface KeyFlags {
+  'key-file'?: string;
+  'key-id'?: string;
+  'tls-ca'?: string;
+}
+
+/**
+ * The cluster key of client verbs. The secret never comes from the command line (it would show
+ * in `ps` and shell history): `--key-file FILE` or `$DSM_KEY_FILE` (a file holding it), else
+ * `$DSM_CLUSTER_KEY` (the secret itself). Its id: `--key-id`, `$DSM_KEY_ID`, default "main".
+ * None of them = no auth (a local `dsm up` cluster).
+ */
+export function clusterKeyFrom(
+  flags: KeyFlags,
+  env: Record<string, string | undefined> = process.env,
+): ClusterKey | undefined {
+  const id = flags['key-id'] ?? env.DSM_KEY_ID ?? 'main';
+  const file = flags['key-file'] ?? env.DSM_KEY_FILE;
+  if (file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new UsageError(`cannot read the key file ${file}: ${(e as Error).message}`);
+    }
+    return clusterKey(id, text, `key file ${file}`);
+  }
+  if (env.DSM_CLUSTER_KEY) return clusterKey(id, env.DSM_CLUSTER_KEY, 'DSM_CLUSTER_KEY');
+  return undefined;
 }
 
 /**
@@ -13,7 +49,9 @@ export interface ClientSettings {
  * DSM_APP, DSM_USER), the cluster.json that `dsm up` writes (in DSM_HOME or ./.dsm/cluster),
  * then the seed's defaults (tracker 127.0.0.1:21000, app tnvideo, user tnv001).
  */
-export function clientSettings(flags: { trackers?: string; app?: string; user?: string }): ClientSettings {
+export function clientSettings(
+  flags: { trackers?: string; app?: string; user?: string } & KeyFlags,
+): ClientSettings {
   const env = process.env;
   let trackersText = flags.trackers ?? env.DSM_TRACKERS;
   if (!trackersText) {
@@ -35,7 +73,18 @@ export function clientSettings(flags: { trackers?: string; app?: string; user?: 
     trackers,
     appId: flags.app ?? env.DSM_APP ?? 'tnvideo',
     userId: flags.user ?? env.DSM_USER ?? 'tnv001',
+    auth: clusterKeyFrom(flags, env),
+    tlsCa: readTlsCa(flags['tls-ca'] ?? env.DSM_TLS_CA),
   };
+}
+
+function readTlsCa(file: string | undefined): string | undefined {
+  if (!file) return undefined;
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read the TLS CA file ${file}: ${(e as Error).message}`);
+  }
 }
 
 /** `A-B` (inclusive, as in HTTP), `A-` (to the end) or `-N` (the last N bytes). */

@@ -5,7 +5,7 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
-import { nodeTransport } from '@dsm/client/node';
+import { createNodeTransport, nodeTransport } from '@dsm/client/node';
 import { ConfigError, createLogger, loadConfig, missingNodeFlags } from '@dsm/common';
 import { toHex } from '@dsm/packets';
 import { runNode } from '@dsm/server';
@@ -31,7 +31,10 @@ Gateway credentials (keys from the gateway's config file, or --secret/--kid)
   dsm sign URL|ID --config FILE [--ttl SEC] [--kid K] [--secret S] [--base URL]
                                                    print a signed, expiring download URL
 
-Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 127.0.0.1:21000)
+Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 127.0.0.1:21000;
+cluster key for nodes with auth.required: --key-file FILE or $DSM_KEY_FILE, else $DSM_CLUSTER_KEY,
+never the secret itself on the command line; its id --key-id / $DSM_KEY_ID, default main;
+TLS to the nodes: --tls-ca FILE or $DSM_TLS_CA)
   dsm upload FILE [--app A] [--user U] [--type MIME]    prints the public id on its last line
   dsm download ID [-o FILE] [--range A-B|A-|-N]         to FILE, or to stdout
   dsm stat ID                                           size, type, sha-256, mtime
@@ -40,11 +43,12 @@ Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 12
   dsm groups                                            the seed's group list text
 `;
 
-async function client(flags: { trackers?: string; app?: string; user?: string }) {
+async function client(flags: Parameters<typeof clientSettings>[0]) {
   const s = clientSettings(flags);
+  const transport = s.tlsCa ? createNodeTransport({ tls: { ca: s.tlsCa } }) : nodeTransport;
   return {
     settings: s,
-    dsm: new DsmClient({ trackers: s.trackers, transport: nodeTransport, locateCacheMs: 0 }),
+    dsm: new DsmClient({ trackers: s.trackers, transport, auth: s.auth, locateCacheMs: 0 }),
   };
 }
 
@@ -90,6 +94,9 @@ async function main(argv: string[]): Promise<number> {
       secret: { type: 'string' },
       kid: { type: 'string' },
       base: { type: 'string' },
+      'key-file': { type: 'string' },
+      'key-id': { type: 'string' },
+      'tls-ca': { type: 'string' },
     },
   });
   if (!cmd || v.help || cmd === 'help') {

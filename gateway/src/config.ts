@@ -244,6 +244,29 @@ export function isLoopbackHost(host: string): boolean {
   return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
+/**
+ * How the gateway reaches the nodes. The node-protocol key (nodes with `auth.required`) comes
+ * from `keyFile` (Node entry) or the environment / secret binding `DSM_CLUSTER_KEY` (which wins);
+ * without either the gateway does not authenticate (the loopback default).
+ */
+const clusterSchema = z
+  .object({
+    /** Id of the cluster key (the nodes' `auth.keys[].id`). */
+    keyId: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,32}$/, 'key ids are 1-32 of [A-Za-z0-9._-]')
+      .default('main'),
+    /** File holding the key's secret (≥ 32 bytes; Node entry; relative to the config file). */
+    keyFile: z.string().default(''),
+    /** TLS to the nodes (their `tls.certFile`): "on" or "off". */
+    tls: z.enum(['off', 'on']).default('off'),
+    /** PEM file of the authority that signed the nodes' certificates (Node entry; default: system's). */
+    caFile: z.string().default(''),
+    /** Name checked in the nodes' certificates (default: the address dialled). */
+    servername: z.string().default(''),
+  })
+  .strict();
+
 /** Gateway configuration. Every key has a default, so an empty file works. */
 export const configSchema = z
   .object({
@@ -291,6 +314,7 @@ export const configSchema = z
     auth: authSchema.prefault({}),
     downloads: downloadsSchema.prefault({}),
     admin: adminSchema.prefault({}),
+    cluster: clusterSchema.prefault({}),
     /** Allowed browser origins; `*` = any. */
     corsOrigins: z.array(z.string().min(1)).min(1).default(['*']),
     /** A tus upload not touched for this long expires and is deleted by the sweeper. */

@@ -1,13 +1,13 @@
 import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { DsmClient } from '@dsm/client';
-import { nodeTransport } from '@dsm/client/node';
 import { createLogger, type Logger } from '@dsm/common';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { parseAddress } from '@dsm/packets';
 import { type ServerType, serve } from '@hono/node-server';
 import { createAdminApp } from './admin.ts';
 import { createApp, type GatewayApp } from './app.ts';
+import { clusterLink } from './cluster-link.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
 import { createPromMetrics } from './metrics.ts';
 import { GatewayErrorCode } from './problem.ts';
@@ -43,7 +43,7 @@ export async function startGateway(
     opts.client ??
     new DsmClient({
       trackers: config.trackers.map(parseAddress),
-      transport: nodeTransport,
+      ...clusterLink(config),
       locateCacheMs: config.locateCacheMs,
       locateCacheMax: config.locateCacheMax,
       ioTimeoutMs: config.ioTimeoutMs,

@@ -1,3 +1,4 @@
+import { type ClusterKey, clusterKey } from '@dsm/client';
 import { type GatewayConfig, parseGatewayConfig } from './config.ts';
 
 // Kept apart from worker.ts (which imports `cloudflare:sockets`) so Node tests can load it.
@@ -21,8 +22,17 @@ export interface WorkerEnv {
   DSM_ADMIN_TOKEN?: string;
   /** Secret: JSON `{"kid": "secret"}` of URL-signing keys (overrides `downloads.signingKeys`). */
   DSM_SIGNING_KEYS?: string;
+  /** Secret: the node-protocol cluster key's secret (its id is `cluster.keyId`). */
+  DSM_CLUSTER_KEY?: string;
   /** debug | info | warn (default) | error */
   DSM_LOG_LEVEL?: string;
+}
+
+/** The cluster key from the `DSM_CLUSTER_KEY` secret binding; none = the nodes are not asked to authenticate. */
+export function clusterKeyFromEnv(config: GatewayConfig, env: WorkerEnv): ClusterKey | undefined {
+  return env.DSM_CLUSTER_KEY
+    ? clusterKey(config.cluster.keyId, env.DSM_CLUSTER_KEY, 'DSM_CLUSTER_KEY')
+    : undefined;
 }
 
 /** The gateway config from the Worker's bindings; throws an Error naming the bad key. */

@@ -1,7 +1,7 @@
 // The Cloudflare Worker entry (wrangler.toml `main`): the same Hono app as the Node entry, with a
 // DsmClient over `cloudflare:sockets`. Runtime-neutral modules only (no node:, no prom-client).
 import { DsmClient } from '@dsm/client';
-import { workersTransport } from '@dsm/client/workers';
+import { workersTlsTransport, workersTransport } from '@dsm/client/workers';
 import { ErrorCode } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
 import { parseAddress } from '@dsm/packets';
@@ -11,7 +11,7 @@ import type { GatewayConfig } from './config.ts';
 import type { GatewayLog, StatCache } from './core.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { HttpError, problemResponse, toProblem } from './problem.ts';
-import { configFromEnv, type WorkerEnv } from './worker-config.ts';
+import { clusterKeyFromEnv, configFromEnv, type WorkerEnv } from './worker-config.ts';
 
 /** The subset of the Workers ExecutionContext used here. */
 export interface WorkerContext {
@@ -96,7 +96,9 @@ function build(env: WorkerEnv) {
   const { config } = iso;
   const client = new DsmClient({
     trackers: config.trackers.map(parseAddress),
-    transport: workersTransport,
+    // cloudflare:sockets `secureTransport: 'on'` when the nodes listen with TLS
+    transport: config.cluster.tls === 'on' ? workersTlsTransport : workersTransport,
+    auth: clusterKeyFromEnv(config, env),
     locateCacheMs: config.locateCacheMs,
     locateCacheMax: config.locateCacheMax,
     ioTimeoutMs: config.ioTimeoutMs,

@@ -79,6 +79,17 @@ describe('config', () => {
     expect(() => parseConfig(configSchema, { maxKeyLength: 65 })).toThrow(/maxKeyLength/);
   });
 
+  it('refuses to start on 0.0.0.0 without auth unless auth.allowUnauthenticated', async () => {
+    const servers = new ServerSet();
+    const open = { listen: '0.0.0.0:0', hostname: TEST_HOSTNAME, database: 'sqlite::memory:' };
+    await expect(servers.start(configSchema.parse(open))).rejects.toThrow(
+      /config key "auth.required": the node listens on 0.0.0.0, which is not loopback, without authentication/,
+    );
+    const s = await servers.start(configSchema.parse({ ...open, auth: { allowUnauthenticated: true } }));
+    expect(s.port).toBeGreaterThan(0);
+    await servers.stopAll();
+  });
+
   it('resolves relative SQLite paths against the config folder', () => {
     expect(resolveDatabaseUrl('sqlite:./.dsm/id.db', '/etc/dsm')).toBe('sqlite:/etc/dsm/.dsm/id.db');
     expect(resolveDatabaseUrl('sqlite:/abs/id.db', '/etc/dsm')).toBe('sqlite:/abs/id.db');
