@@ -4,7 +4,7 @@ import type { KvStore } from '@dsm/kv';
 import type { FileIds, FileStat } from '@dsm/packets';
 import { TokenVerifier } from './auth.ts';
 import type { DownloadPolicy, GatewayConfig } from './config.ts';
-import { notFound } from './problem.ts';
+import { badRequest } from './problem.ts';
 import { Uploader } from './uploads.ts';
 
 /** The subset of a pino logger the gateway uses (pino fits; the Worker entry passes its own). */
@@ -69,12 +69,15 @@ export class GatewayCore {
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
   }
 
-  /** A public id from a URL, as ids; a string that is not one is "not found" for the client. */
+  /**
+   * A public id from a URL, as ids. A string that is not a well-formed id (bounded fields,
+   * canonical base64url) is a 400 problem; a well-formed id of no file is the storage's 404.
+   */
   parseId(publicId: string): FileIds {
     try {
       return decodePublicId(publicId);
     } catch {
-      throw notFound(`no file with id "${publicId.slice(0, 80)}"`);
+      throw badRequest('not a dsm file id');
     }
   }
 

@@ -387,12 +387,16 @@ describe('refusals leave nothing behind', () => {
     expect(await settledFiles()).toEqual(before);
   });
 
-  it('answers an unknown or malformed id with a 404 problem', async () => {
+  it('answers an unknown id with a 404 problem and a malformed one with a 400 problem', async () => {
     const unknown = 'AQd0bnZpZGVvBnRudjAwMSQ2YjA2ZGRmMjA2MzA5YWY0ZTQwNTVjZDRiZjgwNTYwMDAxOTA';
-    for (const id of [unknown, 'not-an-id', 'x']) {
+    for (const [id, status, code] of [
+      [unknown, 404, 'DSM_ERR_NOT_FOUND'],
+      ['not-an-id', 400, 'DSM_ERR_BAD_INPUT'],
+      ['x', 400, 'DSM_ERR_BAD_INPUT'],
+    ] as const) {
       const r = await curl(['-i', `${gw.url}/files/${id}`]);
       const h = parseHead(String(r.stdout));
-      expect(h.status).toBe(404);
+      expect(h.status).toBe(status);
       expect(h.headers['content-type']).toBe('application/problem+json');
       expect(
         JSON.parse(
@@ -400,9 +404,7 @@ describe('refusals leave nothing behind', () => {
             .split(/\r?\n\r?\n/)
             .pop() as string,
         ),
-      ).toMatchObject({
-        code: 'DSM_ERR_NOT_FOUND',
-      });
+      ).toMatchObject({ code });
     }
     await expectProblem(await fetch(`${gw.url}/nothing/here`), 404, 'DSM_ERR_NO_ROUTE');
   });

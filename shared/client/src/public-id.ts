@@ -1,5 +1,5 @@
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import { APPID_WIDTH, decodeUtf8, encodeUtf8, FILEID_WIDTH, USERID_WIDTH } from '@dsm/packets';
+import { APPID_WIDTH, encodeUtf8, FILEID_WIDTH, USERID_WIDTH } from '@dsm/packets';
 
 /**
  * The public id of a file: what `dsm upload` prints and what the gateway puts in URLs. It is
@@ -37,19 +37,35 @@ export function encodePublicId(p: PublicIdParts): string {
   return toBase64Url(b);
 }
 
+/** Longest public id: 4 length/version bytes + the widest fields, in base64url. */
+const MAX_ID_CHARS = Math.ceil(((4 + (APPID_WIDTH - 1) + (USERID_WIDTH - 1) + (FILEID_WIDTH - 1)) * 8) / 6);
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * Decodes a public id from untrusted input (a URL). Every field is bounded by the protocol's
+ * widths (app 1..15, user ≤ 255, file 1..127 bytes), strict UTF-8 without NULs, and the text
+ * must be the canonical encoding (one id per file: no padding bits, no aliases). Anything else
+ * is a BAD_INPUT DsmError, never another exception.
+ */
 export function decodePublicId(id: string): PublicIdParts {
-  const bad = () => new DsmError(ErrorCode.BAD_INPUT, `not a dsm file id: "${id.slice(0, 80)}"`);
-  if (!/^[A-Za-z0-9_-]+$/.test(id) || id.length > 700) throw bad();
+  const bad = () => new DsmError(ErrorCode.BAD_INPUT, 'not a dsm file id');
+  if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_CHARS || !/^[A-Za-z0-9_-]+$/.test(id))
+    throw bad();
   const b = fromBase64Url(id);
-  if (b.length < 4 || b[0] !== VERSION) throw bad();
+  if (b.length < 4 || b[0] !== VERSION || toBase64Url(b) !== id) throw bad();
   let o = 1;
   const parts: string[] = [];
+  const widths = [APPID_WIDTH, USERID_WIDTH, FILEID_WIDTH];
   for (let i = 0; i < 3; i++) {
     const n = b[o++];
-    if (n === undefined || o + n > b.length) throw bad();
+    if (n === undefined || n >= (widths[i] as number) || o + n > b.length) throw bad();
     const s = b.subarray(o, o + n);
     if (s.includes(0)) throw bad();
-    parts.push(decodeUtf8(s));
+    try {
+      parts.push(strictUtf8.decode(s));
+    } catch {
+      throw bad();
+    }
     o += n;
   }
   if (o !== b.length) throw bad();
