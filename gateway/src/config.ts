@@ -277,6 +277,11 @@ export const configSchema = z
     trackers: z.array(trackerAddress).min(1).default(['127.0.0.1:21000']),
     /** Upload state, locks and counters: `memory:` or `redis://host:port/db?prefix=p`. */
     cache: z.string().default('memory:'),
+    /**
+     * Most keys of the in-process store (`cache: memory:` and the Worker): a tus creation past it
+     * is refused (503) instead of growing the heap. About 3 keys per upload in progress.
+     */
+    memoryCacheMaxKeys: z.number().int().min(100).max(10_000_000).default(50_000),
     /** Largest file accepted (REST and tus). */
     maxUploadBytes: z
       .number()

@@ -11,7 +11,8 @@ import { MemoryKvStore } from '@dsm/kv/memory';
  * reached over the network.
  */
 export class IsolateKvStore extends MemoryKvStore {
-  constructor() {
-    super({ sweepIntervalMs: 0 });
+  /** `maxKeys`: the gateway's `memoryCacheMaxKeys` (new keys past it are refused: 503). */
+  constructor(maxKeys?: number) {
+    super({ sweepIntervalMs: 0, maxKeys });
   }
 }

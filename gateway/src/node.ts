@@ -40,7 +40,7 @@ export async function startGateway(
   opts: StartGatewayOptions = {},
 ): Promise<RunningGateway> {
   const log = opts.log ?? createLogger('gateway');
-  const kv = opts.kv ?? createKvStore(config.cache);
+  const kv = opts.kv ?? createKvStore(config.cache, { memoryMaxKeys: config.memoryCacheMaxKeys });
   const client =
     opts.client ??
     new DsmClient({

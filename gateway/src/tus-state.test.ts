@@ -134,6 +134,34 @@ describe('tus state', () => {
     expect(h.headers.get('upload-offset')).toBe('2000');
   });
 
+  it('prototype names in tus headers are plain names: metadata keys are kept, checksum names are 400', async () => {
+    const b64 = (x: string) => Buffer.from(x).toString('base64');
+    const r = await fetch(`${g.url}/tus/`, {
+      method: 'POST',
+      headers: {
+        ...TUS,
+        'Upload-Length': '10',
+        'Upload-Metadata': `constructor ${b64('c')},__proto__ ${b64('p')},toString,filename ${b64('a.mp4')}`,
+      },
+    });
+    expect(r.status).toBe(201);
+    const url = r.headers.get('location') as string;
+    for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+      const p = await fetch(url, {
+        method: 'PATCH',
+        headers: {
+          ...TUS,
+          'Upload-Offset': '0',
+          'Content-Type': 'application/offset+octet-stream',
+          'Upload-Checksum': `${name} AAAA`,
+        },
+        body: 'x',
+      });
+      expect(p.status, name).toBe(400);
+      expect(p.headers.get('content-type')).toBe('application/problem+json');
+    }
+  });
+
   it('every key written for an upload has a TTL (state, index, lock)', async () => {
     const url = await create(3000);
     expect((await patch(url, 0, patternBytes(1000))).status).toBe(204);

@@ -63,15 +63,21 @@ const K = {
   sweep: 'gw:tus:sweep',
 };
 
-const ALGORITHMS: Record<string, string> = { sha1: 'SHA-1', sha256: 'SHA-256', sha512: 'SHA-512' };
+// Maps: names from headers never walk Object.prototype (`Upload-Checksum: constructor …`).
+const ALGORITHMS = new Map([
+  ['sha1', 'SHA-1'],
+  ['sha256', 'SHA-256'],
+  ['sha512', 'SHA-512'],
+]);
 
 /** `key base64,key2 base64,key3` → map (a key alone has no value). */
 export function parseMetadata(header: string | undefined): Record<string, string | undefined> {
-  const out: Record<string, string | undefined> = {};
+  // no prototype: keys like "__proto__" or "constructor" are plain keys
+  const out: Record<string, string | undefined> = Object.create(null);
   if (!header) return out;
   for (const pair of header.split(',')) {
     const [key, value, extra] = pair.trim().split(/\s+/);
-    if (!key || extra !== undefined || !/^[\x21-\x7e]+$/.test(key) || key in out) {
+    if (!key || extra !== undefined || !/^[\x21-\x7e]+$/.test(key) || Object.hasOwn(out, key)) {
       throw badRequest('malformed Upload-Metadata');
     }
     if (value === undefined) {
@@ -473,7 +479,7 @@ export class TusService {
   #checksum(h: string | undefined): { algorithm: string; digest: Uint8Array } | undefined {
     if (h === undefined) return undefined;
     const [name, value] = h.trim().split(/\s+/);
-    const algorithm = ALGORITHMS[(name ?? '').toLowerCase()];
+    const algorithm = ALGORITHMS.get((name ?? '').toLowerCase());
     if (!algorithm || !value) throw badRequest(`unsupported Upload-Checksum (use one of ${TUS_CHECKSUMS})`);
     try {
       return { algorithm, digest: fromBase64(value) };

@@ -78,7 +78,7 @@ function isolateFor(env: WorkerEnv): Isolate {
     key,
     config,
     // kept across a config change: uploads in progress stay resumable
-    kv: isolate?.kv ?? new IsolateKvStore(),
+    kv: isolate?.kv ?? new IsolateKvStore(config.memoryCacheMaxKeys),
     log: consoleLog(env.DSM_LOG_LEVEL),
     statCache: new LruMap(config.statCacheMax),
     verifier: new TokenVerifier(config.auth),

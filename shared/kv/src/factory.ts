@@ -6,6 +6,8 @@ import { RedisKvStore, type RedisKvStoreOptions } from './redis.ts';
 export interface CreateKvStoreOptions extends RedisKvStoreOptions {
   /** Key prefix (Redis only; every key is stored as `<prefix><key>`). */
   prefix?: string;
+  /** Most live keys of an in-process store (memory: only; see MemoryKvStoreOptions). */
+  memoryMaxKeys?: number;
 }
 
 /**
@@ -14,9 +16,9 @@ export interface CreateKvStoreOptions extends RedisKvStoreOptions {
  */
 export function createKvStore(url: string | undefined, opts: CreateKvStoreOptions = {}): KvStore {
   const u = url?.trim() ?? '';
-  if (u === '' || u === 'memory:') return new MemoryKvStore();
+  if (u === '' || u === 'memory:') return new MemoryKvStore({ maxKeys: opts.memoryMaxKeys });
   if (/^rediss?:\/\//i.test(u)) {
-    const { prefix, ...redisOpts } = opts;
+    const { prefix, memoryMaxKeys: _unused, ...redisOpts } = opts;
     // `?prefix=…` in the URL namespaces the keys (several clusters sharing one Redis).
     const parsed = new URL(u);
     const urlPrefix = parsed.searchParams.get('prefix');

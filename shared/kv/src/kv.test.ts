@@ -223,3 +223,30 @@ describe('createKvStore URL', () => {
     }
   });
 });
+
+describe('MemoryKvStore specifics', () => {
+  it('with maxKeys, keeps its size at the bound: new keys past it are refused, existing ones still change', async () => {
+    const kv = new MemoryKvStore({ maxKeys: 50, sweepIntervalMs: 0 });
+    let refused = 0;
+    for (let i = 0; i < 200; i++) {
+      await kv.set(`k${i}`, 'v', 60_000).catch((e: unknown) => {
+        expect(e).toMatchObject({ code: ErrorCode.CACHE_UNAVAILABLE });
+        refused++;
+      });
+    }
+    expect(refused).toBe(150);
+    expect(kv.size).toBe(50);
+    await expect(kv.setIfAbsent('new', 'v', 1000)).rejects.toMatchObject({
+      code: ErrorCode.CACHE_UNAVAILABLE,
+    });
+    await expect(kv.incrBy('counter', 1)).rejects.toMatchObject({ code: ErrorCode.CACHE_UNAVAILABLE });
+    await kv.set('k0', 'changed');
+    expect(await kv.get('k0')).toBe('changed');
+    // expired keys make room
+    await kv.set('k1', 'short', 1);
+    await new Promise((r) => setTimeout(r, 5));
+    await kv.set('fresh', 'v');
+    expect(kv.size).toBe(50);
+    await kv.close();
+  });
+});

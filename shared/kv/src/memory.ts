@@ -14,6 +14,12 @@ export interface MemoryKvStoreOptions {
    * Expiry is also checked on every read.
    */
   sweepIntervalMs?: number;
+  /**
+   * Most live keys (default: no bound). A write of a new key past it is refused with
+   * CACHE_UNAVAILABLE (after expired keys are dropped): refusing is safe for every user of the
+   * store (a lock or an upload state evicted by an LRU would be lost silently).
+   */
+  maxKeys?: number;
 }
 
 /**
@@ -23,6 +29,7 @@ export interface MemoryKvStoreOptions {
 export class MemoryKvStore implements KvStore {
   readonly #map = new Map<string, Entry>();
   readonly #timer: ReturnType<typeof setInterval> | undefined;
+  readonly #maxKeys: number;
   #writes = 0;
   #closed = false;
 
@@ -30,6 +37,7 @@ export class MemoryKvStore implements KvStore {
 
   constructor(opts: MemoryKvStoreOptions = {}) {
     const every = opts.sweepIntervalMs ?? 1000;
+    this.#maxKeys = opts.maxKeys ?? Number.POSITIVE_INFINITY;
     if (every > 0) {
       this.#timer = setInterval(() => this.#sweep(), every);
       (this.#timer as { unref?: () => void }).unref?.();
@@ -55,6 +63,15 @@ export class MemoryKvStore implements KvStore {
     if (this.#closed) throw new DsmError(ErrorCode.CACHE_UNAVAILABLE, 'memory KV store is closed');
   }
 
+  /** Room for `key`: an existing key always has it; a new one only below `maxKeys`. */
+  #admit(key: string): void {
+    if (this.#map.size < this.#maxKeys || this.#map.has(key)) return;
+    this.#sweep();
+    if (this.#map.size >= this.#maxKeys) {
+      throw new DsmError(ErrorCode.CACHE_UNAVAILABLE, `memory KV store is full (${this.#maxKeys} keys)`);
+    }
+  }
+
   #live(key: string): Entry | undefined {
     const e = this.#map.get(key);
     if (e && e.expiresAt <= Date.now()) {
@@ -72,6 +89,7 @@ export class MemoryKvStore implements KvStore {
   async set(key: string, value: string, ttlMs?: number): Promise<void> {
     this.#check();
     const expiresAt = ttlMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + ttlToMs(ttlMs);
+    this.#admit(key);
     this.#map.set(key, { value: String(value), expiresAt });
     this.#wrote();
   }
@@ -80,6 +98,7 @@ export class MemoryKvStore implements KvStore {
     this.#check();
     const ms = ttlToMs(ttlMs);
     if (this.#live(key)) return false;
+    this.#admit(key);
     this.#map.set(key, { value: String(value), expiresAt: Date.now() + ms });
     this.#wrote();
     return true;
@@ -119,7 +138,10 @@ export class MemoryKvStore implements KvStore {
     if (!Number.isSafeInteger(next))
       throw new DsmError(ErrorCode.BAD_INPUT, `incrBy ${key}: result out of range`);
     if (e) e.value = String(next);
-    else this.#map.set(key, { value: String(next), expiresAt: Number.POSITIVE_INFINITY });
+    else {
+      this.#admit(key);
+      this.#map.set(key, { value: String(next), expiresAt: Number.POSITIVE_INFINITY });
+    }
     this.#wrote();
     return next;
   }
