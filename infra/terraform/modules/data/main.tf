@@ -15,7 +15,8 @@ locals {
   hosts_ok    = local.on_vm ? (local.section != null && try(jsonencode(local.section.hosts) == jsonencode(var.hosts), false)) : local.section == null
   secrets_ok  = local.manifest != null && try(alltrue([for s in local.manifest.secrets : contains(keys(var.secrets), s)]), false)
 
-  user_data = local.manifest == null ? {} : {
+  # a missing secret leaves user_data empty, so the precondition (not templatefile) names it
+  user_data = local.manifest == null || !local.secrets_ok ? {} : {
     for name in keys(var.hosts) : name => templatefile("${var.rendered_dir}/${name}/user-data.yaml.tftpl", var.secrets)
   }
 }

@@ -14,7 +14,8 @@ locals {
   hosts_ok    = local.section != null && try(jsonencode(local.section.hosts) == jsonencode(var.hosts) && local.section.port == var.port, false)
   secrets_ok  = local.manifest != null && try(alltrue([for s in local.manifest.secrets : contains(keys(var.secrets), s)]), false)
 
-  user_data = local.manifest == null ? {} : {
+  # a missing secret leaves user_data empty, so the precondition (not templatefile) names it
+  user_data = local.manifest == null || !local.secrets_ok ? {} : {
     for name in keys(var.hosts) : name => templatefile("${var.rendered_dir}/${name}/user-data.yaml.tftpl", var.secrets)
   }
 }

@@ -18,7 +18,8 @@ locals {
   vip_address = split("/", var.vip)[0]
 
   # templatefile only fills in the secrets: everything else was rendered by @dsm/ha's renderers
-  user_data = local.manifest == null ? {} : {
+  # a missing secret leaves user_data empty, so the precondition (not templatefile) names it
+  user_data = local.manifest == null || !local.secrets_ok ? {} : {
     for name in keys(var.hosts) : name => templatefile("${var.rendered_dir}/${name}/user-data.yaml.tftpl", var.secrets)
   }
 }

@@ -17,7 +17,8 @@ locals {
 
   # templatefile only fills in the secrets: the gluster steps and the mount were rendered by
   # @dsm/ha's glusterGroupSteps
-  user_data = local.manifest == null ? {} : {
+  # a missing secret leaves user_data empty, so the precondition (not templatefile) names it
+  user_data = local.manifest == null || !local.secrets_ok ? {} : {
     for name in keys(var.hosts) : name => templatefile("${var.rendered_dir}/${name}/user-data.yaml.tftpl", var.secrets)
   }
 }
