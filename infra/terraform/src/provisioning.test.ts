@@ -127,6 +127,39 @@ describe.each(ENVS)('environment %s', (env) => {
     expect(JSON.parse(r.files.get('manifest.json')!)).toEqual(r.manifest);
   });
 
+  it('node-protocol auth is on: every node requires the cluster key provisioning writes, gateways prove it (the local lab alone opts out)', () => {
+    let nodes = 0;
+    for (const [host, h] of r.hosts) {
+      const doc = userDataOf(env, host).doc;
+      const key = doc.write_files.find((f) => f.path === '/etc/dsm/cluster.key');
+      const configFile = h.files.find((f) => f.path in SCHEMA_OF && f.path !== '/etc/dsm/gateway.json');
+      if (configFile) {
+        nodes++;
+        const c = JSON.parse(configFile.content) as {
+          auth: { required?: boolean; allowUnauthenticated?: boolean; keys?: { secretFile?: string }[] };
+        };
+        if (env === 'local') {
+          // the HA lab's closed namespace network, byte for byte what the lab starts
+          expect(c.auth, host).toEqual({ allowUnauthenticated: true });
+          expect(key, host).toBeUndefined();
+          continue;
+        }
+        expect(c.auth.required, host).toBe(true);
+        expect(c.auth.keys?.[0]?.secretFile, host).toBe('/etc/dsm/cluster.key');
+      }
+      if (h.role === 'gateway') {
+        const g = JSON.parse(h.files.find((f) => f.path === '/etc/dsm/gateway.json')!.content);
+        expect(g.cluster, host).toEqual({ keyId: 'main', keyFile: '/etc/dsm/cluster.key' });
+      }
+      if (configFile || h.role === 'gateway') {
+        expect(key?.permissions, `${host}: the key file, not world-readable`).toBe('0640');
+        expect(key?.content, host).toBe(`${fillSecrets('{{secret:cluster_key}}')}\n`);
+      }
+    }
+    expect(nodes).toBeGreaterThanOrEqual(7);
+    if (env !== 'local') expect(r.manifest.secrets).toContain('cluster_key');
+  });
+
   it('user data after templatefile: #cloud-config, valid YAML, exactly the rendered files, under 32 KiB', () => {
     for (const [host, h] of r.hosts) {
       const { text, doc } = userDataOf(env, host);

@@ -180,6 +180,33 @@ function nodeConfig(role: NodeRole, derived: Record<string, unknown>, extra: Rec
   return out;
 }
 
+/**
+ * Node-protocol auth in every environment: each tracker, id server and storage gets
+ * `auth.required` with the cluster key from CLUSTER_KEY_FILE, which provisioning writes from the
+ * `cluster_key` secret (at least 32 characters); the gateways authenticate with the same key.
+ * A node config of dsm.json may set `auth` itself (a second key during a rotation), but not
+ * turn it off, except with `auth.allowUnauthenticated` (the local lab's closed network).
+ */
+export const CLUSTER_KEY_FILE = '/etc/dsm/cluster.key';
+export const CLUSTER_KEY_ID = 'main';
+export const CLUSTER_KEY_SECRET = 'cluster_key';
+
+function withNodeAuth(role: NodeRole, extra: Record<string, unknown>): Record<string, unknown> {
+  const auth = extra.auth as { required?: unknown; allowUnauthenticated?: unknown } | undefined;
+  if (!auth) {
+    return {
+      ...extra,
+      auth: { required: true, keys: [{ id: CLUSTER_KEY_ID, secretFile: CLUSTER_KEY_FILE }] },
+    };
+  }
+  if (auth.required !== true && auth.allowUnauthenticated !== true) {
+    throw new Error(
+      `${role} config: "auth.required" must be true in a rendered environment (or auth.allowUnauthenticated true on a closed lab network)`,
+    );
+  }
+  return extra;
+}
+
 export function nodeConfigFor(
   spec: EnvSpec,
   host: string,
@@ -194,7 +221,11 @@ export function nodeConfigFor(
       const p = h.role === 'tracker' ? t : i;
       return {
         role: h.role,
-        config: nodeConfig(h.role, { listen: `${p.listenHost}:${p.port}`, hostname: h.name }, p.config),
+        config: nodeConfig(
+          h.role,
+          { listen: `${p.listenHost}:${p.port}`, hostname: h.name },
+          withNodeAuth(h.role, p.config),
+        ),
       };
     }
     case 'storage': {
@@ -213,7 +244,7 @@ export function nodeConfigFor(
             idServers: [`${vipAddress(i.vip)}:${i.port}`],
             glusterVolume: volume,
           },
-          g.config,
+          withNodeAuth('storage', g.config),
         ),
       };
     }
@@ -222,7 +253,10 @@ export function nodeConfigFor(
       const config = nodeConfig(
         'gateway',
         { listen: `0.0.0.0:${gw.port}`, trackers: [`${vipAddress(t.vip)}:${t.port}`] },
-        gw.config,
+        // the nodes require the cluster key: the gateway proves it on every connection
+        'cluster' in gw.config
+          ? gw.config
+          : { ...gw.config, cluster: { keyId: CLUSTER_KEY_ID, keyFile: CLUSTER_KEY_FILE } },
       );
       checkGatewayAuth(config);
       return { role: 'gateway', config };
@@ -447,12 +481,14 @@ WantedBy=multi-user.target
  * Provisioning lines that create the `dsm` system user and its folders, and let it read its
  * config (root-owned, group dsm, 0640): before any dsm unit starts.
  */
-function dsmUserSteps(role: NodeRole): string[] {
+function dsmUserSteps(role: NodeRole, keyFile = false): string[] {
+  const key = keyFile ? [`chgrp ${DSM_USER} ${CLUSTER_KEY_FILE}`] : [];
   return [
     `getent group ${DSM_USER} >/dev/null || groupadd --system ${DSM_USER}`,
     `id -u ${DSM_USER} >/dev/null 2>&1 || useradd --system --gid ${DSM_USER} --home-dir /var/lib/dsm --no-create-home --shell /usr/sbin/nologin ${DSM_USER}`,
     `install -d -o ${DSM_USER} -g ${DSM_USER} -m 0750 ${DSM_STATE_DIRS.join(' ')}`,
     `chgrp ${DSM_USER} /etc/dsm /etc/dsm/${role}.json`,
+    ...key,
     'chmod 0750 /etc/dsm',
   ];
 }
@@ -512,6 +548,12 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
   const steps: string[] = [installScript(spec)];
   const file = (path: string, content: string, mode = '0644') => files.push({ path, mode, content });
   const sbin = (name: string, content: string) => file(`/usr/local/sbin/${name}`, content, '0755');
+  // the cluster key, when this host's node config reads it (group dsm, like the config)
+  const keyFile = (config: Record<string, unknown>): boolean => {
+    const uses = JSON.stringify(config).includes(JSON.stringify(CLUSTER_KEY_FILE));
+    if (uses) file(CLUSTER_KEY_FILE, `{{secret:${CLUSTER_KEY_SECRET}}}\n`, '0640');
+    return uses;
+  };
 
   if (h.role === 'tracker' || h.role === 'id') {
     const p = h.role === 'tracker' ? spec.trackers : spec.idServers;
@@ -519,9 +561,10 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
     const conf = vipPairConfs(spec, h.role).find((c) => c.name === h.name)!.conf;
     packages.push('keepalived');
     file(`/etc/dsm/${h.role}.json`, configText(config), '0640');
+    const withKey = keyFile(config);
     file('/etc/keepalived/keepalived.conf', conf, '0640');
     file(`/etc/systemd/system/dsm-${h.role}.service`, unit(h.role, rt));
-    steps.push(...dsmUserSteps(h.role));
+    steps.push(...dsmUserSteps(h.role, withKey));
     if (p.trackFileDir) {
       // the track file's folder must exist before keepalived starts, also after a reboot (/run)
       file('/etc/tmpfiles.d/dsm.conf', `d ${p.trackFileDir} 0755 root root -\n`);
@@ -551,6 +594,7 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
     const brick = fill(g.brickPath, { host: h.name, volume: group });
     packages.push('glusterfs-server', 'xfsprogs');
     file('/etc/dsm/storage.json', configText(config), '0640');
+    const withKey = keyFile(config);
     sbin('dsm-prepare-brick', brickScript(g, brick));
     sbin('dsm-mount-group', mountScript(mountFor(spec, group, h.name)));
     if (first) sbin('dsm-gluster-steps', glusterStepsScript(groupSteps(spec, group), group, 3));
@@ -566,7 +610,7 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
       ),
     );
     steps.push(
-      ...dsmUserSteps('storage'),
+      ...dsmUserSteps('storage', withKey),
       '/usr/local/sbin/dsm-prepare-brick',
       'systemctl enable --now glusterd.service',
       ...(first ? ['/usr/local/sbin/dsm-gluster-steps'] : []),
@@ -579,9 +623,10 @@ export function renderHost(spec: EnvSpec, h: HostInfo): RenderedHost {
   } else if (h.role === 'gateway') {
     const { config } = nodeConfigFor(spec, h.name);
     file('/etc/dsm/gateway.json', configText(config), '0640');
+    const withKey = keyFile(config);
     file('/etc/systemd/system/dsm-gateway.service', unit('gateway', rt));
     steps.push(
-      ...dsmUserSteps('gateway'),
+      ...dsmUserSteps('gateway', withKey),
       'systemctl daemon-reload',
       'systemctl enable --now dsm-gateway.service',
     );

@@ -311,9 +311,9 @@ export class Lab {
         database: `sqlite:${join(STATE, 'storage.db')}`,
         beatIntervalMs: BEAT_MS,
         metaCacheTtlMs: 0,
-        auth: { allowUnauthenticated: true },
         glusterVolume: VOLUME,
         healCheckIntervalMs: 1000,
+        auth: { allowUnauthenticated: true },
       },
     };
   }

@@ -1,5 +1,5 @@
 variable "secrets" {
-  description = "Values of the `{{secret:NAME}}` marks in dsm.json (dev: mysql_password, gateway_hs256_k1 — the gateway's HS256 token key, at least 32 characters). Letters, digits and . _ ~ - only, 16-128 characters (they go into URLs, JSON and YAML unescaped)."
+  description = "Values of the `{{secret:NAME}}` marks in dsm.json (dev: mysql_password, cluster_key — the node-protocol key every node and gateway proves, written to /etc/dsm/cluster.key, at least 32 characters — and gateway_hs256_k1 — the gateway's HS256 token key, at least 32 characters). Letters, digits and . _ ~ - only, 16-128 characters (they go into URLs, JSON and YAML unescaped)."
   type        = map(string)
   sensitive   = true
 

@@ -5,7 +5,7 @@ variable "hcloud_token" {
 }
 
 variable "secrets" {
-  description = "Values of the `{{secret:NAME}}` marks in dsm.json: mysql_password, join_secret, gateway_hs256_k1 (the gateway's HS256 token key k1, at least 32 characters; add gateway_hs256_k2 when rotating) and hcloud_vip_token (an API token the pair hosts use to move their VIP). Letters, digits and . _ ~ - only, 16-128 characters."
+  description = "Values of the `{{secret:NAME}}` marks in dsm.json: mysql_password, join_secret, cluster_key (the node-protocol key every node and gateway proves, written to /etc/dsm/cluster.key; at least 32 characters), gateway_hs256_k1 (the gateway's HS256 token key k1, at least 32 characters; add gateway_hs256_k2 when rotating) and hcloud_vip_token (an API token the pair hosts use to move their VIP). Letters, digits and . _ ~ - only, 16-128 characters."
   type        = map(string)
   sensitive   = true
 
