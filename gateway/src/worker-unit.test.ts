@@ -4,7 +4,7 @@ import { Duplex } from 'node:stream';
 import type { CfConnect } from '@dsm/client/workers';
 import { describe, expect, it, vi } from 'vitest';
 import { IsolateKvStore } from './isolate-kv.ts';
-import { configFromEnv } from './worker-config.ts';
+import { clusterKeyFromEnv, configFromEnv } from './worker-config.ts';
 
 // The `cloudflare:sockets` module exists only in workerd; the adapter is tested here over a
 // Node socket with the same shape (the Miniflare tests run it for real).
@@ -81,6 +81,78 @@ describe('socketsTransport (the cloudflare:sockets Transport)', () => {
       close: async () => {},
     }));
     await expect(never.connect('192.0.2.1', 1, { timeoutMs: 50 })).rejects.toThrow(/timed out after 50 ms/);
+  });
+});
+
+describe('the Worker transport with secureTransport "on" and a cluster key (DSM_CLUSTER_KEY)', () => {
+  it('passes secureTransport "on" to connect() and talks TLS through it; the key comes from the binding', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const tls = await import('node:tls');
+    const dir = mkdtempSync(join(tmpdir(), 'dsm-wtls-'));
+    try {
+      execFileSync(
+        'openssl',
+        ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=n'].concat([
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+          '-keyout',
+          join(dir, 'k.pem'),
+          '-out',
+          join(dir, 'c.pem'),
+        ]),
+        { stdio: 'ignore' },
+      );
+      const ca = readFileSync(join(dir, 'c.pem'));
+      // a TLS echo server stands in for a node listener with tls.certFile
+      const server = tls.createServer({ cert: ca, key: readFileSync(join(dir, 'k.pem')) }, (c) => c.pipe(c));
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      const port = (server.address() as AddressInfo).port;
+      const modes: unknown[] = [];
+      // cloudflare:sockets' shape over node:tls, TLS only when asked for
+      const tlsCfConnect: CfConnect = ({ hostname, port: p }, options) => {
+        modes.push(options?.secureTransport);
+        const on = options?.secureTransport === 'on';
+        const s = on ? tls.connect({ host: hostname, port: p, ca }) : connect(p, hostname);
+        const web = Duplex.toWeb(s) as {
+          readable: ReadableStream<Uint8Array>;
+          writable: WritableStream<Uint8Array>;
+        };
+        return {
+          readable: web.readable,
+          writable: web.writable,
+          opened: new Promise((resolve, reject) =>
+            s.once(on ? 'secureConnect' : 'connect', resolve).once('error', reject),
+          ),
+          closed: new Promise((resolve) => s.once('close', () => resolve())),
+          close: async () => {
+            s.destroy();
+          },
+        };
+      };
+      const config = configFromEnv({
+        DSM_GATEWAY: {
+          auth: { mode: 'none', allowAnonymousUploads: true },
+          cluster: { tls: 'on', keyId: 'k7' },
+        },
+      });
+      const key = clusterKeyFromEnv(config, { DSM_CLUSTER_KEY: 'w'.repeat(40) });
+      expect([key?.id, key?.secret.length]).toEqual(['k7', 40]);
+      expect(clusterKeyFromEnv(config, {})).toBeUndefined();
+      expect(() => clusterKeyFromEnv(config, { DSM_CLUSTER_KEY: 'short' })).toThrow(/at least 32/);
+      const t = socketsTransport(tlsCfConnect, { secureTransport: config.cluster.tls });
+      const sock = await t.connect('127.0.0.1', port, { timeoutMs: 2000 });
+      await sock.write(new TextEncoder().encode('over tls'));
+      expect(new TextDecoder().decode((await sock.read()) ?? new Uint8Array())).toBe('over tls');
+      sock.close();
+      expect(modes).toEqual(['on']);
+      server.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
