@@ -3,7 +3,7 @@ import { cors } from 'hono/cors';
 import { routePath } from 'hono/route';
 import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
 import { GatewayCore, type GatewayDeps } from './core.ts';
-import { EdgeLimits, releaseWhenSent } from './edge-limits.ts';
+import { releaseWhenSent } from './edge-limits.ts';
 import { deleteFile, fileMeta, serveFile, uploadFile } from './files.ts';
 import { FILE_CSP } from './mime.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
@@ -145,7 +145,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   }
 
   // Concurrency caps (config `limits`): uploads gateway-wide, streaming downloads per address.
-  const limits = new EdgeLimits(cfg.limits);
+  const limits = core.edgeLimits;
   app.use('*', async (c, next) => {
     const method = c.req.raw.method;
     const path = c.req.path;

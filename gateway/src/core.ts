@@ -4,6 +4,7 @@ import type { KvStore } from '@dsm/kv';
 import type { FileIds, FileStat } from '@dsm/packets';
 import { TokenVerifier } from './auth.ts';
 import type { DownloadPolicy, GatewayConfig } from './config.ts';
+import { EdgeLimits } from './edge-limits.ts';
 import { badRequest } from './problem.ts';
 import { Uploader } from './uploads.ts';
 
@@ -41,6 +42,8 @@ export interface GatewayDeps {
   statCache?: StatCache;
   /** Share the token verifier (and its JWKS cache) the same way. Default: one per instance. */
   verifier?: TokenVerifier;
+  /** Share the edge's concurrency counters the same way (the Worker: one per isolate). */
+  edgeLimits?: EdgeLimits;
 }
 
 const noop = () => {};
@@ -55,6 +58,7 @@ export class GatewayCore {
   readonly metrics: GatewayMetrics | undefined;
   readonly verifier: TokenVerifier;
   readonly uploader: Uploader;
+  readonly edgeLimits: EdgeLimits;
   readonly #stats: StatCache;
   readonly #inflight = new Map<string, Promise<FileStat>>();
 
@@ -66,6 +70,7 @@ export class GatewayCore {
     this.metrics = d.metrics;
     this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
+    this.edgeLimits = d.edgeLimits ?? new EdgeLimits(d.config.limits);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
   }
 

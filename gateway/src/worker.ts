@@ -9,6 +9,7 @@ import { createApp } from './app.ts';
 import { TokenVerifier } from './auth.ts';
 import type { GatewayConfig } from './config.ts';
 import type { GatewayLog, StatCache } from './core.ts';
+import { EdgeLimits } from './edge-limits.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { HttpError, problemResponse, toProblem } from './problem.ts';
 import { clusterKeyFromEnv, configFromEnv, type WorkerEnv } from './worker-config.ts';
@@ -31,6 +32,7 @@ interface Isolate {
   log: GatewayLog;
   statCache: StatCache;
   verifier: TokenVerifier;
+  edgeLimits: EdgeLimits;
 }
 
 let isolate: Isolate | null = null;
@@ -82,6 +84,7 @@ function isolateFor(env: WorkerEnv): Isolate {
     log: consoleLog(env.DSM_LOG_LEVEL),
     statCache: new LruMap(config.statCacheMax),
     verifier: new TokenVerifier(config.auth),
+    edgeLimits: new EdgeLimits(config.limits),
   };
   return isolate;
 }
@@ -113,6 +116,7 @@ function build(env: WorkerEnv) {
     log: iso.log,
     statCache: iso.statCache,
     verifier: iso.verifier,
+    edgeLimits: iso.edgeLimits,
   });
   return { ...built, client, iso };
 }
