@@ -235,11 +235,20 @@ describe('node-protocol auth (auth.required)', () => {
 });
 
 describe('allowFrom and start-up rules', () => {
-  it('allowFrom: a listener whose list does not contain 127.0.0.1 refuses it (even PING)', async () => {
+  it('allowFrom: a listener whose list does not contain 127.0.0.1 refuses it (PING aside, for keepalived)', async () => {
     const p = await serve(security({ allowFrom: ['10.0.0.0/8', '192.0.2.7'] }));
-    const c = await connection(p);
-    const e = await refusal(ask(c, Command.PING));
-    expect([e.errno, e.message]).toEqual([Errno.UNAUTHORIZED, '[h] Address Not Allowed: 127.0.0.1']);
+    for (const [command, body] of [
+      [Command.STORAGE_SIZE, new Uint8Array(400)],
+      [Command.STORAGE_DELETE, new Uint8Array(400)],
+      [Command.AUTH_CHALLENGE, new Uint8Array(0)],
+    ] as const) {
+      const c = await connection(p);
+      const e = await refusal(ask(c, command, body));
+      expect([e.errno, e.message]).toEqual([Errno.UNAUTHORIZED, '[h] Address Not Allowed: 127.0.0.1']);
+    }
+    const ping = await connection(p);
+    await ask(ping, Command.PING);
+    ping.close();
     const ok = await serve(security({ allowFrom: ['127.0.0.0/8'] }));
     const c2 = await connection(ok);
     await ask(c2, Command.PING);

@@ -232,7 +232,9 @@ export class ProtocolServer {
         }
         if (e.type !== 'frame' && e.type !== 'head') break; // cannot happen: data only follows head
         const header = e.header;
-        if (!addressAllowed(sec?.allow ?? null, conn.remoteAddress)) {
+        // PING stays open to everyone: keepalived checks the node from 127.0.0.1, which an
+        // allowFrom list of the cluster's network would otherwise refuse; it reveals nothing
+        if (header.command !== Command.PING && !addressAllowed(sec?.allow ?? null, conn.remoteAddress)) {
           log.info({ command: header.command }, 'address not allowed');
           await sendError(Errno.UNAUTHORIZED, `Address Not Allowed: ${conn.remoteAddress}`);
           break;
