@@ -277,9 +277,12 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     trackerBasePort: base,
     idBasePort: base + 1,
     storageBasePort: base + 2,
-    // the HTTP gateway (`dsm gateway`, default config) for the gateway section
+    // the HTTP gateway (`dsm gateway`) for the gateway section: default config but the
+    // per-client caps, since every benchmark client comes from 127.0.0.1 (64 small GETs and 50
+    // streams at once would be 429s past limits.downloadsPerClient)
     gateways: withGateway ? 1 : 0,
     gatewayBasePort: base + 4,
+    extra: { gateway: { limits: { connectionsPerClient: 1024, downloadsPerClient: 1024 } } },
     beatIntervalMs: 500,
     env,
   });
