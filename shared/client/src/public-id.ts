@@ -48,7 +48,7 @@ const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  * is a BAD_INPUT DsmError, never another exception.
  */
 export function decodePublicId(id: string): PublicIdParts {
-  const bad = () => new DsmError(ErrorCode.BAD_INPUT, 'not a dsm file id');
+  const bad = () => new DsmError(ErrorCode.BAD_INPUT, `not a dsm file id: "${String(id).slice(0, 80)}"`);
   if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_CHARS || !/^[A-Za-z0-9_-]+$/.test(id))
     throw bad();
   const b = fromBase64Url(id);
