@@ -258,6 +258,24 @@ describe('inactivity timeouts', () => {
   }, 60_000);
 });
 
+describe('request heads', () => {
+  it('closes a connection whose request head does not arrive within headersMs (slowloris)', async () => {
+    const g = await s.startGateway({ timeouts: { headersMs: 1000 } });
+    const c = raw(g, 'GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+    const dripping = setInterval(() => c.sock.write('a'), 200); // bytes keep coming, the head never ends
+    const ms = await Promise.race([c.closed, new Promise<number>((r) => setTimeout(() => r(-1), 6000))]);
+    clearInterval(dripping);
+    expect(ms).toBeGreaterThanOrEqual(900);
+    expect(ms).toBeLessThan(3000);
+    await g.close();
+  });
+
+  it('answers a request head past maxHeaderBytes with 431', async () => {
+    const r = await fetch(`${gw.url}/healthz`, { headers: { 'x-big': 'a'.repeat(20 * 1024) } });
+    expect(r.status).toBe(431);
+  });
+});
+
 describe('concurrency caps', () => {
   it('answers connections past connectionsPerClient with a 429 problem and closes them', async () => {
     const g = await s.startGateway({ limits: { connectionsPerClient: 2 } });
