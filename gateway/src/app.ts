@@ -3,7 +3,7 @@ import { cors } from 'hono/cors';
 import { routePath } from 'hono/route';
 import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
 import { GatewayCore, type GatewayDeps } from './core.ts';
-import { releaseWhenSent } from './edge-limits.ts';
+import { clientKey, releaseWhenSent } from './edge-limits.ts';
 import { deleteFile, fileMeta, serveFile, uploadFile } from './files.ts';
 import { FILE_CSP } from './mime.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
@@ -64,13 +64,13 @@ const EXPOSE_HEADERS = [
  * logger and the metrics sink are injected by the entry (node.ts for Node, worker.ts for Workers).
  */
 /**
- * The client's address: the socket's peer on Node (not a header a client could set), Cloudflare's
+ * The client's address (its /64 for IPv6, see clientKey): the socket's peer on Node (not a header a client could set), Cloudflare's
  * `CF-Connecting-IP` on Workers (set by the platform).
  */
 function clientAddress(c: Context<GatewayEnv>): string {
   const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
-  if (incoming) return incoming.socket?.remoteAddress ?? 'unknown';
-  return c.req.header('cf-connecting-ip') ?? 'unknown';
+  if (incoming) return clientKey(incoming.socket?.remoteAddress ?? 'unknown');
+  return clientKey(c.req.header('cf-connecting-ip') ?? 'unknown');
 }
 
 export function createApp(deps: GatewayDeps): GatewayApp {

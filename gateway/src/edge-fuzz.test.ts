@@ -1,6 +1,7 @@
 import { decodePublicId, encodePublicId } from '@dsm/client';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { clientKey } from './edge-limits.ts';
 import { parseRange } from './http-semantics.ts';
 import { typeForName } from './mime.ts';
 import { DEFAULT_MULTIPART_LIMITS, MultipartReader } from './multipart.ts';
@@ -226,5 +227,18 @@ describe('lookups by request strings', () => {
       expect(typeForName(`movie.${ext}`)).toBeUndefined();
     }
     expect(typeForName('movie.MP4')).toBe('video/mp4');
+  });
+});
+
+describe('client keys of the per-address caps', () => {
+  it('counts IPv4 as is (mapped too) and IPv6 by its /64', () => {
+    expect(clientKey('127.0.0.1')).toBe('127.0.0.1');
+    expect(clientKey('::ffff:10.1.2.3')).toBe('10.1.2.3');
+    expect(clientKey('2001:db8:1:2:aaaa::1')).toBe('2001:db8:1:2::/64');
+    expect(clientKey('2001:db8:1:2:bbbb:cccc:dddd:eeee')).toBe('2001:db8:1:2::/64');
+    expect(clientKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(clientKey('::1')).toBe('0:0:0:0::/64');
+    expect(clientKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    expect(clientKey('2001:0db8:0001:0002::9')).toBe('2001:db8:1:2::/64');
   });
 });

@@ -51,6 +51,29 @@ export class EdgeLimits {
   }
 }
 
+/**
+ * The key a client's per-address caps count under: an IPv4 address as is (also when IPv4-mapped,
+ * `::ffff:a.b.c.d`), an IPv6 address by its /64 (one subscriber usually holds a whole /64, so
+ * counting single addresses would give one client 2^64 shares).
+ */
+export function clientKey(address: string): string {
+  const a = address.trim().toLowerCase();
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/.exec(a);
+  if (mapped) return mapped[1] as string;
+  if (!a.includes(':')) return a;
+  const [head = '', tail] = a.split('%')[0]?.split('::') ?? [''];
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  const groups =
+    tail === undefined
+      ? left
+      : [...left, ...Array(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => (g || '0').replace(/^0+(?=.)/, ''))
+    .join(':')}::/64`;
+}
+
 const tooMany = (msg: string) =>
   new HttpError(429, GatewayErrorCode.TOO_MANY_REQUESTS, msg, { headers: { 'Retry-After': '1' } });
 

@@ -11,6 +11,7 @@ import { type ServerType, serve } from '@hono/node-server';
 import { createAdminApp } from './admin.ts';
 import { createApp, type GatewayApp } from './app.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
+import { clientKey } from './edge-limits.ts';
 import { createPromMetrics } from './metrics.ts';
 import { GatewayErrorCode } from './problem.ts';
 
@@ -218,7 +219,7 @@ class ConnectionGuard {
   attach(server: Server): void {
     const max = this.#cfg.limits.connectionsPerClient;
     server.on('connection', (socket: Socket) => {
-      const addr = socket.remoteAddress ?? 'unknown';
+      const addr = clientKey(socket.remoteAddress ?? 'unknown');
       const n = this.#perAddress.get(addr) ?? 0;
       if (n >= max) {
         this.#refused.add(socket);
