@@ -185,9 +185,11 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       ...(p.internal !== undefined ? { internal: p.internal } : {}),
       requestId: c.get('requestId'),
     };
-    // 503/507 are the cluster's state (the request line logs them), not a gateway fault
+    // 503/507 are the cluster's state, not a gateway fault; their node text (which the reply no
+    // longer carries) is logged at warn so an operator can find it by the requestId
     if (p.status >= 500 && p.status !== 503 && p.status !== 507)
       core.log.error({ ...line, err }, 'request failed');
+    else if (p.status >= 500) core.log.warn(line, 'cluster unavailable');
     else core.log.debug(line, 'refused');
     return problemResponse(p, c.req.raw.method);
   });
