@@ -6,7 +6,9 @@ import { Command } from '@dsm/packets';
  * - open: liveness and the handshake itself (keepalived's PING check has no key);
  * - read: also needs auth when `auth.reads` is on;
  * - write: everything else (uploads, deletes, resumable uploads, id get, join, beat, group
- *   list and status, which reveal the cluster's layout).
+ *   list and status, which reveal the cluster's layout, and the address list (12), which
+ *   assigns a group to a user it has not seen: a `t_router` row for ever. Reads that only look
+ *   a route up use TRACKER_LOCATE (17)).
  */
 export type CommandAccess = 'open' | 'read' | 'write';
 
@@ -15,7 +17,6 @@ const READ: ReadonlySet<number> = new Set([
   Command.STORAGE_SIZE,
   Command.STORAGE_DOWNLOAD,
   Command.STORAGE_STAT,
-  Command.TRACKER_ADDRS,
   Command.TRACKER_LOCATE,
 ]);
 

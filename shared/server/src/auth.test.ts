@@ -61,6 +61,8 @@ async function serve(sec: NodeSecurity): Promise<number> {
       [Command.STORAGE_SIZE]: async (ctx) => ctx.reply(new Uint8Array(8)),
       [Command.STORAGE_DELETE]: async (ctx) => ctx.reply(),
       [Command.TRACKER_STATUS]: async (ctx) => ctx.reply(),
+      [Command.TRACKER_ADDRS]: async (ctx) => ctx.reply(),
+      [Command.TRACKER_LOCATE]: async (ctx) => ctx.reply(),
       [Command.STORAGE_UPLOAD]: async (ctx) => {
         for await (const _ of ctx.stream);
         await ctx.reply(new Uint8Array(0));
@@ -105,10 +107,12 @@ describe('node-protocol auth (auth.required)', () => {
     );
   });
 
-  it('refuses writes, deletes and layout reads without auth (errno UNAUTHORIZED, connection closed); PING and reads stay open', async () => {
+  it('refuses writes, deletes, layout reads and the routing address list without auth (errno UNAUTHORIZED, connection closed); PING and reads stay open', async () => {
     for (const [command, body] of [
       [Command.STORAGE_DELETE, new Uint8Array(400)],
       [Command.TRACKER_STATUS, new Uint8Array(0)],
+      // 12 assigns a group to a user it has not seen (a t_router row): not a read
+      [Command.TRACKER_ADDRS, new Uint8Array(400)],
     ] as const) {
       const c = await connection(port);
       const e = await refusal(ask(c, command, body));
