@@ -187,7 +187,12 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     };
     // 503/507 are the cluster's state, not a gateway fault; their node text (which the reply no
     // longer carries) is logged at warn so an operator can find it by the requestId
-    if (p.status >= 500 && p.status !== 503 && p.status !== 507)
+    if (p.body.code === GatewayErrorCode.CLUSTER_AUTH)
+      core.log.error(
+        line,
+        "a node refused the gateway: check cluster.keyId/keyFile and the nodes' allowFrom",
+      );
+    else if (p.status >= 500 && p.status !== 503 && p.status !== 507)
       core.log.error({ ...line, err }, 'request failed');
     else if (p.status >= 500) core.log.warn(line, 'cluster unavailable');
     else core.log.debug(line, 'refused');

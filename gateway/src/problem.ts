@@ -20,6 +20,11 @@ export const GatewayErrorCode = {
   INTERNAL: 'DSM_ERR_INTERNAL',
   /** A concurrency cap (uploads, downloads or connections per client address): 429. */
   TOO_MANY_REQUESTS: 'DSM_ERR_TOO_MANY_REQUESTS',
+  /**
+   * A node refused the gateway's own connection (no cluster key, a wrong one, or an address
+   * outside its allowFrom): the gateway is misconfigured, the end user did nothing wrong: 503.
+   */
+  CLUSTER_AUTH: 'DSM_ERR_CLUSTER_AUTH',
 } as const;
 
 /** An error that already knows its HTTP status (thrown by the gateway's own checks). */
@@ -73,8 +78,6 @@ function statusForCode(code: string): number {
     case ErrorCode.OFFSET_MISMATCH:
     case ErrorCode.EXISTS:
       return 409;
-    case ErrorCode.UNAUTHORIZED:
-      return 401;
     case ErrorCode.UNKNOWN_APP:
     case GatewayErrorCode.FORBIDDEN:
       return 403;
@@ -118,8 +121,6 @@ function statusForErrno(errno: number): number | undefined {
     case Errno.OFFSET_MISMATCH:
     case Errno.EXISTS:
       return 409;
-    case Errno.UNAUTHORIZED:
-      return 401;
     case Errno.UNKNOWN_APP:
       return 403;
     case Errno.TOO_LARGE:
@@ -197,6 +198,15 @@ export function toProblem(err: unknown, instance?: string): Problem {
     detail = err.message;
     headers = err.headers;
     extra = err.extra;
+  } else if (
+    err instanceof DsmError &&
+    (err.code === ErrorCode.UNAUTHORIZED || err.errno === Errno.UNAUTHORIZED)
+  ) {
+    // The gateway's own 401s are HttpErrors: this one is a node refusing the gateway itself.
+    status = 503;
+    code = GatewayErrorCode.CLUSTER_AUTH;
+    internal = err.message;
+    detail = 'the gateway cannot authenticate to the storage cluster';
   } else if (err instanceof DsmError) {
     code = err.code;
     detail = err.message;

@@ -253,7 +253,8 @@ describe('problem mapping', () => {
       [Errno.RANGE, 416, 'DSM_ERR_RANGE'],
       [Errno.OFFSET_MISMATCH, 409, 'DSM_ERR_OFFSET_MISMATCH'],
       [Errno.EXISTS, 409, 'DSM_ERR_EXISTS'],
-      [Errno.UNAUTHORIZED, 401, 'DSM_ERR_UNAUTHORIZED'],
+      // a node refusing the gateway's own connection is the gateway's misconfiguration, not the user's
+      [Errno.UNAUTHORIZED, 503, 'DSM_ERR_CLUSTER_AUTH'],
       [Errno.TOO_LARGE, 413, 'DSM_ERR_TOO_LARGE'],
       [Errno.NO_STORAGE, 503, 'DSM_ERR_NO_STORAGE'],
       [Errno.DB_UNAVAILABLE, 503, 'DSM_ERR_DB_UNAVAILABLE'],

@@ -193,8 +193,11 @@ describe('node-protocol auth on a running cluster (auth.required on every node)'
       const back = Buffer.from(await (await fetch(`${gw.url}/files/${id}`)).arrayBuffer());
       expect(sha(back)).toBe(sha(body));
       const refused = await fetch(`${bare.url}/files`, { method: 'POST', body });
-      expect(refused.status).toBeGreaterThanOrEqual(400);
-      expect(await refused.text()).toMatch(/UNAUTHORIZED/);
+      // the end user did nothing wrong: a 503 naming the gateway's problem, no node text
+      expect(refused.status).toBe(503);
+      const problem = (await refused.json()) as { code: string; detail: string };
+      expect(problem.code).toBe('DSM_ERR_CLUSTER_AUTH');
+      expect(problem.detail).not.toMatch(/127\.0\.0\.1|Authentication/);
     } finally {
       await gw.close();
       await bare.close();
