@@ -68,8 +68,11 @@ const EXPOSE_HEADERS = [
  * `CF-Connecting-IP` on Workers (set by the platform).
  */
 function clientAddress(c: Context<GatewayEnv>): string {
-  const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
-  if (incoming) return clientKey(incoming.socket?.remoteAddress ?? 'unknown');
+  const incoming = (
+    c.env as { incoming?: { dsmClientAddress?: string; socket?: { remoteAddress?: string } } } | undefined
+  )?.incoming;
+  // dsmClientAddress: set by the Node entry (the peer, or the client a trusted proxy forwarded)
+  if (incoming) return clientKey(incoming.dsmClientAddress ?? incoming.socket?.remoteAddress ?? 'unknown');
   return clientKey(c.req.header('cf-connecting-ip') ?? 'unknown');
 }
 

@@ -31,6 +31,9 @@ const trackerAddress = z.string().refine((s) => {
   }
 }, 'expected host:port');
 
+/** Shape of an IPv4/IPv6 address with an optional prefix length (checked fully by the Node entry). */
+const IP_OR_CIDR = /^(?:\d{1,3}(?:\.\d{1,3}){3}(?:\/\d{1,2})?|[0-9A-Fa-f:.]{2,45}(?:\/\d{1,3})?)$/;
+
 const downloadPolicy = z.enum(['public', 'signed']);
 export type DownloadPolicy = z.infer<typeof downloadPolicy>;
 
@@ -216,6 +219,18 @@ const limitsSchema = z
     downloadsPerClient: z.number().int().min(1).max(100_000).default(16),
     /** Requests waiting for an upstream connection, per storage; beyond it 503 at once. */
     upstreamQueue: z.number().int().min(0).max(100_000).default(64),
+    /**
+     * Addresses (IPs or CIDR blocks) of the load balancers / CDN edges in front of the gateway
+     * (Node entry). A connection from one of them is not counted against
+     * `connectionsPerClient`, and its requests count under the client named in
+     * `X-Forwarded-For` (the right-most address that is not itself a trusted proxy; the proxy's
+     * own address when there is none). From any other peer `X-Forwarded-For` is ignored: a
+     * client cannot pick the address it is counted under.
+     */
+    trustedProxies: z
+      .array(z.string().regex(IP_OR_CIDR, 'expected an IP address or a CIDR block'))
+      .max(1024)
+      .default([]),
   })
   .strict();
 

@@ -321,6 +321,49 @@ describe('concurrency caps', () => {
   });
 });
 
+describe('trusted proxies (a CDN edge or load balancer in front)', () => {
+  it('counts a trusted proxy’s requests under the forwarded client, and ignores X-Forwarded-For from anyone else', async () => {
+    const g = await s.startGateway({
+      limits: { connectionsPerClient: 2, downloadsPerClient: 1, trustedProxies: ['127.0.5.0/24'] },
+    });
+    const f = await upload(gw, patternBytes(32 * MiB, 17));
+    const id = f.url.split('/').pop();
+    const get = (from: string, xff: string, pause = false) =>
+      raw(g, `GET /files/${id} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ${xff}\r\nConnection: close\r\n\r\n`, {
+        localAddress: from,
+        pause,
+      });
+    // the proxy holds more connections than connectionsPerClient: it carries many clients
+    const held = [0, 1, 2].map(() => raw(g, '', { localAddress: '127.0.5.1' }));
+    expect(await until(() => established(g, '127.0.5.1') === 3, 2000)).toBe(true);
+    // client A (forwarded by the proxy) takes its one download and stalls
+    get('127.0.5.1', '198.51.100.7', true);
+    await new Promise((r) => setTimeout(r, 300));
+    // client B through the same proxy still downloads (the last hop that is not a proxy counts)
+    const b = get('127.0.5.1', '198.51.100.7, 203.0.113.9, 127.0.5.2');
+    await b.closed;
+    expect(b.received()).toMatch(/^HTTP\/1\.1 200/);
+    // client A again: its share is taken
+    const a2 = get('127.0.5.1', '198.51.100.7');
+    await a2.closed;
+    expect(a2.received()).toMatch(/^HTTP\/1\.1 429/);
+    // an untrusted peer cannot pick its count with the header: its second download is a 429
+    get('127.0.6.1', '192.0.2.1', true);
+    await new Promise((r) => setTimeout(r, 300));
+    const spoof = get('127.0.6.1', '192.0.2.2');
+    await spoof.closed;
+    expect(spoof.received()).toMatch(/^HTTP\/1\.1 429/);
+    for (const h of held) h.sock.destroy();
+    await g.close();
+  });
+
+  it('refuses a trustedProxies entry that is not an address or a block at start-up', async () => {
+    await expect(s.startGateway({ limits: { trustedProxies: ['10.0.0.0/40'] } })).rejects.toThrow(
+      /limits\.trustedProxies/,
+    );
+  });
+});
+
 describe('problem details', () => {
   it('never carry node addresses or cluster texts (they go to the log)', async () => {
     const [dead] = [await freePortRange(1)];

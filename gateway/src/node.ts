@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { type AddressInfo, BlockList, isIP, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { type ClusterKey, clusterKey, DsmClient, type Transport } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
@@ -210,15 +210,19 @@ class ConnectionGuard {
   readonly #refused = new WeakSet<Socket>();
   readonly #cfg: GatewayConfig;
   readonly #log: Logger;
+  readonly #proxies: TrustedProxies;
 
   constructor(config: GatewayConfig, log: Logger) {
     this.#cfg = config;
     this.#log = log;
+    this.#proxies = new TrustedProxies(config.limits.trustedProxies);
   }
 
   attach(server: Server): void {
     const max = this.#cfg.limits.connectionsPerClient;
     server.on('connection', (socket: Socket) => {
+      // a load balancer / CDN edge carries many clients on its connections
+      if (this.#proxies.has(socket.remoteAddress ?? '')) return;
       const addr = clientKey(socket.remoteAddress ?? 'unknown');
       const n = this.#perAddress.get(addr) ?? 0;
       if (n >= max) {
@@ -236,7 +240,10 @@ class ConnectionGuard {
       });
     });
     // prependListener: before the app's handler, so the timeout is set before any reply byte
-    server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => this.#phases(req, res));
+    server.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+      (req as ClientAddressed).dsmClientAddress = this.#proxies.clientOf(req);
+      this.#phases(req, res);
+    });
   }
 
   #phases(req: IncomingMessage, res: ServerResponse): void {
@@ -259,6 +266,67 @@ class ConnectionGuard {
       if (socket && this.#refused.has(socket)) return new Response(null, { status: 429 });
       return fetch(req, env);
     };
+  }
+}
+
+/** The address a request's per-client caps count under (read by the app, see clientAddress). */
+type ClientAddressed = IncomingMessage & { dsmClientAddress?: string };
+
+/**
+ * `limits.trustedProxies`: a request from one of them counts under the client its
+ * `X-Forwarded-For` names (the right-most entry that is not a trusted proxy itself); from any
+ * other peer the header is ignored, so a client cannot choose its own count.
+ */
+export class TrustedProxies {
+  readonly #list: BlockList | null;
+
+  constructor(entries: readonly string[]) {
+    if (entries.length === 0) {
+      this.#list = null;
+      return;
+    }
+    const list = new BlockList();
+    for (const e of entries) {
+      const [ip = '', bits] = e.split('/');
+      const family = isIP(ip);
+      const max = family === 6 ? 128 : 32;
+      if (family === 0 || (bits !== undefined && !(/^\d+$/.test(bits) && Number(bits) <= max))) {
+        throw new DsmError(
+          ErrorCode.CONFIG,
+          `config key "limits.trustedProxies": not an IP address or CIDR block: ${e}`,
+        );
+      }
+      const type = family === 6 ? 'ipv6' : 'ipv4';
+      if (bits === undefined) list.addAddress(ip, type);
+      else list.addSubnet(ip, Number(bits), type);
+    }
+    this.#list = list;
+  }
+
+  has(address: string): boolean {
+    if (!this.#list) return false;
+    const a = address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
+    const family = isIP(a);
+    return family !== 0 && this.#list.check(a, family === 6 ? 'ipv6' : 'ipv4');
+  }
+
+  /** The client's address: the socket's peer, or what a trusted proxy says it forwarded. */
+  clientOf(req: IncomingMessage): string {
+    const peer = req.socket.remoteAddress ?? 'unknown';
+    if (!this.has(peer)) return peer;
+    const header = req.headers['x-forwarded-for'];
+    const text = Array.isArray(header) ? header.join(',') : (header ?? '');
+    // bounded: a header is at most limits.maxHeaderBytes; look at the last 32 hops only
+    const hops = text
+      .split(',')
+      .slice(-32)
+      .map((h) => h.trim());
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = hops[i] as string;
+      if (isIP(hop) === 0) return peer; // a malformed hop: nothing left of it can be trusted
+      if (!this.has(hop)) return hop;
+    }
+    return peer;
   }
 }
 
