@@ -1,3 +1,4 @@
+import { fromBase64Url, toBase64Url } from '@dsm/packets';
 import {
   createRemoteJWKSet,
   type FlattenedJWSInput,
@@ -8,7 +9,7 @@ import {
   SignJWT,
 } from 'jose';
 import { type GatewayConfig, hs256KeySet, LEGACY_HS256_KID } from './config.ts';
-import { fromBase64Url, toBase64Url, utf8 } from './encoding.ts';
+import { utf8 } from './encoding.ts';
 import { forbidden, unauthorized } from './problem.ts';
 
 /** Who is uploading (or deleting): the app id and user id of the dsm file ids. */

@@ -1,9 +1,8 @@
 import { ErrorCode } from '@dsm/common/errors';
-import type { FileIds, FileStat } from '@dsm/packets';
+import { type FileIds, type FileStat, toHex } from '@dsm/packets';
 import type { Context } from 'hono';
 import { requireOwner, verifySignedUrl } from './auth.ts';
 import type { GatewayCore } from './core.ts';
-import { toHex } from './encoding.ts';
 import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
 import { dispositionFor, typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';

@@ -1,6 +1,6 @@
 import type { DsmClient } from '@dsm/client';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import type { FileIds } from '@dsm/packets';
+import { concatBytes, type FileIds } from '@dsm/packets';
 import { badRequest, GatewayErrorCode, tooLarge } from './problem.ts';
 
 /** Lets a download stream give its storage connection back while the client is not reading. */
@@ -227,23 +227,13 @@ export class BlockReader {
       }
     }
     if (n === 0) return null;
-    return concat(parts, n);
+    // One part is handed back as is (a block read from one chunk needs no copy).
+    return parts.length === 1 ? (parts[0] as Uint8Array) : concatBytes(parts);
   }
 
   async close(): Promise<void> {
     await this.#it.return?.();
   }
-}
-
-export function concat(parts: Uint8Array[], total?: number): Uint8Array {
-  if (parts.length === 1) return parts[0] as Uint8Array;
-  const out = new Uint8Array(total ?? parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 /** Yields one buffer in slices (so a block goes to the socket in modest writes). */

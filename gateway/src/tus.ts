@@ -1,14 +1,14 @@
 import { decodePublicId, encodePublicId, newFileId } from '@dsm/client';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import { Errno, type FileIds } from '@dsm/packets';
+import { concatBytes, Errno, type FileIds, fromBase64, toHex } from '@dsm/packets';
 import type { Context } from 'hono';
 import { type Principal, requireOwner } from './auth.ts';
 import type { GatewayCore } from './core.ts';
-import { fromBase64, fromUtf8, toHex } from './encoding.ts';
+import { fromUtf8 } from './encoding.ts';
 import { serveFile } from './files.ts';
 import { typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, notFound, tooLarge } from './problem.ts';
-import { BlockReader, bodyChunks, concat, exactLength, limited } from './streams.ts';
+import { BlockReader, bodyChunks, exactLength, limited } from './streams.ts';
 import { cleanContentType } from './uploads.ts';
 
 /**
@@ -425,7 +425,7 @@ export class TusService {
         const parts: Uint8Array[] = [];
         for await (const b of limited(chunk === undefined ? body : exactLength(body, chunk), limit))
           parts.push(b);
-        const data = concat(parts);
+        const data = concatBytes(parts);
         const digest = new Uint8Array(
           await crypto.subtle.digest(checksum.algorithm, data as Uint8Array<ArrayBuffer>),
         );

@@ -1,12 +1,6 @@
-import { FILEID_WIDTH } from '@dsm/packets';
+import { FILEID_WIDTH, toHex } from '@dsm/packets';
 
 let counter = 0;
-
-function hex(bytes: Uint8Array): string {
-  let s = '';
-  for (const b of bytes) s += b.toString(16).padStart(2, '0');
-  return s;
-}
 
 /**
  * A new protocol file id in the seed's 36-character shape: Unix seconds (8 hex) + microseconds
@@ -24,7 +18,7 @@ export function newFileId(nowMs = Date.now()): string {
   const id =
     secs.toString(16).padStart(8, '0') +
     micros.toString(16).padStart(6, '0') +
-    hex(rnd.subarray(0, 8)) +
+    toHex(rnd.subarray(0, 8)) +
     String(counter).padStart(4, '0') +
     String((rnd[8] as number) % 100).padStart(2, '0');
   return id;

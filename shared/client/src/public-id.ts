@@ -1,5 +1,12 @@
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import { APPID_WIDTH, encodeUtf8, FILEID_WIDTH, USERID_WIDTH } from '@dsm/packets';
+import {
+  APPID_WIDTH,
+  encodeUtf8,
+  FILEID_WIDTH,
+  fromBase64Url,
+  toBase64Url,
+  USERID_WIDTH,
+} from '@dsm/packets';
 
 /**
  * The public id of a file: what `dsm upload` prints and what the gateway puts in URLs. It is
@@ -51,7 +58,12 @@ export function decodePublicId(id: string): PublicIdParts {
   const bad = () => new DsmError(ErrorCode.BAD_INPUT, `not a dsm file id: "${String(id).slice(0, 80)}"`);
   if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_CHARS || !/^[A-Za-z0-9_-]+$/.test(id))
     throw bad();
-  const b = fromBase64Url(id);
+  let b: Uint8Array;
+  try {
+    b = fromBase64Url(id);
+  } catch {
+    throw bad(); // an impossible length (4n+1 characters)
+  }
   if (b.length < 4 || b[0] !== VERSION || toBase64Url(b) !== id) throw bad();
   let o = 1;
   const parts: string[] = [];
@@ -72,32 +84,4 @@ export function decodePublicId(id: string): PublicIdParts {
   const [appId, userId, fileId] = parts as [string, string, string];
   if (appId.length === 0 || fileId.length === 0) throw bad();
   return { appId, userId, fileId };
-}
-
-const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
-
-function toBase64Url(b: Uint8Array): string {
-  let out = '';
-  for (let i = 0; i < b.length; i += 3) {
-    const n = ((b[i] as number) << 16) | ((b[i + 1] ?? 0) << 8) | (b[i + 2] ?? 0);
-    const chars = Math.min(4, Math.ceil(((b.length - i) * 8) / 6));
-    for (let j = 0; j < chars; j++) out += ALPHABET[(n >> (18 - 6 * j)) & 63];
-  }
-  return out;
-}
-
-function fromBase64Url(s: string): Uint8Array {
-  const out = new Uint8Array(Math.floor((s.length * 6) / 8));
-  let bits = 0;
-  let acc = 0;
-  let o = 0;
-  for (const ch of s) {
-    acc = (acc << 6) | ALPHABET.indexOf(ch);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (acc >> bits) & 0xff;
-    }
-  }
-  return out.subarray(0, o);
 }

@@ -145,3 +145,31 @@ export function fromHex(hex: string): Uint8Array {
   for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
   return out;
 }
+
+// Base64 on web-standard btoa/atob only (no Buffer), so the same code runs in Node and Workers.
+
+export function toBase64(b: Uint8Array): string {
+  let bin = '';
+  // In slices: String.fromCharCode(...b) on a large array would exceed the argument limit.
+  for (let i = 0; i < b.length; i += 0x8000) bin += String.fromCharCode(...b.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
+
+/** Standard base64 (padding optional); throws on anything else. */
+export function fromBase64(s: string): Uint8Array<ArrayBuffer> {
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s)) throw new Error('not base64');
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/** URL-safe base64 without padding (RFC 4648 §5). */
+export const toBase64Url = (b: Uint8Array): string =>
+  toBase64(b).replaceAll('+', '-').replaceAll('/', '_').replace(/=+$/, '');
+
+/** URL-safe base64, padding not allowed; throws on anything else (including an impossible length). */
+export function fromBase64Url(s: string): Uint8Array<ArrayBuffer> {
+  if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new Error('not base64url');
+  return fromBase64(s.replaceAll('-', '+').replaceAll('_', '/'));
+}
