@@ -3,3 +3,4 @@ export * from './config.ts';
 export * from './errors.ts';
 export * from './logger.ts';
 export * from './node-flags.ts';
+export * from './redact.ts';

@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, redactUrl } from '@dsm/common';
 import type Database from 'better-sqlite3';
 import { Kysely, MysqlDialect, type MysqlPool, type MysqlPoolConnection, SqliteDialect } from 'kysely';
 import type { Pool, PoolConnection, PoolOptions, TypeCast } from 'mysql2';
@@ -69,13 +69,8 @@ export type ParsedDbUrl = { dialect: 'sqlite'; path: string } | ({ dialect: 'mys
 function configError(url: string, why: string): DsmError {
   return new DsmError(
     ErrorCode.CONFIG,
-    `bad database URL "${redact(url)}": ${why} (expected sqlite:<path>, sqlite::memory: or mysql://user:pass@host:port/dbname)`,
+    `bad database URL "${redactUrl(url)}": ${why} (expected sqlite:<path>, sqlite::memory: or mysql://user:pass@host:port/dbname)`,
   );
-}
-
-/** The URL with its password replaced by `***`, for messages and logs. */
-export function redact(url: string): string {
-  return url.replace(/^(mysql:\/\/[^:/@]*:)[^@]*@/i, '$1***@');
 }
 
 /**
@@ -261,7 +256,7 @@ export function createDb(url: string, opts: CreateDbOptions = {}): DbHandle {
   const parsed = parseDbUrl(url);
   let closed: Promise<void> | undefined;
   // A handle closed before its first query must not come back to life on a later one.
-  const closedError = () => new Error(`database handle is closed (${redact(url)})`);
+  const closedError = () => new Error(`database handle is closed (${redactUrl(url)})`);
   if (parsed.dialect === 'sqlite') {
     const sqlite = openSqlite(parsed.path);
     const db = new Kysely<Schema>({

@@ -311,6 +311,13 @@ describe('@dsm/db URLs and unavailability', () => {
     }
   });
 
+  it('bad URLs are named without their password', () => {
+    for (const url of ['mysql://u:secret@h:99999/dsm', 'mysql://u:p@secret@h/bad-name']) {
+      expect(() => parseDbUrl(url), url).toThrow(/bad database URL "mysql:\/\/u:\*\*\*@h/);
+      expect(() => parseDbUrl(url), url).not.toThrow(/secret/);
+    }
+  });
+
   it('bad URLs are config errors', () => {
     for (const url of [
       '',

@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, redactUrl } from '@dsm/common';
 import type { KvStore } from './kv-store.ts';
 import { MemoryKvStore } from './memory.ts';
 import { RedisKvStore, type RedisKvStoreOptions } from './redis.ts';
@@ -27,6 +27,6 @@ export function createKvStore(url: string | undefined, opts: CreateKvStoreOption
   }
   throw new DsmError(
     ErrorCode.CONFIG,
-    `bad KV store URL "${u.replace(/:[^:@/]*@/, ':***@')}" (expected memory: or redis://host:port/db[?prefix=p])`,
+    `bad KV store URL "${redactUrl(u)}" (expected memory: or redis://host:port/db[?prefix=p])`,
   );
 }

@@ -205,6 +205,13 @@ describe('createKvStore', () => {
       expect((e as DsmError).code, url).toBe(ErrorCode.CONFIG);
     }
   });
+
+  it('bad URLs name the URL without its password', () => {
+    for (const url of ['memcached://u:secret@x', 'rediss://:secret@h:6379/notanumber']) {
+      expect(() => createKvStore(url), url).toThrow(/:\*\*\*@/);
+      expect(() => createKvStore(url), url).not.toThrow(/secret/);
+    }
+  });
 });
 
 describe('createKvStore URL', () => {

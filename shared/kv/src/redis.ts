@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, redactUrl } from '@dsm/common';
 import type { Redis } from 'ioredis';
 import { checkIncrement, type KvStore, ttlToMs } from './kv-store.ts';
 
@@ -18,10 +18,6 @@ const DEL_IF_VALUE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis
 
 // Reply errors that mean "this server cannot serve right now", not "bad request".
 const UNAVAILABLE_REPLY = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|NOREPLICAS|OOM)\b/;
-
-function redactUrl(url: string): string {
-  return url.replace(/^(rediss?:\/\/[^:/@]*:)[^@]*@/i, '$1***@');
-}
 
 /**
  * KvStore on Redis (ioredis). Keys are stored as `<prefix><key>`. Connects lazily on the first

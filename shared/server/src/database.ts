@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { DsmError, ErrorCode, type Logger, redactUrl } from '@dsm/common';
 import {
   type CreateDbOptions,
   createDb,
@@ -6,7 +6,6 @@ import {
   type DbRole,
   isDbUnavailable,
   migrate,
-  redact,
 } from '@dsm/db';
 import { Errno } from '@dsm/packets';
 
@@ -92,7 +91,7 @@ export async function openDatabase(
     timer = setTimeout(() => {
       if (closed || migrated) return;
       ready().then(
-        () => log.info({ database: redact(url) }, 'database back; migrated'),
+        () => log.info({ database: redactUrl(url) }, 'database back; migrated'),
         (e) => {
           if (!isDbUnavailable(e)) log.error({ err: e }, 'database migration failed');
           retryLater();
@@ -110,7 +109,7 @@ export async function openDatabase(
       throw e;
     }
     log.warn(
-      { err: (e as Error).cause ?? e, database: redact(url), retryMs },
+      { err: (e as Error).cause ?? e, database: redactUrl(url), retryMs },
       'database unavailable at start-up; starting anyway, requests get DB_UNAVAILABLE until it is back',
     );
     retryLater();
