@@ -75,12 +75,21 @@ export async function checkSpace(env: StorageEnv, storeIndex: number, bytes: num
   space.freeBytes -= bytes;
 }
 
-/** Refuses a file id already recorded for this user's table (before any body byte is read). */
-async function refuseExisting(env: StorageEnv, table: FileTableName, fileId: string): Promise<void> {
+/**
+ * Refuses a file id already recorded in this user's table (EXISTS), and with `orUpload` also one
+ * a resumable upload holds; a look-up that fails is the seed's INSERT error (see dbFailure).
+ * The one check before an upload's bytes are read and before a resumable upload completes.
+ */
+export async function refuseExisting(
+  env: StorageEnv,
+  table: FileTableName,
+  fileId: string,
+  { orUpload }: { orUpload: boolean },
+): Promise<void> {
   let found: boolean;
   try {
     found = await env.meta.exists(table, fileId);
-    if (!found) {
+    if (!found && orUpload) {
       found =
         (await env.db.selectFrom('t_upload').select('id').where('id', '=', fileId).executeTakeFirst()) !==
         undefined;
@@ -197,7 +206,7 @@ async function receiveUpload(
   stillClaimed: () => Promise<boolean>,
 ): Promise<Uint8Array | undefined> {
   const fileId = head.fileId;
-  await refuseExisting(env, table, fileId);
+  await refuseExisting(env, table, fileId, { orUpload: true });
   const storeIndex = env.stores.pick();
   await checkSpace(env, storeIndex, head.size);
   const id = await env.nextId(storeIndex);

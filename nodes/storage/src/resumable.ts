@@ -15,8 +15,16 @@ import {
 } from '@dsm/packets';
 import type { RequestContext } from '@dsm/server';
 import type { Selectable } from 'kysely';
-import { checkAppId, checkFileId, checkUserId, exists, ioFailure, type StorageEnv } from './env.ts';
-import { checkContentType, checkSpace, isSystemError, placeFinal, recordFile, statOf } from './file-ops.ts';
+import { checkAppId, checkFileId, checkUserId, ioFailure, type StorageEnv } from './env.ts';
+import {
+  checkContentType,
+  checkSpace,
+  isSystemError,
+  placeFinal,
+  recordFile,
+  refuseExisting,
+  statOf,
+} from './file-ops.ts';
 import { errCode, fsyncDir, hashOpenFile, moveNoReplace, receiveInto, removeQuiet } from './fs-util.ts';
 import { FileLock, isLockHeld } from './lock.ts';
 import { dbFailure, type FileMeta, ownerOf } from './meta.ts';
@@ -93,13 +101,7 @@ export async function handleUploadCreate(env: StorageEnv, ctx: RequestContext): 
     );
   }
   const table = fileTableFor(readUserIdBytes(ctx.body));
-  let taken: boolean;
-  try {
-    taken = await env.meta.exists(table, fileId);
-  } catch (e) {
-    throw dbFailure(e, `INSERT Database Fail, Fileid: ${fileId}`);
-  }
-  if (taken) throw exists(fileId);
+  await refuseExisting(env, table, fileId, { orUpload: false });
   const storeIndex = env.stores.pick();
   if (req.totalSize > 0) await checkSpace(env, storeIndex, req.totalSize);
   const partial = env.stores.partialPath(storeIndex, fileId);
@@ -245,13 +247,8 @@ export async function handleUploadCommit(env: StorageEnv, ctx: RequestContext): 
           Errno.OFFSET_MISMATCH,
         );
       }
-      let taken: boolean;
-      try {
-        taken = await env.meta.exists(table, fileId);
-      } catch (e) {
-        throw dbFailure(e, `INSERT Database Fail, Fileid: ${fileId}`);
-      }
-      if (taken) throw exists(fileId);
+      // orUpload false: the t_upload row is this upload's own
+      await refuseExisting(env, table, fileId, { orUpload: false });
       try {
         ({ sha256, head } = await hashOpenFile(fh, size, env.config.ioChunkBytes));
         await fh.sync();
