@@ -5,9 +5,9 @@ import { Agent, get } from 'node:http';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Cluster } from '@dsm/cli';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
+import { Cluster, portCount } from '@dsm/cluster';
 import { freePortRange } from '@dsm/testkit';
 import { GATEWAY_CONCURRENCY, GATEWAY_STREAMS, gatewayBench } from './gateway.ts';
 import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
@@ -248,8 +248,16 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   for (const d of [clusterDir, join(www, 'small'), fsDir]) mkdirSync(d, { recursive: true });
 
   const withGateway = o.only.has('gateway');
-  const base = await freePortRange(withGateway ? 5 : 4);
-  const nginxPort = base + 3;
+  const shape = {
+    trackers: 1,
+    ids: 1,
+    groups: ['group001'],
+    storagesPerGroup: 1,
+    gateways: withGateway ? 1 : 0,
+  };
+  // the cluster's ports (the launcher's scheme), then nginx's
+  const base = await freePortRange(portCount(shape) + 1);
+  const nginxPort = base + portCount(shape);
   log(`starting nginx on 127.0.0.1:${nginxPort}`);
   const nginx = await PrivateNginx.start(nginxBin, {
     prefix: join(o.dir, 'nginx'),
@@ -261,7 +269,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   process.once('exit', onExit);
   await scope.defer(() => process.off('exit', onExit));
 
-  log(`starting the cluster in ${clusterDir} (ports ${base}..${base + 2})`);
+  log(`starting the cluster in ${clusterDir} (ports ${base}..${base + portCount(shape) - 1})`);
   const env: Record<string, string> = { DSM_LOG_LEVEL: process.env.DSM_LOG_LEVEL ?? 'warn' };
   if (o.entry) env.DSM_ENTRY = o.entry;
   if (o.profileDir) {
@@ -270,18 +278,11 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
   }
   const cluster = await Cluster.start({
     dir: clusterDir,
-    trackers: 1,
-    ids: 1,
-    groups: ['group001'],
-    storagesPerGroup: 1,
-    trackerBasePort: base,
-    idBasePort: base + 1,
-    storageBasePort: base + 2,
+    ...shape,
+    basePort: base,
     // the HTTP gateway (`dsm gateway`) for the gateway section: default config but the
     // per-client caps, since every benchmark client comes from 127.0.0.1 (64 small GETs and 50
     // streams at once would be 429s past limits.downloadsPerClient)
-    gateways: withGateway ? 1 : 0,
-    gatewayBasePort: base + 4,
     extra: { gateway: { limits: { connectionsPerClient: 1024, downloadsPerClient: 1024 } } },
     beatIntervalMs: 500,
     env,

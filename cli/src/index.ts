@@ -1,3 +1,2 @@
 export * from './client-config.ts';
-export * from './cluster.ts';
 export * from './status-table.ts';

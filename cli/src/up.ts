@@ -1,7 +1,11 @@
 import { rmSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Cluster, type ClusterOptions } from '@dsm/cluster';
 import { UsageError } from './client-config.ts';
-import { Cluster, type ClusterOptions } from './cluster.ts';
+
+/** The nodes run this package's own `dsm` entry (the bundle overrides it with DSM_ENTRY). */
+const DSM_BIN = fileURLToPath(new URL('../bin/dsm.js', import.meta.url));
 
 function int(v: string | undefined, name: string, def: number): number {
   if (v === undefined) return def;
@@ -34,6 +38,7 @@ export async function runUp(v: Record<string, string | boolean | undefined>): Pr
     gateways: v.gateways === '0' ? 0 : int(v.gateways as string | undefined, 'gateways', 1),
     databases: v.mysql ? mysqlDatabases(String(v.mysql)) : undefined,
     cache: v.redis ? String(v.redis) : undefined,
+    entry: DSM_BIN,
     onReady: (n) => process.stdout.write(`  ${n.role.padEnd(8)} ${n.name.padEnd(16)} ${n.host}:${n.port}\n`),
   };
   process.stdout.write(`starting dsm cluster in ${dir}\n`);

@@ -1,14 +1,15 @@
 import { createHash } from 'node:crypto';
 import { decodePublicId } from '@dsm/client';
+import { BACKEND_NAMES } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Backend, curl, parseHead, patternBytes, type Stack, startStack } from './test-support.ts';
+import { curl, parseHead, patternBytes, type Stack, startStack } from './test-support.ts';
 
 const KiB = 1024;
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 // The main round trip on both backends: SQLite + in-process KV, MariaDB + Redis (the gateway's
 // tus state in Redis too).
-describe.each(['embedded', 'mysql'] as Backend[])('round trip on %s', (backend) => {
+describe.each(BACKEND_NAMES)('round trip on %s', (backend) => {
   let s: Stack;
 
   beforeAll(async () => {
@@ -21,7 +22,7 @@ describe.each(['embedded', 'mysql'] as Backend[])('round trip on %s', (backend) 
 
   it('uploads (raw, chunked, multipart, tus), downloads whole and by range, revalidates, deletes', async () => {
     const url = s.gateway.url;
-    const data = patternBytes(600 * KiB + 5, backend === 'mysql' ? 2 : 1);
+    const data = patternBytes(600 * KiB + 5, backend === 'mariadb+redis' ? 2 : 1);
     const raw = (await (
       await fetch(`${url}/files`, { method: 'POST', body: data, headers: { 'content-type': 'video/mp4' } })
     ).json()) as { id: string; url: string; sha256: string };

@@ -10,7 +10,7 @@ import { type Stack, startStack } from './test-support.ts';
 describe('bounded gateway caches', () => {
   let s: Stack;
   beforeAll(async () => {
-    s = await startStack('embedded', {
+    s = await startStack('sqlite+memory', {
       locateCacheMs: 60_000,
       locateCacheMax: 16,
       statCacheMs: 60_000,

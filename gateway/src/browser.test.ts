@@ -36,7 +36,7 @@ beforeAll(async () => {
     throw new Error('ffmpeg is required for the browser test (Debian package "ffmpeg")');
   });
   const [stack, b] = await Promise.all([
-    startStack('embedded'),
+    startStack('sqlite+memory'),
     chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true }),
   ]);
   s = stack;

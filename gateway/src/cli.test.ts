@@ -15,7 +15,7 @@ let url = '';
 let configFile = '';
 
 beforeAll(async () => {
-  s = await startStack('embedded');
+  s = await startStack('sqlite+memory');
   configFile = join(s.dir, 'gateway.json');
   writeFileSync(
     configFile,

@@ -30,7 +30,7 @@ beforeAll(async () => {
   const [port] = [await freePortRange(1)];
   gwPort = port as number;
   stack = await startStack(
-    'embedded',
+    'sqlite+memory',
     {},
     { gateways: 1, gatewayBasePort: gwPort, extra: { gateway: { ...gatewayConfig, statCacheMs: 0 } } },
   );

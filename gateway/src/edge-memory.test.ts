@@ -17,7 +17,7 @@ let pid: number;
 
 beforeAll(async () => {
   gwPort = await freePortRange(1);
-  stack = await startStack('embedded', {}, { gateways: 1, gatewayBasePort: gwPort });
+  stack = await startStack('sqlite+memory', {}, { gateways: 1, gatewayBasePort: gwPort });
   pid = stack.cluster.nodes.get('gateway1')?.pid as number;
   expect(pid).toBeGreaterThan(0);
 }, 120_000);

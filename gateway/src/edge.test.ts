@@ -15,7 +15,7 @@ let gw: RunningGateway;
 const sockets: Socket[] = [];
 
 beforeAll(async () => {
-  s = await startStack('embedded', {
+  s = await startStack('sqlite+memory', {
     timeouts: { bodyIdleMs: 1000, downloadIdleMs: 1000, upstreamReleaseMs: 200 },
   });
   gw = s.gateway;

@@ -19,7 +19,7 @@ let authGw: RunningGateway;
 
 beforeAll(async () => {
   s = await startStack(
-    'embedded',
+    'sqlite+memory',
     { maxUploadBytes: 8 * MiB, uploadBlockBytes: 256 * KiB },
     { appIds: ['tnvideo', 'secure'] },
   );

@@ -193,7 +193,7 @@ describe('operator endpoints', () => {
   let withToken: RunningGateway;
   const ADMIN = 'admin-token-0123456789abcdefghijklmn';
   beforeAll(async () => {
-    s = await startStack('embedded');
+    s = await startStack('sqlite+memory');
     withToken = await s.startGateway({ admin: { token: ADMIN } });
   });
   afterAll(async () => {

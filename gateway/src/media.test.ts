@@ -13,7 +13,7 @@ beforeAll(async () => {
       );
     });
   }
-  s = await startStack('embedded');
+  s = await startStack('sqlite+memory');
 });
 
 afterAll(async () => {

@@ -1,44 +1,29 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Cluster, type ClusterOptions } from '@dsm/cli';
+import type { Cluster, ClusterOptions } from '@dsm/cluster';
 import { createKvStore, type KvStore } from '@dsm/kv';
-import { parseAddress } from '@dsm/packets';
-import { freePortRange } from '@dsm/testkit';
-import { Redis } from 'ioredis';
-import mysql from 'mysql2/promise';
+import { type BackendName, startTestCluster } from '@dsm/testkit';
 import { type GatewayConfigInput, parseGatewayConfig } from './config.ts';
 import { type RunningGateway, startGateway } from './node.ts';
 
-// A cluster for gateway tests, started by the same launcher as `dsm up` and the whole-cluster
-// tests (test/src/helpers.ts's startTestCluster, which @dsm/test does not export yet).
+// A cluster for gateway tests: @dsm/testkit's startTestCluster (the launcher of `dsm up` and of
+// the whole-cluster tests, one port scheme, one set of backend names), plus gateways started
+// in this process.
 
-export const MYSQL = { host: '127.0.0.1', port: 3306, user: 'root' };
 export const REDIS_URL = 'redis://127.0.0.1:6379';
-export type Backend = 'embedded' | 'mysql';
 
 export const run = promisify(execFile);
 
 /** Deterministic pseudo-random bytes. */
 export { patternBytes } from '@dsm/testkit';
 
-async function mysqlAdmin(): Promise<mysql.Connection> {
-  try {
-    return await mysql.createConnection({ ...MYSQL, connectTimeout: 3000 });
-  } catch (e) {
-    throw new Error(
-      `MariaDB is required at ${MYSQL.host}:${MYSQL.port} (root, no password): ${(e as Error).message}`,
-    );
-  }
-}
-
 export interface Stack {
   cluster: Cluster;
   dir: string;
-  backend: Backend;
-  /** Gateway KV URL: memory (embedded) or a Redis prefix unique to this stack. */
+  backend: BackendName;
+  /** Gateway KV URL: memory (SQLite backend) or a Redis prefix unique to this stack. */
   cacheUrl: string;
   gateway: RunningGateway;
   /** Starts another gateway on the same cluster (sharing `kv` when given). */
@@ -49,42 +34,13 @@ export interface Stack {
 }
 
 export async function startStack(
-  backend: Backend,
+  backend: BackendName,
   gw: GatewayConfigInput = {},
   o: Partial<ClusterOptions> = {},
 ): Promise<Stack> {
-  const dir = mkdtempSync(join(tmpdir(), 'dsm-gw-test-'));
-  const groups = o.groups ?? ['group001'];
-  const per = o.storagesPerGroup ?? 2;
-  const trackers = o.trackers ?? 1;
-  const base = await freePortRange(trackers + 1 + groups.length * per);
-  const tag = `dsm_t_${Date.now().toString(36)}${Math.floor(Math.random() * 1e6).toString(36)}`;
-  let databases: ClusterOptions['databases'];
-  let cache: string | undefined;
-  if (backend === 'mysql') {
-    const admin = await mysqlAdmin();
-    await admin.end();
-    const url = (db: string) => `mysql://root@127.0.0.1:3306/${tag}_${db}`;
-    databases = { tracker: url('tracker'), storage: url('storage'), id: url('id') };
-    cache = `${REDIS_URL}/0?prefix=${tag}:`;
-  }
-  const cluster = await Cluster.start({
-    dir,
-    trackers,
-    ids: 1,
-    groups,
-    storagesPerGroup: per,
-    trackerBasePort: base,
-    idBasePort: base + trackers,
-    storageBasePort: base + trackers + 1,
-    beatIntervalMs: 300,
-    beatTimeoutMs: 1500,
-    databases,
-    cache,
-    env: { DSM_LOG_LEVEL: process.env.DSM_LOG_LEVEL ?? 'warn' },
-    ...o,
-  });
-  const cacheUrl = backend === 'mysql' ? `${REDIS_URL}/0?prefix=${tag}:gw:` : 'memory:';
+  const t = await startTestCluster(backend, { trackers: 1, groups: ['group001'], storagesPerGroup: 2, ...o });
+  const { cluster, dir } = t;
+  const cacheUrl = backend === 'mariadb+redis' ? t.store.cacheUrl('gw:') : 'memory:';
   const gateways: RunningGateway[] = [];
   const startOne = async (cfg: GatewayConfigInput = gw, kv?: KvStore) => {
     const g = await startGateway(
@@ -102,25 +58,15 @@ export async function startStack(
     gateways.push(g);
     return g;
   };
-  const gateway = await startOne(gw);
-  // every storage ACTIVE on every tracker before the first upload
-  const want = groups.length * per;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    let seen = 0;
-    try {
-      const all = await Promise.all(
-        cluster.addresses('tracker').map((a) => gateway.client.tracker.status(parseAddress(a))),
-      );
-      seen = Math.min(
-        ...all.map((st) => st.groups.flatMap((g) => g.storages).filter((x) => x.state === 'ACTIVE').length),
-      );
-    } catch {
-      // trackers still starting
-    }
-    if (seen >= want) break;
-    if (Date.now() > deadline) throw new Error(`only ${seen} of ${want} storages became ACTIVE`);
-    await new Promise((r) => setTimeout(r, 100));
+  let gateway: RunningGateway;
+  try {
+    gateway = await startOne(gw);
+    // every storage ACTIVE on every tracker before the first upload
+    await t.waitActive(cluster.addresses('storage').length, 20_000);
+  } catch (e) {
+    for (const g of gateways) await g.close();
+    await t.stop();
+    throw e;
   }
   return {
     cluster,
@@ -144,18 +90,7 @@ export async function startStack(
     },
     async stop() {
       for (const g of gateways) await g.close();
-      await cluster.stop();
-      if (backend === 'mysql') {
-        const admin = await mysqlAdmin();
-        for (const db of ['tracker', 'storage', 'id'])
-          await admin.query(`DROP DATABASE IF EXISTS \`${tag}_${db}\``);
-        await admin.end();
-        const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
-        const keys = await redis.keys(`${tag}:*`);
-        if (keys.length) await redis.del(...keys);
-        redis.disconnect();
-      }
-      rmSync(dir, { recursive: true, force: true });
+      await t.stop();
     },
   };
 }

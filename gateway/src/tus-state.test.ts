@@ -57,7 +57,7 @@ describe('tus state', () => {
   let kv: WatchedKv;
   let g: RunningGateway;
   beforeAll(async () => {
-    s = await startStack('embedded');
+    s = await startStack('sqlite+memory');
     kv = new WatchedKv();
     g = await s.startGateway({ tusExpiryMs: 1000, tusSweepIntervalMs: 0 }, kv);
   });

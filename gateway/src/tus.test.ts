@@ -18,7 +18,7 @@ let b: RunningGateway;
 
 beforeAll(async () => {
   (await redisKv(prefix)).close(); // fails clearly when Redis is not there
-  s = await startStack('embedded', { cache, maxUploadBytes: 64 * MiB, uploadBlockBytes: 256 * KiB });
+  s = await startStack('sqlite+memory', { cache, maxUploadBytes: 64 * MiB, uploadBlockBytes: 256 * KiB });
   a = s.gateway;
   b = await s.startGateway({ cache, maxUploadBytes: 64 * MiB, uploadBlockBytes: 256 * KiB });
 });

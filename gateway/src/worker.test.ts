@@ -40,7 +40,7 @@ beforeAll(async () => {
       cwd: GATEWAY_DIR,
       env: { ...process.env, ...OFFLINE },
     }),
-    startStack('embedded', {}, { storagesPerGroup: 2 }),
+    startStack('sqlite+memory', {}, { storagesPerGroup: 2 }),
   ]);
   s = stack;
   const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');

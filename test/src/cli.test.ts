@@ -38,7 +38,7 @@ describe('dsm command line against a running cluster', () => {
   let t: TestCluster;
   let env: Record<string, string>;
   beforeAll(async () => {
-    t = await startTestCluster('embedded', { trackers: 2, groups: ['group001'], storagesPerGroup: 2 });
+    t = await startTestCluster('sqlite+memory', { trackers: 2, groups: ['group001'], storagesPerGroup: 2 });
     await t.waitActive(2);
     env = { DSM_TRACKERS: t.cluster.addresses('tracker').join(';') };
   }, 90_000);

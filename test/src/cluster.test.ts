@@ -3,7 +3,7 @@ import { RemoteError } from '@dsm/client';
 import { Errno, parseAddress, toHex } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  BACKENDS,
+  BACKEND_NAMES,
   collect,
   patternChunks,
   patternSource,
@@ -17,7 +17,7 @@ async function sha(stream: AsyncIterable<Uint8Array>): Promise<string> {
   return h.digest('hex');
 }
 
-describe.each(BACKENDS)('whole cluster on %s', (backend) => {
+describe.each(BACKEND_NAMES)('whole cluster on %s', (backend) => {
   let t: TestCluster;
   beforeAll(async () => {
     t = await startTestCluster(backend);

@@ -42,7 +42,7 @@ describe('crash safety (kill -9)', () => {
   let t: TestCluster;
   const BEAT = 300;
   beforeAll(async () => {
-    t = await startTestCluster('embedded', { trackers: 1, groups: ['group001'], storagesPerGroup: 2 });
+    t = await startTestCluster('sqlite+memory', { trackers: 1, groups: ['group001'], storagesPerGroup: 2 });
     await t.waitActive(2);
   }, 90_000);
   afterAll(async () => {

@@ -3,9 +3,9 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Cluster } from '@dsm/cli';
 import { DsmClient, decodePublicId, encodePublicId, RemoteError } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
+import { Cluster, portCount } from '@dsm/cluster';
 import { createDb } from '@dsm/db';
 import { Errno, type FileIds, parseAddress } from '@dsm/packets';
 import { patternBytes } from '@dsm/testkit';
@@ -191,12 +191,13 @@ describe('database and cache outages (private MariaDB and Redis)', () => {
   beforeAll(async () => {
     const t0 = Date.now();
     tmp = mkdtempSync(join(tmpdir(), 'dsm-dbfaults-'));
-    const base = await freePortRange(7);
-    const ports = { tracker: base, id: base + 1, storage: base + 2, gateway: base + 4 };
+    const shape = { trackers: 1, ids: 1, groups, storagesPerGroup: 1, gateways: 1 };
+    // the cluster's ports first (the launcher's scheme), then the private MariaDB and Redis
+    const base = await freePortRange(portCount(shape) + 2);
     // The binaries are required: a missing one fails here with the reason (never a skip).
     const [m, r] = await Promise.allSettled([
-      PrivateMariadb.create(join(tmp, 'mariadb'), base + 5),
-      PrivateRedis.create(join(tmp, 'redis'), base + 6),
+      PrivateMariadb.create(join(tmp, 'mariadb'), base + portCount(shape)),
+      PrivateRedis.create(join(tmp, 'redis'), base + portCount(shape) + 1),
     ]);
     // keep whichever started, so afterAll stops it even when the other failed
     if (m.status === 'fulfilled') mariadb = m.value;
@@ -211,15 +212,8 @@ describe('database and cache outages (private MariaDB and Redis)', () => {
     figure(`private MariaDB :${mariadb.port} and Redis :${redis.port} up in ${Date.now() - t0} ms`);
     cluster = await Cluster.start({
       dir: join(tmp, 'cluster'),
-      trackers: 1,
-      ids: 1,
-      groups,
-      storagesPerGroup: 1,
-      gateways: 1,
-      trackerBasePort: ports.tracker,
-      idBasePort: ports.id,
-      storageBasePort: ports.storage,
-      gatewayBasePort: ports.gateway,
+      ...shape,
+      basePort: base,
       beatIntervalMs: 300,
       beatTimeoutMs: 1500,
       databases: {

@@ -16,7 +16,7 @@ import { type RunningGateway, startGateway } from '@dsm/gateway/node';
 import { Command, Errno, type FileIds, parseAddress, toHex } from '@dsm/packets';
 import { patternBytes } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKENDS, collect, startTestCluster, type TestCluster } from './helpers.ts';
+import { BACKEND_NAMES, collect, startTestCluster, type TestCluster } from './helpers.ts';
 
 type Fault =
   /** forward the whole upload, then close both sides when the storage's reply comes */
@@ -170,7 +170,7 @@ function oneShot(bytes: Uint8Array): UploadSource & { opens: number } {
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-describe.each(BACKENDS)('lost upload replies on %s', (backend) => {
+describe.each(BACKEND_NAMES)('lost upload replies on %s', (backend) => {
   let t: TestCluster;
   let proxies: FaultProxies;
   let client: DsmClient;

@@ -6,7 +6,7 @@ import { startTestCluster, type TestCluster } from './helpers.ts';
 describe('seed vectors replayed against a running cluster', () => {
   let t: TestCluster;
   beforeAll(async () => {
-    t = await startTestCluster('embedded', { trackers: 1, groups: ['group001'], storagesPerGroup: 1 });
+    t = await startTestCluster('sqlite+memory', { trackers: 1, groups: ['group001'], storagesPerGroup: 1 });
     await t.waitActive(1);
   }, 90_000);
   afterAll(async () => {

@@ -1,8 +1,11 @@
 /**
  * Test support shared by the packages' tests (a devDependency only; never imported by library
- * code): database/cache backends, a raw TCP frame connection, the seed vectors, free port ranges,
- * deterministic byte patterns and small async helpers.
+ * code): whole-cluster starts, database/cache backends, a raw TCP frame connection, the seed
+ * vectors, free port ranges, deterministic byte patterns and small async helpers.
  */
+
+// the one polling helper (the launcher's; the HA lab uses it too)
+export { until } from '@dsm/cluster';
 export {
   BACKEND_NAMES,
   type Backend,
@@ -13,6 +16,7 @@ export {
   testBackend,
   testBackends,
 } from './backends.ts';
+export { startTestCluster, type TestCluster } from './cluster.ts';
 export { RawConn, type RawConnOptions, type RawFrame } from './raw-conn.ts';
 export { frameOf, loadSeedVectors, SEED_VECTORS_PATH, type SeedVector } from './seed-vectors.ts';
 export {
@@ -33,5 +37,4 @@ export {
   patternChunks,
   patternSource,
   rejection,
-  until,
 } from './util.ts';

@@ -65,20 +65,6 @@ export async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer
   return Buffer.concat(parts);
 }
 
-/** Polls `cond` every `stepMs` until it holds; throws after `timeoutMs`. */
-export async function until(
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 3000,
-  stepMs = 10,
-  what = 'condition',
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-}
-
 /** What `p` rejects with; throws when it resolves. */
 export async function rejection(p: Promise<unknown>): Promise<unknown> {
   try {

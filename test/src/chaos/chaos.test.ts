@@ -12,7 +12,7 @@ describe('chaos run', () => {
   it(
     `${SECONDS} s of kills under 200 concurrent clients: no acknowledged upload lost`,
     async () => {
-      const r = await runChaos({ seconds: SECONDS, workers: 200, backend: 'mysql' });
+      const r = await runChaos({ seconds: SECONDS, workers: 200, backend: 'mariadb+redis' });
       console.log(r.report);
       // About 60 s in all on an idle machine; the timeout allows for a loaded one (node start-up
       // retried, restarts of 20 s and more). A restart takes 1-3 s idle, far longer loaded.

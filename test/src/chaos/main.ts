@@ -1,7 +1,7 @@
 /**
  * The chaos run by hand, longer than in `npm test`:
  *
- *   npm run chaos -- --seconds 300 [--workers 200] [--backend mysql|embedded] [--seed N]
+ *   npm run chaos -- --seconds 300 [--workers 200] [--backend mariadb+redis|sqlite+memory] [--seed N]
  *                    [--history FILE.jsonl] [--keep-logs DIR]
  *
  * Environment: DSM_CHAOS_SECONDS / DSM_CHAOS_WORKERS / DSM_CHAOS_BACKEND as defaults. Prints the
@@ -9,22 +9,22 @@
  * deleted file back).
  */
 import { parseArgs } from 'node:util';
-import type { Backend } from '../helpers.ts';
+import { BACKEND_NAMES, type BackendName } from '../helpers.ts';
 import { runChaos } from './run.ts';
 
 const { values } = parseArgs({
   options: {
     seconds: { type: 'string', default: process.env.DSM_CHAOS_SECONDS ?? '300' },
     workers: { type: 'string', default: process.env.DSM_CHAOS_WORKERS ?? '200' },
-    backend: { type: 'string', default: process.env.DSM_CHAOS_BACKEND ?? 'mysql' },
+    backend: { type: 'string', default: process.env.DSM_CHAOS_BACKEND ?? 'mariadb+redis' },
     seed: { type: 'string' },
     history: { type: 'string' },
     'keep-logs': { type: 'string' },
   },
 });
-const backend = values.backend as Backend;
-if (backend !== 'mysql' && backend !== 'embedded') {
-  process.stderr.write(`--backend must be mysql or embedded, not ${backend}\n`);
+const backend = values.backend as BackendName;
+if (!BACKEND_NAMES.includes(backend)) {
+  process.stderr.write(`--backend must be ${BACKEND_NAMES.join(' or ')}, not ${backend}\n`);
   process.exit(2);
 }
 const stamp = () => new Date().toISOString().slice(11, 19);

@@ -3,14 +3,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster } from '@dsm/cli';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
+import { Cluster, portCount } from '@dsm/cluster';
 import { ErrorCode } from '@dsm/common/errors';
 import type { FileIds } from '@dsm/packets';
 import { Errno, parseAddress } from '@dsm/packets';
-import { freePortRange, mariadbBackend } from '@dsm/testkit';
-import type { Backend } from '../helpers.ts';
+import { type BackendName, freePortRange, mariadbBackend } from '@dsm/testkit';
 import { classifyMismatch, fileBytes, sha256Hex } from './content.ts';
 import {
   checkHistory,
@@ -27,7 +26,7 @@ export interface ChaosOptions {
   seconds: number;
   /** Concurrent client workers. */
   workers?: number;
-  backend?: Backend;
+  backend?: BackendName;
   /** Pause between the end of one kill/restart cycle and the next kill, ms (random in range). */
   killGapMs?: [number, number];
   /** How long a killed node stays down before it is restarted, ms (random in range). */
@@ -63,7 +62,7 @@ export interface KindStats {
 }
 
 export interface ChaosResult {
-  backend: Backend;
+  backend: BackendName;
   workers: number;
   seconds: number;
   windowMs: number;
@@ -101,9 +100,9 @@ interface ChaosCluster {
  * on fresh MariaDB databases + a fresh Redis key prefix, or on SQLite files. Everything is
  * removed by stop(), and on a failed start.
  */
-async function startChaosCluster(backend: Backend): Promise<ChaosCluster> {
+async function startChaosCluster(backend: BackendName): Promise<ChaosCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'dsm-chaos-'));
-  const store = backend === 'mysql' ? mariadbBackend() : undefined;
+  const store = backend === 'mariadb+redis' ? mariadbBackend() : undefined;
   let cluster: Cluster | undefined;
   const stop = async () => {
     try {
@@ -118,16 +117,11 @@ async function startChaosCluster(backend: Backend): Promise<ChaosCluster> {
     const databases = store
       ? { tracker: store.database('tracker'), storage: store.database('storage'), id: store.database('id') }
       : undefined;
-    const base = await freePortRange(8);
+    const shape = { trackers: 2, ids: 2, groups: ['group001', 'group002'], storagesPerGroup: 2 };
     cluster = await Cluster.start({
       dir,
-      trackers: 2,
-      ids: 2,
-      groups: ['group001', 'group002'],
-      storagesPerGroup: 2,
-      trackerBasePort: base,
-      idBasePort: base + 2,
-      storageBasePort: base + 4,
+      ...shape,
+      basePort: await freePortRange(portCount(shape)),
       beatIntervalMs: 300,
       beatTimeoutMs: 1500,
       databases,
@@ -193,7 +187,7 @@ const isNotFound = (e: unknown) => (e as { code?: unknown })?.code === ErrorCode
  */
 export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const workers = o.workers ?? 200;
-  const backend = o.backend ?? 'mysql';
+  const backend = o.backend ?? 'mariadb+redis';
   const killGap = o.killGapMs ?? [1000, 3000];
   const down = o.downMs ?? [200, 2000];
   const minSize = o.minSize ?? 1024;

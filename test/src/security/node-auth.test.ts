@@ -73,7 +73,7 @@ describe('node-protocol auth on a running cluster (auth.required on every node)'
         { id: 'k1', secretFile: f1 },
       ],
     };
-    t = await startTestCluster('embedded', {
+    t = await startTestCluster('sqlite+memory', {
       trackers: 1,
       groups: ['group001'],
       storagesPerGroup: 1,

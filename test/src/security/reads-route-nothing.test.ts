@@ -4,7 +4,7 @@ import { parseGatewayConfig } from '@dsm/gateway';
 import { type RunningGateway, startGateway } from '@dsm/gateway/node';
 import { Errno } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKENDS, startTestCluster, type TestCluster } from '../helpers.ts';
+import { BACKEND_NAMES, startTestCluster, type TestCluster } from '../helpers.ts';
 
 // Only an upload routes a new user: reads by users nobody ever uploaded as (anyone can make up
 // public ids) must leave no t_router row behind, or a loop of GETs grows the table forever.
@@ -24,7 +24,7 @@ async function routerRows(database: string): Promise<number> {
 
 const randomUser = () => `rnd-${Math.random().toString(36).slice(2)}`;
 
-describe.each(BACKENDS)('reads of unrouted users on %s', (backend) => {
+describe.each(BACKEND_NAMES)('reads of unrouted users on %s', (backend) => {
   let t: TestCluster;
   let gw: RunningGateway;
   beforeAll(async () => {

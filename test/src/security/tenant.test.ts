@@ -5,7 +5,7 @@ import { type RunningGateway, startGateway } from '@dsm/gateway/node';
 import { fileTableFor } from '@dsm/storage-node';
 import { patternBytes } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKENDS, startTestCluster, type TestCluster } from '../helpers.ts';
+import { BACKEND_NAMES, startTestCluster, type TestCluster } from '../helpers.ts';
 
 // Tenant isolation through the gateway, with JWT auth: a public id says (app, user, file id),
 // and anyone can build one naming themselves and someone else's file id. For users whose
@@ -28,7 +28,7 @@ interface Who {
   userId: string;
 }
 
-describe.each(BACKENDS)('tenant isolation through the gateway on %s', (backend) => {
+describe.each(BACKEND_NAMES)('tenant isolation through the gateway on %s', (backend) => {
   let t: TestCluster;
   let gw: RunningGateway;
 

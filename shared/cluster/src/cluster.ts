@@ -1,17 +1,35 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { createWriteStream, existsSync, mkdirSync, realpathSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { NODE_FLAGS } from '@dsm/common';
 
 /**
- * What each node runs: the `dsm` entry, from source through tsx (cli/bin/dsm.js), or the bundle
- * of `npm run build` when DSM_ENTRY names it (the bundle sets it for the nodes it starts).
+ * The program every node process runs (`node <entry> <role> --config FILE`): `DSM_ENTRY` (the
+ * bundle of `npm run build` sets it to itself), else `options.entry` (`dsm up` passes its own
+ * cli/bin/dsm.js), else the `dsm` command installed in the workspace (`node_modules/.bin/dsm`,
+ * looked for from this package's folder upwards, as `npx dsm` finds it).
+ *
+ * Why not `import '@dsm/cli'`: the CLI depends on this package, and the gateway's tests use it
+ * while the CLI depends on the gateway. The launcher runs `dsm` as a program, the way a test runs
+ * `curl`; it never loads the CLI's code, so no package dependency (and no cycle) is needed.
  */
-function dsmEntry(env?: Record<string, string>): string {
-  const entry = env?.DSM_ENTRY ?? process.env.DSM_ENTRY;
-  return entry ? resolve(entry) : fileURLToPath(new URL('../bin/dsm.js', import.meta.url));
+export function dsmEntry(opts: { entry?: string; env?: Record<string, string> } = {}): string {
+  const fromEnv = opts.env?.DSM_ENTRY ?? process.env.DSM_ENTRY;
+  if (fromEnv) return resolve(fromEnv);
+  if (opts.entry) return resolve(opts.entry);
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const bin = join(dir, 'node_modules', '.bin', 'dsm');
+    if (existsSync(bin)) return realpathSync(bin);
+    const up = dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  throw new Error(
+    'no dsm command found (node_modules/.bin/dsm above the launcher): run `npm install`, or set DSM_ENTRY to cli/bin/dsm.js or the bundle',
+  );
 }
 
 export type Role = 'tracker' | 'id' | 'storage' | 'gateway';
@@ -27,6 +45,13 @@ export interface ClusterOptions {
   storagesPerGroup?: number;
   /** HTTP gateways in front of the cluster (`dsm up` starts one on 8080; tests choose). */
   gateways?: number;
+  /**
+   * The one port scheme: when set, the nodes take consecutive ports from here, trackers first,
+   * then id servers, storages and gateways (`portCount` says how many; tests pass a free range).
+   * Without it, the fixed bases of `dsm up`: trackers 21000…, id servers 22000…, storages 23000…,
+   * gateways 8080…. A role's own base below overrides either.
+   */
+  basePort?: number;
   gatewayBasePort?: number;
   trackerBasePort?: number;
   idBasePort?: number;
@@ -42,6 +67,8 @@ export interface ClusterOptions {
   joinSecret?: string;
   /** Extra config keys per role, merged last. */
   extra?: Partial<Record<Role, Record<string, unknown>>>;
+  /** The program each node runs (see `dsmEntry`); `DSM_ENTRY` wins over it. */
+  entry?: string;
   /** Environment for the node processes (e.g. DSM_LOG_LEVEL). */
   env?: Record<string, string>;
   /** Called with each node's ready line. */
@@ -60,7 +87,7 @@ export interface NodeHandle {
   ready: Record<string, unknown>;
 }
 
-interface Running extends NodeHandle {
+export interface Running extends NodeHandle {
   child: ChildProcess | null;
   exited: Promise<number | null>;
 }
@@ -73,17 +100,48 @@ export interface NodeSpec {
   config: Record<string, unknown>;
 }
 
+type Counts = Pick<ClusterOptions, 'trackers' | 'ids' | 'groups' | 'storagesPerGroup' | 'gateways'>;
+
+function counts(o: Counts) {
+  const groups = o.groups ?? ['group001', 'group002'];
+  const perGroup = o.storagesPerGroup ?? 2;
+  return {
+    trackers: o.trackers ?? 2,
+    ids: o.ids ?? 1,
+    groups,
+    perGroup,
+    storages: groups.length * perGroup,
+    gateways: o.gateways ?? 0,
+  };
+}
+
+/** How many ports a cluster of these options listens on (one per node). */
+export function portCount(o: Counts): number {
+  const c = counts(o);
+  return c.trackers + c.ids + c.storages + c.gateways;
+}
+
+/** The first port of each role (see `ClusterOptions.basePort`). */
+export function portBases(o: ClusterOptions): Record<Role, number> {
+  const c = counts(o);
+  const b = o.basePort;
+  return {
+    tracker: o.trackerBasePort ?? (b === undefined ? 21000 : b),
+    id: o.idBasePort ?? (b === undefined ? 22000 : b + c.trackers),
+    storage: o.storageBasePort ?? (b === undefined ? 23000 : b + c.trackers + c.ids),
+    gateway: o.gatewayBasePort ?? (b === undefined ? 8080 : b + c.trackers + c.ids + c.storages),
+  };
+}
+
 /** What `dsm up` would start, without starting it (configs written by start()). */
 export function planCluster(o: ClusterOptions): NodeSpec[] {
   const dir = resolve(o.dir);
   const host = o.host ?? '127.0.0.1';
-  const nTrackers = o.trackers ?? 2;
-  const nIds = o.ids ?? 1;
-  const groups = o.groups ?? ['group001', 'group002'];
-  const perGroup = o.storagesPerGroup ?? 2;
-  const tBase = o.trackerBasePort ?? 21000;
-  const iBase = o.idBasePort ?? 22000;
-  const sBase = o.storageBasePort ?? 23000;
+  const { trackers: nTrackers, ids: nIds, groups, perGroup, gateways: nGateways } = counts(o);
+  const bases = portBases(o);
+  const tBase = bases.tracker;
+  const iBase = bases.id;
+  const sBase = bases.storage;
   const db = (role: Role, file: string) => o.databases?.[role] ?? `sqlite:${join(dir, file)}`;
   const cache = o.cache ?? 'memory:';
   const trackers = Array.from({ length: nTrackers }, (_, i) => `${host}:${tBase + i}`);
@@ -146,8 +204,8 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       port++;
     }
   }
-  const gBase = o.gatewayBasePort ?? 8080;
-  for (let i = 0; i < (o.gateways ?? 0); i++) {
+  const gBase = bases.gateway;
+  for (let i = 0; i < nGateways; i++) {
     specs.push({
       name: `gateway${i + 1}`,
       role: 'gateway',
@@ -219,7 +277,7 @@ export class Cluster {
     const child = spawn(
       process.execPath,
       // V8 flags of every node process (@dsm/common NODE_FLAGS: the young generation's size)
-      [...NODE_FLAGS, dsmEntry(this.#opts.env), s.role, '--config', this.configFile(name)],
+      [...NODE_FLAGS, dsmEntry(this.#opts), s.role, '--config', this.configFile(name)],
       {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, ...this.#opts.env, DSM_PARENT_PID: String(process.pid) },
