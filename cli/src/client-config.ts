@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type ClusterKey, clusterKey } from '@dsm/client';
+import { messageOf } from '@dsm/common';
 import { type Address, parseAddress } from '@dsm/packets';
 
 export interface ClientSettings {
@@ -36,7 +37,7 @@ export function clusterKeyFrom(
     try {
       text = readFileSync(file, 'utf8');
     } catch (e) {
-      throw new UsageError(`cannot read the key file ${file}: ${(e as Error).message}`);
+      throw new UsageError(`cannot read the key file ${file}: ${messageOf(e)}`);
     }
     return clusterKey(id, text, `key file ${file}`);
   }
@@ -83,7 +84,7 @@ function readTlsCa(file: string | undefined): string | undefined {
   try {
     return readFileSync(file, 'utf8');
   } catch (e) {
-    throw new UsageError(`cannot read the TLS CA file ${file}: ${(e as Error).message}`);
+    throw new UsageError(`cannot read the TLS CA file ${file}: ${messageOf(e)}`);
   }
 }
 

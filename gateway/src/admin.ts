@@ -1,4 +1,5 @@
 import { ping } from '@dsm/client';
+import { messageOf } from '@dsm/common/errors';
 import { Command, parseAddress } from '@dsm/packets';
 import { Hono } from 'hono';
 import type { GatewayCore } from './core.ts';
@@ -25,7 +26,7 @@ export async function readiness(core: GatewayCore): Promise<Readiness> {
         await withTimeout(ping(core.client.pool, parseAddress(address), Command.TRACKER_REPLY), 2000);
         return { address, ok: true };
       } catch (e) {
-        return { address, ok: false, error: (e as Error).message };
+        return { address, ok: false, error: messageOf(e) };
       }
     }),
   );
@@ -33,7 +34,7 @@ export async function readiness(core: GatewayCore): Promise<Readiness> {
   try {
     await withTimeout(core.kv.get('gw:readyz'), 2000);
   } catch (e) {
-    cache = { ok: false, error: (e as Error).message };
+    cache = { ok: false, error: messageOf(e) };
   }
   return { ready: trackers.some((t) => t.ok) && cache.ok, trackers, cache };
 }

@@ -1,3 +1,4 @@
+import { messageOf } from '@dsm/common/errors';
 import { fromBase64Url, toBase64Url } from '@dsm/packets';
 import {
   createRemoteJWKSet,
@@ -108,7 +109,7 @@ export class TokenVerifier {
     } catch (e) {
       if (e instanceof joseErrors.JWTExpired)
         throw unauthorized('the token has expired', 'expired', CHALLENGE);
-      throw unauthorized(`the token is not valid: ${(e as Error).message}`, 'invalid', CHALLENGE);
+      throw unauthorized(`the token is not valid: ${messageOf(e)}`, 'invalid', CHALLENGE);
     }
   }
 }

@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { type ClusterKey, clusterKey, DsmClient, type Transport } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
 import { createLogger, DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { messageOf } from '@dsm/common/errors';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { parseAddress } from '@dsm/packets';
 import { type ServerType, serve } from '@hono/node-server';
@@ -345,10 +346,7 @@ export function clusterLink(
     try {
       return readFileSync(resolve(dir, file), 'utf8');
     } catch (e) {
-      throw new DsmError(
-        ErrorCode.CONFIG,
-        `config key "${key}": cannot read ${file}: ${(e as Error).message}`,
-      );
+      throw new DsmError(ErrorCode.CONFIG, `config key "${key}": cannot read ${file}: ${messageOf(e)}`);
     }
   };
   let auth: ClusterKey | undefined;

@@ -1,31 +1,8 @@
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { DsmError, type DsmErrorCode, ErrorCode, GatewayErrorCode } from '@dsm/common/errors';
 import { Errno } from '@dsm/packets';
 
-/**
- * Codes the gateway adds to `ErrorCode` for conditions that exist only at the HTTP edge.
- * Like every `DSM_ERR_…` code they are stable: clients may switch on them.
- */
-export const GatewayErrorCode = {
-  FORBIDDEN: 'DSM_ERR_FORBIDDEN',
-  NO_ROUTE: 'DSM_ERR_NO_ROUTE',
-  LENGTH_REQUIRED: 'DSM_ERR_LENGTH_REQUIRED',
-  UNSUPPORTED_MEDIA_TYPE: 'DSM_ERR_UNSUPPORTED_MEDIA_TYPE',
-  PRECONDITION_FAILED: 'DSM_ERR_PRECONDITION_FAILED',
-  TUS_VERSION: 'DSM_ERR_TUS_VERSION',
-  LOCKED: 'DSM_ERR_LOCKED',
-  GONE: 'DSM_ERR_GONE',
-  CHECKSUM_MISMATCH: 'DSM_ERR_CHECKSUM_MISMATCH',
-  BODY_INCOMPLETE: 'DSM_ERR_BODY_INCOMPLETE',
-  NOT_READY: 'DSM_ERR_NOT_READY',
-  INTERNAL: 'DSM_ERR_INTERNAL',
-  /** A concurrency cap (uploads, downloads or connections per client address): 429. */
-  TOO_MANY_REQUESTS: 'DSM_ERR_TOO_MANY_REQUESTS',
-  /**
-   * A node refused the gateway's own connection (no cluster key, a wrong one, or an address
-   * outside its allowFrom): the gateway is misconfigured, the end user did nothing wrong: 503.
-   */
-  CLUSTER_AUTH: 'DSM_ERR_CLUSTER_AUTH',
-} as const;
+// The gateway's own codes are declared in @dsm/common next to ErrorCode (one union for DsmError.code).
+export { GatewayErrorCode };
 
 /** An error that already knows its HTTP status (thrown by the gateway's own checks). */
 export class HttpError extends DsmError {
@@ -34,7 +11,7 @@ export class HttpError extends DsmError {
   readonly extra: Record<string, unknown>;
   constructor(
     status: number,
-    code: string,
+    code: DsmErrorCode,
     message: string,
     opts: { headers?: Record<string, string>; extra?: Record<string, unknown>; cause?: unknown } = {},
   ) {
@@ -69,7 +46,7 @@ const TITLES: Record<number, string> = {
 };
 
 /** The HTTP status for a `DSM_ERR_…` code (errors from the cluster and the client library). */
-function statusForCode(code: string): number {
+function statusForCode(code: DsmErrorCode): number {
   switch (code) {
     case ErrorCode.NOT_FOUND:
       return 404;
@@ -163,7 +140,10 @@ const PUBLIC_DETAIL: Record<number, string> = {
 };
 
 /** Codes whose texts are the gateway's own words (no cluster text in them). */
-const OWN_WORDS = new Set<string>([GatewayErrorCode.BODY_INCOMPLETE, GatewayErrorCode.TOO_MANY_REQUESTS]);
+const OWN_WORDS = new Set<DsmErrorCode>([
+  GatewayErrorCode.BODY_INCOMPLETE,
+  GatewayErrorCode.TOO_MANY_REQUESTS,
+]);
 
 export interface Problem {
   status: number;
@@ -175,7 +155,7 @@ export interface Problem {
     title: string;
     status: number;
     detail: string;
-    code: string;
+    code: DsmErrorCode;
     instance?: string;
     [k: string]: unknown;
   };
@@ -187,7 +167,7 @@ export interface Problem {
  */
 export function toProblem(err: unknown, instance?: string): Problem {
   let status = 500;
-  let code: string = GatewayErrorCode.INTERNAL;
+  let code: DsmErrorCode = GatewayErrorCode.INTERNAL;
   let detail = 'internal error';
   let headers: Record<string, string> = {};
   let extra: Record<string, unknown> = {};

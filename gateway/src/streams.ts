@@ -1,5 +1,5 @@
 import type { DsmClient } from '@dsm/client';
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { DsmError, ErrorCode, messageOf } from '@dsm/common/errors';
 import { concatBytes, type FileIds } from '@dsm/packets';
 import { badRequest, GatewayErrorCode, tooLarge } from './problem.ts';
 
@@ -125,10 +125,7 @@ export async function* bodyChunks(body: ReadableStream<Uint8Array> | null): Asyn
       try {
         r = await reader.read();
       } catch (e) {
-        throw new DsmError(
-          GatewayErrorCode.BODY_INCOMPLETE,
-          `request body ended early: ${(e as Error).message}`,
-        );
+        throw new DsmError(GatewayErrorCode.BODY_INCOMPLETE, `request body ended early: ${messageOf(e)}`);
       }
       if (r.done) {
         done = true;

@@ -1,5 +1,5 @@
 import { decodePublicId, encodePublicId, newFileId } from '@dsm/client';
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { concatBytes, Errno, type FileIds, fromBase64, toHex } from '@dsm/packets';
 import type { Context } from 'hono';
 import { type Principal, requireOwner } from './auth.ts';
@@ -195,7 +195,7 @@ export class TusService {
       );
       return r.offset;
     } catch (e) {
-      if ((e as DsmError).errno === Errno.NOT_FOUND) {
+      if (isDsmError(e) && e.errno === Errno.NOT_FOUND) {
         if (locked) await this.#core.kv.del(K.state(id)).catch(() => {});
         throw notFound('this upload no longer exists');
       }
@@ -453,7 +453,7 @@ export class TusService {
           offset = await core.uploader.append(ids, offset, b);
       }
     } catch (e) {
-      if ((e as DsmError).errno === Errno.BUSY) {
+      if (isDsmError(e) && e.errno === Errno.BUSY) {
         throw new HttpError(
           423,
           GatewayErrorCode.LOCKED,

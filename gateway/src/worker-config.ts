@@ -1,4 +1,5 @@
 import { type ClusterKey, clusterKey } from '@dsm/client';
+import { messageOf } from '@dsm/common/errors';
 import { type GatewayConfig, parseGatewayConfig } from './config.ts';
 
 // Kept apart from worker.ts (which imports `cloudflare:sockets`) so Node tests can load it.
@@ -42,7 +43,7 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
     try {
       raw = JSON.parse(env.DSM_GATEWAY) as Record<string, unknown>;
     } catch (e) {
-      throw new Error(`DSM_GATEWAY is not JSON: ${(e as Error).message}`);
+      throw new Error(`DSM_GATEWAY is not JSON: ${messageOf(e)}`);
     }
   } else if (env.DSM_GATEWAY && typeof env.DSM_GATEWAY === 'object') {
     raw = structuredClone(env.DSM_GATEWAY);
@@ -62,7 +63,7 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
     try {
       keys = JSON.parse(env.DSM_AUTH_HS256_KEYS);
     } catch (e) {
-      throw new Error(`DSM_AUTH_HS256_KEYS is not JSON: ${(e as Error).message}`);
+      throw new Error(`DSM_AUTH_HS256_KEYS is not JSON: ${messageOf(e)}`);
     }
     cfg.auth = { ...(cfg.auth as object | undefined), hs256Keys: keys };
   }
@@ -72,7 +73,7 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
     try {
       keys = JSON.parse(env.DSM_SIGNING_KEYS);
     } catch (e) {
-      throw new Error(`DSM_SIGNING_KEYS is not JSON: ${(e as Error).message}`);
+      throw new Error(`DSM_SIGNING_KEYS is not JSON: ${messageOf(e)}`);
     }
     cfg.downloads = { ...(cfg.downloads as object | undefined), signingKeys: keys };
   }
@@ -89,7 +90,7 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
     const issues = (e as { issues?: { path: PropertyKey[]; message: string }[] }).issues;
     const first = issues?.[0];
     throw new Error(
-      first ? `config key "${first.path.map(String).join('.')}": ${first.message}` : (e as Error).message,
+      first ? `config key "${first.path.map(String).join('.')}": ${first.message}` : messageOf(e),
     );
   }
   // A Worker is on the internet by nature (its `listen` means nothing): the embedded default of

@@ -2,7 +2,7 @@
 // DsmClient over `cloudflare:sockets`. Runtime-neutral modules only (no node:, no prom-client).
 import { DsmClient } from '@dsm/client';
 import { workersTlsTransport, workersTransport } from '@dsm/client/workers';
-import { ErrorCode } from '@dsm/common/errors';
+import { ErrorCode, messageOf } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
 import { parseAddress } from '@dsm/packets';
 import { createApp } from './app.ts';
@@ -122,7 +122,7 @@ function build(env: WorkerEnv) {
 }
 
 function configProblem(e: unknown, req: Request): Response {
-  const err = new HttpError(500, ErrorCode.CONFIG, `the Worker is misconfigured: ${(e as Error).message}`);
+  const err = new HttpError(500, ErrorCode.CONFIG, `the Worker is misconfigured: ${messageOf(e)}`);
   return problemResponse(toProblem(err, new URL(req.url).pathname), req.method);
 }
 

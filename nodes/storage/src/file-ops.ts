@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, messageOf } from '@dsm/common';
 import { type FileTableName, isOutcomeUnknown, isUniqueViolation } from '@dsm/db';
 import {
   decodeDownloadRequest,
@@ -142,7 +142,7 @@ export async function recordFile(env: StorageEnv, meta: FileMeta, undo: () => Pr
   } catch (e) {
     if (isOutcomeUnknown(e)) {
       env.log.warn(
-        { err: (e as Error).message, fileId: meta.fileId, path: meta.path },
+        { err: messageOf(e), fileId: meta.fileId, path: meta.path },
         'database lost during the INSERT; the file is kept in case the row was written',
       );
     } else {

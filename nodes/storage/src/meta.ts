@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { DsmError, ErrorCode, type Logger, messageOf } from '@dsm/common';
 import { type FileTableName, isDbUnavailable, type Schema } from '@dsm/db';
 import type { KvStore } from '@dsm/kv';
 import { Errno } from '@dsm/packets';
@@ -126,7 +126,7 @@ export class MetaStore {
     const now = Date.now();
     if (now - this.#cacheWarnedAt > 30_000) {
       this.#cacheWarnedAt = now;
-      this.#log.warn({ err: (e as Error)?.message }, 'metadata cache unavailable; using the database');
+      this.#log.warn({ err: messageOf(e) }, 'metadata cache unavailable; using the database');
     }
   }
 

@@ -1,6 +1,6 @@
 import { IdClient, Pool } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
-import { DsmError, ErrorCode, type Logger, parseHostPort } from '@dsm/common';
+import { DsmError, ErrorCode, type Logger, messageOf, parseHostPort } from '@dsm/common';
 import { Command, Errno } from '@dsm/packets';
 import type { Handler, NodeKit, NodeSecurity, RequestContext } from '@dsm/server';
 import type { StorageConfig } from './config.ts';
@@ -84,7 +84,7 @@ export function idAllocator(
     try {
       id = await from(key);
     } catch (e) {
-      kit.log.warn({ err: (e as Error)?.message ?? String(e), key }, 'no id from the id servers');
+      kit.log.warn({ err: messageOf(e), key }, 'no id from the id servers');
       throw new DsmError(ErrorCode.ID_UNAVAILABLE, 'Get Filepath Fail...', Errno.ID_UNAVAILABLE, {
         cause: e,
       });
@@ -111,7 +111,7 @@ export function backgroundTasks(
   const log: Logger = kit.log;
   const sweep = (nowMs?: number) => sweepUploads(env, nowMs);
   const sweepQuietly = () =>
-    void sweep().catch((e) => log.warn({ err: (e as Error).message }, 'upload sweep failed'));
+    void sweep().catch((e) => log.warn({ err: messageOf(e) }, 'upload sweep failed'));
   sweepQuietly();
   const sweeper = setInterval(sweepQuietly, SWEEP_INTERVAL_MS);
   sweeper.unref();

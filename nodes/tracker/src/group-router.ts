@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import { DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { DsmError, ErrorCode, type Logger, messageOf } from '@dsm/common';
 import { isDbUnavailable, isUniqueViolation, type Schema } from '@dsm/db';
 import type { KvStore } from '@dsm/kv';
 import { Errno } from '@dsm/packets';
@@ -87,10 +87,7 @@ export class GroupRouter {
           this.#knownGroups.add(name);
         })
         .catch((e) =>
-          this.#o.log.warn(
-            { err: (e as Error).message, group: name },
-            'cannot record the group in t_groups_info',
-          ),
+          this.#o.log.warn({ err: messageOf(e), group: name }, 'cannot record the group in t_groups_info'),
         )
         .finally(() => this.#pendingGroups.delete(name));
       this.#pendingGroups.set(name, p);
@@ -174,7 +171,7 @@ export class GroupRouter {
   #fail(e: unknown, what: string): never {
     if (e instanceof DsmError && e.code !== ErrorCode.DB_UNAVAILABLE) throw e;
     if (e instanceof DsmError || isDbUnavailable(e)) {
-      this.#o.log.warn({ err: (e as Error).message }, `${what}: database unavailable`);
+      this.#o.log.warn({ err: messageOf(e) }, `${what}: database unavailable`);
       throw new DsmError(ErrorCode.DB_UNAVAILABLE, ROUTE_FAIL, Errno.DB_UNAVAILABLE, { cause: e });
     }
     this.#o.log.error({ err: e }, `${what} failed`);
@@ -203,6 +200,6 @@ export class GroupRouter {
     const now = Date.now();
     if (now - this.#lastCacheWarn < 10_000) return;
     this.#lastCacheWarn = now;
-    this.#o.log.warn({ err: (e as Error).message, op }, 'route cache unavailable; using the database');
+    this.#o.log.warn({ err: messageOf(e), op }, 'route cache unavailable; using the database');
   }
 }

@@ -35,6 +35,11 @@ export class RemoteError extends DsmError {
   }
 }
 
+/** An error reply from a server (a RemoteError), and with errnos only one of those. */
+export function isRemoteError(e: unknown, ...errnos: number[]): e is RemoteError {
+  return e instanceof RemoteError && (errnos.length === 0 || errnos.includes(e.errno));
+}
+
 export interface ConnectionOptions {
   /** Longest wait for the next bytes of a reply. */
   ioTimeoutMs: number;

@@ -1,8 +1,8 @@
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
 import { type Address, type AddrsReply, Errno, type FileIds, type FileStat } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
-import type { RemoteError, StreamReply } from './connection.ts';
+import { isRemoteError, type StreamReply } from './connection.ts';
 import { isRetryable, tryEach } from './failover.ts';
 import { newFileId } from './file-id.ts';
 import { Pool, type PoolOptions } from './pool.ts';
@@ -150,8 +150,7 @@ export class DsmClient {
       try {
         return await this.#uploadAs(req, fileId, ownId, onProgress);
       } catch (e) {
-        const busy = (e as { remote?: boolean }).remote === true && (e as RemoteError).errno === Errno.BUSY;
-        if (!busy || !ownId || req.source.replayable === false) throw e;
+        if (!isRemoteError(e, Errno.BUSY) || !ownId || req.source.replayable === false) throw e;
         // an id made here: start over at once under another
         if (req.fileId === undefined) return this.#uploadAs(req, newFileId(), true, onProgress);
         // the caller's fresh id (it may have recorded it): wait out the dead holder's claim
@@ -204,8 +203,7 @@ export class DsmClient {
             if (st && (await isOurs(st))) return st;
             throw e;
           }
-          const errno = (e as { errno?: number; remote?: boolean }).remote ? (e as RemoteError).errno : -1;
-          if (attempts < 2 || errno !== Errno.EXISTS) throw e;
+          if (attempts < 2 || !isRemoteError(e, Errno.EXISTS)) throw e;
           const st = await this.storage.stat(a, ids).catch(() => null);
           if (st && (await isOurs(st))) return st;
           throw e;
@@ -262,8 +260,7 @@ export class DsmClient {
 
 /** A reply that never came: the connection closed or reset, or the reply timed out. */
 export function isLostReply(e: unknown): boolean {
-  const err = e as { code?: string; remote?: boolean };
-  return err?.remote !== true && (err?.code === ErrorCode.SOCKET || err?.code === ErrorCode.TIMEOUT);
+  return !isRemoteError(e) && isDsmError(e, ErrorCode.SOCKET, ErrorCode.TIMEOUT);
 }
 
 /**

@@ -1,24 +1,20 @@
-import { ErrorCode } from '@dsm/common/errors';
+import { ErrorCode, isDsmError } from '@dsm/common/errors';
 import { type Address, Errno } from '@dsm/packets';
+import { isRemoteError } from './connection.ts';
 
 /** Errors after which the same request may go to another server of the same kind. */
 export function isRetryable(e: unknown): boolean {
-  const err = e as { code?: string; errno?: number; remote?: boolean };
-  if (err?.remote) {
-    return (
-      err.errno === Errno.DB_UNAVAILABLE ||
-      err.errno === Errno.IO_ERROR ||
-      err.errno === Errno.BUSY ||
-      err.errno === Errno.INTERNAL ||
-      err.errno === Errno.ID_UNAVAILABLE
+  if (isRemoteError(e)) {
+    return isRemoteError(
+      e,
+      Errno.DB_UNAVAILABLE,
+      Errno.IO_ERROR,
+      Errno.BUSY,
+      Errno.INTERNAL,
+      Errno.ID_UNAVAILABLE,
     );
   }
-  return (
-    err?.code === ErrorCode.CONNECT ||
-    err?.code === ErrorCode.SOCKET ||
-    err?.code === ErrorCode.TIMEOUT ||
-    err?.code === ErrorCode.POOL_FULL
-  );
+  return isDsmError(e, ErrorCode.CONNECT, ErrorCode.SOCKET, ErrorCode.TIMEOUT, ErrorCode.POOL_FULL);
 }
 
 /**
@@ -28,8 +24,7 @@ export function isRetryable(e: unknown): boolean {
  * tracker still knows them all.
  */
 export function isRetryableOnTracker(e: unknown): boolean {
-  const err = e as { errno?: number; remote?: boolean };
-  return isRetryable(e) || (err?.remote === true && err.errno === Errno.NO_STORAGE);
+  return isRetryable(e) || isRemoteError(e, Errno.NO_STORAGE);
 }
 
 /** Random start index from a real random source (the seed reseeded its PRNG every second). */

@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { type Address, formatAddress } from '@dsm/packets';
 import type { ClusterKey } from './cluster-key.ts';
 import { Connection } from './connection.ts';
@@ -72,8 +72,7 @@ export class Pool {
       return r;
     } catch (e) {
       this.#release(addr, conn);
-      const code = (e as DsmError).code;
-      if (retryStale && reused && (code === ErrorCode.SOCKET || code === ErrorCode.CONNECT)) {
+      if (retryStale && reused && isDsmError(e, ErrorCode.SOCKET, ErrorCode.CONNECT)) {
         const fresh = await this.#acquire(addr, true);
         try {
           const r = await fn(fresh.conn);

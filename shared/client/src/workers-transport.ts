@@ -1,5 +1,5 @@
 import { connect as cfConnect } from 'cloudflare:sockets';
-import { DsmError, ErrorCode } from '@dsm/common/errors';
+import { DsmError, ErrorCode, messageOf } from '@dsm/common/errors';
 import type { ByteSocket, ConnectOptions, Transport } from './transport.ts';
 
 /**
@@ -59,14 +59,9 @@ class WorkersByteSocket implements ByteSocket {
       await this.#writer.write(bytes);
     } catch (e) {
       this.destroy();
-      throw new DsmError(
-        ErrorCode.SOCKET,
-        `write to ${this.#address} failed: ${(e as Error).message}`,
-        undefined,
-        {
-          cause: e,
-        },
-      );
+      throw new DsmError(ErrorCode.SOCKET, `write to ${this.#address} failed: ${messageOf(e)}`, undefined, {
+        cause: e,
+      });
     }
   }
 
@@ -78,14 +73,9 @@ class WorkersByteSocket implements ByteSocket {
     } catch (e) {
       if (this.#closed) return null;
       this.destroy();
-      throw new DsmError(
-        ErrorCode.SOCKET,
-        `read from ${this.#address} failed: ${(e as Error).message}`,
-        undefined,
-        {
-          cause: e,
-        },
-      );
+      throw new DsmError(ErrorCode.SOCKET, `read from ${this.#address} failed: ${messageOf(e)}`, undefined, {
+        cause: e,
+      });
     }
     if (r.done) {
       this.#closed = true;
@@ -124,14 +114,9 @@ export function socketsTransport(connect: CfConnect, options: SocketsTransportOp
       try {
         s = connect({ hostname: host, port }, { secureTransport, allowHalfOpen: false });
       } catch (e) {
-        throw new DsmError(
-          ErrorCode.CONNECT,
-          `cannot connect to ${address}: ${(e as Error).message}`,
-          undefined,
-          {
-            cause: e,
-          },
-        );
+        throw new DsmError(ErrorCode.CONNECT, `cannot connect to ${address}: ${messageOf(e)}`, undefined, {
+          cause: e,
+        });
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timeout = new Promise<never>((_, reject) => {
@@ -148,14 +133,9 @@ export function socketsTransport(connect: CfConnect, options: SocketsTransportOp
       } catch (e) {
         s.close().catch(() => {});
         if (e instanceof DsmError) throw e;
-        throw new DsmError(
-          ErrorCode.CONNECT,
-          `cannot connect to ${address}: ${(e as Error).message}`,
-          undefined,
-          {
-            cause: e,
-          },
-        );
+        throw new DsmError(ErrorCode.CONNECT, `cannot connect to ${address}: ${messageOf(e)}`, undefined, {
+          cause: e,
+        });
       } finally {
         clearTimeout(timer);
       }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
-import { DsmError, ErrorCode } from './errors.ts';
+import { DsmError, ErrorCode, messageOf } from './errors.ts';
 
 export class ConfigError extends DsmError {
   constructor(message: string) {
@@ -28,12 +28,12 @@ export function loadConfig<S extends z.ZodType>(
     try {
       text = readFileSync(path, 'utf8');
     } catch (e) {
-      throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`);
+      throw new ConfigError(`cannot read config file ${path}: ${messageOf(e)}`);
     }
     try {
       raw = JSON.parse(text) as Record<string, unknown>;
     } catch (e) {
-      throw new ConfigError(`config file ${path} is not valid JSON: ${(e as Error).message}`);
+      throw new ConfigError(`config file ${path} is not valid JSON: ${messageOf(e)}`);
     }
   }
   return parseConfig(schema, { ...raw, ...overrides }, configDir);

@@ -6,9 +6,14 @@ import { Errno } from '@dsm/packets';
  * replies, the gateway to problem+json.
  */
 export class DsmError extends Error {
-  readonly code: string;
+  readonly code: DsmErrorCode;
   readonly errno: number;
-  constructor(code: string, message: string, errno: number = Errno.GENERIC, options?: { cause?: unknown }) {
+  constructor(
+    code: DsmErrorCode,
+    message: string,
+    errno: number = Errno.GENERIC,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.name = 'DsmError';
     this.code = code;
@@ -41,8 +46,58 @@ export const ErrorCode = {
   NO_SPACE: 'DSM_ERR_NO_SPACE',
 } as const;
 
+/**
+ * Codes only the HTTP gateway raises, for conditions that exist only at the HTTP edge (the
+ * gateway's problem.ts maps them to statuses). They live here, next to `ErrorCode`, so that
+ * `DsmError.code` is one closed union that admits both tables. Stable like every `DSM_ERR_…`.
+ */
+export const GatewayErrorCode = {
+  FORBIDDEN: 'DSM_ERR_FORBIDDEN',
+  NO_ROUTE: 'DSM_ERR_NO_ROUTE',
+  LENGTH_REQUIRED: 'DSM_ERR_LENGTH_REQUIRED',
+  UNSUPPORTED_MEDIA_TYPE: 'DSM_ERR_UNSUPPORTED_MEDIA_TYPE',
+  PRECONDITION_FAILED: 'DSM_ERR_PRECONDITION_FAILED',
+  TUS_VERSION: 'DSM_ERR_TUS_VERSION',
+  LOCKED: 'DSM_ERR_LOCKED',
+  GONE: 'DSM_ERR_GONE',
+  CHECKSUM_MISMATCH: 'DSM_ERR_CHECKSUM_MISMATCH',
+  BODY_INCOMPLETE: 'DSM_ERR_BODY_INCOMPLETE',
+  NOT_READY: 'DSM_ERR_NOT_READY',
+  INTERNAL: 'DSM_ERR_INTERNAL',
+  /** A concurrency cap (uploads, downloads or connections per client address): 429. */
+  TOO_MANY_REQUESTS: 'DSM_ERR_TOO_MANY_REQUESTS',
+  /**
+   * A node refused the gateway's own connection (no cluster key, a wrong one, or an address
+   * outside its allowFrom): the gateway is misconfigured, the end user did nothing wrong: 503.
+   */
+  CLUSTER_AUTH: 'DSM_ERR_CLUSTER_AUTH',
+} as const;
+
+/** A code of the cluster and the client library (`ErrorCode`). */
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+/** A code only the gateway raises (`GatewayErrorCode`). */
+export type GatewayErrorCodeValue = (typeof GatewayErrorCode)[keyof typeof GatewayErrorCode];
+/** Every stable code a DsmError can carry: a typo in a `throw` or a comparison does not compile. */
+export type DsmErrorCode = ErrorCodeValue | GatewayErrorCodeValue;
+
+/**
+ * Says what a `catch` expects (instead of a cast): true for a DsmError (subclasses
+ * included), and with codes only when its code is one of them; narrows `code` to those.
+ */
+export function isDsmError<C extends DsmErrorCode = DsmErrorCode>(
+  e: unknown,
+  ...codes: C[]
+): e is DsmError & { readonly code: C } {
+  return e instanceof DsmError && (codes.length === 0 || (codes as DsmErrorCode[]).includes(e.code));
+}
+
+/** The message of whatever was thrown, for logs and wrapped errors (`String(e)` for a non-Error). */
+export function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 /** Maps a wire errno back to a stable code (clients turn error replies into DsmErrors). */
-export function codeForErrno(errno: number): string {
+export function codeForErrno(errno: number): ErrorCodeValue {
   switch (errno) {
     case Errno.NOT_FOUND:
       return ErrorCode.NOT_FOUND;

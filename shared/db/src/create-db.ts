@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
-import { DsmError, ErrorCode, redactUrl } from '@dsm/common';
+import { DsmError, ErrorCode, messageOf, redactUrl } from '@dsm/common';
 import type Database from 'better-sqlite3';
 import { Kysely, MysqlDialect, type MysqlPool, type MysqlPoolConnection, SqliteDialect } from 'kysely';
 import type { Pool, PoolConnection, PoolOptions, TypeCast } from 'mysql2';
@@ -138,14 +138,9 @@ function openSqlite(path: string): Database.Database {
     sqlite.pragma('synchronous = NORMAL');
     return sqlite;
   } catch (e) {
-    throw new DsmError(
-      ErrorCode.CONFIG,
-      `cannot open SQLite database ${path}: ${(e as Error).message}`,
-      undefined,
-      {
-        cause: e,
-      },
-    );
+    throw new DsmError(ErrorCode.CONFIG, `cannot open SQLite database ${path}: ${messageOf(e)}`, undefined, {
+      cause: e,
+    });
   }
 }
 

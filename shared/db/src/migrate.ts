@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, messageOf } from '@dsm/common';
 import { Errno } from '@dsm/packets';
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
 import { type DbDialect, SQLITE_BUSY_TIMEOUT_MS } from './create-db.ts';
@@ -187,11 +187,11 @@ async function ensureTable(db: AnyDb, dialect: DbDialect, t: TableSpec): Promise
         )
         .execute(db);
     } catch (e) {
-      if (ix.unique && /duplicate|unique/i.test((e as Error).message)) {
+      if (ix.unique && /duplicate|unique/i.test(messageOf(e))) {
         throw new DsmError(
           ErrorCode.CONFIG,
           `cannot add UNIQUE (${ix.columns.join(', ')}) to ${t.name}: existing rows have duplicates; ` +
-            `remove them and restart (${(e as Error).message})`,
+            `remove them and restart (${messageOf(e)})`,
           undefined,
           { cause: e },
         );

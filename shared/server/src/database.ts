@@ -109,7 +109,7 @@ export async function openDatabase(
       throw e;
     }
     log.warn(
-      { err: (e as Error).cause ?? e, database: redactUrl(url), retryMs },
+      { err: (e instanceof Error ? e.cause : undefined) ?? e, database: redactUrl(url), retryMs },
       'database unavailable at start-up; starting anyway, requests get DB_UNAVAILABLE until it is back',
     );
     retryLater();

@@ -1,4 +1,5 @@
 import type { Logger } from '@dsm/common';
+import { messageOf } from '@dsm/common';
 
 export interface RunningNode {
   /** What the launcher needs to know; printed as one JSON line on stdout when ready. */
@@ -16,7 +17,7 @@ export async function runNode(log: Logger, start: () => Promise<RunningNode>): P
     node = await start();
   } catch (e) {
     log.fatal({ err: e }, 'start-up failed');
-    process.stderr.write(`error: ${(e as Error).message}\n`);
+    process.stderr.write(`error: ${messageOf(e)}\n`);
     process.exit(1);
   }
   process.stdout.write(`${JSON.stringify({ ready: true, ...node.ready })}\n`);

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import { resolve } from 'node:path';
-import { ConfigError } from '@dsm/common';
+import { ConfigError, messageOf } from '@dsm/common';
 import { KEY_ID_RE } from '@dsm/packets';
 import { z } from 'zod';
 
@@ -97,7 +97,7 @@ function readSecretFile(path: string, key: string): Uint8Array {
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new ConfigError(`config key "${key}": cannot read ${path}: ${(e as Error).message}`);
+    throw new ConfigError(`config key "${key}": cannot read ${path}: ${messageOf(e)}`);
   }
   // one trailing newline (echo > file) is not part of the secret
   const secret = new TextEncoder().encode(text.replace(/\r?\n$/, ''));
@@ -113,7 +113,7 @@ function readPem(path: string, key: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new ConfigError(`config key "${key}": cannot read ${path}: ${(e as Error).message}`);
+    throw new ConfigError(`config key "${key}": cannot read ${path}: ${messageOf(e)}`);
   }
 }
 

@@ -1,4 +1,4 @@
-import { DsmError, ErrorCode, type Logger, parseListen } from '@dsm/common';
+import { DsmError, ErrorCode, type Logger, messageOf, parseListen } from '@dsm/common';
 import type { DbRole } from '@dsm/db';
 import { type CreateKvStoreOptions, createKvStore, type KvStore } from '@dsm/kv';
 import { formatAddress } from '@dsm/packets';
@@ -64,14 +64,9 @@ export async function startNode<T extends object>(
       try {
         bound = await server.listen(port, host);
       } catch (e) {
-        throw new DsmError(
-          ErrorCode.CONFIG,
-          `cannot listen on ${listen}: ${(e as Error).message}`,
-          undefined,
-          {
-            cause: e,
-          },
-        );
+        throw new DsmError(ErrorCode.CONFIG, `cannot listen on ${listen}: ${messageOf(e)}`, undefined, {
+          cause: e,
+        });
       }
       cleanups.defer('listener', () => server.close());
       return { server, host, port: bound.port, listen: formatAddress({ host, port: bound.port }) };
