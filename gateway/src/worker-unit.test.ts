@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { type AddressInfo, connect, createServer } from 'node:net';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { CfConnect } from '@dsm/client/workers';
 import { describe, expect, it, vi } from 'vitest';
@@ -16,9 +16,8 @@ vi.mock('cloudflare:sockets', () => ({
 
 const { socketsTransport } = await import('@dsm/client/workers');
 
-/** A `cloudflare:sockets` Socket look-alike over node:net. */
-const nodeCfConnect: CfConnect = ({ hostname, port }) => {
-  const s = connect(port, hostname);
+/** A `cloudflare:sockets` Socket look-alike over a Node socket; `opened` waits for `openEvent`. */
+function cfSocketOver(s: Socket, openEvent: 'connect' | 'secureConnect' = 'connect'): ReturnType<CfConnect> {
   const web = Duplex.toWeb(s) as {
     readable: ReadableStream<Uint8Array>;
     writable: WritableStream<Uint8Array>;
@@ -26,13 +25,16 @@ const nodeCfConnect: CfConnect = ({ hostname, port }) => {
   return {
     readable: web.readable,
     writable: web.writable,
-    opened: new Promise((resolve, reject) => s.once('connect', resolve).once('error', reject)),
+    opened: new Promise((resolve, reject) => s.once(openEvent, resolve).once('error', reject)),
     closed: new Promise((resolve) => s.once('close', () => resolve())),
     close: async () => {
       s.destroy();
     },
   };
-};
+}
+
+/** cloudflare:sockets' connect over node:net. */
+const nodeCfConnect: CfConnect = ({ hostname, port }) => cfSocketOver(connect(port, hostname));
 
 describe('socketsTransport (the cloudflare:sockets Transport)', () => {
   it('writes, reads to the end, and reports the close', async () => {
@@ -117,21 +119,7 @@ describe('the Worker transport with secureTransport "on" and a cluster key (DSM_
         modes.push(options?.secureTransport);
         const on = options?.secureTransport === 'on';
         const s = on ? tls.connect({ host: hostname, port: p, ca }) : connect(p, hostname);
-        const web = Duplex.toWeb(s) as {
-          readable: ReadableStream<Uint8Array>;
-          writable: WritableStream<Uint8Array>;
-        };
-        return {
-          readable: web.readable,
-          writable: web.writable,
-          opened: new Promise((resolve, reject) =>
-            s.once(on ? 'secureConnect' : 'connect', resolve).once('error', reject),
-          ),
-          closed: new Promise((resolve) => s.once('close', () => resolve())),
-          close: async () => {
-            s.destroy();
-          },
-        };
+        return cfSocketOver(s, on ? 'secureConnect' : 'connect');
       };
       const config = configFromEnv({
         DSM_GATEWAY: {
