@@ -1,6 +1,6 @@
 /**
  * The local environment's rendered provisioning of a tracker pair, an id pair and a storage
- * group is byte for byte what the HA tests start in namespaces (test/src/ha/lab.ts): the same
+ * group is byte for byte what the HA tests start in namespaces (@dsm/ha/lab): the same
  * node config files, the same keepalived.conf per host, the same GlusterFS steps and the same
  * mount per storage host. The lab's side comes from the lab's own methods (src/lab-parity.ts);
  * the environment's side from dsm.json through the renderer and, for what a host receives, through
@@ -28,7 +28,7 @@ function delivered(host: string, path: string): string {
   return f.content;
 }
 
-describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
+describe('local environment = the HA lab (@dsm/ha/lab)', () => {
   it('same hosts, addresses, VIPs, ports and volume', () => {
     const hosts = { ...spec.trackers.hosts, ...spec.idServers.hosts, ...spec.storageGroups.group001!.hosts };
     expect(Object.keys(hosts)).toEqual(lab.HOSTS.filter((h) => h !== 'c'));
@@ -53,7 +53,7 @@ describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
     }
   });
 
-  it('keepalived.conf: byte for byte what Lab.up renders for each host of both pairs', () => {
+  it('keepalived.conf: byte for byte what the lab renders for each host of both pairs', () => {
     for (const h of ['t1', 't2', 'i1', 'i2']) {
       const labConf = want.get(`${h}/keepalived.conf`);
       expect(labConf, h).toMatch(/^vrrp_instance /m);
@@ -62,7 +62,7 @@ describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
     }
   });
 
-  it('GlusterFS steps: the commands the lab runs on s1 (Lab#groupSteps), in order', () => {
+  it('GlusterFS steps: the commands the lab runs on s1 (GlusterLab#groupSteps), in order', () => {
     const labSteps = want.get('s1/gluster-steps.json')!;
     expect(JSON.parse(labSteps).commands.length).toBeGreaterThanOrEqual(5);
     expect(r.files.get('s1/gluster-steps.json')).toBe(labSteps);
@@ -77,7 +77,7 @@ describe('local environment = the HA lab (test/src/ha/lab.ts)', () => {
     }
   });
 
-  it('mount of the group volume on each storage host: the argv Lab#mountVolume runs', async () => {
+  it('mount of the group volume on each storage host: the argv GlusterLab#mountVolume runs', async () => {
     for (const h of ['s1', 's2', 's3']) {
       const labArgv = await labMountArgv(lab, h);
       expect(labArgv.slice(0, 3), h).toEqual(['mount', '-t', 'glusterfs']);

@@ -1,84 +1,45 @@
 /**
- * The HA tests' namespace lab (test/src/ha/lab.ts) seen from here: what it starts, taken from
- * the lab itself where it can be, and the differences from the local environment's rendered
+ * The HA tests' namespace lab (@dsm/ha/lab, infra/ha/src/lab) seen from here: what it starts,
+ * taken from the lab itself, and the differences from the local environment's rendered
  * provisioning.
  *
  * - node configs: `Lab#nodeConfig(h)` (the object the lab writes, as `configText` writes it);
- * - GlusterFS steps: `Lab#groupSteps()`;
- * - the mount of each storage host: `Lab#mountVolume(h)` run with its `inNode` recording the
- *   commands instead of entering a namespace, so the argv is the lab's own;
- * - keepalived.conf: `labVipConfs(dir)`, the function `Lab.up` renders and starts them with.
- *
- * @dsm/test does not export the lab (it is test code), so it is loaded by path at run time.
+ * - GlusterFS steps: `GlusterLab#groupSteps()`;
+ * - the mount of each storage host: `GlusterLab#mountVolume(h)` run with a command runner that
+ *   records the commands instead of entering a namespace, so the argv is the lab's own;
+ * - keepalived.conf: `labVipConfs(dir)`, the function the lab renders and starts them with.
  */
-import { fileURLToPath } from 'node:url';
-import type { GlusterGroupSteps } from '@dsm/ha';
+import * as labModule from '@dsm/ha/lab';
 import { configText, glusterStepsScript, type RenderedEnvironment } from './render-provisioning.ts';
 
-export const LAB_FILE = fileURLToPath(new URL('../../../test/src/ha/lab.ts', import.meta.url));
-
-export interface LabInstance {
-  readonly dir: string;
-  readonly dataPath: string;
-  proxySock: string;
-  nodeConfig(h: string): {
-    name: string;
-    role: 'tracker' | 'id' | 'storage';
-    config: Record<string, unknown>;
-  };
-  groupSteps(): GlusterGroupSteps;
-  inNode(h: string, argv: string[], timeoutMs?: number): Promise<string>;
-  mountVolume(h: string): Promise<void>;
-  vipHolders(vip: string): string[];
-  waitStorages(count: number, timeoutMs?: number): Promise<void>;
-  client(): {
-    upload(req: {
-      appId: string;
-      userId: string;
-      source: { size: number; open(): AsyncIterable<Uint8Array> };
-    }): Promise<{ publicId: string; ids: object; group: string }>;
-    download(ids: object): Promise<{ stream: AsyncIterable<Uint8Array> }>;
-    close(): Promise<void>;
-  };
-  down(): Promise<void>;
-}
-
-export interface LabModule {
-  Lab: { new (): LabInstance; up(log?: (s: string) => void): Promise<LabInstance> };
-  HOSTS: readonly string[];
-  STORAGE_HOSTS: readonly string[];
-  ipOf(h: string): string;
-  TRACKER_VIP: string;
-  ID_VIP: string;
-  TRACKER_PORT: number;
-  ID_PORT: number;
-  STORAGE_PORT: number;
-  VOLUME: string;
-  labVipConfs(trackFileDir?: string): { hosts: string[]; confs: { name: string; conf: string }[] }[];
-}
+/** The lab's module (a parameter of the functions below, so a test can hand in a changed one). */
+export type LabModule = typeof labModule;
 
 export async function loadLab(): Promise<LabModule> {
-  return (await import(LAB_FILE)) as LabModule;
+  return labModule;
 }
 
-/** keepalived.conf per host, as `Lab.up` renders them (the lab's own `labVipConfs`). */
-export function labKeepalived(lab: LabModule, inst: LabInstance): Map<string, string> {
+/** keepalived.conf per host, as the lab renders them (the lab's own `labVipConfs`). */
+export function labKeepalived(lab: LabModule, dir: string = lab.LAB_STATE): Map<string, string> {
   const out = new Map<string, string>();
-  for (const p of lab.labVipConfs(inst.dir)) for (const c of p.confs) out.set(c.name, c.conf);
+  for (const p of lab.labVipConfs(dir)) for (const c of p.confs) out.set(c.name, c.conf);
   return out;
 }
 
-/** The mount argv `Lab#mountVolume(h)` runs in h's namespaces (recorded, nothing is run). */
+/** The mount argv `GlusterLab#mountVolume(h)` runs in h's namespaces (recorded, nothing is run). */
 export async function labMountArgv(lab: LabModule, h: string): Promise<string[]> {
-  const inst = new lab.Lab();
+  if (!lab.isStorageHost(h)) throw new Error(`${h} is not a storage host of the lab`);
   const calls: string[][] = [];
-  inst.inNode = async (_host: string, argv: string[]) => {
-    calls.push(argv);
-    return '';
-  };
-  await inst.mountVolume(h);
+  const gluster = new lab.GlusterLab({
+    run: async (_host, argv) => {
+      calls.push(argv);
+      return '';
+    },
+  });
+  await gluster.mountVolume(h);
   const mounts = calls.filter((a) => a[0] === 'mount');
-  if (mounts.length !== 1) throw new Error(`Lab#mountVolume(${h}) ran ${mounts.length} mount commands`);
+  if (mounts.length !== 1)
+    throw new Error(`GlusterLab#mountVolume(${h}) ran ${mounts.length} mount commands`);
   return mounts[0] as string[];
 }
 
@@ -90,8 +51,8 @@ export async function labFiles(lab: LabModule): Promise<Map<string, string>> {
     const { role, config } = inst.nodeConfig(h);
     out.set(`${h}/${role}.json`, configText(config));
   }
-  for (const [h, conf] of labKeepalived(lab, inst)) out.set(`${h}/keepalived.conf`, conf);
-  const steps = inst.groupSteps();
+  for (const [h, conf] of labKeepalived(lab, inst.dir)) out.set(`${h}/keepalived.conf`, conf);
+  const steps = inst.gluster.groupSteps();
   const first = lab.STORAGE_HOSTS[0] as string;
   out.set(`${first}/gluster-steps.json`, `${JSON.stringify(steps, null, 2)}\n`);
   out.set(`${first}/dsm-gluster-steps`, glusterStepsScript(steps, lab.VOLUME, lab.STORAGE_HOSTS.length));
@@ -100,8 +61,8 @@ export async function labFiles(lab: LabModule): Promise<Map<string, string>> {
 }
 
 /** Differences between the rendered local environment and what the lab starts ([] = none). */
-export async function verifyAgainstLab(r: RenderedEnvironment, labModule?: LabModule): Promise<string[]> {
-  const lab = labModule ?? (await loadLab());
+export async function verifyAgainstLab(r: RenderedEnvironment, given?: LabModule): Promise<string[]> {
+  const lab = given ?? (await loadLab());
   const diffs: string[] = [];
   for (const h of lab.HOSTS.filter((x) => x !== 'c')) {
     const m = r.manifest.hosts[h];

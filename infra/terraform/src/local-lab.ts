@@ -166,9 +166,9 @@ async function serve(): Promise<void> {
     if (sha(Buffer.concat(chunks)) !== sha(data)) throw new Error('smoke test: downloaded bytes differ');
     const ready = {
       tracker_endpoint: `${lab.TRACKER_VIP}:${lab.TRACKER_PORT}`,
-      tracker_vip_holder: l.vipHolders(lab.TRACKER_VIP),
+      tracker_vip_holder: l.net.vipHolders(lab.TRACKER_VIP),
       id_endpoint: `${lab.ID_VIP}:${lab.ID_PORT}`,
-      id_vip_holder: l.vipHolders(lab.ID_VIP),
+      id_vip_holder: l.net.vipHolders(lab.ID_VIP),
       storages: lab.STORAGE_HOSTS.map((h) => `${lab.ipOf(h)}:${lab.STORAGE_PORT}`),
       smoke_upload: { publicId: r.publicId, group: r.group, bytes: data.length },
       client_socket: l.proxySock,

@@ -1,6 +1,6 @@
 /**
  * Fault scenarios against real keepalived + GlusterFS + dsm node processes in network
- * namespaces (lab.ts). One lab for the whole file: the scenarios run one after another and
+ * namespaces (the lab of @dsm/ha/lab, infra/ha/src/lab). One lab for the whole file: the scenarios run one after another and
  * each puts the cluster back the way it found it. Every figure is printed and asserted;
  * docs/reliability.md records them.
  */
@@ -10,9 +10,6 @@ import { join } from 'node:path';
 import { formatStatus } from '@dsm/cli';
 import { type DsmClient, newFileId, type StorageClient } from '@dsm/client';
 import type { DsmError } from '@dsm/common/errors';
-import { type Address, Errno, type FileIds } from '@dsm/packets';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collect, patternSource } from '../helpers.ts';
 import {
   BEAT_MS,
   BEAT_TIMEOUT_MS,
@@ -25,8 +22,11 @@ import {
   SWEEP_MS,
   sleep,
   TRACKER_VIP,
-  until,
-} from './lab.ts';
+} from '@dsm/ha/lab';
+import { type Address, Errno, type FileIds } from '@dsm/packets';
+import { until } from '@dsm/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collect, patternSource } from '../helpers.ts';
 
 const APP = 'tnvideo';
 let lab: Lab;
@@ -244,8 +244,8 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       expect(storages.map((s) => `${s.host}:${s.port}`).sort()).toEqual(
         STORAGE_HOSTS.map((h) => `${ipOf(h)}:${STORAGE_PORT}`),
       );
-      expect(lab.vipHolders(TRACKER_VIP)).toEqual(['t1']);
-      expect(lab.vipHolders(ID_VIP)).toEqual(['i1']);
+      expect(lab.net.vipHolders(TRACKER_VIP)).toEqual(['t1']);
+      expect(lab.net.vipHolders(ID_VIP)).toEqual(['i1']);
     } finally {
       await c.close();
     }
@@ -261,7 +261,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       // 1. process crash: SIGKILL of the tracker; keepalived's PING check fails, VIP goes to t2
       let t0 = Date.now();
       await lab.killNode('t1');
-      await until('tracker VIP on t2', 10_000, () => lab.vipHolders(TRACKER_VIP).join() === 't2', 20);
+      await until(() => lab.net.vipHolders(TRACKER_VIP).join() === 't2', 10_000, 20, 'tracker VIP on t2');
       const vipMove = Date.now() - t0;
       await sleep(1500);
       const crashOutage = lookups.outageAfter(t0);
@@ -272,7 +272,12 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       // back: tracker restarted, t1 (priority 150) takes the VIP back once its check passes
       t0 = Date.now();
       await lab.startNode('t1');
-      await until('tracker VIP back on t1', 15_000, () => lab.vipHolders(TRACKER_VIP).join() === 't1', 20);
+      await until(
+        () => lab.net.vipHolders(TRACKER_VIP).join() === 't1',
+        15_000,
+        20,
+        'tracker VIP back on t1',
+      );
       await sleep(1000);
       const failback = lookups.outageAfter(t0);
       figure(`(a) failback to the restarted t1: longest lookup outage ${failback} ms`);
@@ -281,9 +286,9 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
 
       // 2. host crash: keepalived SIGKILLed and t1's cable cut (tracker unreachable, no RST)
       t0 = Date.now();
-      lab.killKeepalived('t1');
-      await lab.cut('t1');
-      await until('tracker VIP on t2', 10_000, () => lab.vipHolders(TRACKER_VIP).includes('t2'), 20);
+      lab.keepalived.kill('t1');
+      await lab.net.cut('t1');
+      await until(() => lab.net.vipHolders(TRACKER_VIP).includes('t2'), 10_000, 20, 'tracker VIP on t2');
       const vipMove2 = Date.now() - t0;
       await sleep(1500);
       const cutOutage = lookups.outageAfter(t0);
@@ -292,12 +297,12 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       );
       expect(cutOutage).toBeLessThan(2000);
       // repair: remove the VIP the killed keepalived left on t1 (P12), cable back, keepalived back
-      await lab.startKeepalivedAfterCrash('t1');
+      await lab.keepalived.startAfterCrash('t1');
       await until(
-        'tracker VIP back on t1 only',
+        () => lab.net.vipHolders(TRACKER_VIP).join() === 't1',
         15_000,
-        () => lab.vipHolders(TRACKER_VIP).join() === 't1',
         20,
+        'tracker VIP back on t1 only',
       );
       await lab.waitStorages(3, 15_000);
     } finally {
@@ -317,7 +322,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
   it("(a') tracker master's link cut, processes alive: VIP moves, < 2 s outage, one holder after repair", async () => {
     // the starting point, even after a failed (a): t1 whole and holding the VIP
     await lab.restoreVipHost('t1');
-    await until('tracker VIP on t1 only', 20_000, () => lab.vipHolders(TRACKER_VIP).join() === 't1', 50);
+    await until(() => lab.net.vipHolders(TRACKER_VIP).join() === 't1', 20_000, 50, 'tracker VIP on t1 only');
     await lab.waitStorages(3, 15_000);
     const look = lab.client({ connectTimeoutMs: 200, ioTimeoutMs: 500 });
     const up = lab.client();
@@ -328,8 +333,8 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       // t1's own interface goes down (a cable pulled at the host): tracker and keepalived keep
       // running; keepalived sees the link down (FAULT, VIP released), t2's master-down timer fires
       const t0 = Date.now();
-      await lab.linkDown('t1');
-      await until('tracker VIP on t2', 10_000, () => lab.vipHolders(TRACKER_VIP).includes('t2'), 20);
+      await lab.net.linkDown('t1');
+      await until(() => lab.net.vipHolders(TRACKER_VIP).includes('t2'), 10_000, 20, 'tracker VIP on t2');
       const move = Date.now() - t0;
       await sleep(1500);
       const outage = lookups.outageAfter(t0);
@@ -337,15 +342,15 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
         `(a') t1's link down (tracker + keepalived running): VIP on t2 after ${move} ms, longest lookup outage ${outage} ms`,
       );
       expect(outage).toBeLessThan(2000);
-      expect(lab.vipHolders(TRACKER_VIP)).toEqual(['t2']);
+      expect(lab.net.vipHolders(TRACKER_VIP)).toEqual(['t2']);
       // link back: t1 (priority 150) preempts; exactly one holder, lookups go on
       const t1 = Date.now();
-      await lab.linkUp('t1');
+      await lab.net.linkUp('t1');
       await until(
-        'tracker VIP back on t1 only',
+        () => lab.net.vipHolders(TRACKER_VIP).join() === 't1',
         15_000,
-        () => lab.vipHolders(TRACKER_VIP).join() === 't1',
         20,
+        'tracker VIP back on t1 only',
       );
       const back = Date.now() - t1;
       await sleep(1500);
@@ -354,7 +359,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       expect(failback).toBeLessThan(2000);
       await lab.waitStorages(3, 15_000);
     } finally {
-      await lab.linkUp('t1').catch(() => {});
+      await lab.net.linkUp('t1').catch(() => {});
       await lookups.stop();
       await writes.stop();
     }
@@ -377,7 +382,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       await sleep(800);
       let t0 = Date.now();
       await lab.killNode('i1');
-      await until('id VIP on i2', 10_000, () => lab.vipHolders(ID_VIP).join() === 'i2', 20);
+      await until(() => lab.net.vipHolders(ID_VIP).join() === 'i2', 10_000, 20, 'id VIP on i2');
       const move = Date.now() - t0;
       await sleep(1500);
       const outage = p.outageAfter(t0);
@@ -389,7 +394,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       expect(fromBackup).toBeGreaterThan(10);
       t0 = Date.now();
       await lab.startNode('i1');
-      await until('id VIP back on i1', 15_000, () => lab.vipHolders(ID_VIP).join() === 'i1', 20);
+      await until(() => lab.net.vipHolders(ID_VIP).join() === 'i1', 15_000, 20, 'id VIP back on i1');
       await sleep(800);
       figure(`(b) failback to i1: longest id outage ${p.outageAfter(t0)} ms`);
     } finally {
@@ -422,14 +427,14 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       await lab.killHost('s1', { silent: true });
       const s1 = `${ipOf('s1')}:${STORAGE_PORT}`;
       await until(
-        's1 not ACTIVE on the tracker',
-        10_000,
         async () => {
           const st = await c.tracker.status();
           const r = st.groups.flatMap((g) => g.storages).find((s) => `${s.host}:${s.port}` === s1);
           return r && r.state !== 'ACTIVE';
         },
+        10_000,
         25,
+        's1 not ACTIVE on the tracker',
       );
       const detect = Date.now() - t0;
       figure(
@@ -452,7 +457,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       // (only what was killed: a second glusterd on a live host cannot bind its port)
       if (killed) await lab.reviveHost('s1');
     }
-    const heal = await lab.healWait(60_000);
+    const heal = await lab.gluster.healWait(60_000);
     figure(`(c) s1 back: heal finished ${heal} ms after its brick restarted`);
     await lab.waitStorages(3, 15_000);
     await verifyAll(c, files);
@@ -466,17 +471,17 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
     try {
       await sleep(1000);
       const t0 = Date.now();
-      await lab.killBrick('s2');
+      await lab.gluster.killBrick('s2');
       // the storages report the entries waiting for the dead brick; `dsm status` shows them
       const seen = await until(
-        'pending heals in dsm status',
-        10_000,
         async () => {
           const st = await c.tracker.status();
           const max = Math.max(...st.groups.flatMap((g) => g.storages.map((s) => s.pendingHeals)));
           return max > 0 ? { max, table: formatStatus(st) } : undefined;
         },
+        10_000,
         200,
+        'pending heals in dsm status',
       );
       figure(
         `(d) brick of s2 killed: dsm status shows ${seen.max} pending heals ${Date.now() - t0} ms later`,
@@ -485,9 +490,9 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       expect(seen.table).toMatch(/HEALS/);
       await sleep(1000);
       const during = writes.acked.length;
-      await lab.restartBricks();
+      await lab.gluster.restartBricks();
       figure(`(d) brick of s2 down for ${Date.now() - t0} ms`);
-      heal = await lab.healWait(60_000);
+      heal = await lab.gluster.healWait(60_000);
       await sleep(500);
       expect(during).toBeGreaterThan(0);
     } finally {
@@ -497,22 +502,22 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       `(d) ${writes.acked.length} uploads acknowledged, ${writes.failures} failed, longest write stall ${writes.longestStall} ms; heal done ${heal} ms after restart`,
     );
     expect(writes.failures).toBe(0);
-    await lab.healWait(60_000);
+    await lab.gluster.healWait(60_000);
     await verifyAll(c, writes.acked);
-    const trees = STORAGE_HOSTS.map((h) => brickTree(lab.brickPath(h)));
+    const trees = STORAGE_HOSTS.map((h) => brickTree(lab.gluster.brickPath(h)));
     const [a, b, d] = trees as [Map<string, string>, Map<string, string>, Map<string, string>];
     expect(a.size).toBeGreaterThan(writes.acked.length);
     expect(b).toEqual(a);
     expect(d).toEqual(a);
     figure(`(d) ${a.size} files identical (sha-256) on the bricks of s1, s2 and s3`);
     await until(
-      'dsm status back to 0 pending heals',
-      15_000,
       async () => {
         const st = await c.tracker.status();
         return st.groups.flatMap((g) => g.storages).every((s) => s.pendingHeals === 0);
       },
+      15_000,
       200,
+      'dsm status back to 0 pending heals',
     );
     await c.close();
   }, 120_000);
@@ -526,8 +531,11 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
     const before: Acked[] = [];
     for (let i = 0; i < 8; i++) {
       const size = [0, 5000, 120_000, 700_000][i % 4] as number;
-      const r = await until('an upload before the cut', 30_000, () =>
-        c.upload({ appId: APP, userId: 'ha-e', source: patternSource(size, 900 + i) }),
+      const r = await until(
+        () => c.upload({ appId: APP, userId: 'ha-e', source: patternSource(size, 900 + i) }),
+        30_000,
+        100,
+        'an upload before the cut',
       );
       before.push({ ids: r.ids, size, sha: sha(await bytesOf(size, 900 + i)) });
     }
@@ -557,22 +565,22 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
     try {
       await sleep(800);
       tCut = Date.now();
-      await lab.cutGroup('s3');
+      await lab.net.cutGroup('s3');
       minor = writer(toStorages(sc, [addr('s3')]), 'ha-e', 70_000);
       routed = writer(throughTracker(c), 'ha-e-routed', 80_000);
       // until the minority has refused a few uploads and both others wrote after their stall
       // (bounded: at most 40 s of cut)
       await until(
-        'minority refusals and majority writes during the cut',
-        40_000,
         () =>
           minor!.attempts.filter((a) => !a.ok && a.errno === Errno.IO_ERROR).length >= 3 &&
           major.attempts.filter((a) => a.ok && a.start > tCut).length >= 5 &&
           routed!.acked.length >= 3,
+        40_000,
         100,
+        'minority refusals and majority writes during the cut',
       );
       // what the trackers show of s3 meanwhile (it beats as usual, saying its store refuses writes)
-      await until('the tracker to show s3 refusing writes', 15_000, () => flaggedAt > 0, 100);
+      await until(() => flaggedAt > 0, 15_000, 100, 'the tracker to show s3 refusing writes');
       const s3 = await s3Status();
       minorStatus = s3
         ? `${s3.state}, writes ${s3.writable === false ? 'refused' : 'ok'}, pending heals ${s3.pendingHeals}`
@@ -595,19 +603,19 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       const [m, r] = [minor, routed];
       await Promise.all([major.stop(), m?.stop(), r?.stop()]);
       tRepair = Date.now();
-      await lab.uncutGroup('s3');
+      await lab.net.uncutGroup('s3');
       watching = false;
       await watch;
     }
     // after the repair s3's probe passes again and the trackers hand it out in its turn
     await until(
-      'the tracker to show s3 taking writes again',
-      30_000,
       async () => (await s3Status())?.writable === true,
+      30_000,
       200,
+      'the tracker to show s3 taking writes again',
     );
     const clearedAfter = Date.now() - tRepair;
-    const heal = await lab.healWait(60_000);
+    const heal = await lab.gluster.healWait(60_000);
     const minorA = minor!.attempts;
     const majorA = major.attempts.filter((a) => a.end > tCut);
     const routedA = routed!.attempts;
@@ -657,7 +665,7 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
     expect(majorA.filter((a) => !a.ok && a.errno !== Errno.ID_UNAVAILABLE)).toEqual([]);
     expect(routedA.filter((a) => !a.ok && a.errno !== Errno.ID_UNAVAILABLE)).toEqual([]);
     // no split-brain; every acknowledged file whole through every member; the refused ones nowhere
-    expect(await lab.splitBrainEntries()).toBe(0);
+    expect(await lab.gluster.splitBrainEntries()).toBe(0);
     const acked = [...before, ...major.acked, ...routed!.acked];
     const tRead = Date.now();
     await Promise.all(
@@ -682,14 +690,14 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
     // the raw bricks: identical (a heal may still be finishing a file when `heal info` says 0)
     let diff: string[] = [];
     const trees = await until(
-      'identical bricks',
-      15_000,
       () => {
-        const t = STORAGE_HOSTS.map((h) => brickTree(lab.brickPath(h)));
+        const t = STORAGE_HOSTS.map((h) => brickTree(lab.gluster.brickPath(h)));
         diff = [1, 2].flatMap((i) => treeDiff(t[0]!, t[i]!).map((d) => `s1 vs s${i + 1}: ${d}`));
         return diff.length === 0 && t;
       },
+      15_000,
       500,
+      'identical bricks',
     ).catch(() => {
       throw new Error(`bricks differ after the heal: ${diff.join('; ')}`);
     });
