@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { encodePublicId } from '@dsm/client';
-import { freePortRange } from '@dsm/testkit';
+import { freePortRange, until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningGateway } from './node.ts';
 import { patternBytes, type Stack, startStack } from './test-support.ts';
@@ -62,15 +62,6 @@ function established(g: RunningGateway, peer: string): number {
     encoding: 'utf8',
   });
   return out.split('\n').filter((l) => l.includes(` ${peer}:`)).length;
-}
-
-async function until(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return cond();
 }
 
 describe('content safety', () => {
@@ -193,7 +184,7 @@ describe('inactivity timeouts', () => {
     expect(ms).toBeGreaterThanOrEqual(900);
     expect(ms).toBeLessThan(4000);
     // nothing is left of it in the storages
-    expect(await until(() => s.dataFiles().length === before, 5000)).toBe(true);
+    await until(() => s.dataFiles().length === before, 5000, 50);
   });
 
   it('keeps an upload that is slow but never silent for a whole timeout', async () => {
@@ -214,9 +205,9 @@ describe('inactivity timeouts', () => {
     const f = await upload(gw, patternBytes(32 * MiB, 11));
     const id = f.url.split('/').pop();
     raw(gw, `GET /files/${id} HTTP/1.1\r\nHost: x\r\n\r\n`, { localAddress: '127.0.3.1', pause: true });
-    expect(await until(() => established(gw, '127.0.3.1') === 1, 2000)).toBe(true);
+    await until(() => established(gw, '127.0.3.1') === 1, 2000, 50);
     // Node gives a stalled write a second look: cut between 1 and 2 timeouts
-    expect(await until(() => established(gw, '127.0.3.1') === 0, 4000)).toBe(true);
+    await until(() => established(gw, '127.0.3.1') === 0, 4000, 50);
   });
 
   it('gives a stalled download’s storage connection back: the pool still serves others', async () => {
@@ -231,7 +222,7 @@ describe('inactivity timeouts', () => {
     for (let i = 0; i < 4; i++) {
       raw(g, `GET /files/${id} HTTP/1.1\r\nHost: x\r\n\r\n`, { localAddress: '127.0.3.2', pause: true });
     }
-    expect(await until(() => established(g, '127.0.3.2') === 4, 2000)).toBe(true);
+    await until(() => established(g, '127.0.3.2') === 4, 2000, 50);
     await new Promise((r) => setTimeout(r, 1000));
     const t0 = Date.now();
     const r = await fetch(`${g.url}/files/${id}`);
@@ -280,7 +271,7 @@ describe('concurrency caps', () => {
   it('answers connections past connectionsPerClient with a 429 problem and closes them', async () => {
     const g = await s.startGateway({ limits: { connectionsPerClient: 2 } });
     const held = [0, 1].map(() => raw(g, '', { localAddress: '127.0.4.1' }));
-    expect(await until(() => established(g, '127.0.4.1') === 2, 2000)).toBe(true);
+    await until(() => established(g, '127.0.4.1') === 2, 2000, 50);
     const third = raw(g, 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n', { localAddress: '127.0.4.1' });
     await third.closed;
     expect(third.received()).toMatch(/^HTTP\/1\.1 429/);
@@ -335,7 +326,7 @@ describe('trusted proxies (a CDN edge or load balancer in front)', () => {
       });
     // the proxy holds more connections than connectionsPerClient: it carries many clients
     const held = [0, 1, 2].map(() => raw(g, '', { localAddress: '127.0.5.1' }));
-    expect(await until(() => established(g, '127.0.5.1') === 3, 2000)).toBe(true);
+    await until(() => established(g, '127.0.5.1') === 3, 2000, 50);
     // client A (forwarded by the proxy) takes its one download and stalls
     get('127.0.5.1', '198.51.100.7', true);
     await new Promise((r) => setTimeout(r, 300));
