@@ -163,6 +163,26 @@ describe('terraform binary (offline)', () => {
     }
   });
 
+  it('vip-pair: role picks the manifest section (tracker hosts as the id pair stop the plan); an unknown role is refused', async () => {
+    const call = (role: string) =>
+      `locals {\n  spec = jsondecode(file("\${path.module}/../environments/local/dsm.json"))\n}\n\nmodule "pair" {\n  source        = "../modules/vip-pair"\n  role          = "${role}"\n  hosts         = local.spec.trackers.hosts\n  vip           = local.spec.trackers.vip\n  port          = local.spec.trackers.port\n  rendered_dir  = "\${path.module}/../rendered/local"\n  inputs_sha256 = filesha256("\${path.module}/../environments/local/dsm.json")\n}\n\noutput "endpoint" {\n  value = module.pair.endpoint\n}\n\noutput "user_data" {\n  value     = module.pair.user_data\n  sensitive = true\n}\n`;
+    const plan = async (role: string) => {
+      const cwd = join(root, `vip-pair-${role}`);
+      mkdirSync(cwd);
+      writeFileSync(join(cwd, 'main.tf'), call(role));
+      await tfOk(cwd, ['init', '-backend=false', '-input=false', '-no-color']);
+      return tf(cwd, ['plan', '-input=false', '-no-color']);
+    };
+    const ok = await plan('tracker');
+    expect(ok.code, ok.stderr).toBe(0);
+    const wrong = await plan('id');
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toContain('differ from idServers in the rendered manifest');
+    const bad = await plan('gateway');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('role must be "tracker" or "id"');
+  });
+
   it('dev: plans one provisioning per host; a missing secret stops the plan', async () => {
     const cwd = envDir('dev');
     await tfOk(cwd, ['init', '-backend=false', '-input=false', '-no-color']);
@@ -190,8 +210,8 @@ function userDataRoot(e: string, m: Manifest): string {
   const common = (extra = '') =>
     `  rendered_dir  = "\${path.module}/../rendered/${e}"\n  inputs_sha256 = filesha256("\${path.module}/../environments/${e}/dsm.json")\n  secrets       = var.secrets\n${extra}`;
   const mods = [
-    `module "trackers" {\n  source = "../modules/tracker-pair"\n  hosts  = local.spec.trackers.hosts\n  vip    = local.spec.trackers.vip\n  port   = local.spec.trackers.port\n${common()}}`,
-    `module "id_servers" {\n  source = "../modules/id-pair"\n  hosts  = local.spec.idServers.hosts\n  vip    = local.spec.idServers.vip\n  port   = local.spec.idServers.port\n${common()}}`,
+    `module "trackers" {\n  source = "../modules/vip-pair"\n  role   = "tracker"\n  hosts  = local.spec.trackers.hosts\n  vip    = local.spec.trackers.vip\n  port   = local.spec.trackers.port\n${common()}}`,
+    `module "id_servers" {\n  source = "../modules/vip-pair"\n  role   = "id"\n  hosts  = local.spec.idServers.hosts\n  vip    = local.spec.idServers.vip\n  port   = local.spec.idServers.port\n${common()}}`,
     `module "storage_group" {\n  source   = "../modules/storage-group"\n  for_each = local.spec.storageGroups\n  name     = each.key\n  hosts    = each.value.hosts\n  port     = each.value.port\n${common()}}`,
   ];
   const parts = [

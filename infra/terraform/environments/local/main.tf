@@ -1,5 +1,5 @@
 # The local environment: the namespace lab of the HA tests (hosts dsm-<name> on 10.213.0.0/24 of
-# one machine, test/src/ha/lab.ts). No provider: the modules check and describe the rendered
+# one machine, @dsm/ha/lab). No provider: the modules check and describe the rendered
 # provisioning, and scripts/local-lab.sh starts the lab from the same rendered inputs.
 
 terraform {
@@ -13,7 +13,8 @@ locals {
 }
 
 module "trackers" {
-  source        = "../../modules/tracker-pair"
+  source        = "../../modules/vip-pair"
+  role          = "tracker"
   hosts         = local.spec.trackers.hosts
   vip           = local.spec.trackers.vip
   port          = local.spec.trackers.port
@@ -22,7 +23,8 @@ module "trackers" {
 }
 
 module "id_servers" {
-  source        = "../../modules/id-pair"
+  source        = "../../modules/vip-pair"
+  role          = "id"
   hosts         = local.spec.idServers.hosts
   vip           = local.spec.idServers.vip
   port          = local.spec.idServers.port

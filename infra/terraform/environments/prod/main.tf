@@ -47,7 +47,8 @@ locals {
 # ---- what runs where (provider-neutral modules) ------------------------------------------------
 
 module "trackers" {
-  source        = "../../modules/tracker-pair"
+  source        = "../../modules/vip-pair"
+  role          = "tracker"
   hosts         = local.spec.trackers.hosts
   vip           = local.spec.trackers.vip
   port          = local.spec.trackers.port
@@ -57,7 +58,8 @@ module "trackers" {
 }
 
 module "id_servers" {
-  source        = "../../modules/id-pair"
+  source        = "../../modules/vip-pair"
+  role          = "id"
   hosts         = local.spec.idServers.hosts
   vip           = local.spec.idServers.vip
   port          = local.spec.idServers.port

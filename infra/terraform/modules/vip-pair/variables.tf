@@ -1,5 +1,15 @@
+variable "role" {
+  description = "Which pair: `tracker` (the `trackers` section of dsm.json and of the rendered manifest) or `id` (`idServers`)."
+  type        = string
+
+  validation {
+    condition     = contains(["tracker", "id"], var.role)
+    error_message = "role must be \"tracker\" or \"id\"."
+  }
+}
+
 variable "hosts" {
-  description = "Id server hosts: name → private IPv4 address. The same map as `idServers.hosts` in dsm.json (the plan checks it)."
+  description = "Hosts of the pair: name → private IPv4 address. The same map as `trackers.hosts` / `idServers.hosts` in dsm.json (the plan checks it)."
   type        = map(string)
 
   validation {
@@ -9,7 +19,7 @@ variable "hosts" {
 }
 
 variable "vip" {
-  description = "The virtual IP of the pair with its prefix length (`10.0.1.100/32`), as `idServers.vip` in dsm.json."
+  description = "The virtual IP of the pair with its prefix length (`10.0.1.100/32`), as `trackers.vip` / `idServers.vip` in dsm.json."
   type        = string
 
   validation {
@@ -19,9 +29,9 @@ variable "vip" {
 }
 
 variable "port" {
-  description = "Port the nodes listen on (and the VIP serves)."
+  description = "Port the nodes listen on (and the VIP serves); null = the role's usual port, 21000 for trackers, 22000 for id servers."
   type        = number
-  default     = 22000
+  default     = null
 }
 
 variable "rendered_dir" {

@@ -9,7 +9,7 @@ output "user_data" {
   }
   precondition {
     condition     = local.hosts_ok && local.vip_ok
-    error_message = "hosts, vip or port differ from idServers in the rendered manifest: pass the values of dsm.json and re-render."
+    error_message = "hosts, vip or port differ from ${local.section_name} in the rendered manifest: pass the values of dsm.json and re-render."
   }
   precondition {
     condition     = local.secrets_ok
@@ -29,15 +29,15 @@ output "vip" {
 
 output "endpoint" {
   description = "`VIP:port`: what clients use."
-  value       = "${local.vip_address}:${var.port}"
+  value       = "${local.vip_address}:${local.port}"
 }
 
 output "addresses" {
   description = "`address:port` of every node of the pair."
-  value       = [for a in values(var.hosts) : "${a}:${var.port}"]
+  value       = [for a in values(var.hosts) : "${a}:${local.port}"]
 }
 
 output "port" {
   description = "Port of the nodes."
-  value       = var.port
+  value       = local.port
 }
