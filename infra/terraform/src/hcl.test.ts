@@ -11,7 +11,7 @@ import { join, relative, resolve } from 'node:path';
 import { format } from '@cdktf/hcl-tools';
 import { parse } from '@cdktf/hcl2json';
 import { describe, expect, it } from 'vitest';
-import { TERRAFORM_DIR } from './render-provisioning.ts';
+import { TERRAFORM_DIR } from './inputs.ts';
 
 type Block = Record<string, unknown>;
 type HclJson = Record<string, Record<string, Block[]> | undefined>;

@@ -8,8 +8,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+import { loadEnvSpec } from './inputs.ts';
 import { type LabModule, labFiles, labMountArgv, loadLab, verifyAgainstLab } from './lab-parity.ts';
-import { loadEnvSpec, renderEnvironment } from './render-provisioning.ts';
+import { renderEnvironment } from './render-environment.ts';
 import { type EnvSpec, parseEnvSpec } from './spec.ts';
 import { applyTerraformTemplate } from './template.ts';
 

@@ -10,7 +10,9 @@
  * - keepalived.conf: `labVipConfs(dir)`, the function the lab renders and starts them with.
  */
 import * as labModule from '@dsm/ha/lab';
-import { configText, glusterStepsScript, type RenderedEnvironment } from './render-provisioning.ts';
+import { configText } from './node-configs.ts';
+import type { RenderedEnvironment } from './render-environment.ts';
+import { glusterStepsScript } from './templates.ts';
 
 /** The lab's module (a parameter of the functions below, so a test can hand in a changed one). */
 export type LabModule = typeof labModule;

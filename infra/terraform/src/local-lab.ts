@@ -24,8 +24,9 @@ import {
 } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadEnvSpec, RENDERED_DIR } from './inputs.ts';
 import { loadLab, verifyAgainstLab } from './lab-parity.ts';
-import { loadEnvSpec, RENDERED_DIR, renderEnvironment } from './render-provisioning.ts';
+import { renderEnvironment } from './render-environment.ts';
 
 const STATE = '/tmp/dsm-tf-local';
 const PID = join(STATE, 'lab.pid');

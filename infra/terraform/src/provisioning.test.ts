@@ -19,14 +19,13 @@ import { parse as parseYaml } from 'yaml';
 import {
   listEnvironments,
   loadEnvSpec,
-  nodeConfigFor,
   RENDERED_DIR,
   REPO_ROOT,
-  type RenderedEnvironment,
-  renderEnvironment,
   runtimeOf,
   TERRAFORM_DIR,
-} from './render-provisioning.ts';
+} from './inputs.ts';
+import { nodeConfigFor } from './node-configs.ts';
+import { type RenderedEnvironment, renderEnvironment } from './render-environment.ts';
 import { type EnvSpec, parseEnvSpec, SECRET_MARK } from './spec.ts';
 import { applyTerraformTemplate, templateVariables, toTerraformTemplate } from './template.ts';
 

@@ -15,14 +15,9 @@ import { appendFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  listEnvironments,
-  loadEnvSpec,
-  type Manifest,
-  renderEnvironment,
-  TERRAFORM_DIR,
-  writeRendered,
-} from './render-provisioning.ts';
+import { listEnvironments, loadEnvSpec, TERRAFORM_DIR } from './inputs.ts';
+import type { Manifest } from './manifest.ts';
+import { renderEnvironment, writeRendered } from './render-environment.ts';
 import { applyTerraformTemplate } from './template.ts';
 
 const TERRAFORM = process.env.DSM_TERRAFORM || 'terraform';
