@@ -14,10 +14,10 @@ import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { newFileId, Pool, ping, RemoteError, StorageClient, type UploadSource } from '@dsm/client';
+import { newFileId, Pool, ping, StorageClient, type UploadSource } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { createLogger, parseConfig } from '@dsm/common';
-import { createDb, type DbHandle } from '@dsm/db';
+import type { DbHandle } from '@dsm/db';
 import {
   type Address,
   type FileIds as ClientIds,
@@ -47,7 +47,7 @@ import { configSchema } from './config.ts';
 import { fileTableFor } from './seed-rules.ts';
 import { type StorageNode, startStorage } from './storage.ts';
 import { PARTIAL_DIR, TMP_DIR } from './store.ts';
-import { idStub } from './test-support.ts';
+import { closeSuite, errorReplyOf, idStub, openChecks, openScratch } from './test-support.ts';
 
 const log = createLogger('storage-test');
 
@@ -108,16 +108,6 @@ function source(data: Buffer, chunk = 64 * 1024): UploadSource {
 
 async function* chunks(data: Buffer): AsyncGenerator<Uint8Array> {
   for (let i = 0; i < data.length; i += 64 * 1024) yield data.subarray(i, i + 64 * 1024);
-}
-
-async function caught(p: Promise<unknown>): Promise<RemoteError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RemoteError) return e;
-    throw e;
-  }
-  throw new Error('expected an error reply');
 }
 
 /** Regular files under the stores, outside the temp and partial folders. */
@@ -207,25 +197,13 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
   };
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'dsm-storage-'));
-    backend = makeBackend();
-    await backend.setup();
-    dbUrl = backend.database();
+    ({ dir, backend, dbUrl } = await openScratch(makeBackend, 'dsm-storage-'));
     a = await start('store-a');
     b = await start('store-b');
-    dbh = createDb(dbUrl);
-    pool = new Pool({ transport: nodeTransport, ioTimeoutMs: 10_000 });
-    sc = new StorageClient(pool);
+    ({ dbh, pool, sc } = openChecks(dbUrl));
   });
 
-  afterAll(async () => {
-    await pool?.close();
-    await a?.close();
-    await b?.close();
-    await dbh?.close();
-    await backend?.cleanup();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => closeSuite([pool, a, b, dbh], backend, dir));
 
   it('replays every storage vector of the seed capture in order (same replies; one duplicate error)', async () => {
     const exchanges = storageExchanges();
@@ -293,14 +271,14 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     await half;
     const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
     await until(async () => existsSync(claimFile), 5000, 20, 'the upload claim on a');
-    const busy = await caught(sc.uploadExt(addr(b), idsFor(fileId), '', source(data)));
+    const busy = await errorReplyOf(sc.uploadExt(addr(b), idsFor(fileId), '', source(data)));
     expect(busy.errno).toBe(Errno.BUSY);
     expect(busy.message).toContain('Upload Busy');
     release();
     const st = await first;
     expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
     // the claim is gone with the upload: the same id now meets the stored file, not BUSY
-    const again = await caught(sc.uploadExt(addr(b), idsFor(fileId), '', source(data)));
+    const again = await errorReplyOf(sc.uploadExt(addr(b), idsFor(fileId), '', source(data)));
     expect(again.errno).toBe(Errno.EXISTS);
     expect(existsSync(claimFile)).toBe(false);
   });
@@ -309,7 +287,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     const fileId = newFileId();
     const data = randomBytes(300_000);
     const { slow, half, release } = stalledSource(data);
-    const first = caught(sc.uploadExt(addr(a), idsFor(fileId), '', slow));
+    const first = errorReplyOf(sc.uploadExt(addr(a), idsFor(fileId), '', slow));
     await half;
     const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
     await until(async () => existsSync(claimFile), 5000, 20, 'the upload claim on a');
@@ -382,16 +360,16 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     expect(st.contentType).toBe('application/octet-stream');
     expect(st.size).toBe(data.length);
     // Another user's table does not know this id.
-    expect((await caught(sc.size(addr(b), idsFor(fileId, 'tnv003')))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.size(addr(b), idsFor(fileId, 'tnv003')))).errno).toBe(Errno.NOT_FOUND);
     await sc.delete(addr(b), idsFor(fileId, 'user1'));
     // A had it cached: it notices the file is gone and asks the database.
-    const e = await caught(sc.size(addr(a), idsFor(fileId, 'user1')));
+    const e = await errorReplyOf(sc.size(addr(a), idsFor(fileId, 'user1')));
     expect(e.errno).toBe(Errno.NOT_FOUND);
     expect(e.message).toBe(`[store-a] Read Database Fail, Fileid: ${fileId}`);
     expect(
-      (await caught(sc.download(addr(a), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }))).errno,
+      (await errorReplyOf(sc.download(addr(a), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }))).errno,
     ).toBe(Errno.NOT_FOUND);
-    expect((await caught(sc.delete(addr(b), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.delete(addr(b), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
   });
 
   it('a delete interrupted after the file went (row left) serves nothing and is finished by a retry', async () => {
@@ -405,16 +383,16 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     // the file goes before the row: a file that cannot be removed keeps the row too
     rmSync(path);
     mkdirSync(join(path, 'x'), { recursive: true }); // unlink → EISDIR
-    expect((await caught(sc.delete(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.IO_ERROR);
+    expect((await errorReplyOf(sc.delete(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.IO_ERROR);
     expect(await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).execute()).toHaveLength(1);
     // the state a storage killed in the middle of a delete leaves: no file, the row still there
     rmSync(path, { recursive: true });
-    const e = await caught(sc.download(addr(b), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }));
+    const e = await errorReplyOf(sc.download(addr(b), { ...idsFor(fileId, 'user1'), offset: 0, size: 0 }));
     expect(e.errno).toBe(Errno.IO_ERROR);
     expect(e.message).toContain('ENOENT');
     await sc.delete(addr(b), idsFor(fileId, 'user1')); // the client's retry
     expect(await dbh.db.selectFrom(table).selectAll().where('id', '=', fileId).execute()).toEqual([]);
-    expect((await caught(sc.size(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.size(addr(a), idsFor(fileId, 'user1')))).errno).toBe(Errno.NOT_FOUND);
   });
 
   it('stat of a seed-era row computes and records the sha-256 and sniffs the type; paths outside the stores are refused', async () => {
@@ -455,10 +433,10 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
         .insertInto(table)
         .values({ id, appid: APP, userid: 'tnv002', status: 0, file_path: bad, file_size: 10 })
         .execute();
-      const e = await caught(sc.download(addr(a), { ...idsFor(id, 'tnv002'), offset: 0, size: 0 }));
+      const e = await errorReplyOf(sc.download(addr(a), { ...idsFor(id, 'tnv002'), offset: 0, size: 0 }));
       expect(e.errno).toBe(Errno.INTERNAL);
       expect(e.message).toContain('Invalid File Path');
-      expect((await caught(sc.stat(addr(a), idsFor(id, 'tnv002')))).errno).toBe(Errno.INTERNAL);
+      expect((await errorReplyOf(sc.stat(addr(a), idsFor(id, 'tnv002')))).errno).toBe(Errno.INTERNAL);
       await sc.delete(addr(a), idsFor(id, 'tnv002')); // the row goes; nothing outside is touched
     }
     expect(existsSync('/etc/passwd')).toBe(true);
@@ -471,7 +449,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       .insertInto(table)
       .values({ id: linked, appid: APP, userid: 'tnv002', status: 0, file_path: link, file_size: 10 })
       .execute();
-    const e = await caught(sc.download(addr(a), { ...idsFor(linked, 'tnv002'), offset: 0, size: 0 }));
+    const e = await errorReplyOf(sc.download(addr(a), { ...idsFor(linked, 'tnv002'), offset: 0, size: 0 }));
     expect(e.errno).toBe(Errno.INTERNAL);
     expect(e.message).toContain('Invalid File Path');
     rmSync(link);
@@ -479,13 +457,13 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
 
   it('refuses bad file ids and app ids with an error reply and keeps serving', async () => {
     for (const fileId of ['../x', '', 'a/b', '..']) {
-      const e = await caught(sc.size(addr(a), idsFor(fileId)));
+      const e = await errorReplyOf(sc.size(addr(a), idsFor(fileId)));
       expect(e.errno).toBe(Errno.BAD_FIELD);
       expect(e.message).toBe(`[store-a] Invalid Fileid: ${fileId}`);
-      const u = await caught(sc.upload(addr(a), idsFor(fileId), source(Buffer.from('x'))));
+      const u = await errorReplyOf(sc.upload(addr(a), idsFor(fileId), source(Buffer.from('x'))));
       expect(u.errno).toBe(Errno.BAD_FIELD);
     }
-    const app = await caught(
+    const app = await errorReplyOf(
       sc.upload(addr(a), { appId: 'tn-video', userId: USER, fileId: newFileId() }, source(Buffer.from('x'))),
     );
     expect(app.message).toBe('[store-a] Invalid APPID: tn-video');
@@ -520,7 +498,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     c.close();
     await until(async () => (await tmpFiles(a)).length === 0, 5000, 20, 'the temp file to go');
     expect(await storedFiles(stores())).toEqual(filesBefore);
-    expect((await caught(sc.size(addr(a), idsFor(fileId)))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.size(addr(a), idsFor(fileId)))).errno).toBe(Errno.NOT_FOUND);
     // The id can be used again.
     await sc.upload(addr(a), idsFor(fileId), source(Buffer.from('again')));
   });
@@ -529,7 +507,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     const fileId = newFileId();
     await sc.upload(addr(a), idsFor(fileId), source(Buffer.from('first')));
     const filesBefore = await storedFiles(stores());
-    const e = await caught(sc.upload(addr(b), idsFor(fileId), source(randomBytes(2_000_000))));
+    const e = await errorReplyOf(sc.upload(addr(b), idsFor(fileId), source(randomBytes(2_000_000))));
     expect(e.errno).toBe(Errno.EXISTS);
     expect(e.message).toBe(`[store-b] INSERT Database Fail, Fileid: ${fileId}`);
     expect(await storedFiles(stores())).toEqual(filesBefore);
@@ -542,7 +520,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     const parts = [randomBytes(100_000), randomBytes(250_000), randomBytes(1234)];
     const data = Buffer.concat(parts);
     expect(await sc.uploadCreate(addr(a), ids, data.length, 'audio/ogg')).toBe(0);
-    expect((await caught(sc.uploadCreate(addr(b), ids, data.length, ''))).errno).toBe(Errno.EXISTS);
+    expect((await errorReplyOf(sc.uploadCreate(addr(b), ids, data.length, ''))).errno).toBe(Errno.EXISTS);
     let offset = 0;
     const via = [a, b, a];
     for (let i = 0; i < 3; i++) {
@@ -552,7 +530,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       expect(next).toBe(offset + p.length);
       offset = next;
       if (i === 0) {
-        const e = await caught(sc.uploadAppend(addr(b), ids, 5, 3, chunks(Buffer.from('abc'))));
+        const e = await errorReplyOf(sc.uploadAppend(addr(b), ids, 5, 3, chunks(Buffer.from('abc'))));
         expect(e.errno).toBe(Errno.OFFSET_MISMATCH);
         expect(e.message).toBe(`[store-b] Upload Offset Mismatch: 5 != ${p.length}`);
       }
@@ -567,8 +545,8 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     expect(await dbh.db.selectFrom('t_upload').select('id').where('id', '=', fileId).execute()).toEqual([]);
     for (const root of stores()) expect(existsSync(join(root, PARTIAL_DIR, fileId))).toBe(false);
     // The file exists now: neither a new resumable upload nor a plain one may take the id.
-    expect((await caught(sc.uploadCreate(addr(a), ids, 1, ''))).errno).toBe(Errno.EXISTS);
-    expect((await caught(sc.uploadOffset(addr(a), ids))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.uploadCreate(addr(a), ids, 1, ''))).errno).toBe(Errno.EXISTS);
+    expect((await errorReplyOf(sc.uploadOffset(addr(a), ids))).errno).toBe(Errno.NOT_FOUND);
   });
 
   it('resumable upload: a body cut midway keeps what arrived; commit checks the total; abort', async () => {
@@ -600,7 +578,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       20,
       'the lock to be released',
     );
-    expect((await caught(sc.uploadCommit(addr(a), ids))).errno).toBe(Errno.OFFSET_MISMATCH);
+    expect((await errorReplyOf(sc.uploadCommit(addr(a), ids))).errno).toBe(Errno.OFFSET_MISMATCH);
     await sc.uploadAppend(addr(b), ids, 150_000, 250_000, chunks(data.subarray(150_000)));
     const st = await sc.uploadCommit(addr(a), ids);
     expect(Buffer.from(st.sha256).toString('hex')).toBe(sha(data));
@@ -614,7 +592,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     await sc.uploadAppend(addr(a), other, 0, 10, chunks(Buffer.from('0123456789')));
     expect(await sc.uploadOffset(addr(a), other)).toEqual({ offset: 10, totalSize: -1 });
     await sc.uploadAbort(addr(b), other);
-    expect((await caught(sc.uploadOffset(addr(a), other))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.uploadOffset(addr(a), other))).errno).toBe(Errno.NOT_FOUND);
     for (const root of stores()) expect(existsSync(join(root, PARTIAL_DIR, other.fileId))).toBe(false);
   });
 
@@ -645,9 +623,9 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
       .where('id', '=', ids.fileId)
       .executeTakeFirstOrThrow();
     await until(() => existsSync(`${row.temp_path}.lock`), 5000, 20, 'the lock file');
-    const e = await caught(sc.uploadAppend(addr(b), ids, part.length, 3, chunks(Buffer.from('xyz'))));
+    const e = await errorReplyOf(sc.uploadAppend(addr(b), ids, part.length, 3, chunks(Buffer.from('xyz'))));
     expect(e.errno).toBe(Errno.BUSY);
-    expect((await caught(sc.uploadCommit(addr(b), ids))).errno).toBe(Errno.BUSY);
+    expect((await errorReplyOf(sc.uploadCommit(addr(b), ids))).errno).toBe(Errno.BUSY);
     await c.write(more.subarray(10_000));
     const f = await c.readFrame();
     expect(f?.header.status).toBe(Status.OK);
@@ -670,7 +648,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     expect(existsSync(row.temp_path)).toBe(true);
     expect(await b.sweepUploads(Date.now() + 24 * 3600 * 1000 + 1000)).toBeGreaterThanOrEqual(1);
     expect(existsSync(row.temp_path)).toBe(false);
-    expect((await caught(sc.uploadOffset(addr(a), ids))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.uploadOffset(addr(a), ids))).errno).toBe(Errno.NOT_FOUND);
     expect(await dbh.db.selectFrom('t_upload').select('id').execute()).toEqual([]);
   });
 });
@@ -806,7 +784,7 @@ describe('storage node, special situations', () => {
       ['offset', () => sc.uploadOffset(addr(n), ids)],
     ];
     for (const [what, call] of calls) {
-      const e = await caught(call());
+      const e = await errorReplyOf(call());
       expect(e.errno, what).toBe(Errno.DB_UNAVAILABLE);
       expect(e.message, what).toMatch(/^\[dbdown\] /);
     }
@@ -855,7 +833,7 @@ describe('storage node, special situations', () => {
     );
     const n = await startStorage(config, { log });
     nodes.push(n);
-    const e = await caught(sc.upload(addr(n), idsFor(newFileId()), source(Buffer.from('x'))));
+    const e = await errorReplyOf(sc.upload(addr(n), idsFor(newFileId()), source(Buffer.from('x'))));
     expect(e.errno).toBe(Errno.ID_UNAVAILABLE);
     expect(e.message).toBe('[noid] Get Filepath Fail...');
   });
@@ -866,7 +844,7 @@ describe('storage node, special situations', () => {
       reserveBytes: 2 ** 52,
       storePaths: ['sp'],
     });
-    const e = await caught(sc.upload(addr(n), idsFor(newFileId()), source(Buffer.from('x'))));
+    const e = await errorReplyOf(sc.upload(addr(n), idsFor(newFileId()), source(Buffer.from('x'))));
     expect(e.errno).toBe(Errno.NO_SPACE);
   });
 });

@@ -1,11 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { newFileId, Pool, RemoteError, StorageClient, type UploadSource } from '@dsm/client';
-import { nodeTransport } from '@dsm/client/node';
+import { newFileId, type Pool, type RemoteError, type StorageClient, type UploadSource } from '@dsm/client';
 import { createLogger, parseConfig } from '@dsm/common';
-import { createDb, type DbHandle } from '@dsm/db';
+import type { DbHandle } from '@dsm/db';
 import { createKvStore } from '@dsm/kv';
 import {
   type Address,
@@ -24,7 +22,7 @@ import { configSchema } from './config.ts';
 import { type FileMeta, MetaStore, ownerOf } from './meta.ts';
 import { fileTableFor } from './seed-rules.ts';
 import { type StorageNode, startStorage } from './storage.ts';
-import { idStub } from './test-support.ts';
+import { closeSuite, errorReplyOf, idStub, openChecks, openScratch } from './test-support.ts';
 
 // Tenant isolation at the protocol: a request names (app, user, file id); the user picks the
 // table, and only a row recorded for exactly that app and user is the file. Anyone else naming
@@ -56,17 +54,6 @@ const source = (data: Buffer): UploadSource => ({
 
 async function* once(data: Buffer): AsyncGenerator<Uint8Array> {
   yield data;
-}
-
-/** The error reply of `p` (it must fail with one). */
-async function replyOf(p: Promise<unknown>): Promise<RemoteError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RemoteError) return e;
-    throw e;
-  }
-  throw new Error('expected an error reply, got success');
 }
 
 /** errno and text of an error reply with the file id taken out, to compare two replies. */
@@ -112,25 +99,14 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
     );
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'dsm-tenant-'));
-    backend = makeBackend();
-    await backend.setup();
-    const dbUrl = backend.database();
-    a = await start('store-a', dbUrl);
-    b = await start('store-b', dbUrl);
-    dbh = createDb(dbUrl);
-    pool = new Pool({ transport: nodeTransport, ioTimeoutMs: 10_000 });
-    sc = new StorageClient(pool);
+    const scratch = await openScratch(makeBackend, 'dsm-tenant-');
+    ({ dir, backend } = scratch);
+    a = await start('store-a', scratch.dbUrl);
+    b = await start('store-b', scratch.dbUrl);
+    ({ dbh, pool, sc } = openChecks(scratch.dbUrl));
   });
 
-  afterAll(async () => {
-    await pool?.close();
-    await a?.close();
-    await b?.close();
-    await dbh?.close();
-    await backend?.cleanup();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => closeSuite([pool, a, b, dbh], backend, dir));
 
   it('the attackers really share the victim table (computed with the seed hash)', () => {
     expect(attackers.length).toBe(4);
@@ -155,11 +131,11 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
   async function replies(at: Address, who: { appId: string; userId: string }, fileId: string) {
     const x: FileIds = { ...who, fileId };
     return {
-      size: shape(await replyOf(sc.size(at, x)), fileId),
-      stat: shape(await replyOf(sc.stat(at, x)), fileId),
-      download: shape(await replyOf(sc.download(at, { ...x, offset: 0, size: 0 })), fileId),
-      range: shape(await replyOf(sc.download(at, { ...x, offset: 10, size: 100 })), fileId),
-      delete: shape(await replyOf(sc.delete(at, x)), fileId),
+      size: shape(await errorReplyOf(sc.size(at, x)), fileId),
+      stat: shape(await errorReplyOf(sc.stat(at, x)), fileId),
+      download: shape(await errorReplyOf(sc.download(at, { ...x, offset: 0, size: 0 })), fileId),
+      range: shape(await errorReplyOf(sc.download(at, { ...x, offset: 10, size: 100 })), fileId),
+      delete: shape(await errorReplyOf(sc.delete(at, x)), fileId),
     };
   }
 
@@ -192,17 +168,21 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
     await victimIntact(v, data, addrB());
     await sc.stat(addrA(), v);
     for (const who of attackers) {
-      const e = await replyOf(sc.size(addrA(), { ...who, fileId: v.fileId }));
+      const e = await errorReplyOf(sc.size(addrA(), { ...who, fileId: v.fileId }));
       expect(e.errno).toBe(Errno.NOT_FOUND);
-      const d = await replyOf(sc.download(addrB(), { ...who, fileId: v.fileId, offset: 0, size: 0 }));
+      const d = await errorReplyOf(sc.download(addrB(), { ...who, fileId: v.fileId, offset: 0, size: 0 }));
       expect(d.errno).toBe(Errno.NOT_FOUND);
-      expect((await replyOf(sc.stat(addrB(), { ...who, fileId: v.fileId }))).errno).toBe(Errno.NOT_FOUND);
-      expect((await replyOf(sc.delete(addrA(), { ...who, fileId: v.fileId }))).errno).toBe(Errno.NOT_FOUND);
+      expect((await errorReplyOf(sc.stat(addrB(), { ...who, fileId: v.fileId }))).errno).toBe(
+        Errno.NOT_FOUND,
+      );
+      expect((await errorReplyOf(sc.delete(addrA(), { ...who, fileId: v.fileId }))).errno).toBe(
+        Errno.NOT_FOUND,
+      );
     }
     await victimIntact(v, data, addrA());
     // and the owner's delete still works, through the other member
     await sc.delete(addrB(), v);
-    expect((await replyOf(sc.size(addrA(), v))).errno).toBe(Errno.NOT_FOUND);
+    expect((await errorReplyOf(sc.size(addrA(), v))).errno).toBe(Errno.NOT_FOUND);
   });
 
   it('rows written by the seed (no checksum, type or mtime) are owner-checked; rows without an owner serve nobody', async () => {
@@ -251,12 +231,12 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
       const junk = Buffer.alloc(100, 7);
       return {
         append: shape(
-          await replyOf(sc.uploadAppend(addrB(), x, part.length, junk.length, once(junk))),
+          await errorReplyOf(sc.uploadAppend(addrB(), x, part.length, junk.length, once(junk))),
           fileId,
         ),
-        offset: shape(await replyOf(sc.uploadOffset(addrB(), x)), fileId),
-        commit: shape(await replyOf(sc.uploadCommit(addrB(), x)), fileId),
-        abort: shape(await replyOf(sc.uploadAbort(addrB(), x)), fileId),
+        offset: shape(await errorReplyOf(sc.uploadOffset(addrB(), x)), fileId),
+        commit: shape(await errorReplyOf(sc.uploadCommit(addrB(), x)), fileId),
+        abort: shape(await errorReplyOf(sc.uploadAbort(addrB(), x)), fileId),
       };
     };
     for (const who of attackers) {
@@ -273,9 +253,11 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
     await victimIntact(v, Buffer.concat([part, rest]));
     // an id is a key: creating or uploading under a taken id is refused whoever asks (it says
     // the id is taken, nothing about the file), and the victim's file stays
-    const e = await replyOf(sc.uploadCreate(addrB(), { ...attackers[0]!, fileId: v.fileId }, 10, ''));
+    const e = await errorReplyOf(sc.uploadCreate(addrB(), { ...attackers[0]!, fileId: v.fileId }, 10, ''));
     expect(e.errno).toBe(Errno.EXISTS);
-    const u = await replyOf(sc.uploadExt(addrB(), { ...attackers[0]!, fileId: v.fileId }, '', source(part)));
+    const u = await errorReplyOf(
+      sc.uploadExt(addrB(), { ...attackers[0]!, fileId: v.fileId }, '', source(part)),
+    );
     expect(u.errno).toBe(Errno.EXISTS);
     await victimIntact(v, Buffer.concat([part, rest]));
     expect(existsSync(join(a.storePaths[0] as string, '.partial', v.fileId))).toBe(false);
