@@ -1,3 +1,7 @@
+import { parseGatewayConfig } from '@dsm/gateway';
+import { type RunningGateway, startGateway } from '@dsm/gateway/node';
+import type { TestCluster } from '@dsm/testkit';
+
 // What the whole-cluster tests share: the cluster start of @dsm/testkit (the launcher of
 // `dsm up`, one port scheme) on the two backends by their one set of names.
 export {
@@ -10,3 +14,22 @@ export {
   startTestCluster,
   type TestCluster,
 } from '@dsm/testkit';
+
+/**
+ * A gateway in front of `t` that keeps no locate or stat cache (every request asks the cluster,
+ * so a test sees each change at once), with `extra` gateway config on top.
+ */
+export function startUncachedGateway(
+  t: TestCluster,
+  extra: Record<string, unknown> = {},
+): Promise<RunningGateway> {
+  return startGateway(
+    parseGatewayConfig({
+      listen: '127.0.0.1:0',
+      trackers: t.cluster.addresses('tracker'),
+      locateCacheMs: 0,
+      statCacheMs: 0,
+      ...extra,
+    }),
+  );
+}

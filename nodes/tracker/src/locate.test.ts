@@ -1,6 +1,6 @@
 import { createDb } from '@dsm/db';
 import { Command, decodeAddrsReply, Errno, encodeLocateRequest, Status } from '@dsm/packets';
-import { BACKEND_NAMES } from '@dsm/testkit';
+import { BACKEND_NAMES, rowCount } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { routeCacheKey } from './group-router.ts';
 import { addrs, ask, createBackend, FakeStorage, type TrackerBackend } from './test-support.ts';
@@ -8,18 +8,7 @@ import { addrs, ask, createBackend, FakeStorage, type TrackerBackend } from './t
 const locate = (port: number, appId: string, userId: string, fileId = '') =>
   ask(port, Command.TRACKER_LOCATE, encodeLocateRequest({ appId, userId, fileId }));
 
-async function routerRowCount(database: string): Promise<number> {
-  const h = createDb(database);
-  try {
-    const r = await h.db
-      .selectFrom('t_router')
-      .select((eb) => eb.fn.countAll<number>().as('n'))
-      .executeTakeFirstOrThrow();
-    return Number(r.n);
-  } finally {
-    await h.close();
-  }
-}
+const routerRowCount = (database: string) => rowCount(() => createDb(database), 't_router');
 
 describe.each(BACKEND_NAMES)('TRACKER_LOCATE (17) on %s', (backendName) => {
   let backend: TrackerBackend;

@@ -18,6 +18,7 @@ export {
 } from './backends.ts';
 export { startTestCluster, type TestCluster } from './cluster.ts';
 export { RawConn, type RawConnOptions, type RawFrame } from './raw-conn.ts';
+export { rowCount } from './rows.ts';
 export { frameOf, loadSeedVectors, SEED_VECTORS_PATH, type SeedVector } from './seed-vectors.ts';
 export {
   deleteRedisKeys,

@@ -1,26 +1,15 @@
 import { encodePublicId, newFileId } from '@dsm/client';
 import { createDb } from '@dsm/db';
-import { parseGatewayConfig } from '@dsm/gateway';
-import { type RunningGateway, startGateway } from '@dsm/gateway/node';
+import type { RunningGateway } from '@dsm/gateway/node';
 import { Errno } from '@dsm/packets';
+import { rowCount } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKEND_NAMES, startTestCluster, type TestCluster } from '../helpers.ts';
+import { BACKEND_NAMES, startTestCluster, startUncachedGateway, type TestCluster } from '../helpers.ts';
 
 // Only an upload routes a new user: reads by users nobody ever uploaded as (anyone can make up
 // public ids) must leave no t_router row behind, or a loop of GETs grows the table forever.
 
-async function routerRows(database: string): Promise<number> {
-  const h = createDb(database);
-  try {
-    const r = await h.db
-      .selectFrom('t_router')
-      .select((eb) => eb.fn.countAll<number>().as('n'))
-      .executeTakeFirstOrThrow();
-    return Number(r.n);
-  } finally {
-    await h.close();
-  }
-}
+const routerRows = (database: string) => rowCount(() => createDb(database), 't_router');
 
 const randomUser = () => `rnd-${Math.random().toString(36).slice(2)}`;
 
@@ -30,14 +19,7 @@ describe.each(BACKEND_NAMES)('reads of unrouted users on %s', (backend) => {
   beforeAll(async () => {
     t = await startTestCluster(backend, { trackers: 1, groups: ['group001'], storagesPerGroup: 2 });
     await t.waitActive(2);
-    gw = await startGateway(
-      parseGatewayConfig({
-        listen: '127.0.0.1:0',
-        trackers: t.cluster.addresses('tracker'),
-        locateCacheMs: 0,
-        statCacheMs: 0,
-      }),
-    );
+    gw = await startUncachedGateway(t);
   }, 60_000);
   afterAll(async () => {
     await gw?.close();

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { decodePublicId, encodePublicId, newFileId } from '@dsm/client';
-import { mintToken, parseGatewayConfig, signUrl } from '@dsm/gateway';
-import { type RunningGateway, startGateway } from '@dsm/gateway/node';
+import { mintToken, signUrl } from '@dsm/gateway';
+import type { RunningGateway } from '@dsm/gateway/node';
 import { fileTableFor } from '@dsm/storage-node';
 import { patternBytes } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKEND_NAMES, startTestCluster, type TestCluster } from '../helpers.ts';
+import { BACKEND_NAMES, startTestCluster, startUncachedGateway, type TestCluster } from '../helpers.ts';
 
 // Tenant isolation through the gateway, with JWT auth: a public id says (app, user, file id),
 // and anyone can build one naming themselves and someone else's file id. For users whose
@@ -40,16 +40,10 @@ describe.each(BACKEND_NAMES)('tenant isolation through the gateway on %s', (back
       appIds: [APP, SIGNED_APP],
     });
     await t.waitActive(4);
-    gw = await startGateway(
-      parseGatewayConfig({
-        listen: '127.0.0.1:0',
-        trackers: t.cluster.addresses('tracker'),
-        locateCacheMs: 0,
-        statCacheMs: 0,
-        auth: { mode: 'jwt', hs256Secret: SECRET },
-        downloads: { apps: { [SIGNED_APP]: 'signed' }, signingKeys: KEYS, signingKeyId: 'k1' },
-      }),
-    );
+    gw = await startUncachedGateway(t, {
+      auth: { mode: 'jwt', hs256Secret: SECRET },
+      downloads: { apps: { [SIGNED_APP]: 'signed' }, signingKeys: KEYS, signingKeyId: 'k1' },
+    });
   }, 120_000);
 
   afterAll(async () => {
