@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { DsmError, ErrorCode, errorCodeOf, type Logger } from '@dsm/common';
 import { type DbHandle, isDbUnavailable, isUniqueViolation, migrate } from '@dsm/db';
 import { Errno } from '@dsm/packets';
 import { sql } from 'kysely';
@@ -28,7 +28,7 @@ export interface DbSegmentStoreOptions {
 }
 
 function isBusy(e: unknown): boolean {
-  const code = String((e as { code?: unknown })?.code ?? '');
+  const code = errorCodeOf(e) ?? '';
   return code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED');
 }
 

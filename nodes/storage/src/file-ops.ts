@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { DsmError, ErrorCode, messageOf } from '@dsm/common';
+import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
 import { type FileTableName, isOutcomeUnknown, isUniqueViolation } from '@dsm/db';
 import {
   decodeDownloadRequest,
@@ -18,7 +18,6 @@ import type { RequestContext } from '@dsm/server';
 import { checkAppId, checkFileId, checkUserId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
 import {
   type DiskSpace,
-  errCode,
   fsyncDir,
   hashOpenFile,
   mkdirDurable,
@@ -35,7 +34,7 @@ import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
 
 /** Node's own I/O errors carry `syscall`; stream/protocol errors do not. */
 export const isSystemError = (e: unknown): boolean =>
-  typeof e === 'object' && e !== null && 'syscall' in e && typeof (e as { code?: unknown }).code === 'string';
+  typeof e === 'object' && e !== null && 'syscall' in e && errorCodeOf(e) !== undefined;
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
@@ -121,7 +120,7 @@ export async function placeFinal(
       await fsyncDir(dirname(finalPath));
       return finalPath;
     } catch (e) {
-      if (errCode(e) === 'EEXIST' && attempt < 3) {
+      if (errorCodeOf(e) === 'EEXIST' && attempt < 3) {
         env.log.warn({ path: finalPath }, 'file path already taken; asking for another id');
         id = await env.nextId(storeIndex);
         continue;
@@ -216,7 +215,7 @@ async function receiveUpload(
   let fh: FileHandle;
   try {
     fh = await open(tmp, 'wx', 0o644).catch(async (e) => {
-      if (errCode(e) !== 'ENOENT') throw e;
+      if (errorCodeOf(e) !== 'ENOENT') throw e;
       await mkdir(dirname(tmp), { recursive: true }); // the temp folder was removed under us
       return open(tmp, 'wx', 0o644);
     });
@@ -339,7 +338,7 @@ async function lookupFresh(
   const gone = abs
     ? await stat(abs).then(
         () => false,
-        (e) => errCode(e) === 'ENOENT',
+        (e) => errorCodeOf(e) === 'ENOENT',
       )
     : false;
   if (!gone) return f;
@@ -386,7 +385,7 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
       fh = await openRecorded(env, f.meta);
     } catch (e) {
       if (e instanceof DsmError) throw e;
-      if (errCode(e) === 'ENOENT' && f.cached) {
+      if (errorCodeOf(e) === 'ENOENT' && f.cached) {
         // Deleted through another member while cached here: ask the database.
         await env.meta.evict(fileId, owner);
         f = await lookupDb(env, table, fileId, owner);

@@ -1,16 +1,15 @@
 import { createHash } from 'node:crypto';
 import { type FileHandle, link, lstat, mkdir, open, rename, statfs, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { errorCodeOf } from '@dsm/common';
 import { SNIFF_BYTES } from './sniff.ts';
-
-export const errCode = (e: unknown): string | undefined => (e as { code?: string } | null)?.code;
 
 /** Unlinks a file; a missing file is fine. */
 export async function removeQuiet(path: string): Promise<void> {
   try {
     await unlink(path);
   } catch (e) {
-    if (errCode(e) !== 'ENOENT') throw e;
+    if (errorCodeOf(e) !== 'ENOENT') throw e;
   }
 }
 
@@ -22,7 +21,7 @@ export async function fsyncDir(dir: string): Promise<void> {
     await fh.sync();
   } catch (e) {
     // Some file systems cannot fsync a directory; the entry is then as durable as they allow.
-    const c = errCode(e);
+    const c = errorCodeOf(e);
     if (c !== 'EINVAL' && c !== 'EISDIR' && c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EBADF') throw e;
   } finally {
     await fh?.close().catch(() => {});
@@ -53,7 +52,7 @@ export async function moveNoReplace(src: string, dst: string): Promise<void> {
   try {
     await link(src, dst);
   } catch (e) {
-    const c = errCode(e);
+    const c = errorCodeOf(e);
     if (c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EOPNOTSUPP' && c !== 'ENOSYS' && c !== 'EXDEV') throw e;
     const exists = await lstat(dst).then(
       () => true,

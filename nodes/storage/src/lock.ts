@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { link, open, readFile, rename, stat, writeFile } from 'node:fs/promises';
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, errorCodeOf } from '@dsm/common';
 import { Errno } from '@dsm/packets';
-import { errCode, removeQuiet } from './fs-util.ts';
+import { removeQuiet } from './fs-util.ts';
 
 /** How long a lock is valid without a refresh; holders refresh every third of it. */
 export const LOCK_TTL_MS = 60_000;
@@ -27,14 +27,14 @@ async function readLock(path: string, ttlMs: number): Promise<LockContent | null
       return { token: v.token, owner: String(v.owner ?? ''), expiresMs: v.expiresMs };
     }
   } catch (e) {
-    if (errCode(e) === 'ENOENT') return null;
+    if (errorCodeOf(e) === 'ENOENT') return null;
   }
   // Unreadable (being written right now, or damaged): valid for a TTL after its last change.
   try {
     const s = await stat(path);
     return { token: '', owner: '', expiresMs: s.mtimeMs + ttlMs };
   } catch (e) {
-    if (errCode(e) === 'ENOENT') return null;
+    if (errorCodeOf(e) === 'ENOENT') return null;
     throw e;
   }
 }
@@ -79,7 +79,7 @@ export class FileLock {
         }
         return new FileLock(path, token, owner, ttlMs);
       } catch (e) {
-        if (errCode(e) !== 'EEXIST') throw e;
+        if (errorCodeOf(e) !== 'EEXIST') throw e;
       }
       const held = await readLock(path, ttlMs);
       if (!held) continue; // released meanwhile
@@ -89,7 +89,7 @@ export class FileLock {
       try {
         await rename(path, aside);
       } catch (e) {
-        if (errCode(e) === 'ENOENT') continue;
+        if (errorCodeOf(e) === 'ENOENT') continue;
         throw e;
       }
       const moved = await readLock(aside, ttlMs);

@@ -1,6 +1,6 @@
 import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { DsmError, ErrorCode } from '@dsm/common';
+import { DsmError, ErrorCode, errorCodeOf } from '@dsm/common';
 import { isUniqueViolation, type UploadTable } from '@dsm/db';
 import {
   decodeIdsRequest,
@@ -25,7 +25,7 @@ import {
   refuseExisting,
   statOf,
 } from './file-ops.ts';
-import { errCode, fsyncDir, hashOpenFile, moveNoReplace, receiveInto, removeQuiet } from './fs-util.ts';
+import { fsyncDir, hashOpenFile, moveNoReplace, receiveInto, removeQuiet } from './fs-util.ts';
 import { FileLock, isLockHeld } from './lock.ts';
 import { dbFailure, type FileMeta, ownerOf } from './meta.ts';
 import { fileTableFor } from './seed-rules.ts';
@@ -337,7 +337,7 @@ export async function sweepUploads(env: StorageEnv, nowMs = Date.now()): Promise
     if (Number(del.numDeletedRows) === 0) continue;
     if (partial) {
       await removeQuiet(partial).catch((e) => {
-        if (errCode(e) !== 'ENOENT')
+        if (errorCodeOf(e) !== 'ENOENT')
           env.log.warn({ err: e, path: partial }, 'cannot delete an expired upload');
       });
       await removeQuiet(lockPath(partial)).catch(() => {});

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DsmError, ErrorCode, GatewayErrorCode, isDsmError, messageOf } from './errors.ts';
+import { DsmError, ErrorCode, errorCodeOf, GatewayErrorCode, isDsmError, messageOf } from './errors.ts';
 
 class SubError extends DsmError {}
 
@@ -53,5 +53,16 @@ describe('messageOf', () => {
     expect(messageOf('plain')).toBe('plain');
     expect(messageOf(undefined)).toBe('undefined');
     expect(messageOf(42)).toBe('42');
+  });
+});
+
+describe('errorCodeOf', () => {
+  it('is the string code of a system, driver or dsm error, undefined for anything else', () => {
+    expect(errorCodeOf(Object.assign(new Error('x'), { code: 'ENOENT', syscall: 'open' }))).toBe('ENOENT');
+    expect(errorCodeOf({ code: 'SQLITE_BUSY' })).toBe('SQLITE_BUSY');
+    expect(errorCodeOf(new DsmError(ErrorCode.IO, 'x'))).toBe('DSM_ERR_IO');
+    for (const other of [new Error('x'), { code: 1062 }, null, undefined, 'ENOENT', 5]) {
+      expect(errorCodeOf(other), String(other)).toBeUndefined();
+    }
   });
 });

@@ -91,6 +91,15 @@ export function isDsmError<C extends DsmErrorCode = DsmErrorCode>(
   return e instanceof DsmError && (codes.length === 0 || (codes as DsmErrorCode[]).includes(e.code));
 }
 
+/**
+ * The string `code` of whatever was thrown (Node's system errors: `ENOENT`; drivers:
+ * `ER_DUP_ENTRY`, `SQLITE_BUSY`; DsmErrors: `DSM_ERR_…`), or undefined when it has none.
+ */
+export function errorCodeOf(e: unknown): string | undefined {
+  if (typeof e !== 'object' || e === null || !('code' in e)) return undefined;
+  return typeof e.code === 'string' ? e.code : undefined;
+}
+
 /** The message of whatever was thrown, for logs and wrapped errors (`String(e)` for a non-Error). */
 export function messageOf(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -136,8 +145,8 @@ export function codeForErrno(errno: number): ErrorCodeValue {
 
 /** Errno for an error thrown inside a handler: DsmErrors and ProtocolErrors carry their own. */
 export function errnoOf(e: unknown): number {
-  if (e && typeof e === 'object' && 'errno' in e && typeof (e as { errno: unknown }).errno === 'number') {
-    const n = (e as { errno: number }).errno;
+  if (e && typeof e === 'object' && 'errno' in e && typeof e.errno === 'number') {
+    const n = e.errno;
     // Node's system errors also have a (negative) errno; those are I/O failures.
     if ('syscall' in e) return Errno.IO_ERROR;
     return n;

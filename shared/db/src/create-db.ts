@@ -193,8 +193,10 @@ function guardPool(pool: Pool, queryTimeoutMs: number, acquireTimeoutMs: number)
       let settled = false;
       const timer = setTimeout(() => {
         settled = true;
-        const e = new Error(`timed out waiting for a database connection (${acquireTimeoutMs} ms)`);
-        (e as Error & { code: string }).code = ACQUIRE_TIMEOUT_CODE;
+        const e = Object.assign(
+          new Error(`timed out waiting for a database connection (${acquireTimeoutMs} ms)`),
+          { code: ACQUIRE_TIMEOUT_CODE },
+        );
         callback(e, undefined as unknown as MysqlPoolConnection);
       }, acquireTimeoutMs);
       pool.getConnection((err, conn) => {

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DsmError, ErrorCode, messageOf } from '@dsm/common';
+import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
 import { Errno } from '@dsm/packets';
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
 import { type DbDialect, SQLITE_BUSY_TIMEOUT_MS } from './create-db.ts';
@@ -254,7 +254,7 @@ const RETRYABLE_CODES = new Set([
 ]);
 
 function isRetryable(e: unknown): boolean {
-  const code = String((e as { code?: unknown })?.code ?? '');
+  const code = errorCodeOf(e) ?? '';
   const msg = String((e as { message?: unknown })?.message ?? '');
   return RETRYABLE_CODES.has(code) || code.startsWith('SQLITE_BUSY') || /already exists|duplicate/i.test(msg);
 }
@@ -308,8 +308,7 @@ async function runSqlite(db: AnyDb, role: DbRole): Promise<string[]> {
           await sql`BEGIN IMMEDIATE`.execute(conn);
           break;
         } catch (e) {
-          if (!String((e as { code?: unknown }).code).startsWith('SQLITE_BUSY') || Date.now() > deadline)
-            throw e;
+          if (!(errorCodeOf(e) ?? '').startsWith('SQLITE_BUSY') || Date.now() > deadline) throw e;
           await sleep(10 + Math.random() * 40);
         }
       }
