@@ -1,7 +1,7 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DsmError } from '@dsm/common';
+import { type DsmError, isDsmError } from '@dsm/common';
 import { Errno } from '@dsm/packets';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileLock, isLockHeld } from './lock.ts';
@@ -16,9 +16,9 @@ async function busy(p: Promise<unknown>): Promise<DsmError> {
     () => null,
     (x: unknown) => x,
   );
-  expect(e).toBeInstanceOf(DsmError);
-  expect((e as DsmError).errno).toBe(Errno.BUSY);
-  return e as DsmError;
+  if (!isDsmError(e)) throw new Error(`expected a DsmError, got ${String(e)}`);
+  expect(e.errno).toBe(Errno.BUSY);
+  return e;
 }
 
 describe('FileLock', () => {

@@ -240,12 +240,14 @@ describe('@dsm/db URLs and unavailability', () => {
         wrapped = w;
       }
       expect(wrapped).toBeInstanceOf(DsmError);
-      expect((wrapped as DsmError).code).toBe(ErrorCode.DB_UNAVAILABLE);
-      expect((wrapped as DsmError).errno).toBe(Errno.DB_UNAVAILABLE);
-      expect((wrapped as DsmError).message).toMatch(/^probing: database unavailable/);
+      expect(wrapped).toMatchObject({
+        code: ErrorCode.DB_UNAVAILABLE,
+        errno: Errno.DB_UNAVAILABLE,
+        message: expect.stringMatching(/^probing: database unavailable/),
+      });
       // migrate reports it the same way
       const m = await rejection(migrate(x.db, x.dialect, 'id'));
-      expect((m as DsmError).code).toBe(ErrorCode.DB_UNAVAILABLE);
+      expect(m).toMatchObject({ code: ErrorCode.DB_UNAVAILABLE });
     } finally {
       await x.close();
     }
@@ -294,7 +296,7 @@ describe('@dsm/db URLs and unavailability', () => {
         e = x;
       }
       expect(e, q).toBeInstanceOf(DsmError);
-      expect((e as DsmError).code, q).toBe(ErrorCode.CONFIG);
+      expect(e, q).toMatchObject({ code: ErrorCode.CONFIG });
     }
     expect(
       isDbUnavailable(
@@ -334,7 +336,7 @@ describe('@dsm/db URLs and unavailability', () => {
         e = x;
       }
       expect(e, url).toBeInstanceOf(DsmError);
-      expect((e as DsmError).code, url).toBe(ErrorCode.CONFIG);
+      expect(e, url).toMatchObject({ code: ErrorCode.CONFIG });
     }
     expect(parseDbUrl('mysql://u:p%40ss@db.example:3307/dsm')).toEqual({
       dialect: 'mysql',

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DsmClient, newFileId } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { Cluster, portCount } from '@dsm/cluster';
-import { ErrorCode } from '@dsm/common/errors';
+import { ErrorCode, isDsmError } from '@dsm/common/errors';
 import type { FileIds } from '@dsm/packets';
 import { Errno, parseAddress } from '@dsm/packets';
 import { type BackendName, freePortRange, mariadbBackend } from '@dsm/testkit';
@@ -177,7 +177,7 @@ function errInfo(e: unknown): Pick<Op, 'code' | 'errno' | 'message'> {
   };
 }
 
-const isNotFound = (e: unknown) => (e as { code?: unknown })?.code === ErrorCode.NOT_FOUND;
+const isNotFound = (e: unknown) => isDsmError(e, ErrorCode.NOT_FOUND);
 
 /**
  * Starts a cluster (2 trackers, 2 id servers, 2 groups of 2 storages sharing a data folder),
