@@ -329,6 +329,11 @@ export const configSchema = z
      * (at most 256 of them, 10 s) for one to free up.
      */
     upstreamConnections: z.number().int().min(1).max(10_000).default(512),
+    /**
+     * Gateway processes serving the one listen address (Node entry, node:cluster); they share
+     * nothing but the cache (Redis). Unset: one per core (os.availableParallelism()).
+     */
+    workers: z.number().int().min(1).max(64).optional(),
     timeouts: timeoutsSchema.prefault({}),
     limits: limitsSchema.prefault({}),
     auth: authSchema.prefault({}),
