@@ -138,6 +138,7 @@ describe('terraform binary (offline)', () => {
             volume: s.volume,
             mount_point: s.mountPoint,
             storage_addresses: s.storageAddresses,
+            brick_size_gb: s.brickSizeGb,
           },
         ]),
       ),

@@ -20,61 +20,12 @@ locals {
     local.spec.data.hosts,
   )
 
-  user_data = merge(
-    module.trackers.user_data,
-    module.id_servers.user_data,
-    merge([for name, g in module.storage_group : g.user_data]...),
-    module.gateways.user_data,
-    module.data.user_data,
-  )
+  user_data = module.cluster.user_data
 }
 
-module "trackers" {
-  source        = "../../modules/vip-pair"
-  role          = "tracker"
-  hosts         = local.spec.trackers.hosts
-  vip           = local.spec.trackers.vip
-  port          = local.spec.trackers.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "id_servers" {
-  source        = "../../modules/vip-pair"
-  role          = "id"
-  hosts         = local.spec.idServers.hosts
-  vip           = local.spec.idServers.vip
-  port          = local.spec.idServers.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "storage_group" {
-  source   = "../../modules/storage-group"
-  for_each = local.spec.storageGroups
-
-  name          = each.key
-  hosts         = each.value.hosts
-  port          = each.value.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "gateways" {
-  source        = "../../modules/gateway"
-  hosts         = local.spec.gateways.hosts
-  port          = local.spec.gateways.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "data" {
-  source        = "../../modules/data"
-  hosts         = local.spec.data.hosts
+module "cluster" {
+  source        = "../../modules/cluster"
+  spec          = local.spec
   rendered_dir  = local.rendered_dir
   inputs_sha256 = local.inputs_sha256
   secrets       = var.secrets

@@ -12,33 +12,9 @@ locals {
   rendered_dir  = abspath("${path.module}/../../rendered/${local.spec.environment}")
 }
 
-module "trackers" {
-  source        = "../../modules/vip-pair"
-  role          = "tracker"
-  hosts         = local.spec.trackers.hosts
-  vip           = local.spec.trackers.vip
-  port          = local.spec.trackers.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-}
-
-module "id_servers" {
-  source        = "../../modules/vip-pair"
-  role          = "id"
-  hosts         = local.spec.idServers.hosts
-  vip           = local.spec.idServers.vip
-  port          = local.spec.idServers.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-}
-
-module "storage_group" {
-  source   = "../../modules/storage-group"
-  for_each = local.spec.storageGroups
-
-  name          = each.key
-  hosts         = each.value.hosts
-  port          = each.value.port
+module "cluster" {
+  source        = "../../modules/cluster"
+  spec          = local.spec
   rendered_dir  = local.rendered_dir
   inputs_sha256 = local.inputs_sha256
 }
@@ -58,10 +34,10 @@ resource "terraform_data" "lab" {
     command = "${self.input.script} up"
     environment = {
       DSM_RENDERED_DIR      = self.input.rendered_dir
-      DSM_TRACKER_ENDPOINT  = module.trackers.endpoint
-      DSM_ID_ENDPOINT       = module.id_servers.endpoint
-      DSM_STORAGE_ADDRESSES = join(",", flatten([for g in module.storage_group : g.storage_addresses]))
-      DSM_MOUNT_POINTS      = join(",", [for g in module.storage_group : g.mount_point])
+      DSM_TRACKER_ENDPOINT  = module.cluster.tracker_endpoint
+      DSM_ID_ENDPOINT       = module.cluster.id_endpoint
+      DSM_STORAGE_ADDRESSES = join(",", flatten([for g in module.cluster.storage_groups : g.storage_addresses]))
+      DSM_MOUNT_POINTS      = join(",", [for g in module.cluster.storage_groups : g.mount_point])
     }
   }
 
@@ -71,5 +47,5 @@ resource "terraform_data" "lab" {
   }
 
   # the modules' checks (rendered folder current, hosts as in dsm.json) run before the lab starts
-  depends_on = [module.trackers, module.id_servers, module.storage_group]
+  depends_on = [module.cluster]
 }

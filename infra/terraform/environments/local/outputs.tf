@@ -1,33 +1,26 @@
 output "tracker_vip" {
   description = "The tracker VIP (inside the lab's namespaces only)."
-  value       = module.trackers.vip
+  value       = module.cluster.tracker_vip
 }
 
 output "tracker_endpoint" {
   description = "`VIP:port` of the trackers: what clients in the lab use (`dsm --trackers`)."
-  value       = module.trackers.endpoint
+  value       = module.cluster.tracker_endpoint
 }
 
 output "id_vip" {
   description = "The id-server VIP."
-  value       = module.id_servers.vip
+  value       = module.cluster.id_vip
 }
 
 output "id_endpoint" {
   description = "`VIP:port` of the id servers (what the storages use)."
-  value       = module.id_servers.endpoint
+  value       = module.cluster.id_endpoint
 }
 
 output "storage_groups" {
   description = "Each storage group: its hosts, volume, mount point and storage addresses."
-  value = {
-    for name, g in module.storage_group : name => {
-      hosts             = g.hosts
-      volume            = g.volume
-      mount_point       = g.mount_point
-      storage_addresses = g.storage_addresses
-    }
-  }
+  value       = module.cluster.storage_groups
 }
 
 output "gateway_url" {

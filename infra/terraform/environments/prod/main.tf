@@ -35,63 +35,14 @@ locals {
   )
   storage_hosts = { for h, v in local.hosts : h => v if v.role == "storage" }
 
-  user_data = merge(
-    module.trackers.user_data,
-    module.id_servers.user_data,
-    merge([for name, g in module.storage_group : g.user_data]...),
-    module.gateways.user_data,
-    module.data.user_data,
-  )
+  user_data = module.cluster.user_data
 }
 
 # ---- what runs where (provider-neutral modules) ------------------------------------------------
 
-module "trackers" {
-  source        = "../../modules/vip-pair"
-  role          = "tracker"
-  hosts         = local.spec.trackers.hosts
-  vip           = local.spec.trackers.vip
-  port          = local.spec.trackers.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "id_servers" {
-  source        = "../../modules/vip-pair"
-  role          = "id"
-  hosts         = local.spec.idServers.hosts
-  vip           = local.spec.idServers.vip
-  port          = local.spec.idServers.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "storage_group" {
-  source   = "../../modules/storage-group"
-  for_each = local.spec.storageGroups
-
-  name          = each.key
-  hosts         = each.value.hosts
-  port          = each.value.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "gateways" {
-  source        = "../../modules/gateway"
-  hosts         = local.spec.gateways.hosts
-  port          = local.spec.gateways.port
-  rendered_dir  = local.rendered_dir
-  inputs_sha256 = local.inputs_sha256
-  secrets       = var.secrets
-}
-
-module "data" {
-  source        = "../../modules/data"
-  hosts         = local.spec.data.hosts
+module "cluster" {
+  source        = "../../modules/cluster"
+  spec          = local.spec
   rendered_dir  = local.rendered_dir
   inputs_sha256 = local.inputs_sha256
   secrets       = var.secrets
@@ -194,10 +145,10 @@ resource "hcloud_server" "host" {
 }
 
 resource "hcloud_volume" "brick" {
-  for_each = { for h, v in local.storage_hosts : h => v if module.storage_group[v.group].brick_size_gb > 0 }
+  for_each = { for h, v in local.storage_hosts : h => v if module.cluster.storage_groups[v.group].brick_size_gb > 0 }
 
   name              = "${local.env}-${each.key}-brick"
-  size              = module.storage_group[each.value.group].brick_size_gb
+  size              = module.cluster.storage_groups[each.value.group].brick_size_gb
   server_id         = hcloud_server.host[each.key].id
   automount         = false
   delete_protection = var.protect_bricks
@@ -239,7 +190,7 @@ resource "hcloud_load_balancer_service" "gateway" {
   load_balancer_id = hcloud_load_balancer.gateway.id
   protocol         = var.domain == "" ? "http" : "https"
   listen_port      = var.domain == "" ? 80 : 443
-  destination_port = module.gateways.port
+  destination_port = module.cluster.gateways.port
 
   dynamic "http" {
     for_each = var.domain == "" ? [] : [1]
@@ -251,12 +202,12 @@ resource "hcloud_load_balancer_service" "gateway" {
 
   health_check {
     protocol = "http"
-    port     = module.gateways.port
+    port     = module.cluster.gateways.port
     interval = 5
     timeout  = 3
     retries  = 2
     http {
-      path         = module.gateways.health_path
+      path         = module.cluster.gateways.health_path
       status_codes = ["200"]
     }
   }

@@ -5,44 +5,37 @@ output "gateway_url" {
 
 output "tracker_vip" {
   description = "The tracker VIP on the private network."
-  value       = module.trackers.vip
+  value       = module.cluster.tracker_vip
 }
 
 output "tracker_endpoint" {
   description = "`VIP:port` of the trackers (`dsm --trackers`, from inside the private network)."
-  value       = module.trackers.endpoint
+  value       = module.cluster.tracker_endpoint
 }
 
 output "id_vip" {
   description = "The id-server VIP on the private network."
-  value       = module.id_servers.vip
+  value       = module.cluster.id_vip
 }
 
 output "id_endpoint" {
   description = "`VIP:port` of the id servers."
-  value       = module.id_servers.endpoint
+  value       = module.cluster.id_endpoint
 }
 
 output "storage_groups" {
   description = "Each storage group: its hosts, volume, mount point and storage addresses."
-  value = {
-    for name, g in module.storage_group : name => {
-      hosts             = g.hosts
-      volume            = g.volume
-      mount_point       = g.mount_point
-      storage_addresses = g.storage_addresses
-    }
-  }
+  value       = module.cluster.storage_groups
 }
 
 output "mysql_address" {
   description = "`host:port` of MySQL on the data VM."
-  value       = module.data.mysql_address
+  value       = module.cluster.mysql_address
 }
 
 output "redis_address" {
   description = "`host:port` of Redis on the data VM."
-  value       = module.data.redis_address
+  value       = module.cluster.redis_address
 }
 
 output "servers" {
