@@ -4,30 +4,17 @@ import { GROUP_NAME_RE } from './config.ts';
 
 export type StorageStateName = 'OFFLINE' | 'ONLINE' | 'ACTIVE';
 
-/** One storage as the tracker knows it. Times are Unix milliseconds. */
-export interface StorageRecord {
-  group: string;
-  hostname: string;
-  /** Peer IP of the connection the join arrived on (not from the body). */
-  host: string;
-  /** Advertised service port (from the join body). */
-  port: number;
-  version: string;
-  /** 1 for a seed join (10), the carried version for an extension join (14). */
-  protocolVersion: number;
-  /** From the join body (storage clock). */
-  startTime: number;
-  joinTime: number;
-  /** Tracker clock at the last join or beat. */
-  beatTime: number;
+/**
+ * One storage as the tracker knows it: what the status command shows (`StorageStatus`: the
+ * peer IP of the join's connection as `host`, never one from the body; the join body's port,
+ * version and start time; `protocolVersion` 1 for a seed join (10), the carried version for an
+ * extension join (14); `beatTime` on the tracker clock; `pendingHeals` −1 = unknown) plus the
+ * tracker's own bookkeeping. Times are Unix milliseconds.
+ */
+export interface StorageRecord extends StorageStatus {
   state: StorageStateName;
   /** Tracker clock when the record went OFFLINE (0 while not offline). */
   offlineSince: number;
-  totalBytes: number;
-  freeBytes: number;
-  load: number;
-  /** −1 = unknown. */
-  pendingHeals: number;
   /**
    * The storage's last heartbeat said its store takes writes (true until a beat says
    * otherwise; seed storages never say). A storage whose store does not is handed out last.
@@ -279,23 +266,9 @@ export class Registry {
   }
 
   toStatus(r: StorageRecord): StorageStatus {
-    return {
-      group: r.group,
-      hostname: r.hostname,
-      host: r.host,
-      port: r.port,
-      version: r.version,
-      protocolVersion: r.protocolVersion,
-      state: r.state,
-      startTime: r.startTime,
-      joinTime: r.joinTime,
-      beatTime: r.beatTime,
-      totalBytes: r.totalBytes,
-      freeBytes: r.freeBytes,
-      load: r.load,
-      pendingHeals: r.pendingHeals,
-      writable: r.writable,
-    };
+    // the status fields only: the bookkeeping (offlineSince, conn) stays in the tracker
+    const { offlineSince: _offlineSince, conn: _conn, ...status } = r;
+    return status;
   }
 }
 
