@@ -1,26 +1,48 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { Agent, type ClientRequest, request } from 'node:http';
+import { Agent, request } from 'node:http';
 import { join } from 'node:path';
 import { type DsmClient, decodePublicId, newFileId } from '@dsm/client';
+import { curlFirstBytes, curlRate, ensureTool, runWrk, type WrkResult } from './clients.ts';
 import type { PrivateNginx } from './nginx.ts';
 import { type CpuTimes, cpuSplitOf } from './proc.ts';
+import { ReferenceServer } from './refs.ts';
 import { RssSampler, readRss } from './rss.ts';
 import type { BenchOptions, Detail } from './run.ts';
-import { cpuText, curlRate, perGiB, sizeLabel, type Timed, timed } from './run.ts';
+import { cpuText, perGiB, sizeLabel, type Timed, timed } from './run.ts';
 import { GiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
-import { median, type Row } from './table.ts';
+import { type Latency, latencyOf, median, type Reference, type Row } from './table.ts';
 
-/** Concurrency of the small-request comparison (the issue's figure, independent of --concurrency). */
+/** Connections of the small-GET comparison (the issue's `wrk -t1 -c64`, independent of --concurrency). */
 export const GATEWAY_CONCURRENCY = 64;
+/** Connections of the small-POST loop (the issue's figure). */
+export const POST_CONCURRENCY = 16;
 /** Concurrent streams of the gateway's memory check. */
 export const GATEWAY_STREAMS = 50;
+/** The range storm: this many concurrent requests for one range of this size. */
+export const STORM_REQUESTS = 100;
+export const STORM_RANGE = 4 * MiB;
+/** Size of the ranges whose first byte is timed. */
+export const SEEK_RANGE = MiB;
+
+/**
+ * The gateway's small-file cache, as config overrides. null: this tree has no such key, and the
+ * rows say so. (Filled in from gateway/src/config.ts when the key lands.)
+ */
+export const SMALL_FILE_CACHE: { off: Record<string, unknown>; on: Record<string, unknown> } | null = null;
 
 export interface GatewayCtx {
-  /** The HTTP gateway (a `dsm gateway` process of the cluster). */
+  /** The HTTP gateway's port (the same across restarts). */
   port: number;
-  pid: number;
+  /** Its admin listener (`admin.listen`: /metrics). */
+  adminPort: number;
+  /** PIDs of the gateway: its process and every process under it (node:cluster workers). */
+  pids(): number[];
+  /**
+   * Restarts the gateway with these keys over the bench's base config; resolves with null when
+   * it came up, else with why not (and then it runs the base config again).
+   */
+  reconfigure(overrides: Record<string, unknown>): Promise<string | null>;
   storagePid: number;
   client: DsmClient;
   addr: { host: string; port: number };
@@ -28,60 +50,34 @@ export interface GatewayCtx {
   nginx: PrivateNginx;
   /** nginx's root. */
   www: string;
+  /** Scratch folder (wrk scripts). */
+  scratch: string;
   details: Detail[];
+  references: Reference[];
 }
 
 const APP_ID = 'tnvideo';
 const USER = 'tnv001'; // the gateway's identity for uploads without a token (auth mode none)
 
-/** Installs wrk with apt-get when missing (like ensureNginx); null when that is not possible. */
-export function ensureWrk(log: (msg: string) => void = () => {}): string | null {
-  const find = () =>
-    [...(process.env.PATH ?? '').split(':'), '/usr/bin', '/usr/local/bin']
-      .map((d) => join(d, 'wrk'))
-      .find((p) => existsSync(p)) ?? null;
-  const found = find();
-  if (found) return found;
-  log('wrk not found: installing it with apt-get');
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  for (const step of [['install', '-y', 'wrk'], ['update'], ['install', '-y', 'wrk']]) {
-    try {
-      execFileSync('apt-get', step, { stdio: 'ignore', env });
-      if (find()) break;
-    } catch {
-      // next step
-    }
-  }
-  return find();
-}
-
-interface GetResult {
-  status: number;
-  bytes: number;
-}
-
-/** GET, counting and dropping the body; rejects unless the status is `expect`. */
-function get(
-  agent: Agent | false,
-  port: number,
-  path: string,
-  expect: number,
-  headers: Record<string, string> = {},
-): Promise<GetResult> {
+/** GET of a text body (bounded to 4 MiB). */
+function getText(port: number, path: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, agent, headers }, (res) => {
-      if (res.statusCode !== expect) {
-        res.resume();
-        reject(new Error(`GET ${path}: HTTP ${res.statusCode}, expected ${expect}`));
-        return;
-      }
+    const req = request({ host: '127.0.0.1', port, path, agent: false, timeout: 10_000 }, (res) => {
+      const parts: Buffer[] = [];
       let n = 0;
       res.on('data', (c: Buffer) => {
         n += c.length;
+        if (n > 4 * MiB) req.destroy(new Error(`${path}: more than 4 MiB`));
+        else parts.push(c);
       });
-      res.on('end', () => resolve({ status: res.statusCode as number, bytes: n }));
+      res.on('end', () =>
+        res.statusCode === 200
+          ? resolve(Buffer.concat(parts).toString())
+          : reject(new Error(`GET ${path}: HTTP ${res.statusCode}`)),
+      );
       res.on('error', reject);
     });
+    req.on('timeout', () => req.destroy(new Error(`GET ${path}: no answer within 10 s`)));
     req.on('error', reject);
     req.end();
   });
@@ -133,93 +129,6 @@ async function writePattern(path: string, size: number): Promise<void> {
   }
 }
 
-interface WrkResult {
-  rps: number;
-  requests: number;
-  errors: string;
-  p50: string;
-  p99: string;
-}
-
-/** One wrk run: `connections` connections on one thread, rotating over `paths`. */
-function runWrk(
-  bin: string,
-  port: number,
-  paths: string[],
-  connections: number,
-  seconds: number,
-  script: string,
-): Promise<WrkResult> {
-  writeFileSync(
-    script,
-    `local paths = {${paths.map((p) => JSON.stringify(p)).join(', ')}}
-local i = 0
-request = function()
-  i = i % #paths + 1
-  return wrk.format("GET", paths[i])
-end
-`,
-  );
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      bin,
-      ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', '-s', script, `http://127.0.0.1:${port}`],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      out += c.toString();
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      const rps = /Requests\/sec:\s+([\d.]+)/.exec(out);
-      const total = /(\d+) requests in/.exec(out);
-      if (code !== 0 || !rps || !total) {
-        reject(new Error(`wrk failed (exit ${code}): ${out.trim()}`));
-        return;
-      }
-      const errs = [/Socket errors:[^\n]*/.exec(out)?.[0], /Non-2xx or 3xx responses: \d+/.exec(out)?.[0]]
-        .filter(Boolean)
-        .join('; ');
-      resolve({
-        rps: Number(rps[1]),
-        requests: Number(total[1]),
-        errors: errs,
-        p50: /^\s+50%\s+(\S+)/m.exec(out)?.[1] ?? '?',
-        p99: /^\s+99%\s+(\S+)/m.exec(out)?.[1] ?? '?',
-      });
-    });
-  });
-}
-
-/** The same loop without wrk: Node's http client, keep-alive, `connections` at once. */
-async function nodeLoop(
-  port: number,
-  paths: string[],
-  connections: number,
-  ms: number,
-  size: number,
-): Promise<WrkResult> {
-  const agent = new Agent({ keepAlive: true, maxSockets: connections });
-  let next = 0;
-  let done = 0;
-  const t0 = performance.now();
-  const deadline = t0 + ms;
-  const worker = async () => {
-    while (performance.now() < deadline) {
-      const r = await get(agent, port, paths[next++ % paths.length] as string, 200);
-      if (r.bytes !== size) throw new Error(`got ${r.bytes} of ${size} bytes`);
-      done++;
-    }
-  };
-  await Promise.all(Array.from({ length: connections }, worker));
-  agent.destroy();
-  return { rps: done / ((performance.now() - t0) / 1000), requests: done, errors: '', p50: '?', p99: '?' };
-}
-
 /**
  * `n` concurrent downloads of one big file, each read as fast as it comes, for `ms`; then all
  * are dropped. Peak RSS of `pids` while they run, bytes received, and how many were answered.
@@ -231,7 +140,7 @@ async function concurrentStreams(
   ms: number,
   pids: () => number[],
 ): Promise<{ peakRss: number; bytes: number; answered: number; failed: string[]; ms: number }> {
-  const reqs: ClientRequest[] = [];
+  const reqs: ReturnType<typeof request>[] = [];
   let bytes = 0;
   let answered = 0;
   const failed: string[] = [];
@@ -260,211 +169,449 @@ async function concurrentStreams(
   return { peakRss: peak, bytes, answered, failed, ms: elapsed };
 }
 
-/** The gateway beside nginx, serving the same bytes in the same run. */
+/**
+ * The counter of storage slice reads on the gateway's /metrics (issue 12, range coalescing):
+ * the sum of every sample of the first counter whose name has `slice` and `read` in it, or
+ * null when the gateway has none.
+ */
+export function sliceReadsOf(metrics: string): { name: string; value: number } | null {
+  const names = new Map<string, number>();
+  for (const line of metrics.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([0-9.eE+-]+)/.exec(line);
+    if (!m) continue;
+    const name = m[1] as string;
+    if (!/slice/i.test(name) || !/read|fetch|upstream/i.test(name) || /_bucket$|_sum$|_count$/.test(name))
+      continue;
+    names.set(name, (names.get(name) ?? 0) + Number(m[3]));
+  }
+  const [first] = [...names.entries()].sort(([a], [b]) => Number(/read/.test(b)) - Number(/read/.test(a)));
+  return first ? { name: first[0], value: first[1] } : null;
+}
+
+/** A deterministic generator (xorshift32) for the seek offsets, the same in every run. */
+function offsets(n: number, size: number, range: number): Array<[number, number]> {
+  let x = 0x2545f491;
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    const from = (x >>> 0) % (size - range);
+    out.push([from, from + range - 1]);
+  }
+  return out;
+}
+
+const cpuPerGiB = (t: Timed, bytes: number) => (((t.server.user + t.server.sys) * GiB) / bytes).toFixed(2);
+const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+const cpuDiff = (a: CpuTimes, b: CpuTimes): CpuTimes => ({ user: b.user - a.user, sys: b.sys - a.sys });
+const addCpu = (acc: CpuTimes, d: CpuTimes) => {
+  acc.user += d.user;
+  acc.sys += d.sys;
+};
+
+/** The gateway beside nginx and the bare Node references, serving the same bytes in the same run. */
 export async function gatewayBench(o: BenchOptions, c: GatewayCtx): Promise<Row[]> {
+  const { log } = o;
+  const curl = ensureTool('curl', 'curl', log);
+  const wrk = ensureTool('wrk', 'wrk', log);
+  const proxy = await ReferenceServer.start('http-proxy', c.nginxPort);
+  const pipe = await ReferenceServer.start('tcp-pipe', c.nginxPort);
+  log(
+    `references: Node http proxy :${proxy.port} (pid ${proxy.pid}), TCP pipe :${pipe.port} (pid ${pipe.pid})`,
+  );
+  const agent = new Agent({ keepAlive: true, maxSockets: GATEWAY_CONCURRENCY });
+  const idleRss = c.pids().reduce((s, p) => s + (readRss(p) ?? 0), 0);
+  try {
+    const big = await bigBodies(o, c, { curl, agent, proxy, pipe });
+    const rows = [...big.rows];
+    rows.push(await firstByte(o, c, curl, big.gwPath, big.ngxPath));
+    rows.push(await rangeStorm(o, c, big.gwPath));
+    rows.push(...(await streams(o, c, big.gwPath, big.ngxPath, idleRss)));
+    rows.push(...(await smallRequests(o, c, { wrk, proxy, pipe })));
+    return rows;
+  } finally {
+    agent.destroy();
+    await proxy.stop();
+    await pipe.stop();
+  }
+}
+
+interface BigTools {
+  curl: string;
+  agent: Agent;
+  proxy: ReferenceServer;
+  pipe: ReferenceServer;
+}
+
+/** 1 GiB POST vs. the storage protocol; 1 GiB GET (curl) vs. the TCP pipe, nginx, the http proxy. */
+async function bigBodies(
+  o: BenchOptions,
+  c: GatewayCtx,
+  t: BigTools,
+): Promise<{ rows: Row[]; gwPath: string; ngxPath: string }> {
   const { log } = o;
   const size = o.largeSize;
   const label = sizeLabel(size);
-  const rangeSize = o.mediumSize;
-  const servers = [c.pid, c.storagePid];
-  const agent = new Agent({ keepAlive: true, maxSockets: GATEWAY_CONCURRENCY });
   const rows: Row[] = [];
-  const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
-  const rate = (bytes: number, ts: Timed[]) => ts.map((t) => bytes / MiB / (t.ms / 1000));
+  const rate = (bytes: number, ts: Timed[]) => ts.map((x) => bytes / MiB / (x.ms / 1000));
   const med = (ts: Timed[]) =>
-    (ts[ts.map((t) => t.ms).indexOf(median(ts.map((t) => t.ms)))] ?? ts[0]) as Timed;
-  try {
-    const idleRss = readRss(c.pid) ?? 0;
+    (ts[ts.map((x) => x.ms).indexOf(median(ts.map((x) => x.ms)))] ?? ts[0]) as Timed;
 
-    // upload: through the gateway (POST /files, one streamed frame to the storage) vs. the same
-    // upload straight to the storage with the client library
-    const gwUp: Timed[] = [];
-    const directUp: Timed[] = [];
-    let fileId = '';
-    for (let r = 0; r < o.reps; r++) {
-      log(`gateway: upload ${label} #${r + 1}: gateway`);
-      let reply = { id: '', size: 0 };
-      gwUp.push(
-        await timed(servers, async () => {
-          reply = await post(agent, c.port, size);
-        }),
-      );
-      if (reply.size !== size) throw new Error(`gateway upload stored ${reply.size} of ${size} bytes`);
-      if (!fileId) fileId = reply.id;
-      else await c.client.delete(decodePublicId(reply.id));
-      log(`gateway: upload ${label} #${r + 1}: storage direct`);
-      const ids = { appId: APP_ID, userId: USER, fileId: newFileId() };
-      directUp.push(
-        await timed([c.storagePid], async () => {
-          const st = await c.client.storage.uploadExt(c.addr, ids, '', patternSource(size));
-          if (st.size !== size) throw new Error(`direct upload stored ${st.size} of ${size} bytes`);
-        }),
-      );
-      await c.client.storage.delete(c.addr, ids);
-    }
-    rows.push({
-      name: `gateway upload ${label} (MiB/s)`,
-      unit: 'MiB/s',
-      dsm: median(rate(size, gwUp)),
-      base: median(rate(size, directUp)),
-      baseLabel: 'storage direct',
-      target: { kind: 'none' },
-      dsmRuns: rate(size, gwUp),
-      baseRuns: rate(size, directUp),
-    });
-    c.details.push({
-      name: `gateway upload ${label}`,
-      text:
-        `runs MiB/s gateway [${show(rate(size, gwUp))}] storage direct [${show(rate(size, directUp))}]; ` +
-        `median run: ${perGiB(med(gwUp), size, 'gateway+storage')}; direct: ${perGiB(med(directUp), size, 'storage')}`,
-    });
-
-    // the same bytes for nginx
-    const ngxName = `gw-${size}.bin`;
-    log(`gateway: writing nginx's copy (${label})`);
-    await writePattern(join(c.www, ngxName), size);
-    const gwPath = `/files/${fileId}`;
-    const ngxPath = `/${ngxName}`;
-    // warm-up (page cache, JIT, connections)
-    await get(agent, c.port, gwPath, 200);
-    await get(agent, c.nginxPort, ngxPath, 200);
-
-    // whole-file downloads
-    const gwDown: Timed[] = [];
-    const ngxDown: Timed[] = [];
-    const gwAlone: CpuTimes = { user: 0, sys: 0 };
-    for (let r = 0; r < o.reps; r++) {
-      log(`gateway: download ${label} #${r + 1}: gateway`);
-      const g0 = cpuSplitOf([c.pid]);
-      gwDown.push(
-        await timed(servers, async () => {
-          const g = await get(agent, c.port, gwPath, 200);
-          if (g.bytes !== size) throw new Error(`gateway download returned ${g.bytes} of ${size} bytes`);
-        }),
-      );
-      const g1 = cpuSplitOf([c.pid]);
-      gwAlone.user += g1.user - g0.user;
-      gwAlone.sys += g1.sys - g0.sys;
-      log(`gateway: download ${label} #${r + 1}: nginx`);
-      ngxDown.push(
-        await timed(c.nginx.workerPids(), async () => {
-          const g = await get(agent, c.nginxPort, ngxPath, 200);
-          if (g.bytes !== size) throw new Error(`nginx download returned ${g.bytes} of ${size} bytes`);
-        }),
-      );
-    }
-    const curlGw: number[] = [];
-    const curlNgx: number[] = [];
-    for (let r = 0; r < o.reps; r++) {
-      const a = curlRate(`http://127.0.0.1:${c.port}${gwPath}`, size);
-      const b = curlRate(`http://127.0.0.1:${c.nginxPort}${ngxPath}`, size);
-      if (a === null || b === null) break;
-      curlGw.push(a);
-      curlNgx.push(b);
-    }
-    rows.push({
-      name: `gateway download ${label} (MiB/s)`,
-      unit: 'MiB/s',
-      dsm: median(rate(size, gwDown)),
-      base: median(rate(size, ngxDown)),
-      baseLabel: 'nginx',
-      target: { kind: 'ratio', min: 0.7 },
-      dsmRuns: rate(size, gwDown),
-      baseRuns: rate(size, ngxDown),
-    });
-    c.details.push({
-      name: `gateway download ${label}`,
-      text:
-        `runs MiB/s gateway [${show(rate(size, gwDown))}] nginx [${show(rate(size, ngxDown))}] (Node http client); ` +
-        `median run: ${perGiB(med(gwDown), size, 'gateway+storage')}; nginx ${perGiB(med(ngxDown), size, 'nginx')}; ` +
-        `the gateway process alone ${cpuText(gwAlone, GiB / size / o.reps, 's', 2)} CPU/GiB` +
-        (curlGw.length ? `; to curl: gateway [${show(curlGw)}] nginx [${show(curlNgx)}] MiB/s` : ''),
-    });
-
-    // one range in the middle of the file (206), as a player's seek or a CDN's slice
-    const from = Math.floor(size / 2) - Math.floor(rangeSize / 2) + 12_345;
-    const range = { Range: `bytes=${from}-${from + rangeSize - 1}` };
-    const rangeLabel = sizeLabel(rangeSize);
-    const gwRange: Timed[] = [];
-    const ngxRange: Timed[] = [];
-    const rangeReps = Math.max(3, 2 * o.reps + 1);
-    log(`gateway: ${rangeReps} × range ${rangeLabel} from each`);
-    for (let r = 0; r < rangeReps; r++) {
-      gwRange.push(
-        await timed(servers, async () => {
-          const g = await get(agent, c.port, gwPath, 206, range);
-          if (g.bytes !== rangeSize) throw new Error(`gateway range returned ${g.bytes} bytes`);
-        }),
-      );
-      ngxRange.push(
-        await timed(c.nginx.workerPids(), async () => {
-          const g = await get(agent, c.nginxPort, ngxPath, 206, range);
-          if (g.bytes !== rangeSize) throw new Error(`nginx range returned ${g.bytes} bytes`);
-        }),
-      );
-    }
-    rows.push({
-      name: `gateway range ${rangeLabel} of ${label} (MiB/s)`,
-      unit: 'MiB/s',
-      dsm: median(rate(rangeSize, gwRange)),
-      base: median(rate(rangeSize, ngxRange)),
-      baseLabel: 'nginx',
-      target: { kind: 'ratio', min: 0.7 },
-      dsmRuns: rate(rangeSize, gwRange),
-      baseRuns: rate(rangeSize, ngxRange),
-    });
-    c.details.push({
-      name: `gateway range ${rangeLabel}`,
-      text:
-        `runs MiB/s gateway [${show(rate(rangeSize, gwRange))}] nginx [${show(rate(rangeSize, ngxRange))}]; ` +
-        `includes the request's round trip (stat cached for statCacheMs, then one storage download)`,
-    });
-
-    // 4 KiB GETs at concurrency 64
-    rows.push(...(await smallGets(o, c)));
-
-    // memory: 50 concurrent 1 GiB streams, bounded in time
-    const streamMs = o.loopMs * 2;
-    log(`gateway: ${GATEWAY_STREAMS} concurrent ${label} streams for ${streamMs} ms: gateway`);
-    const gwStreams = await concurrentStreams(c.port, gwPath, GATEWAY_STREAMS, streamMs, () => [c.pid]);
-    log(`gateway: ${GATEWAY_STREAMS} concurrent ${label} streams for ${streamMs} ms: nginx`);
-    const ngxStreams = await concurrentStreams(c.nginxPort, ngxPath, GATEWAY_STREAMS, streamMs, () =>
-      c.nginx.workerPids(),
+  // upload: through the gateway (POST /files) vs. the same bytes straight to the storage with
+  // the client library; both clients are Node, so the comparison is of the servers' paths
+  const gwUp: Timed[] = [];
+  const directUp: Timed[] = [];
+  let fileId = '';
+  for (let r = 0; r < o.reps; r++) {
+    log(`gateway: POST ${label} #${r + 1}: gateway`);
+    let reply = { id: '', size: 0 };
+    gwUp.push(
+      await timed([...c.pids(), c.storagePid], async () => {
+        reply = await post(t.agent, c.port, size);
+      }),
     );
-    const streamText = (s: typeof gwStreams) =>
-      `${s.answered}/${GATEWAY_STREAMS} answered 200, ${(s.bytes / MiB / (s.ms / 1000)).toFixed(0)} MiB/s in all` +
-      (s.failed.length ? `, failures: ${[...new Set(s.failed)].join(', ')}` : '');
-    rows.push({
+    if (reply.size !== size) throw new Error(`gateway upload stored ${reply.size} of ${size} bytes`);
+    if (!fileId) fileId = reply.id;
+    else await c.client.delete(decodePublicId(reply.id));
+    log(`gateway: upload ${label} #${r + 1}: storage protocol`);
+    const ids = { appId: APP_ID, userId: USER, fileId: newFileId() };
+    directUp.push(
+      await timed([c.storagePid], async () => {
+        const st = await c.client.storage.uploadExt(c.addr, ids, '', patternSource(size));
+        if (st.size !== size) throw new Error(`direct upload stored ${st.size} of ${size} bytes`);
+      }),
+    );
+    await c.client.storage.delete(c.addr, ids);
+  }
+  rows.push({
+    name: `gateway POST /files ${label} (MiB/s)`,
+    unit: 'MiB/s',
+    dsm: median(rate(size, gwUp)),
+    base: median(rate(size, directUp)),
+    baseLabel: 'storage protocol upload',
+    target: { kind: 'ratio', min: 0.8 },
+    dsmRuns: rate(size, gwUp),
+    baseRuns: rate(size, directUp),
+    note: `both from a Node client in the bench process; CPU per GiB: gateway+storage ${cpuPerGiB(med(gwUp), size)} s, storage alone ${cpuPerGiB(med(directUp), size)} s`,
+  });
+  c.details.push({
+    name: `gateway POST ${label}`,
+    text:
+      `runs MiB/s gateway [${show(rate(size, gwUp))}] storage protocol [${show(rate(size, directUp))}]; ` +
+      `median run: ${perGiB(med(gwUp), size, 'gateway+storage')}; direct: ${perGiB(med(directUp), size, 'storage')}`,
+  });
+
+  // the same bytes for nginx
+  const ngxName = `gw-${size}.bin`;
+  log(`gateway: writing nginx's copy (${label})`);
+  await writePattern(join(c.www, ngxName), size);
+  const gwPath = `/files/${fileId}`;
+  const ngxPath = `/${ngxName}`;
+  const urls = {
+    gateway: `http://127.0.0.1:${c.port}${gwPath}`,
+    pipe: `http://127.0.0.1:${t.pipe.port}${ngxPath}`,
+    nginx: `http://127.0.0.1:${c.nginxPort}${ngxPath}`,
+    proxy: `http://127.0.0.1:${t.proxy.port}${ngxPath}`,
+  };
+  // warm-up: page cache, JIT, stat cache
+  for (const u of Object.values(urls)) curlRate(t.curl, u, size);
+
+  // whole-file GETs with curl, interleaved; CPU of each server alone
+  type Who = keyof typeof urls;
+  const order: Who[] = ['gateway', 'pipe', 'nginx', 'proxy'];
+  const pidsOf = (w: Who) =>
+    w === 'gateway'
+      ? c.pids()
+      : w === 'pipe'
+        ? [t.pipe.pid]
+        : w === 'proxy'
+          ? [t.proxy.pid]
+          : c.nginx.workerPids();
+  const rates: Record<Who, number[]> = { gateway: [], pipe: [], nginx: [], proxy: [] };
+  const cpu: Record<Who, CpuTimes> = Object.fromEntries(order.map((w) => [w, { user: 0, sys: 0 }])) as Record<
+    Who,
+    CpuTimes
+  >;
+  const storageCpu: CpuTimes = { user: 0, sys: 0 };
+  for (let r = 0; r < o.reps; r++) {
+    for (const w of order) {
+      log(`gateway: GET ${label} #${r + 1} with curl: ${w}`);
+      const pids = pidsOf(w);
+      const c0 = cpuSplitOf(pids);
+      const s0 = cpuSplitOf([c.storagePid]);
+      rates[w].push(curlRate(t.curl, urls[w], size));
+      addCpu(cpu[w], cpuDiff(c0, cpuSplitOf(pids)));
+      if (w === 'gateway') addCpu(storageCpu, cpuDiff(s0, cpuSplitOf([c.storagePid])));
+    }
+  }
+  const perGiBOf = (x: CpuTimes) => ((x.user + x.sys) * GiB) / size / o.reps;
+  const names: Record<Who, string> = {
+    gateway: 'gateway',
+    pipe: 'Node TCP pipe → nginx',
+    nginx: 'nginx',
+    proxy: 'Node http proxy → nginx',
+  };
+  for (const w of order) {
+    c.references.push({
+      work: `GET ${label}`,
+      server: names[w],
+      client: 'curl',
+      value: median(rates[w]),
+      unit: 'MiB/s',
+      cpu: `${cpuText(cpu[w], GiB / size / o.reps, 's', 2)} per GiB`,
+    });
+  }
+  rows.push(
+    {
+      name: `gateway GET ${label}, curl (MiB/s)`,
+      unit: 'MiB/s',
+      dsm: median(rates.gateway),
+      base: median(rates.pipe),
+      baseLabel: 'Node TCP pipe',
+      target: { kind: 'ratio', min: 0.9 },
+      dsmRuns: rates.gateway,
+      baseRuns: rates.pipe,
+      note: `nginx ${median(rates.nginx).toFixed(0)}, Node http proxy ${median(rates.proxy).toFixed(0)} MiB/s`,
+    },
+    {
+      name: `gateway CPU per GiB of GET ${label} (s)`,
+      unit: 's',
+      dsm: perGiBOf(cpu.gateway),
+      base: perGiBOf(cpu.pipe),
+      baseLabel: 'Node TCP pipe',
+      target: { kind: 'atMost', value: 1 },
+      note: `storage ${perGiBOf(storageCpu).toFixed(2)} s/GiB; nginx ${perGiBOf(cpu.nginx).toFixed(2)}`,
+    },
+  );
+  c.details.push({
+    name: `gateway GET ${label}`,
+    text:
+      `curl, runs MiB/s: ${order.map((w) => `${names[w]} [${show(rates[w])}]`).join(', ')}; CPU per GiB: ` +
+      order.map((w) => `${names[w]} ${cpuText(cpu[w], GiB / size / o.reps, 's', 2)}`).join(', ') +
+      `, storage (for the gateway) ${cpuText(storageCpu, GiB / size / o.reps, 's', 2)}`,
+  });
+
+  // one range in the middle of the file (206), as a player's seek or a CDN's slice
+  const rangeSize = o.mediumSize;
+  const from = Math.floor(size / 2) - Math.floor(rangeSize / 2) + 12_345;
+  const range = `${from}-${from + rangeSize - 1}`;
+  const rangeLabel = sizeLabel(rangeSize);
+  const gwRange: number[] = [];
+  const ngxRange: number[] = [];
+  const rangeReps = Math.max(3, 2 * o.reps + 1);
+  log(`gateway: ${rangeReps} × range ${rangeLabel} from each (curl)`);
+  for (let r = 0; r < rangeReps; r++) {
+    gwRange.push(curlRate(t.curl, urls.gateway, rangeSize, range));
+    ngxRange.push(curlRate(t.curl, urls.nginx, rangeSize, range));
+  }
+  rows.push({
+    name: `gateway range ${rangeLabel} of ${label}, curl (MiB/s)`,
+    unit: 'MiB/s',
+    dsm: median(gwRange),
+    base: median(ngxRange),
+    baseLabel: 'nginx',
+    target: { kind: 'none' },
+    dsmRuns: gwRange,
+    baseRuns: ngxRange,
+  });
+  c.details.push({
+    name: `gateway range ${rangeLabel}`,
+    text: `curl, runs MiB/s gateway [${show(gwRange)}] nginx [${show(ngxRange)}]`,
+  });
+  return { rows, gwPath, ngxPath };
+}
+
+/** First byte of 1 MiB ranges at random offsets of the big file, one keep-alive connection (curl). */
+async function firstByte(o: BenchOptions, c: GatewayCtx, curl: string, gwPath: string, ngxPath: string) {
+  const size = o.largeSize;
+  const n = o.quick ? 50 : 300;
+  const ranges = offsets(n, size, SEEK_RANGE);
+  o.log(`gateway: first byte of ${n} ranges of ${sizeLabel(SEEK_RANGE)} (curl, one connection)`);
+  const gwUrl = `http://127.0.0.1:${c.port}${gwPath}`;
+  const ngxUrl = `http://127.0.0.1:${c.nginxPort}${ngxPath}`;
+  // warm-up (connections, JIT); then nginx and the gateway on the same offsets
+  curlFirstBytes(curl, gwUrl, ranges.slice(0, 10));
+  curlFirstBytes(curl, ngxUrl, ranges.slice(0, 10));
+  const gw = curlFirstBytes(curl, gwUrl, ranges);
+  const ngx = curlFirstBytes(curl, ngxUrl, ranges);
+  const gl = latencyOf(gw) as Latency;
+  const nl = latencyOf(ngx) as Latency;
+  const work = `first byte of ${sizeLabel(SEEK_RANGE)} ranges of ${sizeLabel(size)}`;
+  c.references.push(
+    { work, server: 'gateway', client: 'curl, 1 connection', value: null, unit: '', latency: gl },
+    { work, server: 'nginx', client: 'curl, 1 connection', value: null, unit: '', latency: nl },
+  );
+  return {
+    name: `first byte of a ${sizeLabel(SEEK_RANGE)} range of ${sizeLabel(size)}, 1 connection, p99 (ms)`,
+    unit: 'ms',
+    dsm: gl.p99,
+    base: nl.p99,
+    baseLabel: 'nginx',
+    target: { kind: 'max', value: 5 },
+    dsmLatency: gl,
+    baseLatency: nl,
+    note: `${n} random offsets, curl --next (one connection)`,
+  } satisfies Row;
+}
+
+/** 100 concurrent GETs of one 4 MiB range: byte-exact answers, and the storage slice reads they cost. */
+async function rangeStorm(o: BenchOptions, c: GatewayCtx, gwPath: string): Promise<Row> {
+  const from = 8 * MiB; // slice-aligned: 4 slices of 1 MiB
+  const to = from + STORM_RANGE - 1;
+  const name = `range storm: storage slice reads for ${STORM_REQUESTS} × one ${sizeLabel(STORM_RANGE)} range`;
+  if (o.largeSize < from + STORM_RANGE) {
+    return { name, unit: '', dsm: null, base: null, baseLabel: '', target: { kind: 'atMost', value: 4 } };
+  }
+  const metrics = async () => {
+    try {
+      return sliceReadsOf(await getText(c.adminPort, '/metrics'));
+    } catch {
+      return null;
+    }
+  };
+  o.log(`gateway: range storm, ${STORM_REQUESTS} × bytes=${from}-${to}`);
+  const before = await metrics();
+  const block = patternBlock();
+  const t0 = performance.now();
+  const times: number[] = [];
+  const wrong: string[] = [];
+  await Promise.all(
+    Array.from(
+      { length: STORM_REQUESTS },
+      () =>
+        new Promise<void>((resolve) => {
+          const req = request(
+            {
+              host: '127.0.0.1',
+              port: c.port,
+              path: gwPath,
+              agent: false,
+              headers: { Range: `bytes=${from}-${to}` },
+            },
+            (res) => {
+              if (res.statusCode !== 206) wrong.push(`HTTP ${res.statusCode}`);
+              let at = from;
+              let bad = false;
+              res.on('data', (chunk: Buffer) => {
+                // the file is patternChunks: byte x is block[x % 1 MiB]
+                let i = 0;
+                while (i < chunk.length && !bad) {
+                  const off = at % MiB;
+                  const n = Math.min(chunk.length - i, MiB - off);
+                  if (Buffer.compare(chunk.subarray(i, i + n), block.subarray(off, off + n)) !== 0)
+                    bad = true;
+                  i += n;
+                  at += n;
+                }
+              });
+              res.on('end', () => {
+                if (bad) wrong.push('bytes differ');
+                else if (at !== to + 1 && res.statusCode === 206) wrong.push(`${at - from} bytes`);
+                times.push(performance.now() - t0);
+                resolve();
+              });
+              res.on('error', (e) => {
+                wrong.push(e.message);
+                resolve();
+              });
+            },
+          );
+          req.setTimeout(60_000, () => req.destroy(new Error('no answer within 60 s')));
+          req.on('error', (e) => {
+            wrong.push(e.message);
+            resolve();
+          });
+          req.end();
+        }),
+    ),
+  );
+  const after = await metrics();
+  const reads = before && after ? after.value - before.value : null;
+  const latency = latencyOf(times);
+  const wrongText = wrong.length
+    ? `; ${wrong.length} WRONG: ${[...new Set(wrong)].slice(0, 3).join(', ')}`
+    : '';
+  c.details.push({
+    name: 'range storm',
+    text:
+      `${STORM_REQUESTS} concurrent GETs of bytes=${from}-${to}: ${STORM_REQUESTS - wrong.length} byte-exact 206s` +
+      wrongText +
+      `, all done in ${Math.max(...times).toFixed(0)} ms; ` +
+      (after ? `${after.name} ${before?.value} → ${after.value}` : 'no slice-read counter on /metrics'),
+  });
+  return {
+    name,
+    unit: 'reads',
+    dsm: wrong.length ? null : reads,
+    base: null,
+    baseLabel: '',
+    target: { kind: 'atMost', value: 4 },
+    dsmLatency: latency,
+    note: wrong.length
+      ? `answers were wrong${wrongText}`
+      : after
+        ? `${after.name} on the admin /metrics; p50/p99: completion`
+        : "n/a: the gateway's /metrics has no slice-read counter in this tree",
+  };
+}
+
+/** Memory: 50 concurrent big streams, bounded in time. */
+async function streams(
+  o: BenchOptions,
+  c: GatewayCtx,
+  gwPath: string,
+  ngxPath: string,
+  idleRss: number,
+): Promise<Row[]> {
+  const label = sizeLabel(o.largeSize);
+  const streamMs = o.loopMs * 2;
+  o.log(`gateway: ${GATEWAY_STREAMS} concurrent ${label} streams for ${streamMs} ms: gateway`);
+  const gw = await concurrentStreams(c.port, gwPath, GATEWAY_STREAMS, streamMs, () => c.pids());
+  o.log(`gateway: ${GATEWAY_STREAMS} concurrent ${label} streams for ${streamMs} ms: nginx`);
+  const ngx = await concurrentStreams(c.nginxPort, ngxPath, GATEWAY_STREAMS, streamMs, () =>
+    c.nginx.workerPids(),
+  );
+  const text = (s: typeof gw) =>
+    `${s.answered}/${GATEWAY_STREAMS} answered 200, ${(s.bytes / MiB / (s.ms / 1000)).toFixed(0)} MiB/s in all` +
+    (s.failed.length ? `, failures: ${[...new Set(s.failed)].join(', ')}` : '');
+  c.details.push({
+    name: `gateway ${GATEWAY_STREAMS} streams`,
+    text: `${streamMs} ms each: gateway ${text(gw)}; nginx ${text(ngx)}; gateway RSS idle ${(idleRss / MiB).toFixed(0)} MiB`,
+  });
+  return [
+    {
       name: `gateway RSS peak, ${GATEWAY_STREAMS} × ${label} streams (MiB)`,
       unit: 'MiB',
-      dsm: gwStreams.answered === GATEWAY_STREAMS ? gwStreams.peakRss / MiB : null,
-      base: ngxStreams.peakRss / MiB,
+      dsm: gw.answered === GATEWAY_STREAMS ? gw.peakRss / MiB : null,
+      base: ngx.peakRss / MiB,
       baseLabel: 'nginx worker',
       target: { kind: 'max', value: 200 },
-      note: streamText(gwStreams),
-    });
-    c.details.push({
-      name: `gateway ${GATEWAY_STREAMS} streams`,
-      text:
-        `${streamMs} ms each: gateway ${streamText(gwStreams)}; nginx ${streamText(ngxStreams)}; ` +
-        `gateway RSS idle ${(idleRss / MiB).toFixed(0)} MiB`,
-    });
-    rows.push({
+      note: text(gw),
+    },
+    {
       name: 'gateway RSS idle, after start (MiB)',
       unit: 'MiB',
       dsm: idleRss / MiB,
       base: null,
       baseLabel: '',
       target: { kind: 'none' },
-    });
-    return rows;
-  } finally {
-    agent.destroy();
-  }
+    },
+  ];
 }
 
-/** 4 KiB GETs at concurrency 64 with wrk (or Node's client without wrk): gateway vs. nginx. */
-async function smallGets(o: BenchOptions, c: GatewayCtx): Promise<Row[]> {
+interface SmallTools {
+  wrk: string;
+  proxy: ReferenceServer;
+  pipe: ReferenceServer;
+}
+
+/**
+ * 4 KiB GETs with `wrk -t1 -c64` (nginx, the Node http proxy and TCP pipe in front of it, the
+ * gateway with its small-file cache off and on, at 1 and 2 workers) and 4 KiB POSTs at 16.
+ */
+async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Promise<Row[]> {
   const { log } = o;
   const size = o.smallSize;
   const label = sizeLabel(size);
@@ -477,91 +624,231 @@ async function smallGets(o: BenchOptions, c: GatewayCtx): Promise<Row[]> {
   try {
     for (let i = 0; i < FILES; i++) {
       writeFileSync(join(dir, `${i}.bin`), payload);
-      const r = await new Promise<{ id: string }>((resolve, reject) => {
-        const req = request(
-          {
-            host: '127.0.0.1',
-            port: c.port,
-            path: '/files',
-            method: 'POST',
-            agent,
-            headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
-          },
-          (res) => {
-            const parts: Buffer[] = [];
-            res.on('data', (b: Buffer) => parts.push(b));
-            res.on('end', () =>
-              res.statusCode === 201
-                ? resolve(JSON.parse(Buffer.concat(parts).toString()))
-                : reject(new Error(`POST /files: HTTP ${res.statusCode}`)),
-            );
-          },
-        );
-        req.on('error', reject);
-        req.end(payload);
-      });
+      const r = await post(agent, c.port, size);
       gwPaths.push(`/files/${r.id}`);
     }
   } finally {
     agent.destroy();
   }
   const ngxPaths = Array.from({ length: FILES }, (_, i) => `/gw-small/${i}.bin`);
-  const wrk = ensureWrk(log);
-  const tool = wrk ? 'wrk -t1' : 'Node http loop (no wrk)';
   const seconds = Math.max(1, Math.round(o.loopMs / 1000));
-  const script = join(c.www, '..', 'wrk-paths.lua');
-  const once = (port: number, paths: string[], secs: number) =>
-    wrk
-      ? runWrk(wrk, port, paths, GATEWAY_CONCURRENCY, secs, script)
-      : nodeLoop(port, paths, GATEWAY_CONCURRENCY, secs * 1000, size);
-  /** Warm-up, then `loopReps` timed runs; CPU of each process group in `groups`. */
-  const measure = async (name: string, port: number, paths: string[], groups: () => number[][]) => {
-    await once(port, paths, 1); // warm-up
+  const tool = `wrk -t1 -c${GATEWAY_CONCURRENCY}`;
+
+  interface Measured {
+    runs: WrkResult[];
+    rate: number;
+    latency: Latency | undefined;
+    cpu: CpuTimes[];
+    requests: number;
+    errors: string[];
+  }
+  /** Warm-up, then `loopReps` wrk runs; CPU of each process group of `groups`. */
+  const measure = async (
+    name: string,
+    port: number,
+    paths: string[],
+    groups: () => number[][],
+    connections = GATEWAY_CONCURRENCY,
+    postBytes?: number,
+  ): Promise<Measured> => {
+    const run = (secs: number) =>
+      runWrk(t.wrk, { port, paths, connections, seconds: secs, postBytes, scratch: o.dir });
+    await run(1); // warm-up
     const runs: WrkResult[] = [];
     const cpu: CpuTimes[] = groups().map(() => ({ user: 0, sys: 0 }));
     for (let r = 0; r < o.loopReps; r++) {
       log(
-        `gateway: ${label} GETs, ${name} #${r + 1} (${seconds} s, ${GATEWAY_CONCURRENCY} connections, ${tool})`,
+        `gateway: ${label} ${postBytes ? 'POST' : 'GET'}, ${name} #${r + 1} (${seconds} s, wrk -c${connections})`,
       );
       const g = groups();
       const c0 = g.map(cpuSplitOf);
-      runs.push(await once(port, paths, seconds));
-      const c1 = g.map(cpuSplitOf);
-      g.forEach((_, i) => {
-        const acc = cpu[i] as CpuTimes;
-        acc.user += (c1[i] as CpuTimes).user - (c0[i] as CpuTimes).user;
-        acc.sys += (c1[i] as CpuTimes).sys - (c0[i] as CpuTimes).sys;
+      runs.push(await run(seconds));
+      g.forEach((pids, i) => {
+        addCpu(cpu[i] as CpuTimes, cpuDiff(c0[i] as CpuTimes, cpuSplitOf(pids)));
       });
     }
     const requests = runs.reduce((a, r) => a + r.requests, 0);
-    return { runs, rate: runs.reduce((a, r) => a + r.rps, 0) / runs.length, cpu, requests };
+    const latency = runs.length
+      ? {
+          p50: median(runs.map((r) => r.latency?.p50 ?? Number.NaN)),
+          p99: median(runs.map((r) => r.latency?.p99 ?? Number.NaN)),
+        }
+      : undefined;
+    return {
+      runs,
+      rate: mean(runs.map((r) => r.rps)),
+      latency,
+      cpu,
+      requests,
+      errors: runs.map((r) => r.errors).filter(Boolean),
+    };
   };
-  const gw = await measure('gateway', c.port, gwPaths, () => [[c.pid], [c.storagePid]]);
-  const ngx = await measure('nginx', c.nginxPort, ngxPaths, () => [c.nginx.workerPids()]);
-  const errors = [...gw.runs, ...ngx.runs].map((r) => r.errors).filter(Boolean);
-  const perReq = (m: typeof gw, i = 0) =>
+  const perReq = (m: Measured, i = 0) =>
     cpuText(m.cpu[i] as CpuTimes, 1e6 / Math.max(1, m.requests), 'µs', 0);
-  const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
-  c.details.push({
-    name: `gateway ${label} GETs`,
-    text:
-      `${tool}, ${GATEWAY_CONCURRENCY} connections: runs/s gateway [${show(gw.runs.map((r) => r.rps))}] ` +
-      `nginx [${show(ngx.runs.map((r) => r.rps))}]; latency p50/p99 gateway ${gw.runs[0]?.p50}/${gw.runs[0]?.p99}, ` +
-      `nginx ${ngx.runs[0]?.p50}/${ngx.runs[0]?.p99}; CPU per request: gateway ${perReq(gw, 0)}, ` +
-      `storage ${perReq(gw, 1)}, nginx ${perReq(ngx)}` +
-      (errors.length ? `; ERRORS: ${errors.join(' | ')}` : ''),
+  const ref = (server: string, m: Measured, cpuText: string, note?: string, client = tool): Reference => ({
+    work: `${label} ${client.includes('POST') ? 'POST' : 'GET'}`,
+    server,
+    client,
+    value: m.errors.length ? null : m.rate,
+    unit: '/s',
+    latency: m.latency,
+    cpu: cpuText,
+    note: m.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : note,
   });
-  const all = gw.runs;
+  const rated = (m: Measured) => (m.errors.length ? null : m.rate);
+  const usPer = (m: Measured, i: number) => {
+    const x = m.cpu[i] as CpuTimes;
+    return (((x.user + x.sys) * 1e6) / Math.max(1, m.requests)).toFixed(0);
+  };
+
+  const gwGroups = () => [c.pids(), [c.storagePid]];
+  const ngx = await measure('nginx', c.nginxPort, ngxPaths, () => [c.nginx.workerPids()]);
+  const prx = await measure('Node http proxy', t.proxy.port, ngxPaths, () => [[t.proxy.pid]]);
+  const pip = await measure('Node TCP pipe', t.pipe.port, ngxPaths, () => [[t.pipe.pid]]);
+  const cacheOff = SMALL_FILE_CACHE ? await c.reconfigure(SMALL_FILE_CACHE.off) : null;
+  if (cacheOff) throw new Error(`the gateway did not start with its small-file cache off: ${cacheOff}`);
+  const gwOff = await measure(SMALL_FILE_CACHE ? 'gateway, cache off' : 'gateway', c.port, gwPaths, gwGroups);
+  const oneWorkerPids = c.pids().length;
+  c.references.push(
+    ref('nginx', ngx, `${perReq(ngx)} per request`),
+    ref('Node http proxy → nginx', prx, `${perReq(prx)} per request`),
+    ref('Node TCP pipe → nginx', pip, `${perReq(pip)} per request`),
+    ref(
+      SMALL_FILE_CACHE ? 'gateway, cache off' : 'gateway',
+      gwOff,
+      `gateway ${perReq(gwOff, 0)}, storage ${perReq(gwOff, 1)} per request`,
+    ),
+  );
+
+  // 4 KiB POST /files at 16 connections
+  const postRun = await measure('gateway POST /files', c.port, ['/files'], gwGroups, POST_CONCURRENCY, size);
+  c.references.push(
+    ref(
+      'gateway',
+      postRun,
+      `gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)} per upload`,
+      undefined,
+      `wrk -t1 -c${POST_CONCURRENCY}, POST /files`,
+    ),
+  );
+
+  // the small-file cache on
+  let gwOn: Measured | null = null;
+  let onNote = 'cache: not available in this tree';
+  if (SMALL_FILE_CACHE) {
+    const why = await c.reconfigure(SMALL_FILE_CACHE.on);
+    if (why) onNote = `cache on: the gateway did not start (${why})`;
+    else {
+      gwOn = await measure('gateway, cache on', c.port, gwPaths, gwGroups);
+      c.references.push(
+        ref('gateway, cache on', gwOn, `gateway ${perReq(gwOn, 0)}, storage ${perReq(gwOn, 1)} per request`),
+      );
+      onNote = `cache on: ${JSON.stringify(SMALL_FILE_CACHE.on)}`;
+    }
+  }
+
+  // 2 workers (cache off)
+  let gw2: Measured | null = null;
+  let workersNote = '';
+  {
+    const why = await c.reconfigure({ ...(SMALL_FILE_CACHE?.off ?? {}), workers: 2 });
+    if (why) workersNote = `n/a: the gateway did not start with workers 2 (${why})`;
+    else {
+      const procs = c.pids().length;
+      if (procs <= oneWorkerPids) {
+        workersNote = `n/a: workers 2 runs ${procs} process(es), as workers 1 did: node:cluster entry not in this tree`;
+      } else {
+        gw2 = await measure('gateway, 2 workers', c.port, gwPaths, gwGroups);
+        c.references.push(
+          ref(
+            'gateway, 2 workers',
+            gw2,
+            `gateway ${perReq(gw2, 0)}, storage ${perReq(gw2, 1)} per request`,
+            `${procs} processes`,
+          ),
+        );
+        workersNote = `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}`;
+      }
+    }
+  }
+
+  const errText = (m: Measured | null) => (m?.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : '');
+  c.details.push({
+    name: `gateway ${label} requests`,
+    text:
+      `${tool}, runs/s: nginx [${show(ngx.runs.map((r) => r.rps))}], Node http proxy [${show(prx.runs.map((r) => r.rps))}], ` +
+      `TCP pipe [${show(pip.runs.map((r) => r.rps))}], gateway [${show(gwOff.runs.map((r) => r.rps))}]` +
+      (gwOn ? `, gateway cache on [${show(gwOn.runs.map((r) => r.rps))}]` : '') +
+      (gw2 ? `, gateway 2 workers [${show(gw2.runs.map((r) => r.rps))}]` : '') +
+      `; POST wrk -c${POST_CONCURRENCY} [${show(postRun.runs.map((r) => r.rps))}]; CPU per GET: gateway ${perReq(gwOff, 0)}, ` +
+      `storage ${perReq(gwOff, 1)}, Node http proxy ${perReq(prx)}, nginx ${perReq(ngx)}` +
+      [gwOff, gwOn, gw2, postRun, ngx, prx, pip]
+        .map(errText)
+        .filter(Boolean)
+        .map((e) => `; ${e}`)
+        .join(''),
+  });
+  const cacheLabel = SMALL_FILE_CACHE ? ', cache off' : '';
   return [
     {
-      name: `gateway ${label} GETs/s, concurrency ${GATEWAY_CONCURRENCY}`,
+      name: `gateway ${label} GET/s, ${tool}${cacheLabel}`,
       unit: '/s',
-      dsm: errors.length ? null : all.reduce((a, r) => a + r.rps, 0) / all.length,
-      base: ngx.rate,
+      dsm: rated(gwOff),
+      base: rated(prx),
+      baseLabel: 'Node http proxy',
+      target: { kind: 'ratio', min: 1 },
+      dsmLatency: gwOff.latency,
+      baseLatency: prx.latency,
+      dsmRuns: gwOff.runs.map((r) => r.rps),
+      baseRuns: prx.runs.map((r) => r.rps),
+      note:
+        errText(gwOff) ||
+        `CPU per GET: gateway ${usPer(gwOff, 0)} + storage ${usPer(gwOff, 1)} µs, Node http proxy ${usPer(prx, 0)} µs` +
+          (SMALL_FILE_CACHE ? '' : '; cache: not available in this tree (default config)'),
+    },
+    {
+      name: `gateway ${label} GET/s, ${tool}${cacheLabel}, vs nginx`,
+      unit: '/s',
+      dsm: rated(gwOff),
+      base: rated(ngx),
+      baseLabel: 'nginx',
+      target: { kind: 'none' },
+      dsmLatency: gwOff.latency,
+      baseLatency: ngx.latency,
+      note: 'the issue expects ≈ 0.25× here',
+    },
+    {
+      name: `gateway ${label} GET/s, ${tool}, cache on`,
+      unit: '/s',
+      dsm: gwOn ? rated(gwOn) : null,
+      base: rated(ngx),
       baseLabel: 'nginx',
       target: { kind: 'ratio', min: 0.5 },
-      dsmRuns: all.map((r) => r.rps),
-      baseRuns: ngx.runs.map((r) => r.rps),
+      dsmLatency: gwOn?.latency,
+      baseLatency: ngx.latency,
+      note: errText(gwOn) || (gwOn ? `CPU per GET: gateway ${usPer(gwOn, 0)} µs; ${onNote}` : onNote),
+    },
+    {
+      name: `gateway ${label} POST /files/s, wrk -t1 -c${POST_CONCURRENCY}`,
+      unit: '/s',
+      dsm: rated(postRun),
+      base: null,
+      baseLabel: '',
+      target: { kind: 'min', value: 1500 },
+      dsmLatency: postRun.latency,
+      note:
+        errText(postRun) || `CPU per upload: gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)}`,
+    },
+    {
+      name: `gateway ${label} GET/s, ${tool}, 2 workers`,
+      unit: '/s',
+      dsm: gw2 ? rated(gw2) : null,
+      base: rated(gwOff),
+      baseLabel: '1 worker',
+      target: { kind: 'none' },
+      dsmLatency: gw2?.latency,
+      baseLatency: gwOff.latency,
+      note: errText(gw2) || workersNote,
     },
   ];
 }

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { waitForIdle } from './proc.ts';
 import { type BenchResult, runBench, Scope, SECTIONS, type Section } from './run.ts';
 import { GiB, KiB, MiB } from './source.ts';
-import { renderTable } from './table.ts';
+import { metOf, renderReferences, renderTable } from './table.ts';
 
 const USAGE = `usage: npm run bench -- [options]
 
@@ -20,6 +20,8 @@ const USAGE = `usage: npm run bench -- [options]
                      cluster data and the nginx files share it, so they are on one disk
   --keep             keep the scratch folder (cluster logs, nginx error log)
   --json FILE        also write the results as JSON
+  --docs             also write the figures as a dated section into docs/performance.md (above
+                     the older sections, which stay)
   --profile DIR      cluster nodes write V8 CPU profiles into DIR (<role>-<pid>.cpuprofile)
   --wait-idle SEC    first wait up to SEC seconds for the machine to be ≥ 90% idle
   --from-source      run the cluster from the TypeScript sources through tsx (as \`npm start\`)
@@ -41,6 +43,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     keep: { type: 'boolean', default: false },
     json: { type: 'string' },
+    docs: { type: 'boolean', default: false },
     profile: { type: 'string' },
     'wait-idle': { type: 'string' },
     'from-source': { type: 'boolean', default: false },
@@ -111,6 +114,7 @@ let exitCode = 0;
 try {
   result = await runBench(
     {
+      quick,
       dir,
       largeSize: quick ? 64 * MiB : GiB,
       mediumSize: quick ? 16 * MiB : 64 * MiB,
@@ -138,26 +142,63 @@ try {
 
 if (result && !interrupted) {
   const m = result.machine;
-  const out = [
-    '',
-    `dsm benchmark ${m.date}${quick ? ' (--quick)' : ''}; cluster runs ${entry ? 'the bundle (npm run build)' : 'from source (tsx)'}`,
+  const busy = Object.values(result.otherLoad).some((v) => v > 0.2);
+  const conditions = [
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
-    `load average at start: ${m.loadAvgAtStart.join(' ')}` +
+    `load average (1, 5, 15 min) at start: ${m.loadAvgAtStart.join(' ')}; at end: ${m.loadAvgAtEnd.join(' ')}` +
       (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),
-    `CPU of other processes while measuring (cores): ${Object.entries(result.otherLoad)
+    `CPU of other processes while measuring (cores, of ${m.cpus}): ${Object.entries(result.otherLoad)
       .map(([k, v]) => `${k} ${v.toFixed(2)}`)
-      .join(
-        ', ',
-      )}${Object.values(result.otherLoad).some((v) => v > 0.2) ? ' (the machine was not idle: figures are disturbed)' : ''}`,
-    '',
+      .join(', ')}${busy ? ' (the machine was not idle: figures are disturbed)' : ''}`,
+  ];
+  const targets = result.rows.filter((r) => r.target.kind !== 'none');
+  const met = targets.filter((r) => metOf(r) === true).length;
+  const missed = targets.filter((r) => metOf(r) === false).map((r) => r.name);
+  const unknown = targets.filter((r) => metOf(r) === null).map((r) => r.name);
+  const summary =
+    `targets: ${met} of ${targets.length} met` +
+    (missed.length ? `; missed: ${missed.join('; ')}` : '') +
+    (unknown.length ? `; not measured: ${unknown.join('; ')}` : '');
+  const title = `dsm benchmark ${m.date}${quick ? ' (--quick)' : ''}; cluster runs ${entry ? 'the bundle (npm run build)' : 'from source (tsx)'}`;
+  const body = [
     renderTable(result.rows),
     '',
-    ...result.details.map((d) => `- ${d.name}: ${d.text}`),
+    'Every server and client measured (same run):',
     '',
-  ].join('\n');
-  process.stdout.write(out);
+    renderReferences(result.references),
+    '',
+    ...result.details.map((d) => `- ${d.name}: ${d.text}`),
+  ];
+  process.stdout.write(['', title, ...conditions, summary, '', ...body, ''].join('\n'));
   if (values.json) {
     writeFileSync(values.json, `${JSON.stringify({ quick, idleBefore, ...result }, null, 2)}\n`);
   }
+  if (values.docs) {
+    const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+    const file = join(repo, 'docs', 'performance.md');
+    const when = `${m.date.slice(0, 10)} ${m.date.slice(11, 16)} UTC`;
+    const section = [
+      `## Figures of ${when}: \`npm run bench${quick ? ' -- --quick' : ''}\` (written by the bench)`,
+      '',
+      ...conditions.map((c) => `- ${c}`),
+      `- ${summary}`,
+      '',
+      ...body,
+      '',
+      '',
+    ].join('\n');
+    writeFileSync(
+      file,
+      insertSection(existsSync(file) ? readFileSync(file, 'utf8') : '# Performance\n', section),
+    );
+    log(`wrote the figures into ${file}`);
+  }
 }
 if (!interrupted) process.exit(exitCode);
+
+/** `section` above the first dated figures section of `doc` (older ones stay below it), or at the end. */
+function insertSection(doc: string, section: string): string {
+  const at = doc.search(/^## (Figures|Earlier figures)/m);
+  if (at < 0) return `${doc.trimEnd()}\n\n${section}`;
+  return `${doc.slice(0, at)}${section}${doc.slice(at)}`;
+}

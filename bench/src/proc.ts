@@ -159,3 +159,20 @@ function commandOf(pid: number): string {
     return '(exited)';
   }
 }
+
+/** `root` and every process under it (a gateway's node:cluster workers), from /proc. */
+export function treePids(root: number): number[] {
+  const procs = scanProcesses();
+  const tree = new Set<number>([root]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, p] of procs) {
+      if (!tree.has(pid) && tree.has(p.ppid)) {
+        tree.add(pid);
+        grew = true;
+      }
+    }
+  }
+  return [...tree];
+}
