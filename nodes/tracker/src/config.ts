@@ -1,7 +1,7 @@
 import { hostname as osHostname } from 'node:os';
 import { listenAddress } from '@dsm/common';
 import { GROUPNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
-import { isIpOrCidr, nodeSecurityShape } from '@dsm/server';
+import { isIpOrCidr, nodeAdminShape, nodeSecurityShape } from '@dsm/server';
 import { z } from 'zod';
 
 /** `[A-Za-z0-9]`, 1..16 characters (the group name field is 17 bytes with its NUL). */
@@ -44,6 +44,8 @@ export const configSchema = z.object({
     .default(''),
   /** auth, allowFrom (every connection, not only joins), tls: the same on every node (@dsm/server). */
   ...nodeSecurityShape,
+  /** admin.listen: `/metrics`, `/healthz`, `/readyz` over HTTP (@dsm/server, docs/operations.md). */
+  ...nodeAdminShape,
 });
 
 export type TrackerConfig = z.infer<typeof configSchema> & { configDir?: string };

@@ -24,7 +24,13 @@ export interface GroupRouterOptions {
   log: Logger;
   /** Resolves once the tracker tables exist (runs the migration if it has not succeeded yet). */
   schemaReady: () => Promise<void>;
+  /** Where each lookup was answered from (metrics): the cache, t_router, a new assignment, nowhere. */
+  onLookup?: (source: RouteSource) => void;
+  /** A route cache operation failed (metrics); the request goes on without the cache. */
+  onCacheError?: (op: 'get' | 'set') => void;
 }
+
+export type RouteSource = 'cache' | 'database' | 'assigned' | 'none';
 
 /** How a group's free space is scored when a new user is placed. */
 export function groupFreeBytes(storages: readonly StorageRecord[]): number {
@@ -55,9 +61,15 @@ export class GroupRouter {
   async route(appId: string, userId: string): Promise<string> {
     const key = routeCacheKey(appId, userId);
     const cached = await this.#cacheGet(key);
-    if (cached !== null && GROUP_NAME_RE.test(cached)) return cached;
+    if (cached !== null && GROUP_NAME_RE.test(cached)) {
+      this.#o.onLookup?.('cache');
+      return cached;
+    }
     let group = await this.#read(appId, userId);
-    if (group === null) group = await this.#assign(appId, userId);
+    if (group === null) {
+      group = await this.#assign(appId, userId);
+      this.#o.onLookup?.('assigned');
+    } else this.#o.onLookup?.('database');
     await this.#cacheSet(key, group);
     return group;
   }
@@ -69,8 +81,12 @@ export class GroupRouter {
   async lookup(appId: string, userId: string): Promise<string | null> {
     const key = routeCacheKey(appId, userId);
     const cached = await this.#cacheGet(key);
-    if (cached !== null && GROUP_NAME_RE.test(cached)) return cached;
+    if (cached !== null && GROUP_NAME_RE.test(cached)) {
+      this.#o.onLookup?.('cache');
+      return cached;
+    }
     const group = await this.#read(appId, userId);
+    this.#o.onLookup?.(group === null ? 'none' : 'database');
     // only found routes are cached: a miss cached under an attacker's random user ids would be
     // the unbounded state this method exists to avoid
     if (group !== null) await this.#cacheSet(key, group);
@@ -196,7 +212,8 @@ export class GroupRouter {
   }
 
   /** A cache outage never fails a request; it is logged at warn, at most every 10 s. */
-  #cacheWarn(e: unknown, op: string): void {
+  #cacheWarn(e: unknown, op: 'get' | 'set'): void {
+    this.#o.onCacheError?.(op);
     const now = Date.now();
     if (now - this.#lastCacheWarn < 10_000) return;
     this.#lastCacheWarn = now;

@@ -22,6 +22,7 @@ import {
   Status,
 } from '@dsm/packets';
 import { commandAccess } from './access.ts';
+import type { ServerMetrics } from './metrics.ts';
 import { addressAllowed, type NodeSecurity } from './security.ts';
 
 export interface ConnectionInfo {
@@ -68,6 +69,8 @@ export interface ProtocolServerOptions {
   onConnectionClose?: (conn: ConnectionInfo) => void;
   /** Node-protocol security: allowFrom, auth (the handshake is served here), TLS. Absent = open TCP. */
   security?: ServerSecurity;
+  /** Requests, bytes, connections and refusals are reported here (metrics.ts). */
+  metrics?: ServerMetrics;
 }
 
 export type ServerSecurity = Pick<
@@ -161,6 +164,8 @@ export class ProtocolServer {
       return;
     }
     this.#sockets.add(socket);
+    const metrics = this.#opts.metrics;
+    metrics?.connectionOpened();
     socket.setNoDelay(true);
     const conn: ConnectionInfo = {
       id: randomUUID().slice(0, 8),
@@ -186,18 +191,20 @@ export class ProtocolServer {
     }
     const commands = [...Object.keys(handlers).map(Number), Command.AUTH_CHALLENGE, Command.AUTH_PROVE];
     const reader = new FrameReader(requestSpecs(commands, this.#opts.maxUpload));
-    const events = readEvents(socket, reader);
+    const events = readEvents(socket, reader, metrics);
     let busy = false;
 
     /** Resolves when the socket has handed `b` to the OS (so its buffer may be reused). */
     const writeFlushed = (b: Uint8Array): Promise<void> =>
       new Promise((resolve, reject) => {
         if (socket.destroyed) return reject(new Error('socket closed'));
+        metrics?.bytesOut(b.length);
         socket.write(b, (err) => (err ? reject(err) : resolve()));
       });
     const write = (b: Uint8Array): Promise<void> =>
       new Promise((resolve, reject) => {
         if (socket.destroyed) return reject(new Error('socket closed'));
+        metrics?.bytesOut(b.length);
         if (socket.write(b)) return resolve();
         const onDrain = () => {
           socket.off('close', onClose);
@@ -227,6 +234,7 @@ export class ProtocolServer {
         const e = ev.value;
         if (e.type === 'error') {
           log.info({ err: e.error.message, command: e.header?.command }, 'bad frame');
+          metrics?.refused('bad_frame');
           await sendError(e.error.errno, e.error.message);
           break;
         }
@@ -236,6 +244,7 @@ export class ProtocolServer {
         // allowFrom list of the cluster's network would otherwise refuse; it reveals nothing
         if (header.command !== Command.PING && !addressAllowed(sec?.allow ?? null, conn.remoteAddress)) {
           log.info({ command: header.command }, 'address not allowed');
+          metrics?.refused('address');
           await sendError(Errno.UNAUTHORIZED, `Address Not Allowed: ${conn.remoteAddress}`);
           break;
         }
@@ -249,6 +258,7 @@ export class ProtocolServer {
           }
           if (typeof step === 'string') {
             log.info({ command: header.command, msg: step }, 'authentication refused');
+            metrics?.refused('auth_failed');
             await sendError(Errno.UNAUTHORIZED, step);
             break;
           }
@@ -262,6 +272,7 @@ export class ProtocolServer {
         const access = commandAccess(header.command);
         if (sec?.required && !auth.keyId && (access === 'write' || (access === 'read' && sec.reads))) {
           log.info({ command: header.command }, 'unauthenticated request refused');
+          metrics?.refused('unauthenticated');
           await sendError(
             Errno.UNAUTHORIZED,
             `Authentication Required: command ${header.command} needs a connection authenticated with a cluster key`,
@@ -313,17 +324,19 @@ export class ProtocolServer {
         };
         busy = true;
         this.#inFlight++;
+        const started = performance.now();
         let ok = true;
+        let errno = 0;
         try {
           await handler(ctx);
           if (!replied) throw new Error(`handler for command ${header.command} sent no reply`);
         } catch (err) {
           ok = false;
+          errno = errnoOf(err);
           if (replied) {
             // Bytes already went out: an error reply now would corrupt the stream (seed quirk 6).
             log.warn({ err, command: header.command }, 'failed after the reply started; closing');
           } else {
-            const errno = errnoOf(err);
             const message = err instanceof Error ? err.message : String(err);
             log.info({ command: header.command, errno, msg: message }, 'request failed');
             await sendError(errno, message);
@@ -331,6 +344,7 @@ export class ProtocolServer {
         } finally {
           busy = false;
           this.#inFlight--;
+          metrics?.request(header.command, errno, (performance.now() - started) / 1000);
         }
         if (!ok) break;
         if (!streamDone) {
@@ -343,6 +357,7 @@ export class ProtocolServer {
       log.debug({ err }, 'connection ended');
     } finally {
       this.#sockets.delete(socket);
+      metrics?.connectionClosed();
       if (!socket.destroyed) socket.end();
       try {
         this.#opts.onConnectionClose?.(conn);
@@ -356,8 +371,13 @@ export class ProtocolServer {
   }
 }
 
-async function* readEvents(socket: Socket, reader: FrameReader): AsyncGenerator<FrameEvent, void, undefined> {
+async function* readEvents(
+  socket: Socket,
+  reader: FrameReader,
+  metrics: ServerMetrics | undefined,
+): AsyncGenerator<FrameEvent, void, undefined> {
   for await (const chunk of socket) {
+    metrics?.bytesIn((chunk as Uint8Array).length);
     const events = reader.push(chunk as Uint8Array);
     for (const e of events) yield e;
     if (reader.dead) return;

@@ -1,12 +1,16 @@
+import type { BlockList } from 'node:net';
 import { DsmError, ErrorCode, type Logger, messageOf, parseListen } from '@dsm/common';
 import type { DbRole } from '@dsm/db';
 import { type CreateKvStoreOptions, createKvStore, type KvStore } from '@dsm/kv';
 import { formatAddress } from '@dsm/packets';
+import { sql } from 'kysely';
+import { type AdminListener, type Readiness, type ReadyCheck, startAdminListener } from './admin.ts';
 import { Cleanups } from './cleanups.ts';
 import { type NodeDatabase, type OpenDatabaseOptions, openDatabase } from './database.ts';
+import { NodeMetrics } from './metrics.ts';
 import { ProtocolServer, type ProtocolServerOptions } from './protocol-server.ts';
 
-export interface ListenOptions extends Omit<ProtocolServerOptions, 'log'> {
+export interface ListenOptions extends Omit<ProtocolServerOptions, 'log' | 'metrics'> {
   /** `host:port` from the node's config (port 0 = any free port). */
   listen: string;
 }
@@ -31,6 +35,20 @@ export interface NodeKit {
   openCache(url: string, opts?: CreateKvStoreOptions): KvStore;
   /** The node's protocol listener (the one place every node's server is created). */
   listen(opts: ListenOptions): Promise<Listener>;
+  /**
+   * The node's metrics (metrics.ts): the listener reports requests, bytes and connections to
+   * it; the node adds its own with `metrics.counter` / `metrics.gauge`.
+   */
+  metrics: NodeMetrics;
+  /**
+   * The admin listener (admin.ts) on `listen` (empty = none, returns null): `/metrics`,
+   * `/healthz`, `/readyz`. Readiness checks the database and cache opened through this kit,
+   * then the node's own `checks`.
+   */
+  serveAdmin(
+    listen: string,
+    opts: { allow: BlockList | null; checks?: Readiness },
+  ): Promise<AdminListener | null>;
 }
 
 /**
@@ -43,23 +61,34 @@ export async function startNode<T extends object>(
   build: (kit: NodeKit) => Promise<T>,
 ): Promise<T & { close(): Promise<void> }> {
   const cleanups = new Cleanups(log);
+  const metrics = new NodeMetrics();
+  const baseChecks: (() => Promise<ReadyCheck>)[] = [];
   const kit: NodeKit = {
     log,
+    metrics,
     defer: (what, fn) => cleanups.defer(what, fn),
     async openDatabase(role, url, opts = {}) {
       const db = await openDatabase(role, url, { ...opts, log });
       cleanups.defer('database', () => db.close());
+      baseChecks.push(() =>
+        check('database', async () => {
+          await db.ready();
+          await sql`select 1`.execute(db.db);
+        }),
+      );
       return db;
     },
     openCache(url, opts) {
       const kv = createKvStore(url, opts);
       cleanups.defer('cache', () => kv.close());
+      baseChecks.push(() => check('cache', () => kv.get('dsm:readyz')));
       return kv;
     },
     async listen(opts) {
       const { listen, ...rest } = opts;
       const { host, port } = parseListen(listen);
-      const server = new ProtocolServer({ ...rest, log });
+      metrics.setRole(opts.name);
+      const server = new ProtocolServer({ ...rest, log, metrics });
       let bound: { port: number };
       try {
         bound = await server.listen(port, host);
@@ -71,6 +100,17 @@ export async function startNode<T extends object>(
       cleanups.defer('listener', () => server.close());
       return { server, host, port: bound.port, listen: formatAddress({ host, port: bound.port }) };
     },
+    async serveAdmin(listen, opts) {
+      if (!listen) return null;
+      const ready: Readiness = async () => [
+        ...(await Promise.all(baseChecks.map((c) => c()))),
+        ...(opts.checks ? await opts.checks() : []),
+      ];
+      const admin = await startAdminListener({ listen, metrics, ready, allow: opts.allow, log });
+      cleanups.defer('admin listener', () => admin.close());
+      log.info({ admin: admin.url }, 'admin listener up');
+      return admin;
+    },
   };
   try {
     const node = await build(kit);
@@ -78,5 +118,14 @@ export async function startNode<T extends object>(
   } catch (e) {
     await cleanups.run();
     throw e;
+  }
+}
+
+async function check(name: string, probe: () => Promise<unknown>): Promise<ReadyCheck> {
+  try {
+    await probe();
+    return { name, ok: true };
+  } catch (e) {
+    return { name, ok: false, error: messageOf(e) };
   }
 }
