@@ -203,11 +203,28 @@ export class IdAllocator {
     }
   }
 
+  /**
+   * `count` consecutive ids for `key` from a segment of their own, reserved in the store like
+   * any other (one database visit): the range never overlaps a segment this or any other id
+   * server hands out, before or after a restart. The in-memory segment is not used, so ranges
+   * and single ids of one key are each increasing but interleave.
+   */
+  async range(key: string, count: number): Promise<{ first: number; count: number }> {
+    if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`bad count: ${count}`);
+    const first = await this.#reserve(key, count);
+    return { first, count };
+  }
+
   async #refill(key: string): Promise<void> {
+    const base = await this.#reserve(key, this.step);
+    this.#segments.set(key, { next: base, end: base + this.step });
+  }
+
+  async #reserve(key: string, step: number): Promise<number> {
     let base: number;
     try {
       await this.prepare();
-      base = await this.#store.reserve(key, this.step);
+      base = await this.#store.reserve(key, step);
       this.#reservations++;
     } catch (e) {
       const unavailable = isDbUnavailable(e);
@@ -218,11 +235,11 @@ export class IdAllocator {
         cause: e,
       });
     }
-    if (!Number.isSafeInteger(base) || base < 0 || !Number.isSafeInteger(base + this.step)) {
+    if (!Number.isSafeInteger(base) || base < 0 || !Number.isSafeInteger(base + step)) {
       this.#log?.error({ key, base }, 'id counter out of range');
       throw new DsmError(ErrorCode.RANGE, `GET ID Fail, Key: ${key}`, Errno.RANGE);
     }
-    this.#log?.debug({ key, base, step: this.step }, 'reserved id segment');
-    this.#segments.set(key, { next: base, end: base + this.step });
+    this.#log?.debug({ key, base, step }, 'reserved id segment');
+    return base;
   }
 }

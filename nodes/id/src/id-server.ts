@@ -1,6 +1,14 @@
 import { createLogger, DsmError, ErrorCode, type Logger, parseConfig, parseListen } from '@dsm/common';
 import type { CreateDbOptions } from '@dsm/db';
-import { Command, decodeIdRequest, Errno, encodeI64Body, ProtocolError } from '@dsm/packets';
+import {
+  Command,
+  decodeIdRangeRequest,
+  decodeIdRequest,
+  Errno,
+  encodeI64Body,
+  encodeIdRangeReply,
+  ProtocolError,
+} from '@dsm/packets';
 import { loadNodeSecurity, type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
 import { configSchema, type IdConfig, type IdConfigInput, keyMatcher, resolveDatabaseUrl } from './config.ts';
 import { DbSegmentStore, IdAllocator } from './id-allocator.ts';
@@ -24,7 +32,8 @@ export interface IdServer extends RunningNode {
 }
 
 /**
- * Starts an id server: PING (1) and ID_GET (40), replies with command ID_REPLY (101). Only keys
+ * Starts an id server: PING (1), ID_GET (40) and ID_GET_RANGE (41, extension), replies with
+ * command ID_REPLY (101). Only keys
  * matching `keyPatterns` are served (each new key is a row that lives for ever). A database that
  * is down at start-up is not fatal: requests fail with errno DB_UNAVAILABLE until it is back.
  */
@@ -60,6 +69,17 @@ export async function startIdServer(
           if (!served(key))
             throw new DsmError(ErrorCode.BAD_INPUT, `ID Key Not Served: ${key}`, Errno.BAD_FIELD);
           await ctx.reply(encodeI64Body(await allocator.next(key)));
+        },
+        [Command.ID_GET_RANGE]: async (ctx) => {
+          const { key, count } = decodeIdRangeRequest(ctx.body);
+          const length = ctx.body.length - 5;
+          if (length > config.maxKeyLength) {
+            const why = `Invalid ID Key Length: ${length} > ${config.maxKeyLength}`;
+            throw new ProtocolError(why, Errno.BAD_FIELD);
+          }
+          if (!served(key))
+            throw new DsmError(ErrorCode.BAD_INPUT, `ID Key Not Served: ${key}`, Errno.BAD_FIELD);
+          await ctx.reply(encodeIdRangeReply(await allocator.range(key, count)));
         },
       },
     });

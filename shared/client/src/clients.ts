@@ -8,11 +8,13 @@ import {
   decodeAddrsReply,
   decodeClusterStatus,
   decodeI64Body,
+  decodeIdRangeReply,
   decodeStatReply,
   decodeText,
   decodeUploadOffsetReply,
   encodeAddrsRequest,
   encodeDownloadRequest,
+  encodeIdRangeRequest,
   encodeIdRequest,
   encodeIds,
   encodeLocateRequest,
@@ -23,7 +25,9 @@ import {
   exactly,
   type FileIds,
   type FileStat,
+  ID_RANGE_REPLY_LENGTH,
   IDS_LENGTH,
+  type IdRange,
   STAT_REPLY_LENGTH,
   type UploadOffsetReply,
 } from '@dsm/packets';
@@ -50,6 +54,28 @@ export class IdClient {
           a,
           async (c) =>
             decodeI64Body(await c.request(Command.ID_GET, body, Command.ID_REPLY, exactly(8)), 'id'),
+          true,
+        ),
+      randomStart(this.servers.length),
+    );
+  }
+
+  /**
+   * `count` consecutive ids for `key` in one request (extension 41): [first, first + count) is
+   * reserved for the caller alone. A server without the extension (the seed's) answers
+   * `Unknown Command` (errno UNKNOWN_COMMAND); callers fall back to `nextId`.
+   */
+  nextRange(key: string, count: number): Promise<IdRange> {
+    const body = encodeIdRangeRequest({ key, count });
+    return tryEach(
+      this.servers,
+      (a) =>
+        this.pool.use(
+          a,
+          async (c) =>
+            decodeIdRangeReply(
+              await c.request(Command.ID_GET_RANGE, body, Command.ID_REPLY, exactly(ID_RANGE_REPLY_LENGTH)),
+            ),
           true,
         ),
       randomStart(this.servers.length),

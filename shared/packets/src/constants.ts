@@ -46,6 +46,8 @@ export const Command = {
    */
   TRACKER_LOCATE: 17,
   ID_GET: 40,
+  /** Extension: a range of consecutive ids for a key in one request (messages/id.ts). */
+  ID_GET_RANGE: 41,
   STORAGE_UPLOAD: 70,
   STORAGE_SIZE: 71,
   STORAGE_DOWNLOAD: 72,

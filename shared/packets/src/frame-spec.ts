@@ -2,6 +2,7 @@ import { Command, ERROR_BODY_MAX, Errno, ID_KEY_MAX, IDS_LENGTH, Status } from '
 import { ProtocolError } from './errors.ts';
 import type { Header } from './header.ts';
 import { AUTH_PROVE_LENGTH } from './messages/auth.ts';
+import { ID_RANGE_REQUEST_MAX, ID_RANGE_REQUEST_MIN } from './messages/id.ts';
 import {
   DOWNLOAD_LENGTH,
   UPLOAD_APPEND_PREFIX,
@@ -47,6 +48,7 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   [Command.TRACKER_STATUS]: exact(0),
   [Command.TRACKER_LOCATE]: exact(IDS_LENGTH),
   [Command.ID_GET]: { kind: 'buffered', min: 0, max: ID_KEY_MAX + 1 },
+  [Command.ID_GET_RANGE]: { kind: 'buffered', min: ID_RANGE_REQUEST_MIN, max: ID_RANGE_REQUEST_MAX },
   [Command.STORAGE_UPLOAD]: { kind: 'stream', prefix: UPLOAD_PREFIX, maxRest: UNLIMITED },
   [Command.STORAGE_SIZE]: exact(IDS_LENGTH),
   [Command.STORAGE_DOWNLOAD]: exact(DOWNLOAD_LENGTH),
@@ -74,7 +76,7 @@ export const TRACKER_COMMANDS: readonly number[] = [
   Command.TRACKER_STATUS,
   Command.TRACKER_LOCATE,
 ];
-export const ID_COMMANDS: readonly number[] = [...EVERY_NODE, Command.ID_GET];
+export const ID_COMMANDS: readonly number[] = [...EVERY_NODE, Command.ID_GET, Command.ID_GET_RANGE];
 export const STORAGE_COMMANDS: readonly number[] = [
   ...EVERY_NODE,
   Command.STORAGE_UPLOAD,
