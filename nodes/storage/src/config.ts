@@ -33,10 +33,21 @@ export const configSchema = z.object({
    * GlusterFS volume in production), so any member can serve any file of the group.
    */
   storePaths: z.array(z.string().min(1)).min(1).default(['./.dsm/data/group001']),
+  /**
+   * Whether other storages (the group's other members) write to these store folders. True (the
+   * safe default): an upload claims its file id with a lock file in the shared folder. False
+   * (one storage per group, folders of its own): the claim is kept in memory.
+   */
+  storesShared: z.boolean().default(true),
   /** Trackers to join (one link each); empty = standalone. */
   trackers: z.array(peerAddress).default(['127.0.0.1:21000']),
   /** Id servers (tried with failover). */
   idServers: z.array(peerAddress).min(1).default(['127.0.0.1:22000']),
+  /**
+   * Ids reserved per id-server request (extension 41, see docs/reliability.md); 0 = one request
+   * per upload (the seed's way, for an id server without the extension).
+   */
+  idRangeSize: z.number().int().min(0).max(100_000).default(1000),
   /** `sqlite:<path>` or `mysql://user:pass@host:port/db`. */
   database: z.string().min(1).default('sqlite:./.dsm/storage.db'),
   /** Metadata cache: `memory:` or `redis://host:port/db`. */

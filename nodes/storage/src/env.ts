@@ -4,6 +4,9 @@ import type { Schema } from '@dsm/db';
 import { Errno } from '@dsm/packets';
 import type { Kysely } from 'kysely';
 import type { StorageConfig } from './config.ts';
+import type { KnownDirs } from './fs-util.ts';
+import type { GroupCommitter } from './group-commit.ts';
+import type { LocalClaims } from './lock.ts';
 import type { MetaStore } from './meta.ts';
 import type { Stores } from './store.ts';
 
@@ -20,6 +23,12 @@ export interface StorageEnv {
   nextId(storeIndex: number): Promise<number>;
   /** Resolves once start-up (temp folder cleanup) is done; handlers wait for it. */
   started: Promise<void>;
+  /** Shared durable steps of finished uploads (folder fsyncs, one transaction per batch). */
+  commits: GroupCommitter;
+  /** Upload claims kept in memory (used when `config.storesShared` is false). */
+  claims: LocalClaims;
+  /** Final folders known to exist. */
+  dirs: KnownDirs;
 }
 
 export function checkFileId(fileId: string): void {

@@ -1,5 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readlink, realpath, stat } from 'node:fs/promises';
+import { type FileHandle, link, mkdir, open, readlink, realpath, rename, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
 import { type FileTableName, isOutcomeUnknown, isUniqueViolation } from '@dsm/db';
@@ -15,6 +14,8 @@ import {
   readUserIdBytes,
 } from '@dsm/packets';
 import type { RequestContext } from '@dsm/server';
+import { sql } from 'kysely';
+import { journalName } from './commit-journal.ts';
 import { checkAppId, checkFileId, checkUserId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
 import {
   type DiskSpace,
@@ -27,7 +28,7 @@ import {
   receiveInto,
   removeQuiet,
 } from './fs-util.ts';
-import { FileLock, UPLOAD_CLAIM_TTL_MS } from './lock.ts';
+import { FileLock, UPLOAD_CLAIM_TTL_MS, type UploadClaim } from './lock.ts';
 import { dbFailure, type FileMeta, type Found, type Owner, ownerOf } from './meta.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
@@ -87,11 +88,13 @@ export async function refuseExisting(
 ): Promise<void> {
   let found: boolean;
   try {
-    found = await env.meta.exists(table, fileId);
-    if (!found && orUpload) {
-      found =
-        (await env.db.selectFrom('t_upload').select('id').where('id', '=', fileId).executeTakeFirst()) !==
-        undefined;
+    if (orUpload) {
+      // one statement for both look-ups (a small upload's only reads)
+      const r = await sql<{ n: number }>`SELECT 1 AS n FROM ${sql.table(table)} WHERE id = ${fileId}
+        UNION ALL SELECT 1 AS n FROM t_upload WHERE id = ${fileId} LIMIT 1`.execute(env.db);
+      found = r.rows.length > 0;
+    } else {
+      found = await env.meta.exists(table, fileId);
     }
   } catch (e) {
     throw dbFailure(e, `INSERT Database Fail, Fileid: ${fileId}`);
@@ -172,20 +175,23 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   checkContentType(head.contentType);
   const fileId = head.fileId;
   const table = fileTableFor(readUserIdBytes(ctx.body));
-  // The file id is claimed in the group's shared folder for the whole upload: a client that
-  // gave up on a slow member and retries on another gets BUSY instead of a second copy, so a
-  // late commit on the first member cannot bring back a file deleted in between (chaos run).
-  // The claim is refreshed while the upload runs and expires UPLOAD_CLAIM_TTL_MS after its
-  // holder died; a holder that stalled that long checks it still has it before committing.
-  const claim = await FileLock.acquire(
-    `${env.stores.partialPath(0, fileId)}.upload.lock`,
-    env.owner,
-    fileId,
-    UPLOAD_CLAIM_TTL_MS,
-  ).catch((e: unknown) => {
-    // BUSY passes; a store that cannot take the lock file fails as the upload would
-    throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
-  });
+  // The file id is claimed for the whole upload. In a shared store folder the claim is a lock
+  // file there: a client that gave up on a slow member and retries on another gets BUSY instead
+  // of a second copy, so a late commit on the first member cannot bring back a file deleted in
+  // between (chaos run). The claim is refreshed while the upload runs and expires
+  // UPLOAD_CLAIM_TTL_MS after its holder died; a holder that stalled that long checks it still
+  // has it before committing. A store no other storage writes to keeps the claim in memory.
+  const claim: UploadClaim = env.config.storesShared
+    ? await FileLock.acquire(
+        `${env.stores.partialPath(0, fileId)}.upload.lock`,
+        env.owner,
+        fileId,
+        UPLOAD_CLAIM_TTL_MS,
+      ).catch((e: unknown) => {
+        // BUSY passes; a store that cannot take the lock file fails as the upload would
+        throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
+      })
+    : env.claims.acquire(fileId);
   let reply: Uint8Array | undefined;
   try {
     reply = await receiveUpload(env, ctx, ext, head, table, () => claim.held());
@@ -196,6 +202,11 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   await ctx.reply(reply);
 }
 
+/**
+ * Receives an upload into its temp file (named after its id, see commit-journal.ts), fsyncs
+ * it, links it to its final path and hands it to the group committer, which answers once the
+ * folder entries and the row are durable.
+ */
 async function receiveUpload(
   env: StorageEnv,
   ctx: RequestContext,
@@ -208,15 +219,17 @@ async function receiveUpload(
   await refuseExisting(env, table, fileId, { orUpload: true });
   const storeIndex = env.stores.pick();
   await checkSpace(env, storeIndex, head.size);
-  const id = await env.nextId(storeIndex);
+  let id = await env.nextId(storeIndex);
+  const seconds = Math.floor(Date.now() / 1000);
 
   const saveFail = (e: unknown) => ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
-  const tmp = join(env.stores.tmpDir(storeIndex), `${fileId}.${randomBytes(6).toString('hex')}`);
+  const tmpDir = env.stores.tmpDir(storeIndex);
+  let tmp = join(tmpDir, journalName(id, seconds, fileId));
   let fh: FileHandle;
   try {
     fh = await open(tmp, 'wx', 0o644).catch(async (e) => {
       if (errorCodeOf(e) !== 'ENOENT') throw e;
-      await mkdir(dirname(tmp), { recursive: true }); // the temp folder was removed under us
+      await mkdir(tmpDir, { recursive: true }); // the temp folder was removed under us
       return open(tmp, 'wx', 0o644);
     });
   } catch (e) {
@@ -233,12 +246,41 @@ async function receiveUpload(
     await removeQuiet(tmp).catch(() => {});
     throw isSystemError(e) ? saveFail(e) : e;
   }
-  let finalPath: string;
+  // Link to the final path, keeping the temp name as the journal until the row is committed.
+  let finalPath = '';
+  let journal: string | null = tmp;
   try {
-    finalPath = await placeFinal(env, storeIndex, tmp, fileId, id);
+    for (let attempt = 0; ; attempt++) {
+      finalPath = pathForId(env.stores.path(storeIndex), id, seconds);
+      await env.dirs.ensure(dirname(finalPath));
+      try {
+        await link(tmp, finalPath);
+        break;
+      } catch (e) {
+        const c = errorCodeOf(e);
+        if (c === 'ENOENT' && attempt < 3) {
+          env.dirs.forget(dirname(finalPath)); // removed behind our back: create it again
+          continue;
+        }
+        if (c === 'EEXIST' && attempt < 3) {
+          env.log.warn({ path: finalPath }, 'file path already taken; asking for another id');
+          id = await env.nextId(storeIndex);
+          const renamed = join(tmpDir, journalName(id, seconds, fileId));
+          await rename(tmp, renamed);
+          tmp = renamed;
+          continue;
+        }
+        if (c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EOPNOTSUPP' && c !== 'ENOSYS' && c !== 'EXDEV')
+          throw e;
+        // no hard links on this store: the file is moved, and not journalled
+        finalPath = await placeFinal(env, storeIndex, tmp, fileId, id);
+        journal = null;
+        break;
+      }
+    }
   } catch (e) {
     await removeQuiet(tmp).catch(() => {});
-    throw e;
+    throw e instanceof DsmError ? e : saveFail(e);
   }
   const meta: FileMeta = {
     table,
@@ -251,16 +293,7 @@ async function receiveUpload(
     sha256: got.sha256.toString('hex'),
     mtimeMs: Date.now(),
   };
-  if (!(await stillClaimed())) {
-    // stalled past the claim's expiry and another member took the id over: it commits, not us
-    await removeQuiet(finalPath).catch(() => {});
-    throw new DsmError(
-      ErrorCode.IO,
-      `Upload Busy, Fileid: ${fileId} (claim taken over while this upload stalled)`,
-      Errno.BUSY,
-    );
-  }
-  await recordFile(env, meta, () => removeQuiet(finalPath));
+  await env.commits.commit({ meta, finalPath, journal, stillClaimed });
   ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
   return ext ? encodeStatReply(statOf(meta)) : undefined;
 }

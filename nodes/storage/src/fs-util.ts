@@ -45,6 +45,31 @@ export async function mkdirDurable(dir: string): Promise<void> {
 }
 
 /**
+ * Folders known to exist (made durable by mkdirDurable in this process): a small upload skips
+ * the mkdir of its final folder, which 512 files share. Bounded; a folder removed behind our
+ * back makes the link fail with ENOENT, and the caller forgets it and creates it again.
+ */
+export class KnownDirs {
+  readonly #max: number;
+  #dirs = new Set<string>();
+
+  constructor(max = 4096) {
+    this.#max = max;
+  }
+
+  async ensure(dir: string): Promise<void> {
+    if (this.#dirs.has(dir)) return;
+    await mkdirDurable(dir);
+    if (this.#dirs.size >= this.#max) this.#dirs = new Set();
+    this.#dirs.add(dir);
+  }
+
+  forget(dir: string): void {
+    this.#dirs.delete(dir);
+  }
+}
+
+/**
  * Moves `src` to `dst` without ever replacing an existing `dst` (link + unlink; a file system
  * without hard links falls back to a checked rename). Throws EEXIST when `dst` exists.
  */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { link, open, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { link, open, rename, stat, writeFile } from 'node:fs/promises';
 import { DsmError, ErrorCode, errorCodeOf } from '@dsm/common';
 import { Errno } from '@dsm/packets';
 import { removeQuiet } from './fs-util.ts';
@@ -19,9 +19,24 @@ interface LockContent {
   expiresMs: number;
 }
 
+/** A lock file is a short JSON object; anything longer is damaged. */
+const LOCK_READ_MAX = 512;
+
+/** The lock file's text: open, one read, close (readFile would also fstat and read to EOF). */
+async function readSmall(path: string): Promise<string> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(LOCK_READ_MAX);
+    const { bytesRead } = await fh.read(buf, 0, LOCK_READ_MAX, 0);
+    return buf.toString('utf8', 0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
 async function readLock(path: string, ttlMs: number): Promise<LockContent | null> {
   try {
-    const text = await readFile(path, 'utf8');
+    const text = await readSmall(path);
     const v = JSON.parse(text) as Partial<LockContent>;
     if (typeof v.token === 'string' && typeof v.expiresMs === 'number') {
       return { token: v.token, owner: String(v.owner ?? ''), expiresMs: v.expiresMs };
@@ -53,6 +68,8 @@ export class FileLock {
   readonly #owner: string;
   readonly #ttlMs: number;
   readonly #timer: ReturnType<typeof setInterval>;
+  /** performance.now() of the last held() that found the lock file ours (-Infinity: none). */
+  #heldSeenAt = Number.NEGATIVE_INFINITY;
   #released = false;
   #refreshing: Promise<void> = Promise.resolve();
 
@@ -133,8 +150,22 @@ export class FileLock {
    */
   async held(): Promise<boolean> {
     if (this.#released) return false;
+    const at = performance.now();
     const cur = await readLock(this.path, this.#ttlMs).catch(() => null);
-    return cur !== null && cur.token === this.#token;
+    const ours = cur !== null && cur.token === this.#token;
+    this.#heldSeenAt = ours ? at : Number.NEGATIVE_INFINITY;
+    return ours;
+  }
+
+  /**
+   * held() found the lock ours less than half a TTL ago: nobody can have taken it over since
+   * (that needs it expired by the taker's clock, and it was valid for a whole TTL when seen),
+   * unless the clocks of the members sharing the folder differ by more than half a TTL. The
+   * release then skips its own read of the lock file: the check before an upload's commit
+   * serves both.
+   */
+  #young(): boolean {
+    return performance.now() - this.#heldSeenAt < this.#ttlMs / 2;
   }
 
   /** Removes the lock file if it is still ours. */
@@ -143,6 +174,10 @@ export class FileLock {
     this.#released = true;
     clearInterval(this.#timer);
     await this.#refreshing;
+    if (this.#young()) {
+      await removeQuiet(this.path);
+      return;
+    }
     const cur = await readLock(this.path, this.#ttlMs).catch(() => null);
     if (cur && cur.token === this.#token) await removeQuiet(this.path);
   }
@@ -152,4 +187,39 @@ export class FileLock {
 export async function isLockHeld(path: string, ttlMs = LOCK_TTL_MS): Promise<boolean> {
   const cur = await readLock(path, ttlMs).catch(() => null);
   return cur !== null && Date.now() < cur.expiresMs;
+}
+
+/** What an upload holds on its file id while it runs (a FileLock or a LocalClaims entry). */
+export interface UploadClaim {
+  /** Still this upload's (checked right before the commit). */
+  held(): Promise<boolean>;
+  release(): Promise<void>;
+}
+
+/**
+ * Upload claims kept in this process only, for stores no other storage writes to
+ * (`storesShared: false`): a Set look-up instead of a lock file per upload. Bounded by the
+ * uploads in progress (the server's connection limit).
+ */
+export class LocalClaims {
+  readonly #held = new Set<string>();
+
+  get size(): number {
+    return this.#held.size;
+  }
+
+  /** Claims `fileId` or throws errno BUSY. */
+  acquire(fileId: string): UploadClaim {
+    if (this.#held.has(fileId)) throw busy(fileId);
+    this.#held.add(fileId);
+    let released = false;
+    return {
+      held: async () => !released,
+      release: async () => {
+        if (released) return;
+        released = true;
+        this.#held.delete(fileId);
+      },
+    };
+  }
 }

@@ -90,6 +90,20 @@ interface Cached {
   u: string | null;
 }
 
+function rowOf(m: FileMeta) {
+  return {
+    id: m.fileId,
+    appid: m.appId,
+    userid: m.userId,
+    status: 0,
+    file_path: m.path,
+    file_size: m.size,
+    content_type: m.contentType,
+    sha256: m.sha256,
+    mtime_ms: m.mtimeMs,
+  };
+}
+
 const FILE_TABLES = new Set(['t_file_01', 't_file_02', 't_file_03']);
 
 /**
@@ -170,20 +184,26 @@ export class MetaStore {
 
   /** Inserts a row (status 0). Throws on a duplicate id (see isUniqueViolation). */
   async insert(m: FileMeta): Promise<void> {
-    await this.#db
-      .insertInto(m.table)
-      .values({
-        id: m.fileId,
-        appid: m.appId,
-        userid: m.userId,
-        status: 0,
-        file_path: m.path,
-        file_size: m.size,
-        content_type: m.contentType,
-        sha256: m.sha256,
-        mtime_ms: m.mtimeMs,
-      })
-      .execute();
+    await this.#db.insertInto(m.table).values(rowOf(m)).execute();
+  }
+
+  /**
+   * Inserts rows in one transaction: one multi-row INSERT per table, so one commit (one log
+   * flush on MariaDB) for the whole batch. All or nothing: any failure (a duplicate id among
+   * them) inserts none.
+   */
+  async insertBatch(ms: readonly FileMeta[]): Promise<void> {
+    const first = ms[0];
+    if (ms.length === 1 && first) return this.insert(first);
+    const byTable = new Map<FileTableName, ReturnType<typeof rowOf>[]>();
+    for (const m of ms) {
+      const rows = byTable.get(m.table);
+      if (rows) rows.push(rowOf(m));
+      else byTable.set(m.table, [rowOf(m)]);
+    }
+    await this.#db.transaction().execute(async (trx) => {
+      for (const [table, rows] of byTable) await trx.insertInto(table).values(rows).execute();
+    });
   }
 
   /** Fills columns a seed row lacks (checksum, content type, mtime). */

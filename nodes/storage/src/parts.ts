@@ -7,6 +7,7 @@ import type { StorageConfig } from './config.ts';
 import type { StorageEnv } from './env.ts';
 import { handleDelete, handleDownload, handleSize, handleStat, handleUpload } from './file-ops.ts';
 import { HealMonitor } from './heal-info.ts';
+import { IdRanges } from './id-ranges.ts';
 import {
   handleUploadAbort,
   handleUploadAppend,
@@ -52,7 +53,8 @@ export function storageHandlers(env: () => Promise<StorageEnv>): Record<number, 
 }
 
 /**
- * Ids for new files: `source` (tests), else the config's id servers with failover. Any failure
+ * Ids for new files: `source` (tests), else the config's id servers with failover, in ranges of
+ * `idRangeSize` (see IdRanges; 0 = one request per id, as the seed). Any failure
  * is errno ID_UNAVAILABLE "Get Filepath Fail...".
  */
 export function idAllocator(
@@ -75,7 +77,17 @@ export function idAllocator(
       pool,
       config.idServers.map((a) => parseHostPort(a)),
     );
-    next = (key) => ids.nextId(key);
+    if (config.idRangeSize > 0) {
+      const ranges = new IdRanges(
+        (key, count) => ids.nextRange(key, count),
+        (key) => ids.nextId(key),
+        config.idRangeSize,
+        kit.log,
+      );
+      next = (key) => ranges.next(key);
+    } else {
+      next = (key) => ids.nextId(key);
+    }
   }
   const from = next;
   return async (storeIndex) => {

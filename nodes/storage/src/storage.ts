@@ -1,7 +1,15 @@
 import { mkdir } from 'node:fs/promises';
-import { createLogger, type Logger, parseConfig, parseListen } from '@dsm/common';
+import { createLogger, type Logger, messageOf, parseConfig, parseListen } from '@dsm/common';
 import { Command } from '@dsm/packets';
-import { loadNodeSecurity, type ProtocolServer, type RunningNode, startNode } from '@dsm/server';
+import {
+  loadNodeSecurity,
+  type NodeDatabase,
+  type NodeKit,
+  type ProtocolServer,
+  type RunningNode,
+  startNode,
+} from '@dsm/server';
+import { type RecoveryResult, recoverJournal } from './commit-journal.ts';
 import {
   configSchema,
   resolveDatabaseUrl,
@@ -10,6 +18,9 @@ import {
   type StorageConfigInput,
 } from './config.ts';
 import type { StorageEnv } from './env.ts';
+import { KnownDirs } from './fs-util.ts';
+import { GroupCommitter } from './group-commit.ts';
+import { LocalClaims } from './lock.ts';
 import { MetaStore } from './meta.ts';
 import { backgroundTasks, idAllocator, outgoingTransport, storageHandlers } from './parts.ts';
 import { Stores } from './store.ts';
@@ -34,6 +45,10 @@ export interface StorageNode extends RunningNode {
   /** One entry per configured tracker. */
   trackerLinks: readonly TrackerLinkState[];
   server: ProtocolServer;
+  /** Resolves once the commit journal left by a previous run is resolved (see commit-journal.ts). */
+  recovered: Promise<RecoveryResult>;
+  /** Group commit batches so far and uploads committed in them. */
+  commitStats(): { batches: number; committed: number };
   /** Runs the expired-upload sweeper now (as if the clock read `nowMs`); returns uploads deleted. */
   sweepUploads(nowMs?: number): Promise<number>;
   close(): Promise<void>;
@@ -88,8 +103,24 @@ export async function startStorage(
     });
     const started = envReady.then(() => {});
     const meta = new MetaStore(db.db, kv, config.metaCacheTtlMs, log);
-    const env: StorageEnv = { config, stores, meta, db: db.db, log, owner, started, nextId };
+    const commits = new GroupCommitter(meta, log);
+    kit.defer('group commit', () => commits.close());
+    const claims = new LocalClaims();
+    const env: StorageEnv = {
+      config,
+      stores,
+      meta,
+      db: db.db,
+      log,
+      owner,
+      started,
+      nextId,
+      commits,
+      claims,
+      dirs: new KnownDirs(),
+    };
     setEnv(env);
+    const recovered = recoverUntilDone(kit, stores, db, log);
     let links: TrackerLinks | undefined;
     const tasks = backgroundTasks(kit, env, stores, storePaths, () => links?.nudge());
     links = new TrackerLinks({
@@ -119,6 +150,43 @@ export async function startStorage(
       trackerLinks: links.states,
       server,
       sweepUploads: tasks.sweep,
+      recovered,
+      commitStats: () => commits.stats,
     };
   });
+}
+
+const RECOVERY_RETRY_MS = 1000;
+
+/**
+ * Resolves the commit journal of the previous run in the background, retrying while the
+ * database cannot be asked (requests are served meanwhile: the entries are files nobody was
+ * told about, with ids no new upload gets).
+ */
+function recoverUntilDone(
+  kit: NodeKit,
+  stores: Stores,
+  db: NodeDatabase,
+  log: Logger,
+): Promise<RecoveryResult> {
+  let stopped = false;
+  kit.defer('journal recovery', () => {
+    stopped = true;
+  });
+  const attempt = async (): Promise<RecoveryResult> => {
+    for (;;) {
+      try {
+        await db.ready();
+        return await recoverJournal(stores, db.db, log);
+      } catch (e) {
+        if (stopped) throw e;
+        log.warn({ err: messageOf(e) }, 'commit journal recovery failed; retrying');
+        await new Promise((r) => setTimeout(r, RECOVERY_RETRY_MS).unref());
+        if (stopped) throw e;
+      }
+    }
+  };
+  const p = attempt();
+  p.catch(() => {});
+  return p;
 }

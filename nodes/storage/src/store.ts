@@ -1,6 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { mkdir, readdir, realpath, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { isJournalEntry } from './commit-journal.ts';
 import { SpaceReader } from './fs-util.ts';
 
 /** Folder (inside each store) for this process's upload temp files: `.tmp/<hostname>-<port>`. */
@@ -42,14 +43,20 @@ export class Stores {
 
   /**
    * Creates the folders and empties this process's own temp folder: temp files of a previous
-   * run (killed mid-upload) never outlive a restart. Other members' temp folders are not touched.
+   * run (killed mid-upload) never outlive a restart, except commit journal entries, which
+   * recoverJournal resolves once the database answers. Other members' temp folders are not
+   * touched.
    */
   async init(): Promise<void> {
     for (let i = 0; i < this.paths.length; i++) {
       await mkdir(join(this.paths[i] as string, PARTIAL_DIR), { recursive: true });
       const tmp = this.tmpDir(i);
       await mkdir(tmp, { recursive: true });
-      for (const name of await readdir(tmp)) await rm(join(tmp, name), { recursive: true, force: true });
+      for (const name of await readdir(tmp)) {
+        // an upload linked to its final path whose row may be missing: recoverJournal decides
+        if (await isJournalEntry(join(tmp, name), name)) continue;
+        await rm(join(tmp, name), { recursive: true, force: true });
+      }
     }
     this.#real = await Promise.all(this.paths.map((p) => realpath(p)));
   }
