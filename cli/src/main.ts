@@ -18,8 +18,10 @@ const HELP = `dsm — distributed streaming-media store
 
 Cluster
   dsm up [--dir D] [--trackers N] [--ids N] [--groups g1,g2] [--storages-per-group N]
-         [--gateways N] [--mysql URL] [--redis URL] [--fresh]
-                                                   start a local cluster (Ctrl-C stops it)
+         [--gateways N] [--gateway-workers N|auto] [--mysql URL] [--redis URL] [--fresh]
+                                                   start a local cluster (Ctrl-C stops it);
+                                                   each gateway runs one process per core
+                                                   unless --gateway-workers says otherwise
   dsm tracker --config FILE                        run one tracker
   dsm storage --config FILE                        run one storage server
   dsm id --config FILE                             run one id server
@@ -81,6 +83,7 @@ async function main(argv: string[]): Promise<number> {
       groups: { type: 'string' },
       'storages-per-group': { type: 'string' },
       gateways: { type: 'string' },
+      'gateway-workers': { type: 'string' },
       mysql: { type: 'string' },
       redis: { type: 'string' },
       fresh: { type: 'boolean' },
@@ -256,7 +259,9 @@ async function runNodeCommand(
     const g = await import('@dsm/gateway');
     const n = await import('@dsm/gateway/node');
     const cfg = loadConfig(g.configSchema, configFile);
-    await runNode(log, () => n.startGateway(cfg, { log }));
+    // `workers` > 1 (default: one per core): a primary and N worker processes on one port
+    if (n.isGatewayWorker() || n.gatewayWorkerCount(cfg) > 1) await n.runGatewayCluster(cfg, { log });
+    else await runNode(log, () => n.startGateway(cfg, { log }));
   } else if (role === 'tracker') {
     const m = await import('@dsm/tracker-node');
     const cfg = loadConfig(m.configSchema, configFile);

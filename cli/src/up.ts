@@ -36,6 +36,11 @@ export async function runUp(v: Record<string, string | boolean | undefined>): Pr
     groups: v.groups ? String(v.groups).split(',').filter(Boolean) : undefined,
     storagesPerGroup: int(v['storages-per-group'] as string | undefined, 'storages-per-group', 2),
     gateways: v.gateways === '0' ? 0 : int(v.gateways as string | undefined, 'gateways', 1),
+    // processes per gateway: one per core unless --gateway-workers says otherwise
+    gatewayWorkers:
+      v['gateway-workers'] === undefined || v['gateway-workers'] === 'auto'
+        ? 'auto'
+        : int(v['gateway-workers'] as string, 'gateway-workers', 1),
     databases: v.mysql ? mysqlDatabases(String(v.mysql)) : undefined,
     cache: v.redis ? String(v.redis) : undefined,
     entry: DSM_BIN,

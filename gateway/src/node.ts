@@ -9,6 +9,7 @@ import { messageOf } from '@dsm/common/errors';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { parseAddress } from '@dsm/packets';
 import { type ServerType, serve } from '@hono/node-server';
+import type { Registry } from 'prom-client';
 import { createAdminApp } from './admin.ts';
 import { createApp, type GatewayApp } from './app.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
@@ -22,9 +23,16 @@ export interface StartGatewayOptions {
   kv?: KvStore;
   /** Use this client instead of one built from `config.trackers` (not closed by close()). */
   client?: DsmClient;
+  /**
+   * Sets `X-Dsm-Worker: <value>` on every response (cluster.ts passes the worker's pid when
+   * `DSM_GATEWAY_WORKER_HEADER=1`: tests and debugging only, it tells which process answered).
+   */
+  workerHeader?: string;
 }
 
 export interface RunningGateway extends GatewayApp {
+  /** The registry /metrics renders (a cluster's primary aggregates the workers' registries). */
+  registry: Registry;
   ready: Record<string, unknown>;
   port: number;
   /** `http://host:port` */
@@ -73,6 +81,11 @@ export async function startGateway(
         () => resolve(s),
       );
       guard.attach(s as Server);
+      const tag = opts.workerHeader;
+      if (tag !== undefined)
+        (s as Server).prependListener('request', (_req: IncomingMessage, res: ServerResponse) => {
+          res.setHeader('X-Dsm-Worker', tag);
+        });
       s.once('error', reject);
     });
   } catch (e) {
@@ -120,6 +133,7 @@ export async function startGateway(
   let closed = false;
   return {
     ...built,
+    registry: metrics.registry,
     ready: { role: 'gateway', listen: `${host}:${bound}`, url },
     port: bound,
     url,
@@ -364,3 +378,6 @@ export function clusterLink(
       : nodeTransport;
   return { transport, auth };
 }
+
+// the multi-process entry (`gateway.workers`), for `dsm gateway`
+export { GatewayPrimary, gatewayWorkerCount, isGatewayWorker, runGatewayCluster } from './cluster.ts';

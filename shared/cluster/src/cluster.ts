@@ -46,6 +46,12 @@ export interface ClusterOptions {
   /** HTTP gateways in front of the cluster (`dsm up` starts one on 8080; tests choose). */
   gateways?: number;
   /**
+   * Processes per gateway (`workers` in its config): a number, or "auto" for the gateway's own
+   * default (one per core; `dsm up` uses it). Unset: 1, the single-process gateway (tests that
+   * count per-process state stay exact; the multi-process tests ask for more).
+   */
+  gatewayWorkers?: number | 'auto';
+  /**
    * The one port scheme: when set, the nodes take consecutive ports from here, trackers first,
    * then id servers, storages and gateways (`portCount` says how many; tests pass a free range).
    * Without it, the fixed bases of `dsm up`: trackers 21000…, id servers 22000…, storages 23000…,
@@ -210,7 +216,13 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       name: `gateway${i + 1}`,
       role: 'gateway',
       port: gBase + i,
-      config: { listen: `${host}:${gBase + i}`, trackers, cache, ...o.extra?.gateway },
+      config: {
+        listen: `${host}:${gBase + i}`,
+        trackers,
+        cache,
+        ...(o.gatewayWorkers === 'auto' ? {} : { workers: o.gatewayWorkers ?? 1 }),
+        ...o.extra?.gateway,
+      },
     });
   }
   return specs;
