@@ -11,7 +11,7 @@ import { RssSampler, readRss } from './rss.ts';
 import type { BenchOptions, Detail } from './run.ts';
 import { cpuText, perGiB, sizeLabel, type Timed, timed } from './run.ts';
 import { GiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
-import { type Latency, latencyOf, median, type Reference, type Row } from './table.ts';
+import { type Latency, latencyOf, median, type Reference, type Row, type Target } from './table.ts';
 
 /** Connections of the small-GET comparison (the issue's `wrk -t1 -c64`, independent of --concurrency). */
 export const GATEWAY_CONCURRENCY = 64;
@@ -26,10 +26,14 @@ export const STORM_RANGE = 4 * MiB;
 export const SEEK_RANGE = MiB;
 
 /**
- * The gateway's small-file cache, as config overrides. null: this tree has no such key, and the
- * rows say so. (Filled in from gateway/src/config.ts when the key lands.)
+ * The gateway's small-file cache (`fileCache`) off and on, as config overrides; "on" is the
+ * default of gateway/src/config.ts spelled out. A gateway that refuses the key (a tree without
+ * the cache) makes the rows say so.
  */
-export const SMALL_FILE_CACHE: { off: Record<string, unknown>; on: Record<string, unknown> } | null = null;
+export const SMALL_FILE_CACHE = {
+  off: { fileCache: { maxBytes: 0 } },
+  on: { fileCache: { maxBytes: 64 * MiB, maxFileBytes: 256 * 1024 } },
+} as const;
 
 export interface GatewayCtx {
   /** The HTTP gateway's port (the same across restarts). */
@@ -223,13 +227,53 @@ export async function gatewayBench(o: BenchOptions, c: GatewayCtx): Promise<Row[
   );
   const agent = new Agent({ keepAlive: true, maxSockets: GATEWAY_CONCURRENCY });
   const idleRss = c.pids().reduce((s, p) => s + (readRss(p) ?? 0), 0);
+  /** A step that fails gives a row saying so, and the bench goes on with the next. */
+  const guard = async (name: string, target: Target, fn: () => Promise<Row | Row[]>): Promise<Row[]> => {
+    try {
+      const r = await fn();
+      return Array.isArray(r) ? r : [r];
+    } catch (e) {
+      const msg = ((e as Error).message ?? String(e)).split('\n')[0] as string;
+      log(`${name}: FAILED: ${msg}`);
+      c.details.push({ name: `${name} FAILED`, text: (e as Error).stack ?? msg });
+      return [
+        {
+          name,
+          unit: '',
+          dsm: null,
+          base: null,
+          baseLabel: '',
+          target,
+          note: `FAILED: ${msg.slice(0, 300)}`,
+        },
+      ];
+    }
+  };
   try {
-    const big = await bigBodies(o, c, { curl, agent, proxy, pipe });
+    const tools = { curl, agent, proxy, pipe };
+    const big = await bigBodies(o, c, tools);
+    const L = sizeLabel(o.largeSize);
     const rows = [...big.rows];
-    rows.push(await firstByte(o, c, curl, big.gwPath, big.ngxPath));
-    rows.push(await rangeStorm(o, c, big.gwPath));
-    rows.push(...(await streams(o, c, big.gwPath, big.ngxPath, idleRss)));
-    rows.push(...(await smallRequests(o, c, { wrk, proxy, pipe })));
+    rows.push(
+      ...(await guard(`gateway GET ${L}`, { kind: 'ratio', min: 0.9 }, () => bigGets(o, c, tools, big.urls))),
+    );
+    rows.push(...(await guard('gateway range', { kind: 'none' }, () => mediumRange(o, c, tools, big.urls))));
+    rows.push(
+      ...(await guard('first byte of a range', { kind: 'max', value: 5 }, () =>
+        firstByte(o, c, curl, big.gwPath, big.ngxPath),
+      )),
+    );
+    rows.push(...(await guard('range storm', { kind: 'atMost', value: 4 }, () => rangeStorm(o, c, agent))));
+    rows.push(
+      ...(await guard('gateway streams', { kind: 'max', value: 200 }, () =>
+        streams(o, c, big.gwPath, big.ngxPath, idleRss),
+      )),
+    );
+    rows.push(
+      ...(await guard(`gateway ${sizeLabel(o.smallSize)} requests`, { kind: 'none' }, () =>
+        smallRequests(o, c, { wrk, proxy, pipe }),
+      )),
+    );
     return rows;
   } finally {
     agent.destroy();
@@ -250,7 +294,7 @@ async function bigBodies(
   o: BenchOptions,
   c: GatewayCtx,
   t: BigTools,
-): Promise<{ rows: Row[]; gwPath: string; ngxPath: string }> {
+): Promise<{ rows: Row[]; gwPath: string; ngxPath: string; urls: BigUrls }> {
   const { log } = o;
   const size = o.largeSize;
   const label = sizeLabel(size);
@@ -309,12 +353,28 @@ async function bigBodies(
   await writePattern(join(c.www, ngxName), size);
   const gwPath = `/files/${fileId}`;
   const ngxPath = `/${ngxName}`;
-  const urls = {
+  const urls: BigUrls = {
     gateway: `http://127.0.0.1:${c.port}${gwPath}`,
     pipe: `http://127.0.0.1:${t.pipe.port}${ngxPath}`,
     nginx: `http://127.0.0.1:${c.nginxPort}${ngxPath}`,
     proxy: `http://127.0.0.1:${t.proxy.port}${ngxPath}`,
   };
+  return { rows, gwPath, ngxPath, urls };
+}
+
+interface BigUrls {
+  gateway: string;
+  pipe: string;
+  nginx: string;
+  proxy: string;
+}
+
+/** The big file with curl from the gateway, the TCP pipe, nginx and the http proxy; CPU per GiB. */
+async function bigGets(o: BenchOptions, c: GatewayCtx, t: BigTools, urls: BigUrls): Promise<Row[]> {
+  const { log } = o;
+  const size = o.largeSize;
+  const label = sizeLabel(size);
+  const rows: Row[] = [];
   // warm-up: page cache, JIT, stat cache
   for (const u of Object.values(urls)) curlRate(t.curl, u, size);
 
@@ -393,7 +453,15 @@ async function bigBodies(
       `, storage (for the gateway) ${cpuText(storageCpu, GiB / size / o.reps, 's', 2)}`,
   });
 
-  // one range in the middle of the file (206), as a player's seek or a CDN's slice
+  return rows;
+}
+
+/** One range in the middle of the big file (206), as a player's seek or a CDN's slice. */
+async function mediumRange(o: BenchOptions, c: GatewayCtx, t: BigTools, urls: BigUrls): Promise<Row[]> {
+  const { log } = o;
+  const size = o.largeSize;
+  const label = sizeLabel(size);
+  const rows: Row[] = [];
   const rangeSize = o.mediumSize;
   const from = Math.floor(size / 2) - Math.floor(rangeSize / 2) + 12_345;
   const range = `${from}-${from + rangeSize - 1}`;
@@ -420,7 +488,7 @@ async function bigBodies(
     name: `gateway range ${rangeLabel}`,
     text: `curl, runs MiB/s gateway [${show(gwRange)}] nginx [${show(ngxRange)}]`,
   });
-  return { rows, gwPath, ngxPath };
+  return rows;
 }
 
 /** First byte of 1 MiB ranges at random offsets of the big file, one keep-alive connection (curl). */
@@ -457,13 +525,13 @@ async function firstByte(o: BenchOptions, c: GatewayCtx, curl: string, gwPath: s
 }
 
 /** 100 concurrent GETs of one 4 MiB range: byte-exact answers, and the storage slice reads they cost. */
-async function rangeStorm(o: BenchOptions, c: GatewayCtx, gwPath: string): Promise<Row> {
+async function rangeStorm(o: BenchOptions, c: GatewayCtx, agent: Agent): Promise<Row> {
   const from = 8 * MiB; // slice-aligned: 4 slices of 1 MiB
   const to = from + STORM_RANGE - 1;
   const name = `range storm: storage slice reads for ${STORM_REQUESTS} × one ${sizeLabel(STORM_RANGE)} range`;
-  if (o.largeSize < from + STORM_RANGE) {
-    return { name, unit: '', dsm: null, base: null, baseLabel: '', target: { kind: 'atMost', value: 4 } };
-  }
+  // a file of its own, so that no slice of it is in the gateway's cache from the rows before
+  const fresh = await post(agent, c.port, from + STORM_RANGE + MiB);
+  const gwPath = `/files/${fresh.id}`;
   const metrics = async () => {
     try {
       return sliceReadsOf(await getText(c.adminPort, '/metrics'));
@@ -705,16 +773,17 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
   const ngx = await measure('nginx', c.nginxPort, ngxPaths, () => [c.nginx.workerPids()]);
   const prx = await measure('Node http proxy', t.proxy.port, ngxPaths, () => [[t.proxy.pid]]);
   const pip = await measure('Node TCP pipe', t.pipe.port, ngxPaths, () => [[t.pipe.pid]]);
-  const cacheOff = SMALL_FILE_CACHE ? await c.reconfigure(SMALL_FILE_CACHE.off) : null;
-  if (cacheOff) throw new Error(`the gateway did not start with its small-file cache off: ${cacheOff}`);
-  const gwOff = await measure(SMALL_FILE_CACHE ? 'gateway, cache off' : 'gateway', c.port, gwPaths, gwGroups);
+  const refused = await c.reconfigure(SMALL_FILE_CACHE.off);
+  const hasCache = refused === null;
+  const noCache = `cache: not available in this tree (the gateway refused ${JSON.stringify(SMALL_FILE_CACHE.off)}: ${refused})`;
+  const gwOff = await measure(hasCache ? 'gateway, cache off' : 'gateway', c.port, gwPaths, gwGroups);
   const oneWorkerPids = c.pids().length;
   c.references.push(
     ref('nginx', ngx, `${perReq(ngx)} per request`),
     ref('Node http proxy → nginx', prx, `${perReq(prx)} per request`),
     ref('Node TCP pipe → nginx', pip, `${perReq(pip)} per request`),
     ref(
-      SMALL_FILE_CACHE ? 'gateway, cache off' : 'gateway',
+      hasCache ? 'gateway, cache off' : 'gateway',
       gwOff,
       `gateway ${perReq(gwOff, 0)}, storage ${perReq(gwOff, 1)} per request`,
     ),
@@ -734,8 +803,8 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
 
   // the small-file cache on
   let gwOn: Measured | null = null;
-  let onNote = 'cache: not available in this tree';
-  if (SMALL_FILE_CACHE) {
+  let onNote = noCache;
+  if (hasCache) {
     const why = await c.reconfigure(SMALL_FILE_CACHE.on);
     if (why) onNote = `cache on: the gateway did not start (${why})`;
     else {
@@ -751,7 +820,7 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
   let gw2: Measured | null = null;
   let workersNote = '';
   {
-    const why = await c.reconfigure({ ...(SMALL_FILE_CACHE?.off ?? {}), workers: 2 });
+    const why = await c.reconfigure({ ...(hasCache ? SMALL_FILE_CACHE.off : {}), workers: 2 });
     if (why) workersNote = `n/a: the gateway did not start with workers 2 (${why})`;
     else {
       const procs = c.pids().length;
@@ -788,7 +857,7 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
         .map((e) => `; ${e}`)
         .join(''),
   });
-  const cacheLabel = SMALL_FILE_CACHE ? ', cache off' : '';
+  const cacheLabel = hasCache ? ', cache off' : '';
   return [
     {
       name: `gateway ${label} GET/s, ${tool}${cacheLabel}`,
@@ -804,7 +873,7 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       note:
         errText(gwOff) ||
         `CPU per GET: gateway ${usPer(gwOff, 0)} + storage ${usPer(gwOff, 1)} µs, Node http proxy ${usPer(prx, 0)} µs` +
-          (SMALL_FILE_CACHE ? '' : '; cache: not available in this tree (default config)'),
+          (hasCache ? '' : `; ${noCache}`),
     },
     {
       name: `gateway ${label} GET/s, ${tool}${cacheLabel}, vs nginx`,

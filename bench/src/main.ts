@@ -170,6 +170,11 @@ if (result && !interrupted) {
     ...result.details.map((d) => `- ${d.name}: ${d.text}`),
   ];
   process.stdout.write(['', title, ...conditions, summary, '', ...body, ''].join('\n'));
+  const failed = result.rows.filter((r) => r.note?.startsWith('FAILED'));
+  if (failed.length) {
+    log(`${failed.length} measurement(s) failed: ${failed.map((r) => r.name).join('; ')}`);
+    exitCode = 1;
+  }
   if (values.json) {
     writeFileSync(values.json, `${JSON.stringify({ quick, idleBefore, ...result }, null, 2)}\n`);
   }

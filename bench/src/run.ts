@@ -487,6 +487,28 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
       details.push({ name: `other processes during ${name}`, text: other.top.join('; ') });
     return r;
   };
+  /** A section that fails gives a row saying so; the sections after it still run. */
+  const orFailure = async (name: Section, fn: () => Promise<Row[]>): Promise<Row[]> => {
+    try {
+      return await section(name, fn);
+    } catch (e) {
+      const msg = ((e as Error).message ?? String(e)).split('\n')[0] as string;
+      log(`section ${name} FAILED: ${msg}`);
+      details.push({ name: `section ${name} FAILED`, text: (e as Error).stack ?? msg });
+      const note = `FAILED: ${msg.slice(0, 300)}`;
+      return [
+        {
+          name: `section ${name}`,
+          unit: '',
+          dsm: null,
+          base: null,
+          baseLabel: '',
+          target: { kind: 'none' },
+          note,
+        },
+      ];
+    }
+  };
   const big = o.only.has('large') ? await section('large', () => bigTransfers(o.largeSize, true)) : null;
   const medium = o.only.has('medium')
     ? await section('medium', () => bigTransfers(o.mediumSize, !o.only.has('large')))
@@ -494,7 +516,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
 
   let smallRows: Row[] = [];
   if (o.only.has('small'))
-    smallRows = await section('small', () =>
+    smallRows = await orFailure('small', () =>
       smallRequests(o, {
         client,
         addr,
@@ -535,7 +557,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
         return `${(e as Error).message.split(' (log:')[0]}${tail ? `: ${tail}` : ''}`;
       }
     };
-    gatewayRows = await section('gateway', () =>
+    gatewayRows = await orFailure('gateway', () =>
       gatewayBench(o, {
         port: gw.port,
         adminPort,
