@@ -137,6 +137,17 @@ describe('tracker admin listener', () => {
     expect(body.checks.find((c) => c.name === 'cache')).toEqual({ name: 'cache', ok: true });
   });
 
+  it('says which VIP of admin.vips this host holds (dsm_node_vip_held)', async () => {
+    // 127.0.0.1 is on lo; 10.213.0.99 is on no interface of this host
+    const t = await backend.start({ admin: { listen: '127.0.0.1:0', vips: ['127.0.0.1', '10.213.0.99'] } });
+    const m = await metrics(t.ready.admin as string);
+    expect(sample(m, 'dsm_node_vip_held', { vip: '127.0.0.1' })).toBe(1);
+    expect(m).toMatch(/^dsm_node_vip_held\{vip="10\.213\.0\.99",role="tracker"\} 0$/m);
+    await expect(backend.start({ admin: { listen: '127.0.0.1:0', vips: ['10.0.0.1/32'] } })).rejects.toThrow(
+      /admin\.vips/,
+    );
+  });
+
   it('closes connections from addresses outside allowFrom', async () => {
     const t = await backend.start({ admin: { listen: '127.0.0.1:0' }, allowFrom: ['10.213.0.0/24'] });
     await expect(fetch(`${t.ready.admin}/metrics`)).rejects.toThrow();

@@ -94,7 +94,7 @@ export async function startTracker(
     }, config.sweepIntervalMs);
     sweeper.unref();
     kit.defer('sweeper', () => clearInterval(sweeper));
-    const admin = await kit.serveAdmin(config.admin.listen, { allow: security.allow });
+    const admin = await kit.serveAdmin(config.admin, { allow: security.allow });
     log.info({ listen, admin: admin?.url }, 'tracker ready');
     return {
       ready: { role: 'tracker' as const, listen, ...(admin ? { admin: admin.url } : {}) },

@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { BlockList } from 'node:net';
+import { type BlockList, isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { DsmError, ErrorCode, type Logger, listenAddress, messageOf, parseListen } from '@dsm/common';
 import { formatAddress } from '@dsm/packets';
 import { z } from 'zod';
@@ -17,6 +18,15 @@ export const nodeAdminShape = {
     .object({
       /** `host:port` of the admin listener; empty = none. */
       listen: z.union([z.literal(''), listenAddress]).default(''),
+      /**
+       * Virtual IPs this node may hold (its keepalived pair's VIP): `dsm_node_vip_held{vip}` is 1
+       * while a local interface has the address, so a dashboard shows the holder and an alert
+       * sees the VIP flapping.
+       */
+      vips: z
+        .array(z.string().refine((a) => isIP(a) !== 0, 'expected an IP address (no prefix length)'))
+        .max(16)
+        .default([]),
     })
     .strict()
     .prefault({}),
@@ -136,4 +146,12 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
     timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
   });
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+/** True when a local interface holds `ip` (IPv4-mapped and case differences aside). */
+export function holdsAddress(ip: string): boolean {
+  const want = ip.toLowerCase();
+  for (const list of Object.values(networkInterfaces()))
+    for (const a of list ?? []) if (a.address.toLowerCase() === want) return true;
+  return false;
 }

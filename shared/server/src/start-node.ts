@@ -4,7 +4,13 @@ import type { DbRole } from '@dsm/db';
 import { type CreateKvStoreOptions, createKvStore, type KvStore } from '@dsm/kv';
 import { formatAddress } from '@dsm/packets';
 import { sql } from 'kysely';
-import { type AdminListener, type Readiness, type ReadyCheck, startAdminListener } from './admin.ts';
+import {
+  type AdminListener,
+  holdsAddress,
+  type Readiness,
+  type ReadyCheck,
+  startAdminListener,
+} from './admin.ts';
 import { Cleanups } from './cleanups.ts';
 import { type NodeDatabase, type OpenDatabaseOptions, openDatabase } from './database.ts';
 import { NodeMetrics } from './metrics.ts';
@@ -41,12 +47,12 @@ export interface NodeKit {
    */
   metrics: NodeMetrics;
   /**
-   * The admin listener (admin.ts) on `listen` (empty = none, returns null): `/metrics`,
+   * The admin listener (admin.ts) on `admin.listen` (empty = none, returns null): `/metrics`,
    * `/healthz`, `/readyz`. Readiness checks the database and cache opened through this kit,
-   * then the node's own `checks`.
+   * then the node's own `checks`; `admin.vips` adds `dsm_node_vip_held`.
    */
   serveAdmin(
-    listen: string,
+    admin: { listen: string; vips?: readonly string[] },
     opts: { allow: BlockList | null; checks?: Readiness },
   ): Promise<AdminListener | null>;
 }
@@ -100,8 +106,17 @@ export async function startNode<T extends object>(
       cleanups.defer('listener', () => server.close());
       return { server, host, port: bound.port, listen: formatAddress({ host, port: bound.port }) };
     },
-    async serveAdmin(listen, opts) {
+    async serveAdmin({ listen, vips = [] }, opts) {
       if (!listen) return null;
+      if (vips.length > 0)
+        metrics.gauge(
+          'dsm_node_vip_held',
+          'Whether this host holds the virtual IP (1) or not (0)',
+          ['vip'],
+          (g) => {
+            for (const vip of vips) g.set({ vip }, holdsAddress(vip) ? 1 : 0);
+          },
+        );
       const ready: Readiness = async () => [
         ...(await Promise.all(baseChecks.map((c) => c()))),
         ...(opts.checks ? await opts.checks() : []),
