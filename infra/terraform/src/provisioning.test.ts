@@ -269,6 +269,9 @@ describe.each(ENVS)('environment %s', (env) => {
         // the mount needs root: only that step runs privileged
         expect(lines, host).toContain('ExecStartPre=+/usr/local/sbin/dsm-mount-group');
       }
+      // the gateway's primary alone gets SIGTERM and drains its node:cluster workers
+      if (h.role === 'gateway') expect(lines, host).toEqual(expect.arrayContaining(['KillMode=mixed']));
+      else expect(lines, host).not.toContain('KillMode=mixed');
       // the provisioning creates the user and its folders before any dsm unit starts, and the
       // node can read its config
       const prov = delivered.find((f) => f.path === '/usr/local/sbin/dsm-provision')!.content;

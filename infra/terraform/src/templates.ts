@@ -93,6 +93,13 @@ export const DSM_USER = 'dsm';
 export const DSM_STATE_DIRS = ['/var/lib/dsm', '/var/log/dsm'];
 
 /**
+ * The gateway runs a primary and one worker per core (`workers`, node:cluster): systemd signals
+ * the primary alone, which drains its workers (they finish what they serve, up to 10 s) and
+ * exits; whatever is left at TimeoutStopSec is killed.
+ */
+const GATEWAY_STOP = 'KillMode=mixed\nTimeoutStopSec=30\n';
+
+/**
  * A node's unit; `node` runs with NODE_FLAGS (@dsm/common), as every launcher of a node does.
  * The node runs as the `dsm` user, cannot gain privileges, sees the file system read-only but
  * for `writable` (its data) and the state and log folders, and has a private /tmp. `extra`
@@ -121,7 +128,7 @@ ReadWritePaths=${[...writable, ...DSM_STATE_DIRS].join(' ')}
 Restart=always
 RestartSec=2
 LimitNOFILE=65536
-
+${role === 'gateway' ? GATEWAY_STOP : ''}
 [Install]
 WantedBy=multi-user.target
 `;
