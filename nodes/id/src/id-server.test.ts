@@ -280,6 +280,64 @@ describe.each(BACKENDS)('id server on %s', (_name, makeBackend) => {
     await servers.stop(s);
   });
 
+  it('ranges (41) from two servers on one database and single ids never overlap, across restarts', async () => {
+    const url = backend.database('ranges');
+    const pool = new Pool({ transport: nodeTransport });
+    const seen = new Set<number>();
+    const take = (ids: Iterable<number>) => {
+      for (const id of ids) {
+        expect(seen.has(id), `id ${id} handed out twice`).toBe(false);
+        seen.add(id);
+      }
+    };
+    const rangeIds = (r: { first: number; count: number }) =>
+      Array.from({ length: r.count }, (_, i) => r.first + i);
+    try {
+      for (let round = 0; round < 2; round++) {
+        // two id servers of one database (the storages of a group may ask either), then restarted
+        const a = await servers.start(testConfig(url, { step: 10 }));
+        const b = await servers.start(testConfig(url, { step: 10 }));
+        const ca = new IdClient(pool, [{ host: '127.0.0.1', port: a.port }]);
+        const cb = new IdClient(pool, [{ host: '127.0.0.1', port: b.port }]);
+        const got = await Promise.all([
+          ...Array.from({ length: 6 }, (_, i) => (i % 2 ? ca : cb).nextRange('group001:0', 7 + i)),
+          ...Array.from({ length: 12 }, (_, i) => (i % 2 ? ca : cb).nextId('group001:0')),
+        ]);
+        for (const g of got) take(typeof g === 'number' ? [g] : rangeIds(g));
+        const r = got[0] as { first: number; count: number };
+        expect(r.count).toBe(7);
+        await servers.stop(a);
+        await servers.stop(b);
+      }
+      expect(seen.size).toBe(2 * (7 + 8 + 9 + 10 + 11 + 12 + 12));
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('a range request with a bad count or key is refused (errno BAD_FIELD) and the connection closed', async () => {
+    const zero = new Uint8Array([0, 0, 0, 0, ...encodeIdRequest('group001:0')]);
+    const r = await rawExchange(main.port, encodeFrame(Command.ID_GET_RANGE, zero), true);
+    expect(r.closed).toBe(true);
+    const e = decodeErrorReply(r.frame.subarray(HEADER_LENGTH));
+    expect(e.errno).toBe(Errno.BAD_FIELD);
+    expect(stripHost(e.message)).toBe('Invalid ID Count: 0');
+    const noNul = new Uint8Array([0, 0, 0, 5, 0x61, 0x62]);
+    const r2 = await rawExchange(main.port, encodeFrame(Command.ID_GET_RANGE, noNul), true);
+    expect(decodeErrorReply(r2.frame.subarray(HEADER_LENGTH)).errno).toBe(Errno.BAD_FIELD);
+    // the server still serves ranges afterwards
+    const pool = new Pool({ transport: nodeTransport });
+    try {
+      const got = await new IdClient(pool, [{ host: '127.0.0.1', port: main.port }]).nextRange(
+        'group001:0',
+        3,
+      );
+      expect(got.count).toBe(3);
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('the IdClient reads ids through a pool', async () => {
     const pool = new Pool({ transport: nodeTransport });
     try {
