@@ -225,7 +225,9 @@ export async function gatewayBench(o: BenchOptions, c: GatewayCtx): Promise<Row[
   log(
     `references: Node http proxy :${proxy.port} (pid ${proxy.pid}), TCP pipe :${pipe.port} (pid ${pipe.pid})`,
   );
-  const agent = new Agent({ keepAlive: true, maxSockets: GATEWAY_CONCURRENCY });
+  // a new connection per big upload: a kept-alive one may have been closed by the gateway's
+  // idle timeout (timeouts.keepAliveMs) while the storage-protocol upload ran
+  const agent = new Agent({ keepAlive: false });
   const idleRss = c.pids().reduce((s, p) => s + (readRss(p) ?? 0), 0);
   /** A step that fails gives a row saying so, and the bench goes on with the next. */
   const guard = async (name: string, target: Target, fn: () => Promise<Row | Row[]>): Promise<Row[]> => {
@@ -263,7 +265,7 @@ export async function gatewayBench(o: BenchOptions, c: GatewayCtx): Promise<Row[
         firstByte(o, c, curl, big.gwPath, big.ngxPath),
       )),
     );
-    rows.push(...(await guard('range storm', { kind: 'atMost', value: 4 }, () => rangeStorm(o, c, agent))));
+    rows.push(...(await guard('range storm', { kind: 'atMost', value: 4 }, () => rangeStorm(o, c))));
     rows.push(
       ...(await guard('gateway streams', { kind: 'max', value: 200 }, () =>
         streams(o, c, big.gwPath, big.ngxPath, idleRss),
@@ -525,12 +527,14 @@ async function firstByte(o: BenchOptions, c: GatewayCtx, curl: string, gwPath: s
 }
 
 /** 100 concurrent GETs of one 4 MiB range: byte-exact answers, and the storage slice reads they cost. */
-async function rangeStorm(o: BenchOptions, c: GatewayCtx, agent: Agent): Promise<Row> {
+async function rangeStorm(o: BenchOptions, c: GatewayCtx): Promise<Row> {
   const from = 8 * MiB; // slice-aligned: 4 slices of 1 MiB
   const to = from + STORM_RANGE - 1;
   const name = `range storm: storage slice reads for ${STORM_REQUESTS} × one ${sizeLabel(STORM_RANGE)} range`;
   // a file of its own, so that no slice of it is in the gateway's cache from the rows before
-  const fresh = await post(agent, c.port, from + STORM_RANGE + MiB);
+  // (on a new connection: a kept-alive one may have been closed by the gateway's idle timeout)
+  const agent = new Agent({ keepAlive: false });
+  const fresh = await post(agent, c.port, from + STORM_RANGE + MiB).finally(() => agent.destroy());
   const gwPath = `/files/${fresh.id}`;
   const metrics = async () => {
     try {

@@ -142,14 +142,17 @@ try {
 
 if (result && !interrupted) {
   const m = result.machine;
-  const busy = Object.values(result.otherLoad).some((v) => v > 0.2);
+  const busy = Object.values(result.otherLoad).some((v) => v.cores > 0.2 || v.steal > 0.2);
+  const loads = Object.entries(result.otherLoad);
   const conditions = [
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
     `load average (1, 5, 15 min) at start: ${m.loadAvgAtStart.join(' ')}; at end: ${m.loadAvgAtEnd.join(' ')}` +
       (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),
-    `CPU of other processes while measuring (cores, of ${m.cpus}): ${Object.entries(result.otherLoad)
-      .map(([k, v]) => `${k} ${v.toFixed(2)}`)
-      .join(', ')}${busy ? ' (the machine was not idle: figures are disturbed)' : ''}`,
+    `CPU of other processes while measuring (cores of ${m.cpus}; the machine's user+system time minus the bench's own processes): ` +
+      loads.map(([k, v]) => `${k} ${v.cores.toFixed(2)}`).join(', ') +
+      `; of it in processes alive at the end of the section: ${loads.map(([k, v]) => `${k} ${v.seen.toFixed(2)}`).join(', ')}` +
+      `; steal: ${loads.map(([k, v]) => `${k} ${v.steal.toFixed(2)}`).join(', ')}` +
+      (busy ? ' (the machine was not idle: figures are disturbed)' : ''),
   ];
   const targets = result.rows.filter((r) => r.target.kind !== 'none');
   const met = targets.filter((r) => metOf(r) === true).length;

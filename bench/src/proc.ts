@@ -72,6 +72,8 @@ interface ProcSample {
   kernel: boolean;
   start: string;
   cpu: number;
+  /** CPU of its children that it has waited for (cutime + cstime). */
+  childCpu: number;
 }
 
 const PF_KTHREAD = 0x00200000;
@@ -95,6 +97,7 @@ function scanProcesses(): Map<number, ProcSample> {
         kernel: (Number(f[6]) & PF_KTHREAD) !== 0,
         start: f[19] ?? '',
         cpu: (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND,
+        childCpu: (Number(f[13]) + Number(f[14])) / TICKS_PER_SECOND,
       });
     } catch {
       // exited while we looked
@@ -119,18 +122,59 @@ function ownPids(procs: Map<number, ProcSample>): Set<number> {
   return own;
 }
 
+/** user + nice + system and steal seconds of the whole machine so far (/proc/stat). */
+function machineCpu(): { busy: number; steal: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  return {
+    busy: ((v[0] ?? 0) + (v[1] ?? 0) + (v[2] ?? 0)) / TICKS_PER_SECOND,
+    steal: (v[7] ?? 0) / TICKS_PER_SECOND,
+  };
+}
+
 /**
- * CPU used by other user-space processes (not this one, not its descendants, not kernel
- * threads) between construction and `stop()`, in cores: a check that nobody else was busy
- * while we measured. Processes that both start and end in between are not seen.
+ * CPU seconds of this process and everything under it, including the children they have
+ * waited for (a curl or wrk that ran and exited, a gateway restarted): no double count, since a
+ * child is either alive (its own times) or reaped (in its parent's cutime/cstime).
+ */
+function ownCpu(procs: Map<number, ProcSample>): number {
+  let sum = 0;
+  for (const pid of ownPids(procs)) {
+    const p = procs.get(pid);
+    if (p) sum += p.cpu + p.childCpu;
+  }
+  return sum;
+}
+
+export interface OtherLoadResult {
+  /**
+   * Cores used by everything but the bench and its processes: the machine's user + nice +
+   * system time (/proc/stat) minus the bench's own (its tree, reaped children included). Sees
+   * short-lived processes (other people's test runs) that a per-process scan misses.
+   */
+  cores: number;
+  /** Cores of the processes still alive at stop() that were not ours (what a scan sees). */
+  seen: number;
+  /** Cores stolen by the hypervisor (steal time). */
+  steal: number;
+  /** The busiest other processes alive at the end (`pid command: cores`). */
+  top: string[];
+}
+
+/**
+ * CPU used by other processes (not this one, not its descendants, not kernel threads) between
+ * construction and `stop()`, in cores: a check that nobody else was busy while we measured.
  */
 export class OtherLoad {
   readonly #t0 = performance.now();
   readonly #before = scanProcesses();
+  readonly #machine0 = machineCpu();
+  readonly #own0 = ownCpu(this.#before);
 
-  /** Average cores used by other processes, and the busiest of them (`pid command: cores`). */
-  stop(): { cores: number; top: string[] } {
+  stop(): OtherLoadResult {
     const after = scanProcesses();
+    const machine = machineCpu();
+    const ownUsed = ownCpu(after) - this.#own0;
     const own = ownPids(after);
     const secs = (performance.now() - this.#t0) / 1000;
     let cpu = 0;
@@ -147,7 +191,12 @@ export class OtherLoad {
       .slice(0, 3)
       .filter(([, used]) => used / secs >= 0.05)
       .map(([pid, used]) => `${pid} ${commandOf(pid)}: ${(used / secs).toFixed(2)}`);
-    return { cores: cpu / secs, top };
+    return {
+      cores: Math.max(0, (machine.busy - this.#machine0.busy - ownUsed) / secs),
+      seen: cpu / secs,
+      steal: (machine.steal - this.#machine0.steal) / secs,
+      top,
+    };
   }
 }
 

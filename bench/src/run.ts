@@ -11,7 +11,7 @@ import { freePortRange } from '@dsm/testkit';
 import { curlRate, ensureTool } from './clients.ts';
 import { GATEWAY_CONCURRENCY, GATEWAY_STREAMS, gatewayBench } from './gateway.ts';
 import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
-import { type CpuTimes, cpuSplitOf, OtherLoad, treePids } from './proc.ts';
+import { type CpuTimes, cpuSplitOf, OtherLoad, type OtherLoadResult, treePids } from './proc.ts';
 import { readRss, withRss } from './rss.ts';
 import { GiB, KiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
 import { type Latency, latencyOf, median, type Reference, type Row } from './table.ts';
@@ -75,7 +75,7 @@ export interface BenchResult {
   /** Every server/client pair measured (nginx, the bare Node references, dsm). */
   references: Reference[];
   /** CPU (cores, average) used by other processes on the machine during each section. */
-  otherLoad: Partial<Record<Section, number>>;
+  otherLoad: Partial<Record<Section, OtherLoadResult>>;
 }
 
 /** Deferred clean-up steps, run in reverse order; a step deferred after close() runs at once. */
@@ -482,7 +482,7 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
     const load = new OtherLoad();
     const r = await fn();
     const other = load.stop();
-    otherLoad[name] = other.cores;
+    otherLoad[name] = other;
     if (other.top.length)
       details.push({ name: `other processes during ${name}`, text: other.top.join('; ') });
     return r;
