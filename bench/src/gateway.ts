@@ -714,46 +714,61 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
     requests: number;
     errors: string[];
   }
-  /** Warm-up, then `loopReps` wrk runs; CPU of each process group of `groups`. */
-  const measure = async (
-    name: string,
-    port: number,
-    paths: string[],
-    groups: () => number[][],
-    connections = GATEWAY_CONCURRENCY,
-    postBytes?: number,
-  ): Promise<Measured> => {
-    const run = (secs: number) =>
-      runWrk(t.wrk, { port, paths, connections, seconds: secs, postBytes, scratch: o.dir });
-    await run(1); // warm-up
-    const runs: WrkResult[] = [];
-    const cpu: CpuTimes[] = groups().map(() => ({ user: 0, sys: 0 }));
-    for (let r = 0; r < o.loopReps; r++) {
-      log(
-        `gateway: ${label} ${postBytes ? 'POST' : 'GET'}, ${name} #${r + 1} (${seconds} s, wrk -c${connections})`,
-      );
-      const g = groups();
-      const c0 = g.map(cpuSplitOf);
-      runs.push(await run(seconds));
-      g.forEach((pids, i) => {
-        addCpu(cpu[i] as CpuTimes, cpuDiff(c0[i] as CpuTimes, cpuSplitOf(pids)));
+  interface Spec {
+    name: string;
+    port: number;
+    paths: string[];
+    /** Process groups whose CPU is counted (the server's; the storage's). */
+    groups: () => number[][];
+    connections?: number;
+    postBytes?: number;
+  }
+  /**
+   * A 1 s warm-up of each, then `loopReps` rounds of one wrk run of each in turn (so that a
+   * change of the machine's load hits all of them alike); CPU of each process group.
+   */
+  const measureAll = async (specs: Spec[]): Promise<Measured[]> => {
+    const run = (x: Spec, secs: number) =>
+      runWrk(t.wrk, {
+        port: x.port,
+        paths: x.paths,
+        connections: x.connections ?? GATEWAY_CONCURRENCY,
+        seconds: secs,
+        postBytes: x.postBytes,
+        scratch: o.dir,
       });
+    for (const x of specs) await run(x, 1);
+    const runs: WrkResult[][] = specs.map(() => []);
+    const cpu: CpuTimes[][] = specs.map((x) => x.groups().map(() => ({ user: 0, sys: 0 })));
+    for (let r = 0; r < o.loopReps; r++) {
+      for (const [k, x] of specs.entries()) {
+        log(
+          `gateway: ${label} ${x.postBytes ? 'POST' : 'GET'}, ${x.name} #${r + 1} (${seconds} s, wrk -c${x.connections ?? GATEWAY_CONCURRENCY})`,
+        );
+        const g = x.groups();
+        const c0 = g.map(cpuSplitOf);
+        (runs[k] as WrkResult[]).push(await run(x, seconds));
+        g.forEach((pids, i) => {
+          addCpu((cpu[k] as CpuTimes[])[i] as CpuTimes, cpuDiff(c0[i] as CpuTimes, cpuSplitOf(pids)));
+        });
+      }
     }
-    const requests = runs.reduce((a, r) => a + r.requests, 0);
-    const latency = runs.length
-      ? {
-          p50: median(runs.map((r) => r.latency?.p50 ?? Number.NaN)),
-          p99: median(runs.map((r) => r.latency?.p99 ?? Number.NaN)),
-        }
-      : undefined;
-    return {
-      runs,
-      rate: mean(runs.map((r) => r.rps)),
-      latency,
-      cpu,
-      requests,
-      errors: runs.map((r) => r.errors).filter(Boolean),
-    };
+    return specs.map((_, k) => {
+      const rs = runs[k] as WrkResult[];
+      return {
+        runs: rs,
+        rate: mean(rs.map((r) => r.rps)),
+        latency: rs.length
+          ? {
+              p50: median(rs.map((r) => r.latency?.p50 ?? Number.NaN)),
+              p99: median(rs.map((r) => r.latency?.p99 ?? Number.NaN)),
+            }
+          : undefined,
+        cpu: cpu[k] as CpuTimes[],
+        requests: rs.reduce((a, r) => a + r.requests, 0),
+        errors: rs.map((r) => r.errors).filter(Boolean),
+      };
+    });
   };
   const perReq = (m: Measured, i = 0) =>
     cpuText(m.cpu[i] as CpuTimes, 1e6 / Math.max(1, m.requests), 'µs', 0);
@@ -774,13 +789,27 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
   };
 
   const gwGroups = () => [c.pids(), [c.storagePid]];
-  const ngx = await measure('nginx', c.nginxPort, ngxPaths, () => [c.nginx.workerPids()]);
-  const prx = await measure('Node http proxy', t.proxy.port, ngxPaths, () => [[t.proxy.pid]]);
-  const pip = await measure('Node TCP pipe', t.pipe.port, ngxPaths, () => [[t.pipe.pid]]);
+  const nginxSpec: Spec = {
+    name: 'nginx',
+    port: c.nginxPort,
+    paths: ngxPaths,
+    groups: () => [c.nginx.workerPids()],
+  };
+  const proxySpec: Spec = {
+    name: 'Node http proxy',
+    port: t.proxy.port,
+    paths: ngxPaths,
+    groups: () => [[t.proxy.pid]],
+  };
   const refused = await c.reconfigure(SMALL_FILE_CACHE.off);
   const hasCache = refused === null;
   const noCache = `cache: not available in this tree (the gateway refused ${JSON.stringify(SMALL_FILE_CACHE.off)}: ${refused})`;
-  const gwOff = await measure(hasCache ? 'gateway, cache off' : 'gateway', c.port, gwPaths, gwGroups);
+  const [ngx, prx, pip, gwOff] = (await measureAll([
+    nginxSpec,
+    proxySpec,
+    { name: 'Node TCP pipe', port: t.pipe.port, paths: ngxPaths, groups: () => [[t.pipe.pid]] },
+    { name: hasCache ? 'gateway, cache off' : 'gateway', port: c.port, paths: gwPaths, groups: gwGroups },
+  ])) as [Measured, Measured, Measured, Measured];
   const oneWorkerPids = c.pids().length;
   c.references.push(
     ref('nginx', ngx, `${perReq(ngx)} per request`),
@@ -794,7 +823,16 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
   );
 
   // 4 KiB POST /files at 16 connections
-  const postRun = await measure('gateway POST /files', c.port, ['/files'], gwGroups, POST_CONCURRENCY, size);
+  const [postRun] = (await measureAll([
+    {
+      name: 'gateway POST /files',
+      port: c.port,
+      paths: ['/files'],
+      groups: gwGroups,
+      connections: POST_CONCURRENCY,
+      postBytes: size,
+    },
+  ])) as [Measured];
   c.references.push(
     ref(
       'gateway',
@@ -807,14 +845,19 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
 
   // the small-file cache on
   let gwOn: Measured | null = null;
+  let ngxOn: Measured | null = null;
   let onNote = noCache;
   if (hasCache) {
     const why = await c.reconfigure(SMALL_FILE_CACHE.on);
     if (why) onNote = `cache on: the gateway did not start (${why})`;
     else {
-      gwOn = await measure('gateway, cache on', c.port, gwPaths, gwGroups);
+      [gwOn, ngxOn] = (await measureAll([
+        { name: 'gateway, cache on', port: c.port, paths: gwPaths, groups: gwGroups },
+        { ...nginxSpec, name: 'nginx (again, beside the cache)' },
+      ])) as [Measured, Measured];
       c.references.push(
         ref('gateway, cache on', gwOn, `gateway ${perReq(gwOn, 0)}, storage ${perReq(gwOn, 1)} per request`),
+        ref('nginx (again, beside the cache)', ngxOn, `${perReq(ngxOn)} per request`),
       );
       onNote = `cache on: ${JSON.stringify(SMALL_FILE_CACHE.on)}`;
     }
@@ -822,6 +865,7 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
 
   // 2 workers (cache off)
   let gw2: Measured | null = null;
+  let prx2: Measured | null = null;
   let workersNote = '';
   {
     const why = await c.reconfigure({ ...(hasCache ? SMALL_FILE_CACHE.off : {}), workers: 2 });
@@ -831,7 +875,10 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       if (procs <= oneWorkerPids) {
         workersNote = `n/a: workers 2 runs ${procs} process(es), as workers 1 did: node:cluster entry not in this tree`;
       } else {
-        gw2 = await measure('gateway, 2 workers', c.port, gwPaths, gwGroups);
+        [gw2, prx2] = (await measureAll([
+          { name: 'gateway, 2 workers', port: c.port, paths: gwPaths, groups: gwGroups },
+          { ...proxySpec, name: 'Node http proxy (again, beside 2 workers)' },
+        ])) as [Measured, Measured];
         c.references.push(
           ref(
             'gateway, 2 workers',
@@ -839,8 +886,11 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
             `gateway ${perReq(gw2, 0)}, storage ${perReq(gw2, 1)} per request`,
             `${procs} processes`,
           ),
+          ref('Node http proxy (again, beside 2 workers)', prx2, `${perReq(prx2)} per request`),
         );
-        workersNote = `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}`;
+        workersNote =
+          `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}; ` +
+          `× the Node http proxy run beside it: ${prx2.rate > 0 ? (gw2.rate / prx2.rate).toFixed(2) : '?'}`;
       }
     }
   }
@@ -852,10 +902,11 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       `${tool}, runs/s: nginx [${show(ngx.runs.map((r) => r.rps))}], Node http proxy [${show(prx.runs.map((r) => r.rps))}], ` +
       `TCP pipe [${show(pip.runs.map((r) => r.rps))}], gateway [${show(gwOff.runs.map((r) => r.rps))}]` +
       (gwOn ? `, gateway cache on [${show(gwOn.runs.map((r) => r.rps))}]` : '') +
+      (ngxOn ? `, nginx beside it [${show(ngxOn.runs.map((r) => r.rps))}]` : '') +
       (gw2 ? `, gateway 2 workers [${show(gw2.runs.map((r) => r.rps))}]` : '') +
       `; POST wrk -c${POST_CONCURRENCY} [${show(postRun.runs.map((r) => r.rps))}]; CPU per GET: gateway ${perReq(gwOff, 0)}, ` +
       `storage ${perReq(gwOff, 1)}, Node http proxy ${perReq(prx)}, nginx ${perReq(ngx)}` +
-      [gwOff, gwOn, gw2, postRun, ngx, prx, pip]
+      [gwOff, gwOn, gw2, postRun, ngx, prx, pip, ngxOn, prx2]
         .map(errText)
         .filter(Boolean)
         .map((e) => `; ${e}`)
@@ -894,11 +945,11 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       name: `gateway ${label} GET/s, ${tool}, cache on`,
       unit: '/s',
       dsm: gwOn ? rated(gwOn) : null,
-      base: rated(ngx),
-      baseLabel: 'nginx',
+      base: rated(ngxOn ?? ngx),
+      baseLabel: ngxOn ? 'nginx, run beside it' : 'nginx',
       target: { kind: 'ratio', min: 0.5 },
       dsmLatency: gwOn?.latency,
-      baseLatency: ngx.latency,
+      baseLatency: (ngxOn ?? ngx).latency,
       note: errText(gwOn) || (gwOn ? `CPU per GET: gateway ${usPer(gwOn, 0)} µs; ${onNote}` : onNote),
     },
     {
