@@ -4,12 +4,32 @@ import { routePath } from 'hono/route';
 import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
 import { GatewayCore, type GatewayDeps } from './core.ts';
 import { clientKey, releaseWhenSent } from './edge-limits.ts';
-import { deleteFile, fileMeta, serveFile, uploadFile } from './files.ts';
+import { deleteFile, fileMeta, type ReplyHeaders, serveFile, uploadFile } from './files.ts';
 import { FILE_CSP } from './mime.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { TusService } from './tus.ts';
 
-export type GatewayEnv = { Variables: { requestId: string } };
+export type GatewayEnv = {
+  Variables: {
+    requestId: string;
+    /** Headers every reply of the request gets; see files.ts ReplyHeaders. */
+    replyHeaders: ReplyHeaders;
+    /** The handler built its reply with replyHeaders already. */
+    headersSealed: boolean;
+    /** The reply's body is in memory (no download slot held while it is sent). */
+    bodyBuffered: boolean;
+  };
+};
+
+const REQUEST_ID = /^[\w.-]{1,64}$/;
+
+/** Puts the request's reply headers on a reply that was not built with them. */
+function applyReplyHeaders(headers: Headers, extra: ReplyHeaders): void {
+  for (const k in extra) {
+    if (k === 'Vary') headers.append(k, extra[k] as string);
+    else headers.set(k, extra[k] as string);
+  }
+}
 
 export interface GatewayApp {
   app: Hono<GatewayEnv>;
@@ -82,18 +102,25 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   const app = new Hono<GatewayEnv>();
   const cfg = deps.config;
 
+  // The request id, the metrics and the log line. Headers every reply gets are collected in
+  // `replyHeaders` by this and the next middlewares and put on the reply by the handler (file
+  // downloads, the hot path: see files.ts) or here after it.
+  const debug = core.debugEnabled;
   app.use('*', async (c, next) => {
     const t0 = performance.now();
-    const incoming = c.req.header('x-request-id');
-    const requestId = incoming && /^[\w.-]{1,64}$/.test(incoming) ? incoming : crypto.randomUUID();
+    const incoming = c.req.raw.headers.get('x-request-id');
+    const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
     c.set('requestId', requestId);
+    const extra: ReplyHeaders = { 'X-Request-Id': requestId };
+    c.set('replyHeaders', extra);
     await next();
-    c.res.headers.set('X-Request-Id', requestId);
+    if (!c.get('headersSealed')) applyReplyHeaders(c.res.headers, extra);
     const status = c.res.status;
     const matched = routePath(c, c.req.routeIndex);
     const route = matched && matched !== '*' && matched !== '/*' ? matched : 'unmatched';
     const seconds = (performance.now() - t0) / 1000;
     core.metrics?.request(c.req.raw.method, route, status, seconds);
+    if (status < 500 && !debug) return;
     const line = {
       requestId,
       method: c.req.raw.method,
@@ -113,10 +140,23 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     exposeHeaders: EXPOSE_HEADERS,
     maxAge: 86400,
   });
+  const exposed = EXPOSE_HEADERS.join(',');
   app.use('*', async (c, next) => {
+    if (c.req.raw.method !== 'OPTIONS') {
+      // what Hono's cors sets on a simple request, as reply headers (no Headers object built)
+      const extra = c.get('replyHeaders');
+      if (anyOrigin) extra['Access-Control-Allow-Origin'] = '*';
+      else {
+        const origin = c.req.raw.headers.get('origin');
+        if (origin && cfg.corsOrigins.includes(origin)) extra['Access-Control-Allow-Origin'] = origin;
+        extra.Vary = 'Origin';
+      }
+      extra['Access-Control-Expose-Headers'] = exposed;
+      return next();
+    }
     // Hono's cors answers every OPTIONS as a preflight; a plain OPTIONS (tus discovery) must
     // reach its route.
-    if (c.req.method === 'OPTIONS' && !c.req.header('access-control-request-method')) {
+    if (!c.req.header('access-control-request-method')) {
       await next();
       const origin = c.req.header('origin');
       if (anyOrigin) c.res.headers.set('Access-Control-Allow-Origin', '*');
@@ -127,25 +167,20 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     return corsMiddleware(c, next);
   });
 
-  // tus asks for this header on every reply but OPTIONS' preflight
-  app.use('/tus/*', async (c, next) => {
-    await next();
-    c.res.headers.set('Tus-Resumable', '1.0.0');
+  // tus asks for this header on every reply but OPTIONS' preflight; every reply under /files
+  // and /tus (bytes, 304s, problems) is sandboxed and never sniffed: whatever an upload
+  // contains, a browser may not run it as a page of our origin.
+  app.use('*', async (c, next) => {
+    const path = c.req.path;
+    const tus = path === '/tus' || path.startsWith('/tus/');
+    if (tus || path === '/files' || path.startsWith('/files/')) {
+      const extra = c.get('replyHeaders');
+      if (tus) extra['Tus-Resumable'] = '1.0.0';
+      extra['Content-Security-Policy'] = FILE_CSP;
+      extra['X-Content-Type-Options'] = 'nosniff';
+    }
+    return next();
   });
-  app.use('/tus', async (c, next) => {
-    await next();
-    c.res.headers.set('Tus-Resumable', '1.0.0');
-  });
-
-  // Every reply under /files and /tus (bytes, 304s, problems) is sandboxed and never sniffed:
-  // whatever an upload contains, a browser may not run it as a page of our origin.
-  for (const path of ['/files/*', '/tus/*']) {
-    app.use(path, async (c, next) => {
-      await next();
-      c.res.headers.set('Content-Security-Policy', FILE_CSP);
-      c.res.headers.set('X-Content-Type-Options', 'nosniff');
-    });
-  }
 
   // Concurrency caps (config `limits`): uploads gateway-wide, streaming downloads per address.
   const limits = core.edgeLimits;
@@ -175,7 +210,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       release();
       throw e;
     }
-    c.res = releaseWhenSent(c.res, release);
+    // a body already in memory holds no storage connection while it is sent
+    if (c.get('bodyBuffered')) release();
+    else c.res = releaseWhenSent(c.res, release);
   });
 
   app.onError((err, c) => {

@@ -313,8 +313,75 @@ export const configSchema = z
       .min(64 * 1024)
       .max(256 * MiB)
       .default(8 * MiB),
-    /** How long a file's stat (size, sha-256, type, mtime) is reused for downloads. */
-    statCacheMs: z.number().int().min(0).default(2000),
+    /**
+     * How long a file's stat (size, sha-256, type, mtime) is reused for downloads, and with it a
+     * small file's bytes (`fileCache`) and a big file's slices (`rangeCache`). Files never change
+     * and a delete through any gateway drops them everywhere within 2 × `invalidationPollMs`
+     * (the delete journal in `cache`), so this only bounds how long a delete made around the
+     * gateways (straight over the storage protocol, `dsm rm`) can go unseen. 0: no caching.
+     */
+    statCacheMs: z.number().int().min(0).default(300_000),
+    /**
+     * How often a gateway process reads the delete journal in `cache` (see `statCacheMs`): a
+     * delete through one gateway is seen by every other within twice this. The journal is read
+     * on demand (no timer): a busy gateway reads it at most this often, an idle one on its next
+     * download. While `cache` cannot be read, nothing cached is served.
+     */
+    invalidationPollMs: z.number().int().min(5).max(10_000).default(100),
+    /**
+     * Small immutable files (posters, thumbnails, manifests, init segments) kept in memory after
+     * their first read, ranges and conditional requests served from there. 0 bytes: off.
+     */
+    fileCache: z
+      .object({
+        /** Largest file kept. */
+        maxFileBytes: z
+          .number()
+          .int()
+          .min(0)
+          .max(64 * MiB)
+          .default(256 * 1024),
+        /** Bytes of all files kept (least recently used go first); 0 disables the cache. */
+        maxBytes: z
+          .number()
+          .int()
+          .min(0)
+          .max(64 * GiB)
+          .default(64 * MiB),
+      })
+      .strict()
+      .prefault({}),
+    /**
+     * Range coalescing: a reply of up to `maxReplyBytes` from a bigger file is served from aligned
+     * slices of `sliceBytes`, each read from the storage once however many requests want it at
+     * the same time (a CDN's range storm), and kept (least recently used go first) up to
+     * `maxBytes`. 0 bytes: every reply streams straight from the storage.
+     */
+    rangeCache: z
+      .object({
+        sliceBytes: z
+          .number()
+          .int()
+          .min(64 * 1024)
+          .max(64 * MiB)
+          .default(MiB),
+        /** Bytes of all slices kept; 0 disables coalescing. */
+        maxBytes: z
+          .number()
+          .int()
+          .min(0)
+          .max(64 * GiB)
+          .default(32 * MiB),
+        /** Longer replies (whole big files) stream straight from the storage. */
+        maxReplyBytes: z
+          .number()
+          .int()
+          .min(0)
+          .max(GiB)
+          .default(16 * MiB),
+      })
+      .strict()
+      .prefault({}),
     /** How long a user → storages answer from the tracker is reused. */
     locateCacheMs: z.number().int().min(0).default(2000),
     /** Most users whose storages are cached (least recently used go first). */

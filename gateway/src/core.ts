@@ -1,11 +1,14 @@
 import { type DsmClient, decodePublicId } from '@dsm/client';
 import { LruMap } from '@dsm/common/lru';
 import type { KvStore } from '@dsm/kv';
-import type { FileIds, FileStat } from '@dsm/packets';
+import { type FileIds, type FileStat, toHex } from '@dsm/packets';
 import { TokenVerifier } from './auth.ts';
+import { ByteLru } from './byte-lru.ts';
 import type { DownloadPolicy, GatewayConfig } from './config.ts';
 import { EdgeLimits } from './edge-limits.ts';
+import { DeleteJournal } from './invalidation.ts';
 import { badRequest } from './problem.ts';
+import { SliceCache } from './slices.ts';
 import { Uploader } from './uploads.ts';
 
 /** The subset of a pino logger the gateway uses (pino fits; the Worker entry passes its own). */
@@ -22,12 +25,30 @@ export interface GatewayMetrics {
   bytesOut(route: string, n: number): void;
   bytesIn(route: string, n: number): void;
   tusSwept?(n: number): void;
+  /** A download looked its file up in the stat or small-file cache. */
+  cacheLookup?(cache: 'stat' | 'file', hit: boolean): void;
+  /** A slice of a big file was read from the storage (range coalescing, slices.ts). */
+  sliceRead?(): void;
   /** The exposition text for GET /metrics. */
   render(): Promise<{ contentType: string; body: string }>;
 }
 
-/** Finished stat answers by public id (see GatewayCore.stat), at most `statCacheMax`. */
-export type StatCache = LruMap<string, { at: number; stat: FileStat }>;
+/** A file's stat with what every reply derives from it, computed once. */
+export interface FileEntry {
+  /** Date.now() when the stat was read. */
+  at: number;
+  stat: FileStat;
+  ids: FileIds;
+  publicId: string;
+  /** `"<sha-256 hex>"` */
+  etag: string;
+  mtimeSec: number;
+  /** The HTTP-date of mtimeSec. */
+  lastModified: string;
+}
+
+/** Finished stat answers by public id (see GatewayCore.file), at most `statCacheMax`. */
+export type StatCache = LruMap<string, FileEntry>;
 
 export interface GatewayDeps {
   client: DsmClient;
@@ -55,23 +76,53 @@ export class GatewayCore {
   readonly kv: KvStore;
   readonly cfg: GatewayConfig;
   readonly log: GatewayLog;
+  /** Debug lines are built only when the logger would write them (pino's isLevelEnabled). */
+  readonly debugEnabled: boolean;
   readonly metrics: GatewayMetrics | undefined;
   readonly verifier: TokenVerifier;
   readonly uploader: Uploader;
   readonly edgeLimits: EdgeLimits;
+  /** Range coalescing (config `rangeCache`); null when off. */
+  readonly slices: SliceCache | null;
+  readonly journal: DeleteJournal;
   readonly #stats: StatCache;
-  readonly #inflight = new Map<string, Promise<FileStat>>();
+  readonly #inflight = new Map<string, Promise<FileEntry>>();
+  readonly #files: ByteLru<Uint8Array<ArrayBuffer>> | null;
+  readonly #fileReads = new Map<string, Promise<Uint8Array<ArrayBuffer>>>();
+  /** Bumped by every invalidation: an answer that was under way across one is not kept. */
+  #gen = 0;
 
   constructor(d: GatewayDeps) {
     this.client = d.client;
     this.kv = d.kv;
     this.cfg = d.config;
     this.log = d.log ?? silentLog;
+    const lv = (this.log as { isLevelEnabled?: (l: string) => boolean }).isLevelEnabled;
+    this.debugEnabled = typeof lv === 'function' ? lv.call(this.log, 'debug') : d.log !== undefined;
     this.metrics = d.metrics;
     this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
     this.edgeLimits = d.edgeLimits ?? new EdgeLimits(d.config.limits);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
+    const fc = d.config.fileCache;
+    this.#files = fc.maxBytes > 0 && fc.maxFileBytes > 0 ? new ByteLru(fc.maxBytes, fc.maxFileBytes) : null;
+    const rc = d.config.rangeCache;
+    this.slices =
+      rc.maxBytes > 0
+        ? new SliceCache(
+            { sliceBytes: rc.sliceBytes, maxBytes: rc.maxBytes },
+            {
+              read: (ids, offset, length) => this.client.download(ids, offset, length),
+              onRead: () => this.metrics?.sliceRead?.(),
+            },
+          )
+        : null;
+    this.journal = new DeleteJournal(
+      d.kv,
+      d.config.invalidationPollMs,
+      (id) => this.#drop(id),
+      () => this.#dropAll(),
+    );
   }
 
   /**
@@ -87,24 +138,75 @@ export class GatewayCore {
   }
 
   /**
-   * A file's stat, reused for `statCacheMs` (files never change, ids are never reused; only a
-   * delete can make a cached stat stale, for at most that long). Concurrent requests for one
-   * file (a CDN's range storm) share one storage round trip.
+   * Whether what is cached may be served now (and new answers kept): caching is on
+   * (`statCacheMs` > 0) and the delete journal was read recently (invalidation.ts).
    */
-  async stat(publicId: string, ids: FileIds): Promise<FileStat> {
-    const ttl = this.cfg.statCacheMs;
-    const hit = this.#stats.get(publicId);
-    if (hit && Date.now() - hit.at < ttl) return hit.stat;
+  cachesUsable(): boolean | Promise<boolean> {
+    return this.cfg.statCacheMs > 0 ? this.journal.usable() : false;
+  }
+
+  /**
+   * A file's stat, reused until a delete through any gateway drops it (or `statCacheMs`;
+   * files never change, ids are never reused). Concurrent requests for one file (a CDN's range
+   * storm) share one storage round trip. `usable`: what cachesUsable() said.
+   */
+  async file(publicId: string, ids: FileIds, usable: boolean): Promise<FileEntry> {
+    if (usable) {
+      const hit = this.#stats.get(publicId);
+      if (hit && Date.now() - hit.at < this.cfg.statCacheMs) {
+        this.metrics?.cacheLookup?.('stat', true);
+        return hit;
+      }
+      this.metrics?.cacheLookup?.('stat', false);
+    }
     let p = this.#inflight.get(publicId);
     if (!p) {
-      p = this.client.stat(ids);
+      const gen = this.#gen;
+      p = this.client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
       this.#inflight.set(publicId, p);
       p.then(
-        (stat) => {
+        (entry) => {
           this.#inflight.delete(publicId);
-          if (ttl > 0) this.#stats.set(publicId, { at: Date.now(), stat });
+          if (usable && gen === this.#gen) this.#stats.set(publicId, entry);
         },
         () => this.#inflight.delete(publicId),
+      );
+    }
+    return p;
+  }
+
+  /** A file's stat (tus HEAD and the like; see file()). */
+  async stat(publicId: string, ids: FileIds): Promise<FileStat> {
+    return (await this.file(publicId, ids, await this.cachesUsable())).stat;
+  }
+
+  /**
+   * The bytes of a small file (config `fileCache`), from memory or read whole (once, however
+   * many ask at the same time) and kept. null when the file is not one the cache takes.
+   */
+  smallFile(
+    f: FileEntry,
+    usable: boolean,
+  ): Uint8Array<ArrayBuffer> | Promise<Uint8Array<ArrayBuffer>> | null {
+    const files = this.#files;
+    if (!files || !usable || f.stat.size > files.maxEntryBytes) return null;
+    const hit = files.get(f.publicId);
+    if (hit && hit.length === f.stat.size) {
+      this.metrics?.cacheLookup?.('file', true);
+      return hit;
+    }
+    this.metrics?.cacheLookup?.('file', false);
+    let p = this.#fileReads.get(f.publicId);
+    if (!p) {
+      const gen = this.#gen;
+      p = readWhole(this.client, f.ids, f.stat.size);
+      this.#fileReads.set(f.publicId, p);
+      p.then(
+        (bytes) => {
+          this.#fileReads.delete(f.publicId);
+          if (gen === this.#gen) files.set(f.publicId, bytes);
+        },
+        () => this.#fileReads.delete(f.publicId),
       );
     }
     return p;
@@ -115,8 +217,47 @@ export class GatewayCore {
     return this.#stats.size;
   }
 
+  /** Bytes of small files held in memory (bounded by `fileCache.maxBytes`). */
+  get fileCacheBytes(): number {
+    return this.#files?.bytes ?? 0;
+  }
+
+  /** Whether the small-file cache holds this file now. */
+  fileCached(publicId: string): boolean {
+    return this.#files?.get(publicId) !== undefined;
+  }
+
+  /**
+   * A file was deleted: dropped from this process's caches at once and written to the delete
+   * journal, so every other gateway process drops it too (within 2 × `invalidationPollMs`).
+   */
+  async deleted(publicId: string): Promise<void> {
+    this.#drop(publicId);
+    await this.journal.publish(publicId);
+  }
+
+  /** deleted() without waiting for the journal (a failure to write it is logged). */
   forget(publicId: string): void {
+    this.deleted(publicId).catch((e: unknown) =>
+      this.log.warn({ err: e, publicId }, 'a delete could not be written to the delete journal'),
+    );
+  }
+
+  #drop(publicId: string): void {
+    this.#gen++;
     this.#stats.delete(publicId);
+    this.#files?.delete(publicId);
+    this.#fileReads.delete(publicId);
+    this.#inflight.delete(publicId);
+    this.slices?.forget(publicId);
+  }
+
+  /** Everything kept goes; answers under way are still shared, but not kept (see #gen). */
+  #dropAll(): void {
+    this.#gen++;
+    this.#stats.clear();
+    this.#files?.clear();
+    this.slices?.clear();
   }
 
   policyFor(appId: string): DownloadPolicy {
@@ -129,4 +270,31 @@ export class GatewayCore {
   baseUrl(requestUrl: string): string {
     return (this.cfg.publicUrl ?? new URL(requestUrl).origin).replace(/\/+$/, '');
   }
+}
+
+function entryOf(publicId: string, ids: FileIds, stat: FileStat): FileEntry {
+  const mtimeSec = Math.floor(stat.mtimeMs / 1000);
+  return {
+    at: Date.now(),
+    stat,
+    ids,
+    publicId,
+    etag: `"${toHex(stat.sha256)}"`,
+    mtimeSec,
+    lastModified: new Date(mtimeSec * 1000).toUTCString(),
+  };
+}
+
+/** A whole small file (`size` bytes) in one buffer. */
+async function readWhole(client: DsmClient, ids: FileIds, size: number): Promise<Uint8Array<ArrayBuffer>> {
+  const reply = await client.download(ids, 0, size);
+  const out = new Uint8Array(size);
+  let at = 0;
+  for await (const chunk of reply.stream) {
+    if (at + chunk.length > size) throw new Error(`the storage sent more than ${size} bytes`);
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  if (at !== size || reply.length !== size) throw new Error(`the storage sent ${at} of ${size} bytes`);
+  return out;
 }

@@ -36,8 +36,29 @@ export async function checkDownloadAllowed(core: GatewayCore, c: Context, ids: F
 }
 
 /**
- * GET/HEAD of a file: conditional requests, one byte range, and the bytes streamed from the
- * storage as the client reads them. (Hono runs GET handlers for HEAD too; the raw method tells.)
+ * Headers every reply of this request gets (request id, CSP, CORS: app.ts puts them here before
+ * the handler runs). A handler that builds its reply with them calls `sealHeaders`, so the
+ * middlewares need not touch the reply after (which would make the runtime build a Headers
+ * object and a second Response on every request).
+ */
+export type ReplyHeaders = Record<string, string>;
+
+export function replyHeadersOf(c: Context): ReplyHeaders | undefined {
+  return c.get('replyHeaders' as never) as ReplyHeaders | undefined;
+}
+
+function seal(c: Context, headers: Record<string, string>): void {
+  const extra = replyHeadersOf(c);
+  if (!extra) return;
+  for (const k in extra) headers[k] = extra[k] as string;
+  c.set('headersSealed' as never, true as never);
+}
+
+/**
+ * GET/HEAD of a file: conditional requests, one byte range, and the bytes from the small-file
+ * cache, from coalesced slices (big files, replies up to `rangeCache.maxReplyBytes`) or streamed
+ * from the storage as the client reads them. (Hono runs GET handlers for HEAD too; the raw
+ * method tells.) The download policy is checked before any cache is looked at.
  */
 export async function serveFile(
   core: GatewayCore,
@@ -47,26 +68,30 @@ export async function serveFile(
 ): Promise<Response> {
   const ids = core.parseId(publicId);
   await checkDownloadAllowed(core, c, ids);
-  const stat = await core.stat(publicId, ids);
-  const etag = etagOf(stat);
-  const mtimeSec = Math.floor(stat.mtimeMs / 1000);
-  const headers = new Headers({
+  let usable = core.cachesUsable();
+  if (typeof usable !== 'boolean') usable = await usable;
+  const f = await core.file(publicId, ids, usable);
+  const stat = f.stat;
+  const etag = f.etag;
+  const mtimeSec = f.mtimeSec;
+  const headers: Record<string, string> = {
     ETag: etag,
-    'Last-Modified': new Date(mtimeSec * 1000).toUTCString(),
+    'Last-Modified': f.lastModified,
     'Cache-Control': IMMUTABLE,
     'Accept-Ranges': 'bytes',
-  });
-  const h = (k: string) => c.req.header(k);
-  const pre = evaluatePreconditions(
-    {
-      ifMatch: h('if-match'),
-      ifUnmodifiedSince: h('if-unmodified-since'),
-      ifNoneMatch: h('if-none-match'),
-      ifModifiedSince: h('if-modified-since'),
-    },
-    etag,
-    mtimeSec,
-  );
+  };
+  const raw = c.req.raw.headers;
+  const ifMatch = raw.get('if-match') ?? undefined;
+  const ifUnmodifiedSince = raw.get('if-unmodified-since') ?? undefined;
+  const ifNoneMatch = raw.get('if-none-match') ?? undefined;
+  const ifModifiedSince = raw.get('if-modified-since') ?? undefined;
+  const pre =
+    ifMatch === undefined &&
+    ifUnmodifiedSince === undefined &&
+    ifNoneMatch === undefined &&
+    ifModifiedSince === undefined
+      ? 'ok'
+      : evaluatePreconditions({ ifMatch, ifUnmodifiedSince, ifNoneMatch, ifModifiedSince }, etag, mtimeSec);
   if (pre === 'failed') {
     throw new HttpError(
       412,
@@ -77,22 +102,27 @@ export async function serveFile(
       },
     );
   }
-  if (pre === 'not-modified') return new Response(null, { status: 304, headers });
+  if (pre === 'not-modified') {
+    seal(c, headers);
+    return new Response(null, { status: 304, headers });
+  }
 
   const size = stat.size;
-  const range = ifRangeAllows(h('if-range'), etag, mtimeSec)
-    ? parseRange(h('range'), size)
-    : { kind: 'none' as const };
+  const rangeHeader = raw.get('range');
+  const range =
+    rangeHeader !== null && ifRangeAllows(raw.get('if-range') ?? undefined, etag, mtimeSec)
+      ? parseRange(rangeHeader, size)
+      : NO_RANGE;
   if (range.kind === 'unsatisfiable') {
-    throw new HttpError(416, ErrorCode.RANGE, `range "${h('range')}" is not satisfiable for ${size} bytes`, {
+    throw new HttpError(416, ErrorCode.RANGE, `range "${rangeHeader}" is not satisfiable for ${size} bytes`, {
       headers: { 'Content-Range': `bytes */${size}`, 'Accept-Ranges': 'bytes', ETag: etag },
     });
   }
   const type = contentTypeOf(stat, opts.filename);
-  headers.set('Content-Type', type);
+  headers['Content-Type'] = type;
   // inline only for the media allow-list (CSP sandbox and nosniff: app.ts, on every file reply)
   const disposition = dispositionFor(type, opts.filename);
-  if (disposition) headers.set('Content-Disposition', disposition);
+  if (disposition) headers['Content-Disposition'] = disposition;
   let status = 200;
   let start = 0;
   let length = size;
@@ -100,10 +130,47 @@ export async function serveFile(
     status = 206;
     start = range.start;
     length = range.end - range.start + 1;
-    headers.set('Content-Range', `bytes ${range.start}-${range.end}/${size}`);
+    headers['Content-Range'] = `bytes ${range.start}-${range.end}/${size}`;
   }
-  headers.set('Content-Length', String(length));
-  if (c.req.raw.method === 'HEAD' || length === 0) return new Response(null, { status, headers });
+  headers['Content-Length'] = String(length);
+  if (c.req.raw.method === 'HEAD' || length === 0) {
+    seal(c, headers);
+    return new Response(null, { status, headers });
+  }
+  const route = opts.route;
+
+  // a small file: from memory (read whole once, then kept)
+  const cached = core.smallFile(f, usable);
+  if (cached) {
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = cached instanceof Uint8Array ? cached : await cached;
+    } catch (e) {
+      core.log.warn({ err: e, fileId: ids.fileId }, 'download failed');
+      throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
+    }
+    core.metrics?.bytesOut(route, length);
+    bufferedBody(c);
+    seal(c, headers);
+    return new Response(length === size ? bytes : bytes.subarray(start, start + length), { status, headers });
+  }
+
+  // a big file's reply of modest length: coalesced slices, shared with concurrent requests
+  const slices = core.slices;
+  if (slices && length > SMALL_BODY_BYTES && length <= core.cfg.rangeCache.maxReplyBytes) {
+    const body = slices.stream({ ...f, size }, start, length, {
+      keep: usable,
+      stallMs: core.cfg.timeouts.upstreamReleaseMs,
+      onChunk: (n) => core.metrics?.bytesOut(route, n),
+      onEnd: (e, cancelled) => {
+        if (cancelled) {
+          if (core.debugEnabled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
+        } else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
+      },
+    });
+    seal(c, headers);
+    return new Response(body, { status, headers });
+  }
 
   const reply = await core.client.download(ids, start, length);
   if (reply.length !== length) {
@@ -116,7 +183,6 @@ export async function serveFile(
       `the storage offered ${reply.length} bytes, expected ${length}`,
     );
   }
-  const route = opts.route;
   if (length <= SMALL_BODY_BYTES) {
     // A small body is read whole before the reply: one write instead of a stream, and a storage
     // failure midway is still a clean 502 problem rather than a cut-off 200.
@@ -125,14 +191,17 @@ export async function serveFile(
       throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
     });
     core.metrics?.bytesOut(route, length);
+    bufferedBody(c);
+    seal(c, headers);
     return new Response(bytes, { status, headers });
   }
   const body = toReadableStream(
     reply.stream,
     (n) => core.metrics?.bytesOut(route, n),
     (e, cancelled) => {
-      if (cancelled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
-      else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
+      if (cancelled) {
+        if (core.debugEnabled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
+      } else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
     },
     // a client that stops reading gives its storage connection back (timeouts.upstreamReleaseMs)
     {
@@ -140,7 +209,15 @@ export async function serveFile(
       reopen: (done) => resumeDownload(core.client, ids, start + done, length - done),
     },
   );
+  seal(c, headers);
   return new Response(body, { status, headers });
+}
+
+const NO_RANGE = { kind: 'none' as const };
+
+/** The reply's body is in memory: the download slot (limits.downloadsPerClient) is not held. */
+function bufferedBody(c: Context): void {
+  c.set('bodyBuffered' as never, true as never);
 }
 
 /** Bodies up to this size are read whole and sent in one piece (see serveFile). */
@@ -264,6 +341,11 @@ export async function deleteFile(core: GatewayCore, c: Context, publicId: string
   const ids = core.parseId(publicId);
   requireOwner(p, ids, core.cfg.auth.mode);
   await core.client.delete(ids);
-  core.forget(publicId);
+  // every gateway process drops what it cached of the file (the delete journal)
+  await core
+    .deleted(publicId)
+    .catch((e: unknown) =>
+      core.log.error({ err: e, publicId }, 'a delete could not be written to the delete journal'),
+    );
   return new Response(null, { status: 204 });
 }

@@ -32,19 +32,63 @@ export function createPromMetrics(
     labelNames: ['route'] as const,
     registers: [registry],
   });
+  const cacheLookups = new Counter({
+    name: 'dsm_gateway_cache_lookups_total',
+    help: 'Downloads that looked their file up in the stat or small-file cache, by cache and result',
+    labelNames: ['cache', 'result'] as const,
+    registers: [registry],
+  });
+  const sliceReads = new Counter({
+    name: 'dsm_gateway_slice_reads_total',
+    help: 'Slices of big files read from the storage (range coalescing: one read serves every request waiting for it)',
+    registers: [registry],
+  });
   const swept = new Counter({
     name: 'dsm_gateway_tus_expired_total',
     help: 'Expired tus uploads deleted by the sweeper',
     registers: [registry],
   });
+  // prom-client hashes the labels on every call; the children per label set are kept instead
+  // (bounded: methods, routes and statuses are few, and unknown ones share "other" children)
+  const requestChildren = new Map<string, { inc(): void }>();
+  const durationChildren = new Map<string, { observe(v: number): void }>();
+  const bytesOutChildren = new Map<string, { inc(n: number): void }>();
+  const hits = {
+    stat: [cacheLookups.labels('stat', 'miss'), cacheLookups.labels('stat', 'hit')],
+    file: [cacheLookups.labels('file', 'miss'), cacheLookups.labels('file', 'hit')],
+  };
   return {
     registry,
     request(method, route, status, seconds) {
-      requests.inc({ method, route, status: String(status) });
-      duration.observe({ method, route }, seconds);
+      const m = KNOWN_METHODS.has(method) ? method : 'other';
+      const rk = `${m} ${route} ${status}`;
+      let r = requestChildren.get(rk);
+      if (!r) {
+        r = requests.labels(m, route, String(status));
+        if (requestChildren.size < MAX_CHILDREN) requestChildren.set(rk, r);
+      }
+      r.inc();
+      const dk = `${m} ${route}`;
+      let d = durationChildren.get(dk);
+      if (!d) {
+        d = duration.labels(m, route);
+        if (durationChildren.size < MAX_CHILDREN) durationChildren.set(dk, d);
+      }
+      d.observe(seconds);
     },
     bytesOut(route, n) {
-      bytesOut.inc({ route }, n);
+      let b = bytesOutChildren.get(route);
+      if (!b) {
+        b = bytesOut.labels(route);
+        if (bytesOutChildren.size < MAX_CHILDREN) bytesOutChildren.set(route, b);
+      }
+      b.inc(n);
+    },
+    cacheLookup(cache, hit) {
+      (hits[cache][hit ? 1 : 0] as { inc(): void }).inc();
+    },
+    sliceRead() {
+      sliceReads.inc();
     },
     bytesIn(route, n) {
       bytesIn.inc({ route }, n);
@@ -57,3 +101,7 @@ export function createPromMetrics(
     },
   };
 }
+
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PATCH', 'DELETE', 'OPTIONS', 'PUT']);
+/** Label sets remembered per metric (routes are the app's few patterns or "unmatched"). */
+const MAX_CHILDREN = 1024;
