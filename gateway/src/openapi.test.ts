@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, type GatewayApp } from './app.ts';
 import { mintToken, signUrl } from './auth.ts';
 import { type GatewayConfigInput, parseGatewayConfig } from './config.ts';
-import { GATEWAY_API_VERSION, openApiDocument, problemType, registerOpenApi } from './openapi.ts';
+import { GATEWAY_API_VERSION, openApiDocument, registerOpenApi } from './openapi.ts';
 import { badRequest, forbidden, HttpError, notFound, tooLarge, toProblem, unauthorized } from './problem.ts';
 import { patternBytes, type Stack, startStack } from './test-support.ts';
 
@@ -178,8 +178,10 @@ function throwSites(): { httpErrors: HttpError[]; dsmErrors: DsmError[]; unreada
     if (!c) unreadable.push(`${file}: ${table}.${name}`);
     return c as DsmErrorCode;
   };
+  // openapi.ts builds HttpErrors only to ask toProblem for their type and title: it raises none
+  const skip = new Set(['test-support.ts', 'openapi.ts']);
   const files = readdirSync(SRC).filter(
-    (f) => f.endsWith('.ts') && !f.endsWith('.test.ts') && !f.endsWith('.d.ts') && f !== 'test-support.ts',
+    (f) => f.endsWith('.ts') && !f.endsWith('.test.ts') && !f.endsWith('.d.ts') && !skip.has(f),
   );
   for (const f of files) {
     const text = readFileSync(join(SRC, f), 'utf8');
@@ -237,9 +239,9 @@ function answerable(): Map<string, { code: string; status: number; type: string 
 function described(): Map<string, { code: string; status: number; type: string }> {
   const out = new Map<string, { code: string; status: number; type: string }>();
   for (const [name, resp] of Object.entries<Json>(doc.components.responses)) {
-    const schema = resp.content?.['application/problem+json']?.schema;
-    if (!schema) continue;
-    const own = schema.allOf[1].properties;
+    // Problem<status>: one status and its codes; the rest (OtherProblem, …) add no pair
+    if (!/^Problem\d{3}$/.test(name)) continue;
+    const own = resp.content['application/problem+json'].schema.allOf[1].properties;
     const status = own.status.const as number;
     expect(name).toBe(`Problem${status}`);
     own.code.enum.forEach((code: string, i: number) => {
@@ -263,12 +265,6 @@ describe('problem types', () => {
     }
     // the union of the per-status tables is the Problem schema's enum, no more
     expect([...new Set([...can.values()].map((a) => a.code))].sort()).toEqual([...problem.code.enum].sort());
-  });
-
-  it('the type of every code is the URN toProblem builds', () => {
-    for (const c of [...Object.values(ErrorCode), ...Object.values(GatewayErrorCode)]) {
-      expect(problemType(c)).toBe(toProblem(new HttpError(400, c, 'm')).body.type);
-    }
   });
 });
 

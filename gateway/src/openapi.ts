@@ -2,6 +2,7 @@ import { type DsmErrorCode, ErrorCode, GatewayErrorCode } from '@dsm/common/erro
 import type { Env, Hono } from 'hono';
 import { weakMatch } from './http-semantics.ts';
 import { FILE_CSP } from './mime.ts';
+import { HttpError, toProblem } from './problem.ts';
 import { TUS_CHECKSUMS, TUS_EXTENSIONS, TUS_VERSION } from './tus.ts';
 
 /**
@@ -14,13 +15,8 @@ import { TUS_CHECKSUMS, TUS_EXTENSIONS, TUS_VERSION } from './tus.ts';
 
 export const GATEWAY_API_VERSION = '0.1.0';
 
-/** The problem `type` of a code (problem.ts builds it the same way: a URN, never a dead link). */
-export function problemType(code: string): string {
-  return `urn:dsm:problem:${code
-    .replace(/^DSM_ERR_/, '')
-    .toLowerCase()
-    .replaceAll('_', '-')}`;
-}
+/** What problem.ts answers for a code and status: its `type` URN and `title` are taken from there. */
+const answer = (status: number, code: DsmErrorCode) => toProblem(new HttpError(status, code, '')).body;
 
 /**
  * Every code a reply can carry, with the statuses it comes with. The gateway's own codes come
@@ -110,26 +106,6 @@ export const PROBLEM_CODES = {
 
 type ProblemCode = keyof typeof PROBLEM_CODES;
 const CODES = Object.keys(PROBLEM_CODES) as ProblemCode[];
-
-const TITLES: Record<number, string> = {
-  400: 'Bad Request',
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  404: 'Not Found',
-  409: 'Conflict',
-  410: 'Gone',
-  412: 'Precondition Failed',
-  413: 'Content Too Large',
-  415: 'Unsupported Media Type',
-  416: 'Range Not Satisfiable',
-  423: 'Locked',
-  429: 'Too Many Requests',
-  460: 'Checksum Mismatch',
-  500: 'Internal Server Error',
-  502: 'Bad Gateway',
-  503: 'Service Unavailable',
-  507: 'Insufficient Storage',
-};
 
 /** The codes a status comes with. */
 function codesOf(status: number): ProblemCode[] {
@@ -364,10 +340,6 @@ const PARAMETERS: Obj = {
   IfUnmodifiedSince: header('If-Unmodified-Since', 'Modified since: 412 (ignored with If-Match).', {
     type: 'string',
   }),
-  XRequestId: header('X-Request-Id', 'Kept as the request id when it matches `[\\w.-]{1,64}`.', {
-    type: 'string',
-    pattern: '^[\\w.-]{1,64}$',
-  }),
   TusResumable: header('Tus-Resumable', `Must be ${TUS_VERSION} (else 412).`, { const: TUS_VERSION }, true),
   UploadLength: header('Upload-Length', 'Total length of the upload (≤ maxUploadBytes).', {
     type: 'string',
@@ -429,7 +401,7 @@ function problemResponses(): Obj {
   for (const status of STATUSES) {
     const codes = codesOf(status);
     out[`Problem${status}`] = {
-      description: `${TITLES[status] ?? 'Error'}: ${codes.map((c) => `\`${c}\` (${PROBLEM_CODES[c].when})`).join('; ')}.`,
+      description: `${answer(status, codes[0] as ProblemCode).title}: ${codes.map((c) => `\`${c}\` (${PROBLEM_CODES[c].when})`).join('; ')}.`,
       // the per-connection 429 of the Node entry is written before any request id exists
       headers: headers({ XRequestId: status !== 429, ...PROBLEM_HEADERS[status] }),
       content: {
@@ -441,7 +413,7 @@ function problemResponses(): Obj {
                 properties: {
                   status: { const: status },
                   code: { enum: codes },
-                  type: { enum: codes.map(problemType) },
+                  type: { enum: codes.map((c) => answer(status, c).type) },
                 },
               },
             ],
@@ -450,6 +422,12 @@ function problemResponses(): Obj {
       },
     };
   }
+  out.OtherProblem = {
+    description:
+      'Another problem of the Problem table: the statuses listed for an operation are those its own checks and the usual cluster answers give; a rarer cluster answer (say a storage busy or losing a partial file during a chunked upload) comes with its own status.',
+    headers: headers({ XRequestId: true }),
+    content: { 'application/problem+json': { schema: ref('schemas', 'Problem') } },
+  };
   out.HeadersTooLarge = {
     description:
       "Request Header Fields Too Large: the request head is over limits.maxHeaderBytes (Node entry only; Node's HTTP server answers it with no body and closes the connection).",
@@ -465,6 +443,7 @@ function errors(...statuses: number[]): Obj {
     out[String(s)] = ref('responses', `Problem${s}`);
   }
   out['431'] = ref('responses', 'HeadersTooLarge');
+  out.default = ref('responses', 'OtherProblem');
   return out;
 }
 
@@ -536,7 +515,7 @@ const SCHEMAS: Obj = {
     properties: {
       type: {
         type: 'string',
-        enum: CODES.map(problemType),
+        enum: CODES.map((c) => answer(400, c).type),
         description: '`urn:dsm:problem:<code in kebab case>`.',
       },
       title: str('The HTTP reason phrase of the status.'),
