@@ -783,6 +783,11 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
     note: m.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : note,
   });
   const rated = (m: Measured) => (m.errors.length ? null : m.rate);
+  /** Average cores the i-th process group used during the timed runs. */
+  const coresOf = (m: Measured, i: number) => {
+    const x = m.cpu[i] as CpuTimes;
+    return ((x.user + x.sys) / Math.max(1, m.runs.length * seconds)).toFixed(2);
+  };
   const usPer = (m: Measured, i: number) => {
     const x = m.cpu[i] as CpuTimes;
     return (((x.user + x.sys) * 1e6) / Math.max(1, m.requests)).toFixed(0);
@@ -889,7 +894,7 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
           ref('Node http proxy (again, beside 2 workers)', prx2, `${perReq(prx2)} per request`),
         );
         workersNote =
-          `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}; ` +
+          `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}, ${coresOf(gw2, 0)} cores used (1 worker: ${coresOf(gwOff, 0)}); ` +
           `× the Node http proxy run beside it: ${prx2.rate > 0 ? (gw2.rate / prx2.rate).toFixed(2) : '?'}`;
       }
     }
@@ -927,7 +932,8 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       baseRuns: prx.runs.map((r) => r.rps),
       note:
         errText(gwOff) ||
-        `CPU per GET: gateway ${usPer(gwOff, 0)} + storage ${usPer(gwOff, 1)} µs, Node http proxy ${usPer(prx, 0)} µs` +
+        `CPU per GET: gateway ${usPer(gwOff, 0)} + storage ${usPer(gwOff, 1)} µs, Node http proxy ${usPer(prx, 0)} µs; ` +
+          `cores used: gateway ${coresOf(gwOff, 0)}, storage ${coresOf(gwOff, 1)}, proxy ${coresOf(prx, 0)}` +
           (hasCache ? '' : `; ${noCache}`),
     },
     {
@@ -950,7 +956,11 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       target: { kind: 'ratio', min: 0.5 },
       dsmLatency: gwOn?.latency,
       baseLatency: (ngxOn ?? ngx).latency,
-      note: errText(gwOn) || (gwOn ? `CPU per GET: gateway ${usPer(gwOn, 0)} µs; ${onNote}` : onNote),
+      note:
+        errText(gwOn) ||
+        (gwOn
+          ? `CPU per GET: gateway ${usPer(gwOn, 0)} µs, ${coresOf(gwOn, 0)} cores used; ${onNote}`
+          : onNote),
     },
     {
       name: `gateway ${label} POST /files/s, wrk -t1 -c${POST_CONCURRENCY}`,
@@ -961,7 +971,9 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
       target: { kind: 'min', value: 1500 },
       dsmLatency: postRun.latency,
       note:
-        errText(postRun) || `CPU per upload: gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)}`,
+        errText(postRun) ||
+        `CPU per upload: gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)}; ` +
+          `cores used: gateway ${coresOf(postRun, 0)}, storage ${coresOf(postRun, 1)}`,
     },
     {
       name: `gateway ${label} GET/s, ${tool}, 2 workers`,

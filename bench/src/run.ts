@@ -673,6 +673,7 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
     const others = { user: 0, sys: 0 };
     const client = { user: 0, sys: 0 };
     let ops = 0;
+    let ms = 0;
     const latencies: number[] = [];
     for (let r = 0; r < o.loopReps; r++) {
       log(`${name} #${r + 1} (${o.loopMs} ms, concurrency ${o.concurrency})`);
@@ -688,6 +689,7 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
         acc.sys += d.sys;
       }
       ops += m.result.ops;
+      ms += m.result.ms;
       rates.push(m.result.ops / (m.result.ms / 1000));
       for (const x of m.result.latencies) latencies.push(x);
     }
@@ -699,6 +701,7 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
       others,
       client,
       ops,
+      ms,
       latency,
     };
   };
@@ -711,6 +714,7 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
   const downBase = await measure(`${label} downloads: nginx`, c.nginx.workerPids(), ngxDown);
   const show = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(', ');
   const conc = `${o.concurrency} connections`;
+  const cores = (m: Measured, t: CpuTimes) => ((t.user + t.sys) / (m.ms / 1000)).toFixed(2);
   const us = (m: Measured, t: CpuTimes) => ((t.user + t.sys) * 1e6) / Math.max(1, m.ops);
   c.references.push(
     {
@@ -787,7 +791,9 @@ async function smallRequests(o: BenchOptions, c: SmallCtx): Promise<Row[]> {
       base: us(upBase, upBase.client),
       baseLabel: 'fs write+fsync',
       target: { kind: 'none' },
-      note: `user ${us(up, { user: up.server.user, sys: 0 }).toFixed(0)}, sys ${us(up, { user: 0, sys: up.server.sys }).toFixed(0)}; id server + tracker ${us(up, up.others).toFixed(0)} µs`,
+      note:
+        `user ${us(up, { user: up.server.user, sys: 0 }).toFixed(0)}, sys ${us(up, { user: 0, sys: up.server.sys }).toFixed(0)}; ` +
+        `id server + tracker ${us(up, up.others).toFixed(0)} µs; the storage process used ${cores(up, up.server)} cores while uploading`,
     },
     {
       name: `${label} downloads/s over the storage protocol, ${conc}`,
