@@ -110,6 +110,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('group commit on %s',
     for (const p of files) expect(await rowOf(p.meta.fileId)).toBeUndefined();
     rows.open();
     await Promise.all(done);
+    await gc.close();
     expect(rows.batches).toEqual([16]);
     for (const p of files) {
       expect((await rowOf(p.meta.fileId))?.file_path).toBe(p.finalPath);
@@ -150,6 +151,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('group commit on %s',
     expect(existsSync(taken.finalPath)).toBe(true); // the recorded file is untouched
     expect((await rowOf(taken.meta.fileId))?.file_path).toBe(taken.finalPath);
     for (const p of others) expect((await rowOf(p.meta.fileId))?.file_path).toBe(p.finalPath);
+    await gc.close();
     rmSync(taken.journal as string, { force: true });
     expect(readdirSync(stores.tmpDir(0))).toEqual([]);
   });
@@ -171,6 +173,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('group commit on %s',
     expect(await rowOf(lost.meta.fileId)).toBeUndefined();
     expect(await rowOf(gone.meta.fileId)).toBeUndefined();
     expect(existsSync(lost.finalPath)).toBe(false);
+    await gc.close();
     expect(readdirSync(stores.tmpDir(0))).toEqual([]);
   });
 
@@ -197,15 +200,19 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('group commit on %s',
     const rows = new GatedRows(meta);
     const gc = new GroupCommitter(rows, log, { maxQueue: 2 });
     rows.close();
-    const a = gc.commit(finished());
-    const b = gc.commit(finished());
+    const pause = () => new Promise((r) => setTimeout(r, 30));
+    const a = gc.commit(finished()); // the batch being committed (held at its INSERT)
+    await pause();
+    const waiting = [gc.commit(finished()), gc.commit(finished())]; // the queue, full
+    await pause();
     const over = finished();
     const e = await rejection(gc.commit(over));
     expect(isDsmError(e) && e.errno).toBe(Errno.BUSY);
     rows.open();
-    await Promise.all([a, b]);
-    // the refused upload's files are the caller's to remove (receiveUpload does)
-    rmSync(over.finalPath);
-    rmSync(over.journal as string);
+    await Promise.all([a, ...waiting]);
+    expect(rows.batches).toEqual([1, 2]);
+    // the refused upload's file and journal are gone with it
+    expect(existsSync(over.finalPath)).toBe(false);
+    expect(existsSync(over.journal as string)).toBe(false);
   });
 });

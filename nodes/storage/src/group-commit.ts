@@ -51,11 +51,11 @@ const busyClaim = (fileId: string) =>
  * final folder; what is left is shared: every upload that finished while the previous batch
  * was being committed goes into the next one, which
  *
- * 1. checks each upload still holds its claim (a stalled one whose claim was taken over fails
- *    BUSY and its file goes),
+ * 1. checks each upload still holds its claim as it joins (a stalled one whose claim was taken
+ *    over fails BUSY and its file goes),
  * 2. fsyncs each distinct final folder and temp folder once (the new names survive a crash),
  * 3. inserts every row in one transaction,
- * 4. removes the journal names and answers each upload.
+ * 4. answers each upload, then removes the journal names.
  *
  * No upload is answered before its file, its folder entry and its row are durable. A batch
  * whose transaction fails is retried one row per transaction, so a duplicate id or a bad row
@@ -75,6 +75,7 @@ export class GroupCommitter {
   #running: Promise<void> | null = null;
   #batches = 0;
   #committed = 0;
+  readonly #cleanups = new Set<Promise<void>>();
 
   constructor(rows: RowWriter, log: Logger, opts: GroupCommitOptions = {}) {
     this.#rows = rows;
@@ -89,10 +90,20 @@ export class GroupCommitter {
   }
 
   /** Resolves once the upload is durable and recorded; rejects with its own error reply. */
-  commit(p: PendingFile): Promise<void> {
+  async commit(p: PendingFile): Promise<void> {
     if (this.#queue.length >= this.#maxQueue) {
-      return Promise.reject(
-        new DsmError(ErrorCode.IO, `Upload Busy, Fileid: ${p.meta.fileId} (commit queue full)`, Errno.BUSY),
+      const full = new DsmError(
+        ErrorCode.IO,
+        `Upload Busy, Fileid: ${p.meta.fileId} (commit queue full)`,
+        Errno.BUSY,
+      );
+      return new Promise<void>((resolve, reject) => this.#fail({ p, resolve, reject }, full, true));
+    }
+    // 1. the claim, checked by each upload as it joins (a file read in a shared folder), so the
+    //    batch does not wait for the slowest read
+    if (!(await p.stillClaimed().catch(() => false))) {
+      return new Promise<void>((resolve, reject) =>
+        this.#fail({ p, resolve, reject }, busyClaim(p.meta.fileId), true),
       );
     }
     return new Promise<void>((resolve, reject) => {
@@ -102,9 +113,10 @@ export class GroupCommitter {
     });
   }
 
-  /** Waits for the batches in progress (the node's close). */
+  /** Waits for the batches in progress and their journal removals (the node's close). */
   async close(): Promise<void> {
     while (this.#running) await this.#running;
+    await Promise.all([...this.#cleanups]);
   }
 
   async #drain(): Promise<void> {
@@ -124,15 +136,8 @@ export class GroupCommitter {
 
   async #commitBatch(batch: Waiter[]): Promise<void> {
     this.#batches++;
-    // 1. claims
-    const claimed = await Promise.all(batch.map((w) => w.p.stillClaimed().catch(() => false)));
-    let live: Waiter[] = [];
-    for (let i = 0; i < batch.length; i++) {
-      const w = batch[i] as Waiter;
-      if (claimed[i]) live.push(w);
-      else this.#fail(w, busyClaim(w.p.meta.fileId), true);
-    }
-    // 2. folder fsyncs, each folder once
+    let live = batch;
+    // 2. folder fsyncs, each folder once (1., the claims, were checked as uploads joined)
     const dirs = new Map<string, Promise<unknown>>();
     const sync = (d: string) => {
       let r = dirs.get(d);
@@ -197,22 +202,23 @@ export class GroupCommitter {
       }
       live = ok;
     }
-    // 4. journals, answers
+    // 4. answers, then the journal names (off the batch's path: the next batch need not wait;
+    //    a name left by a crash now is removed by the next start's recovery, the row being in)
     this.#committed += live.length;
-    await Promise.all(
-      live.map((w) =>
-        w.p.journal
-          ? removeQuiet(w.p.journal).catch((e) =>
-              // the row is committed: the next start's recovery removes the journal name
-              this.#log.warn(
-                { err: messageOf(e), path: w.p.journal },
-                'cannot remove a commit journal entry',
-              ),
-            )
-          : undefined,
-      ),
-    );
     for (const w of live) w.resolve();
+    const journals = live.flatMap((w) => (w.p.journal ? [w.p.journal] : []));
+    if (journals.length > 0) {
+      const done: Promise<void> = Promise.all(
+        journals.map((j) =>
+          removeQuiet(j).catch((e) =>
+            this.#log.warn({ err: messageOf(e), path: j }, 'cannot remove a commit journal entry'),
+          ),
+        ),
+      ).then(() => {
+        this.#cleanups.delete(done);
+      });
+      this.#cleanups.add(done);
+    }
   }
 
   /** Fails an upload whose row certainly does not exist: its file and journal go. */
