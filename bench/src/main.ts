@@ -145,6 +145,7 @@ if (result && !interrupted) {
   const busy = Object.values(result.otherLoad).some((v) => v.cores > 0.2 || v.steal > 0.2);
   const loads = Object.entries(result.otherLoad);
   const conditions = [
+    `tree: ${treeState()}`,
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
     `load average (1, 5, 15 min) at start: ${m.loadAvgAtStart.join(' ')}; at end: ${m.loadAvgAtEnd.join(' ')}` +
       (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),
@@ -209,4 +210,21 @@ function insertSection(doc: string, section: string): string {
   const at = doc.search(/^## (Figures|Earlier figures)/m);
   if (at < 0) return `${doc.trimEnd()}\n\n${section}`;
   return `${doc.slice(0, at)}${section}${doc.slice(at)}`;
+}
+
+/** The commit the bench ran on and how many files differed from it (the bundle is built from the working tree). */
+function treeState(): string {
+  const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+  try {
+    const git = (...args: string[]) =>
+      execFileSync('git', ['-C', repo, ...args], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim();
+    const head = git('log', '-1', '--format=%h %cI');
+    const dirty = git('status', '--porcelain', '--untracked-files=no').split('\n').filter(Boolean).length;
+    return `commit ${head}${dirty ? `, plus ${dirty} changed file(s) not committed (measured as they were)` : ''}`;
+  } catch {
+    return 'not a git checkout';
+  }
 }
