@@ -500,7 +500,8 @@ function fileResponses(head: boolean, tus: boolean): Obj {
         ...tusHeaders,
       }),
     },
-    ...errors(400, 401, 403, 404, 412, 416, 429, ...CLUSTER),
+    // downloadsPerClient counts GETs only: a HEAD holds no storage stream
+    ...errors(400, 401, 403, 404, 412, 416, ...(head ? [] : [429]), ...CLUSTER),
   };
 }
 
