@@ -14,36 +14,71 @@ import { ByteLru } from './byte-lru.ts';
  * `stallMs`, so a slow reader pins no more than one reply's worth, and only for that long.
  */
 
-/** One slice: its chunks as they came from the storage. */
-class Slice {
+/** A run of a slice: bytes [off, off + length) of it, as they came from one storage read. */
+class Run {
   readonly chunks: Uint8Array[] = [];
   received = 0;
   done = false;
   error: unknown = undefined;
+
+  constructor(
+    readonly off: number,
+    readonly length: number,
+  ) {}
+}
+
+/**
+ * One slice: one run, or two when the request that asked for it first starts inside it (the bytes
+ * it wants first are then read at once, not after the part of the slice before them).
+ */
+class Slice {
+  readonly runs: Run[];
   #waiters: (() => void)[] = [];
 
-  constructor(readonly length: number) {}
+  constructor(
+    readonly length: number,
+    firstWanted: number,
+  ) {
+    this.runs =
+      firstWanted > 0 && firstWanted < length
+        ? [new Run(0, firstWanted), new Run(firstWanted, length - firstWanted)]
+        : [new Run(0, length)];
+  }
 
   get byteLength(): number {
     return this.length;
   }
 
-  push(c: Uint8Array): void {
-    this.chunks.push(c);
-    this.received += c.length;
+  get done(): boolean {
+    return this.runs.every((r) => r.done);
+  }
+
+  get ok(): boolean {
+    return this.runs.every((r) => r.done && r.error === undefined && r.received === r.length);
+  }
+
+  runAt(rel: number): Run {
+    const rs = this.runs;
+    return (rs.length > 1 && rel >= (rs[1] as Run).off ? rs[1] : rs[0]) as Run;
+  }
+
+  push(r: Run, c: Uint8Array): void {
+    r.chunks.push(c);
+    r.received += c.length;
     this.#wake();
   }
 
-  finish(error?: unknown): void {
-    this.done = true;
-    this.error = error;
+  finish(r: Run, error?: unknown): void {
+    r.done = true;
+    r.error = error;
     this.#wake();
   }
 
-  /** Resolves when more than `have` bytes arrived, or the read ended. */
-  wait(have: number): Promise<void> | null {
-    if (this.received > have || this.done) return null;
-    return new Promise((r) => this.#waiters.push(r));
+  /** Resolves when byte `rel` of the slice arrived, or its run ended. */
+  wait(rel: number): Promise<void> | null {
+    const r = this.runAt(rel);
+    if (r.received > rel - r.off || r.done) return null;
+    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
   #wake(): void {
@@ -102,10 +137,19 @@ export class SliceCache {
   }
 
   /**
-   * Slice `index` of the file: kept, being read (shared), or read now. `keep`: kept slices may
-   * be served and the new one kept (false while the delete journal cannot be read).
+   * Slice `index` of the file: kept, being read (shared), or read now (from `firstWanted`
+   * first, see Slice). `keep`: kept slices may be served and the new one kept (false while the
+   * delete journal cannot be read).
    */
-  #slice(publicId: string, etag: string, ids: FileIds, size: number, index: number, keep: boolean): Slice {
+  #slice(
+    publicId: string,
+    etag: string,
+    ids: FileIds,
+    size: number,
+    index: number,
+    keep: boolean,
+    firstWanted: number,
+  ): Slice {
     const key = `${publicId}/${etag}/${index}`;
     if (keep) {
       const kept = this.#kept.get(key);
@@ -114,37 +158,44 @@ export class SliceCache {
     const shared = this.#reading.get(key);
     if (shared) return shared;
     const offset = index * this.sliceBytes;
-    const slice = new Slice(Math.min(this.sliceBytes, size - offset));
+    const slice = new Slice(Math.min(this.sliceBytes, size - offset), firstWanted);
     this.#reading.set(key, slice);
     const gen = this.#gen;
     this.#source.onRead?.();
-    void (async () => {
-      try {
-        const reply = await this.#source.read(ids, offset, slice.length);
-        let ok = reply.length === slice.length;
-        for await (const c of reply.stream) {
-          if (!ok) break;
-          if (slice.received + c.length > slice.length) {
-            ok = false;
-            break;
-          }
-          slice.push(c);
-        }
-        if (!ok || slice.received !== slice.length) {
-          throw new DsmError(
-            ErrorCode.PROTOCOL,
-            `the storage sent ${Math.max(slice.received, reply.length)} bytes of a ${slice.length}-byte slice`,
-          );
-        }
-        slice.finish();
-        if (this.#reading.get(key) === slice) this.#reading.delete(key);
-        if (keep && gen === this.#gen) this.#kept.set(key, slice);
-      } catch (e) {
-        if (this.#reading.get(key) === slice) this.#reading.delete(key);
-        slice.finish(e ?? new Error('slice read failed'));
-      }
-    })();
+    const settled = () => {
+      if (!slice.done) return;
+      if (this.#reading.get(key) === slice) this.#reading.delete(key);
+      if (slice.ok && keep && gen === this.#gen) this.#kept.set(key, slice);
+    };
+    // the run the first request wants goes first
+    for (const run of [...slice.runs].reverse()) {
+      void this.#readRun(ids, offset, slice, run).then(settled);
+    }
     return slice;
+  }
+
+  async #readRun(ids: FileIds, sliceOffset: number, slice: Slice, run: Run): Promise<void> {
+    try {
+      const reply = await this.#source.read(ids, sliceOffset + run.off, run.length);
+      let ok = reply.length === run.length;
+      for await (const c of reply.stream) {
+        if (!ok) break;
+        if (run.received + c.length > run.length) {
+          ok = false;
+          break;
+        }
+        slice.push(run, c);
+      }
+      if (!ok || run.received !== run.length) {
+        throw new DsmError(
+          ErrorCode.PROTOCOL,
+          `the storage sent ${Math.max(run.received, reply.length)} of ${run.length} bytes of a slice`,
+        );
+      }
+      slice.finish(run);
+    } catch (e) {
+      slice.finish(run, e ?? new Error('slice read failed'));
+    }
   }
 
   /**
@@ -167,7 +218,8 @@ export class SliceCache {
     let pos = start;
     let cur: Slice | null = null;
     let curIndex = -1;
-    // cursor inside cur: chunk number and the file position where that chunk starts
+    // cursor in cur: the run, its chunk number, and the file position where that chunk starts
+    let run: Run | null = null;
     let ci = 0;
     let ciStart = 0;
     let next: Slice | null = null;
@@ -177,11 +229,13 @@ export class SliceCache {
       if (timer) clearTimeout(timer);
       cur = null;
       next = null;
+      run = null;
       if (finished) return;
       finished = true;
       o.onEnd?.(e, cancelled);
     };
-    const get = (index: number) => this.#slice(f.publicId, f.etag, f.ids, f.size, index, o.keep);
+    const get = (index: number, firstWanted: number) =>
+      this.#slice(f.publicId, f.etag, f.ids, f.size, index, o.keep, firstWanted);
     return new ReadableStream<Uint8Array>(
       {
         pull: async (ctrl) => {
@@ -193,40 +247,37 @@ export class SliceCache {
               return;
             }
             const index = Math.floor(pos / S);
+            const base = index * S;
             if (!cur || curIndex !== index) {
-              cur = next && curIndex + 1 === index ? next : get(index);
+              cur = next && curIndex + 1 === index ? next : get(index, pos - base);
               next = null;
               curIndex = index;
-              ci = 0;
-              ciStart = index * S;
-              // read the next slice ahead while this one is sent
-              if ((index + 1) * S < end) next = get(index + 1);
+              run = null;
             }
             const slice = cur;
-            const base = index * S;
             for (;;) {
               const w = slice.wait(pos - base);
               if (!w) break;
               await w;
             }
-            if (slice.received <= pos - base) {
-              throw slice.error ?? new DsmError(ErrorCode.PROTOCOL, 'slice ended early');
+            const r = slice.runAt(pos - base);
+            if (r.received <= pos - base - r.off) {
+              throw r.error ?? new DsmError(ErrorCode.PROTOCOL, 'slice ended early');
             }
             // the chunk holding pos
-            if (ciStart > pos) {
+            if (run !== r || ciStart > pos) {
+              run = r;
               ci = 0;
-              ciStart = base;
+              ciStart = base + r.off;
             }
             for (;;) {
-              const c = slice.chunks[ci] as Uint8Array;
+              const c = r.chunks[ci] as Uint8Array;
               if (pos < ciStart + c.length) break;
               ciStart += c.length;
               ci++;
             }
-            const c = slice.chunks[ci] as Uint8Array;
-            const from = pos - ciStart;
-            const to = Math.min(c.length, end - ciStart);
-            const out = c.subarray(from, to);
+            const c = r.chunks[ci] as Uint8Array;
+            const out = c.subarray(pos - ciStart, Math.min(c.length, end - ciStart));
             pos += out.length;
             o.onChunk?.(out.length);
             ctrl.enqueue(out);
@@ -235,10 +286,14 @@ export class SliceCache {
               ctrl.close();
               return;
             }
+            // the next slice is read ahead once this one flows (not before: the first byte
+            // does not share the storage with it)
+            if (!next && (index + 1) * S < end) next = get(index + 1, 0);
             // a client that stops reading pins no slice: they are looked up again on its next pull
             timer = setTimeout(() => {
               cur = null;
               next = null;
+              run = null;
               curIndex = -1;
             }, o.stallMs);
             (timer as { unref?: () => void }).unref?.();
