@@ -1,4 +1,3 @@
-import type { Worker } from 'node:cluster';
 import { DsmError, type DsmErrorCode, ErrorCode, isDsmError } from '@dsm/common';
 import type { KvStore } from '@dsm/kv';
 
@@ -142,12 +141,19 @@ export class IpcKvStore implements KvStore {
   }
 }
 
+/** The primary's end of one worker's channel (a cluster Worker; a forked ChildProcess in tests). */
+export interface IpcPeer {
+  on(event: 'message', fn: (m: unknown) => void): unknown;
+  send(message: unknown): unknown;
+  isConnected(): boolean;
+}
+
 /**
  * The primary's side: answers one worker's cache calls from `store`. Returns the listener to
  * remove when the worker is gone. A malformed message is dropped (the workers run our code, but
  * a bug there must not take the primary down).
  */
-export function serveKvOverIpc(worker: Worker, store: KvStore): (m: unknown) => void {
+export function serveKvOverIpc(worker: IpcPeer, store: KvStore): (m: unknown) => void {
   const onMessage = (m: unknown) => {
     if (!isObject(m) || m.type !== REQ || typeof m.id !== 'number') return;
     const id = m.id;
