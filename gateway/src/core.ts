@@ -7,6 +7,7 @@ import { ByteLru } from './byte-lru.ts';
 import type { DownloadPolicy, GatewayConfig } from './config.ts';
 import { EdgeLimits } from './edge-limits.ts';
 import { DeleteJournal } from './invalidation.ts';
+import { IsolateKvStore } from './isolate-kv.ts';
 import { badRequest } from './problem.ts';
 import { SliceCache } from './slices.ts';
 import { Uploader } from './uploads.ts';
@@ -85,6 +86,8 @@ export class GatewayCore {
   /** Range coalescing (config `rangeCache`); null when off. */
   readonly slices: SliceCache | null;
   readonly journal: DeleteJournal;
+  /** How long a cached stat is trusted (see the constructor). */
+  readonly statMaxAgeMs: number;
   readonly #stats: StatCache;
   readonly #inflight = new Map<string, Promise<FileEntry>>();
   readonly #files: ByteLru<Uint8Array<ArrayBuffer>> | null;
@@ -117,6 +120,12 @@ export class GatewayCore {
             },
           )
         : null;
+    // A Worker isolate's store is its own: the journal there never hears of deletes through the
+    // other isolates, so a stat is trusted no longer than the former default (2 s).
+    this.statMaxAgeMs =
+      d.kv instanceof IsolateKvStore
+        ? Math.min(d.config.statCacheMs, UNSHARED_STAT_MS)
+        : d.config.statCacheMs;
     this.journal = new DeleteJournal(
       d.kv,
       d.config.invalidationPollMs,
@@ -142,7 +151,7 @@ export class GatewayCore {
    * (`statCacheMs` > 0) and the delete journal was read recently (invalidation.ts).
    */
   cachesUsable(): boolean | Promise<boolean> {
-    return this.cfg.statCacheMs > 0 ? this.journal.usable() : false;
+    return this.statMaxAgeMs > 0 ? this.journal.usable() : false;
   }
 
   /**
@@ -153,7 +162,7 @@ export class GatewayCore {
   async file(publicId: string, ids: FileIds, usable: boolean): Promise<FileEntry> {
     if (usable) {
       const hit = this.#stats.get(publicId);
-      if (hit && Date.now() - hit.at < this.cfg.statCacheMs) {
+      if (hit && Date.now() - hit.at < this.statMaxAgeMs) {
         this.metrics?.cacheLookup?.('stat', true);
         return hit;
       }
@@ -271,6 +280,9 @@ export class GatewayCore {
     return (this.cfg.publicUrl ?? new URL(requestUrl).origin).replace(/\/+$/, '');
   }
 }
+
+/** Longest a stat is trusted where deletes are not shared (IsolateKvStore: the Worker). */
+const UNSHARED_STAT_MS = 2000;
 
 function entryOf(publicId: string, ids: FileIds, stat: FileStat): FileEntry {
   const mtimeSec = Math.floor(stat.mtimeMs / 1000);
