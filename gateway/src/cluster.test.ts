@@ -225,4 +225,35 @@ describe.each(BACKEND_NAMES)('multi-process gateway (2 workers) on %s', (backend
     expect(pids.size).toBe(2);
     expect((await count()) - start).toBe(6);
   });
+
+  it('SIGTERM to the primary drains: a download in flight completes, then the primary and its workers exit 0', async () => {
+    const node = t.cluster.nodes.get('gateway1') as NodeHandle & { exited: Promise<number | null> };
+    const workers = await waitWorkers(2);
+    // bigger than the socket buffers of both ends: the reply cannot be all sent when SIGTERM comes
+    const big = patternBytes(32 * MiB, 13);
+    const posted = await send(`${base}/files`, 'POST', { 'Content-Type': 'application/octet-stream' }, big);
+    expect(posted.status).toBe(201);
+    const bigId = (JSON.parse(posted.body.toString()) as { id: string }).id;
+    const body = await new Promise<Buffer>((resolve, reject) => {
+      const req = request(`${base}/files/${bigId}`, { agent: false }, (res) => {
+        expect(res.statusCode).toBe(200);
+        res.pause();
+        // the reply has started; the primary is told to stop while it is still being read
+        process.kill(node.pid as number, 'SIGTERM');
+        setTimeout(() => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve(Buffer.concat(chunks)));
+          res.on('error', reject);
+          res.resume();
+        }, 300);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(body.equals(big)).toBe(true);
+    expect(await node.exited).toBe(0);
+    for (const pid of workers) expect(alive(pid)).toBe(false);
+    await expect(send(`${base}/healthz`, 'GET')).rejects.toThrow(/ECONNREFUSED/);
+  }, 30_000);
 });
