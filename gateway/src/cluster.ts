@@ -198,6 +198,8 @@ export class GatewayPrimary {
     slot.startedAt = Date.now();
     if (this.#kv) serveKvOverIpc(worker, this.#kv);
     const pid = worker.process.pid ?? 0;
+    // a send on the channel of a worker that just died emits 'error': not a reason to stop
+    worker.on('error', (e) => this.#log.debug({ worker: pid, err: e }, 'gateway worker channel error'));
     return new Promise<number>((resolve, reject) => {
       let listening = false;
       let failure = '';
