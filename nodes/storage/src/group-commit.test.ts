@@ -198,7 +198,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('group commit on %s',
 
   it('rejects uploads past the queue bound with BUSY', async () => {
     const rows = new GatedRows(meta);
-    const gc = new GroupCommitter(rows, log, { maxQueue: 2 });
+    const gc = new GroupCommitter(rows, log, { maxQueue: 2, maxInFlight: 1 });
     rows.close();
     const pause = () => new Promise((r) => setTimeout(r, 30));
     const a = gc.commit(finished()); // the batch being committed (held at its INSERT)

@@ -37,6 +37,8 @@ export interface GroupCommitOptions {
   maxBatch?: number;
   /** Most uploads waiting; more get errno BUSY (every byte from the network is hostile). */
   maxQueue?: number;
+  /** Batches committed at once (default 2). */
+  maxInFlight?: number;
 }
 
 const busyClaim = (fileId: string) =>
@@ -71,8 +73,11 @@ export class GroupCommitter {
   readonly #log: Logger;
   readonly #maxBatch: number;
   readonly #maxQueue: number;
+  readonly #maxInFlight: number;
   #queue: Waiter[] = [];
-  #running: Promise<void> | null = null;
+  /** Batches being committed. */
+  readonly #inFlight = new Set<Promise<void>>();
+  #scheduled = false;
   #batches = 0;
   #committed = 0;
   readonly #cleanups = new Set<Promise<void>>();
@@ -82,6 +87,7 @@ export class GroupCommitter {
     this.#log = log;
     this.#maxBatch = opts.maxBatch ?? 128;
     this.#maxQueue = opts.maxQueue ?? 4096;
+    this.#maxInFlight = opts.maxInFlight ?? 2;
   }
 
   /** Batches committed so far and uploads in them (for tests and metrics). */
@@ -109,28 +115,39 @@ export class GroupCommitter {
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ p, resolve, reject });
       // setImmediate: uploads finishing in the same turn of the event loop join this batch
-      this.#running ??= new Promise<void>((r) => setImmediate(r)).then(() => this.#drain());
+      if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(() => {
+          this.#scheduled = false;
+          this.#pump();
+        });
+      }
     });
   }
 
   /** Waits for the batches in progress and their journal removals (the node's close). */
   async close(): Promise<void> {
-    while (this.#running) await this.#running;
+    while (this.#inFlight.size > 0 || this.#scheduled) {
+      await Promise.all([...this.#inFlight, new Promise((r) => setImmediate(r))]);
+    }
     await Promise.all([...this.#cleanups]);
   }
 
-  async #drain(): Promise<void> {
-    try {
-      while (this.#queue.length > 0) {
-        const batch = this.#queue.splice(0, this.#maxBatch);
-        await this.#commitBatch(batch).catch((e) => {
+  /** Starts batches while fewer than maxInFlight run (the folder fsyncs of one overlap the commit of another). */
+  #pump(): void {
+    while (this.#inFlight.size < this.#maxInFlight && this.#queue.length > 0) {
+      const batch = this.#queue.splice(0, this.#maxBatch);
+      const run: Promise<void> = this.#commitBatch(batch)
+        .catch((e) => {
           // not expected (every step handles its failures); never leave an upload unanswered
           this.#log.error({ err: e }, 'group commit failed');
           for (const w of batch) w.reject(e);
+        })
+        .finally(() => {
+          this.#inFlight.delete(run);
+          this.#pump();
         });
-      }
-    } finally {
-      this.#running = null;
+      this.#inFlight.add(run);
     }
   }
 
