@@ -4,7 +4,7 @@ import { routePath } from 'hono/route';
 import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
 import { GatewayCore, type GatewayDeps } from './core.ts';
 import { clientKey, releaseWhenSent } from './edge-limits.ts';
-import { deleteFile, fileMeta, type ReplyHeaders, serveFile, uploadFile } from './files.ts';
+import { cachedFileReply, deleteFile, fileMeta, type ReplyHeaders, serveFile, uploadFile } from './files.ts';
 import { FILE_CSP } from './mime.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { TusService } from './tus.ts';
@@ -88,13 +88,20 @@ const EXPOSE_HEADERS = [
  * `CF-Connecting-IP` on Workers (set by the platform).
  */
 function clientAddress(c: Context<GatewayEnv>): string {
+  return clientAddressOf(c.env, c.req.raw.headers);
+}
+
+function clientAddressOf(env: unknown, headers: Headers): string {
   const incoming = (
-    c.env as { incoming?: { dsmClientAddress?: string; socket?: { remoteAddress?: string } } } | undefined
+    env as { incoming?: { dsmClientAddress?: string; socket?: { remoteAddress?: string } } } | undefined
   )?.incoming;
   // dsmClientAddress: set by the Node entry (the peer, or the client a trusted proxy forwarded)
   if (incoming) return clientKey(incoming.dsmClientAddress ?? incoming.socket?.remoteAddress ?? 'unknown');
-  return clientKey(c.req.header('cf-connecting-ip') ?? 'unknown');
+  return clientKey(headers.get('cf-connecting-ip') ?? 'unknown');
 }
+
+/** A public id as a URL path segment can hold it (base64url; anything else goes to the router). */
+const ID_SEGMENT = /^[A-Za-z0-9_-]{1,400}$/;
 
 export function createApp(deps: GatewayDeps): GatewayApp {
   const core = new GatewayCore(deps);
@@ -106,33 +113,67 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   // `replyHeaders` by this and the next middlewares and put on the reply by the handler (file
   // downloads, the hot path: see files.ts) or here after it.
   const debug = core.debugEnabled;
+  const anyOrigin = cfg.corsOrigins.includes('*');
+  const exposed = EXPOSE_HEADERS.join(',');
+  /**
+   * The headers every reply of a request gets: its id; on all but OPTIONS what Hono's cors sets
+   * on a simple request; under /files and /tus the sandbox (every reply there, bytes, 304s and
+   * problems, is sandboxed and never sniffed: whatever an upload contains, a browser may not run
+   * it as a page of our origin); under /tus the Tus-Resumable tus asks for.
+   */
+  const replyHeadersFor = (method: string, path: string, headers: Headers): ReplyHeaders => {
+    const incoming = headers.get('x-request-id');
+    const extra: ReplyHeaders = {
+      'X-Request-Id': incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID(),
+    };
+    if (method !== 'OPTIONS') {
+      if (anyOrigin) extra['Access-Control-Allow-Origin'] = '*';
+      else {
+        const origin = headers.get('origin');
+        if (origin && cfg.corsOrigins.includes(origin)) extra['Access-Control-Allow-Origin'] = origin;
+        extra.Vary = 'Origin';
+      }
+      extra['Access-Control-Expose-Headers'] = exposed;
+    } else if (headers.get('access-control-request-method')) return extra; // a preflight
+    const tus = path === '/tus' || path.startsWith('/tus/');
+    if (tus || path === '/files' || path.startsWith('/files/')) {
+      if (tus) extra['Tus-Resumable'] = '1.0.0';
+      extra['Content-Security-Policy'] = FILE_CSP;
+      extra['X-Content-Type-Options'] = 'nosniff';
+    }
+    return extra;
+  };
+  const done = (
+    method: string,
+    route: string,
+    path: string,
+    requestId: string,
+    status: number,
+    t0: number,
+  ) => {
+    const seconds = (performance.now() - t0) / 1000;
+    core.metrics?.request(method, route, status, seconds);
+    if (status < 500 && !debug) return;
+    const line = { requestId, method, path, status, ms: Math.round(seconds * 1000) };
+    if (status >= 500) core.log.warn(line, 'request');
+    else core.log.debug(line, 'request');
+  };
+  // The request id, the metrics and the log line. The reply headers are put on the reply by
+  // the handler (file downloads, the hot path: see files.ts) or here after it.
   app.use('*', async (c, next) => {
     const t0 = performance.now();
-    const incoming = c.req.raw.headers.get('x-request-id');
-    const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
+    const method = c.req.raw.method;
+    const extra = replyHeadersFor(method, c.req.path, c.req.raw.headers);
+    const requestId = extra['X-Request-Id'] as string;
     c.set('requestId', requestId);
-    const extra: ReplyHeaders = { 'X-Request-Id': requestId };
     c.set('replyHeaders', extra);
     await next();
     if (!c.get('headersSealed')) applyReplyHeaders(c.res.headers, extra);
-    const status = c.res.status;
     const matched = routePath(c, c.req.routeIndex);
     const route = matched && matched !== '*' && matched !== '/*' ? matched : 'unmatched';
-    const seconds = (performance.now() - t0) / 1000;
-    core.metrics?.request(c.req.raw.method, route, status, seconds);
-    if (status < 500 && !debug) return;
-    const line = {
-      requestId,
-      method: c.req.raw.method,
-      path: c.req.path,
-      status,
-      ms: Math.round(seconds * 1000),
-    };
-    if (status >= 500) core.log.warn(line, 'request');
-    else core.log.debug(line, 'request');
+    done(method, route, c.req.path, requestId, c.res.status, t0);
   });
 
-  const anyOrigin = cfg.corsOrigins.includes('*');
   const corsMiddleware = cors({
     origin: anyOrigin ? '*' : [...cfg.corsOrigins],
     allowMethods: ['GET', 'HEAD', 'POST', 'PATCH', 'DELETE', 'OPTIONS'],
@@ -140,20 +181,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     exposeHeaders: EXPOSE_HEADERS,
     maxAge: 86400,
   });
-  const exposed = EXPOSE_HEADERS.join(',');
   app.use('*', async (c, next) => {
-    if (c.req.raw.method !== 'OPTIONS') {
-      // what Hono's cors sets on a simple request, as reply headers (no Headers object built)
-      const extra = c.get('replyHeaders');
-      if (anyOrigin) extra['Access-Control-Allow-Origin'] = '*';
-      else {
-        const origin = c.req.raw.headers.get('origin');
-        if (origin && cfg.corsOrigins.includes(origin)) extra['Access-Control-Allow-Origin'] = origin;
-        extra.Vary = 'Origin';
-      }
-      extra['Access-Control-Expose-Headers'] = exposed;
-      return next();
-    }
+    // simple requests: replyHeadersFor has their CORS headers
+    if (c.req.raw.method !== 'OPTIONS') return next();
     // Hono's cors answers every OPTIONS as a preflight; a plain OPTIONS (tus discovery) must
     // reach its route.
     if (!c.req.header('access-control-request-method')) {
@@ -165,21 +195,6 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       return;
     }
     return corsMiddleware(c, next);
-  });
-
-  // tus asks for this header on every reply but OPTIONS' preflight; every reply under /files
-  // and /tus (bytes, 304s, problems) is sandboxed and never sniffed: whatever an upload
-  // contains, a browser may not run it as a page of our origin.
-  app.use('*', async (c, next) => {
-    const path = c.req.path;
-    const tus = path === '/tus' || path.startsWith('/tus/');
-    if (tus || path === '/files' || path.startsWith('/files/')) {
-      const extra = c.get('replyHeaders');
-      if (tus) extra['Tus-Resumable'] = '1.0.0';
-      extra['Content-Security-Policy'] = FILE_CSP;
-      extra['X-Content-Type-Options'] = 'nosniff';
-    }
-    return next();
   });
 
   // Concurrency caps (config `limits`): uploads gateway-wide, streaming downloads per address.
@@ -285,6 +300,43 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   );
   app.patch('/tus/:id', (c) => tus.patch(c, c.req.param('id')));
   app.delete('/tus/:id', (c) => tus.terminate(c, c.req.param('id')));
+
+  // A plain GET of a small file this process holds in memory (no query, no Range, no
+  // validators, a public app, the client under its download cap) is answered before the router:
+  // the reply serveFile would give (files.ts cachedFileReply), the same metrics and log line,
+  // without the router, the middleware chain and a context. Anything else goes to the app.
+  const routed = app.fetch;
+  const fast = (req: Request, env: unknown): Response | null => {
+    if (req.method !== 'GET') return null;
+    const url = req.url;
+    const at = url.indexOf('/', url.indexOf('//') + 2);
+    if (at < 0 || !url.startsWith('/files/', at)) return null;
+    const publicId = url.slice(at + 7);
+    if (!ID_SEGMENT.test(publicId)) return null;
+    const h = req.headers;
+    if (
+      h.get('range') !== null ||
+      h.get('if-none-match') !== null ||
+      h.get('if-modified-since') !== null ||
+      h.get('if-match') !== null ||
+      h.get('if-unmodified-since') !== null
+    )
+      return null;
+    const t0 = performance.now();
+    const cached = core.cachedSmallFile(publicId);
+    if (!cached) return null;
+    try {
+      limits.takeDownload(clientAddressOf(env, h))();
+    } catch {
+      return null; // the app answers the 429
+    }
+    const path = url.slice(at);
+    const extra = replyHeadersFor('GET', path, h);
+    const res = cachedFileReply(core, cached, extra, '/files/:id');
+    done('GET', '/files/:id', path, extra['X-Request-Id'] as string, 200, t0);
+    return res;
+  };
+  app.fetch = (req, env, ctx) => fast(req, env) ?? routed(req, env, ctx);
 
   return { app, core, tus };
 }

@@ -247,6 +247,23 @@ describe('the small-file cache', () => {
     expect(g.core.fileCached(big.id)).toBe(false);
     expect(g.core.fileCacheBytes).toBeLessThanOrEqual(200 * KiB);
 
+    // a plain GET of a held file is answered before the router: the same reply as the app's
+    const f0 = files[4] as (typeof files)[number];
+    const viaApp = await fetch(`${g.url}/files/${f0.id}`, { headers: { range: 'bytes=0-' } });
+    const viaFast = await fetch(`${g.url}/files/${f0.id}`, { headers: { 'x-request-id': 'fast-1' } });
+    expect(viaApp.status).toBe(206);
+    expect(viaFast.status).toBe(200);
+    expect(same(new Uint8Array(await viaFast.arrayBuffer()), f0.bytes)).toBe(true);
+    await viaApp.arrayBuffer();
+    const names = (r: Response) =>
+      [...r.headers.keys()]
+        .filter((k) => !['date', 'content-range', 'keep-alive', 'connection'].includes(k))
+        .sort();
+    expect(names(viaFast)).toEqual(names(viaApp));
+    for (const k of names(viaApp).filter((k) => k !== 'x-request-id'))
+      expect(viaFast.headers.get(k), k).toBe(viaApp.headers.get(k));
+    expect(viaFast.headers.get('x-request-id')).toBe('fast-1');
+
     // served from memory: a range, a 304, an If-Range that does not match (200)
     const f = files[5] as (typeof files)[number];
     const hits = await metric(g, 'dsm_gateway_cache_lookups_total\\{cache="file",result="hit"\\}');

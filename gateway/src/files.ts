@@ -2,7 +2,7 @@ import { ErrorCode } from '@dsm/common/errors';
 import { type FileIds, type FileStat, toHex } from '@dsm/packets';
 import type { Context } from 'hono';
 import { requireOwner, verifySignedUrl } from './auth.ts';
-import type { GatewayCore } from './core.ts';
+import type { FileEntry, GatewayCore } from './core.ts';
 import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
 import { dispositionFor, typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
@@ -214,6 +214,34 @@ export async function serveFile(
 }
 
 const NO_RANGE = { kind: 'none' as const };
+
+/**
+ * The 200 of serveFile for a small file held in memory, for a plain GET (no Range, no
+ * validators; app.ts's path before the router): the same headers, with `extra` (the request's
+ * reply headers) added.
+ */
+export function cachedFileReply(
+  core: GatewayCore,
+  cached: { f: FileEntry; bytes: Uint8Array<ArrayBuffer> },
+  extra: ReplyHeaders,
+  route: string,
+): Response {
+  const { f, bytes } = cached;
+  const type = contentTypeOf(f.stat);
+  const headers: Record<string, string> = {
+    ETag: f.etag,
+    'Last-Modified': f.lastModified,
+    'Cache-Control': IMMUTABLE,
+    'Accept-Ranges': 'bytes',
+    'Content-Type': type,
+  };
+  const disposition = dispositionFor(type, undefined);
+  if (disposition) headers['Content-Disposition'] = disposition;
+  headers['Content-Length'] = String(bytes.length);
+  for (const k in extra) headers[k] = extra[k] as string;
+  core.metrics?.bytesOut(route, bytes.length);
+  return new Response(bytes, { status: 200, headers });
+}
 
 /** The reply's body is in memory: the download slot (limits.downloadsPerClient) is not held. */
 function bufferedBody(c: Context): void {
