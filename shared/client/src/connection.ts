@@ -64,6 +64,8 @@ export class Connection {
   #events: FrameEvent[] = [];
   #usable = true;
   #busy = false;
+  /** When a byte last went out or came in: the reply timeout counts silence from here. */
+  #activityAt = 0;
   lastUsed = Date.now();
 
   constructor(sock: ByteSocket, address: string, opts: ConnectionOptions) {
@@ -168,6 +170,8 @@ export class Connection {
             );
           }
           await this.#sock.write(chunk);
+          // bytes flowing: the reply read below waits ioTimeoutMs of silence, not of upload
+          this.#activityAt = Date.now();
           sent += chunk.length;
           onProgress?.(sent);
         }
@@ -287,18 +291,26 @@ export class Connection {
     }
   }
 
+  /**
+   * The next bytes from the server, or a TIMEOUT after `ioTimeoutMs` with nothing sent or
+   * received: while a streamed upload's body still goes out (requestStreamed moves
+   * `#activityAt`), the wait for its reply goes on, however long the upload takes.
+   */
   async #readWithTimeout(): Promise<Uint8Array | null> {
+    const limit = this.#opts.ioTimeoutMs;
+    this.#activityAt = Date.now();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      const check = () => {
+        const quiet = Date.now() - this.#activityAt;
+        if (quiet < limit) {
+          timer = setTimeout(check, limit - quiet);
+          return;
+        }
         this.destroy();
-        reject(
-          new DsmError(
-            ErrorCode.TIMEOUT,
-            `no reply from ${this.address} within ${this.#opts.ioTimeoutMs} ms`,
-          ),
-        );
-      }, this.#opts.ioTimeoutMs);
+        reject(new DsmError(ErrorCode.TIMEOUT, `no reply from ${this.address} within ${limit} ms`));
+      };
+      timer = setTimeout(check, limit);
     });
     try {
       return await Promise.race([this.#sock.read(), timeout]);
