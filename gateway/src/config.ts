@@ -371,7 +371,7 @@ export const configSchema = z
           .int()
           .min(0)
           .max(64 * GiB)
-          .default(32 * MiB),
+          .default(16 * MiB),
         /** Longer replies (whole big files) stream straight from the storage. */
         maxReplyBytes: z
           .number()
