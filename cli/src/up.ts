@@ -44,7 +44,14 @@ export async function runUp(v: Record<string, string | boolean | undefined>): Pr
     databases: v.mysql ? mysqlDatabases(String(v.mysql)) : undefined,
     cache: v.redis ? String(v.redis) : undefined,
     entry: DSM_BIN,
-    onReady: (n) => process.stdout.write(`  ${n.role.padEnd(8)} ${n.name.padEnd(16)} ${n.host}:${n.port}\n`),
+    // every process serves /metrics, /healthz, /readyz on its port + 10000 (loopback)
+    adminPortOffset: 10_000,
+    onReady: (n) => {
+      const admin = n.ready.admin ?? n.ready.adminUrl;
+      process.stdout.write(
+        `  ${n.role.padEnd(8)} ${n.name.padEnd(16)} ${`${n.host}:${n.port}`.padEnd(22)}${admin ? `admin ${admin}` : ''}\n`,
+      );
+    },
   };
   process.stdout.write(`starting dsm cluster in ${dir}\n`);
   const cluster = await Cluster.start(opts);

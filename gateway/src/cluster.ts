@@ -173,7 +173,7 @@ export class GatewayPrimary {
         role: 'gateway',
         listen: `${host}:${ports[0]}`,
         url,
-        ...(adminUrl ? { adminUrl } : {}),
+        ...(adminUrl ? { admin: adminUrl, adminUrl } : {}),
         workers: p.pids(),
       };
       log.info({ url, workers: n, cache: p.#kv ? 'in the primary (IPC)' : 'shared' }, 'gateway listening');

@@ -134,7 +134,7 @@ export async function startGateway(
   return {
     ...built,
     registry: metrics.registry,
-    ready: { role: 'gateway', listen: `${host}:${bound}`, url },
+    ready: { role: 'gateway', listen: `${host}:${bound}`, url, ...(admin ? { admin: admin.url } : {}) },
     port: bound,
     url,
     ...(admin ? { adminUrl: admin.url } : {}),

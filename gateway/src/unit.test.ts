@@ -288,18 +288,25 @@ describe('config', () => {
 });
 
 describe('runtime neutrality', () => {
-  it('keeps node: modules and Node-only packages out of the core (only node.ts and metrics.ts)', async () => {
+  it('keeps node: modules and Node-only packages out of the core (only the Node entry files)', async () => {
     const { readdirSync, readFileSync } = await import('node:fs');
     const dir = new URL('.', import.meta.url);
     const nodeOnly =
       /from '(node:[^']+|@dsm\/common|@dsm\/client\/node|prom-client|@hono\/node-server|ioredis)'/;
     const valueImportOfKv = /^import (?!type )[^;]*from '@dsm\/kv'/m;
+    // the Node entry: the single-process server, the node:cluster primary/workers and their IPC
+    // cache, prom-client metrics; the core (and the Worker entry) never imports them
+    const nodeEntry = ['node.ts', 'cluster.ts', 'ipc-kv.ts', 'metrics.ts'];
+    const importsNodeEntry = new RegExp(
+      `from '\\./(${nodeEntry.map((f) => f.replace('.', '\\.')).join('|')})'`,
+    );
     for (const name of readdirSync(dir)) {
-      if (!name.endsWith('.ts') || name.endsWith('.test.ts')) continue;
-      if (['node.ts', 'metrics.ts', 'test-support.ts'].includes(name)) continue;
+      if (!name.endsWith('.ts') || /\.(test|fixture)\.ts$/.test(name) || name === 'test-support.ts') continue;
+      if (nodeEntry.includes(name)) continue;
       const text = readFileSync(new URL(name, dir), 'utf8');
       expect(text, name).not.toMatch(nodeOnly);
       expect(text, name).not.toMatch(valueImportOfKv);
+      expect(text, name).not.toMatch(importsNodeEntry);
     }
   });
 });

@@ -108,7 +108,11 @@ describe('infra/observability', () => {
         trackers: 1,
         groups: ['group001'],
         storagesPerGroup: 1,
-        extra: { tracker: { admin: { listen: '127.0.0.1:0', vips: ['127.0.0.1'] } } },
+        extra: {
+          tracker: { admin: { listen: '127.0.0.1:0', vips: ['127.0.0.1'] } },
+          storage: { admin: { listen: '127.0.0.1:0' } },
+          id: { admin: { listen: '127.0.0.1:0' } },
+        },
       });
       await t.waitActive();
       gw = await startUncachedGateway(t, { admin: { listen: '127.0.0.1:0' } });
@@ -116,6 +120,49 @@ describe('infra/observability', () => {
     afterAll(async () => {
       await gw?.close();
       await t?.stop();
+    });
+
+    it('storage and id server metrics move with an upload; their /readyz checks store and trackers', async () => {
+      const node = (role: string) => {
+        const n = [...t.cluster.nodes.values()].find((x) => x.role === role);
+        return n?.ready.admin as string;
+      };
+      const scrape = async (role: string) => (await fetch(`${node(role)}/metrics`)).text();
+      const value = (text: string, name: string) => {
+        const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text);
+        return m ? Number(m[1]) : Number.NaN;
+      };
+      const before = await scrape('storage');
+      const up = await fetch(`${gw.url}/files`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: patternBytes(4096, 2),
+      });
+      expect(up.status).toBe(201);
+      const after = await scrape('storage');
+      expect(value(after, 'dsm_storage_commits_total')).toBe(value(before, 'dsm_storage_commits_total') + 1);
+      expect(value(after, 'dsm_storage_free_bytes')).toBeGreaterThan(0);
+      expect(value(after, 'dsm_storage_total_bytes')).toBeGreaterThanOrEqual(
+        value(after, 'dsm_storage_free_bytes'),
+      );
+      expect(value(after, 'dsm_storage_writable')).toBe(1);
+      expect(value(after, 'dsm_storage_tracker_links_joined')).toBe(1);
+      expect(after).toMatch(
+        /^dsm_node_requests_total\{command="STORAGE_UPLOAD_EXT",status="ok",role="storage"\} \d+$/m,
+      );
+      const id = await scrape('id');
+      expect(value(id, 'dsm_id_reservations_total')).toBeGreaterThanOrEqual(1);
+      expect(value(id, 'dsm_id_reservation_failures_total')).toBe(0);
+      const ready = await (await fetch(`${node('storage')}/readyz`)).json();
+      expect(ready).toEqual({
+        status: 'ready',
+        checks: [
+          { name: 'database', ok: true },
+          { name: 'cache', ok: true },
+          { name: 'store', ok: true },
+          { name: 'trackers', ok: true },
+        ],
+      });
     });
 
     it('exports every metric the rules and the dashboard name', async () => {
@@ -133,7 +180,7 @@ describe('infra/observability', () => {
         .map((n) => n.ready.admin)
         .filter((u): u is string => typeof u === 'string');
       admins.push(gw.adminUrl as string);
-      expect(admins.length).toBe(2);
+      expect(admins.length).toBe(4);
       const exported = new Set<string>();
       for (const url of admins) {
         const text = await (await fetch(`${url}/metrics`)).text();

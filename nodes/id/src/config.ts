@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { listenAddress, resolveSqliteUrl } from '@dsm/common';
 import { ID_KEY_MAX } from '@dsm/packets';
-import { nodeSecurityShape } from '@dsm/server';
+import { nodeAdminShape, nodeSecurityShape } from '@dsm/server';
 import { z } from 'zod';
 
 export { parseListen } from '@dsm/common';
@@ -52,6 +52,8 @@ export const configSchema = z.object({
     .default([...DEFAULT_KEY_PATTERNS]),
   /** auth, allowFrom, tls: the same on every node (@dsm/server). */
   ...nodeSecurityShape,
+  /** admin.listen / admin.vips: `/metrics`, `/healthz`, `/readyz` over HTTP (@dsm/server). */
+  ...nodeAdminShape,
 });
 
 export type IdConfig = z.infer<typeof configSchema> & { configDir?: string };

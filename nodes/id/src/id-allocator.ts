@@ -160,6 +160,7 @@ export class IdAllocator {
   readonly #pending = new Map<string, Promise<void>>();
   #prepared: Promise<void> | null = null;
   #reservations = 0;
+  #failures = 0;
 
   constructor(store: SegmentStore, opts: IdAllocatorOptions) {
     if (!Number.isSafeInteger(opts.step) || opts.step < 1) throw new RangeError(`bad step: ${opts.step}`);
@@ -173,9 +174,19 @@ export class IdAllocator {
     return this.#reservations;
   }
 
+  /** Reservations that failed (the database was down or refused). */
+  get failures(): number {
+    return this.#failures;
+  }
+
   /** Keys with a segment in memory. */
   get keys(): number {
     return this.#segments.size;
+  }
+
+  /** Ids left in each key's in-memory segment (0 = the next request reserves a new one). */
+  *remaining(): IterableIterator<[key: string, left: number]> {
+    for (const [key, seg] of this.#segments) yield [key, seg.end - seg.next];
   }
 
   /** Prepares the store once; after a failure the next call tries again. */
@@ -227,6 +238,7 @@ export class IdAllocator {
       base = await this.#store.reserve(key, step);
       this.#reservations++;
     } catch (e) {
+      this.#failures++;
       const unavailable = isDbUnavailable(e);
       const entry = { err: e, key };
       if (unavailable) this.#log?.warn(entry, 'id segment reservation failed: database unavailable');

@@ -22,7 +22,7 @@ export interface StartIdServerOptions {
 }
 
 export interface IdServer extends RunningNode {
-  ready: { role: 'id'; listen: string };
+  ready: { role: 'id'; listen: string; admin?: string };
   host: string;
   port: number;
   allocator: IdAllocator;
@@ -83,7 +83,32 @@ export async function startIdServer(
         },
       },
     });
-    log.info({ listen, step: config.step }, 'id server ready');
-    return { ready: { role: 'id' as const, listen }, host, port, allocator, server };
+    const m = kit.metrics;
+    m.counter(
+      'dsm_id_reservations_total',
+      'Id segments and ranges reserved in the database',
+      [],
+      () => allocator.reservations,
+    );
+    m.counter(
+      'dsm_id_reservation_failures_total',
+      'Reservations that failed (database down or refusing)',
+      [],
+      () => allocator.failures,
+    );
+    m.gauge('dsm_id_segment_remaining', 'Ids left in the in-memory segment of each key', ['key'], (g) => {
+      g.reset();
+      for (const [key, left] of allocator.remaining()) g.set({ key }, left);
+    });
+    m.gauge('dsm_id_segment_size', 'Ids reserved per segment (step)', [], (g) => g.set(config.step));
+    const admin = await kit.serveAdmin(config.admin, { allow: security.allow });
+    log.info({ listen, step: config.step, admin: admin?.url }, 'id server ready');
+    return {
+      ready: { role: 'id' as const, listen, ...(admin ? { admin: admin.url } : {}) },
+      host,
+      port,
+      allocator,
+      server,
+    };
   });
 }

@@ -2,7 +2,7 @@ import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import { listenAddress, peerAddress, resolveSqliteUrl } from '@dsm/common';
 import { HOSTNAME_WIDTH, TOKEN_WIDTH } from '@dsm/packets';
-import { nodeSecurityShape } from '@dsm/server';
+import { nodeAdminShape, nodeSecurityShape } from '@dsm/server';
 import { z } from 'zod';
 
 const GiB = 1024 ** 3;
@@ -102,6 +102,8 @@ export const configSchema = z.object({
    * `tls.caFile` are also used on this storage's connections to trackers and id servers.
    */
   ...nodeSecurityShape,
+  /** admin.listen / admin.vips: `/metrics`, `/healthz`, `/readyz` over HTTP (@dsm/server). */
+  ...nodeAdminShape,
 });
 
 export type StorageConfigInput = z.input<typeof configSchema>;

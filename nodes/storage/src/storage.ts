@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { createLogger, type Logger, messageOf, parseConfig, parseListen } from '@dsm/common';
 import { Command } from '@dsm/packets';
 import {
@@ -6,6 +6,7 @@ import {
   type NodeDatabase,
   type NodeKit,
   type ProtocolServer,
+  type ReadyCheck,
   type RunningNode,
   startNode,
 } from '@dsm/server';
@@ -18,12 +19,14 @@ import {
   type StorageConfigInput,
 } from './config.ts';
 import type { StorageEnv } from './env.ts';
-import { KnownDirs } from './fs-util.ts';
+import { KnownDirs, SpaceReader } from './fs-util.ts';
 import { GroupCommitter } from './group-commit.ts';
+import type { HealMonitor } from './heal-info.ts';
 import { LocalClaims } from './lock.ts';
 import { MetaStore } from './meta.ts';
 import { backgroundTasks, idAllocator, outgoingTransport, storageHandlers } from './parts.ts';
 import { Stores } from './store.ts';
+import type { StoreProbe } from './store-probe.ts';
 import { type TrackerLinkState, TrackerLinks } from './tracker-link.ts';
 
 export interface StartStorageOptions {
@@ -35,7 +38,7 @@ export interface StartStorageOptions {
 }
 
 export interface StorageNode extends RunningNode {
-  ready: { role: 'storage'; listen: string; group: string };
+  ready: { role: 'storage'; listen: string; group: string; admin?: string };
   /** The port bound by `listen`. */
   port: number;
   /** The port announced to trackers. */
@@ -140,10 +143,23 @@ export async function startStorage(
     });
     links.start();
     kit.defer('tracker links', () => links?.close());
+    storageGauges(kit, { stores, storePaths, commits, heals: tasks.heals, probe: tasks.probe, links });
+    const admin = await kit.serveAdmin(config.admin, {
+      allow: security.allow,
+      checks: async () => storageChecks(tasks.probe, links),
+    });
     const listen = `${host.includes(':') ? `[${host}]` : host}:${port}`;
-    log.info({ listen, advertisePort, group: config.group, stores: storePaths }, 'storage ready');
+    log.info(
+      { listen, advertisePort, group: config.group, stores: storePaths, admin: admin?.url },
+      'storage ready',
+    );
     return {
-      ready: { role: 'storage' as const, listen, group: config.group },
+      ready: {
+        role: 'storage' as const,
+        listen,
+        group: config.group,
+        ...(admin ? { admin: admin.url } : {}),
+      },
       port,
       advertisePort,
       storePaths,
@@ -189,4 +205,85 @@ function recoverUntilDone(
   const p = attempt();
   p.catch(() => {});
   return p;
+}
+
+/** `/readyz` beyond the database and cache: the store takes writes, a tracker has the storage. */
+function storageChecks(probe: StoreProbe | undefined, links: TrackerLinks | undefined): ReadyCheck[] {
+  const joined = links?.states.some((l) => l.status === 'joined') ?? false;
+  return [
+    probe && !probe.writable
+      ? { name: 'store', ok: false, error: probe.reason ?? 'the store refuses writes' }
+      : { name: 'store', ok: true },
+    joined
+      ? { name: 'trackers', ok: true }
+      : {
+          name: 'trackers',
+          ok: false,
+          error: links?.states.map((l) => `${l.tracker}: ${l.lastError ?? l.status}`).join('; ') ?? 'none',
+        },
+  ];
+}
+
+/** The storage's own metrics, read when scraped. */
+function storageGauges(
+  kit: NodeKit,
+  o: {
+    stores: Stores;
+    storePaths: readonly string[];
+    commits: GroupCommitter;
+    heals: HealMonitor | undefined;
+    probe: StoreProbe | undefined;
+    links: TrackerLinks;
+  },
+): void {
+  const m = kit.metrics;
+  // a statfs of a GlusterFS mount may block while a replica is away: the last figures then
+  const space = new SpaceReader(o.storePaths[0] as string);
+  const readSpace = async () => {
+    await Promise.race([space.read().catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
+    return space.last?.space;
+  };
+  m.gauge('dsm_storage_free_bytes', 'Free bytes of the store (its first folder)', [], async (g) => {
+    const s = await readSpace();
+    if (s) g.set(s.freeBytes);
+  });
+  m.gauge('dsm_storage_total_bytes', 'Size of the store (its first folder)', [], async (g) => {
+    const s = await readSpace();
+    if (s) g.set(s.totalBytes);
+  });
+  m.gauge('dsm_storage_writable', '1 while the store takes writes (the write probe passes)', [], (g) =>
+    g.set(o.probe?.writable === false ? 0 : 1),
+  );
+  m.gauge(
+    'dsm_storage_pending_heals',
+    'GlusterFS heal entries pending on this brick (-1 = unknown)',
+    [],
+    (g) => g.set(o.heals?.value ?? -1),
+  );
+  m.gauge(
+    'dsm_storage_temp_files',
+    'Files in the temp folders: uploads being received, resumable parts',
+    [],
+    async (g) => {
+      let n = 0;
+      for (let i = 0; i < o.storePaths.length; i++)
+        n += (await readdir(o.stores.tmpDir(i)).catch(() => [] as string[])).length;
+      g.set(n);
+    },
+  );
+  m.gauge('dsm_storage_tracker_links_joined', 'Trackers this storage is joined to', [], (g) =>
+    g.set(o.links.states.filter((l) => l.status === 'joined').length),
+  );
+  m.counter(
+    'dsm_storage_commit_batches_total',
+    'Group commit batches (one transaction each)',
+    [],
+    () => o.commits.stats.batches,
+  );
+  m.counter(
+    'dsm_storage_commits_total',
+    'Uploads committed by group commit',
+    [],
+    () => o.commits.stats.committed,
+  );
 }

@@ -71,6 +71,12 @@ export interface ClusterOptions {
   beatTimeoutMs?: number;
   idStep?: number;
   joinSecret?: string;
+  /**
+   * Every node and gateway gets an admin listener (`/metrics`, `/healthz`, `/readyz`) on its
+   * port + this (`dsm up`: 10000, so trackers 31000…, id servers 32000…, storages 33000…,
+   * gateways 18080…). Unset: none (tests ask for one through `extra`).
+   */
+  adminPortOffset?: number;
   /** Extra config keys per role, merged last. */
   extra?: Partial<Record<Role, Record<string, unknown>>>;
   /** The program each node runs (see `dsmEntry`); `DSM_ENTRY` wins over it. */
@@ -151,6 +157,8 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
   const db = (role: Role, file: string) => o.databases?.[role] ?? `sqlite:${join(dir, file)}`;
   const cache = o.cache ?? 'memory:';
   const trackers = Array.from({ length: nTrackers }, (_, i) => `${host}:${tBase + i}`);
+  const admin = (port: number) =>
+    o.adminPortOffset === undefined ? {} : { admin: { listen: `${host}:${port + o.adminPortOffset}` } };
   const ids = Array.from({ length: nIds }, (_, i) => `${host}:${iBase + i}`);
   const specs: NodeSpec[] = [];
   for (let i = 0; i < nIds; i++) {
@@ -160,6 +168,7 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       port: iBase + i,
       config: {
         listen: ids[i],
+        ...admin(iBase + i),
         database: db('id', 'id.db'),
         // our storages' `<group>:<index>` keys, and the seed storage's default store path, so
         // that seed storages (and the seed vectors) work against a local cluster
@@ -176,6 +185,7 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       port: tBase + i,
       config: {
         listen: trackers[i],
+        ...admin(tBase + i),
         database: db('tracker', 'tracker.db'),
         cache,
         ...(o.appIds ? { appIds: o.appIds } : {}),
@@ -195,6 +205,7 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
         group: g,
         config: {
           listen: `${host}:${port}`,
+          ...admin(port),
           group: g,
           // members of a group share one folder: the GlusterFS volume in production
           storePaths: [join(dir, 'data', g)],
@@ -218,6 +229,7 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       port: gBase + i,
       config: {
         listen: `${host}:${gBase + i}`,
+        ...admin(gBase + i),
         trackers,
         cache,
         ...(o.gatewayWorkers === 'auto' ? {} : { workers: o.gatewayWorkers ?? 1 }),

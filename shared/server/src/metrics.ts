@@ -121,9 +121,30 @@ export class NodeMetrics implements ServerMetrics {
     this.#bytesOut.inc(n);
   }
 
-  /** A counter of the node's own (`dsm_<role>_…`). */
-  counter<L extends string = never>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
-    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  /**
+   * A counter of the node's own (`dsm_<role>_…`); with `read`, its value is what `read` says
+   * when scraped (a count the node keeps anyway).
+   */
+  counter<L extends string = never>(
+    name: string,
+    help: string,
+    labelNames: readonly L[] = [],
+    read?: () => number,
+  ): Counter<L> {
+    return new Counter({
+      name,
+      help,
+      labelNames,
+      registers: [this.registry],
+      ...(read
+        ? {
+            collect(this: Counter<L>) {
+              this.reset();
+              this.inc(read());
+            },
+          }
+        : {}),
+    });
   }
 
   /** A gauge of the node's own, set when scraped by `collect` (or by the node). */

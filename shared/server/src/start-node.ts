@@ -104,6 +104,9 @@ export async function startNode<T extends object>(
         });
       }
       cleanups.defer('listener', () => server.close());
+      metrics.gauge('dsm_node_requests_in_flight', 'Protocol requests being handled now', [], (g) =>
+        g.set(server.inFlight),
+      );
       return { server, host, port: bound.port, listen: formatAddress({ host, port: bound.port }) };
     },
     async serveAdmin({ listen, vips = [] }, opts) {
