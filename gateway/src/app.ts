@@ -6,6 +6,7 @@ import { GatewayCore, type GatewayDeps } from './core.ts';
 import { clientKey, releaseWhenSent } from './edge-limits.ts';
 import { cachedFileReply, deleteFile, fileMeta, type ReplyHeaders, serveFile, uploadFile } from './files.ts';
 import { FILE_CSP } from './mime.ts';
+import { registerOpenApi } from './openapi.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { TusService } from './tus.ts';
 
@@ -275,6 +276,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     }
     return metricsResponse(core);
   });
+
+  // the API's own description (OpenAPI 3.1, openapi.ts)
+  registerOpenApi(app, { publicUrl: cfg.publicUrl });
 
   // files ---------------------------------------------------------------------------------------
   app.post('/files', (c) => uploadFile(core, c));

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, type GatewayApp } from './app.ts';
 import { mintToken, signUrl } from './auth.ts';
 import { type GatewayConfigInput, parseGatewayConfig } from './config.ts';
-import { GATEWAY_API_VERSION, openApiDocument, registerOpenApi } from './openapi.ts';
+import { GATEWAY_API_VERSION, openApiDocument } from './openapi.ts';
 import { badRequest, forbidden, HttpError, notFound, tooLarge, toProblem, unauthorized } from './problem.ts';
 import { patternBytes, type Stack, startStack } from './test-support.ts';
 
@@ -55,11 +55,7 @@ function appWith(cfg: GatewayConfigInput = {}): GatewayApp {
     transport: nodeTransport,
     ioTimeoutMs: 2000,
   });
-  const built = createApp({ client, kv: createKvStore('memory:'), config });
-  // Until app.ts serves the document itself, register it as app.ts will (one call).
-  if (!built.app.routes.some((r) => r.method === 'GET' && r.path === '/openapi.json'))
-    registerOpenApi(built.app);
-  return built;
+  return createApp({ client, kv: createKvStore('memory:'), config });
 }
 
 // --- routes ------------------------------------------------------------------------------------
