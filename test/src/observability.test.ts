@@ -58,7 +58,7 @@ describe('infra/observability', () => {
     const r = await promtool(['check', 'rules', RULES]);
     expect(r.out).toContain('SUCCESS');
     expect(r.code).toBe(0);
-    expect(rules.groups.flatMap((g) => g.rules).length).toBeGreaterThanOrEqual(13);
+    expect(rules.groups.flatMap((g) => g.rules).length).toBeGreaterThanOrEqual(14);
   });
 
   it('every alert fires in its scenario and stays silent on a healthy cluster (promtool test rules)', async () => {
