@@ -8,6 +8,7 @@ import { cachedFileReply, deleteFile, fileMeta, type ReplyHeaders, serveFile, up
 import { FILE_CSP } from './mime.ts';
 import { registerOpenApi } from './openapi.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
+import { recordProblem } from './status-page.ts';
 import { TusService } from './tus.ts';
 
 export type GatewayEnv = {
@@ -19,6 +20,8 @@ export type GatewayEnv = {
     headersSealed: boolean;
     /** The reply's body is in memory (no download slot held while it is sent). */
     bodyBuffered: boolean;
+    /** `app/user` of the verified caller, for the access log (set where a handler verified one). */
+    principal: string;
   };
 };
 
@@ -113,7 +116,6 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   // The request id, the metrics and the log line. Headers every reply gets are collected in
   // `replyHeaders` by this and the next middlewares and put on the reply by the handler (file
   // downloads, the hot path: see files.ts) or here after it.
-  const debug = core.debugEnabled;
   const anyOrigin = cfg.corsOrigins.includes('*');
   const exposed = EXPOSE_HEADERS.join(',');
   /**
@@ -144,6 +146,12 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     }
     return extra;
   };
+  const info = core.infoEnabled;
+  /**
+   * Metrics and the access log: one line per request at `info` (5xx at `warn`). `bytes` is the
+   * reply's Content-Length (what was sent in full unless the client went away: the download
+   * path logs that at debug), `ms` the time to the reply's headers.
+   */
   const done = (
     method: string,
     route: string,
@@ -151,13 +159,26 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     requestId: string,
     status: number,
     t0: number,
+    client: string,
+    bytes: string | null,
+    principal: string | undefined,
   ) => {
     const seconds = (performance.now() - t0) / 1000;
     core.metrics?.request(method, route, status, seconds);
-    if (status < 500 && !debug) return;
-    const line = { requestId, method, path, status, ms: Math.round(seconds * 1000) };
+    if (status < 500 && !info) return;
+    const line = {
+      requestId,
+      method,
+      route,
+      path: path.length > 256 ? `${path.slice(0, 256)}…` : path,
+      status,
+      bytes: bytes === null ? null : Number(bytes),
+      ms: Math.round(seconds * 1000),
+      client,
+      ...(principal ? { principal } : {}),
+    };
     if (status >= 500) core.log.warn(line, 'request');
-    else core.log.debug(line, 'request');
+    else core.log.info(line, 'request');
   };
   // The request id, the metrics and the log line. The reply headers are put on the reply by
   // the handler (file downloads, the hot path: see files.ts) or here after it.
@@ -172,7 +193,17 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     if (!c.get('headersSealed')) applyReplyHeaders(c.res.headers, extra);
     const matched = routePath(c, c.req.routeIndex);
     const route = matched && matched !== '*' && matched !== '/*' ? matched : 'unmatched';
-    done(method, route, c.req.path, requestId, c.res.status, t0);
+    done(
+      method,
+      route,
+      c.req.path,
+      requestId,
+      c.res.status,
+      t0,
+      clientAddress(c),
+      c.res.headers.get('content-length'),
+      c.get('principal'),
+    );
   });
 
   const corsMiddleware = cors({
@@ -234,6 +265,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   app.onError((err, c) => {
     const p = toProblem(err, c.req.path);
     p.body.requestId = c.get('requestId');
+    recordProblem(core, p, { requestId: c.get('requestId'), method: c.req.raw.method, path: c.req.path });
     // the original text (storage names, paths, free space) goes to the log only
     const line = {
       code: p.body.code,
@@ -337,7 +369,17 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     const path = url.slice(at);
     const extra = replyHeadersFor('GET', path, h);
     const res = cachedFileReply(core, cached, extra, '/files/:id');
-    done('GET', '/files/:id', path, extra['X-Request-Id'] as string, 200, t0);
+    done(
+      'GET',
+      '/files/:id',
+      path,
+      extra['X-Request-Id'] as string,
+      200,
+      t0,
+      clientAddressOf(env, h),
+      res.headers.get('content-length'),
+      undefined,
+    );
     return res;
   };
   app.fetch = (req, env, ctx) => fast(req, env) ?? routed(req, env, ctx);

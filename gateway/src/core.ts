@@ -2,7 +2,8 @@ import { type DsmClient, decodePublicId } from '@dsm/client';
 import { LruMap } from '@dsm/common/lru';
 import type { KvStore } from '@dsm/kv';
 import { type FileIds, type FileStat, toHex } from '@dsm/packets';
-import { TokenVerifier } from './auth.ts';
+import type { Context } from 'hono';
+import { type Action, type Principal, TokenVerifier } from './auth.ts';
 import { ByteLru } from './byte-lru.ts';
 import type { DownloadPolicy, GatewayConfig } from './config.ts';
 import { EdgeLimits } from './edge-limits.ts';
@@ -79,6 +80,8 @@ export class GatewayCore {
   readonly log: GatewayLog;
   /** Debug lines are built only when the logger would write them (pino's isLevelEnabled). */
   readonly debugEnabled: boolean;
+  /** The access log (one `info` line per request) is written: the logger's level is info or lower. */
+  readonly infoEnabled: boolean;
   readonly metrics: GatewayMetrics | undefined;
   readonly verifier: TokenVerifier;
   readonly uploader: Uploader;
@@ -102,6 +105,7 @@ export class GatewayCore {
     this.log = d.log ?? silentLog;
     const lv = (this.log as { isLevelEnabled?: (l: string) => boolean }).isLevelEnabled;
     this.debugEnabled = typeof lv === 'function' ? lv.call(this.log, 'debug') : d.log !== undefined;
+    this.infoEnabled = typeof lv === 'function' ? lv.call(this.log, 'info') : d.log !== undefined;
     this.metrics = d.metrics;
     this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
@@ -132,6 +136,16 @@ export class GatewayCore {
       (id) => this.#drop(id),
       () => this.#dropAll(),
     );
+  }
+
+  /**
+   * The request's caller (auth.ts `principal`), noted on the context as `app/user` for the
+   * access log.
+   */
+  async principal(c: Context, action?: Action): Promise<Principal> {
+    const p = await this.verifier.principal(c.req.header('authorization'), action);
+    c.set('principal', `${p.appId}/${p.userId}`);
+    return p;
   }
 
   /**

@@ -212,7 +212,7 @@ export class TusService {
   async create(c: Context): Promise<Response> {
     this.#checkVersion(c);
     const core = this.#core;
-    const p = await core.verifier.principal(c.req.header('authorization'));
+    const p = await core.principal(c);
     const lenH = c.req.header('upload-length');
     const deferH = c.req.header('upload-defer-length');
     if (c.req.header('upload-concat') !== undefined)
@@ -292,7 +292,7 @@ export class TusService {
   async head(c: Context, id: string): Promise<Response> {
     this.#checkVersion(c);
     const core = this.#core;
-    const p = await core.verifier.principal(c.req.header('authorization'));
+    const p = await core.principal(c);
     const s = await this.#getState(id);
     const headers: Record<string, string> = { 'Cache-Control': 'no-store' };
     if (!s) {
@@ -337,7 +337,7 @@ export class TusService {
     }
     const offset = parseNumber(c.req.header('upload-offset'), 'Upload-Offset');
     if (offset === undefined) throw badRequest('Upload-Offset is required');
-    const p = await core.verifier.principal(c.req.header('authorization'));
+    const p = await core.principal(c);
     const unlock = await this.#lock(id);
     try {
       const s = await this.#getState(id);
@@ -502,7 +502,7 @@ export class TusService {
   async terminate(c: Context, id: string): Promise<Response> {
     this.#checkVersion(c);
     const core = this.#core;
-    const p: Principal = await core.verifier.principal(c.req.header('authorization'), 'delete');
+    const p: Principal = await core.principal(c, 'delete');
     const unlock = await this.#lock(id);
     try {
       const s = await this.#getState(id);
