@@ -66,6 +66,10 @@ export class Connection {
   #busy = false;
   /** When a byte last went out or came in: the reply timeout counts silence from here. */
   #activityAt = 0;
+  /** A read is waiting for the server (the idle timer only counts silence then). */
+  #reading = false;
+  #timedOut = false;
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
   lastUsed = Date.now();
 
   constructor(sock: ByteSocket, address: string, opts: ConnectionOptions) {
@@ -80,12 +84,20 @@ export class Connection {
 
   close(): void {
     this.#usable = false;
+    this.#clearIdle();
     this.#sock.close();
   }
 
   destroy(): void {
     this.#usable = false;
+    this.#clearIdle();
     this.#sock.destroy();
+  }
+
+  #clearIdle(): void {
+    if (this.#idleTimer === undefined) return;
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
   }
 
   /**
@@ -295,28 +307,56 @@ export class Connection {
    * The next bytes from the server, or a TIMEOUT after `ioTimeoutMs` with nothing sent or
    * received: while a streamed upload's body still goes out (requestStreamed moves
    * `#activityAt`), the wait for its reply goes on, however long the upload takes.
+   *
+   * One idle timer per connection, not one per read: a read only stamps `#activityAt`; the
+   * timer (armed on the first wait, re-armed when it fires early) tears the socket down when a
+   * read has waited `ioTimeoutMs` since the last activity, which wakes that read with null.
    */
   async #readWithTimeout(): Promise<Uint8Array | null> {
-    const limit = this.#opts.ioTimeoutMs;
     this.#activityAt = Date.now();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      const check = () => {
-        const quiet = Date.now() - this.#activityAt;
-        if (quiet < limit) {
-          timer = setTimeout(check, limit - quiet);
-          return;
-        }
-        this.destroy();
-        reject(new DsmError(ErrorCode.TIMEOUT, `no reply from ${this.address} within ${limit} ms`));
-      };
-      timer = setTimeout(check, limit);
-    });
+    this.#reading = true;
+    if (this.#idleTimer === undefined) this.#armIdle(this.#opts.ioTimeoutMs);
     try {
-      return await Promise.race([this.#sock.read(), timeout]);
+      const chunk = await this.#sock.read();
+      if (this.#timedOut) throw this.#timeoutError();
+      return chunk;
+    } catch (e) {
+      throw this.#timedOut ? this.#timeoutError() : e;
     } finally {
-      clearTimeout(timer);
+      this.#reading = false;
     }
+  }
+
+  #armIdle(ms: number): void {
+    const t = setTimeout(this.#onIdle, ms);
+    // Node: an idle pooled connection does not keep the process alive (Workers: a number)
+    if (typeof t === 'object' && t !== null && 'unref' in t) t.unref();
+    this.#idleTimer = t;
+  }
+
+  readonly #onIdle = (): void => {
+    this.#idleTimer = undefined;
+    if (!this.#usable || this.#sock.closed) return;
+    const limit = this.#opts.ioTimeoutMs;
+    const quiet = Date.now() - this.#activityAt;
+    if (!this.#reading) {
+      // between requests, or a reply consumer that is slow to ask for more: not silence; the
+      // next read re-arms
+      return;
+    }
+    if (quiet < limit) {
+      this.#armIdle(limit - quiet);
+      return;
+    }
+    this.#timedOut = true;
+    this.destroy();
+  };
+
+  #timeoutError(): DsmError {
+    return new DsmError(
+      ErrorCode.TIMEOUT,
+      `no reply from ${this.address} within ${this.#opts.ioTimeoutMs} ms`,
+    );
   }
 }
 
