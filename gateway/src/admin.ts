@@ -5,6 +5,7 @@ import { Hono } from 'hono';
 import type { GatewayCore } from './core.ts';
 import { utf8 } from './encoding.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
+import { collectStatus, StatusCache, statusJsonResponse, statusPageResponse } from './status-page.ts';
 
 /**
  * Operator endpoints. The details of readiness (tracker addresses, error texts) and the metrics
@@ -72,7 +73,7 @@ export function hasAdminToken(core: GatewayCore, authorization: string | undefin
   return diff === 0;
 }
 
-/** The admin listener's app: `/healthz`, `/readyz` with details, `/metrics`. */
+/** The admin listener's app: `/healthz`, `/readyz` with details, `/metrics`, `/status` (+ `.json`). */
 export function createAdminApp(core: GatewayCore): Hono {
   const app = new Hono();
   app.onError((err, c) => problemResponse(toProblem(err, c.req.path), c.req.raw.method));
@@ -85,6 +86,15 @@ export function createAdminApp(core: GatewayCore): Hono {
   app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
   app.get('/readyz', () => readyResponse(core, true));
   app.get('/metrics', () => metricsResponse(core));
+  const status = new StatusCache(() =>
+    collectStatus(core, {
+      trackers: core.cfg.trackers,
+      idServers: core.cfg.admin.idServers,
+      nodeAdmins: core.cfg.admin.nodeAdmins,
+    }),
+  );
+  app.get('/status', () => statusPageResponse());
+  app.get('/status.json', async () => statusJsonResponse(await status.get()));
   return app;
 }
 

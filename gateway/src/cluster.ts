@@ -13,6 +13,16 @@ import { type GatewayConfig, parseListen } from './config.ts';
 import { IpcKvStore, serveKvOverIpc } from './ipc-kv.ts';
 import { type RunningGateway, startGateway } from './node.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
+import {
+  collectStatus,
+  ERROR_RING,
+  errorRingOf,
+  type RecentError,
+  StatusCache,
+  type StatusData,
+  statusJsonResponse,
+  statusPageResponse,
+} from './status-page.ts';
 
 /**
  * `gateway.workers`: N gateway processes on one listen address (node:cluster). The primary
@@ -256,9 +266,12 @@ export class GatewayPrimary {
     }, delay);
   }
 
-  /** Asks every live worker `type`; the answers by pid (workers that do not answer in time are left out). */
-  async #ask(type: string): Promise<Map<number, unknown>> {
-    const workers = this.#slots.flatMap((s) => (s.worker?.isConnected() ? [s.worker] : []));
+  /**
+   * Asks every live worker (or the first `limit`) `type`; the answers by pid (workers that do
+   * not answer in time are left out).
+   */
+  async #ask(type: string, limit = Number.POSITIVE_INFINITY): Promise<Map<number, unknown>> {
+    const workers = this.#slots.flatMap((s) => (s.worker?.isConnected() ? [s.worker] : [])).slice(0, limit);
     const id = this.#askId++;
     const got = new Map<number, unknown>();
     if (workers.length === 0) return got;
@@ -314,6 +327,21 @@ export class GatewayPrimary {
         headers: { 'Content-Type': this.#registry.contentType, 'Cache-Control': 'no-store' },
       });
     });
+    // the cluster's view from one worker (its own 1 s cache), the last errors of every worker
+    const status = new StatusCache(async () => {
+      const [one, errs] = await Promise.all([this.#ask('dsm:status', 1), this.#ask('dsm:errors')]);
+      const data = [...one.values()][0] as StatusData | null | undefined;
+      if (!data || typeof data !== 'object') {
+        throw new HttpError(503, GatewayErrorCode.NOT_READY, 'no gateway worker answered');
+      }
+      const errors = [...errs.values()]
+        .flatMap((e) => (Array.isArray(e) ? (e as RecentError[]) : []))
+        .sort((a, b) => b.time - a.time)
+        .slice(0, ERROR_RING);
+      return { ...data, errors };
+    });
+    app.get('/status', () => statusPageResponse());
+    app.get('/status.json', async () => statusJsonResponse(await status.get()));
     return app;
   }
 
@@ -379,6 +407,13 @@ async function runWorker(config: GatewayConfig, log: Logger): Promise<void> {
       process.exit(0);
     }
   };
+  const statusCache = new StatusCache(() =>
+    collectStatus(gw.core, {
+      trackers: config.trackers,
+      idServers: config.admin.idServers,
+      nodeAdmins: config.admin.nodeAdmins,
+    }),
+  );
   process.on('message', (m: Msg) => {
     if (typeof m !== 'object' || m === null) return;
     if (m.type === 'dsm:drain') void stop('the primary asked');
@@ -387,6 +422,13 @@ async function runWorker(config: GatewayConfig, log: Logger): Promise<void> {
         (value) => send({ type: 'dsm:answer', id: m.id, value }),
         (e) => send({ type: 'dsm:answer', id: m.id, value: { ready: false, error: messageOf(e) } }),
       );
+    else if (m.type === 'dsm:status')
+      void statusCache.get().then(
+        (value) => send({ type: 'dsm:answer', id: m.id, value }),
+        () => send({ type: 'dsm:answer', id: m.id, value: null }),
+      );
+    else if (m.type === 'dsm:errors')
+      send({ type: 'dsm:answer', id: m.id, value: errorRingOf(gw.core).list() });
     else if (m.type === 'dsm:metrics')
       void gw.registry.getMetricsAsJSON().then(
         (value) => send({ type: 'dsm:answer', id: m.id, value }),

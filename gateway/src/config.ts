@@ -250,6 +250,32 @@ const adminSchema = z
       .string()
       .refine((t) => byteLength(t) >= 32, 'must be at least 32 bytes')
       .optional(),
+    /**
+     * `host:port` of the id servers, for the status page (`/status` on the admin listener
+     * PINGs each; the gateway itself never talks to them). At most 32.
+     */
+    idServers: z.array(trackerAddress).max(32).default([]),
+    /**
+     * Base URLs (`http://host:port`) of the nodes' admin listeners: the status page reads each
+     * one's `/metrics` (2 s timeout, 1 MiB) for `dsm_node_vip_held` to show which node holds a
+     * VIP. At most 32.
+     */
+    nodeAdmins: z
+      .array(
+        z
+          .string()
+          .max(256)
+          .refine((s) => {
+            try {
+              const u = new URL(s);
+              return (u.protocol === 'http:' || u.protocol === 'https:') && !u.username && !u.password;
+            } catch {
+              return false;
+            }
+          }, 'expected an http(s)://host:port URL without credentials'),
+      )
+      .max(32)
+      .default([]),
   })
   .strict();
 
