@@ -41,6 +41,8 @@ await build({
   // Workspace packages (@dsm/*) are bundled, and of the registry packages zod and kysely.
   external: Object.keys(pkg.dependencies ?? {}).filter((d) => !BUNDLED.has(d)),
   // every output file (entry and chunks) gets a `require` for the CommonJS packages
+  // `dsm --version` of the bundle (cli/src/version.ts): the bundle has no package.json beside it
+  define: { __DSM_VERSION__: JSON.stringify(pkg.version) },
   banner: {
     js: [
       "import { createRequire as __dsmCreateRequire } from 'node:module';",

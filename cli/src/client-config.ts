@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { type ClusterKey, clusterKey } from '@dsm/client';
 import { messageOf } from '@dsm/common';
@@ -109,3 +109,51 @@ export function parseRange(
 }
 
 export class UsageError extends Error {}
+
+export interface SecretFlags {
+  secret?: string;
+  'secret-file'?: string;
+}
+
+/** A secret file larger than this is a wrong path (a key is a few dozen bytes). */
+const SECRET_FILE_MAX = 64 * 1024;
+
+/**
+ * The HMAC secret of `dsm token` / `dsm sign`, first match wins: `--secret-file FILE` (its text,
+ * one trailing newline dropped), `--secret S` (works, but argv shows in `ps` and shell history:
+ * `warn` is told so), then `env[envName]` ($DSM_TOKEN_SECRET for tokens, $DSM_SIGNING_SECRET for
+ * signed URLs). undefined = none given (the caller takes the key from --config).
+ */
+export function secretFrom(
+  flags: SecretFlags,
+  envName: string,
+  env: Record<string, string | undefined> = process.env,
+  warn: (message: string) => void = () => {},
+): { secret: string; source: string } | undefined {
+  if (flags['secret-file'] !== undefined && flags.secret !== undefined) {
+    throw new UsageError('give --secret-file or --secret, not both');
+  }
+  const file = flags['secret-file'];
+  if (file !== undefined) {
+    let text: string;
+    try {
+      if (statSync(file).size > SECRET_FILE_MAX) throw new Error(`larger than ${SECRET_FILE_MAX} bytes`);
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new UsageError(`cannot read the secret file ${file}: ${messageOf(e)}`);
+    }
+    const secret = text.replace(/\r?\n$/, '');
+    if (!secret) throw new UsageError(`the secret file ${file} is empty`);
+    return { secret, source: `secret file ${file}` };
+  }
+  if (flags.secret !== undefined) {
+    if (!flags.secret) throw new UsageError('--secret is empty');
+    warn(
+      `--secret on the command line is visible to other users (ps, shell history): use --secret-file FILE or $${envName}`,
+    );
+    return { secret: flags.secret, source: '--secret' };
+  }
+  const fromEnv = env[envName];
+  if (fromEnv) return { secret: fromEnv, source: `$${envName}` };
+  return undefined;
+}

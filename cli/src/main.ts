@@ -6,13 +6,14 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
-import { ConfigError, createLogger, loadConfig, missingNodeFlags } from '@dsm/common';
+import { ConfigError, createLogger, ErrorCode, loadConfig, missingNodeFlags } from '@dsm/common';
 import { toHex } from '@dsm/packets';
 import { runNode } from '@dsm/server';
-import { clientSettings, parseRange, UsageError } from './client-config.ts';
+import { clientSettings, parseRange, secretFrom, UsageError } from './client-config.ts';
 import { progressBar } from './progress.ts';
-import { formatStatus } from './status-table.ts';
+import { formatStatus, groupsJson, statusJson } from './status-table.ts';
 import { runUp } from './up.ts';
+import { versionText } from './version.ts';
 
 const HELP = `dsm — distributed streaming-media store
 
@@ -27,10 +28,11 @@ Cluster
   dsm id --config FILE                             run one id server
   dsm gateway --config FILE                        run the HTTP gateway
 
-Gateway credentials (keys from the gateway's config file, or --secret/--kid)
-  dsm token --config FILE --app A --user U [--ttl SEC] [--kid K] [--secret S]
+Gateway credentials (keys from the gateway's config file, or --kid with --secret-file FILE,
+$DSM_TOKEN_SECRET (token) / $DSM_SIGNING_SECRET (sign); --secret S works but shows in ps)
+  dsm token --config FILE --app A --user U [--ttl SEC] [--kid K] [--secret-file F]
                                                    print an upload token (HS256 JWT)
-  dsm sign URL|ID --config FILE [--ttl SEC] [--kid K] [--secret S] [--base URL]
+  dsm sign URL|ID --config FILE [--ttl SEC] [--kid K] [--secret-file F] [--base URL]
                                                    print a signed, expiring download URL
 
 Files (trackers from --trackers, $DSM_TRACKERS, .dsm/cluster/cluster.json, or 127.0.0.1:21000;
@@ -43,7 +45,35 @@ TLS to the nodes: --tls-ca FILE or $DSM_TLS_CA)
   dsm rm ID                                             delete
   dsm status                                            groups, storages, state, free space
   dsm groups                                            the seed's group list text
+  --json (upload, stat, status, groups, version): one JSON document on stdout, errors as
+  {"error":{"code","message"}} on stderr. Exit codes: 0 ok, 1 error, 2 usage, 3 no such file.
+
+  dsm --version | dsm version                           dsm and Node versions
 `;
+
+/** Exit code of a file id the cluster does not know (`dsm stat|download|rm`). */
+const EXIT_NO_SUCH_FILE = 3;
+
+/** A file verb's NOT_FOUND reply ("Read Database Fail, Fileid: …" from the nodes). */
+class NoSuchFile extends Error {
+  readonly code = ErrorCode.NOT_FOUND;
+}
+
+async function orNoSuchFile<T>(id: string, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (e) {
+    if ((e as { code?: unknown }).code === ErrorCode.NOT_FOUND) throw new NoSuchFile(`no such file: ${id}`);
+    throw e;
+  }
+}
+
+/** Set from argv before parsing, so even a bad flag is reported as JSON under --json. */
+let jsonOutput = false;
+
+function printJson(doc: unknown): void {
+  process.stdout.write(`${JSON.stringify(doc)}\n`);
+}
 
 async function client(flags: Parameters<typeof clientSettings>[0]) {
   const s = clientSettings(flags);
@@ -72,6 +102,7 @@ async function main(argv: string[]): Promise<number> {
       i++;
     } else args.push(a);
   }
+  jsonOutput = argv.includes('--json');
   const { values: v, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -95,6 +126,9 @@ async function main(argv: string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
       ttl: { type: 'string' },
       secret: { type: 'string' },
+      'secret-file': { type: 'string' },
+      json: { type: 'boolean' },
+      version: { type: 'boolean', short: 'V' },
       kid: { type: 'string' },
       base: { type: 'string' },
       'key-file': { type: 'string' },
@@ -102,6 +136,10 @@ async function main(argv: string[]): Promise<number> {
       'tls-ca': { type: 'string' },
     },
   });
+  if (v.version || cmd === 'version') {
+    process.stdout.write(versionText(v.json === true));
+    return 0;
+  }
   if (!cmd || v.help || cmd === 'help') {
     process.stdout.write(HELP);
     return cmd ? 0 : 2;
@@ -125,7 +163,8 @@ async function main(argv: string[]): Promise<number> {
       const st = statSync(file);
       if (!st.isFile()) throw new UsageError(`${file} is not a regular file`);
       const { settings, dsm } = await client(v);
-      const bar = progressBar(st.size, 'upload');
+      // --json: stdout carries the document only, and stderr no bar or message either
+      const bar = v.json ? { update() {}, done() {} } : progressBar(st.size, 'upload');
       try {
         const r = await dsm.upload(
           {
@@ -137,6 +176,16 @@ async function main(argv: string[]): Promise<number> {
           (n) => bar.update(n),
         );
         bar.done();
+        if (v.json) {
+          printJson({
+            id: r.publicId,
+            group: r.group,
+            size: r.stat.size,
+            contentType: r.stat.contentType,
+            sha256: toHex(r.stat.sha256),
+          });
+          return 0;
+        }
         process.stderr.write(
           `uploaded ${r.stat.size} bytes to group ${r.group} (sha256 ${toHex(r.stat.sha256)}, ${r.stat.contentType})\n`,
         );
@@ -147,12 +196,13 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     case 'download': {
-      const ids = decodePublicId(needId(positionals));
+      const id = needId(positionals);
+      const ids = decodePublicId(id);
       const { dsm } = await client(v);
       try {
-        const stat = await dsm.stat(ids);
+        const stat = await orNoSuchFile(id, dsm.stat(ids));
         const range = v.range ? await parseRange(v.range, async () => stat.size) : { offset: 0, length: 0 };
-        const reply = await dsm.download(ids, range.offset, range.length);
+        const reply = await orNoSuchFile(id, dsm.download(ids, range.offset, range.length));
         const bar = progressBar(reply.length, 'download');
         const hash = createHash('sha256');
         let got = 0;
@@ -190,7 +240,20 @@ async function main(argv: string[]): Promise<number> {
       const ids = decodePublicId(id);
       const { dsm } = await client(v);
       try {
-        const s = await dsm.stat(ids);
+        const s = await orNoSuchFile(id, dsm.stat(ids));
+        if (v.json) {
+          printJson({
+            id: encodePublicId(ids),
+            appId: ids.appId,
+            userId: ids.userId,
+            fileId: ids.fileId,
+            size: s.size,
+            contentType: s.contentType,
+            sha256: toHex(s.sha256),
+            mtime: new Date(s.mtimeMs).toISOString(),
+          });
+          return 0;
+        }
         const lines = [
           ['id', encodePublicId(ids)],
           ['app', ids.appId],
@@ -208,10 +271,11 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     case 'rm': {
-      const ids = decodePublicId(needId(positionals));
+      const id = needId(positionals);
+      const ids = decodePublicId(id);
       const { dsm } = await client(v);
       try {
-        await dsm.delete(ids);
+        await orNoSuchFile(id, dsm.delete(ids));
         process.stderr.write(`deleted ${ids.fileId}\n`);
         return 0;
       } finally {
@@ -221,7 +285,9 @@ async function main(argv: string[]): Promise<number> {
     case 'status': {
       const { dsm } = await client(v);
       try {
-        process.stdout.write(formatStatus(await dsm.tracker.status()));
+        const s = await dsm.tracker.status();
+        if (v.json) printJson(statusJson(s));
+        else process.stdout.write(formatStatus(s));
         return 0;
       } finally {
         await dsm.close();
@@ -230,7 +296,8 @@ async function main(argv: string[]): Promise<number> {
     case 'groups': {
       const { dsm } = await client(v);
       try {
-        process.stdout.write(`${await dsm.tracker.groupsText()}\n`);
+        if (v.json) printJson(groupsJson(await dsm.tracker.status()));
+        else process.stdout.write(`${await dsm.tracker.groupsText()}\n`);
         return 0;
       } finally {
         await dsm.close();
@@ -290,20 +357,22 @@ async function gatewayToken(v: {
   user?: string;
   ttl?: string;
   secret?: string;
+  'secret-file'?: string;
   kid?: string;
 }) {
+  const given = secretFrom(v, 'DSM_TOKEN_SECRET', process.env, warn);
   const g = await import('@dsm/gateway');
   const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
   // the key set of the config (hs256Keys + the legacy hs256Secret as kid "default")
   const keys = cfg ? g.hs256KeySet(cfg.auth) : {};
   const ids = Object.keys(keys);
   const kid = v.kid ?? cfg?.auth.hs256KeyId ?? (ids.length === 1 ? ids[0] : undefined);
-  const secret = v.secret ?? (kid !== undefined && Object.hasOwn(keys, kid) ? keys[kid] : undefined);
+  const secret = given?.secret ?? (kid !== undefined && Object.hasOwn(keys, kid) ? keys[kid] : undefined);
   if (!secret) {
     throw new UsageError(
       ids.length > 1
         ? `several HS256 keys (${ids.join(', ')}): give --kid or auth.hs256KeyId`
-        : 'no HS256 key: give --config (auth.hs256Keys) or --secret',
+        : 'no HS256 key: give --config (auth.hs256Keys), --secret-file FILE or $DSM_TOKEN_SECRET',
     );
   }
   const s = clientSettings(v);
@@ -322,16 +391,20 @@ async function gatewayToken(v: {
 
 async function gatewaySign(
   target: string | undefined,
-  v: { config?: string; ttl?: string; secret?: string; kid?: string; base?: string },
+  v: { config?: string; ttl?: string; secret?: string; 'secret-file'?: string; kid?: string; base?: string },
 ) {
   if (!target) throw new UsageError('usage: dsm sign URL|ID --config FILE [--ttl SEC]');
+  const given = secretFrom(v, 'DSM_SIGNING_SECRET', process.env, warn);
   const g = await import('@dsm/gateway');
   const cfg = v.config ? loadConfig(g.configSchema, v.config) : undefined;
   const keys = cfg?.downloads.signingKeys ?? {};
   const kid = v.kid ?? cfg?.downloads.signingKeyId ?? Object.keys(keys)[0];
-  const secret = v.secret ?? (kid && Object.hasOwn(keys, kid) ? keys[kid] : undefined);
-  if (!kid || !secret)
-    throw new UsageError('no signing key: give --config (downloads.signingKeys) or --kid and --secret');
+  const secret = given?.secret ?? (kid && Object.hasOwn(keys, kid) ? keys[kid] : undefined);
+  if (!kid || !secret) {
+    throw new UsageError(
+      'no signing key: give --config (downloads.signingKeys), or --kid with --secret-file FILE or $DSM_SIGNING_SECRET',
+    );
+  }
   let url = target;
   if (!/^https?:\/\//.test(target) && !target.startsWith('/')) {
     // a bare public id
@@ -349,20 +422,35 @@ async function gatewaySign(
   return 0;
 }
 
+function warn(message: string): void {
+  process.stderr.write(`dsm: warning: ${message}\n`);
+}
+
+/**
+ * One line on stderr, or under --json one document `{"error":{"code","message"}}` (code: a
+ * DSM_ERR_… code, DSM_ERR_USAGE for a bad command line, DSM_ERR_GENERIC for anything else).
+ */
+function fail(e: unknown): number {
+  const err = e as Error & { code?: unknown };
+  const dsmCode = typeof err.code === 'string' && err.code.startsWith('DSM_ERR') ? err.code : undefined;
+  const usage =
+    err instanceof UsageError || (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS'));
+  const exit = usage ? 2 : err instanceof NoSuchFile ? EXIT_NO_SUCH_FILE : 1;
+  const message = `${err instanceof ConfigError ? 'config error: ' : ''}${err.message}`;
+  if (jsonOutput) {
+    const code = usage ? 'DSM_ERR_USAGE' : (dsmCode ?? 'DSM_ERR_GENERIC');
+    process.stderr.write(`${JSON.stringify({ error: { code, message } })}\n`);
+  } else {
+    process.stderr.write(`dsm: ${message}${!usage && dsmCode ? ` (${dsmCode})` : ''}\n`);
+  }
+  return exit;
+}
+
 main(process.argv.slice(2)).then(
   (code) => {
     if (code >= 0) process.exitCode = code;
   },
   (e: unknown) => {
-    const err = e as Error & { code?: string };
-    if (err instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`dsm: ${err.message}\n`);
-      process.exitCode = 2;
-      return;
-    }
-    const code = err.code?.startsWith('DSM_ERR') ? ` (${err.code})` : '';
-    const prefix = err instanceof ConfigError ? 'config error: ' : '';
-    process.stderr.write(`dsm: ${prefix}${err.message}${code}\n`);
-    process.exitCode = 1;
+    process.exitCode = fail(e);
   },
 );

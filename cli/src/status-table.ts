@@ -54,3 +54,56 @@ export function formatStatus(s: ClusterStatus): string {
   const warn = refusing ? `, ${refusing} refusing writes` : '';
   return `tracker ${s.tracker}: ${groups} group(s), ${storages} storage(s), ${active} active${warn}\n${lines.join('\n')}\n`;
 }
+
+const iso = (t: number) => (t > 0 ? new Date(t).toISOString() : null);
+const known = (n: number) => (n < 0 ? null : n);
+
+/**
+ * `dsm status --json`: the tracker's view with stable field names (docs/cli.md in README.md
+ * "Command line"). Times are ISO 8601 strings (null = never), unknown figures null.
+ */
+export function statusJson(s: ClusterStatus) {
+  return {
+    tracker: s.tracker,
+    time: new Date(s.now).toISOString(),
+    groups: s.groups.map((g) => ({
+      name: g.name,
+      storages: g.storages.map((st) => ({
+        address: `${st.host.includes(':') ? `[${st.host}]` : st.host}:${st.port}`,
+        hostname: st.hostname,
+        state: st.state,
+        writable: st.writable ?? null,
+        freeBytes: known(st.freeBytes),
+        totalBytes: known(st.totalBytes),
+        load: st.load,
+        pendingHeals: known(st.pendingHeals),
+        version: st.version,
+        startTime: iso(st.startTime),
+        joinTime: iso(st.joinTime),
+        beatTime: iso(st.beatTime),
+      })),
+    })),
+  };
+}
+
+/** `dsm groups --json`: the seed's group list (`dsm groups`) as a document. */
+export function groupsJson(s: ClusterStatus) {
+  return {
+    tracker: s.tracker,
+    count: s.groups.length,
+    groups: s.groups.map((g) => ({
+      name: g.name,
+      storageCount: g.storages.length,
+      activeCount: g.storages.filter((x) => x.state === 'ACTIVE').length,
+      storages: g.storages.map((st) => ({
+        address: `${st.host.includes(':') ? `[${st.host}]` : st.host}:${st.port}`,
+        hostname: st.hostname,
+        version: st.version,
+        state: st.state,
+        startTime: iso(st.startTime),
+        joinTime: iso(st.joinTime),
+        beatTime: iso(st.beatTime),
+      })),
+    })),
+  };
+}

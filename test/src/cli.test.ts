@@ -75,9 +75,81 @@ describe('dsm command line against a running cluster', () => {
 
     const rm = await dsm(['rm', id], env);
     expect(rm.code).toBe(0);
-    const gone = await dsm(['stat', id], env);
-    expect(gone.code).toBe(1);
-    expect(gone.stderr).toMatch(/^dsm: .*Read Database Fail.*\(DSM_ERR_NOT_FOUND\)\n$/);
+    // a removed (or never stored) file: "no such file", exit code 3, for every file verb
+    for (const verb of ['stat', 'download', 'rm']) {
+      const gone = await dsm([verb, id], env);
+      expect(gone.stdout).toBe('');
+      expect(gone.stderr).toBe(`dsm: no such file: ${id} (DSM_ERR_NOT_FOUND)\n`);
+      expect(gone.code).toBe(3);
+    }
+    const goneJson = await dsm(['stat', id, '--json'], env);
+    expect(goneJson.code).toBe(3);
+    expect(goneJson.stdout).toBe('');
+    expect(JSON.parse(goneJson.stderr)).toEqual({
+      error: { code: 'DSM_ERR_NOT_FOUND', message: `no such file: ${id}` },
+    });
+  });
+
+  it('prints one JSON document with --json for upload, stat, status and groups', async () => {
+    const data = randomBytes(300_000);
+    const src = join(t.dir, 'json.bin');
+    writeFileSync(src, data);
+    const up = await dsm(['upload', src, '--json', '--type', 'video/mp4'], env);
+    expect(up.code).toBe(0);
+    expect(up.stderr).toBe('');
+    const u = JSON.parse(up.stdout) as Record<string, unknown>;
+    expect(Object.keys(u).sort()).toEqual(['contentType', 'group', 'id', 'sha256', 'size']);
+    expect(u).toMatchObject({
+      group: 'group001',
+      size: data.length,
+      contentType: 'video/mp4',
+      sha256: sha(data),
+    });
+
+    const st = await dsm(['stat', String(u.id), '--json'], env);
+    expect(st.code).toBe(0);
+    const s = JSON.parse(st.stdout) as Record<string, unknown>;
+    expect(s).toMatchObject({
+      id: u.id,
+      appId: 'tnvideo',
+      userId: 'tnv001',
+      size: data.length,
+      sha256: sha(data),
+    });
+    expect(s.contentType).toBe('video/mp4');
+    expect(typeof s.fileId).toBe('string');
+    expect(Date.parse(String(s.mtime))).toBeGreaterThan(Date.now() - 600_000);
+
+    const status = await dsm(['status', '--json'], env);
+    expect(status.code).toBe(0);
+    const c = JSON.parse(status.stdout) as {
+      time: string;
+      groups: { name: string; storages: Record<string, unknown>[] }[];
+    };
+    expect(c.groups.map((g) => g.name)).toEqual(['group001']);
+    const storages = c.groups[0]!.storages;
+    expect(storages).toHaveLength(2);
+    expect(storages.map((x) => x.address).sort()).toEqual(t.cluster.addresses('storage').slice().sort());
+    for (const x of storages) {
+      expect(x.state).toBe('ACTIVE');
+      expect(x.freeBytes as number).toBeGreaterThan(0);
+      expect((x.totalBytes as number) >= (x.freeBytes as number)).toBe(true);
+      expect(Date.parse(String(x.beatTime))).toBeGreaterThan(Date.now() - 120_000);
+    }
+
+    const groups = await dsm(['groups', '--json'], env);
+    expect(groups.code).toBe(0);
+    const g = JSON.parse(groups.stdout) as { count: number; groups: Record<string, unknown>[] };
+    expect(g.count).toBe(1);
+    expect(g.groups[0]).toMatchObject({ name: 'group001', storageCount: 2, activeCount: 2 });
+    // the text form stays the seed's
+    const text = await dsm(['groups'], env);
+    expect(text.stdout).toContain('COUNT OF ACTIVE STORAGES: 2');
+
+    const down = await dsm(['status', '--json'], { DSM_TRACKERS: '127.0.0.1:1' });
+    expect(down.code).toBe(1);
+    expect(down.stdout).toBe('');
+    expect((JSON.parse(down.stderr) as { error: { code: string } }).error.code).toBe('DSM_ERR_CONNECT');
   });
 
   it('shows every storage as active in dsm status', async () => {
