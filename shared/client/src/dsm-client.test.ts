@@ -194,16 +194,68 @@ describe('DsmClient.upload of a one-shot source after a lost reply', () => {
       code: ErrorCode.SOCKET,
     });
     expect(missing.asked).toEqual([2]);
-    const other = client(() => ({ ...ours, sha256: new Uint8Array(32) }));
+    const longer = client(() => ({ ...ours, size: body.length + 1 }));
     await expect(
-      other.c.upload({ appId: 'app', userId: 'u', source: oneShot().source }),
+      longer.c.upload({ appId: 'app', userId: 'u', source: oneShot().source }),
     ).rejects.toMatchObject({
       code: ErrorCode.SOCKET,
     });
+    // the caller's fresh id may have been sent before: the sha-256 decides too
+    const other = client(() => ({ ...ours, sha256: new Uint8Array(32) }));
+    await expect(
+      other.c.upload({
+        appId: 'app',
+        userId: 'u',
+        fileId: newFileId(),
+        freshFileId: true,
+        source: oneShot().source,
+      }),
+    ).rejects.toMatchObject({
+      code: ErrorCode.SOCKET,
+    });
+    const same = client(() => ours);
+    const r = await same.c.upload({
+      appId: 'app',
+      userId: 'u',
+      fileId: newFileId(),
+      freshFileId: true,
+      source: oneShot().source,
+    });
+    expect(r.stat).toEqual(ours);
     const given = client(() => ours);
     const up = given.c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), source: oneShot().source });
     await expect(up).rejects.toMatchObject({ code: ErrorCode.SOCKET });
     expect(given.asked).toEqual([]);
+  });
+
+  it('hashes nothing when it made the id itself: the size of its own fresh id decides', async () => {
+    let hashers = 0;
+    const counting = {
+      ...noTransport,
+      sha256: () => {
+        hashers++;
+        return nodeTransport.sha256!();
+      },
+    } as Transport;
+    const c = new DsmClient({ trackers: [a1], transport: counting, locateCacheMs: 0 });
+    c.tracker.storagesFor = async () => ({ group: 'g1', addrs: [a1, a2] });
+    c.storage.uploadExt = async (_a, _ids, _t, src) => {
+      for await (const _ of src.open()) {
+        // sent
+      }
+      throw new DsmError(ErrorCode.SOCKET, 'closed');
+    };
+    c.storage.stat = async () => ours;
+    expect((await c.upload({ appId: 'app', userId: 'u', source: oneShot().source })).stat).toEqual(ours);
+    expect(hashers).toBe(0);
+    await c.upload({
+      appId: 'app',
+      userId: 'u',
+      fileId: newFileId(),
+      freshFileId: true,
+      source: oneShot().source,
+    });
+    expect(hashers).toBe(1);
   });
 
   it('never opens a one-shot source twice: the first failure after opening is the answer', async () => {
@@ -253,7 +305,8 @@ describe('DsmClient.upload of a replayable source after a lost reply', () => {
         return fresh;
       };
       c.storage.stat = async () => ({ ...fresh, mtimeMs: 1, sha256: storedSha });
-      const r = await c.upload({ appId: 'app', userId: 'u', source });
+      // the caller's fresh id: the stored file's sha-256 tells whether it is this upload
+      const r = await c.upload({ appId: 'app', userId: 'u', fileId: newFileId(), freshFileId: true, source });
       expect(sent).toBe(sends);
       expect(r.stat.mtimeMs).toBe(sends === 1 ? 1 : 2);
     }

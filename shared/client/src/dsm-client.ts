@@ -128,8 +128,12 @@ export class DsmClient {
    * can have stored that id, so the file's existence answers the question:
    * - the whole body was sent and then the connection closed, reset or timed out: the group is
    *   asked for the file's stat (the other members first, since they share the store, then the
-   *   same one). A file of the size sent, and of the sha-256 of the bytes sent when the runtime
-   *   hashes (`Transport.sha256`), is this upload: its stat is returned. Otherwise (not found,
+   *   same one). A file of the size sent is this upload when the id was made here
+   *   (`newFileId`: time, 64 CSPRNG bits and a counter; only this call ever sent it, and the
+   *   storage commits a body whole or not at all): nothing is hashed. Where the caller gave
+   *   its id (`freshFileId`), the file must also have the sha-256 of the bytes sent when the
+   *   runtime hashes (`Transport.sha256`), since the caller may have sent that id before. Its
+   *   stat is returned. Otherwise (not found,
    *   or no member answers) the failure stands, and a replayable source is sent again to the
    *   next member as before;
    * - "id exists" on a retry (a replayable source sent again) is taken the same way, after the
@@ -169,18 +173,20 @@ export class DsmClient {
   ): Promise<UploadResult> {
     const ids: FileIds = { appId: req.appId, userId: req.userId, fileId };
     const replayable = req.source.replayable !== false;
-    // A one-shot body is hashed while it goes out (it cannot be read again to check); a
+    // An id made here needs no hash: the size decides (see `upload`). With the caller's fresh
+    // id, a one-shot body is hashed while it goes out (it cannot be read again to check); a
     // replayable one is read again only if a check needs its hash.
-    const hashWhileSending = ownId && !replayable ? this.#sha256 : undefined;
+    const sha256 = req.fileId === undefined ? undefined : this.#sha256;
+    const hashWhileSending = ownId && !replayable ? sha256 : undefined;
     let opened = false;
     let sentDigest: Uint8Array | undefined;
     let group = '';
     let attempts = 0;
     const isOurs = async (st: FileStat): Promise<boolean> => {
       if (st.size !== req.source.size) return false;
-      if (!sentDigest && replayable && this.#sha256) {
+      if (!sentDigest && replayable && sha256) {
         // the same bytes again; a source that cannot be read now leaves the size to decide
-        sentDigest = await hashSource(req.source, this.#sha256()).catch(() => undefined);
+        sentDigest = await hashSource(req.source, sha256()).catch(() => undefined);
       }
       return !sentDigest || equalBytes(st.sha256, sentDigest);
     };

@@ -27,8 +27,9 @@ export interface Sha256Hasher {
 export interface Transport {
   connect(host: string, port: number, opts: ConnectOptions): Promise<ByteSocket>;
   /**
-   * The runtime's incremental SHA-256, when it has one. DsmClient hashes what it sends with it
-   * to recognise its own upload after a lost reply; without it, that check compares sizes only.
+   * The runtime's incremental SHA-256, when it has one. DsmClient hashes what it sends under a
+   * caller's `freshFileId` with it to recognise its own upload after a lost reply (an id it made
+   * itself needs no hash); without it, that check compares sizes only.
    */
   sha256?(): Sha256Hasher;
 }
