@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePortRange } from '@dsm/testkit';
+import { freePortRange, startTestCluster, type TestCluster, until } from '@dsm/testkit';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -106,6 +106,7 @@ describe('status page in Chromium on a live cluster', () => {
       startStack(
         'sqlite+memory',
         {
+          trackers: [`127.0.0.1:${base}`, '127.0.0.1:1'],
           admin: {
             listen: '127.0.0.1:0',
             idServers: [idAddress, '127.0.0.1:1'],
@@ -162,6 +163,7 @@ describe('status page in Chromium on a live cluster', () => {
     }
     expect(d.trackers).toEqual([
       expect.objectContaining({ address: s.cluster.addresses('tracker')[0], ok: true, storages: 4 }),
+      expect.objectContaining({ address: '127.0.0.1:1', ok: false, error: expect.any(String) }),
     ]);
     expect(d.idServers).toEqual([
       expect.objectContaining({ address: s.cluster.addresses('id')[0], ok: true }),
@@ -202,7 +204,38 @@ describe('status page in Chromium on a live cluster', () => {
     expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
     expect(await page.locator('#root script, #root img').count()).toBe(0);
     expect(await page.getAttribute('#fresh', 'data-state')).toBe('fresh');
+    expect(await page.locator('tr[data-tracker="127.0.0.1:1"]').textContent()).toContain('no');
     expect(cspViolations).toEqual([]);
+  });
+
+  it('renders a hostile storage hostname and tracker error from /status.json as text', async () => {
+    const real = (await (await fetch(`${adminUrl}/status.json`)).json()) as StatusData;
+    const first = real.groups[0]?.storages[0];
+    if (!first) throw new Error('no storage in /status.json');
+    first.hostname = HOSTILE;
+    first.address = `${HOSTILE}:1`;
+    const dead = real.trackers.find((t) => !t.ok);
+    if (!dead) throw new Error('no failing tracker in /status.json');
+    dead.error = HOSTILE;
+    const other = await browser.newPage();
+    try {
+      await other.route('**/status.json', (r) =>
+        r.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(real) }),
+      );
+      await other.goto(`${adminUrl}/status`);
+      await other.waitForSelector('tr[data-storage]');
+      const rows = await other.$$eval('tr[data-storage]', (rs) =>
+        rs.map((r) => (r as HTMLElement).dataset.storage),
+      );
+      expect(rows).toContain(first.address);
+      const text = await other.locator('#root').textContent();
+      expect(text).toContain(`${HOSTILE}:1`);
+      expect(await other.locator(`tr[data-tracker="${dead.address}"]`).textContent()).toContain(HOSTILE);
+      expect(await other.locator('#root script, #root img').count()).toBe(0);
+      expect(await other.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
+    } finally {
+      await other.close();
+    }
   });
 
   it('turns a SIGKILLed storage OFFLINE without a reload, and says when the data is stale', async () => {
@@ -237,4 +270,63 @@ describe('status page in Chromium on a live cluster', () => {
     await page.unroute('**/status.json');
     await page.waitForSelector('#fresh[data-state="fresh"]', { timeout: 8000 });
   }, 30_000);
+});
+
+describe('status page of a multi-process gateway (2 workers)', () => {
+  let t: TestCluster;
+  let admin = '';
+
+  beforeAll(async () => {
+    t = await startTestCluster('sqlite+memory', {
+      trackers: 1,
+      groups: ['group001'],
+      storagesPerGroup: 2,
+      gateways: 1,
+      gatewayWorkers: 2,
+      extra: { gateway: { admin: { listen: '127.0.0.1:0' }, statCacheMs: 0, locateCacheMs: 0 } },
+    });
+    await t.waitActive(2, 20_000);
+    admin = String(t.cluster.nodes.get('gateway1')?.ready.adminUrl);
+  }, 90_000);
+
+  afterAll(async () => {
+    await t?.stop();
+  });
+
+  it("serves /status and /status.json from the primary, with a worker's 5xx in the last errors", async () => {
+    const page = await fetch(`${admin}/status`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-security-policy')).toMatch(/script-src 'nonce-/);
+    expect(await page.text()).toContain('status.json');
+
+    const d = (await (await fetch(`${admin}/status.json`)).json()) as StatusData;
+    expect(d.groups.map((g) => g.name)).toEqual(['group001']);
+    expect(d.groups[0]?.storages.map((x) => `${x.address}=${x.state}`).sort()).toEqual(
+      t.cluster
+        .addresses('storage')
+        .map((a) => `${a}=ACTIVE`)
+        .sort(),
+    );
+
+    // a real 5xx: a file whose group has no storage left
+    const gw = String(t.cluster.nodes.get('gateway1')?.ready.url);
+    const up = await fetch(`${gw}/files?filename=a.bin`, { method: 'POST', body: new Uint8Array(1000) });
+    expect(up.status).toBe(201);
+    const { url } = (await up.json()) as { url: string };
+    for (const name of ['group001-s1', 'group001-s2']) await t.cluster.kill(name);
+    const down = await fetch(url);
+    expect(down.status).toBeGreaterThanOrEqual(500);
+    const requestId = down.headers.get('x-request-id');
+    expect(requestId).toBeTruthy();
+    await down.body?.cancel();
+    await until(
+      async () => {
+        const e = (await (await fetch(`${admin}/status.json`)).json()) as StatusData;
+        return e.errors.some((x) => x.status === down.status && x.requestId === requestId);
+      },
+      5000,
+      200,
+      "the worker's 5xx on the primary's /status.json",
+    );
+  }, 60_000);
 });
