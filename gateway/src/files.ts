@@ -6,7 +6,7 @@ import type { FileEntry, GatewayCore } from './core.ts';
 import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
 import { dispositionFor, typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
-import { bodyChunks, resumeDownload, toReadableStream } from './streams.ts';
+import { requestBody, resumeDownload, toReadableStream } from './streams.ts';
 import { cleanContentType, type StoredFile, uploadMultipart } from './uploads.ts';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -330,7 +330,8 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
       yield b;
     }
   };
-  const body = counted(bodyChunks(c.req.raw.body));
+  // the Node entry reads the IncomingMessage itself (no web stream around it)
+  const body = counted(requestBody(c.env, () => c.req.raw.body));
   let stored: StoredFile;
   let filename = c.req.query('filename') || undefined;
   try {
