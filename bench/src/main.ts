@@ -99,6 +99,8 @@ const waitIdle = int('wait-idle', values['wait-idle'], 0, 0, 24 * 3600);
 let idleBefore: number | null = null;
 if (waitIdle > 0) idleBefore = await waitForIdle(0.9, waitIdle * 1000, log);
 
+// the tree the bundle is built from, read before the build (others may commit while the bench runs)
+const tree = treeState();
 let entry: string | undefined;
 if (!values['from-source']) {
   const repo = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -145,7 +147,7 @@ if (result && !interrupted) {
   const busy = Object.values(result.otherLoad).some((v) => v.cores > 0.2 || v.steal > 0.2);
   const loads = Object.entries(result.otherLoad);
   const conditions = [
-    `tree: ${treeState()}`,
+    `tree: ${tree}`,
     `machine: ${m.cpus} × ${m.cpuModel}, ${m.memGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}, ${m.nginx}`,
     `load average (1, 5, 15 min) at start: ${m.loadAvgAtStart.join(' ')}; at end: ${m.loadAvgAtEnd.join(' ')}` +
       (idleBefore === null ? '' : `; CPU idle before start: ${Math.round(idleBefore * 100)}%`),
