@@ -9,6 +9,7 @@ import {
   errorRingOf,
   mergeStorages,
   recordProblem,
+  StatusCache,
   type StatusData,
   vipLines,
 } from './status-page.ts';
@@ -68,6 +69,28 @@ describe('status page helpers', () => {
       { vip: '10.0.0.100', held: true },
       { vip: '10.0.0.101', held: false },
     ]);
+  });
+
+  it('runs one collection at a time for every viewer and reuses it for the TTL after it settles', async () => {
+    let calls = 0;
+    let fail = false;
+    const cache = new StatusCache(async () => {
+      calls++;
+      await new Promise((r) => setTimeout(r, 120));
+      if (fail) throw new Error('down');
+      return calls;
+    }, 100);
+    // a collection slower than the TTL is still shared by everyone who asks meanwhile
+    const first = await Promise.all([cache.get(), cache.get(), cache.get()]);
+    expect(first).toEqual([1, 1, 1]);
+    expect(await cache.get()).toBe(1);
+    await new Promise((r) => setTimeout(r, 150));
+    fail = true;
+    await expect(cache.get()).rejects.toThrow('down');
+    fail = false;
+    // a failure is not kept: the next viewer starts a new collection
+    expect(await cache.get()).toBe(3);
+    expect(calls).toBe(3);
   });
 
   it('keeps only the last 50 5xx problems, newest first', () => {

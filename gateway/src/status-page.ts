@@ -332,23 +332,30 @@ export async function collectStatus(core: GatewayCore, src: StatusSources): Prom
   };
 }
 
-/** Collections shared by every viewer: at most one in flight, reused for `CACHE_MS`. */
+/**
+ * Collections shared by every viewer: at most one in flight (however long it takes), and its
+ * result reused for `ttlMs` after it settles. A failed collection is not kept.
+ */
 export class StatusCache<T> {
-  #value: { at: number; p: Promise<T> } | undefined;
+  #value: { settledAt: number; p: Promise<T> } | undefined;
   constructor(
     readonly collect: () => Promise<T>,
     readonly ttlMs = CACHE_MS,
   ) {}
   get(): Promise<T> {
     const v = this.#value;
-    if (v && Date.now() - v.at < this.ttlMs) return v.p;
-    const p = this.collect();
-    this.#value = { at: Date.now(), p };
-    // a failed collection is not kept
-    p.catch(() => {
-      if (this.#value?.p === p) this.#value = undefined;
-    });
-    return p;
+    if (v && (v.settledAt === 0 || Date.now() - v.settledAt < this.ttlMs)) return v.p;
+    const entry = { settledAt: 0, p: this.collect() };
+    this.#value = entry;
+    entry.p.then(
+      () => {
+        entry.settledAt = Date.now();
+      },
+      () => {
+        if (this.#value === entry) this.#value = undefined;
+      },
+    );
+    return entry.p;
   }
 }
 
