@@ -222,6 +222,12 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
     }
   }
   const gBase = bases.gateway;
+  // the status page of the gateways' admin listeners: the id servers to PING and every node's
+  // admin listener (VIP holders), when the nodes have one
+  const nodeAdmins =
+    o.adminPortOffset === undefined
+      ? []
+      : specs.map((n) => `http://${host}:${n.port + (o.adminPortOffset as number)}`);
   for (let i = 0; i < nGateways; i++) {
     specs.push({
       name: `gateway${i + 1}`,
@@ -229,7 +235,9 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
       port: gBase + i,
       config: {
         listen: `${host}:${gBase + i}`,
-        ...admin(gBase + i),
+        ...(o.adminPortOffset === undefined
+          ? {}
+          : { admin: { listen: `${host}:${gBase + i + o.adminPortOffset}`, idServers: ids, nodeAdmins } }),
         trackers,
         cache,
         ...(o.gatewayWorkers === 'auto' ? {} : { workers: o.gatewayWorkers ?? 1 }),
