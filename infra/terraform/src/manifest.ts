@@ -4,6 +4,7 @@
  * (endpoints, storage addresses, upstreams), for people and the tests too.
  */
 import { fill, RENDERER, type Role, vipAddress } from './inputs.ts';
+import type { ScrapeTargets } from './prometheus.ts';
 import type { EnvSpec } from './spec.ts';
 
 export interface Manifest {
@@ -27,6 +28,8 @@ export interface Manifest {
   gateways: { port: number; hosts: Record<string, string>; upstreams: string[] } | null;
   data: { hosts: Record<string, string>; mysql: string; redis: string } | null;
   hosts: Record<string, { role: Role; address: string; group?: string; files: string[] }>;
+  /** Admin listeners and the rendered scrape config (prometheus.yml); null = none rendered. */
+  monitoring: (ScrapeTargets & { adminPortOffset: number; prometheusConfig: string }) | null;
 }
 
 export interface PairManifest {
@@ -44,6 +47,7 @@ export function buildManifest(
   inputSha256: string,
   secrets: Iterable<string>,
   manifestHosts: Manifest['hosts'],
+  scrape: ScrapeTargets | null = null,
 ): Manifest {
   const pair = (p: EnvSpec['trackers']): PairManifest => ({
     vip: p.vip,
@@ -87,6 +91,10 @@ export function buildManifest(
         })()
       : null,
     hosts: manifestHosts,
+    monitoring:
+      scrape && spec.monitoring
+        ? { adminPortOffset: spec.monitoring.adminPortOffset, prometheusConfig: 'prometheus.yml', ...scrape }
+        : null,
   };
   return manifest;
 }

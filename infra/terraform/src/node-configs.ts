@@ -8,7 +8,7 @@ import { configSchema as gatewaySchema } from '@dsm/gateway';
 import { configSchema as idSchema } from '@dsm/id-node';
 import { configSchema as storageSchema } from '@dsm/storage-node';
 import { configSchema as trackerSchema } from '@dsm/tracker-node';
-import { fill, hostsOf, vipAddress } from './inputs.ts';
+import { fill, type HostInfo, hostsOf, vipAddress } from './inputs.ts';
 import { type EnvSpec, SECRET_MARK, type StorageGroupSpec } from './spec.ts';
 
 const SCHEMAS = {
@@ -70,6 +70,37 @@ function withNodeAuth(role: NodeRole, extra: Record<string, unknown>): Record<st
   return extra;
 }
 
+/** The roles Prometheus scrapes, each a job `dsm-<role>` (infra/observability's rules). */
+export const SCRAPED_ROLES = ['tracker', 'id', 'storage', 'gateway'] as const;
+
+/**
+ * `host:port` of a host's admin listener: its private address, its dsm port + the environment's
+ * `monitoring.adminPortOffset` (10000: tracker 31000, id 32000, storage 33000, gateway 18080
+ * with the default ports). undefined = the environment renders no admin listeners.
+ */
+export function adminAddress(spec: EnvSpec, h: HostInfo): string | undefined {
+  const m = spec.monitoring;
+  if (!m) return undefined;
+  let base: number;
+  if (h.role === 'tracker') base = spec.trackers.port;
+  else if (h.role === 'id') base = spec.idServers.port;
+  else if (h.role === 'storage') base = (spec.storageGroups[h.group as string] as StorageGroupSpec).port;
+  else if (h.role === 'gateway') base = spec.gateways!.port;
+  else return undefined;
+  const port = base + m.adminPortOffset;
+  if (port > 65535)
+    throw new Error(
+      `${h.name}: admin port ${base} + ${m.adminPortOffset} is above 65535 (monitoring.adminPortOffset)`,
+    );
+  return `${h.address}:${port}`;
+}
+
+function adminListenerOf(spec: EnvSpec, h: HostInfo, vip?: string): Record<string, unknown> {
+  const listen = adminAddress(spec, h);
+  if (listen === undefined) return {};
+  return { admin: { listen, ...(vip ? { vips: [vipAddress(vip)] } : {}) } };
+}
+
 export function nodeConfigFor(
   spec: EnvSpec,
   host: string,
@@ -86,7 +117,8 @@ export function nodeConfigFor(
         role: h.role,
         config: nodeConfig(
           h.role,
-          { listen: `${p.listenHost}:${p.port}`, hostname: h.name },
+          // admin.vips: dsm_node_vip_held says which of the pair holds the VIP
+          { listen: `${p.listenHost}:${p.port}`, hostname: h.name, ...adminListenerOf(spec, h, p.vip) },
           withNodeAuth(h.role, p.config),
         ),
       };
@@ -106,6 +138,7 @@ export function nodeConfigFor(
             trackers: Object.values(t.hosts).map((a) => `${a}:${t.port}`),
             idServers: [`${vipAddress(i.vip)}:${i.port}`],
             glusterVolume: volume,
+            ...adminListenerOf(spec, h),
           },
           withNodeAuth('storage', g.config),
         ),
@@ -113,13 +146,34 @@ export function nodeConfigFor(
     }
     case 'gateway': {
       const gw = spec.gateways!;
+      const { admin: givenAdmin, ...rest } = gw.config as { admin?: Record<string, unknown> };
+      const listen = adminAddress(spec, h);
+      if (listen !== undefined && givenAdmin && 'listen' in givenAdmin)
+        throw new Error(
+          'gateway config: "admin.listen" is derived from the topology (monitoring), do not set it',
+        );
+      // the status page: the id servers it PINGs, the admin listeners it asks which node holds a VIP
+      const pairAdmins = hostsOf(spec)
+        .filter((x) => x.role === 'tracker' || x.role === 'id')
+        .map((x) => `http://${adminAddress(spec, x)}`);
+      const admin =
+        listen === undefined
+          ? givenAdmin
+          : {
+              listen,
+              idServers: Object.values(i.hosts).map((a) => `${a}:${i.port}`),
+              nodeAdmins: pairAdmins,
+              ...givenAdmin,
+            };
       const config = nodeConfig(
         'gateway',
-        { listen: `0.0.0.0:${gw.port}`, trackers: [`${vipAddress(t.vip)}:${t.port}`] },
+        {
+          listen: `0.0.0.0:${gw.port}`,
+          trackers: [`${vipAddress(t.vip)}:${t.port}`],
+          ...(admin ? { admin } : {}),
+        },
         // the nodes require the cluster key: the gateway proves it on every connection
-        'cluster' in gw.config
-          ? gw.config
-          : { ...gw.config, cluster: { keyId: CLUSTER_KEY_ID, keyFile: CLUSTER_KEY_FILE } },
+        'cluster' in rest ? rest : { ...rest, cluster: { keyId: CLUSTER_KEY_ID, keyFile: CLUSTER_KEY_FILE } },
       );
       checkGatewayAuth(config);
       return { role: 'gateway', config };

@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import { groupSteps, mountFor } from './ha.ts';
 import { hostsOf, loadEnvSpec, RENDERED_DIR } from './inputs.ts';
 import { buildManifest, type Manifest } from './manifest.ts';
+import { prometheusConfig, scrapeTargets } from './prometheus.ts';
 import { type RenderedHost, renderHost } from './render-roles.ts';
 import { type EnvSpec, secretsIn } from './spec.ts';
 import { toTerraformTemplate } from './template.ts';
@@ -52,7 +53,9 @@ export function renderEnvironment(spec: EnvSpec, inputSha256: string): RenderedE
       files: names,
     };
   }
-  const manifest = buildManifest(spec, inputSha256, secrets, manifestHosts);
+  const prometheus = prometheusConfig(spec);
+  if (prometheus !== null) out.set('prometheus.yml', prometheus);
+  const manifest = buildManifest(spec, inputSha256, secrets, manifestHosts, scrapeTargets(spec));
   out.set('manifest.json', `${JSON.stringify(manifest, null, 2)}\n`);
   return { files: out, manifest, hosts };
 }

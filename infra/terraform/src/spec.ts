@@ -109,6 +109,22 @@ export const envSpecSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * Admin listeners (`/metrics`, `/healthz`, `/readyz`) on every node and gateway, on the host's
+     * private address at its port + `adminPortOffset` (as `dsm up`), and `rendered/<env>/
+     * prometheus.yml`, the scrape jobs of those hosts. On unless `null` (the local environment:
+     * the HA lab it mirrors starts its nodes without admin listeners).
+     */
+    monitoring: z
+      .object({
+        adminPortOffset: z.number().int().min(1).max(64000).default(10000),
+        /** Where the Prometheus host installs infra/observability/prometheus/dsm-alerts.yml. */
+        rulesFile: absPath.default('/etc/prometheus/rules/dsm-alerts.yml'),
+        scrapeIntervalS: z.number().int().min(1).max(3600).default(15),
+      })
+      .strict()
+      .nullable()
+      .prefault({}),
     /** MySQL (MariaDB) and Redis on one VM. Omit when the environment uses managed services. */
     data: z
       .object({
