@@ -59,7 +59,7 @@ export async function runUp(v: Record<string, string | boolean | undefined>): Pr
   process.stdout.write(
     `\ncluster up: trackers ${cluster.addresses('tracker').join(', ')}; logs in ${dir}/logs\n` +
       (gw
-        ? `gateway: http://${gw}/  (curl -T movie.mp4 http://${gw}/files  → JSON with the file's url)\n`
+        ? `gateway: http://${gw}/  (curl --data-binary @movie.mp4 -H 'Content-Type: video/mp4' http://${gw}/files  → JSON with the file's url)\n`
         : '') +
       `try:  npx dsm upload FILE   |   npx dsm status   |   Ctrl-C to stop\n`,
   );
