@@ -37,3 +37,8 @@ output "redis_address" {
   description = "`host:port` of Redis on the data host."
   value       = module.cluster.redis_address
 }
+
+output "prometheus_config" {
+  description = "Path of the rendered Prometheus scrape configuration (rendered/<env>/prometheus.yml): one dsm-<role> job per role, targets the hosts' admin listeners."
+  value       = "${local.rendered_dir}/prometheus.yml"
+}

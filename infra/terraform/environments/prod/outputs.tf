@@ -48,3 +48,8 @@ output "servers" {
     }
   }
 }
+
+output "prometheus_config" {
+  description = "Path of the rendered Prometheus scrape configuration (rendered/<env>/prometheus.yml): one dsm-<role> job per role, targets the hosts' admin listeners."
+  value       = "${local.rendered_dir}/prometheus.yml"
+}
