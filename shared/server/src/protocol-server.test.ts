@@ -148,3 +148,37 @@ describe('protocol server', () => {
     c.close();
   });
 });
+
+describe('request log', () => {
+  it('writes one debug line per request (command, errno, ms) and none above debug', async () => {
+    const { pino } = await import('pino');
+    const lines: Record<string, unknown>[] = [];
+    const sink = { write: (s: string) => lines.push(JSON.parse(s)) };
+    for (const level of ['debug', 'info'] as const) {
+      lines.length = 0;
+      const s = new ProtocolServer({
+        name: 'logged',
+        hostname: 'h',
+        replyCommand: Command.STORAGE_REPLY,
+        log: pino({ level }, sink),
+        handlers: { [Command.PING]: async (ctx) => ctx.reply() },
+      });
+      const { port: p } = await s.listen(0);
+      const pool = new Pool({ transport: nodeTransport });
+      try {
+        await pool.use({ host: '127.0.0.1', port: p }, (c) =>
+          c.request(Command.PING, new Uint8Array(0), Command.STORAGE_REPLY, exactly(0)),
+        );
+      } finally {
+        await pool.close();
+        await s.close();
+      }
+      const requests = lines.filter((l) => l.msg === 'request');
+      if (level === 'debug') {
+        expect(requests).toHaveLength(1);
+        expect(requests[0]).toMatchObject({ command: Command.PING, errno: 0 });
+        expect(requests[0]?.ms).toBeTypeOf('number');
+      } else expect(requests).toEqual([]);
+    }
+  });
+});

@@ -173,6 +173,7 @@ export class ProtocolServer {
       remotePort: socket.remotePort ?? 0,
     };
     const log = baseLog.child({ conn: conn.id, peer: `${conn.remoteAddress}:${conn.remotePort}` });
+    const debug = log.isLevelEnabled('debug');
     socket.on('error', (e) => log.debug({ err: e }, 'socket error'));
     const sec = this.#opts.security;
     const auth: AuthState = { nonce: null, keyId: null };
@@ -344,7 +345,10 @@ export class ProtocolServer {
         } finally {
           busy = false;
           this.#inFlight--;
-          metrics?.request(header.command, errno, (performance.now() - started) / 1000);
+          const seconds = (performance.now() - started) / 1000;
+          metrics?.request(header.command, errno, seconds);
+          // one line per request at debug (failures are also logged above at info)
+          if (debug) log.debug({ command: header.command, errno, ms: Math.round(seconds * 1000) }, 'request');
         }
         if (!ok) break;
         if (!streamDone) {
