@@ -73,8 +73,11 @@ export function hasAdminToken(core: GatewayCore, authorization: string | undefin
   return diff === 0;
 }
 
-/** The admin listener's app: `/healthz`, `/readyz` with details, `/metrics`, `/status` (+ `.json`). */
-export function createAdminApp(core: GatewayCore): Hono {
+/**
+ * The frame of an admin listener's app (single-process and node:cluster primary alike): problem
+ * replies for errors and unknown paths, and `/healthz`.
+ */
+export function adminAppBase(): Hono {
   const app = new Hono();
   app.onError((err, c) => problemResponse(toProblem(err, c.req.path), c.req.raw.method));
   app.notFound((c) =>
@@ -84,6 +87,12 @@ export function createAdminApp(core: GatewayCore): Hono {
     ),
   );
   app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
+  return app;
+}
+
+/** The admin listener's app: `/healthz`, `/readyz` with details, `/metrics`, `/status` (+ `.json`). */
+export function createAdminApp(core: GatewayCore): Hono {
+  const app = adminAppBase();
   app.get('/readyz', () => readyResponse(core, true));
   app.get('/metrics', () => metricsResponse(core));
   const status = new StatusCache(() =>

@@ -6,13 +6,13 @@ import { createLogger, type Logger } from '@dsm/common';
 import { messageOf } from '@dsm/common/errors';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { serve } from '@hono/node-server';
-import { Hono } from 'hono';
+import type { Hono } from 'hono';
 import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
-import { readiness } from './admin.ts';
+import { adminAppBase, readiness } from './admin.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
 import { IpcKvStore, serveKvOverIpc } from './ipc-kv.ts';
 import { type RunningGateway, startGateway } from './node.ts';
-import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
+import { GatewayErrorCode, HttpError } from './problem.ts';
 import {
   collectStatus,
   ERROR_RING,
@@ -296,15 +296,7 @@ export class GatewayPrimary {
 
   /** `admin.listen` of a multi-process gateway: the workers' readiness and summed metrics. */
   #adminApp(): Hono {
-    const app = new Hono();
-    app.onError((err, c) => problemResponse(toProblem(err, c.req.path), c.req.raw.method));
-    app.notFound((c) =>
-      problemResponse(
-        toProblem(new HttpError(404, GatewayErrorCode.NO_ROUTE, `no route for ${c.req.path}`), c.req.path),
-        c.req.raw.method,
-      ),
-    );
-    app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
+    const app = adminAppBase();
     app.get('/readyz', async () => {
       const answers = await this.#ask('dsm:readyz');
       const workers = [...answers].map(([pid, r]) => ({ pid, ...(r as object) })) as ({
