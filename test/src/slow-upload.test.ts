@@ -39,16 +39,17 @@ describe('an upload slower than ioTimeoutMs whose bytes keep flowing', () => {
     await gw?.close();
     await t?.stop();
   });
-
-  it('completes through the client library', async () => {
-    const client = new DsmClient({
+  const slowClient = () =>
+    new DsmClient({
       trackers: t.cluster.addresses('tracker').map(parseAddress),
       transport: nodeTransport,
       locateCacheMs: 0,
       ioTimeoutMs: IO_TIMEOUT_MS,
     });
+
+  it('completes through the client library', async () => {
     const started = Date.now();
-    const r = await client.upload({
+    const r = await slowClient().upload({
       appId: 'tnvideo',
       userId: 'slowphone',
       source: { size: data.length, open: slowly, replayable: false },
@@ -92,20 +93,19 @@ describe('an upload slower than ioTimeoutMs whose bytes keep flowing', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as { port: number }).port;
     try {
-      const client = new DsmClient({
-        trackers: t.cluster.addresses('tracker').map(parseAddress),
-        transport: nodeTransport,
-        locateCacheMs: 0,
-        ioTimeoutMs: IO_TIMEOUT_MS,
-      });
       const started = Date.now();
-      const e = await client.storage
-        .uploadExt({ host: '127.0.0.1', port }, { appId: 'tnvideo', userId: 'u', fileId: 'f' }, 'x/y', {
-          size: 4,
-          open: async function* () {
-            yield new Uint8Array(4);
+      const e = await slowClient()
+        .storage.uploadExt(
+          { host: '127.0.0.1', port },
+          { appId: 'tnvideo', userId: 'u', fileId: 'f' },
+          'x/y',
+          {
+            size: 4,
+            open: async function* () {
+              yield new Uint8Array(4);
+            },
           },
-        })
+        )
         .catch((x: unknown) => x);
       expect(e).toMatchObject({ code: 'DSM_ERR_TIMEOUT' });
       expect(Date.now() - started).toBeLessThan(IO_TIMEOUT_MS * 4);
