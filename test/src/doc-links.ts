@@ -5,7 +5,10 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
+
+const TEMP = `${tmpdir().replace(/\/+$/, '')}/`;
 
 export interface DocProblem {
   /** `file:line`, repository-relative. */
@@ -177,6 +180,9 @@ export function checkDocs(tree: DocTree): DocProblem[] {
     }
     for (const m of text.matchAll(/(?<![\w.-])(\/[\w.-]+(?:\/[\w.<>-]+)+)/g)) {
       const path = m[1]!.replace(/\.+$/, '');
+      // run-time places under the temp folder (/tmp/dsm-halab…) are not files of anyone's
+      // workspace, wherever the checkout is (a clone under /tmp included)
+      if (`${path}/`.startsWith(TEMP)) continue;
       if (`${path}/`.startsWith(outside) && !`${path}/`.startsWith(`${tree.root.replace(/\/+$/, '')}/`)) {
         out.push({ where: at(m.index), kind: 'outside-repo', detail: `'${path}' is outside the repository` });
       }
