@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type ClusterKey, DsmClient } from '@dsm/client';
@@ -55,13 +56,24 @@ function frameFor(command: number): Uint8Array {
   return f;
 }
 
+/** Scratch folders of this file (key files, configs), removed when its tests are done. */
+const scratchDirs: string[] = [];
+function scratch(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  scratchDirs.push(d);
+  return d;
+}
+afterAll(() => {
+  for (const d of scratchDirs) rmSync(d, { recursive: true, force: true });
+});
+
 describe('node-protocol auth on a running cluster (auth.required on every node)', () => {
   let t: TestCluster;
   let ports: { tracker: number; storage: number; id: number };
   let authed: DsmClient;
 
   beforeAll(async () => {
-    const dir = (await import('node:fs')).mkdtempSync(join((await import('node:os')).tmpdir(), 'dsm-keys-'));
+    const dir = scratch('dsm-keys-');
     const f1 = join(dir, 'k1.key');
     const f2 = join(dir, 'k2.key');
     writeFileSync(f1, `${text(k1)}\n`);
@@ -177,7 +189,7 @@ describe('node-protocol auth on a running cluster (auth.required on every node)'
   });
 
   it('the gateway authenticates to the nodes with cluster.keyFile (and fails without it)', async () => {
-    const dir = (await import('node:fs')).mkdtempSync(join((await import('node:os')).tmpdir(), 'dsm-gw-'));
+    const dir = scratch('dsm-gw-');
     writeFileSync(join(dir, 'cluster.key'), `${text(k1)}\n`);
     const base = { listen: '127.0.0.1:0', trackers: t.cluster.addresses('tracker'), locateCacheMs: 0 };
     const gw = await startGateway({
@@ -205,7 +217,7 @@ describe('node-protocol auth on a running cluster (auth.required on every node)'
   });
 
   it('dsm reads the key from a file or the environment, never from argv', async () => {
-    const dir = (await import('node:fs')).mkdtempSync(join((await import('node:os')).tmpdir(), 'dsm-cli-'));
+    const dir = scratch('dsm-cli-');
     const src = join(dir, 'f.bin');
     writeFileSync(src, randomBytes(1000));
     const keyFile = join(dir, 'cluster.key');
