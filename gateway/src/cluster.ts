@@ -2,7 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { availableParallelism } from 'node:os';
-import { createLogger, type Logger } from '@dsm/common';
+import { createLogger, type Logger, runNode } from '@dsm/common';
 import { messageOf } from '@dsm/common/errors';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { serve } from '@hono/node-server';
@@ -72,47 +72,19 @@ export interface GatewayClusterOptions {
 export async function runGatewayCluster(config: GatewayConfig, opts: GatewayClusterOptions = {}) {
   const log = opts.log ?? createLogger('gateway');
   if (isGatewayWorker()) return runWorker(config, log);
-  let primary: GatewayPrimary;
-  try {
-    primary = await GatewayPrimary.start(config, log);
-  } catch (e) {
-    log.fatal({ err: e }, 'start-up failed');
-    process.stderr.write(`error: ${messageOf(e)}\n`);
-    process.exit(1);
-  }
-  process.stdout.write(`${JSON.stringify({ ready: true, ...primary.ready })}\n`);
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping: draining the workers');
-    const force = setTimeout(() => process.exit(1), DRAIN_MS + 5000);
-    force.unref();
-    try {
-      await primary.close();
-    } finally {
-      process.exit(0);
-    }
-  };
-  process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGTERM', () => void stop('SIGTERM'));
-  primary.onGiveUp = () => {
-    log.fatal('every gateway worker keeps dying: giving up');
-    process.exit(1);
-  };
-  // as runNode: a gateway started by `dsm up` (or a test) stops when its launcher is gone
-  const parent = Number(process.env.DSM_PARENT_PID);
-  if (parent > 0) {
-    const watch = setInterval(() => {
-      try {
-        process.kill(parent, 0);
-      } catch {
-        clearInterval(watch);
-        void stop('parent exited');
-      }
-    }, 1000);
-    watch.unref();
-  }
+  // a ready line, a drain on SIGINT/SIGTERM, a stop when the launcher is gone: as every node
+  await runNode(
+    log,
+    async () => {
+      const primary = await GatewayPrimary.start(config, log);
+      primary.onGiveUp = () => {
+        log.fatal('every gateway worker keeps dying: giving up');
+        process.exit(1);
+      };
+      return primary;
+    },
+    { forceExitMs: DRAIN_MS + 5000, stoppingMessage: 'stopping: draining the workers' },
+  );
 }
 
 interface Slot {

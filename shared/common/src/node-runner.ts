@@ -1,5 +1,5 @@
-import type { Logger } from '@dsm/common';
-import { messageOf } from '@dsm/common';
+import { messageOf } from './errors.ts';
+import type { Logger } from './logger.ts';
 
 export interface RunningNode {
   /** What the launcher needs to know; printed as one JSON line on stdout when ready. */
@@ -11,7 +11,18 @@ export interface RunningNode {
  * Runs a node process: starts it, prints one `{"ready":…}` line on stdout (the launcher of
  * `dsm up` and the tests wait for it), and stops cleanly on SIGINT/SIGTERM.
  */
-export async function runNode(log: Logger, start: () => Promise<RunningNode>): Promise<void> {
+export interface RunNodeOptions {
+  /** How long `close()` may take after a signal before the process exits anyway (default 10 s). */
+  forceExitMs?: number;
+  /** The log line of a stop (default "stopping"). */
+  stoppingMessage?: string;
+}
+
+export async function runNode(
+  log: Logger,
+  start: () => Promise<RunningNode>,
+  opts: RunNodeOptions = {},
+): Promise<void> {
   let node: RunningNode;
   try {
     node = await start();
@@ -25,8 +36,8 @@ export async function runNode(log: Logger, start: () => Promise<RunningNode>): P
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'stopping');
-    const force = setTimeout(() => process.exit(1), 10_000);
+    log.info({ signal }, opts.stoppingMessage ?? 'stopping');
+    const force = setTimeout(() => process.exit(1), opts.forceExitMs ?? 10_000);
     force.unref();
     try {
       await node.close();
