@@ -148,6 +148,26 @@ describe('tracker admin listener', () => {
     );
   });
 
+  it('cuts a connection whose request head never ends after 5 s of silence', async () => {
+    const t = await backend.start({ admin: { listen: '127.0.0.1:0' } });
+    const { port } = new URL(t.ready.admin as string);
+    const { connect } = await import('node:net');
+    const open = (head: string) =>
+      new Promise<{ closedAt: Promise<number> }>((resolve) => {
+        const started = Date.now();
+        const s = connect({ host: '127.0.0.1', port: Number(port) }, () => {
+          s.write(head);
+          resolve({ closedAt: new Promise((r) => s.on('close', () => r(Date.now() - started))) });
+        });
+        s.on('error', () => {});
+      });
+    // a head that never ends (slowloris) is cut after 5 s of silence, not held for ever
+    const slow = await open('GET /metrics HTTP/1.1\r\nHost: x\r\n');
+    const ms = await slow.closedAt;
+    expect(ms).toBeGreaterThanOrEqual(4000);
+    expect(ms).toBeLessThan(8000);
+  }, 20_000);
+
   it('closes connections from addresses outside allowFrom', async () => {
     const t = await backend.start({ admin: { listen: '127.0.0.1:0' }, allowFrom: ['10.213.0.0/24'] });
     await expect(fetch(`${t.ready.admin}/metrics`)).rejects.toThrow();

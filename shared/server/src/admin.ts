@@ -50,6 +50,8 @@ export interface AdminListener {
 
 /** A readiness check that has not answered in this time counts as failed. */
 const READY_CHECK_TIMEOUT_MS = 2000;
+/** A connection that sends nothing for this long is closed (slowloris, idle keep-alive). */
+const IDLE_MS = 5000;
 /** Operators' scrapers, not the public: a few connections are plenty. */
 const MAX_CONNECTIONS = 64;
 
@@ -98,7 +100,14 @@ export async function startAdminListener(opts: {
     return send(res, ok ? 200 : 503, JSON.stringify({ status: ok ? 'ready' : 'not ready', checks }));
   };
   const server: Server = createServer(
-    { headersTimeout: 5000, requestTimeout: 10_000, keepAliveTimeout: 5000, maxHeaderSize: 8192 },
+    {
+      headersTimeout: 5000,
+      requestTimeout: 10_000,
+      keepAliveTimeout: 5000,
+      maxHeaderSize: 8192,
+      // the two timeouts above are enforced by a sweep every this many ms (Node's default: 30 s)
+      connectionsCheckingInterval: 1000,
+    },
     (req, res) => {
       handle(req, res).catch((e) => {
         log.warn({ err: e }, 'admin request failed');
@@ -111,6 +120,8 @@ export async function startAdminListener(opts: {
   server.on('connection', (socket) => {
     const ip = socket.remoteAddress ?? '';
     if (!addressAllowed(allow, ip.startsWith('::ffff:') ? ip.slice(7) : ip)) socket.destroy();
+    // silence is bounded whatever the request's state (a head that never ends included)
+    else socket.setTimeout(IDLE_MS, () => socket.destroy());
   });
   const { host, port } = parseListen(opts.listen);
   const bound = await new Promise<number>((resolve, reject) => {
