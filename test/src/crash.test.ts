@@ -1,24 +1,11 @@
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { newFileId, RemoteError } from '@dsm/client';
 import { createDb } from '@dsm/db';
 import { parseAddress } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { collect, patternSource, startTestCluster, type TestCluster } from './helpers.ts';
-
-/** Every regular file under `dir`, skipping the storages' temp and partial folders. */
-function finalFiles(dir: string): string[] {
-  if (!existsSync(dir)) return [];
-  const out: string[] = [];
-  for (const name of readdirSync(dir)) {
-    if (name === '.tmp' || name === '.partial') continue;
-    const p = join(dir, name);
-    if (statSync(p).isDirectory()) out.push(...finalFiles(p));
-    else out.push(p);
-  }
-  return out;
-}
+import { collect, finalFiles, patternSource, startTestCluster, type TestCluster } from './helpers.ts';
 
 function tempFiles(dir: string): string[] {
   return existsSync(dir) ? readdirSync(dir) : [];

@@ -1,3 +1,5 @@
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseGatewayConfig } from '@dsm/gateway';
 import { type RunningGateway, startGateway } from '@dsm/gateway/node';
 import type { TestCluster } from '@dsm/testkit';
@@ -32,4 +34,17 @@ export function startUncachedGateway(
       ...extra,
     }),
   );
+}
+
+/** Every regular file under `dir`, skipping the storages' temp and partial folders. */
+export function finalFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    if (name === '.tmp' || name === '.partial') continue;
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) out.push(...finalFiles(p));
+    else out.push(p);
+  }
+  return out;
 }

@@ -6,7 +6,7 @@ import { newFileId } from '@dsm/client';
 import { createDb } from '@dsm/db';
 import { until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BACKEND_NAMES, startTestCluster, type TestCluster } from './helpers.ts';
+import { BACKEND_NAMES, finalFiles, startTestCluster, type TestCluster } from './helpers.ts';
 
 /*
  * Small uploads are group-committed (nodes/storage/src/group-commit.ts) and take their ids from
@@ -16,19 +16,6 @@ import { BACKEND_NAMES, startTestCluster, type TestCluster } from './helpers.ts'
 
 const TABLES = ['t_file_01', 't_file_02', 't_file_03'] as const;
 const APP = 'tnvideo';
-
-/** Every regular file under `dir`, skipping the storages' temp and partial folders. */
-function finalFiles(dir: string): string[] {
-  if (!existsSync(dir)) return [];
-  const out: string[] = [];
-  for (const name of readdirSync(dir)) {
-    if (name === '.tmp' || name === '.partial') continue;
-    const p = join(dir, name);
-    if (statSync(p).isDirectory()) out.push(...finalFiles(p));
-    else out.push(p);
-  }
-  return out;
-}
 
 interface Row {
   id: string;
