@@ -139,6 +139,19 @@ export class GatewayCore {
   }
 
   /**
+   * The client for a request's work: every node it asks logs the request's id (`rid`, the
+   * `X-Request-Id` of the access log), so one upload can be followed through every log.
+   */
+  clientFor(c: Context): DsmClient {
+    return this.client.forRequest(c.get('requestId'));
+  }
+
+  /** The uploader for a request's work (see clientFor). */
+  uploaderFor(c: Context): Uploader {
+    return this.uploader.forRequest(c.get('requestId'));
+  }
+
+  /**
    * The request's caller (auth.ts `principal`), noted on the context as `app/user` for the
    * access log.
    */
@@ -173,7 +186,7 @@ export class GatewayCore {
    * files never change, ids are never reused). Concurrent requests for one file (a CDN's range
    * storm) share one storage round trip. `usable`: what cachesUsable() said.
    */
-  async file(publicId: string, ids: FileIds, usable: boolean): Promise<FileEntry> {
+  async file(publicId: string, ids: FileIds, usable: boolean, client = this.client): Promise<FileEntry> {
     if (usable) {
       const hit = this.#stats.get(publicId);
       if (hit && Date.now() - hit.at < this.statMaxAgeMs) {
@@ -185,7 +198,7 @@ export class GatewayCore {
     let p = this.#inflight.get(publicId);
     if (!p) {
       const gen = this.#gen;
-      p = this.client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
+      p = client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
       this.#inflight.set(publicId, p);
       p.then(
         (entry) => {
@@ -199,8 +212,8 @@ export class GatewayCore {
   }
 
   /** A file's stat (tus HEAD and the like; see file()). */
-  async stat(publicId: string, ids: FileIds): Promise<FileStat> {
-    return (await this.file(publicId, ids, await this.cachesUsable())).stat;
+  async stat(publicId: string, ids: FileIds, client = this.client): Promise<FileStat> {
+    return (await this.file(publicId, ids, await this.cachesUsable(), client)).stat;
   }
 
   /**

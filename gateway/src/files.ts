@@ -70,7 +70,7 @@ export async function serveFile(
   await checkDownloadAllowed(core, c, ids);
   let usable = core.cachesUsable();
   if (typeof usable !== 'boolean') usable = await usable;
-  const f = await core.file(publicId, ids, usable);
+  const f = await core.file(publicId, ids, usable, core.clientFor(c));
   const stat = f.stat;
   const etag = f.etag;
   const mtimeSec = f.mtimeSec;
@@ -172,7 +172,7 @@ export async function serveFile(
     return new Response(body, { status, headers });
   }
 
-  const reply = await core.client.download(ids, start, length);
+  const reply = await core.clientFor(c).download(ids, start, length);
   if (reply.length !== length) {
     const it = reply.stream[Symbol.asyncIterator]();
     await it.next().catch(() => {});
@@ -206,7 +206,7 @@ export async function serveFile(
     // a client that stops reading gives its storage connection back (timeouts.upstreamReleaseMs)
     {
       afterMs: core.cfg.timeouts.upstreamReleaseMs,
-      reopen: (done) => resumeDownload(core.client, ids, start + done, length - done),
+      reopen: (done) => resumeDownload(core.clientFor(c), ids, start + done, length - done),
     },
   );
   seal(c, headers);
@@ -269,7 +269,7 @@ async function readSmallBody(
 export async function fileMeta(core: GatewayCore, c: Context, publicId: string): Promise<Response> {
   const ids = core.parseId(publicId);
   await checkDownloadAllowed(core, c, ids);
-  const stat = await core.stat(publicId, ids);
+  const stat = await core.stat(publicId, ids, core.clientFor(c));
   const base = core.baseUrl(c.req.url);
   return c.json(
     {
@@ -334,11 +334,12 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
   const body = counted(requestBody(c.env, () => c.req.raw.body));
   let stored: StoredFile;
   let filename = c.req.query('filename') || undefined;
+  const up = core.uploaderFor(c);
   try {
     if (isMultipart) {
       const l = core.cfg.limits;
       ({ stored, filename } = await uploadMultipart(
-        core.uploader,
+        up,
         p,
         body,
         ctype,
@@ -355,8 +356,8 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
       const type = cleanContentType(ctype) || typeForName(filename) || '';
       stored =
         declared !== undefined
-          ? await core.uploader.uploadKnown(p, declared, type, body)
-          : await core.uploader.uploadUnknown(p, type, body, max);
+          ? await up.uploadKnown(p, declared, type, body)
+          : await up.uploadUnknown(p, type, body, max);
     }
   } finally {
     core.metrics?.bytesIn('/files', received);
@@ -369,7 +370,7 @@ export async function deleteFile(core: GatewayCore, c: Context, publicId: string
   const p = await core.verifier.principal(c.req.header('authorization'), 'delete');
   const ids = core.parseId(publicId);
   requireOwner(p, ids, core.cfg.auth.mode);
-  await core.client.delete(ids);
+  await core.clientFor(c).delete(ids);
   // every gateway process drops what it cached of the file (the delete journal)
   await core
     .deleted(publicId)

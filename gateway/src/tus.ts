@@ -9,7 +9,7 @@ import { serveFile } from './files.ts';
 import { typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, notFound, tooLarge } from './problem.ts';
 import { BlockReader, bodyChunks, exactLength, limited } from './streams.ts';
-import { cleanContentType } from './uploads.ts';
+import { cleanContentType, type Uploader } from './uploads.ts';
 
 /**
  * tus 1.0 (https://tus.io/protocols/resumable-upload): core, creation, creation-with-upload,
@@ -188,11 +188,9 @@ export class TusService {
    * `locked` (the caller holds the upload's lock) its state goes too; without (HEAD), nothing
    * is deleted.
    */
-  async #storageOffset(id: string, s: TusState, locked: boolean): Promise<number> {
+  async #storageOffset(id: string, s: TusState, locked: boolean, up: Uploader): Promise<number> {
     try {
-      const r = await this.#core.uploader.onGroup(s, (a) =>
-        this.#core.client.storage.uploadOffset(a, this.#ids(s)),
-      );
+      const r = await up.onGroup(s, (a) => up.client.storage.uploadOffset(a, this.#ids(s)));
       return r.offset;
     } catch (e) {
       if (isDsmError(e) && e.errno === Errno.NOT_FOUND) {
@@ -203,8 +201,8 @@ export class TusService {
     }
   }
 
-  async #expire(id: string, s: TusState): Promise<void> {
-    await this.#core.uploader.abort(this.#ids(s));
+  async #expire(id: string, s: TusState, up = this.#core.uploader): Promise<void> {
+    await up.abort(this.#ids(s));
     await this.#core.kv.del(K.state(id));
   }
 
@@ -231,8 +229,9 @@ export class TusService {
     const contentType =
       cleanContentType(meta.filetype ?? meta.contentType ?? meta.type) || typeForName(filename) || '';
     const ids: FileIds = { appId: p.appId, userId: p.userId, fileId: newFileId() };
-    const located = await core.client.locate(p.appId, p.userId);
-    await core.uploader.onGroup(ids, (a) => core.client.storage.uploadCreate(a, ids, length, contentType));
+    const up = core.uploaderFor(c);
+    const located = await up.client.locate(p.appId, p.userId);
+    await up.onGroup(ids, (a) => up.client.storage.uploadCreate(a, ids, length, contentType));
     const id = encodePublicId(ids);
     const now = Date.now();
     const state: TusState = {
@@ -254,7 +253,7 @@ export class TusService {
     } catch (e) {
       // The KV store is down (503): without state nobody could continue or sweep this upload,
       // so it goes now rather than wait for the storages' own expiry.
-      await core.uploader.abort(ids);
+      await up.abort(ids);
       await core.kv.del(K.state(id)).catch(() => {});
       throw e;
     }
@@ -266,7 +265,7 @@ export class TusService {
     };
     const hasBody = (c.req.header('content-type') ?? '').toLowerCase().startsWith(OFFSET_TYPE);
     if (length === 0) {
-      const done = await this.#commit(id, state);
+      const done = await this.#commit(id, state, up);
       headers['Upload-Offset'] = '0';
       headers['Dsm-File-Id'] = done;
     } else if (hasBody) {
@@ -280,7 +279,7 @@ export class TusService {
         headers['Upload-Expires'] = httpDate(r.expiresAt);
       } catch (e) {
         core.log.info({ err: e, uploadId: id }, 'creation-with-upload body failed; upload kept');
-        headers['Upload-Offset'] = String(await this.#storageOffset(id, state, true).catch(() => 0));
+        headers['Upload-Offset'] = String(await this.#storageOffset(id, state, true, up).catch(() => 0));
       } finally {
         await unlock();
       }
@@ -299,7 +298,7 @@ export class TusService {
       // A finished upload: its id is the file's public id.
       const ids = this.#completedIds(id);
       requireOwner(p, ids, core.cfg.auth.mode);
-      const stat = await core.stat(id, ids);
+      const stat = await core.stat(id, ids, core.clientFor(c));
       headers['Upload-Offset'] = String(stat.size);
       headers['Upload-Length'] = String(stat.size);
       headers['Dsm-File-Id'] = id;
@@ -308,7 +307,7 @@ export class TusService {
     requireOwner(p, s, core.cfg.auth.mode);
     // HEAD holds no lock, so it only reports: the sweeper (under the lock) deletes
     if (s.expiresAt < Date.now()) throw new HttpError(410, GatewayErrorCode.GONE, 'this upload has expired');
-    headers['Upload-Offset'] = String(await this.#storageOffset(id, s, false));
+    headers['Upload-Offset'] = String(await this.#storageOffset(id, s, false, core.uploaderFor(c)));
     if (s.length >= 0) headers['Upload-Length'] = String(s.length);
     else headers['Upload-Defer-Length'] = '1';
     if (s.metadata) headers['Upload-Metadata'] = s.metadata;
@@ -345,7 +344,7 @@ export class TusService {
         // Already finished: a repeated final PATCH with nothing more to add is answered as done.
         const ids = this.#completedIds(id);
         requireOwner(p, ids, core.cfg.auth.mode);
-        const stat = await core.stat(id, ids).catch(() => {
+        const stat = await core.stat(id, ids, core.clientFor(c)).catch(() => {
           throw notFound('no such upload');
         });
         if (offset !== stat.size) {
@@ -358,7 +357,7 @@ export class TusService {
       }
       requireOwner(p, s, core.cfg.auth.mode);
       if (s.expiresAt < Date.now()) {
-        await this.#expire(id, s);
+        await this.#expire(id, s, core.uploaderFor(c));
         throw new HttpError(410, GatewayErrorCode.GONE, 'this upload has expired');
       }
       const r = await this.#append(c, id, s, offset);
@@ -388,7 +387,8 @@ export class TusService {
   ): Promise<{ offset: number; fileId?: string; expiresAt: number }> {
     const core = this.#core;
     const ids = this.#ids(s);
-    const current = await this.#storageOffset(id, s, true);
+    const up = core.uploaderFor(c);
+    const current = await this.#storageOffset(id, s, true, up);
     if (clientOffset !== current) {
       throw new HttpError(409, ErrorCode.OFFSET_MISMATCH, `Upload-Offset ${clientOffset} != ${current}`, {
         headers: { 'Upload-Offset': String(current) },
@@ -436,21 +436,21 @@ export class TusService {
             'Upload-Checksum does not match the body',
           );
         }
-        if (data.length > 0) offset = await core.uploader.append(ids, offset, data);
+        if (data.length > 0) offset = await up.append(ids, offset, data);
       } else if (chunk !== undefined) {
         if (chunk > 0) {
           let opened = false;
-          offset = await core.uploader.onGroup(ids, (a) => {
+          offset = await up.onGroup(ids, (a) => {
             // the body streams once; another member may take it only if nothing was sent yet
             if (opened) throw new DsmError(ErrorCode.IO, 'the storage failed during the append');
             opened = true;
-            return core.client.storage.uploadAppend(a, ids, offset, chunk, exactLength(body, chunk));
+            return up.client.storage.uploadAppend(a, ids, offset, chunk, exactLength(body, chunk));
           });
         }
       } else {
         const blocks = new BlockReader(limited(body, room), core.cfg.uploadBlockBytes);
         for (let b = await blocks.next(); b; b = await blocks.next())
-          offset = await core.uploader.append(ids, offset, b);
+          offset = await up.append(ids, offset, b);
       }
     } catch (e) {
       if (isDsmError(e) && e.errno === Errno.BUSY) {
@@ -470,7 +470,7 @@ export class TusService {
     s.offset = offset;
     s.expiresAt = Date.now() + core.cfg.tusExpiryMs;
     if (s.length >= 0 && offset === s.length) {
-      return { offset, fileId: await this.#commit(id, s), expiresAt: s.expiresAt };
+      return { offset, fileId: await this.#commit(id, s, up), expiresAt: s.expiresAt };
     }
     await this.#putState(id, s);
     return { offset, expiresAt: s.expiresAt };
@@ -489,10 +489,10 @@ export class TusService {
   }
 
   /** Last byte in: commit on the storage, drop the state; returns the file's public id. */
-  async #commit(id: string, s: TusState): Promise<string> {
+  async #commit(id: string, s: TusState, up: Uploader): Promise<string> {
     const core = this.#core;
     const ids = this.#ids(s);
-    await core.uploader.onGroup(ids, (a) => core.client.storage.uploadCommit(a, ids));
+    await up.onGroup(ids, (a) => up.client.storage.uploadCommit(a, ids));
     await core.kv.del(K.state(id));
     core.log.info({ uploadId: id, size: s.length }, 'tus upload committed');
     return id;
@@ -510,12 +510,12 @@ export class TusService {
         // Finished uploads are files: terminating one deletes the file (as tusd does).
         const ids = this.#completedIds(id);
         requireOwner(p, ids, core.cfg.auth.mode);
-        await core.client.delete(ids);
+        await core.clientFor(c).delete(ids);
         core.forget(id);
         return new Response(null, { status: 204 });
       }
       requireOwner(p, s, core.cfg.auth.mode);
-      await this.#expire(id, s);
+      await this.#expire(id, s, core.uploaderFor(c));
       return new Response(null, { status: 204 });
     } finally {
       await unlock();

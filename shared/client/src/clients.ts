@@ -43,6 +43,8 @@ export class IdClient {
   constructor(
     readonly pool: Pool,
     readonly servers: readonly Address[],
+    /** Named to the id servers with every request (REQUEST_CONTEXT; their logs' `rid`). */
+    readonly requestId?: string,
   ) {}
 
   nextId(key: string): Promise<number> {
@@ -55,6 +57,7 @@ export class IdClient {
           async (c) =>
             decodeI64Body(await c.request(Command.ID_GET, body, Command.ID_REPLY, exactly(8)), 'id'),
           true,
+          this.requestId,
         ),
       randomStart(this.servers.length),
     );
@@ -77,6 +80,7 @@ export class IdClient {
               await c.request(Command.ID_GET_RANGE, body, Command.ID_REPLY, exactly(ID_RANGE_REPLY_LENGTH)),
             ),
           true,
+          this.requestId,
         ),
       randomStart(this.servers.length),
     );
@@ -88,13 +92,20 @@ export class TrackerClient {
   constructor(
     readonly pool: Pool,
     readonly trackers: readonly Address[],
+    /** Named to the trackers with every request (REQUEST_CONTEXT; their logs' `rid`). */
+    readonly requestId?: string,
   ) {}
 
   #ask(command: number, body: Uint8Array, max = TEXT_REPLY_MAX): Promise<Uint8Array> {
     return tryEach(
       this.trackers,
       (a) =>
-        this.pool.use(a, (c) => c.request(command, body, Command.TRACKER_REPLY, bufferedUpTo(max)), true),
+        this.pool.use(
+          a,
+          (c) => c.request(command, body, Command.TRACKER_REPLY, bufferedUpTo(max)),
+          true,
+          this.requestId,
+        ),
       randomStart(this.trackers.length),
       isRetryableOnTracker,
     );
@@ -129,6 +140,7 @@ export class TrackerClient {
             bufferedUpTo(TEXT_REPLY_MAX),
           ),
         true,
+        this.requestId,
       );
       return decodeClusterStatus(b);
     }
@@ -158,26 +170,40 @@ export interface UploadSource {
 
 /** One storage server's operations (no failover; see DsmClient). */
 export class StorageClient {
-  constructor(readonly pool: Pool) {}
+  constructor(
+    readonly pool: Pool,
+    /** Named to the storages with every request (REQUEST_CONTEXT; their logs' `rid`). */
+    readonly requestId?: string,
+  ) {}
 
   #call(addr: Address, command: number, body: Uint8Array, ok = exactly(0)): Promise<Uint8Array> {
-    return this.pool.use(addr, (c) => c.request(command, body, Command.STORAGE_REPLY, ok), true);
+    return this.pool.use(
+      addr,
+      (c) => c.request(command, body, Command.STORAGE_REPLY, ok),
+      true,
+      this.requestId,
+    );
   }
 
   /** Seed upload (70): the reply carries nothing. */
   upload(addr: Address, ids: FileIds, source: UploadSource, onProgress?: (n: number) => void): Promise<void> {
     const prefix = encodeUploadPrefix({ ...ids, size: source.size });
-    return this.pool.use(addr, async (c) => {
-      await c.requestStreamed(
-        Command.STORAGE_UPLOAD,
-        prefix,
-        source.size,
-        source.open(),
-        Command.STORAGE_REPLY,
-        exactly(0),
-        onProgress,
-      );
-    });
+    return this.pool.use(
+      addr,
+      async (c) => {
+        await c.requestStreamed(
+          Command.STORAGE_UPLOAD,
+          prefix,
+          source.size,
+          source.open(),
+          Command.STORAGE_REPLY,
+          exactly(0),
+          onProgress,
+        );
+      },
+      false,
+      this.requestId,
+    );
   }
 
   /** Upload with a content type (80); the reply is the new file's stat (size, sha-256, …). */
@@ -189,18 +215,22 @@ export class StorageClient {
     onProgress?: (n: number) => void,
   ): Promise<FileStat> {
     const prefix = encodeUploadExtPrefix({ ...ids, contentType, size: source.size });
-    return this.pool.use(addr, async (c) =>
-      decodeStatReply(
-        await c.requestStreamed(
-          Command.STORAGE_UPLOAD_EXT,
-          prefix,
-          source.size,
-          source.open(),
-          Command.STORAGE_REPLY,
-          exactly(STAT_REPLY_LENGTH),
-          onProgress,
+    return this.pool.use(
+      addr,
+      async (c) =>
+        decodeStatReply(
+          await c.requestStreamed(
+            Command.STORAGE_UPLOAD_EXT,
+            prefix,
+            source.size,
+            source.open(),
+            Command.STORAGE_REPLY,
+            exactly(STAT_REPLY_LENGTH),
+            onProgress,
+          ),
         ),
-      ),
+      false,
+      this.requestId,
     );
   }
 
@@ -235,20 +265,25 @@ export class StorageClient {
       failed = rej;
     });
     this.pool
-      .use(addr, async (c) => {
-        const r = await c.requestStream(Command.STORAGE_DOWNLOAD, body, Command.STORAGE_REPLY);
-        const stream: AsyncIterable<Uint8Array> = {
-          async *[Symbol.asyncIterator]() {
-            try {
-              yield* r.stream;
-            } finally {
-              release();
-            }
-          },
-        };
-        ready({ ...r, stream });
-        await released;
-      })
+      .use(
+        addr,
+        async (c) => {
+          const r = await c.requestStream(Command.STORAGE_DOWNLOAD, body, Command.STORAGE_REPLY);
+          const stream: AsyncIterable<Uint8Array> = {
+            async *[Symbol.asyncIterator]() {
+              try {
+                yield* r.stream;
+              } finally {
+                release();
+              }
+            },
+          };
+          ready({ ...r, stream });
+          await released;
+        },
+        false,
+        this.requestId,
+      )
       .catch(failed);
     return got;
   }
@@ -272,18 +307,22 @@ export class StorageClient {
     source: AsyncIterable<Uint8Array>,
   ): Promise<number> {
     const prefix = encodeUploadAppendPrefix({ ...ids, offset, length });
-    return this.pool.use(addr, async (c) =>
-      decodeI64Body(
-        await c.requestStreamed(
-          Command.STORAGE_UPLOAD_APPEND,
-          prefix,
-          length,
-          source,
-          Command.STORAGE_REPLY,
-          exactly(8),
+    return this.pool.use(
+      addr,
+      async (c) =>
+        decodeI64Body(
+          await c.requestStreamed(
+            Command.STORAGE_UPLOAD_APPEND,
+            prefix,
+            length,
+            source,
+            Command.STORAGE_REPLY,
+            exactly(8),
+          ),
+          'offset',
         ),
-        'offset',
-      ),
+      false,
+      this.requestId,
     );
   }
 

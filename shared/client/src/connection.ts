@@ -13,12 +13,14 @@ import {
   encodeAuthProve,
   encodeFrame,
   encodeHeader,
+  encodeRequestContext,
   exactly,
   type FrameEvent,
   FrameReader,
   type FrameSpec,
   HEADER_LENGTH,
   type Header,
+  isRequestId,
   replySpec,
   Status,
   streamed,
@@ -71,11 +73,42 @@ export class Connection {
   #timedOut = false;
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
   lastUsed = Date.now();
+  /** The REQUEST_CONTEXT frame sent before each request while a request id is set. */
+  #context: Uint8Array | null = null;
+  #requestId: string | undefined;
 
   constructor(sock: ByteSocket, address: string, opts: ConnectionOptions) {
     this.#sock = sock;
     this.address = address;
     this.#opts = opts;
+  }
+
+  /**
+   * The request id every request on this connection names (REQUEST_CONTEXT, @dsm/packets
+   * messages/context.ts) until it is set again: the node logs it as `rid`. The pool sets it for
+   * the length of one `use` (Pool.use). Something that is not a request id is not sent.
+   */
+  get requestId(): string | undefined {
+    return this.#requestId;
+  }
+
+  set requestId(id: string | undefined) {
+    if (id === this.#requestId) return;
+    this.#requestId = id;
+    this.#context =
+      id !== undefined && isRequestId(id)
+        ? encodeFrame(Command.REQUEST_CONTEXT, encodeRequestContext(id))
+        : null;
+  }
+
+  /** `frame`, after the request context frame when there is one (one write either way). */
+  #withContext(frame: Uint8Array): Uint8Array {
+    const ctx = this.#context;
+    if (!ctx) return frame;
+    const b = new Uint8Array(ctx.length + frame.length);
+    b.set(ctx, 0);
+    b.set(frame, ctx.length);
+    return b;
   }
 
   get usable(): boolean {
@@ -135,7 +168,7 @@ export class Connection {
   async request(command: number, body: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
     return this.#exclusive(async () => {
       this.#reader.setSpec(replySpec(replyCommand, ok));
-      await this.#sock.write(encodeFrame(command, body));
+      await this.#sock.write(this.#withContext(encodeFrame(command, body)));
       return this.#readBuffered();
     });
   }
@@ -158,9 +191,12 @@ export class Connection {
       this.#reader.setSpec(replySpec(replyCommand, ok));
       const reply = this.#readBuffered();
       reply.catch(() => {});
-      const first = new Uint8Array(HEADER_LENGTH + prefix.length);
-      encodeHeader({ bodyLength: prefix.length + restLength, command, status: Status.OK }, first, 0);
-      first.set(prefix, HEADER_LENGTH);
+      const ctx = this.#context;
+      const at = ctx?.length ?? 0;
+      const first = new Uint8Array(at + HEADER_LENGTH + prefix.length);
+      if (ctx) first.set(ctx, 0);
+      encodeHeader({ bodyLength: prefix.length + restLength, command, status: Status.OK }, first, at);
+      first.set(prefix, at + HEADER_LENGTH);
       let sent = 0;
       let replied = false;
       void reply.then(
@@ -213,7 +249,7 @@ export class Connection {
     this.#busy = true;
     try {
       this.#reader.setSpec(replySpec(replyCommand, streamed(0)));
-      await this.#sock.write(encodeFrame(command, body));
+      await this.#sock.write(this.#withContext(encodeFrame(command, body)));
       const ev = await this.#nextEvent();
       if (ev.type === 'frame') {
         this.#busy = false;

@@ -54,19 +54,35 @@ export class DsmClient {
   readonly #cache: LruMap<string, { at: number; reply: AddrsReply }>;
   readonly #sha256: (() => Sha256Hasher) | undefined;
   readonly #busyWaitsMs: readonly number[];
+  readonly #opts: DsmClientOptions;
+  /** The request id named to every node this client asks (see forRequest). */
+  readonly requestId: string | undefined;
 
-  constructor(opts: DsmClientOptions) {
-    this.pool = new Pool({ ...opts, transport: opts.transport });
-    this.tracker = new TrackerClient(this.pool, opts.trackers);
-    this.storage = new StorageClient(this.pool);
+  constructor(opts: DsmClientOptions, scope?: { of: DsmClient; requestId: string }) {
+    const of = scope?.of;
+    this.requestId = scope?.requestId;
+    this.pool = of ? of.pool : new Pool({ ...opts, transport: opts.transport });
+    this.tracker = new TrackerClient(this.pool, opts.trackers, this.requestId);
+    this.storage = new StorageClient(this.pool, this.requestId);
     this.#cacheMs = opts.locateCacheMs ?? 2000;
-    this.#cache = new LruMap(opts.locateCacheMax ?? 10_000);
+    this.#cache = of ? of.#cache : new LruMap(opts.locateCacheMax ?? 10_000);
     this.#sha256 = opts.transport.sha256?.bind(opts.transport);
     this.#busyWaitsMs = opts.busyWaitsMs ?? [2000, 2500, 3000];
+    this.#opts = opts;
+  }
+
+  /**
+   * This client for the work of one request: the same pool and caches, and every request it
+   * sends to a node names `requestId` (REQUEST_CONTEXT), so the nodes' log lines of that work
+   * carry it as `rid`. Cheap (three small objects); `close()` of the result closes the pool.
+   */
+  forRequest(requestId: string | undefined): DsmClient {
+    if (requestId === undefined || requestId === this.requestId) return this;
+    return new DsmClient(this.#opts, { of: this, requestId });
   }
 
   idClient(servers: readonly Address[]): IdClient {
-    return new IdClient(this.pool, servers);
+    return new IdClient(this.pool, servers, this.requestId);
   }
 
   /** Users with a cached answer (bounded by `locateCacheMax`). */

@@ -63,9 +63,16 @@ export class Pool {
   /**
    * Runs `fn` on a pooled connection to `addr`. Idempotent requests (`retryStale`) are retried
    * once on a fresh connection when a reused one turns out to have been closed by the server.
+   * `requestId` is named to the node with every request `fn` sends (Connection.requestId).
    */
-  async use<T>(addr: Address, fn: (c: Connection) => Promise<T>, retryStale = false): Promise<T> {
+  async use<T>(
+    addr: Address,
+    fn: (c: Connection) => Promise<T>,
+    retryStale = false,
+    requestId?: string,
+  ): Promise<T> {
     const { conn, reused } = await this.#acquire(addr);
+    conn.requestId = requestId;
     try {
       const r = await fn(conn);
       this.#release(addr, conn);
@@ -74,6 +81,7 @@ export class Pool {
       this.#release(addr, conn);
       if (retryStale && reused && isDsmError(e, ErrorCode.SOCKET, ErrorCode.CONNECT)) {
         const fresh = await this.#acquire(addr, true);
+        fresh.conn.requestId = requestId;
         try {
           const r = await fn(fresh.conn);
           this.#release(addr, fresh.conn);

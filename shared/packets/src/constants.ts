@@ -20,6 +20,8 @@ export const ID_KEY_MAX = 64;
 export const KEY_ID_WIDTH = 33;
 export const AUTH_NONCE_LENGTH = 32;
 export const AUTH_PROOF_LENGTH = 32;
+/** A request id (REQUEST_CONTEXT, messages/context.ts) is 1-64 bytes. */
+export const REQUEST_ID_MAX = 64;
 /** Largest body a u64/i64 field may carry and still be a safe JS number. */
 export const MAX_SAFE_LENGTH = Number.MAX_SAFE_INTEGER;
 
@@ -30,6 +32,8 @@ export const Command = {
   AUTH_CHALLENGE: 2,
   /** Extension: node-protocol auth, step 2: key id, client nonce and proof; the server's proof back. */
   AUTH_PROVE: 3,
+  /** Extension: the request id of the next request on this connection; no reply (messages/context.ts). */
+  REQUEST_CONTEXT: 4,
   TRACKER_JOIN: 10,
   TRACKER_BEAT: 11,
   TRACKER_ADDRS: 12,

@@ -736,7 +736,12 @@ describe('reader state', () => {
   it('every command of REQUEST_SPECS is accepted by exactly the right server', () => {
     for (const cmd of Object.keys(REQUEST_SPECS).map(Number)) {
       const servers = [STORAGE_COMMANDS, TRACKER_COMMANDS, ID_COMMANDS].filter((s) => s.includes(cmd));
-      const everyNode = [Command.PING, Command.AUTH_CHALLENGE, Command.AUTH_PROVE] as number[];
+      const everyNode = [
+        Command.PING,
+        Command.AUTH_CHALLENGE,
+        Command.AUTH_PROVE,
+        Command.REQUEST_CONTEXT,
+      ] as number[];
       expect(servers.length, `command ${cmd}`).toBe(everyNode.includes(cmd) ? 3 : 1);
     }
   });

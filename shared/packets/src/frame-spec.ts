@@ -1,4 +1,12 @@
-import { Command, ERROR_BODY_MAX, Errno, ID_KEY_MAX, IDS_LENGTH, Status } from './constants.ts';
+import {
+  Command,
+  ERROR_BODY_MAX,
+  Errno,
+  ID_KEY_MAX,
+  IDS_LENGTH,
+  REQUEST_ID_MAX,
+  Status,
+} from './constants.ts';
 import { ProtocolError } from './errors.ts';
 import type { Header } from './header.ts';
 import { AUTH_PROVE_LENGTH } from './messages/auth.ts';
@@ -37,6 +45,7 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   [Command.PING]: exact(0),
   [Command.AUTH_CHALLENGE]: exact(0),
   [Command.AUTH_PROVE]: exact(AUTH_PROVE_LENGTH),
+  [Command.REQUEST_CONTEXT]: { kind: 'buffered', min: 1, max: REQUEST_ID_MAX },
   [Command.TRACKER_JOIN]: exact(JOIN_LENGTH),
   [Command.TRACKER_BEAT]: exact(BEAT_LENGTH),
   [Command.TRACKER_ADDRS]: exact(IDS_LENGTH),
@@ -62,8 +71,8 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   [Command.STORAGE_UPLOAD_EXT]: { kind: 'stream', prefix: UPLOAD_EXT_PREFIX, maxRest: UNLIMITED },
 });
 
-/** Every node serves these (auth is set up once, in @dsm/server, for all of them). */
-const EVERY_NODE = [Command.PING, Command.AUTH_CHALLENGE, Command.AUTH_PROVE];
+/** Every node serves these (auth and request context are served once, in @dsm/server, for all). */
+const EVERY_NODE = [Command.PING, Command.AUTH_CHALLENGE, Command.AUTH_PROVE, Command.REQUEST_CONTEXT];
 
 export const TRACKER_COMMANDS: readonly number[] = [
   ...EVERY_NODE,

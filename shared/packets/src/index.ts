@@ -5,6 +5,7 @@ export * from './frame-reader.ts';
 export * from './frame-spec.ts';
 export * from './header.ts';
 export * from './messages/auth.ts';
+export * from './messages/context.ts';
 export * from './messages/error-reply.ts';
 export * from './messages/id.ts';
 export * from './messages/ids.ts';

@@ -3,7 +3,8 @@ import { Command } from '@dsm/packets';
 /**
  * Which commands need an authenticated connection when `auth.required` is on. One table for
  * every node; a command that is not listed here is a write (refused by default).
- * - open: liveness and the handshake itself (keepalived's PING check has no key);
+ * - open: liveness, the handshake itself (keepalived's PING check has no key) and the request
+ *   context (a log label for the next request, which is itself checked);
  * - read: also needs auth when `auth.reads` is on;
  * - write: everything else (uploads, deletes, resumable uploads, id get, join, beat, group
  *   list and status, which reveal the cluster's layout, and the address list (12), which
@@ -12,7 +13,12 @@ import { Command } from '@dsm/packets';
  */
 export type CommandAccess = 'open' | 'read' | 'write';
 
-const OPEN: ReadonlySet<number> = new Set([Command.PING, Command.AUTH_CHALLENGE, Command.AUTH_PROVE]);
+const OPEN: ReadonlySet<number> = new Set([
+  Command.PING,
+  Command.AUTH_CHALLENGE,
+  Command.AUTH_PROVE,
+  Command.REQUEST_CONTEXT,
+]);
 const READ: ReadonlySet<number> = new Set([
   Command.STORAGE_SIZE,
   Command.STORAGE_DOWNLOAD,

@@ -182,3 +182,102 @@ describe('request log', () => {
     }
   });
 });
+
+describe('request context (REQUEST_CONTEXT, 4)', () => {
+  const ids: (string | undefined)[] = [];
+  const lines: Record<string, unknown>[] = [];
+  let s: ProtocolServer;
+  let p = 0;
+  beforeAll(async () => {
+    const { pino } = await import('pino');
+    s = new ProtocolServer({
+      name: 'ctx',
+      hostname: 'h',
+      replyCommand: Command.STORAGE_REPLY,
+      log: pino({ level: 'debug' }, { write: (l: string) => lines.push(JSON.parse(l)) }),
+      handlers: {
+        [Command.PING]: async (ctx) => {
+          ids.push(ctx.requestId);
+          ctx.log.info('handler line');
+          await ctx.reply();
+        },
+      },
+    });
+    p = (await s.listen(0)).port;
+  });
+  afterAll(() => s.close());
+
+  it('names the next request only, in its log lines (`rid`), with no reply of its own', async () => {
+    ids.length = 0;
+    lines.length = 0;
+    const pool = new Pool({ transport: nodeTransport });
+    const ping = (c: Connection) =>
+      c.request(Command.PING, new Uint8Array(0), Command.STORAGE_REPLY, exactly(0));
+    try {
+      const addr = { host: '127.0.0.1', port: p };
+      await pool.use(addr, ping, false, 'req-ctx-1');
+      // the same pooled connection, no id: the server does not carry the last one over
+      await pool.use(addr, ping);
+      await pool.use(addr, ping, false, 'req-ctx-2');
+    } finally {
+      await pool.close();
+    }
+    expect(ids).toEqual(['req-ctx-1', undefined, 'req-ctx-2']);
+    const req = lines.filter((l) => l.msg === 'request');
+    expect(req.map((l) => l.rid)).toEqual(['req-ctx-1', undefined, 'req-ctx-2']);
+    expect(lines.filter((l) => l.msg === 'handler line').map((l) => l.rid)).toEqual([
+      'req-ctx-1',
+      undefined,
+      'req-ctx-2',
+    ]);
+    // one connection served all three (the context frame left the stream in step)
+    expect(new Set(req.map((l) => l.conn)).size).toBe(1);
+  });
+
+  it('a client never sends what is not a request id (the request goes out unnamed)', async () => {
+    ids.length = 0;
+    const pool = new Pool({ transport: nodeTransport });
+    try {
+      await pool.use(
+        { host: '127.0.0.1', port: p },
+        (c) => c.request(Command.PING, new Uint8Array(0), Command.STORAGE_REPLY, exactly(0)),
+        false,
+        'bad id with spaces',
+      );
+    } finally {
+      await pool.close();
+    }
+    expect(ids).toEqual([undefined]);
+  });
+
+  it('refuses a malformed or oversized context frame: error reply, that connection closed', async () => {
+    const ping = encodeFrame(Command.PING, new Uint8Array(0));
+    const send = (frame: Uint8Array) =>
+      new Promise<Uint8Array>((resolve, reject) => {
+        const sock = connect(p, '127.0.0.1');
+        const chunks: Buffer[] = [];
+        sock.on('data', (c) => chunks.push(c));
+        sock.on('close', () => resolve(new Uint8Array(Buffer.concat(chunks))));
+        sock.on('error', reject);
+        // half-close after the bytes: a server that serves them all ends the connection too
+        sock.end(Buffer.concat([frame, ping]));
+      });
+    ids.length = 0;
+    const bad = await send(encodeFrame(Command.REQUEST_CONTEXT, new TextEncoder().encode('a b')));
+    expect(decodeHeader(bad).status).toBe(0xfd);
+    expect(decodeErrorReply(bad.subarray(HEADER_LENGTH))).toMatchObject({
+      errno: Errno.BAD_FIELD,
+      message: '[h] Invalid Request Id',
+    });
+    // refused from the header (65 > 64 bytes), before the body is read
+    const big = await send(encodeHeader({ bodyLength: 65, command: Command.REQUEST_CONTEXT, status: 0 }));
+    expect(decodeErrorReply(big.subarray(HEADER_LENGTH))).toMatchObject({ errno: Errno.BAD_LENGTH });
+    const empty = await send(encodeFrame(Command.REQUEST_CONTEXT, new Uint8Array(0)));
+    expect(decodeErrorReply(empty.subarray(HEADER_LENGTH))).toMatchObject({ errno: Errno.BAD_LENGTH });
+    // the PING behind each bad frame was never served, and the server still serves others
+    expect(ids).toEqual([]);
+    const ok = await send(encodeFrame(Command.REQUEST_CONTEXT, new TextEncoder().encode('fine.id_1-2')));
+    expect(decodeHeader(ok)).toMatchObject({ command: Command.STORAGE_REPLY, status: 0, bodyLength: 0 });
+    expect(ids).toEqual(['fine.id_1-2']);
+  });
+});

@@ -8,6 +8,7 @@ import {
   authTranscript,
   Command,
   decodeAuthProve,
+  decodeRequestContext,
   Errno,
   encodeAuthChallengeReply,
   encodeAuthProveReply,
@@ -41,6 +42,11 @@ export interface RequestContext {
   /** The rest of a streamed body; must be consumed fully for the connection to continue. */
   stream: AsyncIterable<Uint8Array>;
   conn: ConnectionInfo;
+  /**
+   * The request id the client named for this request (REQUEST_CONTEXT, @dsm/packets
+   * messages/context.ts), or undefined. `log` already carries it as `rid`.
+   */
+  requestId: string | undefined;
   log: Logger;
   /** Success reply with this server's reply command. */
   reply(body?: Uint8Array): Promise<void>;
@@ -190,10 +196,17 @@ export class ProtocolServer {
         if (!busy) socket.destroy();
       });
     }
-    const commands = [...Object.keys(handlers).map(Number), Command.AUTH_CHALLENGE, Command.AUTH_PROVE];
+    const commands = [
+      ...Object.keys(handlers).map(Number),
+      Command.AUTH_CHALLENGE,
+      Command.AUTH_PROVE,
+      Command.REQUEST_CONTEXT,
+    ];
     const reader = new FrameReader(requestSpecs(commands, this.#opts.maxUpload));
     const events = readEvents(socket, reader, metrics);
     let busy = false;
+    /** The request id for the next request (REQUEST_CONTEXT), spent by it. */
+    let nextRequestId: string | undefined;
 
     /** Resolves when the socket has handed `b` to the OS (so its buffer may be reused). */
     const writeFlushed = (b: Uint8Array): Promise<void> =>
@@ -249,6 +262,19 @@ export class ProtocolServer {
           await sendError(Errno.UNAUTHORIZED, `Address Not Allowed: ${conn.remoteAddress}`);
           break;
         }
+        if (header.command === Command.REQUEST_CONTEXT) {
+          if (e.type !== 'frame') break; // cannot happen: buffered
+          try {
+            nextRequestId = decodeRequestContext(e.body);
+          } catch (err) {
+            const pe = err as { errno?: number; message: string };
+            log.info({ command: header.command }, 'bad frame');
+            metrics?.refused('bad_frame');
+            await sendError(pe.errno ?? Errno.BAD_FIELD, pe.message);
+            break;
+          }
+          continue; // no reply: the request it names follows
+        }
         if (header.command === Command.AUTH_CHALLENGE || header.command === Command.AUTH_PROVE) {
           if (e.type !== 'frame') break; // cannot happen: both are buffered
           let step: Uint8Array | string;
@@ -300,13 +326,25 @@ export class ProtocolServer {
           },
         };
         let replied = false;
+        const requestId = nextRequestId;
+        nextRequestId = undefined;
+        // the child logger is made only when something is logged (most requests log nothing)
+        let childLog: Logger | undefined;
+        const reqLog = (): Logger => {
+          if (requestId === undefined) return log;
+          childLog ??= log.child({ rid: requestId });
+          return childLog;
+        };
         const ctx: RequestContext = {
           header,
           body: e.type === 'frame' ? e.body : e.prefix,
           rest: e.type === 'head' ? e.rest : 0,
           stream,
           conn,
-          log,
+          requestId,
+          get log() {
+            return reqLog();
+          },
           reply: async (body) => {
             replied = true;
             await write(encodeFrame(replyCommand, body));
@@ -336,10 +374,10 @@ export class ProtocolServer {
           errno = errnoOf(err);
           if (replied) {
             // Bytes already went out: an error reply now would corrupt the stream (seed quirk 6).
-            log.warn({ err, command: header.command }, 'failed after the reply started; closing');
+            reqLog().warn({ err, command: header.command }, 'failed after the reply started; closing');
           } else {
             const message = err instanceof Error ? err.message : String(err);
-            log.info({ command: header.command, errno, msg: message }, 'request failed');
+            reqLog().info({ command: header.command, errno, msg: message }, 'request failed');
             await sendError(errno, message);
           }
         } finally {
@@ -348,7 +386,8 @@ export class ProtocolServer {
           const seconds = (performance.now() - started) / 1000;
           metrics?.request(header.command, errno, seconds);
           // one line per request at debug (failures are also logged above at info)
-          if (debug) log.debug({ command: header.command, errno, ms: Math.round(seconds * 1000) }, 'request');
+          if (debug)
+            reqLog().debug({ command: header.command, errno, ms: Math.round(seconds * 1000) }, 'request');
         }
         if (!ok) break;
         if (!streamDone) {
