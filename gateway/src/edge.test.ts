@@ -261,6 +261,22 @@ describe('request heads', () => {
     await g.close();
   });
 
+  it('the admin listener bounds its connections as the nodes do: a head that never ends is cut after 5 s, big heads get 431', async () => {
+    const admin = new URL(gw.adminUrl as string);
+    const sock = connect({ host: admin.hostname, port: Number(admin.port) });
+    sockets.push(sock);
+    sock.on('error', () => {});
+    const t0 = Date.now();
+    const closed = new Promise<number>((r) => sock.on('close', () => r(Date.now() - t0)));
+    sock.on('connect', () => sock.write('GET /metrics HTTP/1.1\r\nHost: x\r\n'));
+    const ms = await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(-1), 9000))]);
+    expect(ms, 'closed after ms (-1: still open after 9 s)').toBeGreaterThanOrEqual(4000);
+    expect(ms).toBeLessThan(8000);
+    const big = await fetch(`${gw.adminUrl}/healthz`, { headers: { 'x-big': 'a'.repeat(9 * 1024) } });
+    expect(big.status).toBe(431);
+    expect((await fetch(`${gw.adminUrl}/healthz`)).status).toBe(200);
+  }, 20_000);
+
   it('answers a request head past maxHeaderBytes with 431', async () => {
     const r = await fetch(`${gw.url}/healthz`, { headers: { 'x-big': 'a'.repeat(20 * 1024) } });
     expect(r.status).toBe(431);

@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { type ClusterKey, clusterKey, DsmClient, type Transport } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
 import { createLogger, DsmError, ErrorCode, type Logger } from '@dsm/common';
+import { ADMIN_SERVER_OPTIONS, boundAdminServer } from '@dsm/common/admin-http';
 import { messageOf } from '@dsm/common/errors';
 import { createKvStore, type KvStore } from '@dsm/kv';
 import { parseAddress } from '@dsm/packets';
@@ -169,9 +170,13 @@ async function listenAdmin(
 ): Promise<{ server: Server; url: string }> {
   const { host, port } = parseListen(listen);
   const server = await new Promise<ServerType>((resolve, reject) => {
-    const s = serve({ fetch, port, hostname: host }, () => resolve(s));
+    const s = serve({ fetch, port, hostname: host, serverOptions: { ...ADMIN_SERVER_OPTIONS } }, () =>
+      resolve(s),
+    );
     s.once('error', reject);
   });
+  // the bounds of every node's admin listener: 64 connections, 5 s of silence closes one
+  boundAdminServer(server as Server);
   const shown = host.includes(':') ? `[${host}]` : host;
   const bound = (server.address() as AddressInfo).port;
   return { server: server as Server, url: `http://${shown === '0.0.0.0' ? '127.0.0.1' : shown}:${bound}` };

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { type BlockList, isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { DsmError, ErrorCode, type Logger, listenAddress, messageOf, parseListen } from '@dsm/common';
+import { ADMIN_SERVER_OPTIONS, boundAdminServer } from '@dsm/common/admin-http';
 import { formatAddress } from '@dsm/packets';
 import { z } from 'zod';
 import type { NodeMetrics } from './metrics.ts';
@@ -50,10 +51,6 @@ export interface AdminListener {
 
 /** A readiness check that has not answered in this time counts as failed. */
 const READY_CHECK_TIMEOUT_MS = 2000;
-/** A connection that sends nothing for this long is closed (slowloris, idle keep-alive). */
-const IDLE_MS = 5000;
-/** Operators' scrapers, not the public: a few connections are plenty. */
-const MAX_CONNECTIONS = 64;
 
 /**
  * Starts a node's admin listener. Only GET/HEAD of the three paths are served; anything else is
@@ -99,30 +96,14 @@ export async function startAdminListener(opts: {
     const ok = checks.every((c) => c.ok);
     return send(res, ok ? 200 : 503, JSON.stringify({ status: ok ? 'ready' : 'not ready', checks }));
   };
-  const server: Server = createServer(
-    {
-      headersTimeout: 5000,
-      requestTimeout: 10_000,
-      keepAliveTimeout: 5000,
-      maxHeaderSize: 8192,
-      // the two timeouts above are enforced by a sweep every this many ms (Node's default: 30 s)
-      connectionsCheckingInterval: 1000,
-    },
-    (req, res) => {
-      handle(req, res).catch((e) => {
-        log.warn({ err: e }, 'admin request failed');
-        if (!res.headersSent) send(res, 500, JSON.stringify({ error: 'internal error' }));
-        else res.destroy();
-      });
-    },
-  );
-  server.maxConnections = MAX_CONNECTIONS;
-  server.on('connection', (socket) => {
-    const ip = socket.remoteAddress ?? '';
-    if (!addressAllowed(allow, ip.startsWith('::ffff:') ? ip.slice(7) : ip)) socket.destroy();
-    // silence is bounded whatever the request's state (a head that never ends included)
-    else socket.setTimeout(IDLE_MS, () => socket.destroy());
+  const server: Server = createServer({ ...ADMIN_SERVER_OPTIONS }, (req, res) => {
+    handle(req, res).catch((e) => {
+      log.warn({ err: e }, 'admin request failed');
+      if (!res.headersSent) send(res, 500, JSON.stringify({ error: 'internal error' }));
+      else res.destroy();
+    });
   });
+  boundAdminServer(server, (ip) => addressAllowed(allow, ip));
   const { host, port } = parseListen(opts.listen);
   const bound = await new Promise<number>((resolve, reject) => {
     server.once('error', reject);
