@@ -70,8 +70,14 @@ describe('crash safety (kill -9)', () => {
     expect(outcome).not.toBe('completed');
     expect(await rowsFor(t, fileId)).toBe(0);
     expect(finalFiles(dataDir).length).toBe(before);
+    // the upload's claim on its id was its temp file under a second name (LinkClaim): held
+    // while the storage was dead (no other member may take the id before it expires) ...
+    const claim = join(dataDir, '.partial', `${fileId}.upload.lock`);
+    expect(existsSync(claim)).toBe(true);
     await t.cluster.startNode(victim.name);
     expect(tempFiles(tmpDir)).toEqual([]);
+    // ... and gone with it at the restart (it would hold the 8 MiB received)
+    expect(existsSync(claim)).toBe(false);
     await t.waitActive(2);
   });
 

@@ -17,7 +17,11 @@ import type { Stores } from './store.ts';
  * - row recorded for that path → the upload was committed: only the temp name goes;
  * - no such row → it was never acknowledged: the final file goes, then the temp name.
  *
- * A temp file that is not linked anywhere (the upload was still receiving) just goes.
+ * A temp file that is not linked anywhere (the upload was still receiving) just goes. In a
+ * shared store the temp file is also the upload's claim on its file id (lock.ts LinkClaim:
+ * hard-linked at `<store 0>/.partial/<fileid>.upload.lock`); a claim name still on the temp
+ * file's inode is this process's and goes with it (else a crash mid-upload would leave the
+ * body's bytes held by it).
  */
 
 const FILE_TABLES: readonly FileTableName[] = ['t_file_01', 't_file_02', 't_file_03'];
@@ -37,11 +41,24 @@ export function parseJournalName(name: string): { id: number; seconds: number; f
   return { id, seconds, fileId: m[3] as string };
 }
 
-/** Temp names that may journal a linked upload (kept by Stores.init for recoverJournal). */
-export async function isJournalEntry(path: string, name: string): Promise<boolean> {
-  if (!parseJournalName(name)) return false;
+/**
+ * Whether a temp name left by a previous run journals an upload linked to its final path (kept
+ * by Stores.init for recoverJournal); any other goes. The upload's claim name on the same inode
+ * (`claimPath(fileId)`, lock.ts LinkClaim) goes either way here, or its bytes would stay held.
+ */
+export async function isJournalEntry(
+  path: string,
+  name: string,
+  storePath: string,
+  claimPath: (fileId: string) => string,
+): Promise<boolean> {
+  const j = parseJournalName(name);
+  if (!j) return false;
   const st = await lstat(path).catch(() => null);
-  return st?.isFile() === true && st.nlink > 1;
+  if (st?.isFile() !== true || st.nlink < 2) return false;
+  await removeOwnClaim(claimPath(j.fileId), st);
+  const fin = await lstat(pathForId(storePath, j.id, j.seconds)).catch(() => null);
+  return fin !== null && fin.ino === st.ino && fin.dev === st.dev;
 }
 
 export interface RecoveryResult {
@@ -59,6 +76,12 @@ async function recordedAt(db: Kysely<Schema>, fileId: string, path: string): Pro
     if (row && row.file_path === path) return true;
   }
   return false;
+}
+
+/** Removes the claim name at `path` when it is another name of the temp file `of`. */
+async function removeOwnClaim(path: string, of: { ino: number; dev: number }): Promise<void> {
+  const c = await lstat(path).catch(() => null);
+  if (c && c.ino === of.ino && c.dev === of.dev) await removeQuiet(path);
 }
 
 /**
@@ -91,6 +114,7 @@ export async function recoverJournal(
         r.removed++;
         continue;
       }
+      await removeOwnClaim(stores.claimPath(j.fileId), st);
       const finalPath = pathForId(stores.path(i), j.id, j.seconds);
       const fin = await lstat(finalPath).catch(() => null);
       if (!fin || fin.ino !== st.ino || fin.dev !== st.dev) {

@@ -28,7 +28,7 @@ import {
   receiveInto,
   removeQuiet,
 } from './fs-util.ts';
-import { FileLock, UPLOAD_CLAIM_TTL_MS, type UploadClaim } from './lock.ts';
+import { FileLock, LinkClaim, UPLOAD_CLAIM_TTL_MS, type UploadClaim } from './lock.ts';
 import { dbFailure, type FileMeta, type Found, type Owner, ownerOf } from './meta.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
@@ -175,37 +175,36 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   checkContentType(head.contentType);
   const fileId = head.fileId;
   const table = fileTableFor(readUserIdBytes(ctx.body));
-  // The file id is claimed for the whole upload. In a shared store folder the claim is a lock
-  // file there: a client that gave up on a slow member and retries on another gets BUSY instead
-  // of a second copy, so a late commit on the first member cannot bring back a file deleted in
-  // between (chaos run). The claim is refreshed while the upload runs and expires
-  // UPLOAD_CLAIM_TTL_MS after its holder died; a holder that stalled that long checks it still
-  // has it before committing. A store no other storage writes to keeps the claim in memory.
-  const claim: UploadClaim = env.config.storesShared
-    ? await FileLock.acquire(
-        `${env.stores.partialPath(0, fileId)}.upload.lock`,
-        env.owner,
-        fileId,
-        UPLOAD_CLAIM_TTL_MS,
-      ).catch((e: unknown) => {
-        // BUSY passes; a store that cannot take the lock file fails as the upload would
-        throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
-      })
-    : env.claims.acquire(fileId);
-  let reply: Uint8Array | undefined;
-  try {
-    reply = await receiveUpload(env, ctx, ext, head, table, () => claim.held());
-  } finally {
-    // released before the reply: the client's next request may be about this file id
-    await claim.release().catch((e) => env.log.warn({ err: e, fileId }, 'cannot release the upload claim'));
-  }
-  await ctx.reply(reply);
+  // The file id is claimed for the whole upload, before anything is checked or read. In a
+  // shared store folder the claim is a name there: a client that gave up on a slow member and
+  // retries on another gets BUSY instead of a second copy, so a late commit on the first member
+  // cannot bring back a file deleted in between (chaos run). The claim is the upload's temp file
+  // hard-linked to the claim path (LinkClaim; a lock file where no hard link can be made); it is
+  // refreshed while the upload runs and expires UPLOAD_CLAIM_TTL_MS after its holder died; a
+  // holder that stalled that long checks it still has it before committing. A store no other
+  // storage writes to keeps the claim in memory.
+  const claimFor = async (tempFile: string): Promise<UploadClaim> => {
+    if (!env.config.storesShared) return env.claims.acquire(fileId);
+    const path = env.stores.claimPath(fileId);
+    try {
+      return (
+        (await LinkClaim.acquire(path, tempFile, fileId, UPLOAD_CLAIM_TTL_MS)) ??
+        (await FileLock.acquire(path, env.owner, fileId, UPLOAD_CLAIM_TTL_MS))
+      );
+    } catch (e) {
+      // BUSY passes; a store that cannot take the claim fails as the upload would
+      throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
+    }
+  };
+  await ctx.reply(await receiveUpload(env, ctx, ext, head, table, claimFor));
 }
 
 /**
  * Receives an upload into its temp file (named after its id, see commit-journal.ts), fsyncs
  * it, links it to its final path and hands it to the group committer, which answers once the
- * folder entries and the row are durable.
+ * folder entries and the row are durable. The file id's claim (`claimFor`, taken once the temp
+ * file exists) is held from before the existence check to the end, and released before the
+ * reply: the client's next request may be about this file id.
  */
 async function receiveUpload(
   env: StorageEnv,
@@ -213,10 +212,9 @@ async function receiveUpload(
   ext: boolean,
   head: { fileId: string; appId: string; userId: string; size: number; contentType: string },
   table: FileTableName,
-  stillClaimed: () => Promise<boolean>,
+  claimFor: (tempFile: string) => Promise<UploadClaim>,
 ): Promise<Uint8Array | undefined> {
   const fileId = head.fileId;
-  await refuseExisting(env, table, fileId, { orUpload: true });
   const storeIndex = env.stores.pick();
   await checkSpace(env, storeIndex, head.size);
   let id = await env.nextId(storeIndex);
@@ -235,67 +233,90 @@ async function receiveUpload(
   } catch (e) {
     throw saveFail(e);
   }
-  let got: Received;
+  let claim: UploadClaim;
   try {
-    got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null);
-    if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);
-    await fh.sync();
-    await fh.close();
+    claim = await claimFor(tmp);
   } catch (e) {
     await fh.close().catch(() => {});
     await removeQuiet(tmp).catch(() => {});
-    throw isSystemError(e) ? saveFail(e) : e;
+    throw e;
   }
-  // Link to the final path, keeping the temp name as the journal until the row is committed.
-  let finalPath = '';
-  let journal: string | null = tmp;
   try {
-    for (let attempt = 0; ; attempt++) {
-      finalPath = pathForId(env.stores.path(storeIndex), id, seconds);
-      await env.dirs.ensure(dirname(finalPath));
-      try {
-        await link(tmp, finalPath);
-        break;
-      } catch (e) {
-        const c = errorCodeOf(e);
-        if (c === 'ENOENT' && attempt < 3) {
-          env.dirs.forget(dirname(finalPath)); // removed behind our back: create it again
-          continue;
-        }
-        if (c === 'EEXIST' && attempt < 3) {
-          env.log.warn({ path: finalPath }, 'file path already taken; asking for another id');
-          id = await env.nextId(storeIndex);
-          const renamed = join(tmpDir, journalName(id, seconds, fileId));
-          await rename(tmp, renamed);
-          tmp = renamed;
-          continue;
-        }
-        if (c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EOPNOTSUPP' && c !== 'ENOSYS' && c !== 'EXDEV')
-          throw e;
-        // no hard links on this store: the file is moved, and not journalled
-        finalPath = await placeFinal(env, storeIndex, tmp, fileId, id);
-        journal = null;
-        break;
-      }
-    }
-  } catch (e) {
-    await removeQuiet(tmp).catch(() => {});
-    throw e instanceof DsmError ? e : saveFail(e);
+    return await receiveClaimed();
+  } finally {
+    await claim.release().catch((e) => env.log.warn({ err: e, fileId }, 'cannot release the upload claim'));
   }
-  const meta: FileMeta = {
-    table,
-    fileId,
-    appId: head.appId,
-    userId: head.userId,
-    path: finalPath,
-    size: got.bytes,
-    contentType: head.contentType || sniffContentType(got.head),
-    sha256: got.sha256.toString('hex'),
-    mtimeMs: Date.now(),
-  };
-  await env.commits.commit({ meta, finalPath, journal, stillClaimed });
-  ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
-  return ext ? encodeStatReply(statOf(meta)) : undefined;
+
+  async function receiveClaimed(): Promise<Uint8Array | undefined> {
+    try {
+      await refuseExisting(env, table, fileId, { orUpload: true });
+    } catch (e) {
+      await fh.close().catch(() => {});
+      await removeQuiet(tmp).catch(() => {});
+      throw e;
+    }
+    let got: Received;
+    try {
+      got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null);
+      if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);
+      await fh.sync();
+      await fh.close();
+    } catch (e) {
+      await fh.close().catch(() => {});
+      await removeQuiet(tmp).catch(() => {});
+      throw isSystemError(e) ? saveFail(e) : e;
+    }
+    // Link to the final path, keeping the temp name as the journal until the row is committed.
+    let finalPath = '';
+    let journal: string | null = tmp;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        finalPath = pathForId(env.stores.path(storeIndex), id, seconds);
+        await env.dirs.ensure(dirname(finalPath));
+        try {
+          await link(tmp, finalPath);
+          break;
+        } catch (e) {
+          const c = errorCodeOf(e);
+          if (c === 'ENOENT' && attempt < 3) {
+            env.dirs.forget(dirname(finalPath)); // removed behind our back: create it again
+            continue;
+          }
+          if (c === 'EEXIST' && attempt < 3) {
+            env.log.warn({ path: finalPath }, 'file path already taken; asking for another id');
+            id = await env.nextId(storeIndex);
+            const renamed = join(tmpDir, journalName(id, seconds, fileId));
+            await rename(tmp, renamed);
+            tmp = renamed;
+            continue;
+          }
+          if (c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EOPNOTSUPP' && c !== 'ENOSYS' && c !== 'EXDEV')
+            throw e;
+          // no hard links on this store: the file is moved, and not journalled
+          finalPath = await placeFinal(env, storeIndex, tmp, fileId, id);
+          journal = null;
+          break;
+        }
+      }
+    } catch (e) {
+      await removeQuiet(tmp).catch(() => {});
+      throw e instanceof DsmError ? e : saveFail(e);
+    }
+    const meta: FileMeta = {
+      table,
+      fileId,
+      appId: head.appId,
+      userId: head.userId,
+      path: finalPath,
+      size: got.bytes,
+      contentType: head.contentType || sniffContentType(got.head),
+      sha256: got.sha256.toString('hex'),
+      mtimeMs: Date.now(),
+    };
+    await env.commits.commit({ meta, finalPath, journal, stillClaimed: () => claim.held() });
+    ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
+    return ext ? encodeStatReply(statOf(meta)) : undefined;
+  }
 }
 
 /*

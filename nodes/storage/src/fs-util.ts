@@ -48,13 +48,21 @@ export async function mkdirDurable(dir: string): Promise<void> {
  * Folders known to exist (made durable by mkdirDurable in this process): a small upload skips
  * the mkdir of its final folder, which 512 files share. Bounded; a folder removed behind our
  * back makes the link fail with ENOENT, and the caller forgets it and creates it again.
+ *
+ * `sync(dir)` is fsyncDir on a handle kept open (the most recently synced `maxOpen` folders):
+ * the group commit fsyncs the same final and temp folders batch after batch, and the open and
+ * close around each fsync were two of its three file system calls. forget() drops the handle
+ * too (a folder created again is another inode).
  */
 export class KnownDirs {
   readonly #max: number;
   #dirs = new Set<string>();
+  readonly #maxOpen: number;
+  readonly #open = new Map<string, Promise<FileHandle | null>>();
 
-  constructor(max = 4096) {
+  constructor(max = 4096, maxOpen = 32) {
     this.#max = max;
+    this.#maxOpen = maxOpen;
   }
 
   async ensure(dir: string): Promise<void> {
@@ -66,6 +74,46 @@ export class KnownDirs {
 
   forget(dir: string): void {
     this.#dirs.delete(dir);
+    this.#drop(dir);
+  }
+
+  /** fsync of `dir` through a kept handle (see above); errors as fsyncDir's. */
+  async sync(dir: string): Promise<void> {
+    let h = this.#open.get(dir);
+    if (h) {
+      this.#open.delete(dir); // most recently used last
+      this.#open.set(dir, h);
+    } else {
+      h = open(dir, 'r').catch((e: unknown) => {
+        this.#open.delete(dir);
+        throw e;
+      });
+      this.#open.set(dir, h);
+      while (this.#open.size > this.#maxOpen) this.#drop(this.#open.keys().next().value as string);
+    }
+    try {
+      const fh = await h;
+      if (fh) await fh.sync();
+    } catch (e) {
+      this.#drop(dir);
+      const c = errorCodeOf(e);
+      if (c !== 'EINVAL' && c !== 'EISDIR' && c !== 'EPERM' && c !== 'ENOTSUP' && c !== 'EBADF') throw e;
+    }
+  }
+
+  /** Closes every kept handle (the node's close). */
+  async close(): Promise<void> {
+    const all = [...this.#open.values()];
+    this.#open.clear();
+    await Promise.all(all.map((h) => h.then((fh) => fh?.close()).catch(() => {})));
+  }
+
+  #drop(dir: string): void {
+    const h = this.#open.get(dir);
+    if (!h) return;
+    this.#open.delete(dir);
+    // FileHandle.close waits for the operations in progress on it (a concurrent sync)
+    void h.then((fh) => fh?.close()).catch(() => {});
   }
 }
 

@@ -39,6 +39,8 @@ export interface GroupCommitOptions {
   maxQueue?: number;
   /** Batches committed at once (default 2). */
   maxInFlight?: number;
+  /** fsync of a folder (default fsyncDir; the storage passes KnownDirs.sync, kept handles). */
+  syncDir?: (dir: string) => Promise<void>;
 }
 
 const busyClaim = (fileId: string) =>
@@ -74,6 +76,7 @@ export class GroupCommitter {
   readonly #maxBatch: number;
   readonly #maxQueue: number;
   readonly #maxInFlight: number;
+  readonly #syncDir: (dir: string) => Promise<void>;
   #queue: Waiter[] = [];
   /** Batches being committed. */
   readonly #inFlight = new Set<Promise<void>>();
@@ -88,6 +91,7 @@ export class GroupCommitter {
     this.#maxBatch = opts.maxBatch ?? 128;
     this.#maxQueue = opts.maxQueue ?? 4096;
     this.#maxInFlight = opts.maxInFlight ?? 2;
+    this.#syncDir = opts.syncDir ?? fsyncDir;
   }
 
   /** Batches committed so far and uploads in them (for tests and metrics). */
@@ -159,7 +163,7 @@ export class GroupCommitter {
     const sync = (d: string) => {
       let r = dirs.get(d);
       if (!r) {
-        r = fsyncDir(d).then(
+        r = this.#syncDir(d).then(
           () => null,
           (e: unknown) => e,
         );

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { link, open, rename, stat, writeFile } from 'node:fs/promises';
+import { link, lstat, open, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { DsmError, ErrorCode, errorCodeOf } from '@dsm/common';
 import { Errno } from '@dsm/packets';
 import { removeQuiet } from './fs-util.ts';
@@ -222,4 +222,133 @@ export class LocalClaims {
       },
     };
   }
+}
+
+/** Errors of `link` that mean "no hard link here" (another file system, or none supported). */
+const NO_LINK = new Set(['EXDEV', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
+
+/**
+ * An upload's claim on its file id in a shared store folder, made by hard-linking the upload's
+ * own temp file (already created) to the claim path: one `link` instead of creating, writing
+ * and closing a lock file (a new inode, the costliest step of a small upload on ext4), and one
+ * `lstat` to check it instead of open, read and close. The claim is the inode: it is ours while
+ * the claim path names our temp file's inode. Its expiry is the inode's mtime + ttl (every write
+ * of the body moves it, and a timer touches it every third of the ttl, as FileLock refreshes),
+ * so every reader, including FileLock and isLockHeld of an older member (a body is not lock
+ * JSON: they fall back to the mtime), sees the same rule. An expired claim (its holder died) is
+ * taken over the way FileLock does it: renamed aside, checked, removed.
+ *
+ * `acquire` returns null where hard links cannot be made (another file system, or none
+ * supported): the caller takes a FileLock instead.
+ */
+export class LinkClaim implements UploadClaim {
+  readonly path: string;
+  readonly #ino: number;
+  readonly #dev: number;
+  readonly #ttlMs: number;
+  readonly #timer: ReturnType<typeof setInterval>;
+  /** When held() last found the claim ours. */
+  #heldSeenAt = Number.NEGATIVE_INFINITY;
+  #released = false;
+
+  private constructor(path: string, ino: number, dev: number, ttlMs: number) {
+    this.path = path;
+    this.#ino = ino;
+    this.#dev = dev;
+    this.#ttlMs = ttlMs;
+    this.#timer = setInterval(() => void this.#touch(), Math.max(10, Math.floor(ttlMs / 3)));
+    this.#timer.unref();
+  }
+
+  /**
+   * Claims `path` with the inode of `tempFile` or throws errno BUSY; null when no hard link can
+   * be made there.
+   */
+  static async acquire(
+    path: string,
+    tempFile: string,
+    label: string,
+    ttlMs: number,
+  ): Promise<LinkClaim | null> {
+    for (let attempt = 0; attempt < 4; attempt++) {
+      try {
+        await link(tempFile, path);
+        const st = await lstat(path);
+        return new LinkClaim(path, st.ino, st.dev, ttlMs);
+      } catch (e) {
+        const c = errorCodeOf(e);
+        if (c !== undefined && NO_LINK.has(c)) return null;
+        if (c !== 'EEXIST') throw e;
+      }
+      const held = await claimAt(path, ttlMs);
+      if (!held) continue; // released meanwhile
+      if (Date.now() < held.expiresMs) throw busy(label);
+      const aside = `${path}.stale-${randomBytes(6).toString('hex')}`;
+      try {
+        await rename(path, aside);
+      } catch (e) {
+        if (errorCodeOf(e) === 'ENOENT') continue;
+        throw e;
+      }
+      const moved = await claimAt(aside, ttlMs);
+      if (moved && moved.id !== held.id && Date.now() < moved.expiresMs) {
+        // We moved a claim someone else just took: put it back (unless yet another exists).
+        await link(aside, path).catch(() => {});
+        await removeQuiet(aside);
+        throw busy(label);
+      }
+      await removeQuiet(aside);
+    }
+    throw busy(label);
+  }
+
+  async #ours(): Promise<boolean> {
+    const st = await lstat(this.path).catch(() => null);
+    return st !== null && st.ino === this.#ino && st.dev === this.#dev;
+  }
+
+  async #touch(): Promise<void> {
+    if (this.#released) return;
+    try {
+      if (!(await this.#ours())) return;
+      const now = new Date();
+      await utimes(this.path, now, now);
+    } catch {
+      // the next tick tries again; the holder's check before commit decides
+    }
+  }
+
+  /** The claim path still names this upload's temp file (checked right before the commit). */
+  async held(): Promise<boolean> {
+    if (this.#released) return false;
+    const at = performance.now();
+    const ours = await this.#ours();
+    this.#heldSeenAt = ours ? at : Number.NEGATIVE_INFINITY;
+    return ours;
+  }
+
+  async release(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    clearInterval(this.#timer);
+    // seen ours less than half a ttl ago: nobody can have taken it over since (see FileLock)
+    if (performance.now() - this.#heldSeenAt < this.#ttlMs / 2 || (await this.#ours())) {
+      await removeQuiet(this.path);
+    }
+  }
+}
+
+/**
+ * The claim found at `path`: a link claim (more than one name: a temp file's) expires at its
+ * mtime + ttl and is identified by its inode; anything else is read as a FileLock.
+ */
+async function claimAt(path: string, ttlMs: number): Promise<{ id: string; expiresMs: number } | null> {
+  const st = await lstat(path).catch((e: unknown) => {
+    if (errorCodeOf(e) === 'ENOENT') return null;
+    throw e;
+  });
+  if (!st) return null;
+  if (st.nlink > 1) return { id: `${st.dev}:${st.ino}`, expiresMs: st.mtimeMs + ttlMs };
+  const l = await readLock(path, ttlMs);
+  return l ? { id: l.token === '' ? `${st.dev}:${st.ino}` : l.token, expiresMs: l.expiresMs } : null;
 }

@@ -5,6 +5,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -291,7 +292,11 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('storage node on %s',
     await half;
     const claimFile = join(stores()[0] as string, '.partial', `${fileId}.upload.lock`);
     await until(async () => existsSync(claimFile), 5000, 20, 'the upload claim on a');
-    // what another member does once the claim expired: its own lock in its place
+    // what another member does once the claim expired: moves it aside (never writes into it: a
+    // claim may be the upload's own temp file, lock.ts LinkClaim), removes it, puts its own there
+    const aside = `${claimFile}.stale-test`;
+    renameSync(claimFile, aside);
+    rmSync(aside);
     writeFileSync(claimFile, JSON.stringify({ token: 'thief', owner: 'b', expiresMs: Date.now() + 60_000 }));
     release();
     const e = await first;

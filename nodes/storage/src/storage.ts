@@ -106,8 +106,12 @@ export async function startStorage(
     });
     const started = envReady.then(() => {});
     const meta = new MetaStore(db.db, kv, config.metaCacheTtlMs, log);
-    const commits = new GroupCommitter(meta, log);
-    kit.defer('group commit', () => commits.close());
+    const dirs = new KnownDirs();
+    const commits = new GroupCommitter(meta, log, { syncDir: (d) => dirs.sync(d) });
+    kit.defer('group commit', async () => {
+      await commits.close();
+      await dirs.close();
+    });
     const claims = new LocalClaims();
     const env: StorageEnv = {
       config,
@@ -120,7 +124,7 @@ export async function startStorage(
       nextId,
       commits,
       claims,
-      dirs: new KnownDirs(),
+      dirs,
     };
     setEnv(env);
     const recovered = recoverUntilDone(kit, stores, db, log);

@@ -54,7 +54,8 @@ export class Stores {
       await mkdir(tmp, { recursive: true });
       for (const name of await readdir(tmp)) {
         // an upload linked to its final path whose row may be missing: recoverJournal decides
-        if (await isJournalEntry(join(tmp, name), name)) continue;
+        const claim = (fileId: string) => this.claimPath(fileId);
+        if (await isJournalEntry(join(tmp, name), name, this.paths[i] as string, claim)) continue;
         await rm(join(tmp, name), { recursive: true, force: true });
       }
     }
@@ -80,6 +81,11 @@ export class Stores {
 
   partialPath(i: number, fileId: string): string {
     return join(this.path(i), PARTIAL_DIR, fileId);
+  }
+
+  /** Where an upload claims its file id in a shared store (file-ops.ts, lock.ts LinkClaim). */
+  claimPath(fileId: string): string {
+    return `${this.partialPath(0, fileId)}.upload.lock`;
   }
 
   /** Index of the store holding `absPath` (lexically), or -1. */

@@ -2,8 +2,17 @@ import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { DsmError, ErrorCode, messageOf, redactUrl } from '@dsm/common';
+import { LruMap } from '@dsm/common/lru';
 import type Database from 'better-sqlite3';
-import { Kysely, MysqlDialect, type MysqlPool, type MysqlPoolConnection, SqliteDialect } from 'kysely';
+import {
+  Kysely,
+  MysqlDialect,
+  type MysqlPool,
+  type MysqlPoolConnection,
+  type SqliteDatabase,
+  SqliteDialect,
+  type SqliteStatement,
+} from 'kysely';
 import type { Pool, PoolConnection, PoolOptions, TypeCast } from 'mysql2';
 
 /**
@@ -144,6 +153,30 @@ function openSqlite(path: string): Database.Database {
   }
 }
 
+/** Prepared SQLite statements kept per SQL text (a handful of shapes; batch INSERTs vary by rows). */
+const SQLITE_STATEMENT_CACHE = 256;
+
+/**
+ * The SQLite database as kysely's driver sees it, with its prepared statements reused: kysely
+ * prepares every query anew, and preparing costs more than running a small SELECT or INSERT (a
+ * small upload's existence check and row). Safe to share: the driver runs one query at a time
+ * on its one connection, and a statement keeps nothing between runs.
+ */
+function reusingStatements(sqlite: Database.Database): SqliteDatabase {
+  const cache = new LruMap<string, SqliteStatement>(SQLITE_STATEMENT_CACHE);
+  return {
+    close: () => sqlite.close(),
+    prepare(text: string): SqliteStatement {
+      let stmt = cache.get(text);
+      if (!stmt) {
+        stmt = sqlite.prepare(text) as unknown as SqliteStatement;
+        cache.set(text, stmt);
+      }
+      return stmt;
+    },
+  };
+}
+
 /** BIGINT (and COUNT(*) etc.) as JS numbers rather than strings. */
 const bigintAsNumber: TypeCast = (field, next) => {
   if (field.type === 'LONGLONG') {
@@ -256,11 +289,12 @@ export function createDb(url: string, opts: CreateDbOptions = {}): DbHandle {
   const closedError = () => new Error(`database handle is closed (${redactUrl(url)})`);
   if (parsed.dialect === 'sqlite') {
     const sqlite = openSqlite(parsed.path);
+    const driverView = reusingStatements(sqlite);
     const db = new Kysely<Schema>({
       dialect: new SqliteDialect({
         database: async () => {
           if (closed) throw closedError();
-          return sqlite;
+          return driverView;
         },
       }),
     });
