@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 // Runtime-neutral on purpose: the Worker entry validates the same schema from its bindings.
 // Loading a JSON file is the Node entry's job (node.ts, through loadConfig from @dsm/common).

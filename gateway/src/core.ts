@@ -10,7 +10,7 @@ import { EdgeLimits } from './edge-limits.ts';
 import { DeleteJournal } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { badRequest } from './problem.ts';
-import { SliceCache } from './slices.ts';
+import { SliceCache, type SliceSource } from './slices.ts';
 import { Uploader } from './uploads.ts';
 
 /** The subset of a pino logger the gateway uses (pino fits; the Worker entry passes its own). */
@@ -52,6 +52,17 @@ export interface FileEntry {
 /** Finished stat answers by public id (see GatewayCore.file), at most `statCacheMax`. */
 export type StatCache = LruMap<string, FileEntry>;
 
+/**
+ * Stats kept beyond this process (the Worker: the Cache API of its colo, edge-cache.ts), each
+ * for a bounded time: a delete elsewhere cannot reach every copy.
+ */
+export interface StatStore {
+  /** The file's entry from the store, or from `read()` (once for callers at the same time), stored. */
+  load(publicId: string, ids: FileIds, read: () => Promise<FileEntry>): Promise<FileEntry>;
+  /** A deleted file: what the store holds of it (stat, slices) goes, as far as it can. Never throws. */
+  purge(publicId: string): Promise<void>;
+}
+
 export interface GatewayDeps {
   client: DsmClient;
   kv: KvStore;
@@ -67,6 +78,19 @@ export interface GatewayDeps {
   verifier?: TokenVerifier;
   /** Share the edge's concurrency counters the same way (the Worker: one per isolate). */
   edgeLimits?: EdgeLimits;
+  /**
+   * A slice cache shared beyond this instance (the Worker's edge cache: one per isolate, over the
+   * Cache API): every download's bytes then come through it, whatever their length, and the
+   * small-file cache and `rangeCache` are not used. Default: `rangeCache`, one per instance.
+   */
+  slices?: SliceCache;
+  /** A second level for stats (the Worker's edge cache). Default: none. */
+  statStore?: StatStore;
+  /**
+   * Work that must outlive the reply (the Worker: `ctx.waitUntil`, and the request's storage
+   * connections stay open until it is done): slice reads other requests may share.
+   */
+  background?: (p: Promise<unknown>) => void;
 }
 
 const noop = () => {};
@@ -86,12 +110,17 @@ export class GatewayCore {
   readonly verifier: TokenVerifier;
   readonly uploader: Uploader;
   readonly edgeLimits: EdgeLimits;
-  /** Range coalescing (config `rangeCache`); null when off. */
+  /** Range coalescing (config `rangeCache`, or the Worker's edge cache); null when off. */
   readonly slices: SliceCache | null;
+  /** Every download goes through `slices` (GatewayDeps.slices), not only mid-sized replies. */
+  readonly slicesForAll: boolean;
+  /** Where this instance's slice reads come from (its client). */
+  readonly sliceSource: SliceSource;
   readonly journal: DeleteJournal;
   /** How long a cached stat is trusted (see the constructor). */
   readonly statMaxAgeMs: number;
   readonly #stats: StatCache;
+  readonly #statStore: StatStore | undefined;
   readonly #inflight = new Map<string, Promise<FileEntry>>();
   readonly #files: ByteLru<Uint8Array<ArrayBuffer>> | null;
   readonly #fileReads = new Map<string, Promise<Uint8Array<ArrayBuffer>>>();
@@ -108,6 +137,7 @@ export class GatewayCore {
     this.infoEnabled = typeof lv === 'function' ? lv.call(this.log, 'info') : d.log !== undefined;
     this.metrics = d.metrics;
     this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
+    this.#statStore = d.statStore;
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
     this.edgeLimits = d.edgeLimits ?? new EdgeLimits(d.config.limits);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
@@ -115,15 +145,14 @@ export class GatewayCore {
     this.#files = fc.maxBytes > 0 && fc.maxFileBytes > 0 ? new ByteLru(fc.maxBytes, fc.maxFileBytes) : null;
     const rc = d.config.rangeCache;
     this.slices =
-      rc.maxBytes > 0
-        ? new SliceCache(
-            { sliceBytes: rc.sliceBytes, maxBytes: rc.maxBytes },
-            {
-              read: (ids, offset, length) => this.client.download(ids, offset, length),
-              onRead: () => this.metrics?.sliceRead?.(),
-            },
-          )
-        : null;
+      d.slices ??
+      (rc.maxBytes > 0 ? new SliceCache({ sliceBytes: rc.sliceBytes, maxBytes: rc.maxBytes }) : null);
+    this.slicesForAll = d.slices !== undefined;
+    this.sliceSource = {
+      read: (ids, offset, length) => this.client.download(ids, offset, length),
+      onRead: () => this.metrics?.sliceRead?.(),
+      ...(d.background ? { started: d.background } : {}),
+    };
     // A Worker isolate's store is its own: the journal there never hears of deletes through the
     // other isolates, so a stat is trusted no longer than the former default (2 s).
     this.statMaxAgeMs =
@@ -185,7 +214,8 @@ export class GatewayCore {
     let p = this.#inflight.get(publicId);
     if (!p) {
       const gen = this.#gen;
-      p = this.client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
+      const read = () => this.client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
+      p = usable && this.#statStore ? this.#statStore.load(publicId, ids, read) : read();
       this.#inflight.set(publicId, p);
       p.then(
         (entry) => {
@@ -212,7 +242,7 @@ export class GatewayCore {
     usable: boolean,
   ): Uint8Array<ArrayBuffer> | Promise<Uint8Array<ArrayBuffer>> | null {
     const files = this.#files;
-    if (!files || !usable || f.stat.size > files.maxEntryBytes) return null;
+    if (!files || !usable || this.slicesForAll || f.stat.size > files.maxEntryBytes) return null;
     const hit = files.get(f.publicId);
     if (hit && hit.length === f.stat.size) {
       this.metrics?.cacheLookup?.('file', true);
@@ -270,11 +300,12 @@ export class GatewayCore {
 
   /**
    * A file was deleted: dropped from this process's caches at once and written to the delete
-   * journal, so every other gateway process drops it too (within 2 × `invalidationPollMs`).
+   * journal, so every other gateway process drops it too (within 2 × `invalidationPollMs`), and
+   * purged from the stat store (the Worker's edge cache) as far as it can be.
    */
   async deleted(publicId: string): Promise<void> {
     this.#drop(publicId);
-    await this.journal.publish(publicId);
+    await Promise.all([this.journal.publish(publicId), this.#statStore?.purge(publicId)]);
   }
 
   /** deleted() without waiting for the journal (a failure to write it is logged). */
@@ -316,7 +347,7 @@ export class GatewayCore {
 /** Longest a stat is trusted where deletes are not shared (IsolateKvStore: the Worker). */
 const UNSHARED_STAT_MS = 2000;
 
-function entryOf(publicId: string, ids: FileIds, stat: FileStat): FileEntry {
+export function entryOf(publicId: string, ids: FileIds, stat: FileStat): FileEntry {
   const mtimeSec = Math.floor(stat.mtimeMs / 1000);
   return {
     at: Date.now(),

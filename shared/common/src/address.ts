@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** `host:port`, IPv6 hosts in brackets. Runtime-neutral (the Worker gateway uses it too). */
 const HOST_PORT = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/;
