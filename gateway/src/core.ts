@@ -87,6 +87,12 @@ export interface GatewayDeps {
   /** A second level for stats (the Worker's edge cache). Default: none. */
   statStore?: StatStore;
   /**
+   * Share the delete journal (the Worker: one per isolate, dropping from the shared `statCache`
+   * and `slices`). Default: one per instance, dropping from its caches. A journal of its own
+   * would, on its first read, drop everything shared (it cannot know what was deleted before).
+   */
+  journal?: DeleteJournal;
+  /**
    * Work that must outlive the reply (the Worker: `ctx.waitUntil`, and the request's storage
    * connections stay open until it is done): slice reads other requests may share.
    */
@@ -159,12 +165,14 @@ export class GatewayCore {
       d.kv instanceof IsolateKvStore
         ? Math.min(d.config.statCacheMs, UNSHARED_STAT_MS)
         : d.config.statCacheMs;
-    this.journal = new DeleteJournal(
-      d.kv,
-      d.config.invalidationPollMs,
-      (id) => this.#drop(id),
-      () => this.#dropAll(),
-    );
+    this.journal =
+      d.journal ??
+      new DeleteJournal(
+        d.kv,
+        d.config.invalidationPollMs,
+        (id) => this.#drop(id),
+        () => this.#dropAll(),
+      );
   }
 
   /**

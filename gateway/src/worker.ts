@@ -11,6 +11,7 @@ import type { GatewayConfig } from './config.ts';
 import type { GatewayLog, StatCache } from './core.ts';
 import { EdgeCache, type EdgeCacheApi } from './edge-cache.ts';
 import { EdgeLimits } from './edge-limits.ts';
+import { DeleteJournal } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { HttpError, problemResponse, toProblem } from './problem.ts';
 import { clusterKeyFromEnv, configFromEnv, edgeCacheFromEnv, type WorkerEnv } from './worker-config.ts';
@@ -36,6 +37,8 @@ interface Isolate {
   edgeLimits: EdgeLimits;
   /** Slices and stats in the Cache API (config `edgeCache`); null when off or without a cache. */
   edge: EdgeCache | null;
+  /** The delete journal, dropping from the isolate's stat cache and slices. */
+  journal: DeleteJournal;
 }
 
 let isolate: Isolate | null = null;
@@ -82,23 +85,38 @@ function isolateFor(env: WorkerEnv): Isolate {
   const edgeCfg = edgeCacheFromEnv(env);
   const log = consoleLog(env.DSM_LOG_LEVEL);
   const cacheApi = (globalThis as { caches?: { default?: EdgeCacheApi } }).caches?.default;
+  // kept across a config change: uploads in progress stay resumable
+  const kv = isolate?.kv ?? new IsolateKvStore(config.memoryCacheMaxKeys);
+  const statCache: StatCache = new LruMap(config.statCacheMax);
+  const edge =
+    edgeCfg.enabled && cacheApi
+      ? new EdgeCache(edgeCfg, cacheApi, {
+          // keys on the public host when there is one (the zone's own); never fetched
+          keyOrigin: config.publicUrl ? new URL(config.publicUrl).origin : 'https://dsm-edge-cache.invalid',
+          log,
+        })
+      : null;
   isolate = {
     key,
     config,
-    // kept across a config change: uploads in progress stay resumable
-    kv: isolate?.kv ?? new IsolateKvStore(config.memoryCacheMaxKeys),
+    kv,
     log,
-    statCache: new LruMap(config.statCacheMax),
+    statCache,
     verifier: new TokenVerifier(config.auth),
     edgeLimits: new EdgeLimits(config.limits),
-    edge:
-      edgeCfg.enabled && cacheApi
-        ? new EdgeCache(edgeCfg, cacheApi, {
-            // keys on the public host when there is one (the zone's own); never fetched
-            keyOrigin: config.publicUrl ? new URL(config.publicUrl).origin : 'https://dsm-edge-cache.invalid',
-            log,
-          })
-        : null,
+    edge,
+    journal: new DeleteJournal(
+      kv,
+      config.invalidationPollMs,
+      (id) => {
+        statCache.delete(id);
+        edge?.slices.forget(id);
+      },
+      () => {
+        statCache.clear();
+        edge?.slices.clear();
+      },
+    ),
   };
   return isolate;
 }
@@ -132,6 +150,7 @@ function build(env: WorkerEnv, background?: (p: Promise<unknown>) => void) {
     statCache: iso.statCache,
     verifier: iso.verifier,
     edgeLimits: iso.edgeLimits,
+    journal: iso.journal,
     ...(iso.edge ? { slices: iso.edge.slices, statStore: iso.edge } : {}),
     ...(background ? { background } : {}),
   });
