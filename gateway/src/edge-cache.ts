@@ -62,6 +62,8 @@ const MAX_PURGE_SLICES = 64;
 const KNOWN_FILES = 1000;
 /** A stat entry is a few hundred bytes of JSON; anything longer is not ours. */
 const MAX_STAT_JSON = 4096;
+/** Longest wait for the Cache API: a lookup that takes longer is a miss, a put or delete is given up. */
+const CACHE_API_TIMEOUT_MS = 5000;
 
 interface StoredStat {
   v: 1;
@@ -88,6 +90,28 @@ function isStoredStat(x: unknown): x is StoredStat {
   );
 }
 
+/** Exactly `length` bytes of a body, or null when it has fewer or more (read no further than that). */
+async function readExactly(
+  body: ReadableStream<Uint8Array> | null,
+  length: number,
+): Promise<Uint8Array | null> {
+  if (!body) return length === 0 ? new Uint8Array(0) : null;
+  const out = new Uint8Array(length);
+  let at = 0;
+  const reader = body.getReader();
+  try {
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) return at === length ? out : null;
+      if (at + r.value.length > length) return null;
+      out.set(r.value, at);
+      at += r.value.length;
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+}
+
 export class EdgeCache implements StatStore, SliceStore {
   /** The isolate's slice cache: in-isolate sharing of reads, `memoryBytes` kept, this as its store. */
   readonly slices: SliceCache;
@@ -102,8 +126,15 @@ export class EdgeCache implements StatStore, SliceStore {
     KNOWN_FILES,
   );
 
-  constructor(cfg: EdgeCacheConfig, api: EdgeCacheApi, o: { keyOrigin: string; log: GatewayLog }) {
+  readonly #timeoutMs: number;
+
+  constructor(
+    cfg: EdgeCacheConfig,
+    api: EdgeCacheApi,
+    o: { keyOrigin: string; log: GatewayLog; timeoutMs?: number },
+  ) {
     this.#api = api;
+    this.#timeoutMs = o.timeoutMs ?? CACHE_API_TIMEOUT_MS;
     this.#ttlMs = cfg.statTtlMs;
     this.#log = o.log;
     this.#base = `${o.keyOrigin.replace(/\/+$/, '')}/_dsm-edge/v1`;
@@ -155,7 +186,9 @@ export class EdgeCache implements StatStore, SliceStore {
       const etag = `"${stored.sha256}"`;
       for (let i = 0; i * S < stored.size; i++) add(etag, S, i);
     }
-    const results = await Promise.allSettled([...keys].map((k) => this.#api.delete(k)));
+    const results = await Promise.allSettled(
+      [...keys].map((k) => this.#timed(this.#api.delete(k), 'delete')),
+    );
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) {
       this.#log.warn(
@@ -165,13 +198,41 @@ export class EdgeCache implements StatStore, SliceStore {
     }
   }
 
-  async #readStat(publicId: string): Promise<StoredStat | null> {
-    const res = await this.#api.match(this.statKey(publicId));
-    if (!res) return null;
-    const text = await res.text();
-    if (text.length > MAX_STAT_JSON) return null;
-    const o: unknown = JSON.parse(text);
-    return isStoredStat(o) ? o : null;
+  /** The stat entry of the cache, or null (none, or not one of ours). Throws on a Cache API failure. */
+  #readStat(publicId: string): Promise<StoredStat | null> {
+    return this.#timed(
+      (async () => {
+        const res = await this.#api.match(this.statKey(publicId));
+        if (!res) return null;
+        const len = res.headers.get('content-length');
+        if (len !== null && Number(len) > MAX_STAT_JSON) {
+          await res.body?.cancel();
+          return null;
+        }
+        const text = await res.text();
+        if (text.length > MAX_STAT_JSON) return null;
+        let o: unknown;
+        try {
+          o = JSON.parse(text);
+        } catch {
+          return null;
+        }
+        return isStoredStat(o) ? o : null;
+      })(),
+      'stat lookup',
+    );
+  }
+
+  /** `p`, or an error after the Cache API timeout. */
+  #timed<T>(p: Promise<T>, what: string): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the Cache API did not answer a ${what} within ${this.#timeoutMs} ms`)),
+        this.#timeoutMs,
+      );
+    });
+    return Promise.race([p, late]).finally(() => clearTimeout(timer));
   }
 
   async #getStat(publicId: string, ids: FileIds): Promise<FileEntry | null> {
@@ -200,11 +261,14 @@ export class EdgeCache implements StatStore, SliceStore {
     };
     const ageSec = Math.max(1, Math.ceil((f.at + this.#ttlMs - Date.now()) / 1000));
     try {
-      await this.#api.put(
-        this.statKey(f.publicId),
-        new Response(JSON.stringify(body), {
-          headers: { 'Content-Type': 'application/json', 'Cache-Control': `max-age=${ageSec}` },
-        }),
+      await this.#timed(
+        this.#api.put(
+          this.statKey(f.publicId),
+          new Response(JSON.stringify(body), {
+            headers: { 'Content-Type': 'application/json', 'Cache-Control': `max-age=${ageSec}` },
+          }),
+        ),
+        'stat put',
       );
     } catch (e) {
       this.#log.warn({ err: e, publicId: f.publicId }, 'the edge cache could not keep a stat');
@@ -214,19 +278,22 @@ export class EdgeCache implements StatStore, SliceStore {
   // SliceStore ---------------------------------------------------------------------------------
 
   async get(k: SliceKey): Promise<Uint8Array | null> {
-    let res: Response | undefined;
     try {
-      res = await this.#api.match(this.sliceKey(k));
-      if (!res) return null;
-      // a slice is at most 8 MiB; anything of another length is not this slice
-      const len = res.headers.get('content-length');
-      if (len !== null && Number(len) !== k.length) {
-        await res.body?.cancel();
-        return null;
-      }
-      const bytes = new Uint8Array(await res.arrayBuffer());
-      if (bytes.length !== k.length) return null;
-      this.#know(k);
+      const bytes = await this.#timed(
+        (async () => {
+          const res = await this.#api.match(this.sliceKey(k));
+          if (!res) return null;
+          // a slice is at most 8 MiB; anything of another length is not this slice
+          const len = res.headers.get('content-length');
+          if (len !== null && Number(len) !== k.length) {
+            await res.body?.cancel();
+            return null;
+          }
+          return readExactly(res.body, k.length);
+        })(),
+        'slice lookup',
+      );
+      if (bytes) this.#know(k);
       return bytes;
     } catch (e) {
       this.#log.warn({ err: e, publicId: k.publicId }, 'the edge cache could not read a slice');
@@ -236,15 +303,18 @@ export class EdgeCache implements StatStore, SliceStore {
 
   async put(k: SliceKey, bytes: Uint8Array): Promise<void> {
     try {
-      await this.#api.put(
-        this.sliceKey(k),
-        new Response(bytes as Uint8Array<ArrayBuffer>, {
-          headers: {
-            'Content-Type': 'application/octet-stream',
-            'Content-Length': String(bytes.length),
-            'Cache-Control': SLICE_CACHE_CONTROL,
-          },
-        }),
+      await this.#timed(
+        this.#api.put(
+          this.sliceKey(k),
+          new Response(bytes as Uint8Array<ArrayBuffer>, {
+            headers: {
+              'Content-Type': 'application/octet-stream',
+              'Content-Length': String(bytes.length),
+              'Cache-Control': SLICE_CACHE_CONTROL,
+            },
+          }),
+        ),
+        'slice put',
       );
       this.#know(k);
     } catch (e) {

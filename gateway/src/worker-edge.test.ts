@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Miniflare } from 'miniflare';
+import { Response as MfResponse, Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintToken, signUrl } from './auth.ts';
 import { patternBytes, run, type Stack, startStack } from './test-support.ts';
@@ -137,13 +137,18 @@ async function bytesOf(r: Response): Promise<Buffer> {
   return Buffer.from(await r.arrayBuffer());
 }
 
-/** A Miniflare instance's `caches.default`, as the test reads it. */
+/** A Miniflare instance's `caches.default`, as the test reads and writes it. */
 async function cacheOf(m: Miniflare) {
   const caches = (await m.getCaches()) as unknown as {
-    default: { match(key: string): Promise<{ arrayBuffer(): Promise<ArrayBuffer> } | undefined> };
+    default: {
+      match(key: string): Promise<{ arrayBuffer(): Promise<ArrayBuffer> } | undefined>;
+      put(key: string, res: MfResponse): Promise<void>;
+    };
   };
   return caches.default;
 }
+
+const statKey = (id: string) => `https://dsm-edge-cache.invalid/_dsm-edge/v1/stat/${id}`;
 
 /** The Cache API key of a slice (edge-cache.ts sliceKey, no publicUrl configured). */
 const sliceKey = (id: string, sha: string, index: number) =>
@@ -327,7 +332,7 @@ describe('edge cache of playback (Cache API slices)', () => {
     for (let i = 0; i < 3; i++) {
       expect(await cache.match(sliceKey(f.id, sha, i)), `slice ${i} purged`).toBeUndefined();
     }
-    expect(await cache.match(`https://dsm-edge-cache.invalid/_dsm-edge/v1/stat/${f.id}`)).toBeUndefined();
+    expect(await cache.match(statKey(f.id))).toBeUndefined();
 
     // the other colo did not hear of it: it serves its cached copy until its stat is too old
     const still = await fetch(`${base2}${f.path}`, { headers: { Range: 'bytes=0-99' } });
@@ -346,6 +351,44 @@ describe('edge cache of playback (Cache API slices)', () => {
     expect(status).toBe(404);
     // within the documented bound (plus the time of the last poll)
     expect(Date.now() - warmed2).toBeLessThan(STAT_TTL_MS + 1500);
+  }, 30_000);
+
+  it('ignores stat entries in the cache that are not its own (bad JSON, wrong shape, oversized, from the future)', async () => {
+    const cache = await cacheOf(mf);
+    const now = Date.now();
+    const good = (data: Uint8Array) => ({
+      v: 1,
+      at: now,
+      size: data.length,
+      mtimeMs: now,
+      sha256: sha256(data),
+      contentType: 'video/mp4',
+    });
+    const bodies: ((data: Uint8Array) => string)[] = [
+      () => '{"v":1,"at":',
+      (d) => JSON.stringify({ ...good(d), size: -5 }),
+      (d) => JSON.stringify({ ...good(d), sha256: 'nothex' }),
+      (d) => JSON.stringify({ ...good(d), pad: 'x'.repeat(8000) }),
+      (d) => JSON.stringify({ ...good(d), size: 1, at: now + 3_600_000 }),
+      (d) => JSON.stringify({ ...good(d), size: 1, at: now - STAT_TTL_MS - 1000 }),
+    ];
+    for (const [i, body] of bodies.entries()) {
+      const data = patternBytes(100 * KiB + i, 80 + i);
+      const f = await upload('tnvideo', data, `x${i}.mp4`);
+      await cache.put(
+        statKey(f.id),
+        new MfResponse(body(data), {
+          headers: { 'Cache-Control': 'max-age=600', 'Content-Type': 'application/json' },
+        }),
+      );
+      const stats = await storageRequests('STORAGE_STAT');
+      const r = await fetch(`${base}${f.path}`, { headers: { Range: 'bytes=0-99' } });
+      expect(r.status, `entry ${i}`).toBe(206);
+      expect(r.headers.get('content-range'), `entry ${i}`).toBe(`bytes 0-99/${data.length}`);
+      expect(r.headers.get('etag'), `entry ${i}`).toBe(f.etag);
+      expect((await bytesOf(r)).equals(data.subarray(0, 100))).toBe(true);
+      expect(await storageRequests('STORAGE_STAT'), `entry ${i}: the storage was asked`).toBe(stats + 1);
+    }
   }, 30_000);
 
   it('refuses unsigned and badly signed requests for a signed app before the cache: no cached byte, no 304', async () => {
