@@ -1,3 +1,5 @@
+// a namespace import, not `{ z }`: esbuild then keeps only what is used (the Worker bundle
+// would carry every zod locale otherwise, gateway/README.md "Cloudflare Worker")
 import * as z from 'zod';
 
 // Runtime-neutral on purpose: the Worker entry validates the same schema from its bindings.
