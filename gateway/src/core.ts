@@ -57,6 +57,8 @@ export type StatCache = LruMap<string, FileEntry>;
  * for a bounded time: a delete elsewhere cannot reach every copy.
  */
 export interface StatStore {
+  /** How long a stat is trusted, in the store and so in memory too (from the storage's answer). */
+  readonly maxAgeMs: number;
   /** The file's entry from the store, or from `read()` (once for callers at the same time), stored. */
   load(publicId: string, ids: FileIds, read: () => Promise<FileEntry>): Promise<FileEntry>;
   /** A deleted file: what the store holds of it (stat, slices) goes, as far as it can. Never throws. */
@@ -161,10 +163,14 @@ export class GatewayCore {
     };
     // A Worker isolate's store is its own: the journal there never hears of deletes through the
     // other isolates, so a stat is trusted no longer than the former default (2 s).
-    this.statMaxAgeMs =
+    // With a stat store, memory trusts a stat no longer than the store does (its bound is the one
+    // documented for deletes it cannot reach).
+    this.statMaxAgeMs = Math.min(
       d.kv instanceof IsolateKvStore
         ? Math.min(d.config.statCacheMs, UNSHARED_STAT_MS)
-        : d.config.statCacheMs;
+        : d.config.statCacheMs,
+      d.statStore?.maxAgeMs ?? Number.POSITIVE_INFINITY,
+    );
     this.journal =
       d.journal ??
       new DeleteJournal(

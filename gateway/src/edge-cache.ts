@@ -117,6 +117,8 @@ export class EdgeCache implements StatStore, SliceStore {
   readonly slices: SliceCache;
   readonly #api: EdgeCacheApi;
   readonly #ttlMs: number;
+  /** StatStore: `statTtlMs`. */
+  readonly maxAgeMs: number;
   readonly #log: GatewayLog;
   /** Origin and path under which the keys live (URLs the Worker never fetches). */
   readonly #base: string;
@@ -136,6 +138,7 @@ export class EdgeCache implements StatStore, SliceStore {
     this.#api = api;
     this.#timeoutMs = o.timeoutMs ?? CACHE_API_TIMEOUT_MS;
     this.#ttlMs = cfg.statTtlMs;
+    this.maxAgeMs = cfg.statTtlMs;
     this.#log = o.log;
     this.#base = `${o.keyOrigin.replace(/\/+$/, '')}/_dsm-edge/v1`;
     this.slices = new SliceCache({ sliceBytes: cfg.sliceBytes, maxBytes: cfg.memoryBytes, store: this });
