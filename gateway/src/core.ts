@@ -96,7 +96,8 @@ export interface GatewayDeps {
   journal?: DeleteJournal;
   /**
    * Work that must outlive the reply (the Worker: `ctx.waitUntil`, and the request's storage
-   * connections stay open until it is done): slice reads other requests may share.
+   * connections stay open until it is done): slice reads other requests may share, a delete's
+   * journal write and edge purge not waited for (forget()).
    */
   background?: (p: Promise<unknown>) => void;
 }
@@ -129,6 +130,7 @@ export class GatewayCore {
   readonly statMaxAgeMs: number;
   readonly #stats: StatCache;
   readonly #statStore: StatStore | undefined;
+  readonly #background: ((p: Promise<unknown>) => void) | undefined;
   readonly #inflight = new Map<string, Promise<FileEntry>>();
   readonly #files: ByteLru<Uint8Array<ArrayBuffer>> | null;
   readonly #fileReads = new Map<string, Promise<Uint8Array<ArrayBuffer>>>();
@@ -146,6 +148,7 @@ export class GatewayCore {
     this.metrics = d.metrics;
     this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
     this.#statStore = d.statStore;
+    this.#background = d.background;
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
     this.edgeLimits = d.edgeLimits ?? new EdgeLimits(d.config.limits);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
@@ -324,9 +327,11 @@ export class GatewayCore {
 
   /** deleted() without waiting for the journal (a failure to write it is logged). */
   forget(publicId: string): void {
-    this.deleted(publicId).catch((e: unknown) =>
+    const p = this.deleted(publicId).catch((e: unknown) =>
       this.log.warn({ err: e, publicId }, 'a delete could not be written to the delete journal'),
     );
+    // the Worker: the journal write and the edge purge outlive the reply
+    this.#background?.(p);
   }
 
   #drop(publicId: string): void {

@@ -353,6 +353,48 @@ describe('edge cache of playback (Cache API slices)', () => {
     expect(Date.now() - warmed2).toBeLessThan(STAT_TTL_MS + 1500);
   }, 30_000);
 
+  it('a tus termination of a finished upload purges it from the cache too', async () => {
+    const data = patternBytes(1 * MiB + 77 * KiB, 76);
+    const auth = { authorization: `Bearer ${await token('tnvideo', 'u1')}` };
+    const created = await fetch(`${base}/tus/`, {
+      method: 'POST',
+      headers: { ...auth, 'Tus-Resumable': '1.0.0', 'Upload-Length': String(data.length) },
+    });
+    expect(created.status).toBe(201);
+    const url = created.headers.get('location') as string;
+    const patched = await fetch(url, {
+      method: 'PATCH',
+      headers: {
+        ...auth,
+        'Tus-Resumable': '1.0.0',
+        'Upload-Offset': '0',
+        'Content-Type': 'application/offset+octet-stream',
+      },
+      body: data as Uint8Array<ArrayBuffer>,
+    });
+    expect(patched.status).toBe(204);
+    const id = patched.headers.get('dsm-file-id') as string;
+    const ok = await fetch(`${base}/files/${id}`);
+    expect((await bytesOf(ok)).equals(data)).toBe(true);
+    const cache = await cacheOf(mf);
+    expect(await cache.match(sliceKey(id, sha256(data), 1))).toBeDefined();
+    const del = await fetch(url, { method: 'DELETE', headers: { ...auth, 'Tus-Resumable': '1.0.0' } });
+    expect(del.status).toBe(204);
+    const gone = await fetch(`${base}/files/${id}`, { headers: { Range: 'bytes=0-9' } });
+    expect(gone.status).toBe(404);
+    await gone.arrayBuffer();
+    // the purge runs past the reply (waitUntil): give it a moment
+    let left = 2;
+    for (let i = 0; i < 50 && left > 0; i++) {
+      left = 0;
+      for (const k of [sliceKey(id, sha256(data), 0), sliceKey(id, sha256(data), 1), statKey(id)]) {
+        if (await cache.match(k)) left++;
+      }
+      if (left > 0) await sleep(50);
+    }
+    expect(left).toBe(0);
+  }, 30_000);
+
   it('ignores stat entries in the cache that are not its own (bad JSON, wrong shape, oversized, from the future)', async () => {
     const cache = await cacheOf(mf);
     const now = Date.now();
