@@ -1,4 +1,6 @@
-import { z } from 'zod';
+// a namespace import, not `{ z }`: esbuild then keeps only what is used (the Worker bundle
+// would carry every zod locale otherwise, gateway/README.md "Cloudflare Worker")
+import * as z from 'zod';
 
 // Runtime-neutral on purpose: the Worker entry validates the same schema from its bindings.
 // Loading a JSON file is the Node entry's job (node.ts, through loadConfig from @dsm/common).

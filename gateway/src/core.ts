@@ -10,7 +10,7 @@ import { EdgeLimits } from './edge-limits.ts';
 import { DeleteJournal } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { badRequest } from './problem.ts';
-import { SliceCache } from './slices.ts';
+import { SliceCache, type SliceSource } from './slices.ts';
 import { Uploader } from './uploads.ts';
 
 /** The subset of a pino logger the gateway uses (pino fits; the Worker entry passes its own). */
@@ -52,6 +52,19 @@ export interface FileEntry {
 /** Finished stat answers by public id (see GatewayCore.file), at most `statCacheMax`. */
 export type StatCache = LruMap<string, FileEntry>;
 
+/**
+ * Stats kept beyond this process (the Worker: the Cache API of its colo, edge-cache.ts), each
+ * for a bounded time: a delete elsewhere cannot reach every copy.
+ */
+export interface StatStore {
+  /** How long a stat is trusted, in the store and so in memory too (from the storage's answer). */
+  readonly maxAgeMs: number;
+  /** The file's entry from the store, or from `read()` (once for callers at the same time), stored. */
+  load(publicId: string, ids: FileIds, read: () => Promise<FileEntry>): Promise<FileEntry>;
+  /** A deleted file: what the store holds of it (stat, slices) goes, as far as it can. Never throws. */
+  purge(publicId: string): Promise<void>;
+}
+
 export interface GatewayDeps {
   client: DsmClient;
   kv: KvStore;
@@ -67,6 +80,26 @@ export interface GatewayDeps {
   verifier?: TokenVerifier;
   /** Share the edge's concurrency counters the same way (the Worker: one per isolate). */
   edgeLimits?: EdgeLimits;
+  /**
+   * A slice cache shared beyond this instance (the Worker's edge cache: one per isolate, over the
+   * Cache API): every download's bytes then come through it, whatever their length, and the
+   * small-file cache and `rangeCache` are not used. Default: `rangeCache`, one per instance.
+   */
+  slices?: SliceCache;
+  /** A second level for stats (the Worker's edge cache). Default: none. */
+  statStore?: StatStore;
+  /**
+   * Share the delete journal (the Worker: one per isolate, dropping from the shared `statCache`
+   * and `slices`). Default: one per instance, dropping from its caches. A journal of its own
+   * would, on its first read, drop everything shared (it cannot know what was deleted before).
+   */
+  journal?: DeleteJournal;
+  /**
+   * Work that must outlive the reply (the Worker: `ctx.waitUntil`, and the request's storage
+   * connections stay open until it is done): slice reads other requests may share, a delete's
+   * journal write and edge purge not waited for (forget()).
+   */
+  background?: (p: Promise<unknown>) => void;
 }
 
 const noop = () => {};
@@ -86,12 +119,18 @@ export class GatewayCore {
   readonly verifier: TokenVerifier;
   readonly uploader: Uploader;
   readonly edgeLimits: EdgeLimits;
-  /** Range coalescing (config `rangeCache`); null when off. */
+  /** Range coalescing (config `rangeCache`, or the Worker's edge cache); null when off. */
   readonly slices: SliceCache | null;
+  /** Every download goes through `slices` (GatewayDeps.slices), not only mid-sized replies. */
+  readonly slicesForAll: boolean;
+  /** Where this instance's slice reads come from (its client). */
+  readonly sliceSource: SliceSource;
   readonly journal: DeleteJournal;
   /** How long a cached stat is trusted (see the constructor). */
   readonly statMaxAgeMs: number;
   readonly #stats: StatCache;
+  readonly #statStore: StatStore | undefined;
+  readonly #background: ((p: Promise<unknown>) => void) | undefined;
   readonly #inflight = new Map<string, Promise<FileEntry>>();
   readonly #files: ByteLru<Uint8Array<ArrayBuffer>> | null;
   readonly #fileReads = new Map<string, Promise<Uint8Array<ArrayBuffer>>>();
@@ -108,6 +147,8 @@ export class GatewayCore {
     this.infoEnabled = typeof lv === 'function' ? lv.call(this.log, 'info') : d.log !== undefined;
     this.metrics = d.metrics;
     this.#stats = d.statCache ?? new LruMap(d.config.statCacheMax);
+    this.#statStore = d.statStore;
+    this.#background = d.background;
     this.verifier = d.verifier ?? new TokenVerifier(d.config.auth);
     this.edgeLimits = d.edgeLimits ?? new EdgeLimits(d.config.limits);
     this.uploader = new Uploader(d.client, d.config.uploadBlockBytes);
@@ -115,27 +156,32 @@ export class GatewayCore {
     this.#files = fc.maxBytes > 0 && fc.maxFileBytes > 0 ? new ByteLru(fc.maxBytes, fc.maxFileBytes) : null;
     const rc = d.config.rangeCache;
     this.slices =
-      rc.maxBytes > 0
-        ? new SliceCache(
-            { sliceBytes: rc.sliceBytes, maxBytes: rc.maxBytes },
-            {
-              read: (ids, offset, length) => this.client.download(ids, offset, length),
-              onRead: () => this.metrics?.sliceRead?.(),
-            },
-          )
-        : null;
+      d.slices ??
+      (rc.maxBytes > 0 ? new SliceCache({ sliceBytes: rc.sliceBytes, maxBytes: rc.maxBytes }) : null);
+    this.slicesForAll = d.slices !== undefined;
+    this.sliceSource = {
+      read: (ids, offset, length) => this.client.download(ids, offset, length),
+      onRead: () => this.metrics?.sliceRead?.(),
+      ...(d.background ? { started: d.background } : {}),
+    };
     // A Worker isolate's store is its own: the journal there never hears of deletes through the
     // other isolates, so a stat is trusted no longer than the former default (2 s).
-    this.statMaxAgeMs =
+    // With a stat store, memory trusts a stat no longer than the store does (its bound is the one
+    // documented for deletes it cannot reach).
+    this.statMaxAgeMs = Math.min(
       d.kv instanceof IsolateKvStore
         ? Math.min(d.config.statCacheMs, UNSHARED_STAT_MS)
-        : d.config.statCacheMs;
-    this.journal = new DeleteJournal(
-      d.kv,
-      d.config.invalidationPollMs,
-      (id) => this.#drop(id),
-      () => this.#dropAll(),
+        : d.config.statCacheMs,
+      d.statStore?.maxAgeMs ?? Number.POSITIVE_INFINITY,
     );
+    this.journal =
+      d.journal ??
+      new DeleteJournal(
+        d.kv,
+        d.config.invalidationPollMs,
+        (id) => this.#drop(id),
+        () => this.#dropAll(),
+      );
   }
 
   /**
@@ -198,7 +244,8 @@ export class GatewayCore {
     let p = this.#inflight.get(publicId);
     if (!p) {
       const gen = this.#gen;
-      p = client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
+      const read = () => client.stat(ids).then((stat) => entryOf(publicId, ids, stat));
+      p = usable && this.#statStore ? this.#statStore.load(publicId, ids, read) : read();
       this.#inflight.set(publicId, p);
       p.then(
         (entry) => {
@@ -225,7 +272,7 @@ export class GatewayCore {
     usable: boolean,
   ): Uint8Array<ArrayBuffer> | Promise<Uint8Array<ArrayBuffer>> | null {
     const files = this.#files;
-    if (!files || !usable || f.stat.size > files.maxEntryBytes) return null;
+    if (!files || !usable || this.slicesForAll || f.stat.size > files.maxEntryBytes) return null;
     const hit = files.get(f.publicId);
     if (hit && hit.length === f.stat.size) {
       this.metrics?.cacheLookup?.('file', true);
@@ -283,18 +330,21 @@ export class GatewayCore {
 
   /**
    * A file was deleted: dropped from this process's caches at once and written to the delete
-   * journal, so every other gateway process drops it too (within 2 × `invalidationPollMs`).
+   * journal, so every other gateway process drops it too (within 2 × `invalidationPollMs`), and
+   * purged from the stat store (the Worker's edge cache) as far as it can be.
    */
   async deleted(publicId: string): Promise<void> {
     this.#drop(publicId);
-    await this.journal.publish(publicId);
+    await Promise.all([this.journal.publish(publicId), this.#statStore?.purge(publicId)]);
   }
 
   /** deleted() without waiting for the journal (a failure to write it is logged). */
   forget(publicId: string): void {
-    this.deleted(publicId).catch((e: unknown) =>
+    const p = this.deleted(publicId).catch((e: unknown) =>
       this.log.warn({ err: e, publicId }, 'a delete could not be written to the delete journal'),
     );
+    // the Worker: the journal write and the edge purge outlive the reply
+    this.#background?.(p);
   }
 
   #drop(publicId: string): void {
@@ -329,7 +379,7 @@ export class GatewayCore {
 /** Longest a stat is trusted where deletes are not shared (IsolateKvStore: the Worker). */
 const UNSHARED_STAT_MS = 2000;
 
-function entryOf(publicId: string, ids: FileIds, stat: FileStat): FileEntry {
+export function entryOf(publicId: string, ids: FileIds, stat: FileStat): FileEntry {
   const mtimeSec = Math.floor(stat.mtimeMs / 1000);
   return {
     at: Date.now(),

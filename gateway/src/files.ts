@@ -155,10 +155,15 @@ export async function serveFile(
     return new Response(length === size ? bytes : bytes.subarray(start, start + length), { status, headers });
   }
 
-  // a big file's reply of modest length: coalesced slices, shared with concurrent requests
+  // a big file's reply of modest length: coalesced slices, shared with concurrent requests (the
+  // Worker's edge cache: every reply)
   const slices = core.slices;
-  if (slices && length > SMALL_BODY_BYTES && length <= core.cfg.rangeCache.maxReplyBytes) {
+  if (
+    slices &&
+    (core.slicesForAll || (length > SMALL_BODY_BYTES && length <= core.cfg.rangeCache.maxReplyBytes))
+  ) {
     const body = slices.stream({ ...f, size }, start, length, {
+      source: core.sliceSource,
       keep: usable,
       stallMs: core.cfg.timeouts.upstreamReleaseMs,
       onChunk: (n) => core.metrics?.bytesOut(route, n),

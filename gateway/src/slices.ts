@@ -1,6 +1,6 @@
 import type { StreamReply } from '@dsm/client';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
-import type { FileIds } from '@dsm/packets';
+import { concatBytes, type FileIds } from '@dsm/packets';
 import { ByteLru } from './byte-lru.ts';
 
 /**
@@ -12,6 +12,11 @@ import { ByteLru } from './byte-lru.ts';
  * Memory: a slice being read is at most `sliceBytes`, and a reply holds at most two (the one it
  * sends and the next, read ahead); a reply whose client stops reading drops them after
  * `stallMs`, so a slow reader pins no more than one reply's worth, and only for that long.
+ *
+ * With a `store` (the Worker: the Cache API of its colo, edge-cache.ts) a slice this process
+ * does not hold is looked up there before it is read from the storage, and a slice read whole
+ * from the storage is put there. A slice is then read in one piece (never split at the first
+ * request's position, see Slice): one storage request per slice.
  */
 
 /** A run of a slice: bytes [off, off + length) of it, as they came from one storage read. */
@@ -94,20 +99,53 @@ export interface SliceSource {
   read(ids: FileIds, offset: number, length: number): Promise<StreamReply>;
   /** Counted for every slice read from the storage (the metric). */
   onRead?(): void;
+  /**
+   * A slice read this source started, settled when it is over (read and stored, or failed).
+   * The Worker keeps the request that started it alive and its connections open until then:
+   * other requests share the slice.
+   */
+  started?(done: Promise<void>): void;
+}
+
+/** A slice as a store knows it: the file, its ETag, the slicing and the slice's place in it. */
+export interface SliceKey {
+  publicId: string;
+  etag: string;
+  sliceBytes: number;
+  index: number;
+  /** The slice's length (`sliceBytes`, less for the last). */
+  length: number;
+}
+
+/** Whole slices kept beyond this process's memory (the Worker: the Cache API, edge-cache.ts). */
+export interface SliceStore {
+  /** The slice's bytes, or null when the store does not have them. */
+  get(key: SliceKey): Promise<Uint8Array | null>;
+  /** Keeps a slice read whole from the storage. */
+  put(key: SliceKey, bytes: Uint8Array): Promise<void>;
+}
+
+/** The file a stream or slice is of. */
+export interface SlicedFile {
+  publicId: string;
+  /** `"<sha-256 hex>"`: a slice is of these bytes, whatever becomes of the id. */
+  etag: string;
+  ids: FileIds;
+  size: number;
 }
 
 export class SliceCache {
   readonly sliceBytes: number;
   readonly #kept: ByteLru<Slice>;
   readonly #reading = new Map<string, Slice>();
-  readonly #source: SliceSource;
+  readonly #store: SliceStore | undefined;
   /** Bumped by every invalidation: a read that started before one is not kept. */
   #gen = 0;
 
-  constructor(opts: { sliceBytes: number; maxBytes: number }, source: SliceSource) {
+  constructor(opts: { sliceBytes: number; maxBytes: number; store?: SliceStore }) {
     this.sliceBytes = opts.sliceBytes;
     this.#kept = new ByteLru(opts.maxBytes);
-    this.#source = source;
+    this.#store = opts.store;
   }
 
   /** Bytes of the slices kept (bounded by `maxBytes`). */
@@ -137,20 +175,13 @@ export class SliceCache {
   }
 
   /**
-   * Slice `index` of the file: kept, being read (shared), or read now (from `firstWanted`
-   * first, see Slice). `keep`: kept slices may be served and the new one kept (false while the
-   * delete journal cannot be read).
+   * Slice `index` of the file: kept, being read (shared), or read now through `source` (from
+   * the store first when there is one; else from `firstWanted` first, see Slice). `keep`: kept
+   * slices (and the store) may be served and the new one kept (false while the delete journal
+   * cannot be read).
    */
-  #slice(
-    publicId: string,
-    etag: string,
-    ids: FileIds,
-    size: number,
-    index: number,
-    keep: boolean,
-    firstWanted: number,
-  ): Slice {
-    const key = `${publicId}/${etag}/${index}`;
+  #slice(source: SliceSource, f: SlicedFile, index: number, keep: boolean, firstWanted: number): Slice {
+    const key = `${f.publicId}/${f.etag}/${index}`;
     if (keep) {
       const kept = this.#kept.get(key);
       if (kept) return kept;
@@ -158,25 +189,57 @@ export class SliceCache {
     const shared = this.#reading.get(key);
     if (shared) return shared;
     const offset = index * this.sliceBytes;
-    const slice = new Slice(Math.min(this.sliceBytes, size - offset), firstWanted);
+    const length = Math.min(this.sliceBytes, f.size - offset);
+    const store = keep ? this.#store : undefined;
+    const slice = new Slice(length, store ? 0 : firstWanted);
     this.#reading.set(key, slice);
     const gen = this.#gen;
-    this.#source.onRead?.();
     const settled = () => {
-      if (!slice.done) return;
       if (this.#reading.get(key) === slice) this.#reading.delete(key);
       if (slice.ok && keep && gen === this.#gen) this.#kept.set(key, slice);
     };
-    // the run the first request wants goes first
-    for (const run of [...slice.runs].reverse()) {
-      void this.#readRun(ids, offset, slice, run).then(settled);
-    }
+    const skey = { publicId: f.publicId, etag: f.etag, sliceBytes: this.sliceBytes, index, length };
+    const done = this.#fill(source, store, skey, f.ids, offset, slice, gen).then(settled);
+    source.started?.(done);
     return slice;
   }
 
-  async #readRun(ids: FileIds, sliceOffset: number, slice: Slice, run: Run): Promise<void> {
+  /** Fills a new slice: from the store, else from the storage (and then into the store). Never throws. */
+  async #fill(
+    source: SliceSource,
+    store: SliceStore | undefined,
+    key: SliceKey,
+    ids: FileIds,
+    offset: number,
+    slice: Slice,
+    gen: number,
+  ): Promise<void> {
+    if (store) {
+      const hit = await store.get(key).catch(() => null);
+      if (hit && hit.length === slice.length) {
+        const run = slice.runs[0] as Run;
+        slice.push(run, hit);
+        slice.finish(run);
+        return;
+      }
+    }
+    source.onRead?.();
+    // the run the first request wants goes first
+    await Promise.all([...slice.runs].reverse().map((run) => this.#readRun(source, ids, offset, slice, run)));
+    // a slice read across an invalidation is not stored (as it is not kept)
+    if (!store || !slice.ok || gen !== this.#gen) return;
+    await store.put(key, concatBytes(slice.runs.flatMap((r) => r.chunks))).catch(() => {});
+  }
+
+  async #readRun(
+    source: SliceSource,
+    ids: FileIds,
+    sliceOffset: number,
+    slice: Slice,
+    run: Run,
+  ): Promise<void> {
     try {
-      const reply = await this.#source.read(ids, sliceOffset + run.off, run.length);
+      const reply = await source.read(ids, sliceOffset + run.off, run.length);
       let ok = reply.length === run.length;
       for await (const c of reply.stream) {
         if (!ok) break;
@@ -203,10 +266,12 @@ export class SliceCache {
    * only when the HTTP side asks). `onEnd` is called once (error, cancelled by the client).
    */
   stream(
-    f: { publicId: string; etag: string; ids: FileIds; size: number },
+    f: SlicedFile,
     start: number,
     length: number,
     o: {
+      /** Reads the slices this stream is the first to want (its request's storage client). */
+      source: SliceSource;
       keep: boolean;
       stallMs: number;
       onChunk?: (n: number) => void;
@@ -234,8 +299,7 @@ export class SliceCache {
       finished = true;
       o.onEnd?.(e, cancelled);
     };
-    const get = (index: number, firstWanted: number) =>
-      this.#slice(f.publicId, f.etag, f.ids, f.size, index, o.keep, firstWanted);
+    const get = (index: number, firstWanted: number) => this.#slice(o.source, f, index, o.keep, firstWanted);
     return new ReadableStream<Uint8Array>(
       {
         pull: async (ctrl) => {

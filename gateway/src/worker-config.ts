@@ -1,6 +1,7 @@
 import { type ClusterKey, clusterKey } from '@dsm/client';
 import { messageOf } from '@dsm/common/errors';
 import { type GatewayConfig, parseGatewayConfig } from './config.ts';
+import { type EdgeCacheConfig, edgeCacheSchema } from './edge-cache.ts';
 
 // Kept apart from worker.ts (which imports `cloudflare:sockets`) so Node tests can load it.
 
@@ -36,8 +37,19 @@ export function clusterKeyFromEnv(config: GatewayConfig, env: WorkerEnv): Cluste
     : undefined;
 }
 
-/** The gateway config from the Worker's bindings; throws an Error naming the bad key. */
-export function configFromEnv(env: WorkerEnv): GatewayConfig {
+/** The first issue of a zod error as `config key "a.b": message`. */
+function configKeyError(e: unknown, prefix: PropertyKey[] = []): Error {
+  const issues = (e as { issues?: { path: PropertyKey[]; message: string }[] }).issues;
+  const first = issues?.[0];
+  return new Error(
+    first
+      ? `config key "${[...prefix, ...first.path].map(String).join('.')}": ${first.message}`
+      : messageOf(e),
+  );
+}
+
+/** DSM_GATEWAY as an object (a [vars] table or a JSON string). */
+function gatewayVars(env: WorkerEnv): Record<string, unknown> {
   let raw: Record<string, unknown> = {};
   if (typeof env.DSM_GATEWAY === 'string' && env.DSM_GATEWAY.trim() !== '') {
     try {
@@ -50,6 +62,22 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
     throw new Error('DSM_GATEWAY must be an object');
+  return raw;
+}
+
+/** The Worker's edge cache (`edgeCache` of DSM_GATEWAY, edge-cache.ts); throws an Error naming the bad key. */
+export function edgeCacheFromEnv(env: WorkerEnv): EdgeCacheConfig {
+  try {
+    return Object.freeze(edgeCacheSchema.parse(gatewayVars(env).edgeCache ?? {}));
+  } catch (e) {
+    throw configKeyError(e, ['edgeCache']);
+  }
+}
+
+/** The gateway config from the Worker's bindings; throws an Error naming the bad key. */
+export function configFromEnv(env: WorkerEnv): GatewayConfig {
+  // `edgeCache` is the Worker's own (edgeCacheFromEnv)
+  const { edgeCache: _edgeCache, ...raw } = gatewayVars(env);
   const cfg: Record<string, unknown> = { ...raw };
   if (env.DSM_TRACKERS)
     cfg.trackers = env.DSM_TRACKERS.split(',')
@@ -87,11 +115,7 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
   try {
     config = parseGatewayConfig(cfg);
   } catch (e) {
-    const issues = (e as { issues?: { path: PropertyKey[]; message: string }[] }).issues;
-    const first = issues?.[0];
-    throw new Error(
-      first ? `config key "${first.path.map(String).join('.')}": ${first.message}` : messageOf(e),
-    );
+    throw configKeyError(e);
   }
   // A Worker is on the internet by nature (its `listen` means nothing): the embedded default of
   // anonymous uploads must be asked for.

@@ -85,7 +85,10 @@ describe('wrangler build', () => {
     expect(statSync(bundle).size).toBeGreaterThan(10 * KiB);
     const code = readFileSync(bundle, 'utf8');
     // the only runtime module it needs is the sockets API (no Node-only code slipped in)
-    const imports = [...code.matchAll(/^import .* from "([^"]+)";?$/gm)].map((m) => m[1]);
+    // (minified: `import{connect as x}from"cloudflare:sockets";` anywhere on a line)
+    const imports = [...code.matchAll(/(?:^|[;\n])\s*import\s*(?:[^;"'()]*?\s*from\s*)?"([^"]+)"/g)].map(
+      (m) => m[1],
+    );
     expect(imports).toEqual(['cloudflare:sockets']);
     const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
     const date = /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(toml)?.[1] ?? '';

@@ -9,10 +9,12 @@ import { createApp } from './app.ts';
 import { TokenVerifier } from './auth.ts';
 import type { GatewayConfig } from './config.ts';
 import type { GatewayLog, StatCache } from './core.ts';
+import { EdgeCache, type EdgeCacheApi } from './edge-cache.ts';
 import { EdgeLimits } from './edge-limits.ts';
+import { DeleteJournal } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { HttpError, problemResponse, toProblem } from './problem.ts';
-import { clusterKeyFromEnv, configFromEnv, type WorkerEnv } from './worker-config.ts';
+import { clusterKeyFromEnv, configFromEnv, edgeCacheFromEnv, type WorkerEnv } from './worker-config.ts';
 
 /** The subset of the Workers ExecutionContext used here. */
 export interface WorkerContext {
@@ -33,6 +35,10 @@ interface Isolate {
   statCache: StatCache;
   verifier: TokenVerifier;
   edgeLimits: EdgeLimits;
+  /** Slices and stats in the Cache API (config `edgeCache`); null when off or without a cache. */
+  edge: EdgeCache | null;
+  /** The delete journal, dropping from the isolate's stat cache and slices. */
+  journal: DeleteJournal;
 }
 
 let isolate: Isolate | null = null;
@@ -76,15 +82,41 @@ function isolateFor(env: WorkerEnv): Isolate {
   ]);
   if (isolate && isolate.key === key) return isolate;
   const config = configFromEnv(env);
+  const edgeCfg = edgeCacheFromEnv(env);
+  const log = consoleLog(env.DSM_LOG_LEVEL);
+  const cacheApi = (globalThis as { caches?: { default?: EdgeCacheApi } }).caches?.default;
+  // kept across a config change: uploads in progress stay resumable
+  const kv = isolate?.kv ?? new IsolateKvStore(config.memoryCacheMaxKeys);
+  const statCache: StatCache = new LruMap(config.statCacheMax);
+  const edge =
+    edgeCfg.enabled && cacheApi
+      ? new EdgeCache(edgeCfg, cacheApi, {
+          // keys on the public host when there is one (the zone's own); never fetched
+          keyOrigin: config.publicUrl ? new URL(config.publicUrl).origin : 'https://dsm-edge-cache.invalid',
+          log,
+        })
+      : null;
   isolate = {
     key,
     config,
-    // kept across a config change: uploads in progress stay resumable
-    kv: isolate?.kv ?? new IsolateKvStore(config.memoryCacheMaxKeys),
-    log: consoleLog(env.DSM_LOG_LEVEL),
-    statCache: new LruMap(config.statCacheMax),
+    kv,
+    log,
+    statCache,
     verifier: new TokenVerifier(config.auth),
     edgeLimits: new EdgeLimits(config.limits),
+    edge,
+    journal: new DeleteJournal(
+      kv,
+      config.invalidationPollMs,
+      (id) => {
+        statCache.delete(id);
+        edge?.slices.forget(id);
+      },
+      () => {
+        statCache.clear();
+        edge?.slices.clear();
+      },
+    ),
   };
   return isolate;
 }
@@ -92,9 +124,10 @@ function isolateFor(env: WorkerEnv): Isolate {
 /**
  * One app per request over a DsmClient of its own: Workers bind a socket to the request that
  * opened it, so connections cannot be pooled across requests. The config, the tus state, the
- * stat cache and the token verifier are per isolate.
+ * stat cache, the token verifier and the edge cache are per isolate. `background`: work of this
+ * request that others may wait for (slice reads), kept alive past the reply.
  */
-function build(env: WorkerEnv) {
+function build(env: WorkerEnv, background?: (p: Promise<unknown>) => void) {
   const iso = isolateFor(env);
   const { config } = iso;
   const client = new DsmClient({
@@ -117,6 +150,9 @@ function build(env: WorkerEnv) {
     statCache: iso.statCache,
     verifier: iso.verifier,
     edgeLimits: iso.edgeLimits,
+    journal: iso.journal,
+    ...(iso.edge ? { slices: iso.edge.slices, statStore: iso.edge } : {}),
+    ...(background ? { background } : {}),
   });
   return { ...built, client, iso };
 }
@@ -126,13 +162,26 @@ function configProblem(e: unknown, req: Request): Response {
   return problemResponse(toProblem(err, new URL(req.url).pathname), req.method);
 }
 
+/** Resolves when every promise of `pending` settled, those added meanwhile too. */
+async function settled(pending: Promise<unknown>[]): Promise<void> {
+  for (let seen = 0; seen < pending.length; ) {
+    const now = pending.slice(seen);
+    seen = pending.length;
+    await Promise.allSettled(now);
+  }
+}
+
 /**
  * The response as it goes out: a body of known length goes through a FixedLengthStream, so
  * the runtime sends Content-Length instead of chunked encoding (players and CDNs want it); the
- * request's client is closed once the body has been sent (or the client went away).
+ * request's client is closed once the body has been sent (or the client went away) and the
+ * slice reads it started (which other requests may share) are over.
  */
-function finish(res: Response, client: DsmClient, ctx: WorkerContext): Response {
-  const close = () => client.close().catch(() => {});
+function finish(res: Response, client: DsmClient, ctx: WorkerContext, pending: Promise<unknown>[]): Response {
+  const close = () =>
+    settled(pending)
+      .then(() => client.close())
+      .catch(() => {});
   if (!res.body) {
     ctx.waitUntil(close());
     return res;
@@ -161,8 +210,13 @@ function finish(res: Response, client: DsmClient, ctx: WorkerContext): Response 
 export default {
   async fetch(req: Request, env: WorkerEnv, ctx: WorkerContext): Promise<Response> {
     let b: ReturnType<typeof build>;
+    const pending: Promise<unknown>[] = [];
+    const background = (p: Promise<unknown>) => {
+      pending.push(p);
+      ctx.waitUntil(p.catch(() => {}));
+    };
     try {
-      b = build(env);
+      b = build(env, background);
     } catch (e) {
       return configProblem(e, req);
     }
@@ -171,11 +225,11 @@ export default {
       res = await b.app.fetch(req, env, ctx as never);
     } catch (e) {
       // app.onError answers every error; this is a last resort
-      ctx.waitUntil(b.client.close().catch(() => {}));
+      ctx.waitUntil(settled(pending).then(() => b.client.close().catch(() => {})));
       b.iso.log.error({ err: e }, 'unhandled error');
       return problemResponse(toProblem(e, new URL(req.url).pathname), req.method);
     }
-    return finish(res, b.client, ctx);
+    return finish(res, b.client, ctx, pending);
   },
 
   /** Cron Trigger: deletes expired tus uploads (of this isolate's state; see IsolateKvStore). */

@@ -1,4 +1,6 @@
-import { z } from 'zod';
+// a namespace import, not `{ z }`: esbuild then keeps only what is used (the Worker bundle
+// would carry every zod locale otherwise, gateway/README.md "Cloudflare Worker")
+import * as z from 'zod';
 
 /** `host:port`, IPv6 hosts in brackets. Runtime-neutral (the Worker gateway uses it too). */
 const HOST_PORT = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/;
