@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
-import { ConfigError, createLogger, ErrorCode, loadConfig, missingNodeFlags } from '@dsm/common';
+import { ConfigError, createLogger, ErrorCode, loadConfig, missingNodeFlags, nodeFlagsFor } from '@dsm/common';
 import { toHex } from '@dsm/packets';
 import { runNode } from '@dsm/server';
 import { clientSettings, parseRange, secretFrom, UsageError } from './client-config.ts';
@@ -313,7 +313,7 @@ async function runNodeCommand(
   configFile: string | undefined,
 ): Promise<number> {
   const log = createLogger(role);
-  const missing = missingNodeFlags();
+  const missing = missingNodeFlags(process.execArgv, process.env.NODE_OPTIONS ?? '', nodeFlagsFor(role));
   if (missing.length > 0) {
     // `dsm up`, the tests and the systemd units pass them; a node started by hand may not
     log.info(

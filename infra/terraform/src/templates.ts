@@ -4,7 +4,7 @@
  * sync) and the systemd units with the `dsm` user's steps. Values are quoted for bash here.
  */
 import { dirname } from 'node:path';
-import { NODE_FLAGS } from '@dsm/common';
+import { nodeFlagsFor } from '@dsm/common';
 import type { GlusterGroupSteps } from '@dsm/ha';
 import { vipAddress } from './inputs.ts';
 import { CLUSTER_KEY_FILE, type NodeRole } from './node-configs.ts';
@@ -100,7 +100,7 @@ export const DSM_STATE_DIRS = ['/var/lib/dsm', '/var/log/dsm'];
 const GATEWAY_STOP = 'KillMode=mixed\nTimeoutStopSec=30\n';
 
 /**
- * A node's unit; `node` runs with NODE_FLAGS (@dsm/common), as every launcher of a node does.
+ * A node's unit; `node` runs with nodeFlagsFor(role) (@dsm/common), as every launcher of a node does.
  * The node runs as the `dsm` user, cannot gain privileges, sees the file system read-only but
  * for `writable` (its data) and the state and log folders, and has a private /tmp. `extra`
  * lines come first (a `+` ExecStartPre runs as root: the volume mount).
@@ -117,7 +117,7 @@ After=network-online.target${role === 'storage' ? ' glusterd.service' : ''}
 Wants=network-online.target
 
 [Service]
-${extra.join('\n')}${extra.length ? '\n' : ''}ExecStart=${[rt.node, ...NODE_FLAGS].join(' ')} ${rt.entry} ${role} --config /etc/dsm/${role}.json
+${extra.join('\n')}${extra.length ? '\n' : ''}ExecStart=${[rt.node, ...nodeFlagsFor(role)].join(' ')} ${rt.entry} ${role} --config /etc/dsm/${role}.json
 User=${DSM_USER}
 Group=${DSM_USER}
 NoNewPrivileges=yes

@@ -3,7 +3,7 @@ import { createWriteStream, existsSync, mkdirSync, realpathSync, writeFileSync }
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { NODE_FLAGS } from '@dsm/common';
+import { nodeFlagsFor } from '@dsm/common';
 
 /**
  * The program every node process runs (`node <entry> <role> --config FILE`): `DSM_ENTRY` (the
@@ -308,8 +308,8 @@ export class Cluster {
     const log = createWriteStream(logFile, { flags: 'a' });
     const child = spawn(
       process.execPath,
-      // V8 flags of every node process (@dsm/common NODE_FLAGS: the young generation's size)
-      [...NODE_FLAGS, dsmEntry(this.#opts), s.role, '--config', this.configFile(name)],
+      // V8 flags of every node process (@dsm/common nodeFlagsFor: the young generation's size)
+      [...nodeFlagsFor(s.role), dsmEntry(this.#opts), s.role, '--config', this.configFile(name)],
       {
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, ...this.#opts.env, DSM_PARENT_PID: String(process.pid) },

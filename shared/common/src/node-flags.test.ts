@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { missingNodeFlags, NODE_FLAGS } from './node-flags.ts';
+import { GATEWAY_NODE_FLAGS, missingNodeFlags, NODE_FLAGS, nodeFlagsFor } from './node-flags.ts';
 
 describe('missingNodeFlags', () => {
   it('lists every flag when none is given', () => {
@@ -15,5 +15,15 @@ describe('missingNodeFlags', () => {
     expect(missingNodeFlags(['--max-semi-space-size=8'], '')).toEqual([]);
     expect(missingNodeFlags([], '--max_semi_space_size=2')).toEqual([]);
     expect(missingNodeFlags(['--max-old-space-size=512'], '')).toEqual([...NODE_FLAGS]);
+  });
+});
+
+describe('nodeFlagsFor', () => {
+  it('gives the gateway a bigger young generation than the nodes, and checks against its own flags', () => {
+    expect(nodeFlagsFor('storage')).toEqual(['--max-semi-space-size=1']);
+    expect(nodeFlagsFor('tracker')).toEqual(NODE_FLAGS);
+    expect(nodeFlagsFor('gateway')).toEqual(['--max-semi-space-size=2']);
+    expect(missingNodeFlags([...NODE_FLAGS], '', GATEWAY_NODE_FLAGS)).toEqual([]); // a value the operator chose
+    expect(missingNodeFlags([], '', nodeFlagsFor('gateway'))).toEqual([...GATEWAY_NODE_FLAGS]);
   });
 });
