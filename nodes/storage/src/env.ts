@@ -8,6 +8,7 @@ import type { KnownDirs } from './fs-util.ts';
 import type { GroupCommitter } from './group-commit.ts';
 import type { LocalClaims } from './lock.ts';
 import type { MetaStore } from './meta.ts';
+import type { OpenFiles } from './open-files.ts';
 import type { Stores } from './store.ts';
 
 /** What the request handlers share. */
@@ -29,6 +30,8 @@ export interface StorageEnv {
   claims: LocalClaims;
   /** Final folders known to exist. */
   dirs: KnownDirs;
+  /** Files kept open for the next read of the same file (downloads). */
+  openFiles: OpenFiles;
 }
 
 export function checkFileId(fileId: string): void {

@@ -30,6 +30,7 @@ import {
 } from './fs-util.ts';
 import { FileLock, LinkClaim, UPLOAD_CLAIM_TTL_MS, type UploadClaim } from './lock.ts';
 import { dbFailure, type FileMeta, type Found, type Owner, ownerOf } from './meta.ts';
+import type { OpenFile } from './open-files.ts';
 import { fileTableFor, pathForId } from './seed-rules.ts';
 import { isValidContentType, SNIFF_BYTES, sniffContentType } from './sniff.ts';
 
@@ -355,25 +356,34 @@ const badPath = (fileId: string) =>
  * a realpath walk, and no window between check and open); where /proc is missing, realpath.
  */
 async function openRecorded(env: StorageEnv, m: FileMeta): Promise<FileHandle> {
+  const abs = recordedPath(env, m);
+  const fh = await open(abs, 'r');
+  try {
+    await checkOpened(env, m, abs, fh);
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
+  return fh;
+}
+
+/** A recorded path, absolute and inside the stores (else the INTERNAL "Invalid File Path" error). */
+function recordedPath(env: StorageEnv, m: FileMeta): string {
   const abs = env.stores.resolveRecorded(m.path);
   if (!abs) {
     env.log.error({ fileId: m.fileId, path: m.path }, 'recorded path is outside the store folders');
     throw badPath(m.fileId);
   }
-  const fh = await open(abs, 'r');
-  let real: string | null;
-  try {
-    real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => realpath(abs));
-  } catch (e) {
-    await fh.close().catch(() => {});
-    throw e;
-  }
+  return abs;
+}
+
+/** The file actually opened for `abs` is inside the stores (no symlink led out of them). */
+async function checkOpened(env: StorageEnv, m: FileMeta, abs: string, fh: FileHandle): Promise<void> {
+  const real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => realpath(abs));
   if (!env.stores.isRealInside(real)) {
-    await fh.close().catch(() => {});
     env.log.error({ fileId: m.fileId, path: m.path }, 'recorded path leads outside the store folders');
     throw badPath(m.fileId);
   }
-  return fh;
 }
 
 /**
@@ -434,9 +444,12 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
     const size = req.size === 0 ? total - req.offset : req.size;
     const left = total - req.offset;
     if (size < 0 || size > left) throw rangeError(`Invalid Offset, ${size} is NOT Between 0 AND ${left}`);
-    let fh: FileHandle;
+    // a kept handle when this file was read lately (open-files.ts: two calls instead of five)
+    let of: OpenFile;
+    const meta = f.meta;
     try {
-      fh = await openRecorded(env, f.meta);
+      const abs = recordedPath(env, meta);
+      of = await env.openFiles.open(abs, (fh) => checkOpened(env, meta, abs, fh));
     } catch (e) {
       if (e instanceof DsmError) throw e;
       if (errorCodeOf(e) === 'ENOENT' && f.cached) {
@@ -448,13 +461,12 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
       throw ioFailure(`Open File Fail, Fileid: ${fileId}`, e);
     }
     try {
-      const st = await fh.stat();
-      if (st.size < req.offset + size) {
-        throw ioFailure(`File Size Mismatch, Fileid: ${fileId}: ${st.size} < ${req.offset + size}`);
+      if (of.size < req.offset + size) {
+        throw ioFailure(`File Size Mismatch, Fileid: ${fileId}: ${of.size} < ${req.offset + size}`);
       }
-      await ctx.replyStream(size, readChunks(fh, req.offset, size, env.config.ioChunkBytes));
+      await ctx.replyStream(size, readChunks(of.fh, req.offset, size, env.config.ioChunkBytes));
     } finally {
-      await fh.close().catch(() => {});
+      of.release();
     }
     return;
   }
@@ -476,6 +488,7 @@ export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promis
       'recorded path is outside the store folders; file not deleted',
     );
   } else {
+    env.openFiles.forget(abs);
     try {
       await removeQuiet(abs);
     } catch (e) {

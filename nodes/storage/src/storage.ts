@@ -24,6 +24,7 @@ import { GroupCommitter } from './group-commit.ts';
 import type { HealMonitor } from './heal-info.ts';
 import { LocalClaims } from './lock.ts';
 import { MetaStore } from './meta.ts';
+import { OpenFiles } from './open-files.ts';
 import { backgroundTasks, idAllocator, outgoingTransport, storageHandlers } from './parts.ts';
 import { Stores } from './store.ts';
 import type { StoreProbe } from './store-probe.ts';
@@ -107,6 +108,8 @@ export async function startStorage(
     const started = envReady.then(() => {});
     const meta = new MetaStore(db.db, kv, config.metaCacheTtlMs, log);
     const dirs = new KnownDirs();
+    const openFiles = new OpenFiles();
+    kit.defer('open files', () => openFiles.close());
     const commits = new GroupCommitter(meta, log, { syncDir: (d) => dirs.sync(d) });
     kit.defer('group commit', async () => {
       await commits.close();
@@ -125,6 +128,7 @@ export async function startStorage(
       commits,
       claims,
       dirs,
+      openFiles,
     };
     setEnv(env);
     const recovered = recoverUntilDone(kit, stores, db, log);

@@ -45,7 +45,9 @@ export async function tryEach<T>(
   start = 0,
   retryable: (e: unknown) => boolean = isRetryable,
 ): Promise<T> {
-  let last: unknown = new Error('no addresses to try');
+  // made only when there is nothing to try: an Error captures a stack, on every request
+  if (addrs.length === 0) throw new Error('no addresses to try');
+  let last: unknown;
   for (let i = 0; i < addrs.length; i++) {
     const a = addrs[(start + i) % addrs.length] as Address;
     try {
