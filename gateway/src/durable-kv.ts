@@ -230,8 +230,11 @@ export interface DurableKvObjectOptions {
   retryMs?: number;
 }
 
-/** Expired keys are dropped by an alarm this long after their TTL (they read as absent at once). */
-const GC_SLACK_MS = 60_000;
+/**
+ * Expired keys are dropped by an alarm this long after their TTL (they read as absent at once):
+ * a lock that its holder deletes does not cost an alarm run, nor does an upload done within it.
+ */
+const GC_SLACK_MS = 3600_000;
 /** Due keys handled per alarm run (the rest in the next run, right after). */
 const DUE_BATCH = 16;
 

@@ -144,7 +144,8 @@ export function workerFromEnv(env: WorkerEnv): { config: GatewayConfig; state: W
   const doLimits = durableObjectSchema.safeParse(cfg.durableObject ?? {});
   if (!doLimits.success) {
     const first = doLimits.error.issues[0];
-    throw new Error(`config key "durableObject.${first?.path.map(String).join('.')}": ${first?.message}`);
+    const path = ['durableObject', ...(first?.path ?? []).map(String)].join('.');
+    throw new Error(`config key "${path}": ${first?.message}`);
   }
   delete cfg.durableObject;
   const m = /^durable-object:([A-Za-z_][A-Za-z0-9_]*)$/.exec(cache);

@@ -323,6 +323,34 @@ describe('tus-js-client through the Workers', () => {
   });
 });
 
+describe('a restart of the Worker hosting the objects', () => {
+  it("keeps an upload resumable: its state is in the objects' SQLite files, not in memory", async () => {
+    const data = patternBytes(1 * MiB + 3, 46);
+    const url = await create(a, data.length);
+    expect((await patch(url, 0, data.subarray(0, 300 * KiB))).status).toBe(204);
+    await mfB.dispose();
+    await mfA.dispose();
+    mfA = new Miniflare({
+      ...workerOptions('dsm-gateway-a', {}),
+      durableObjects: { DSM_TUS: { className, useSQLite: true } },
+      durableObjectsPersist: join(scratch, 'do'),
+    });
+    a = (await mfA.ready).toString().replace(/\/$/, '');
+    mfB = new Miniflare({
+      ...workerOptions('dsm-gateway-b', {}),
+      durableObjects: { DSM_TUS: { className, scriptName: 'dsm-gateway-a' } },
+    });
+    b = (await mfB.ready).toString().replace(/\/$/, '');
+    const h = await head(on(url, b));
+    expect(h.status).toBe(200);
+    expect(h.headers.get('upload-offset')).toBe(String(300 * KiB));
+    const done = await patch(on(url, a), 300 * KiB, data.subarray(300 * KiB));
+    expect(done.status).toBe(204);
+    const id = done.headers.get('dsm-file-id') as string;
+    expect(Buffer.from(await (await fetch(`${b}/files/${id}`)).arrayBuffer()).equals(data)).toBe(true);
+  });
+});
+
 describe("expiry from the object's alarm", () => {
   it('an upload left alone past tusExpiryMs is deleted by its alarm: state and bytes on the storage', async () => {
     const before = new Set(s.dataFiles());
