@@ -214,6 +214,33 @@ function runOp(kv: KvStore, o: Op): Promise<unknown> {
   }
 }
 
+/** The body as text, refused (BAD_INPUT) past `max` bytes before more is read. */
+export async function boundedText(req: Request, max: number): Promise<string> {
+  const tooLarge = () => new DsmError(ErrorCode.BAD_INPUT, `request larger than ${max} bytes`);
+  if (Number(req.headers.get('content-length') ?? 0) > max) throw tooLarge();
+  if (!req.body) return '';
+  const reader = req.body.getReader();
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    n += value.length;
+    if (n > max) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    parts.push(value);
+  }
+  const all = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
 export interface DurableKvObjectOptions {
   limits: DurableKvLimits;
   /**
@@ -427,10 +454,9 @@ export class DurableKvObject {
       new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
     let o: Op;
     try {
-      const text = await req.text();
-      if (text.length > this.#o.limits.maxValueBytes + this.#o.limits.maxKeyBytes + 1024) {
-        throw new DsmError(ErrorCode.BAD_INPUT, 'request too large');
-      }
+      // an operation is a key, a value and a few numbers (JSON-escaped: up to 6 bytes a byte)
+      const max = 6 * (this.#o.limits.maxValueBytes + this.#o.limits.maxKeyBytes) + 1024;
+      const text = await boundedText(req, max);
       o = JSON.parse(text) as Op;
       if (typeof o !== 'object' || o === null || !OPS.has(o.op))
         throw new DsmError(ErrorCode.BAD_INPUT, 'bad op');
