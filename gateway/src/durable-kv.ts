@@ -25,7 +25,6 @@ export interface DurableObjectNamespaceLike {
 
 interface SqlCursor {
   toArray(): Record<string, unknown>[];
-  readonly rowsWritten: number;
 }
 
 export interface DurableObjectStateLike {
@@ -354,10 +353,11 @@ export class DurableKvObject {
   }
 
   #dropExpired(now: number): void {
+    // RETURNING counts the rows themselves (`rowsWritten` also counts index entries)
     this.#count -= this.#sql(
-      'DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?',
+      'DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING key',
       now,
-    ).rowsWritten;
+    ).toArray().length;
   }
 
   #set(key: string, value: string, ttlMs: number | undefined): void {
@@ -377,7 +377,7 @@ export class DurableKvObject {
 
   #del(key: string): boolean {
     this.#ensure();
-    const n = this.#sql('DELETE FROM kv WHERE key = ?', key).rowsWritten;
+    const n = this.#sql('DELETE FROM kv WHERE key = ? RETURNING key', key).toArray().length;
     this.#count -= n;
     return n > 0;
   }
@@ -428,6 +428,10 @@ export class DurableKvObject {
 
   async #settle(): Promise<void> {
     if (!this.#ready) return;
+    if (this.#count <= 0) {
+      // counted again before anything is deleted: a drifted count must never cost a key
+      this.#count = Number(this.#sql('SELECT COUNT(*) AS n FROM kv').toArray()[0]?.n ?? 0);
+    }
     if (this.#count <= 0) {
       // no keys: the object's storage goes (and its alarm with it, compatibility date ≥ 2026-02-24)
       this.#ready = false;
