@@ -108,6 +108,8 @@ export interface DurableKvStoreOptions {
   group?: (key: string) => string | undefined;
   /** Inside an object: its name and a store over its own storage (a call to itself goes there directly). */
   local?: { name: string; kv: KvStore };
+  /** Told of every request to an object (the Worker logs them at debug level: what it costs). */
+  onCall?: (op: string, object: string) => void;
 }
 
 /** The client: each call is one request to the key's object (see the file comment). */
@@ -132,6 +134,7 @@ export class DurableKvStore implements KvStore {
     const name = this.objectFor(o.key);
     const local = this.#o.local;
     if (local && local.name === name) return (await runOp(local.kv, o)) as T;
+    this.#o.onCall?.(o.op, name);
     const ms = this.#o.limits.requestTimeoutMs;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {

@@ -3,6 +3,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { kvConformance } from '@dsm/kv/test-conformance';
 import { Miniflare, type MiniflareOptions } from 'miniflare';
@@ -61,7 +63,10 @@ const C_LIMITS = {
   requestTimeoutMs: 2000,
 };
 
-function workerOptions(name: string, gateway: Record<string, unknown>): MiniflareOptions {
+/** Worker B's `durable object call` debug lines (`<op> <object kind>`), as they arrive. */
+const bCalls: string[] = [];
+
+function workerOptions(name: string, gateway: Record<string, unknown>, logLevel = 'error'): MiniflareOptions {
   const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
   return {
     name,
@@ -75,7 +80,7 @@ function workerOptions(name: string, gateway: Record<string, unknown>): Miniflar
     unsafeDevRegistryPath: join(scratch, 'registry'),
     bindings: {
       DSM_TRACKERS: s.cluster.addresses('tracker').join(','),
-      DSM_LOG_LEVEL: 'error',
+      DSM_LOG_LEVEL: logLevel,
       DSM_GATEWAY: {
         auth: { allowAnonymousUploads: true },
         statCacheMs: 0,
@@ -117,8 +122,17 @@ beforeAll(async () => {
   });
   a = (await mfA.ready).toString().replace(/\/$/, '');
   mfB = new Miniflare({
-    ...workerOptions('dsm-gateway-b', {}),
+    // debug: B logs each of its Durable Object requests (counted below); its own locks last 10 s
+    ...workerOptions('dsm-gateway-b', { tusLockTtlMs: 10_000 }, 'debug'),
     durableObjects: { DSM_TUS: { className, scriptName: 'dsm-gateway-a' } },
+    handleRuntimeStdio(stdout: Readable) {
+      createInterface({ input: stdout }).on('line', (line) => {
+        const m = /\{.*"msg":"durable object call".*\}/.exec(line);
+        if (!m) return;
+        const { op, object } = JSON.parse(m[0]) as { op: string; object: string };
+        bCalls.push(`${op} ${object.slice(0, 1)}`);
+      });
+    },
   });
   mfC = new Miniflare({
     ...workerOptions('dsm-gateway-c', { tusExpiryMs: 1000, durableObject: C_LIMITS }),
@@ -239,6 +253,40 @@ describe('tus state in the Durable Object, shared by two Workers', () => {
   });
 });
 
+describe('what an upload costs in Durable Object requests (README "What it costs")', () => {
+  /** The calls B made during `fn` (its log lines settle for 300 ms before and after). */
+  async function callsOf<T>(fn: () => Promise<T>): Promise<{ r: T; calls: string[] }> {
+    const settle = async () => {
+      let n = -1;
+      for (let i = 0; i < 50 && n !== bCalls.length; i++) {
+        n = bCalls.length;
+        await sleep(300);
+      }
+    };
+    await settle();
+    const from = bCalls.length;
+    const r = await fn();
+    await settle();
+    return { r, calls: bCalls.slice(from) };
+  }
+
+  it("creation 4, PATCH 5, HEAD 1, the last PATCH 4 (g: the upload's object, s: a shard)", async () => {
+    const data = patternBytes(600 * KiB, 47);
+    const created = await callsOf(() => create(b, data.length));
+    expect(created.calls).toEqual(['incrBy s', 'set s', 'set g', 'expire s']);
+    const url = created.r;
+    const first = await callsOf(() => patch(url, 0, data.subarray(0, 300 * KiB)));
+    expect(first.r.status).toBe(204);
+    expect(first.calls).toEqual(['setIfAbsent g', 'get g', 'set g', 'expire s', 'delIfValue g']);
+    const h = await callsOf(() => head(url));
+    expect(h.r.headers.get('upload-offset')).toBe(String(300 * KiB));
+    expect(h.calls).toEqual(['get g']);
+    const last = await callsOf(() => patch(url, 300 * KiB, data.subarray(300 * KiB)));
+    expect(last.r.status).toBe(204);
+    expect(last.calls).toEqual(['setIfAbsent g', 'get g', 'del g', 'delIfValue g']);
+  });
+});
+
 /**
  * A TCP relay to a Worker that passes client bytes at a limited pace, like a phone's uplink, and
  * cuts every connection (both ways, as a lost network would) once `cutAfter` bytes went through.
@@ -345,6 +393,7 @@ kvConformance({
     return new DurableKvStore(ns, { limits: DEFAULT_DURABLE_KV_LIMITS });
   },
   cleanup: async () => {},
+  ttlMs: 1000,
 });
 
 describe('a restart of the Worker hosting the objects', () => {
@@ -437,12 +486,13 @@ describe('the bounds of the objects', () => {
   });
 
   it('holds at most maxKeysPerObject keys: a new key past it is refused, existing ones still change, expired ones make room', async () => {
-    for (let i = 0; i < C_LIMITS.maxKeysPerObject; i++)
-      await kv.set(`grp:fill:${i}`, 'x', i < 4 ? 300 : 60_000);
+    for (let i = 0; i < C_LIMITS.maxKeysPerObject; i++) await kv.set(`grp:fill:${i}`, 'x', 60_000);
     await expect(kv.set('grp:one-more', 'x')).rejects.toMatchObject({ code: 'DSM_ERR_CACHE_UNAVAILABLE' });
     await kv.set('grp:fill:10', 'changed');
     expect(await kv.get('grp:fill:10')).toBe('changed');
-    await sleep(350);
+    // keys that expired make room (dropped when a new key needs it)
+    for (let i = 0; i < 4; i++) expect(await kv.expire(`grp:fill:${i}`, 1)).toBe(true);
+    await sleep(20);
     await kv.set('grp:one-more', 'x');
     expect(await kv.get('grp:one-more')).toBe('x');
   });

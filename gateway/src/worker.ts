@@ -69,12 +69,18 @@ function consoleLog(level: string | undefined): GatewayLog {
 /** The Durable Object store of `state` (an upload's keys in one object, the rest sharded). */
 function stateStore(
   state: Extract<WorkerState, { kind: 'durable-object' }>,
+  log: GatewayLog,
+  debug: boolean,
   local?: { name: string; kv: KvStore },
 ): DurableKvStore {
   return new DurableKvStore(state.namespace, {
     limits: state.limits,
     group: tusKeys.uploadOf,
     ...(local ? { local } : {}),
+    // DSM_LOG_LEVEL debug: one line per Durable Object request (what a request costs)
+    ...(debug
+      ? { onCall: (op: string, object: string) => log.debug({ op, object }, 'durable object call') }
+      : {}),
   });
 }
 
@@ -108,6 +114,7 @@ function isolateFor(env: WorkerEnv): Isolate {
   if (isolate && isolate.key === key) return isolate;
   const { config, state } = workerFromEnv(env);
   const previous = isolate?.kv instanceof IsolateKvStore ? isolate.kv : undefined;
+  const log = consoleLog(env.DSM_LOG_LEVEL);
   isolate = {
     key,
     config,
@@ -115,8 +122,8 @@ function isolateFor(env: WorkerEnv): Isolate {
     kv:
       state.kind === 'memory'
         ? (previous ?? new IsolateKvStore(config.memoryCacheMaxKeys))
-        : stateStore(state),
-    log: consoleLog(env.DSM_LOG_LEVEL),
+        : stateStore(state, log, env.DSM_LOG_LEVEL === 'debug'),
+    log,
     statCache: new LruMap(config.statCacheMax),
     verifier: new TokenVerifier(config.auth),
     edgeLimits: new EdgeLimits(config.limits),
@@ -204,8 +211,10 @@ export class TusStateObject extends DurableKvObject {
         if (id === undefined) return true;
         const client = clientFor(config, env);
         try {
-          const name = stateStore(state).objectFor(key);
-          const core = new GatewayCore({ client, kv: stateStore(state, { name, kv: local }), config, log });
+          const debug = env.DSM_LOG_LEVEL === 'debug';
+          const name = stateStore(state, log, debug).objectFor(key);
+          const kv = stateStore(state, log, debug, { name, kv: local });
+          const core = new GatewayCore({ client, kv, config, log });
           const r = await new TusService(core).expireUpload(id);
           // live: the state's expiry moved (its due time with it); locked: try again later
           return r !== 'locked';
