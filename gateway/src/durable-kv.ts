@@ -75,10 +75,12 @@ function checkOp(o: Op, limits: DurableKvLimits): void {
   if (typeof o.key !== 'string' || utf8.encode(o.key).length > limits.maxKeyBytes) {
     throw new DsmError(ErrorCode.BAD_INPUT, `key longer than ${limits.maxKeyBytes} bytes`);
   }
-  if ('value' in o && (typeof o.value !== 'string' || utf8.encode(o.value).length > limits.maxValueBytes)) {
-    throw new DsmError(ErrorCode.BAD_INPUT, `value larger than ${limits.maxValueBytes} bytes`);
+  const withValue = o.op === 'set' || o.op === 'setIfAbsent' || o.op === 'delIfValue';
+  if (withValue && (typeof o.value !== 'string' || utf8.encode(o.value).length > limits.maxValueBytes)) {
+    throw new DsmError(ErrorCode.BAD_INPUT, `value missing or larger than ${limits.maxValueBytes} bytes`);
   }
-  if ('ttlMs' in o && o.ttlMs !== undefined) ttlToMs(o.ttlMs);
+  const withTtl = o.op === 'setIfAbsent' || o.op === 'expire';
+  if (withTtl || (o.op === 'set' && o.ttlMs !== undefined)) ttlToMs((o as { ttlMs: number }).ttlMs);
   if (o.op === 'incrBy') checkIncrement(o.n);
 }
 

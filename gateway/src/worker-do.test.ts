@@ -480,9 +480,16 @@ describe('the bounds of the objects', () => {
     });
     expect(r.status).toBe(400);
     expect(((await r.json()) as { code: string }).code).toBe('DSM_ERR_BAD_INPUT');
-    const bad = await stub.fetch('https://dsm-kv/op', { method: 'POST', body: '{"op":"drop"}' });
-    expect(bad.status).toBe(400);
-    await bad.arrayBuffer();
+    for (const body of [
+      '{"op":"drop","key":"k"}',
+      '{"op":"set","key":"k"}',
+      '{"op":"expire","key":"k"}',
+      '[',
+    ]) {
+      const bad = await stub.fetch('https://dsm-kv/op', { method: 'POST', body });
+      expect(bad.status).toBe(400);
+      expect(((await bad.json()) as { code: string }).code).toBe('DSM_ERR_BAD_INPUT');
+    }
   });
 
   it('holds at most maxKeysPerObject keys: a new key past it is refused, existing ones still change, expired ones make room', async () => {
