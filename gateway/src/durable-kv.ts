@@ -272,7 +272,7 @@ const DUE_BATCH = 16;
 /**
  * The Durable Object: the KvStore operations on a SQLite table, one request each (POST JSON
  * `{op, key, …}` → 200 `{r}` or 4xx/503 `{code, message}`). Each operation runs without an
- * `await` between its read and its write, so it is atomic (an object runs one event at a time
+ * `await` between its read and its write, so it is atomic (an object runs its JavaScript on one thread
  * and its SQL calls are synchronous). The alarm drops expired keys and runs `onDue`; an object
  * left with no keys deletes its storage (and its alarm), so finished uploads cost no storage.
  */
