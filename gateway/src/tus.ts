@@ -63,6 +63,30 @@ const K = {
   sweep: 'gw:tus:sweep',
 };
 
+/**
+ * For a store that keeps each upload's keys together and expires uploads itself (the Worker's
+ * Durable Object, durable-kv.ts): which upload a key belongs to, and when the upload a state
+ * value describes expires. The store stays a plain KvStore to this file.
+ */
+export const tusKeys = {
+  /** The upload id of an upload's own keys (state, lock); undefined for the shared ones. */
+  uploadOf(key: string): string | undefined {
+    for (const p of [K.state(''), K.lock('')])
+      if (key.startsWith(p) && key.length > p.length) return key.slice(p.length);
+    return undefined;
+  },
+  /** For an upload's state: the Date.now() after which the upload has expired (expireUpload deletes it). */
+  expiresAt(key: string, value: string): number | undefined {
+    if (!key.startsWith(K.state(''))) return undefined;
+    try {
+      const t = (JSON.parse(value) as Partial<TusState>).expiresAt;
+      return typeof t === 'number' && Number.isFinite(t) ? t + 1 : undefined;
+    } catch {
+      return undefined;
+    }
+  },
+};
+
 // Maps: names from headers never walk Object.prototype (`Upload-Checksum: constructor …`).
 const ALGORITHMS = new Map([
   ['sha1', 'SHA-1'],
@@ -529,6 +553,33 @@ export class TusService {
   }
 
   /**
+   * Deletes one upload (storage partial + state) when it has expired by `now`, under its lock:
+   * `expired` (deleted now), `gone` (no state: finished, terminated or already deleted), `live`
+   * (not expired), `locked` (a request holds its lock: try later). The sweeper below and the
+   * Worker's Durable Object alarm both use it.
+   */
+  async expireUpload(id: string, now = Date.now()): Promise<'expired' | 'gone' | 'live' | 'locked'> {
+    const kv = this.#core.kv;
+    const seen = await this.#getState(id);
+    if (!seen) return 'gone';
+    if (!(seen.expiresAt < now)) return 'live';
+    const token = crypto.randomUUID();
+    if (!(await kv.setIfAbsent(K.lock(id), token, this.#core.cfg.tusLockTtlMs))) return 'locked';
+    try {
+      // The decision is taken again under the lock: a PATCH may have finished (and moved the
+      // expiry) between the read above and the lock, or the upload may be gone.
+      const s = await this.#getState(id);
+      if (!s) return 'gone';
+      if (!(s.expiresAt < now)) return 'live';
+      await this.#expire(id, s);
+      this.#core.log.info({ uploadId: id }, 'expired tus upload deleted');
+      return 'expired';
+    } finally {
+      await kv.delIfValue(K.lock(id), token);
+    }
+  }
+
+  /**
    * Deletes expired uploads (storage partial + state). Walks the index from the cursor; the
    * cursor moves past entries that are finished (committed, terminated, swept), and entries
    * still live are looked at again next time. One gateway sweeps at a time (a KV lock).
@@ -544,29 +595,10 @@ export class TusService {
       let prefixDone = true;
       const end = Math.min(seq, cursor + SWEEP_BATCH);
       for (let n = cursor + 1; n <= end; n++) {
-        let finished = false;
         const id = await kv.get(K.idx(n));
-        const seen = id ? await this.#getState(id) : null;
-        if (!id || !seen) finished = true;
-        else if (
-          seen.expiresAt < now &&
-          (await kv.setIfAbsent(K.lock(id), token, this.#core.cfg.tusLockTtlMs))
-        ) {
-          try {
-            // The decision is taken again under the lock: a PATCH may have finished (and moved
-            // the expiry) between the read above and the lock, or the upload may be gone.
-            const s = await this.#getState(id);
-            if (!s) finished = true;
-            else if (s.expiresAt < now) {
-              await this.#expire(id, s);
-              swept++;
-              finished = true;
-              this.#core.log.info({ uploadId: id }, 'expired tus upload deleted');
-            }
-          } finally {
-            await kv.delIfValue(K.lock(id), token);
-          }
-        }
+        const r = id ? await this.expireUpload(id, now) : 'gone';
+        if (r === 'expired') swept++;
+        const finished = r === 'expired' || r === 'gone';
         if (finished) await kv.del(K.idx(n));
         if (finished && prefixDone) cursor = n;
         else prefixDone = false;

@@ -1,6 +1,13 @@
 import { type ClusterKey, clusterKey } from '@dsm/client';
 import { messageOf } from '@dsm/common/errors';
+// a namespace import: esbuild keeps only what the schemas use (no locales: the Worker bundle)
+import * as z from 'zod';
 import { type GatewayConfig, parseGatewayConfig } from './config.ts';
+import {
+  DEFAULT_DURABLE_KV_LIMITS,
+  type DurableKvLimits,
+  type DurableObjectNamespaceLike,
+} from './durable-kv.ts';
 import { type EdgeCacheConfig, edgeCacheSchema } from './edge-cache.ts';
 
 // Kept apart from worker.ts (which imports `cloudflare:sockets`) so Node tests can load it.
@@ -28,6 +35,50 @@ export interface WorkerEnv {
   DSM_CLUSTER_KEY?: string;
   /** debug | info | warn (default) | error */
   DSM_LOG_LEVEL?: string;
+  /**
+   * The Durable Object namespace of the tus state (wrangler.toml `[[durable_objects.bindings]]`);
+   * `cache: "durable-object:<NAME>"` names another binding.
+   */
+  DSM_TUS?: DurableObjectNamespaceLike;
+}
+
+/** The binding the Worker keeps its state in when `cache` does not say. */
+export const DEFAULT_STATE_BINDING = 'DSM_TUS';
+
+/** Where the Worker keeps tus state, locks and the delete journal (config `cache`). */
+export type WorkerState =
+  | { kind: 'memory' }
+  | {
+      kind: 'durable-object';
+      binding: string;
+      namespace: DurableObjectNamespaceLike;
+      limits: DurableKvLimits;
+    };
+
+const d = DEFAULT_DURABLE_KV_LIMITS;
+/** `durableObject` of DSM_GATEWAY (Worker only): the bounds of durable-kv.ts. */
+const durableObjectSchema = z
+  .object({
+    shards: z.number().int().min(1).max(1024).default(d.shards),
+    maxKeyBytes: z.number().int().min(256).max(8192).default(d.maxKeyBytes),
+    maxValueBytes: z
+      .number()
+      .int()
+      .min(4096)
+      .max(1024 * 1024)
+      .default(d.maxValueBytes),
+    maxKeysPerObject: z.number().int().min(16).max(10_000_000).default(d.maxKeysPerObject),
+    requestTimeoutMs: z.number().int().min(100).max(60_000).default(d.requestTimeoutMs),
+  })
+  .strict();
+
+function isNamespace(v: unknown): v is DurableObjectNamespaceLike {
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof (v as DurableObjectNamespaceLike).idFromName === 'function' &&
+    typeof (v as DurableObjectNamespaceLike).get === 'function'
+  );
 }
 
 /** The cluster key from the `DSM_CLUSTER_KEY` secret binding; none = the nodes are not asked to authenticate. */
@@ -76,6 +127,16 @@ export function edgeCacheFromEnv(env: WorkerEnv): EdgeCacheConfig {
 
 /** The gateway config from the Worker's bindings; throws an Error naming the bad key. */
 export function configFromEnv(env: WorkerEnv): GatewayConfig {
+  return workerFromEnv(env).config;
+}
+
+/**
+ * The gateway config and the state store from the Worker's bindings; throws an Error naming the
+ * bad key. `cache`: `durable-object:<BINDING>` (the Durable Object of durable-kv.ts), `memory:`
+ * (isolate memory: one isolate only, for tests), or unset: the Durable Object when `DSM_TUS` is
+ * bound, else isolate memory.
+ */
+export function workerFromEnv(env: WorkerEnv): { config: GatewayConfig; state: WorkerState } {
   // `edgeCache` is the Worker's own (edgeCacheFromEnv)
   const { edgeCache: _edgeCache, ...raw } = gatewayVars(env);
   const cfg: Record<string, unknown> = { ...raw };
@@ -105,12 +166,29 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
     }
     cfg.downloads = { ...(cfg.downloads as object | undefined), signingKeys: keys };
   }
-  const cache = (cfg.cache as string | undefined) ?? 'memory:';
-  if (cache !== 'memory:') {
+  const bound = isNamespace(env[DEFAULT_STATE_BINDING]);
+  const cache =
+    (cfg.cache as string | undefined) ?? (bound ? `durable-object:${DEFAULT_STATE_BINDING}` : 'memory:');
+  let state: WorkerState = { kind: 'memory' };
+  const doLimits = durableObjectSchema.safeParse(cfg.durableObject ?? {});
+  if (!doLimits.success) throw configKeyError(doLimits.error, ['durableObject']);
+  delete cfg.durableObject;
+  const m = /^durable-object:([A-Za-z_][A-Za-z0-9_]*)$/.exec(cache);
+  if (m) {
+    const binding = m[1] as string;
+    const namespace = (env as Record<string, unknown>)[binding];
+    if (!isNamespace(namespace)) {
+      throw new Error(
+        `config key "cache": "${cache}" names no Durable Object binding (add [[durable_objects.bindings]] name = "${binding}" to wrangler.toml)`,
+      );
+    }
+    state = { kind: 'durable-object', binding, namespace, limits: Object.freeze(doLimits.data) };
+  } else if (cache !== 'memory:') {
     throw new Error(
-      `cache "${cache}" is not available in the Worker entry (it keeps tus state in isolate memory; use "memory:")`,
+      `config key "cache": "${cache}" is not available in the Worker (use "durable-object:${DEFAULT_STATE_BINDING}", or "memory:" for one isolate)`,
     );
   }
+  cfg.cache = cache;
   let config: GatewayConfig;
   try {
     config = parseGatewayConfig(cfg);
@@ -126,5 +204,5 @@ export function configFromEnv(env: WorkerEnv): GatewayConfig {
   }
   if (config.admin.listen)
     throw new Error('config key "admin.listen": the Worker has no second listener; use admin.token');
-  return config;
+  return { config, state };
 }

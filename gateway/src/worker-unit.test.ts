@@ -4,7 +4,7 @@ import { Duplex } from 'node:stream';
 import type { CfConnect } from '@dsm/client/workers';
 import { describe, expect, it, vi } from 'vitest';
 import { IsolateKvStore } from './isolate-kv.ts';
-import { clusterKeyFromEnv, configFromEnv } from './worker-config.ts';
+import { clusterKeyFromEnv, configFromEnv, workerFromEnv } from './worker-config.ts';
 
 // The `cloudflare:sockets` module exists only in workerd; the adapter is tested here over a
 // Node socket with the same shape (the Miniflare tests run it for real).
@@ -200,6 +200,51 @@ describe('configFromEnv (Worker bindings)', () => {
     expect(() => configFromEnv({ DSM_GATEWAY: { cache: 'redis://127.0.0.1:6379/0' } })).toThrow(
       /not available in the Worker/,
     );
+  });
+});
+
+describe('workerFromEnv: where the Worker keeps its state (config `cache`)', () => {
+  const anon = { auth: { allowAnonymousUploads: true } };
+  // the shape of a Durable Object namespace binding (the real one runs in worker-do.test.ts)
+  const ns = { idFromName: (n: string) => n, get: () => ({ fetch: async () => new Response() }) };
+
+  it('takes the DSM_TUS Durable Object when it is bound and `cache` is unset, else isolate memory', () => {
+    const bound = workerFromEnv({ DSM_GATEWAY: anon, DSM_TUS: ns });
+    expect(bound.config.cache).toBe('durable-object:DSM_TUS');
+    expect(bound.state).toMatchObject({ kind: 'durable-object', binding: 'DSM_TUS', namespace: ns });
+    expect(bound.state.kind === 'durable-object' && bound.state.limits).toEqual({
+      shards: 16,
+      maxKeyBytes: 1024,
+      maxValueBytes: 128 * 1024,
+      maxKeysPerObject: 100_000,
+      requestTimeoutMs: 5000,
+    });
+    expect(workerFromEnv({ DSM_GATEWAY: anon }).state).toEqual({ kind: 'memory' });
+    // memory: asked for, even with the binding present
+    expect(workerFromEnv({ DSM_GATEWAY: { ...anon, cache: 'memory:' }, DSM_TUS: ns }).state).toEqual({
+      kind: 'memory',
+    });
+  });
+
+  it('names another binding with durable-object:<NAME>, and refuses one that is not bound', () => {
+    const env = {
+      DSM_GATEWAY: { ...anon, cache: 'durable-object:STATE', durableObject: { shards: 4 } },
+      STATE: ns,
+    };
+    const w = workerFromEnv(env as never);
+    expect(w.state).toMatchObject({ kind: 'durable-object', binding: 'STATE', limits: { shards: 4 } });
+    expect(() => workerFromEnv({ DSM_GATEWAY: { ...anon, cache: 'durable-object:NOPE' } })).toThrow(
+      /config key "cache": "durable-object:NOPE" names no Durable Object binding/,
+    );
+  });
+
+  it('names a bad bound of durableObject', () => {
+    expect(() =>
+      workerFromEnv({ DSM_GATEWAY: { ...anon, durableObject: { maxValueBytes: 10 } }, DSM_TUS: ns }),
+    ).toThrow(/config key "durableObject.maxValueBytes"/);
+    expect(() =>
+      workerFromEnv({ DSM_GATEWAY: { ...anon, durableObject: { extra: 1 } }, DSM_TUS: ns }),
+    ).toThrow(/durableObject/);
   });
 });
 

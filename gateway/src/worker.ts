@@ -4,17 +4,26 @@ import { DsmClient } from '@dsm/client';
 import { workersTlsTransport, workersTransport } from '@dsm/client/workers';
 import { ErrorCode, messageOf } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
+import type { KvStore } from '@dsm/kv/kv-store';
 import { parseAddress } from '@dsm/packets';
 import { createApp } from './app.ts';
 import { TokenVerifier } from './auth.ts';
 import type { GatewayConfig } from './config.ts';
-import type { GatewayLog, StatCache } from './core.ts';
+import { GatewayCore, type GatewayLog, type StatCache } from './core.ts';
+import { DurableKvObject, DurableKvStore, type DurableObjectStateLike } from './durable-kv.ts';
 import { EdgeCache, type EdgeCacheApi } from './edge-cache.ts';
 import { EdgeLimits } from './edge-limits.ts';
 import { DeleteJournal } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { HttpError, problemResponse, toProblem } from './problem.ts';
-import { clusterKeyFromEnv, configFromEnv, edgeCacheFromEnv, type WorkerEnv } from './worker-config.ts';
+import { TusService, tusKeys } from './tus.ts';
+import {
+  clusterKeyFromEnv,
+  edgeCacheFromEnv,
+  type WorkerEnv,
+  type WorkerState,
+  workerFromEnv,
+} from './worker-config.ts';
 
 /** The subset of the Workers ExecutionContext used here. */
 export interface WorkerContext {
@@ -30,7 +39,7 @@ interface Isolate {
   /** The DSM_* bindings this state was built from. */
   key: string;
   config: GatewayConfig;
-  kv: IsolateKvStore;
+  kv: KvStore;
   log: GatewayLog;
   statCache: StatCache;
   verifier: TokenVerifier;
@@ -69,6 +78,40 @@ function consoleLog(level: string | undefined): GatewayLog {
   return { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
 }
 
+/** The Durable Object store of `state` (an upload's keys in one object, the rest sharded). */
+function stateStore(
+  state: Extract<WorkerState, { kind: 'durable-object' }>,
+  log: GatewayLog,
+  debug: boolean,
+  local?: { name: string; kv: KvStore },
+): DurableKvStore {
+  return new DurableKvStore(state.namespace, {
+    limits: state.limits,
+    group: tusKeys.uploadOf,
+    ...(local ? { local } : {}),
+    // DSM_LOG_LEVEL debug: one line per Durable Object request (what a request costs)
+    ...(debug
+      ? { onCall: (op: string, object: string) => log.debug({ op, object }, 'durable object call') }
+      : {}),
+  });
+}
+
+/** A DsmClient for one request (or one alarm run) over `cloudflare:sockets`. */
+function clientFor(config: GatewayConfig, env: WorkerEnv): DsmClient {
+  return new DsmClient({
+    trackers: config.trackers.map(parseAddress),
+    // cloudflare:sockets `secureTransport: 'on'` when the nodes listen with TLS
+    transport: config.cluster.tls === 'on' ? workersTlsTransport : workersTransport,
+    auth: clusterKeyFromEnv(config, env),
+    locateCacheMs: config.locateCacheMs,
+    locateCacheMax: config.locateCacheMax,
+    ioTimeoutMs: config.ioTimeoutMs,
+    // Workers allow 6 simultaneous outgoing connections per request
+    maxPerAddress: 2,
+    idleTimeoutMs: 60_000,
+  });
+}
+
 function isolateFor(env: WorkerEnv): Isolate {
   const key = JSON.stringify([
     env.DSM_GATEWAY,
@@ -81,12 +124,16 @@ function isolateFor(env: WorkerEnv): Isolate {
     env.DSM_LOG_LEVEL,
   ]);
   if (isolate && isolate.key === key) return isolate;
-  const config = configFromEnv(env);
+  const { config, state } = workerFromEnv(env);
   const edgeCfg = edgeCacheFromEnv(env);
+  const previous = isolate?.kv instanceof IsolateKvStore ? isolate.kv : undefined;
   const log = consoleLog(env.DSM_LOG_LEVEL);
   const cacheApi = (globalThis as { caches?: { default?: EdgeCacheApi } }).caches?.default;
-  // kept across a config change: uploads in progress stay resumable
-  const kv = isolate?.kv ?? new IsolateKvStore(config.memoryCacheMaxKeys);
+  // isolate memory is kept across a config change: uploads in progress stay resumable
+  const kv: KvStore =
+    state.kind === 'memory'
+      ? (previous ?? new IsolateKvStore(config.memoryCacheMaxKeys))
+      : stateStore(state, log, env.DSM_LOG_LEVEL === 'debug');
   const statCache: StatCache = new LruMap(config.statCacheMax);
   const edge =
     edgeCfg.enabled && cacheApi
@@ -130,18 +177,7 @@ function isolateFor(env: WorkerEnv): Isolate {
 function build(env: WorkerEnv, background?: (p: Promise<unknown>) => void) {
   const iso = isolateFor(env);
   const { config } = iso;
-  const client = new DsmClient({
-    trackers: config.trackers.map(parseAddress),
-    // cloudflare:sockets `secureTransport: 'on'` when the nodes listen with TLS
-    transport: config.cluster.tls === 'on' ? workersTlsTransport : workersTransport,
-    auth: clusterKeyFromEnv(config, env),
-    locateCacheMs: config.locateCacheMs,
-    locateCacheMax: config.locateCacheMax,
-    ioTimeoutMs: config.ioTimeoutMs,
-    // Workers allow 6 simultaneous outgoing connections per request
-    maxPerAddress: 2,
-    idleTimeoutMs: 60_000,
-  });
+  const client = clientFor(config, env);
   const built = createApp({
     client,
     kv: iso.kv,
@@ -207,6 +243,46 @@ function finish(res: Response, client: DsmClient, ctx: WorkerContext, pending: P
   });
 }
 
+/**
+ * The Durable Object of the tus state (wrangler.toml binding `DSM_TUS`): the KvStore of
+ * durable-kv.ts, whose alarm deletes an expired upload — its bytes on the storage and its state —
+ * through the same TusService.expireUpload as the Node gateway's sweeper. One object per upload
+ * (state + lock), plus the shards of the shared keys (counters, delete journal, sweeper index).
+ */
+export class TusStateObject extends DurableKvObject {
+  constructor(ctx: DurableObjectStateLike, env: WorkerEnv) {
+    const { config, state } = workerFromEnv(env);
+    if (state.kind !== 'durable-object') {
+      throw new Error(`TusStateObject needs cache "durable-object:<binding>" (it is "${config.cache}")`);
+    }
+    const log = consoleLog(env.DSM_LOG_LEVEL);
+    super(ctx, {
+      limits: state.limits,
+      dueAt: tusKeys.expiresAt,
+      retryMs: config.tusLockTtlMs,
+      onDue: async (key, local) => {
+        const id = tusKeys.uploadOf(key);
+        if (id === undefined) return true;
+        const client = clientFor(config, env);
+        try {
+          const debug = env.DSM_LOG_LEVEL === 'debug';
+          const name = stateStore(state, log, debug).objectFor(key);
+          const kv = stateStore(state, log, debug, { name, kv: local });
+          const core = new GatewayCore({ client, kv, config, log });
+          const r = await new TusService(core).expireUpload(id);
+          // live: the state's expiry moved (its due time with it); locked: try again later
+          return r !== 'locked';
+        } catch (e) {
+          log.warn({ err: e, uploadId: id }, 'expiring a tus upload failed; retrying later');
+          return false;
+        } finally {
+          await client.close().catch(() => {});
+        }
+      },
+    });
+  }
+}
+
 export default {
   async fetch(req: Request, env: WorkerEnv, ctx: WorkerContext): Promise<Response> {
     let b: ReturnType<typeof build>;
@@ -232,7 +308,11 @@ export default {
     return finish(res, b.client, ctx, pending);
   },
 
-  /** Cron Trigger: deletes expired tus uploads (of this isolate's state; see IsolateKvStore). */
+  /**
+   * Cron Trigger (optional): the sweeper of the Node gateway, walking the index of uploads. With
+   * the Durable Object state the objects' alarms already expire uploads; with isolate memory it
+   * sees only this isolate's uploads.
+   */
   async scheduled(_controller: unknown, env: WorkerEnv, ctx: WorkerContext): Promise<void> {
     const b = build(env);
     ctx.waitUntil(
