@@ -94,7 +94,7 @@ describe('modules/worker agrees with gateway/wrangler.toml', () => {
     );
     expect(
       bindings,
-      'gateway/wrangler.toml [[durable_objects.bindings]] (issue 9 item 1: DSM_TUS → TusState) = the module default durable_objects',
+      'gateway/wrangler.toml [[durable_objects.bindings]] (issue 9 item 1: DSM_TUS) = the module default durable_objects',
     ).toEqual(variables.durable_objects?.default);
     const migrations = (w.migrations as Record<string, unknown>[]).map((m) => ({
       tag: m.tag,
@@ -244,7 +244,11 @@ describe('modules/worker through terraform (locals and validations, provider cut
         type: 'durable_object_namespace',
         class_name: b.class_name,
       });
-    expect(byName.get('DSM_TUS')).toMatchObject({ type: 'durable_object_namespace', class_name: 'TusState' });
+    // the tus state's namespace, whatever wrangler.toml has today
+    expect(byName.get('DSM_TUS')).toMatchObject({
+      type: 'durable_object_namespace',
+      class_name: (variables.durable_objects?.default as Record<string, string>).DSM_TUS,
+    });
     // wrangler.toml tells which secrets to `wrangler secret put`: here they are secret_text
     const told = [
       ...read(join(GATEWAY_DIR, 'wrangler.toml')).matchAll(/wrangler secret put (DSM_[A-Z0-9_]+)/g),
@@ -299,7 +303,12 @@ describe('modules/worker through terraform (locals and validations, provider cut
       old_tag: null,
       new_tag: 'v1',
       steps: [
-        { new_sqlite_classes: ['TusState'], new_classes: null, deleted_classes: null, renamed_classes: null },
+        {
+          new_sqlite_classes: ['TusStateObject'],
+          new_classes: null,
+          deleted_classes: null,
+          renamed_classes: null,
+        },
       ],
     });
     const current = await probe({ ...base(), migrations_applied: 'v1' });
@@ -308,8 +317,8 @@ describe('modules/worker through terraform (locals and validations, provider cut
     const later = await probe({
       ...base(),
       migrations: [
-        { tag: 'v1', new_sqlite_classes: ['TusState'] },
-        { tag: 'v2', renamed_classes: [{ from: 'TusState', to: 'TusState2' }] },
+        { tag: 'v1', new_sqlite_classes: ['TusStateObject'] },
+        { tag: 'v2', renamed_classes: [{ from: 'TusStateObject', to: 'TusState2' }] },
       ],
       migrations_applied: 'v1',
     });
@@ -322,7 +331,7 @@ describe('modules/worker through terraform (locals and validations, provider cut
           new_sqlite_classes: null,
           new_classes: null,
           deleted_classes: null,
-          renamed_classes: [{ from: 'TusState', to: 'TusState2' }],
+          renamed_classes: [{ from: 'TusStateObject', to: 'TusState2' }],
         },
       ],
     });

@@ -177,7 +177,7 @@ variable "cluster_key" {
 variable "durable_objects" {
   description = "Durable Object bindings: binding name → exported class of the bundle (`[[durable_objects.bindings]]` of gateway/wrangler.toml; `DSM_TUS` holds the tus upload state)."
   type        = map(string)
-  default     = { DSM_TUS = "TusState" }
+  default     = { DSM_TUS = "TusStateObject" }
 
   validation {
     condition     = alltrue([for n, c in var.durable_objects : can(regex("^[A-Z][A-Z0-9_]*$", n)) && can(regex("^[A-Za-z_$][A-Za-z0-9_$]*$", c))])
@@ -194,7 +194,7 @@ variable "migrations" {
     deleted_classes    = optional(list(string), [])
     renamed_classes    = optional(list(object({ from = string, to = string })), [])
   }))
-  default = [{ tag = "v1", new_sqlite_classes = ["TusState"] }]
+  default = [{ tag = "v1", new_sqlite_classes = ["TusStateObject"] }]
 
   validation {
     condition     = length(distinct([for m in var.migrations : m.tag])) == length(var.migrations)
