@@ -64,7 +64,7 @@ const text = (dir: string) =>
 
 describe('Terraform files', () => {
   it('finds the modules and environments', () => {
-    expect(MODULES).toEqual(['cluster', 'data', 'gateway', 'storage-group', 'vip-pair']);
+    expect(MODULES).toEqual(['cluster', 'data', 'gateway', 'storage-group', 'vip-pair', 'worker']);
     expect(ENVIRONMENTS).toEqual(['dev', 'local', 'prod']);
     for (const d of [
       ...MODULES.map((m) => join(MODULES_DIR, m)),

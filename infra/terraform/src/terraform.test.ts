@@ -1,7 +1,7 @@
 /**
  * The Terraform code through the real `terraform` binary, without a network: `fmt -check`,
  * `init` + `validate` (every environment whose providers are at hand: local and dev need none,
- * prod needs hetznercloud/hcloud), `apply` of the local environment (no lab) and `plan` of dev,
+ * prod needs hetznercloud/hcloud and cloudflare/cloudflare), `apply` of the local environment (no lab) and `plan` of dev,
  * and the user data Terraform's own `templatefile()` makes of every rendered host.
  *
  * Everything runs in a temporary copy of modules/, environments/ and scripts/ with freshly
@@ -104,12 +104,15 @@ describe('terraform binary (offline)', () => {
     }
   });
 
-  it('prod: init needs hetznercloud/hcloud, which is not downloaded (validate only with a provider mirror)', async () => {
+  it('prod: init needs hetznercloud/hcloud and cloudflare/cloudflare, which are not downloaded (validate only with a provider mirror)', async () => {
     const r = await tf(envDir('prod'), ['init', '-backend=false', '-input=false', '-no-color']);
     if (!MIRROR) {
       // proof that nothing was fetched: the only installation method is the (empty) mirror
       expect(r.code).not.toBe(0);
       expect(r.stderr).toMatch(/hetznercloud\/hcloud[\s\S]*not found in any of the search locations/);
+      expect(r.stderr).toMatch(
+        /cloudflare\/cloudflare: provider registry\.terraform\.io\/cloudflare\/cloudflare/,
+      );
       return;
     }
     expect(r.code, r.stderr).toBe(0);

@@ -10,11 +10,20 @@ terraform {
       source  = "hetznercloud/hcloud"
       version = "~> 1.49"
     }
+    cloudflare = {
+      source  = "cloudflare/cloudflare"
+      version = "~> 5.5"
+    }
   }
 }
 
 provider "hcloud" {
   token = var.hcloud_token
+}
+
+provider "cloudflare" {
+  # null: the provider reads CLOUDFLARE_API_TOKEN (used only when worker_gateway.enabled)
+  api_token = var.cloudflare_api_token
 }
 
 locals {
@@ -36,6 +45,14 @@ locals {
   storage_hosts = { for h, v in local.hosts : h => v if v.role == "storage" }
 
   user_data = module.cluster.user_data
+
+  # The Worker's auth keys are the VM gateways' own: each `{{secret:NAME}}` of
+  # gateways.config.auth.hs256Keys in dsm.json, filled from var.secrets.
+  gateway_auth = try(local.spec.gateways.config.auth, {})
+  worker_hs256_keys = {
+    for kid, mark in try(local.gateway_auth.hs256Keys, {}) :
+    kid => var.secrets[regex("^\\{\\{secret:([a-z][a-z0-9_]{0,63})\\}\\}$", mark)[0]]
+  }
 }
 
 # ---- what runs where (provider-neutral modules) ------------------------------------------------
@@ -210,5 +227,50 @@ resource "hcloud_load_balancer_service" "gateway" {
       path         = module.cluster.gateways.health_path
       status_codes = ["200"]
     }
+  }
+}
+
+# ---- Cloudflare Worker (optional, beside the VM gateways) -------------------------------------
+
+module "worker_gateway" {
+  source = "../../modules/worker"
+  count  = var.worker_gateway.enabled ? 1 : 0
+
+  account_id  = var.worker_gateway.account_id
+  zone_id     = var.worker_gateway.zone_id
+  routes      = var.worker_gateway.routes
+  bundle_file = var.worker_gateway.bundle_file
+  public_url  = var.worker_gateway.public_url
+  log_level   = var.worker_gateway.log_level
+  sweep_crons = var.worker_gateway.sweep_crons
+
+  migrations_applied = var.worker_gateway.migrations_applied
+
+  # Workers reach only public addresses: every tracker VM's public IPv4 at the tracker port
+  trackers = [
+    for h in sort(keys(module.cluster.trackers.hosts)) : "${hcloud_server.host[h].ipv4_address}:${module.cluster.trackers.port}"
+  ]
+
+  # the VM gateways' auth settings (issuer, audience, key id) without their keys, plus worker extras
+  gateway_config = merge(
+    {
+      maxUploadBytes = 5368709120
+      statCacheMs    = 2000
+      locateCacheMs  = 2000
+      auth           = { for k, v in local.gateway_auth : k => v if k != "hs256Keys" }
+    },
+    var.worker_gateway.config,
+  )
+  auth_hs256_keys = local.worker_hs256_keys
+  cluster_key     = var.secrets["cluster_key"]
+}
+
+check "worker_gateway_reachability" {
+  # A warning, not an error: the Worker is deployed, but this environment does not yet let it
+  # reach the nodes (README, "The Cloudflare Worker"): the firewall admits SSH only, the trackers'
+  # allowFrom is the private subnet, and the trackers hand out the storages' private addresses.
+  assert {
+    condition     = !var.worker_gateway.enabled
+    error_message = "worker_gateway is enabled, but the prod nodes are not reachable from Cloudflare yet: open the tracker and storage ports to Cloudflare's ranges, widen the trackers' allowFrom and give the storages public addresses (environments/prod/README.md, \"The Cloudflare Worker\")."
   }
 }

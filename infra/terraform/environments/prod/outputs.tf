@@ -53,3 +53,13 @@ output "prometheus_config" {
   description = "Path of the rendered Prometheus scrape configuration (rendered/<env>/prometheus.yml): one dsm-<role> job per role, targets the hosts' admin listeners."
   value       = "${local.rendered_dir}/prometheus.yml"
 }
+
+output "worker_gateway" {
+  description = "The Cloudflare Worker gateway when worker_gateway.enabled (script name, routes, trackers it dials, the migration tag to set as migrations_applied next), else null."
+  value = one([for w in module.worker_gateway : {
+    script_name   = w.script_name
+    routes        = w.routes
+    trackers      = w.trackers
+    migration_tag = w.migration_tag
+  }])
+}

@@ -89,3 +89,32 @@ variable "protect_bricks" {
   type        = bool
   default     = true
 }
+
+variable "worker_gateway" {
+  description = "The gateway as a Cloudflare Worker beside the VM gateways (modules/worker): `enabled`, `account_id`, `zone_id`, `routes` (e.g. [\"media.example.com/*\"]), `bundle_file` (gateway/dist/worker.js from `wrangler deploy --dry-run --outdir dist`), and optionally `public_url`, `migrations_applied`, `sweep_crons`, `log_level`, `config` (extra gateway.json keys). Off by default: read the README first (the nodes must be reachable from Cloudflare)."
+  type = object({
+    enabled            = bool
+    account_id         = optional(string, "")
+    zone_id            = optional(string, "")
+    routes             = optional(list(string), [])
+    bundle_file        = optional(string, "")
+    public_url         = optional(string, "")
+    migrations_applied = optional(string, "")
+    sweep_crons        = optional(list(string), [])
+    log_level          = optional(string, "warn")
+    config             = optional(any, {})
+  })
+  default = { enabled = false }
+
+  validation {
+    condition     = !var.worker_gateway.enabled || (var.worker_gateway.account_id != "" && var.worker_gateway.zone_id != "" && length(var.worker_gateway.routes) > 0 && var.worker_gateway.bundle_file != "")
+    error_message = "worker_gateway.enabled needs account_id, zone_id, routes and bundle_file."
+  }
+}
+
+variable "cloudflare_api_token" {
+  description = "Cloudflare API token Terraform uses for the Worker (Workers Scripts: Edit on the account, Workers Routes: Edit on the zone). Only needed with worker_gateway.enabled (or set CLOUDFLARE_API_TOKEN)."
+  type        = string
+  default     = null
+  sensitive   = true
+}

@@ -19,6 +19,14 @@ output "tracker_endpoint" {
   value       = module.vip_pair["tracker"].endpoint
 }
 
+output "trackers" {
+  description = "The tracker pair's hosts (name → private address) and port: an environment maps them to the hosts' public addresses for a gateway outside the private network (the Worker)."
+  value = {
+    hosts = module.vip_pair["tracker"].hosts
+    port  = module.vip_pair["tracker"].port
+  }
+}
+
 output "id_vip" {
   description = "The id-server VIP, no prefix length."
   value       = module.vip_pair["id"].vip
