@@ -254,10 +254,17 @@ module "worker_gateway" {
   # the VM gateways' auth settings (issuer, audience, key id) without their keys, plus worker extras
   gateway_config = merge(
     {
-      maxUploadBytes = 5368709120
-      statCacheMs    = 2000
-      locateCacheMs  = 2000
-      auth           = { for k, v in local.gateway_auth : k => v if k != "hs256Keys" }
+      maxUploadBytes     = 5368709120
+      statCacheMs        = 2000
+      locateCacheMs      = 2000
+      invalidationPollMs = 1000
+      edgeCache = {
+        enabled     = true
+        sliceBytes  = 2097152
+        statTtlMs   = 60000
+        memoryBytes = 16777216
+      }
+      auth = { for k, v in local.gateway_auth : k => v if k != "hs256Keys" }
     },
     var.worker_gateway.config,
   )

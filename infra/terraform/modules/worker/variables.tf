@@ -87,10 +87,17 @@ variable "gateway_config" {
   description = "The gateway config (the keys of gateway.json, as in `[vars.DSM_GATEWAY]` of gateway/wrangler.toml), bound as the JSON binding `DSM_GATEWAY`. No secrets here (they are the secret bindings below), no `trackers` (var.trackers), no `listen`/`admin.listen` (a Worker has no listener)."
   type        = any
   default = {
-    maxUploadBytes = 5368709120
-    statCacheMs    = 2000
-    locateCacheMs  = 2000
-    auth           = { mode = "jwt" }
+    maxUploadBytes     = 5368709120
+    statCacheMs        = 2000
+    locateCacheMs      = 2000
+    invalidationPollMs = 1000
+    edgeCache = {
+      enabled     = true
+      sliceBytes  = 2097152
+      statTtlMs   = 60000
+      memoryBytes = 16777216
+    }
+    auth = { mode = "jwt" }
   }
 
   validation {
