@@ -47,6 +47,7 @@ describe('the markdown of the repository', () => {
         'docs/a.md': [
           'As the design says (shared/DESIGN.md), the code is in `src/meta.ts` and `src/lost.ts`;',
           'the build writes `dist/dsm.mjs`; the capture is /work/shared/reference/seed-vectors.json.',
+          'wrangler writes `gateway/dist/worker.js` (dist/ at any depth is output), not `gateway/dister/x.js`.',
           'Options like `performance.md-cache-timeout` are not files.',
         ].join('\n'),
         'nodes/storage/src/meta.ts': '',
@@ -56,6 +57,7 @@ describe('the markdown of the repository', () => {
       "cited-file: docs/a.md:1: 'shared/DESIGN.md' is not a file of the repository",
       "cited-file: docs/a.md:1: 'src/lost.ts' is not a file of the repository",
       "outside-repo: docs/a.md:2: '/work/shared/reference/seed-vectors.json' is outside the repository",
+      "cited-file: docs/a.md:3: 'gateway/dister/x.js' is not a file of the repository",
     ]);
   });
 

@@ -46,8 +46,7 @@ export function readDocTree(root: string): DocTree {
   const ignoredDirs = gitignore
     .split('\n')
     .map((l) => l.trim())
-    .filter((l) => l.endsWith('/') && !l.startsWith('#'))
-    .map((l) => l.replace(/^\//, ''));
+    .filter((l) => l.endsWith('/') && !l.startsWith('#'));
   return { root, files, ignoredDirs, read: (f) => readFileSync(join(root, f), 'utf8') };
 }
 
@@ -127,8 +126,15 @@ export function checkDocs(tree: DocTree): DocProblem[] {
   };
   // what is outside the repository: the folder that holds the checkout
   const outside = `${dirname(tree.root.replace(/\/+$/, ''))}/`;
+  // as git reads .gitignore: `dist/` (no other slash) names a dist folder at any depth
+  // (gateway/dist/ too); `/dist/` or `a/dist/` only that one, from the root
   const isOutput = (p: string): boolean =>
-    tree.ignoredDirs.some((d) => p === d.slice(0, -1) || p.startsWith(d));
+    tree.ignoredDirs.some((pattern) => {
+      const d = pattern.replace(/^\//, '');
+      if (p === d.slice(0, -1) || p.startsWith(d)) return true;
+      const anywhere = !pattern.startsWith('/') && !d.slice(0, -1).includes('/');
+      return anywhere && (p.includes(`/${d}`) || p.endsWith(`/${d.slice(0, -1)}`));
+    });
   const exists = (p: string): boolean => fileSet.has(p) || dirSet.has(p) || existsSync(join(tree.root, p));
 
   for (const md of tree.files.filter((f) => f.endsWith('.md'))) {
