@@ -163,8 +163,10 @@ export class DurableKvStore implements KvStore {
       ]);
       const body = (await Promise.race([res.json(), timeout])) as { r?: T; code?: string; message?: string };
       if (res.status === 200) return body.r as T;
-      const code = body.code === ErrorCode.BAD_INPUT ? ErrorCode.BAD_INPUT : ErrorCode.CACHE_UNAVAILABLE;
-      throw new DsmError(code, body.message ?? `Durable Object ${name} answered ${res.status}`);
+      const message = body.message ?? `Durable Object ${name} answered ${res.status}`;
+      // the object's refusal of a bad key or value is the caller's 400; anything else a 503
+      if (body.code === ErrorCode.BAD_INPUT) throw new DsmError(ErrorCode.BAD_INPUT, message);
+      throw new DsmError(ErrorCode.CACHE_UNAVAILABLE, message);
     } catch (e) {
       if (isDsmError(e)) throw e;
       throw new DsmError(ErrorCode.CACHE_UNAVAILABLE, `Durable Object ${name}: ${messageOf(e)}`);
