@@ -6,7 +6,14 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { DsmClient, decodePublicId, encodePublicId } from '@dsm/client';
 import { createNodeTransport, nodeTransport } from '@dsm/client/node';
-import { ConfigError, createLogger, ErrorCode, loadConfig, missingNodeFlags, nodeFlagsFor } from '@dsm/common';
+import {
+  ConfigError,
+  createLogger,
+  ErrorCode,
+  loadConfig,
+  missingNodeFlags,
+  nodeFlagsFor,
+} from '@dsm/common';
 import { toHex } from '@dsm/packets';
 import { runNode } from '@dsm/server';
 import { clientSettings, parseRange, secretFrom, UsageError } from './client-config.ts';

@@ -247,7 +247,7 @@ describe('modules/worker through terraform (locals and validations, provider cut
     // the tus state's namespace, whatever wrangler.toml has today
     expect(byName.get('DSM_TUS')).toMatchObject({
       type: 'durable_object_namespace',
-      class_name: (variables.durable_objects?.default as Record<string, string>).DSM_TUS,
+      class_name: (variables.durable_objects?.default as Record<string, string> | undefined)?.DSM_TUS,
     });
     // wrangler.toml tells which secrets to `wrangler secret put`: here they are secret_text
     const told = [
