@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { Cluster, ClusterOptions } from '@dsm/cluster';
 import { createKvStore, type KvStore } from '@dsm/kv';
@@ -15,6 +16,38 @@ import { type RunningGateway, startGateway } from './node.ts';
 export const REDIS_URL = 'redis://127.0.0.1:6379';
 
 export const run = promisify(execFile);
+
+/** The gateway package's folder (wrangler.toml, src/). */
+export const GATEWAY_DIR = dirname(dirname(fileURLToPath(import.meta.url)));
+const WRANGLER = join(GATEWAY_DIR, '..', 'node_modules', 'wrangler', 'bin', 'wrangler.js');
+/** wrangler without network: no metrics, no error reports, no banner, no Cloudflare fetches. */
+export const WRANGLER_OFFLINE = {
+  CI: 'true',
+  WRANGLER_SEND_METRICS: 'false',
+  WRANGLER_SEND_ERROR_REPORTS: 'false',
+  WRANGLER_HIDE_BANNER: 'true',
+  CLOUDFLARE_CF_FETCH_ENABLED: 'false',
+};
+
+/** Builds the Worker into `out` (worker.js) as `wrangler deploy` would: offline, --dry-run. */
+export function buildWorker(out: string) {
+  return run(process.execPath, [WRANGLER, 'deploy', '--dry-run', '--outdir', out], {
+    cwd: GATEWAY_DIR,
+    env: { ...process.env, ...WRANGLER_OFFLINE },
+  });
+}
+
+/** wrangler.toml's text. */
+export function wranglerToml(): string {
+  return readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
+}
+
+/** wrangler.toml's compatibility_date (the Miniflare tests run the bundle with it). */
+export function compatibilityDate(): string {
+  const d = /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(wranglerToml())?.[1];
+  if (!d) throw new Error('no compatibility_date in wrangler.toml');
+  return d;
+}
 
 /** Deterministic pseudo-random bytes. */
 export { patternBytes } from '@dsm/testkit';

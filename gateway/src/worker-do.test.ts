@@ -1,11 +1,10 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { kvConformance } from '@dsm/kv/test-conformance';
 import { Miniflare, type MiniflareOptions } from 'miniflare';
 import { Upload } from 'tus-js-client';
@@ -16,7 +15,14 @@ import {
   DurableKvStore,
   type DurableObjectNamespaceLike,
 } from './durable-kv.ts';
-import { patternBytes, run, type Stack, startStack } from './test-support.ts';
+import {
+  buildWorker,
+  compatibilityDate,
+  patternBytes,
+  type Stack,
+  startStack,
+  wranglerToml,
+} from './test-support.ts';
 import { tusKeys } from './tus.ts';
 
 // The Worker with its tus state in the Durable Object of wrangler.toml (durable-kv.ts), built by
@@ -32,15 +38,6 @@ import { tusKeys } from './tus.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const GATEWAY_DIR = dirname(dirname(fileURLToPath(import.meta.url)));
-const WRANGLER = join(GATEWAY_DIR, '..', 'node_modules', 'wrangler', 'bin', 'wrangler.js');
-const OFFLINE = {
-  CI: 'true',
-  WRANGLER_SEND_METRICS: 'false',
-  WRANGLER_SEND_ERROR_REPORTS: 'false',
-  WRANGLER_HIDE_BANNER: 'true',
-  CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-};
 const TUS = { 'Tus-Resumable': '1.0.0' };
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -67,13 +64,12 @@ const C_LIMITS = {
 const bCalls: string[] = [];
 
 function workerOptions(name: string, gateway: Record<string, unknown>, logLevel = 'error'): MiniflareOptions {
-  const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
   return {
     name,
     modules: true,
     scriptPath: join(out, 'worker.js'),
     modulesRoot: out,
-    compatibilityDate: /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(toml)?.[1] as string,
+    compatibilityDate: compatibilityDate(),
     compatibilityFlags: ['nodejs_compat'],
     host: '127.0.0.1',
     port: 0,
@@ -99,15 +95,12 @@ beforeAll(async () => {
   out = mkdtempSync(join(tmpdir(), 'dsm-worker-do-'));
   scratch = mkdtempSync(join(tmpdir(), 'dsm-worker-do-state-'));
   const [, stack] = await Promise.all([
-    run(process.execPath, [WRANGLER, 'deploy', '--dry-run', '--outdir', out], {
-      cwd: GATEWAY_DIR,
-      env: { ...process.env, ...OFFLINE },
-    }),
+    buildWorker(out),
     startStack('sqlite+memory', {}, { storagesPerGroup: 2 }),
   ]);
   s = stack;
   // the binding and the class as wrangler.toml declares them
-  const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
+  const toml = wranglerToml();
   const binding = /\[\[durable_objects\.bindings\]\]\s*name\s*=\s*"(\w+)"\s*class_name\s*=\s*"(\w+)"/.exec(
     toml,
   );

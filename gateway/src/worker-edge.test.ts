@@ -1,12 +1,11 @@
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Response as MfResponse, Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintToken, signUrl } from './auth.ts';
-import { patternBytes, run, type Stack, startStack } from './test-support.ts';
+import { buildWorker, compatibilityDate, patternBytes, type Stack, startStack } from './test-support.ts';
 
 // The Worker's edge cache (edge-cache.ts) and its bundle: built by wrangler as `wrangler deploy`
 // would (offline, --dry-run, minified as wrangler.toml asks), run in Miniflare (workerd, with its
@@ -16,15 +15,6 @@ import { patternBytes, run, type Stack, startStack } from './test-support.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const GATEWAY_DIR = dirname(dirname(fileURLToPath(import.meta.url)));
-const WRANGLER = join(GATEWAY_DIR, '..', 'node_modules', 'wrangler', 'bin', 'wrangler.js');
-const OFFLINE = {
-  CI: 'true',
-  WRANGLER_SEND_METRICS: 'false',
-  WRANGLER_SEND_ERROR_REPORTS: 'false',
-  WRANGLER_HIDE_BANNER: 'true',
-  CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-};
 const SECRET = 'edge-test-hs256-secret-0123456789abcdef';
 const SIGNING = { k1: 'edge-test-signing-key-0123456789abcdef' };
 const SLICE = 1 * MiB;
@@ -75,10 +65,7 @@ function workerOptions(out: string, date: string, trackers: string) {
 beforeAll(async () => {
   out = mkdtempSync(join(tmpdir(), 'dsm-worker-edge-'));
   const [, stack] = await Promise.all([
-    run(process.execPath, [WRANGLER, 'deploy', '--dry-run', '--outdir', out], {
-      cwd: GATEWAY_DIR,
-      env: { ...process.env, ...OFFLINE },
-    }),
+    buildWorker(out),
     startStack(
       'sqlite+memory',
       {},
@@ -94,8 +81,7 @@ beforeAll(async () => {
     .filter((n) => n.role === 'storage')
     .map((n) => n.ready.admin as string);
   expect(storageAdmins).toHaveLength(2);
-  const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
-  const date = /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(toml)?.[1] as string;
+  const date = compatibilityDate();
   const trackers = s.cluster.addresses('tracker').join(',');
   mf = new Miniflare(workerOptions(out, date, trackers));
   mf2 = new Miniflare(workerOptions(out, date, trackers));

@@ -2,16 +2,15 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { DsmClient } from '@dsm/client';
 import { createNodeTransport } from '@dsm/client/node';
 import { parseAddress } from '@dsm/packets';
 import { startTestCluster, type TestCluster, until } from '@dsm/testkit';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { patternBytes, run } from './test-support.ts';
+import { buildWorker, compatibilityDate, patternBytes } from './test-support.ts';
 
 // The Worker's link to the nodes for real: the bundle of `wrangler deploy --dry-run` (offline),
 // run in Miniflare (workerd), against a cluster whose tracker, storage and id server all require
@@ -25,16 +24,6 @@ import { patternBytes, run } from './test-support.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const GATEWAY_DIR = dirname(dirname(fileURLToPath(import.meta.url)));
-const WRANGLER = join(GATEWAY_DIR, '..', 'node_modules', 'wrangler', 'bin', 'wrangler.js');
-/** wrangler without network: no metrics, no error reports, no banner, no Cloudflare fetches. */
-const OFFLINE = {
-  CI: 'true',
-  WRANGLER_SEND_METRICS: 'false',
-  WRANGLER_SEND_ERROR_REPORTS: 'false',
-  WRANGLER_HIDE_BANNER: 'true',
-  CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-};
 const KEY_ID = 'k1';
 const SECRET = 'worker-tls-cluster-key-0123456789abcdef';
 /** A refusal must come from the nodes, not from a timeout: the Worker's I/O timeout is far above this. */
@@ -130,9 +119,7 @@ function worker(name: string, o: { tls: 'on' | 'off'; key?: string; trust: strin
     modules: true,
     scriptPath: join(out, 'worker.js'),
     modulesRoot: out,
-    compatibilityDate: /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(
-      readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8'),
-    )?.[1] as string,
+    compatibilityDate: compatibilityDate(),
     compatibilityFlags: ['nodejs_compat'],
     // connect() goes out through this network: loopback only, trusting `trust` (PEM)
     outboundService: { network: { allow: ['local'], tlsOptions: { trustedCertificates: [o.trust] } } },
@@ -168,10 +155,7 @@ beforeAll(async () => {
     admin: { listen: '127.0.0.1:0' },
   };
   const [built, cluster] = await Promise.allSettled([
-    run(process.execPath, [WRANGLER, 'deploy', '--dry-run', '--outdir', out], {
-      cwd: GATEWAY_DIR,
-      env: { ...process.env, ...OFFLINE },
-    }),
+    buildWorker(out),
     startTestCluster('sqlite+memory', {
       trackers: 1,
       groups: ['group001'],

@@ -2,11 +2,17 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { patternBytes, run, type Stack, startStack } from './test-support.ts';
+import {
+  buildWorker,
+  compatibilityDate,
+  patternBytes,
+  type Stack,
+  startStack,
+  wranglerToml,
+} from './test-support.ts';
 
 // The Worker entry, built by wrangler exactly as `wrangler deploy` would (offline, --dry-run),
 // then run in Miniflare (workerd) against a real local cluster: its `cloudflare:sockets`
@@ -14,16 +20,6 @@ import { patternBytes, run, type Stack, startStack } from './test-support.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const GATEWAY_DIR = dirname(dirname(fileURLToPath(import.meta.url)));
-const WRANGLER = join(GATEWAY_DIR, '..', 'node_modules', 'wrangler', 'bin', 'wrangler.js');
-/** wrangler without network: no metrics, no error reports, no banner, no Cloudflare fetches. */
-const OFFLINE = {
-  CI: 'true',
-  WRANGLER_SEND_METRICS: 'false',
-  WRANGLER_SEND_ERROR_REPORTS: 'false',
-  WRANGLER_HIDE_BANNER: 'true',
-  CLOUDFLARE_CF_FETCH_ENABLED: 'false',
-};
 const TUS = { 'Tus-Resumable': '1.0.0' };
 const ADMIN_TOKEN = 'worker-admin-token-0123456789abcdef';
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -36,15 +32,11 @@ let base: string;
 beforeAll(async () => {
   out = mkdtempSync(join(tmpdir(), 'dsm-worker-'));
   const [, stack] = await Promise.all([
-    run(process.execPath, [WRANGLER, 'deploy', '--dry-run', '--outdir', out], {
-      cwd: GATEWAY_DIR,
-      env: { ...process.env, ...OFFLINE },
-    }),
+    buildWorker(out),
     startStack('sqlite+memory', {}, { storagesPerGroup: 2 }),
   ]);
   s = stack;
-  const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
-  const date = /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(toml)?.[1] as string;
+  const date = compatibilityDate();
   mf = new Miniflare({
     modules: true,
     scriptPath: join(out, 'worker.js'),
@@ -90,8 +82,8 @@ describe('wrangler build', () => {
       (m) => m[1],
     );
     expect(imports).toEqual(['cloudflare:sockets']);
-    const toml = readFileSync(join(GATEWAY_DIR, 'wrangler.toml'), 'utf8');
-    const date = /^compatibility_date\s*=\s*"([\d-]+)"/m.exec(toml)?.[1] ?? '';
+    const toml = wranglerToml();
+    const date = compatibilityDate();
     expect(date >= '2024-09-23' && date <= '2026-04-26').toBe(true);
     expect(toml).toMatch(/^compatibility_flags\s*=\s*\["nodejs_compat"\]/m);
   });
