@@ -98,25 +98,7 @@ export class FileLock {
       } catch (e) {
         if (errorCodeOf(e) !== 'EEXIST') throw e;
       }
-      const held = await readLock(path, ttlMs);
-      if (!held) continue; // released meanwhile
-      if (Date.now() < held.expiresMs) throw busy(label);
-      // Expired: move it aside atomically; only one stealer's rename succeeds.
-      const aside = `${path}.stale-${randomBytes(6).toString('hex')}`;
-      try {
-        await rename(path, aside);
-      } catch (e) {
-        if (errorCodeOf(e) === 'ENOENT') continue;
-        throw e;
-      }
-      const moved = await readLock(aside, ttlMs);
-      if (moved && held.token !== '' && moved.token !== held.token && Date.now() < moved.expiresMs) {
-        // We moved a lock someone else just took: put it back (unless yet another exists).
-        await link(aside, path).catch(() => {});
-        await removeQuiet(aside);
-        throw busy(label);
-      }
-      await removeQuiet(aside);
+      await takeOverExpired(path, ttlMs, label);
     }
     throw busy(label);
   }
@@ -280,24 +262,7 @@ export class LinkClaim implements UploadClaim {
         if (c !== undefined && NO_LINK.has(c)) return null;
         if (c !== 'EEXIST') throw e;
       }
-      const held = await claimAt(path, ttlMs);
-      if (!held) continue; // released meanwhile
-      if (Date.now() < held.expiresMs) throw busy(label);
-      const aside = `${path}.stale-${randomBytes(6).toString('hex')}`;
-      try {
-        await rename(path, aside);
-      } catch (e) {
-        if (errorCodeOf(e) === 'ENOENT') continue;
-        throw e;
-      }
-      const moved = await claimAt(aside, ttlMs);
-      if (moved && moved.id !== held.id && Date.now() < moved.expiresMs) {
-        // We moved a claim someone else just took: put it back (unless yet another exists).
-        await link(aside, path).catch(() => {});
-        await removeQuiet(aside);
-        throw busy(label);
-      }
-      await removeQuiet(aside);
+      await takeOverExpired(path, ttlMs, label);
     }
     throw busy(label);
   }
@@ -339,6 +304,32 @@ export class LinkClaim implements UploadClaim {
 }
 
 /**
+ * Another holder's lock or claim is at `path`: errno BUSY while it is valid; an expired one (its
+ * holder died) is moved aside atomically (only one taker's rename succeeds), checked to be the
+ * one seen expired (one someone else just took is put back, and BUSY), and removed. Returns when
+ * the caller may try to take `path` again.
+ */
+async function takeOverExpired(path: string, ttlMs: number, label: string): Promise<void> {
+  const held = await claimAt(path, ttlMs);
+  if (!held) return; // released meanwhile
+  if (Date.now() < held.expiresMs) throw busy(label);
+  const aside = `${path}.stale-${randomBytes(6).toString('hex')}`;
+  try {
+    await rename(path, aside);
+  } catch (e) {
+    if (errorCodeOf(e) === 'ENOENT') return;
+    throw e;
+  }
+  const moved = await claimAt(aside, ttlMs);
+  if (moved && moved.id !== held.id && Date.now() < moved.expiresMs) {
+    await link(aside, path).catch(() => {});
+    await removeQuiet(aside);
+    throw busy(label);
+  }
+  await removeQuiet(aside);
+}
+
+/**
  * The claim found at `path`: a link claim (more than one name: a temp file's) expires at its
  * mtime + ttl and is identified by its inode; anything else is read as a FileLock.
  */
@@ -350,5 +341,6 @@ async function claimAt(path: string, ttlMs: number): Promise<{ id: string; expir
   if (!st) return null;
   if (st.nlink > 1) return { id: `${st.dev}:${st.ino}`, expiresMs: st.mtimeMs + ttlMs };
   const l = await readLock(path, ttlMs);
+  // an unreadable lock (being written, or damaged) is told apart by its inode
   return l ? { id: l.token === '' ? `${st.dev}:${st.ino}` : l.token, expiresMs: l.expiresMs } : null;
 }
