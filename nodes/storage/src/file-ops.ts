@@ -180,7 +180,8 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   // shared store folder the claim is a name there: a client that gave up on a slow member and
   // retries on another gets BUSY instead of a second copy, so a late commit on the first member
   // cannot bring back a file deleted in between (chaos run). The claim is the upload's temp file
-  // hard-linked to the claim path (LinkClaim; a lock file where no hard link can be made); it is
+  // hard-linked to the claim path on a local file system (LinkClaim), a lock file elsewhere
+  // (GlusterFS: Stores.linkClaims) or where no hard link can be made; it is
   // refreshed while the upload runs and expires UPLOAD_CLAIM_TTL_MS after its holder died; a
   // holder that stalled that long checks it still has it before committing. A store no other
   // storage writes to keeps the claim in memory.
@@ -188,10 +189,10 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
     if (!env.config.storesShared) return env.claims.acquire(fileId);
     const path = env.stores.claimPath(fileId);
     try {
-      return (
-        (await LinkClaim.acquire(path, tempFile, fileId, UPLOAD_CLAIM_TTL_MS)) ??
-        (await FileLock.acquire(path, env.owner, fileId, UPLOAD_CLAIM_TTL_MS))
-      );
+      const linked = env.stores.linkClaims
+        ? await LinkClaim.acquire(path, tempFile, fileId, UPLOAD_CLAIM_TTL_MS)
+        : null;
+      return linked ?? (await FileLock.acquire(path, env.owner, fileId, UPLOAD_CLAIM_TTL_MS));
     } catch (e) {
       // BUSY passes; a store that cannot take the claim fails as the upload would
       throw e instanceof DsmError ? e : ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);

@@ -1,11 +1,22 @@
 import { randomInt } from 'node:crypto';
-import { mkdir, readdir, realpath, rm } from 'node:fs/promises';
+import { mkdir, readdir, realpath, rm, statfs } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { isJournalEntry } from './commit-journal.ts';
 import { SpaceReader } from './fs-util.ts';
 
 /** Folder (inside each store) for this process's upload temp files: `.tmp/<hostname>-<port>`. */
 export const TMP_DIR = '.tmp';
+/**
+ * Local file systems (statfs f_type): ext4/ext3/ext2, xfs, btrfs, tmpfs, overlayfs, zfs, f2fs.
+ * Upload claims are hard links only on these (lock.ts LinkClaim). On a GlusterFS (FUSE) volume a
+ * claim name left by a storage killed mid-upload while a brick was away was not healed to that
+ * brick, and the bricks differed after the heal (HA lab, faults (d)/(e)): there the claim stays
+ * a lock file, a file of its own.
+ */
+const LOCAL_FS_TYPES: ReadonlySet<number> = new Set([
+  0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x794c7630, 0x2fc12fc1, 0xf2f52010,
+]);
+
 /** Folder (inside each store) for resumable uploads, shared by the group: `.partial/<fileid>`. */
 export const PARTIAL_DIR = '.partial';
 
@@ -27,6 +38,7 @@ export class Stores {
   readonly #base: string;
   readonly #space: SpaceReader[];
   #real: string[] = [];
+  #linkClaims = false;
 
   /** `tmpName` identifies this process among the group members (`<hostname>-<port>`). */
   constructor(paths: readonly string[], tmpName: string, base = process.cwd()) {
@@ -60,6 +72,16 @@ export class Stores {
       }
     }
     this.#real = await Promise.all(this.paths.map((p) => realpath(p)));
+    const fs = await statfs(join(this.paths[0] as string, PARTIAL_DIR)).catch(() => null);
+    this.#linkClaims = fs !== null && LOCAL_FS_TYPES.has(Number(fs.type));
+  }
+
+  /**
+   * Whether upload claims may be hard links (lock.ts LinkClaim): store 0, where claims live, is
+   * on a local file system (LOCAL_FS_TYPES); else they are lock files.
+   */
+  get linkClaims(): boolean {
+    return this.#linkClaims;
   }
 
   get size(): number {
