@@ -181,7 +181,7 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
   // retries on another gets BUSY instead of a second copy, so a late commit on the first member
   // cannot bring back a file deleted in between (chaos run). The claim is the upload's temp file
   // hard-linked to the claim path on a local file system (LinkClaim), a lock file elsewhere
-  // (GlusterFS: Stores.linkClaims) or where no hard link can be made; it is
+  // (GlusterFS: Stores.local) or where no hard link can be made; it is
   // refreshed while the upload runs and expires UPLOAD_CLAIM_TTL_MS after its holder died; a
   // holder that stalled that long checks it still has it before committing. A store no other
   // storage writes to keeps the claim in memory.
@@ -189,7 +189,7 @@ export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: bo
     if (!env.config.storesShared) return env.claims.acquire(fileId);
     const path = env.stores.claimPath(fileId);
     try {
-      const linked = env.stores.linkClaims
+      const linked = env.stores.local
         ? await LinkClaim.acquire(path, tempFile, fileId, UPLOAD_CLAIM_TTL_MS)
         : null;
       return linked ?? (await FileLock.acquire(path, env.owner, fileId, UPLOAD_CLAIM_TTL_MS));

@@ -77,8 +77,9 @@ export class KnownDirs {
     this.#drop(dir);
   }
 
-  /** fsync of `dir` through a kept handle (see above); errors as fsyncDir's. */
+  /** fsync of `dir` through a kept handle (see above; `maxOpen` 0: none kept); errors as fsyncDir's. */
   async sync(dir: string): Promise<void> {
+    if (this.#maxOpen === 0) return fsyncDir(dir);
     let h = this.#open.get(dir);
     if (h) {
       this.#open.delete(dir); // most recently used last

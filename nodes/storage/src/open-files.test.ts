@@ -105,3 +105,19 @@ describe('OpenFiles (handles kept for the next read)', () => {
     files.close();
   });
 });
+
+describe('OpenFiles with max 0 (a network file system: nothing kept)', () => {
+  it('opens, checks and closes the file for each read', async () => {
+    const files = new OpenFiles(0);
+    const p = join(root, 'z');
+    writeFileSync(p, 'zero');
+    const checks: string[] = [];
+    expect(await read(files, p, checks)).toBe('zero');
+    expect(await read(files, p, checks)).toBe('zero');
+    expect(checks).toEqual([p, p]);
+    await settle();
+    expect(fdsOn(p)).toBe(0);
+    expect(files.size).toBe(0);
+    files.close();
+  });
+});

@@ -9,7 +9,8 @@ import { type FileHandle, lstat, open } from 'node:fs/promises';
  * turned into a symlink, is opened afresh and checked again, so nothing deleted is served), and
  * the read.
  *
- * Bounded: at most `max` handles (least recently used go first) and none unused for longer than
+ * Bounded: at most `max` handles (0: none, each read opens and closes; the storage keeps none on
+ * a network file system, Stores.local) (least recently used go first) and none unused for longer than
  * `idleMs` (a file deleted through another member is not held open, its space not pinned, for
  * longer than that). A handle is closed only when no read is using it. Files never change once
  * recorded, so a kept handle's size is the file's.
@@ -55,6 +56,7 @@ export class OpenFiles {
    * Raw fs errors pass (ENOENT for a deleted file).
    */
   async open(path: string, check: (fh: FileHandle) => Promise<void>): Promise<OpenFile> {
+    if (this.#max === 0) return this.#once(path, check);
     const kept = this.#m.get(path);
     if (kept) {
       const st = await lstat(path).catch(() => null);
@@ -85,6 +87,28 @@ export class OpenFiles {
       this.#drop(oldest, entry);
     }
     return this.#lend(path, e);
+  }
+
+  /** `path` opened, checked and closed after this one read (`max` 0: nothing is kept). */
+  async #once(path: string, check: (fh: FileHandle) => Promise<void>): Promise<OpenFile> {
+    const fh = await open(path, 'r');
+    try {
+      await check(fh);
+      const st = await fh.stat();
+      let closed = false;
+      return {
+        fh,
+        size: st.size,
+        release: () => {
+          if (closed) return;
+          closed = true;
+          void fh.close().catch(() => {});
+        },
+      };
+    } catch (e) {
+      await fh.close().catch(() => {});
+      throw e;
+    }
   }
 
   /** Forgets `path` (a delete through this storage): its handle closes once unused. */

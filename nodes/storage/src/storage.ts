@@ -107,8 +107,9 @@ export async function startStorage(
     });
     const started = envReady.then(() => {});
     const meta = new MetaStore(db.db, kv, config.metaCacheTtlMs, log);
-    const dirs = new KnownDirs();
-    const openFiles = new OpenFiles();
+    // handles kept between requests only on local file systems (Stores.local)
+    const dirs = new KnownDirs(4096, stores.local ? 32 : 0);
+    const openFiles = new OpenFiles(stores.local ? 128 : 0);
     kit.defer('open files', () => openFiles.close());
     const commits = new GroupCommitter(meta, log, { syncDir: (d) => dirs.sync(d) });
     kit.defer('group commit', async () => {

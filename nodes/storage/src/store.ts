@@ -8,10 +8,11 @@ import { SpaceReader } from './fs-util.ts';
 export const TMP_DIR = '.tmp';
 /**
  * Local file systems (statfs f_type): ext4/ext3/ext2, xfs, btrfs, tmpfs, overlayfs, zfs, f2fs.
- * Upload claims are hard links only on these (lock.ts LinkClaim). On a GlusterFS (FUSE) volume a
- * claim name left by a storage killed mid-upload while a brick was away was not healed to that
- * brick, and the bricks differed after the heal (HA lab, faults (d)/(e)): there the claim stays
- * a lock file, a file of its own.
+ * Only on these does a storage keep handles open between requests (kept files and folders) and
+ * make upload claims as hard links (Stores.local). On a GlusterFS (FUSE) volume, both went
+ * wrong in the HA lab: a handle still open when the host's network was cut made the kill of
+ * its storage wait for FUSE (up to network.ping-timeout), and a claim name left by a storage
+ * killed mid-upload while a brick was away was not healed to that brick (faults (c)-(e)).
  */
 const LOCAL_FS_TYPES: ReadonlySet<number> = new Set([
   0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x794c7630, 0x2fc12fc1, 0xf2f52010,
@@ -38,7 +39,7 @@ export class Stores {
   readonly #base: string;
   readonly #space: SpaceReader[];
   #real: string[] = [];
-  #linkClaims = false;
+  #local = false;
 
   /** `tmpName` identifies this process among the group members (`<hostname>-<port>`). */
   constructor(paths: readonly string[], tmpName: string, base = process.cwd()) {
@@ -72,16 +73,23 @@ export class Stores {
       }
     }
     this.#real = await Promise.all(this.paths.map((p) => realpath(p)));
-    const fs = await statfs(join(this.paths[0] as string, PARTIAL_DIR)).catch(() => null);
-    this.#linkClaims = fs !== null && LOCAL_FS_TYPES.has(Number(fs.type));
+    const types = await Promise.all(
+      this.paths.map((p) =>
+        statfs(join(p, PARTIAL_DIR)).then(
+          (f) => Number(f.type),
+          () => -1,
+        ),
+      ),
+    );
+    this.#local = types.every((t) => LOCAL_FS_TYPES.has(t));
   }
 
   /**
-   * Whether upload claims may be hard links (lock.ts LinkClaim): store 0, where claims live, is
-   * on a local file system (LOCAL_FS_TYPES); else they are lock files.
+   * Every store is on a local file system (LOCAL_FS_TYPES): handles may be kept open between
+   * requests (OpenFiles, KnownDirs.sync) and upload claims may be hard links (lock.ts LinkClaim).
    */
-  get linkClaims(): boolean {
-    return this.#linkClaims;
+  get local(): boolean {
+    return this.#local;
   }
 
   get size(): number {
