@@ -192,8 +192,31 @@ export class GlusterLab {
     return pid;
   }
 
-  /** `volume start force` restarts dead bricks; stale pid files of zombie bricks block it (P5). */
+  /**
+   * `volume start force` restarts dead bricks; stale pid files of zombie bricks block it (P5).
+   * A `start force` that started nothing (a killed brick still exiting when its pid file was
+   * checked) is made again, with the pid files checked again, every 10 s for 40 s in all.
+   */
   async restartBricks(): Promise<void> {
+    const deadline = Date.now() + 40_000;
+    for (;;) {
+      await this.#dropStalePidFiles();
+      await this.gl(this.#via(), 'volume', 'start', VOLUME, 'force');
+      try {
+        await until(
+          async () => (await this.brickPids()).size === 3,
+          Math.max(1000, Math.min(10_000, deadline - Date.now())),
+          100,
+          `all bricks of ${VOLUME} online`,
+        );
+        return;
+      } catch (e) {
+        if (Date.now() >= deadline) throw e;
+      }
+    }
+  }
+
+  async #dropStalePidFiles(): Promise<void> {
     for (const h of STORAGE_HOSTS) {
       if (!pidAlive(this.glusterdPid(h))) continue;
       const files = (
@@ -206,13 +229,6 @@ export class GlusterLab {
         if (!pidAlive(pid)) await this.inNode(h, ['rm', '-f', f]);
       }
     }
-    await this.gl(this.#via(), 'volume', 'start', VOLUME, 'force');
-    await until(
-      async () => (await this.brickPids()).size === 3,
-      30_000,
-      100,
-      `all bricks of ${VOLUME} online`,
-    );
   }
 
   async pendingHeals(): Promise<number> {
