@@ -1,3 +1,4 @@
+import type { DsmClient } from '@dsm/client';
 import { type Context, Hono } from 'hono';
 import { cors } from 'hono/cors';
 import { routePath } from 'hono/route';
@@ -14,6 +15,8 @@ import { TusService } from './tus.ts';
 export type GatewayEnv = {
   Variables: {
     requestId: string;
+    /** The request's DsmClient, naming requestId to the nodes (core.ts clientFor). */
+    dsmClient: DsmClient;
     /** Headers every reply of the request gets; see files.ts ReplyHeaders. */
     replyHeaders: ReplyHeaders;
     /** The handler built its reply with replyHeaders already. */

@@ -189,12 +189,19 @@ export class GatewayCore {
    * `X-Request-Id` of the access log), so one upload can be followed through every log.
    */
   clientFor(c: Context): DsmClient {
-    return this.client.forRequest(c.get('requestId'));
+    // made once per request (a stat, a download and a reopen of one GET share it)
+    let client = c.get('dsmClient') as DsmClient | undefined;
+    if (!client) {
+      client = this.client.forRequest(c.get('requestId'));
+      c.set('dsmClient', client);
+    }
+    return client;
   }
 
   /** The uploader for a request's work (see clientFor). */
   uploaderFor(c: Context): Uploader {
-    return this.uploader.forRequest(c.get('requestId'));
+    const client = this.clientFor(c);
+    return client === this.client ? this.uploader : new Uploader(client, this.uploader.blockBytes);
   }
 
   /**

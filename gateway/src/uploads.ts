@@ -63,12 +63,6 @@ export class Uploader {
     readonly blockBytes: number,
   ) {}
 
-  /** This uploader for one request's work: the nodes log `requestId` (DsmClient.forRequest). */
-  forRequest(requestId: string | undefined): Uploader {
-    const client = this.client.forRequest(requestId);
-    return client === this.client ? this : new Uploader(client, this.blockBytes);
-  }
-
   /** Runs `fn` on the members of the group of (app, user); they share the partial files. */
   async onGroup<T>(ids: { appId: string; userId: string }, fn: (a: Address) => Promise<T>): Promise<T> {
     const first = await this.client.locate(ids.appId, ids.userId);
