@@ -135,6 +135,23 @@ export function parseDbUrl(url: string): ParsedDbUrl {
   throw configError(u, 'unknown scheme');
 }
 
+/**
+ * Switches to WAL. Two processes opening one new file at once (the HA lab's two id servers)
+ * can meet SQLITE_BUSY here without the busy handler being asked: tried again every 100 ms for
+ * the busy timeout (start-up only).
+ */
+function walMode(sqlite: Database.Database): void {
+  for (let waited = 0; ; waited += 100) {
+    try {
+      sqlite.pragma('journal_mode = WAL');
+      return;
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'SQLITE_BUSY' || waited >= SQLITE_BUSY_TIMEOUT_MS) throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    }
+  }
+}
+
 function openSqlite(path: string): Database.Database {
   try {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -142,7 +159,7 @@ function openSqlite(path: string): Database.Database {
     const sqlite = new Sqlite(path);
     // busy_timeout first: switching to WAL needs a lock another process may hold.
     sqlite.pragma(`busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`);
-    if (path !== ':memory:') sqlite.pragma('journal_mode = WAL');
+    if (path !== ':memory:') walMode(sqlite);
     sqlite.pragma('foreign_keys = ON');
     sqlite.pragma('synchronous = NORMAL');
     return sqlite;
