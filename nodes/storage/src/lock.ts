@@ -119,7 +119,15 @@ export class FileLock {
           owner: this.#owner,
           expiresMs: Date.now() + this.#ttlMs,
         };
-        await writeFile(this.path, JSON.stringify(content));
+        // a new file renamed into place: a reader never sees a half-written lock (held() before
+        // a commit took a lock read mid-rewrite as lost during a GlusterFS stall, HA fault (e))
+        const next = `${this.path}.refresh-${randomBytes(6).toString('hex')}`;
+        try {
+          await writeFile(next, JSON.stringify(content));
+          await rename(next, this.path);
+        } finally {
+          await removeQuiet(next).catch(() => {});
+        }
       })
       .catch(() => {});
     return this.#refreshing;
