@@ -1,11 +1,20 @@
-import type { DsmClient } from '@dsm/client';
+import { type DsmClient, decodePublicId } from '@dsm/client';
+import type { FileIds } from '@dsm/packets';
 import { type Context, Hono } from 'hono';
 import { cors } from 'hono/cors';
 import { routePath } from 'hono/route';
 import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
 import { GatewayCore, type GatewayDeps } from './core.ts';
 import { clientKey, releaseWhenSent } from './edge-limits.ts';
-import { cachedFileReply, deleteFile, fileMeta, type ReplyHeaders, serveFile, uploadFile } from './files.ts';
+import {
+  bufferedBytes,
+  deleteFile,
+  fileMeta,
+  planFileReply,
+  type ReplyHeaders,
+  serveFile,
+  uploadFile,
+} from './files.ts';
 import { FILE_CSP } from './mime.ts';
 import { registerOpenApi } from './openapi.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
@@ -42,7 +51,31 @@ export interface GatewayApp {
   app: Hono<GatewayEnv>;
   core: GatewayCore;
   tus: TusService;
+  /** The hot request without the app, for the Node entry (see createApp). */
+  fastFile: (req: FastRequest) => Promise<FastReply | null> | null;
 }
+
+/** A request header by its lower-case name; several of one name joined by ", ". */
+export type HeaderOf = (name: string) => string | undefined;
+
+/** A request as the fast path reads it. */
+export interface FastRequest {
+  method: string;
+  /** The request target: path and query, as sent. */
+  target: string;
+  header: HeaderOf;
+  /** Who the per-client caps count it under (clientKey of the peer, or of the client a trusted proxy named). */
+  client: string;
+}
+
+/** The fast path's reply: all of it in memory. */
+export interface FastReply {
+  status: number;
+  headers: Record<string, string>;
+  body: Uint8Array | null;
+}
+
+const FILE_ROUTE = '/files/:id';
 
 /** Request headers a browser may send (preflight): ranges, tokens, tus. */
 const ALLOW_HEADERS = [
@@ -95,16 +128,12 @@ const EXPOSE_HEADERS = [
  * `CF-Connecting-IP` on Workers (set by the platform).
  */
 function clientAddress(c: Context<GatewayEnv>): string {
-  return clientAddressOf(c.env, c.req.raw.headers);
-}
-
-function clientAddressOf(env: unknown, headers: Headers): string {
   const incoming = (
-    env as { incoming?: { dsmClientAddress?: string; socket?: { remoteAddress?: string } } } | undefined
+    c.env as { incoming?: { dsmClientAddress?: string; socket?: { remoteAddress?: string } } } | undefined
   )?.incoming;
   // dsmClientAddress: set by the Node entry (the peer, or the client a trusted proxy forwarded)
   if (incoming) return clientKey(incoming.dsmClientAddress ?? incoming.socket?.remoteAddress ?? 'unknown');
-  return clientKey(headers.get('cf-connecting-ip') ?? 'unknown');
+  return clientKey(c.req.raw.headers.get('cf-connecting-ip') ?? 'unknown');
 }
 
 /** A public id as a URL path segment can hold it (base64url; anything else goes to the router). */
@@ -127,20 +156,20 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    * problems, is sandboxed and never sniffed: whatever an upload contains, a browser may not run
    * it as a page of our origin); under /tus the Tus-Resumable tus asks for.
    */
-  const replyHeadersFor = (method: string, path: string, headers: Headers): ReplyHeaders => {
-    const incoming = headers.get('x-request-id');
+  const replyHeadersFor = (method: string, path: string, header: HeaderOf): ReplyHeaders => {
+    const incoming = header('x-request-id');
     const extra: ReplyHeaders = {
       'X-Request-Id': incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID(),
     };
     if (method !== 'OPTIONS') {
       if (anyOrigin) extra['Access-Control-Allow-Origin'] = '*';
       else {
-        const origin = headers.get('origin');
+        const origin = header('origin');
         if (origin && cfg.corsOrigins.includes(origin)) extra['Access-Control-Allow-Origin'] = origin;
         extra.Vary = 'Origin';
       }
       extra['Access-Control-Expose-Headers'] = exposed;
-    } else if (headers.get('access-control-request-method')) return extra; // a preflight
+    } else if (header('access-control-request-method')) return extra; // a preflight
     const tus = path === '/tus' || path.startsWith('/tus/');
     if (tus || path === '/files' || path.startsWith('/files/')) {
       if (tus) extra['Tus-Resumable'] = '1.0.0';
@@ -188,7 +217,8 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   app.use('*', async (c, next) => {
     const t0 = performance.now();
     const method = c.req.raw.method;
-    const extra = replyHeadersFor(method, c.req.path, c.req.raw.headers);
+    const raw = c.req.raw.headers;
+    const extra = replyHeadersFor(method, c.req.path, (name) => raw.get(name) ?? undefined);
     const requestId = extra['X-Request-Id'] as string;
     c.set('requestId', requestId);
     c.set('replyHeaders', extra);
@@ -265,16 +295,17 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     else c.res = releaseWhenSent(c.res, release);
   });
 
-  app.onError((err, c) => {
-    const p = toProblem(err, c.req.path);
-    p.body.requestId = c.get('requestId');
-    recordProblem(core, p, { requestId: c.get('requestId'), method: c.req.raw.method, path: c.req.path });
+  /** The problem reply to a failed request, logged by its kind (app.onError and the fast path). */
+  const problemOf = (err: unknown, method: string, path: string, requestId: string): Response => {
+    const p = toProblem(err, path);
+    p.body.requestId = requestId;
+    recordProblem(core, p, { requestId, method, path });
     // the original text (storage names, paths, free space) goes to the log only
     const line = {
       code: p.body.code,
       detail: p.body.detail,
       ...(p.internal !== undefined ? { internal: p.internal } : {}),
-      requestId: c.get('requestId'),
+      requestId,
     };
     // 503/507 are the cluster's state, not a gateway fault; their node text (which the reply no
     // longer carries) is logged at warn so an operator can find it by the requestId
@@ -287,8 +318,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       core.log.error({ ...line, err }, 'request failed');
     else if (p.status >= 500) core.log.warn(line, 'cluster unavailable');
     else core.log.debug(line, 'refused');
-    return problemResponse(p, c.req.raw.method);
-  });
+    return problemResponse(p, method);
+  };
+  app.onError((err, c) => problemOf(err, c.req.raw.method, c.req.path, c.get('requestId')));
 
   app.notFound((c) => {
     const p = toProblem(
@@ -340,52 +372,103 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   app.patch('/tus/:id', (c) => tus.patch(c, c.req.param('id')));
   app.delete('/tus/:id', (c) => tus.terminate(c, c.req.param('id')));
 
-  // A plain GET of a small file this process holds in memory (no query, no Range, no
-  // validators, a public app, the client under its download cap) is answered before the router:
-  // the reply serveFile would give (files.ts cachedFileReply), the same metrics and log line,
-  // without the router, the middleware chain and a context. Anything else goes to the app.
-  const routed = app.fetch;
-  const fast = (req: Request, env: unknown): Response | null => {
-    if (req.method !== 'GET') return null;
-    const url = req.url;
-    const at = url.indexOf('/', url.indexOf('//') + 2);
-    if (at < 0 || !url.startsWith('/files/', at)) return null;
-    const publicId = url.slice(at + 7);
+  /**
+   * The fast path of the hot request, a GET or HEAD of `/files/<id>` answered from memory or
+   * with one small read (files.ts bufferedBytes), for a runtime that can skip the router, the
+   * middleware chain, a context and the Request/Response objects (the Node entry): the reply
+   * serveFile gives, the same headers, metrics, log line and problem replies. Null, at once,
+   * for a request it does not take: another route, a query (signed URLs), validators or
+   * If-Range, an app whose downloads are not public, a client at its download cap (the app
+   * answers the 429), the Worker (its downloads go through the edge cache). Its promise gives
+   * null for a reply that streams (a big file): the app serves that one.
+   */
+  const fastFile = (req: FastRequest): Promise<FastReply | null> | null => {
+    const method = req.method;
+    if ((method !== 'GET' && method !== 'HEAD') || core.slicesForAll) return null;
+    const target = req.target;
+    if (!target.startsWith('/files/')) return null;
+    const publicId = target.slice(7);
     if (!ID_SEGMENT.test(publicId)) return null;
-    const h = req.headers;
+    const h = req.header;
     if (
-      h.get('range') !== null ||
-      h.get('if-none-match') !== null ||
-      h.get('if-modified-since') !== null ||
-      h.get('if-match') !== null ||
-      h.get('if-unmodified-since') !== null
+      h('if-none-match') !== undefined ||
+      h('if-modified-since') !== undefined ||
+      h('if-match') !== undefined ||
+      h('if-unmodified-since') !== undefined ||
+      h('if-range') !== undefined
     )
       return null;
-    const t0 = performance.now();
-    const cached = core.cachedSmallFile(publicId);
-    if (!cached) return null;
+    let ids: FileIds;
     try {
-      limits.takeDownload(clientAddressOf(env, h))();
+      ids = decodePublicId(publicId);
     } catch {
-      return null; // the app answers the 429
+      return null; // the app's 400
     }
-    const path = url.slice(at);
-    const extra = replyHeadersFor('GET', path, h);
-    const res = cachedFileReply(core, cached, extra, '/files/:id');
+    if (core.policyFor(ids.appId) !== 'public') return null;
+    let release: () => void;
+    try {
+      release = limits.takeDownload(req.client);
+    } catch {
+      return null;
+    }
+    return answerFile(req, publicId, ids, release);
+  };
+
+  const answerFile = async (
+    req: FastRequest,
+    publicId: string,
+    ids: FileIds,
+    release: () => void,
+  ): Promise<FastReply | null> => {
+    const t0 = performance.now();
+    const { method, target: path } = req;
+    const extra = replyHeadersFor(method, path, req.header);
+    const requestId = extra['X-Request-Id'] as string;
+    let reply: FastReply;
+    try {
+      let usable = core.cachesUsable();
+      if (typeof usable !== 'boolean') usable = await usable;
+      const client = core.client.forRequest(requestId);
+      const f = await core.file(publicId, ids, usable, client);
+      const plan = planFileReply(f, undefined, req.header('range') ?? null, undefined);
+      let body: Uint8Array | null = null;
+      if (method === 'GET' && plan.length > 0) {
+        const bytes = bufferedBytes(core, client, f, usable, plan.start, plan.length);
+        if (!bytes) return null; // a reply that streams
+        body = bytes instanceof Uint8Array ? bytes : await bytes;
+        core.metrics?.bytesOut(FILE_ROUTE, plan.length);
+      }
+      const headers = plan.headers;
+      for (const k in extra) headers[k] = extra[k] as string;
+      reply = { status: plan.status, headers, body };
+    } catch (e) {
+      const res = problemOf(e, method, path, requestId);
+      applyReplyHeaders(res.headers, extra);
+      const headers: Record<string, string> = {};
+      res.headers.forEach((v, k) => {
+        headers[k] = v;
+      });
+      reply = {
+        status: res.status,
+        headers,
+        body: res.body ? new Uint8Array(await res.arrayBuffer()) : null,
+      };
+    } finally {
+      release();
+    }
     done(
-      'GET',
-      '/files/:id',
+      method,
+      FILE_ROUTE,
       path,
-      extra['X-Request-Id'] as string,
-      200,
+      requestId,
+      reply.status,
       t0,
-      clientAddressOf(env, h),
-      res.headers.get('content-length'),
+      req.client,
+      reply.headers['Content-Length'] ?? reply.headers['content-length'] ?? null,
       undefined,
     );
-    return res;
+    return reply;
   };
-  app.fetch = (req, env, ctx) => fast(req, env) ?? routed(req, env, ctx);
 
-  return { app, core, tus };
+  return { app, core, tus, fastFile };
 }

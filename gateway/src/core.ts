@@ -302,24 +302,6 @@ export class GatewayCore {
     return p;
   }
 
-  /**
-   * A small file held in memory, with its stat, when both may be served now without waiting
-   * (the delete journal fresh) and its app's downloads are public; else null (the caller takes
-   * the full path: serveFile).
-   */
-  cachedSmallFile(publicId: string): { f: FileEntry; bytes: Uint8Array<ArrayBuffer> } | null {
-    const files = this.#files;
-    if (!files || this.cachesUsable() !== true) return null;
-    const bytes = files.get(publicId);
-    if (!bytes) return null;
-    const f = this.#stats.get(publicId);
-    if (!f || Date.now() - f.at >= this.statMaxAgeMs || bytes.length !== f.stat.size) return null;
-    if (this.policyFor(f.ids.appId) !== 'public') return null;
-    this.metrics?.cacheLookup?.('stat', true);
-    this.metrics?.cacheLookup?.('file', true);
-    return { f, bytes };
-  }
-
   /** Files with a cached stat (bounded by `statCacheMax`). */
   get statCacheSize(): number {
     return this.#stats.size;

@@ -1,3 +1,4 @@
+import type { DsmClient } from '@dsm/client';
 import { ErrorCode } from '@dsm/common/errors';
 import { type FileIds, type FileStat, toHex } from '@dsm/packets';
 import type { Context } from 'hono';
@@ -71,15 +72,8 @@ export async function serveFile(
   let usable = core.cachesUsable();
   if (typeof usable !== 'boolean') usable = await usable;
   const f = await core.file(publicId, ids, usable, core.clientFor(c));
-  const stat = f.stat;
   const etag = f.etag;
   const mtimeSec = f.mtimeSec;
-  const headers: Record<string, string> = {
-    ETag: etag,
-    'Last-Modified': f.lastModified,
-    'Cache-Control': IMMUTABLE,
-    'Accept-Ranges': 'bytes',
-  };
   const raw = c.req.raw.headers;
   const ifMatch = raw.get('if-match') ?? undefined;
   const ifUnmodifiedSince = raw.get('if-unmodified-since') ?? undefined;
@@ -103,56 +97,32 @@ export async function serveFile(
     );
   }
   if (pre === 'not-modified') {
+    const headers = validatorHeaders(f);
     seal(c, headers);
     return new Response(null, { status: 304, headers });
   }
 
-  const size = stat.size;
-  const rangeHeader = raw.get('range');
-  const range =
-    rangeHeader !== null && ifRangeAllows(raw.get('if-range') ?? undefined, etag, mtimeSec)
-      ? parseRange(rangeHeader, size)
-      : NO_RANGE;
-  if (range.kind === 'unsatisfiable') {
-    throw new HttpError(416, ErrorCode.RANGE, `range "${rangeHeader}" is not satisfiable for ${size} bytes`, {
-      headers: { 'Content-Range': `bytes */${size}`, 'Accept-Ranges': 'bytes', ETag: etag },
-    });
-  }
-  const type = contentTypeOf(stat, opts.filename);
-  headers['Content-Type'] = type;
-  // inline only for the media allow-list (CSP sandbox and nosniff: app.ts, on every file reply)
-  const disposition = dispositionFor(type, opts.filename);
-  if (disposition) headers['Content-Disposition'] = disposition;
-  let status = 200;
-  let start = 0;
-  let length = size;
-  if (range.kind === 'range') {
-    status = 206;
-    start = range.start;
-    length = range.end - range.start + 1;
-    headers['Content-Range'] = `bytes ${range.start}-${range.end}/${size}`;
-  }
-  headers['Content-Length'] = String(length);
+  const { status, headers, start, length } = planFileReply(
+    f,
+    opts.filename,
+    raw.get('range'),
+    raw.get('if-range') ?? undefined,
+  );
+  const size = f.stat.size;
   if (c.req.raw.method === 'HEAD' || length === 0) {
     seal(c, headers);
     return new Response(null, { status, headers });
   }
   const route = opts.route;
 
-  // a small file: from memory (read whole once, then kept)
-  const cached = core.smallFile(f, usable);
-  if (cached) {
-    let bytes: Uint8Array<ArrayBuffer>;
-    try {
-      bytes = cached instanceof Uint8Array ? cached : await cached;
-    } catch (e) {
-      core.log.warn({ err: e, fileId: ids.fileId }, 'download failed');
-      throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
-    }
+  // from memory: the small-file cache, or a small reply read whole
+  const buffered = bufferedBytes(core, core.clientFor(c), f, usable, start, length);
+  if (buffered) {
+    const bytes = buffered instanceof Uint8Array ? buffered : await buffered;
     core.metrics?.bytesOut(route, length);
     bufferedBody(c);
     seal(c, headers);
-    return new Response(length === size ? bytes : bytes.subarray(start, start + length), { status, headers });
+    return new Response(bytes, { status, headers });
   }
 
   // a big file's reply of modest length: coalesced slices, shared with concurrent requests (the
@@ -178,28 +148,7 @@ export async function serveFile(
   }
 
   const reply = await core.clientFor(c).download(ids, start, length);
-  if (reply.length !== length) {
-    const it = reply.stream[Symbol.asyncIterator]();
-    await it.next().catch(() => {});
-    await it.return?.();
-    throw new HttpError(
-      502,
-      ErrorCode.PROTOCOL,
-      `the storage offered ${reply.length} bytes, expected ${length}`,
-    );
-  }
-  if (length <= SMALL_BODY_BYTES) {
-    // A small body is read whole before the reply: one write instead of a stream, and a storage
-    // failure midway is still a clean 502 problem rather than a cut-off 200.
-    const bytes = await readSmallBody(reply.stream, length).catch((e: unknown) => {
-      core.log.warn({ err: e, fileId: ids.fileId }, 'download failed');
-      throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
-    });
-    core.metrics?.bytesOut(route, length);
-    bufferedBody(c);
-    seal(c, headers);
-    return new Response(bytes, { status, headers });
-  }
+  if (reply.length !== length) await refuseShortReply(reply, length);
   const body = toReadableStream(
     reply.stream,
     (n) => core.metrics?.bytesOut(route, n),
@@ -220,41 +169,129 @@ export async function serveFile(
 
 const NO_RANGE = { kind: 'none' as const };
 
-/**
- * The 200 of serveFile for a small file held in memory, for a plain GET (no Range, no
- * validators; app.ts's path before the router): the same headers, with `extra` (the request's
- * reply headers) added.
- */
-export function cachedFileReply(
-  core: GatewayCore,
-  cached: { f: FileEntry; bytes: Uint8Array<ArrayBuffer> },
-  extra: ReplyHeaders,
-  route: string,
-): Response {
-  const { f, bytes } = cached;
-  const type = contentTypeOf(f.stat);
-  const headers: Record<string, string> = {
+/** The headers of every reply about a file's bytes (200, 206, 304). */
+function validatorHeaders(f: FileEntry): Record<string, string> {
+  return {
     ETag: f.etag,
     'Last-Modified': f.lastModified,
     'Cache-Control': IMMUTABLE,
     'Accept-Ranges': 'bytes',
-    'Content-Type': type,
   };
-  const disposition = dispositionFor(type, undefined);
+}
+
+/** What a GET/HEAD of a file answers once its validators held: status, headers, byte span. */
+export interface FilePlan {
+  status: 200 | 206;
+  headers: Record<string, string>;
+  start: number;
+  length: number;
+}
+
+/**
+ * The reply to a GET/HEAD of `f` whose preconditions held (or were absent): one byte range when
+ * `range` asks for a satisfiable one (and `ifRange` allows it), else the whole file; the 416 is
+ * thrown. The type is the recorded one (or the name's), the disposition inline only for the media
+ * allow-list (CSP sandbox and nosniff: app.ts, on every file reply).
+ */
+export function planFileReply(
+  f: FileEntry,
+  filename: string | undefined,
+  rangeHeader: string | null,
+  ifRange: string | undefined,
+): FilePlan {
+  const size = f.stat.size;
+  const range =
+    rangeHeader !== null && ifRangeAllows(ifRange, f.etag, f.mtimeSec)
+      ? parseRange(rangeHeader, size)
+      : NO_RANGE;
+  if (range.kind === 'unsatisfiable') {
+    throw new HttpError(416, ErrorCode.RANGE, `range "${rangeHeader}" is not satisfiable for ${size} bytes`, {
+      headers: { 'Content-Range': `bytes */${size}`, 'Accept-Ranges': 'bytes', ETag: f.etag },
+    });
+  }
+  const headers = validatorHeaders(f);
+  const type = contentTypeOf(f.stat, filename);
+  headers['Content-Type'] = type;
+  const disposition = dispositionFor(type, filename);
   if (disposition) headers['Content-Disposition'] = disposition;
-  headers['Content-Length'] = String(bytes.length);
-  for (const k in extra) headers[k] = extra[k] as string;
-  core.metrics?.bytesOut(route, bytes.length);
-  return new Response(bytes, { status: 200, headers });
+  if (range.kind === 'range') {
+    const length = range.end - range.start + 1;
+    headers['Content-Range'] = `bytes ${range.start}-${range.end}/${size}`;
+    headers['Content-Length'] = String(length);
+    return { status: 206, headers, start: range.start, length };
+  }
+  headers['Content-Length'] = String(size);
+  return { status: 200, headers, start: 0, length: size };
+}
+
+/** Replies up to this many bytes are read whole and sent in one piece (see serveFile). */
+export const SMALL_BODY_BYTES = 64 * 1024;
+
+/** The storage offered another length than asked: its stream is dropped, and the reply is a 502. */
+async function refuseShortReply(
+  reply: { length: number; stream: AsyncIterable<Uint8Array> },
+  length: number,
+) {
+  const it = reply.stream[Symbol.asyncIterator]();
+  await it.next().catch(() => {});
+  await it.return?.();
+  throw new HttpError(
+    502,
+    ErrorCode.PROTOCOL,
+    `the storage offered ${reply.length} bytes, expected ${length}`,
+  );
+}
+
+/**
+ * The bytes of a reply sent from memory, or null for one that streams: from the small-file cache
+ * (the whole file read once, then kept), or, for a reply of at most SMALL_BODY_BYTES, read whole
+ * from the storage: one write instead of a stream, and a storage failure midway is still a clean
+ * 502 problem rather than a cut-off 200. (The Worker reads everything through its edge cache.)
+ */
+export function bufferedBytes(
+  core: GatewayCore,
+  client: DsmClient,
+  f: FileEntry,
+  usable: boolean,
+  start: number,
+  length: number,
+): Uint8Array<ArrayBuffer> | Promise<Uint8Array<ArrayBuffer>> | null {
+  const cached = core.smallFile(f, usable);
+  if (cached) {
+    const whole = length === f.stat.size;
+    if (cached instanceof Uint8Array) return whole ? cached : cached.subarray(start, start + length);
+    return cached.then(
+      (bytes) => (whole ? bytes : bytes.subarray(start, start + length)),
+      (e: unknown) => {
+        core.log.warn({ err: e, fileId: f.ids.fileId }, 'download failed');
+        throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
+      },
+    );
+  }
+  if (length > SMALL_BODY_BYTES || core.slicesForAll) return null;
+  return readSmallRange(core, client, f, start, length);
+}
+
+/** `length` (≤ SMALL_BODY_BYTES) bytes of `f` from `start`, read whole; a storage failure is a 502. */
+async function readSmallRange(
+  core: GatewayCore,
+  client: DsmClient,
+  f: FileEntry,
+  start: number,
+  length: number,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const reply = await client.download(f.ids, start, length);
+  if (reply.length !== length) await refuseShortReply(reply, length);
+  return readSmallBody(reply.stream, length).catch((e: unknown) => {
+    core.log.warn({ err: e, fileId: f.ids.fileId }, 'download failed');
+    throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
+  });
 }
 
 /** The reply's body is in memory: the download slot (limits.downloadsPerClient) is not held. */
 function bufferedBody(c: Context): void {
   c.set('bodyBuffered' as never, true as never);
 }
-
-/** Bodies up to this size are read whole and sent in one piece (see serveFile). */
-const SMALL_BODY_BYTES = 64 * 1024;
 
 async function readSmallBody(
   stream: AsyncIterable<Uint8Array>,

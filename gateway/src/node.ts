@@ -1,5 +1,12 @@
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingMessage,
+  type RequestListener,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from 'node:http';
 import { type AddressInfo, BlockList, isIP, type Socket } from 'node:net';
 import { resolve } from 'node:path';
 import { type ClusterKey, clusterKey, DsmClient, type Transport } from '@dsm/client';
@@ -75,6 +82,9 @@ export async function startGateway(
       const s = serve(
         {
           fetch: guard.wrap(built.app.fetch),
+          // the hot request (a small file's GET) skips the app (app.ts fastFile)
+          createServer: ((options: ServerOptions, listener: RequestListener) =>
+            createServer(options, withFastPath(built, guard, listener, log))) as never,
           port,
           hostname: host,
           serverOptions: edgeServerOptions(config),
@@ -279,6 +289,11 @@ class ConnectionGuard {
     } else socket.setTimeout(t.downloadIdleMs);
   }
 
+  /** The socket was refused by the per-address cap (it is closing). */
+  refused(socket: Socket): boolean {
+    return this.#refused.has(socket);
+  }
+
   /** Requests on a socket refused by the per-address cap are not handled (it is closing). */
   wrap<E>(fetch: (req: Request, env: E) => Response | Promise<Response>) {
     return (req: Request, env: E): Response | Promise<Response> => {
@@ -287,6 +302,44 @@ class ConnectionGuard {
       return fetch(req, env);
     };
   }
+}
+
+/**
+ * The request listener: a request the fast path takes (app.ts fastFile) is answered from its
+ * reply, written whole with writeHead + end; any other goes to the app (`listener`, Hono's).
+ */
+function withFastPath(
+  built: GatewayApp,
+  guard: ConnectionGuard,
+  listener: RequestListener,
+  log: Logger,
+): RequestListener {
+  return (req, res) => {
+    const socket = req.socket;
+    if (guard.refused(socket)) return listener(req, res);
+    const headers = req.headers;
+    const p = built.fastFile({
+      method: req.method ?? '',
+      target: req.url ?? '',
+      header: (name) => {
+        const v = headers[name];
+        return typeof v === 'string' || v === undefined ? v : v.join(', ');
+      },
+      client: clientKey((req as ClientAddressed).dsmClientAddress ?? socket.remoteAddress ?? 'unknown'),
+    });
+    if (!p) return listener(req, res);
+    p.then(
+      (reply) => {
+        if (!reply) return listener(req, res);
+        res.writeHead(reply.status, reply.headers);
+        res.end(reply.body ?? undefined);
+      },
+      (e: unknown) => {
+        log.error({ err: e }, 'request failed');
+        res.destroy();
+      },
+    );
+  };
 }
 
 /** The address a request's per-client caps count under (read by the app, see clientAddress). */
