@@ -1,4 +1,5 @@
-import { type FileHandle, lstat, open } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 
 /**
  * Files a storage has open for reading, kept for the next read of the same file: a small
@@ -7,7 +8,9 @@ import { type FileHandle, lstat, open } from 'node:fs/promises';
  * With a kept handle it is two: an `lstat` of the path, which must still name the inode the
  * handle has open (a file deleted or replaced through another member of the group, or a path
  * turned into a symlink, is opened afresh and checked again, so nothing deleted is served), and
- * the read.
+ * the read. Handles are kept only on local file systems (the storage keeps none on a network
+ * file system, Stores.local), where that `lstat` is made synchronously: it answers from the
+ * kernel's inode cache in a few microseconds, less than the thread pool's round trip costs.
  *
  * Bounded: at most `max` handles (0: none, each read opens and closes; the storage keeps none on
  * a network file system, Stores.local) (least recently used go first) and none unused for longer than
@@ -59,7 +62,12 @@ export class OpenFiles {
     if (this.#max === 0) return this.#once(path, check);
     const kept = this.#m.get(path);
     if (kept) {
-      const st = await lstat(path).catch(() => null);
+      let st: ReturnType<typeof lstatSync> | null = null;
+      try {
+        st = lstatSync(path, { throwIfNoEntry: false }) ?? null;
+      } catch {
+        st = null;
+      }
       if (st && !kept.dropped && st.ino === kept.ino && st.dev === kept.dev && st.isFile()) {
         return this.#lend(path, kept);
       }
