@@ -1,5 +1,5 @@
-import type { DsmClient } from '@dsm/client';
-import { ErrorCode } from '@dsm/common/errors';
+import { type DsmClient, isRemoteError } from '@dsm/client';
+import { ErrorCode, isDsmError } from '@dsm/common/errors';
 import { type FileIds, type FileStat, toHex } from '@dsm/packets';
 import type { Context } from 'hono';
 import { requireOwner, verifySignedUrl } from './auth.ts';
@@ -280,32 +280,19 @@ async function readSmallRange(
   start: number,
   length: number,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  const reply = await client.download(f.ids, start, length);
-  if (reply.length !== length) await refuseShortReply(reply, length);
-  return readSmallBody(reply.stream, length).catch((e: unknown) => {
+  try {
+    return (await client.downloadBytes(f.ids, start, length)) as Uint8Array<ArrayBuffer>;
+  } catch (e) {
+    // a reply that broke off or broke the frame rules; the storage's own answers pass as they are
+    if (!isDsmError(e, ErrorCode.PROTOCOL) || isRemoteError(e)) throw e;
     core.log.warn({ err: e, fileId: f.ids.fileId }, 'download failed');
     throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
-  });
+  }
 }
 
 /** The reply's body is in memory: the download slot (limits.downloadsPerClient) is not held. */
 function bufferedBody(c: Context): void {
   c.set('bodyBuffered' as never, true as never);
-}
-
-async function readSmallBody(
-  stream: AsyncIterable<Uint8Array>,
-  length: number,
-): Promise<Uint8Array<ArrayBuffer>> {
-  const out = new Uint8Array(length);
-  let at = 0;
-  for await (const chunk of stream) {
-    if (at + chunk.length > length) throw new Error(`the storage sent more than ${length} bytes`);
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  if (at !== length) throw new Error(`the storage sent ${at} of ${length} bytes`);
-  return out;
 }
 
 export async function fileMeta(core: GatewayCore, c: Context, publicId: string): Promise<Response> {

@@ -288,6 +288,15 @@ export class StorageClient {
     return got;
   }
 
+  /**
+   * A small download (72) read whole: exactly `req.size` (> 0) bytes, the reply taken as one
+   * buffered frame (no stream, the connection back in the pool at once). A storage that offers
+   * another length breaks the frame rule: a protocol error, and that connection is closed.
+   */
+  downloadBytes(addr: Address, req: DownloadRequest): Promise<Uint8Array> {
+    return this.#call(addr, Command.STORAGE_DOWNLOAD, encodeDownloadRequest(req), exactly(req.size));
+  }
+
   async uploadCreate(addr: Address, ids: FileIds, totalSize: number, contentType: string): Promise<number> {
     const b = await this.#call(
       addr,

@@ -312,3 +312,46 @@ describe('DsmClient.upload of a replayable source after a lost reply', () => {
     }
   });
 });
+
+describe('StorageClient.downloadBytes', () => {
+  /** A storage that answers every request with a reply frame of `bodyLength` bytes of 7. */
+  async function fakeStorage(bodyLength: number) {
+    const { createServer } = await import('node:net');
+    const { Command, encodeFrame } = await import('@dsm/packets');
+    const sockets = new Set<import('node:net').Socket>();
+    const server = createServer((s) => {
+      sockets.add(s);
+      s.on('data', () => s.write(encodeFrame(Command.STORAGE_REPLY, new Uint8Array(bodyLength).fill(7))));
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    return {
+      addr: { host: '127.0.0.1', port },
+      close: () => {
+        for (const s of sockets) s.destroy();
+        return new Promise<void>((r) => server.close(() => r()));
+      },
+    };
+  }
+  const ids = { appId: 'app', userId: 'u', fileId: 'f' };
+
+  it('gives exactly the bytes asked for, and refuses a reply of another length', async () => {
+    for (const [asked, sent, ok] of [
+      [10, 10, true],
+      [10, 12, false],
+      [10, 4, false],
+    ] as const) {
+      const s = await fakeStorage(sent);
+      const c = new DsmClient({ trackers: [a1], transport: nodeTransport, ioTimeoutMs: 500 });
+      try {
+        const got = c.storage.downloadBytes(s.addr, { ...ids, offset: 0, size: asked });
+        if (ok) expect(await got).toEqual(new Uint8Array(asked).fill(7));
+        else await expect(got).rejects.toMatchObject({ code: ErrorCode.PROTOCOL });
+      } finally {
+        await c.close();
+        await s.close();
+      }
+    }
+  });
+});

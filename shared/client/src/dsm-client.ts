@@ -275,6 +275,20 @@ export class DsmClient {
     );
   }
 
+  /**
+   * `length` (> 0, small: the reply is held whole) bytes from `offset`, read as one buffered
+   * frame; fails over like download().
+   */
+  downloadBytes(ids: FileIds, offset: number, length: number): Promise<Uint8Array> {
+    return this.#onStorages(
+      ids.appId,
+      ids.userId,
+      (a) => this.storage.downloadBytes(a, { ...ids, offset, size: length }),
+      isRetryable,
+      ids,
+    );
+  }
+
   close(): Promise<void> {
     return this.pool.close();
   }
