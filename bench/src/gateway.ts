@@ -703,288 +703,364 @@ async function smallRequests(o: BenchOptions, c: GatewayCtx, t: SmallTools): Pro
     agent.destroy();
   }
   const ngxPaths = Array.from({ length: FILES }, (_, i) => `/gw-small/${i}.bin`);
-  const seconds = Math.max(1, Math.round(o.loopMs / 1000));
-  const tool = `wrk -t1 -c${GATEWAY_CONCURRENCY}`;
-
-  interface Measured {
-    runs: WrkResult[];
-    rate: number;
-    latency: Latency | undefined;
-    cpu: CpuTimes[];
-    requests: number;
-    errors: string[];
-  }
-  interface Spec {
-    name: string;
-    port: number;
-    paths: string[];
-    /** Process groups whose CPU is counted (the server's; the storage's). */
-    groups: () => number[][];
-    connections?: number;
-    postBytes?: number;
-  }
-  /**
-   * A 1 s warm-up of each, then `loopReps` rounds of one wrk run of each in turn (so that a
-   * change of the machine's load hits all of them alike); CPU of each process group.
-   */
-  const measureAll = async (specs: Spec[]): Promise<Measured[]> => {
-    const run = (x: Spec, secs: number) =>
-      runWrk(t.wrk, {
-        port: x.port,
-        paths: x.paths,
-        connections: x.connections ?? GATEWAY_CONCURRENCY,
-        seconds: secs,
-        postBytes: x.postBytes,
-        scratch: o.dir,
-      });
-    for (const x of specs) await run(x, 1);
-    const runs: WrkResult[][] = specs.map(() => []);
-    const cpu: CpuTimes[][] = specs.map((x) => x.groups().map(() => ({ user: 0, sys: 0 })));
-    for (let r = 0; r < o.loopReps; r++) {
-      for (const [k, x] of specs.entries()) {
-        log(
-          `gateway: ${label} ${x.postBytes ? 'POST' : 'GET'}, ${x.name} #${r + 1} (${seconds} s, wrk -c${x.connections ?? GATEWAY_CONCURRENCY})`,
-        );
-        const g = x.groups();
-        const c0 = g.map(cpuSplitOf);
-        (runs[k] as WrkResult[]).push(await run(x, seconds));
-        g.forEach((pids, i) => {
-          addCpu((cpu[k] as CpuTimes[])[i] as CpuTimes, cpuDiff(c0[i] as CpuTimes, cpuSplitOf(pids)));
-        });
-      }
-    }
-    return specs.map((_, k) => {
-      const rs = runs[k] as WrkResult[];
-      return {
-        runs: rs,
-        rate: mean(rs.map((r) => r.rps)),
-        latency: rs.length
-          ? {
-              p50: median(rs.map((r) => r.latency?.p50 ?? Number.NaN)),
-              p99: median(rs.map((r) => r.latency?.p99 ?? Number.NaN)),
-            }
-          : undefined,
-        cpu: cpu[k] as CpuTimes[],
-        requests: rs.reduce((a, r) => a + r.requests, 0),
-        errors: rs.map((r) => r.errors).filter(Boolean),
-      };
-    });
-  };
-  const perReq = (m: Measured, i = 0) =>
-    cpuText(m.cpu[i] as CpuTimes, 1e6 / Math.max(1, m.requests), 'µs', 0);
-  const ref = (server: string, m: Measured, cpuText: string, note?: string, client = tool): Reference => ({
-    work: `${label} ${client.includes('POST') ? 'POST' : 'GET'}`,
-    server,
-    client,
-    value: m.errors.length ? null : m.rate,
-    unit: '/s',
-    latency: m.latency,
-    cpu: cpuText,
-    note: m.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : note,
+  // the limits of Node itself on this path: the bare pair and Node's http server from memory (refs.ts)
+  const bareStorage = await ReferenceServer.start('bare-storage', 0, 10_000, join(dir, '0.bin'));
+  const bareGateway = await ReferenceServer.start('bare-gateway', bareStorage.port).catch(async (e) => {
+    await bareStorage.stop();
+    throw e;
   });
-  const rated = (m: Measured) => (m.errors.length ? null : m.rate);
-  /** Average cores the i-th process group used during the timed runs. */
-  const coresOf = (m: Measured, i: number) => {
-    const x = m.cpu[i] as CpuTimes;
-    return ((x.user + x.sys) / Math.max(1, m.runs.length * seconds)).toFixed(2);
-  };
-  const usPer = (m: Measured, i: number) => {
-    const x = m.cpu[i] as CpuTimes;
-    return (((x.user + x.sys) * 1e6) / Math.max(1, m.requests)).toFixed(0);
-  };
-
-  const gwGroups = () => [c.pids(), [c.storagePid]];
-  const nginxSpec: Spec = {
-    name: 'nginx',
-    port: c.nginxPort,
-    paths: ngxPaths,
-    groups: () => [c.nginx.workerPids()],
-  };
-  const proxySpec: Spec = {
-    name: 'Node http proxy',
-    port: t.proxy.port,
-    paths: ngxPaths,
-    groups: () => [[t.proxy.pid]],
-  };
-  const refused = await c.reconfigure(SMALL_FILE_CACHE.off);
-  const hasCache = refused === null;
-  const noCache = `cache: not available in this tree (the gateway refused ${JSON.stringify(SMALL_FILE_CACHE.off)}: ${refused})`;
-  const [ngx, prx, pip, gwOff] = (await measureAll([
-    nginxSpec,
-    proxySpec,
-    { name: 'Node TCP pipe', port: t.pipe.port, paths: ngxPaths, groups: () => [[t.pipe.pid]] },
-    { name: hasCache ? 'gateway, cache off' : 'gateway', port: c.port, paths: gwPaths, groups: gwGroups },
-  ])) as [Measured, Measured, Measured, Measured];
-  const oneWorkerPids = c.pids().length;
-  c.references.push(
-    ref('nginx', ngx, `${perReq(ngx)} per request`),
-    ref('Node http proxy → nginx', prx, `${perReq(prx)} per request`),
-    ref('Node TCP pipe → nginx', pip, `${perReq(pip)} per request`),
-    ref(
-      hasCache ? 'gateway, cache off' : 'gateway',
-      gwOff,
-      `gateway ${perReq(gwOff, 0)}, storage ${perReq(gwOff, 1)} per request`,
-    ),
-  );
-
-  // 4 KiB POST /files at 16 connections
-  const [postRun] = (await measureAll([
-    {
-      name: 'gateway POST /files',
-      port: c.port,
-      paths: ['/files'],
-      groups: gwGroups,
-      connections: POST_CONCURRENCY,
-      postBytes: size,
-    },
-  ])) as [Measured];
-  c.references.push(
-    ref(
-      'gateway',
-      postRun,
-      `gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)} per upload`,
-      undefined,
-      `wrk -t1 -c${POST_CONCURRENCY}, POST /files`,
-    ),
-  );
-
-  // the small-file cache on
-  let gwOn: Measured | null = null;
-  let ngxOn: Measured | null = null;
-  let onNote = noCache;
-  if (hasCache) {
-    const why = await c.reconfigure(SMALL_FILE_CACHE.on);
-    if (why) onNote = `cache on: the gateway did not start (${why})`;
-    else {
-      [gwOn, ngxOn] = (await measureAll([
-        { name: 'gateway, cache on', port: c.port, paths: gwPaths, groups: gwGroups },
-        { ...nginxSpec, name: 'nginx (again, beside the cache)' },
-      ])) as [Measured, Measured];
-      c.references.push(
-        ref('gateway, cache on', gwOn, `gateway ${perReq(gwOn, 0)}, storage ${perReq(gwOn, 1)} per request`),
-        ref('nginx (again, beside the cache)', ngxOn, `${perReq(ngxOn)} per request`),
-      );
-      onNote = `cache on: ${JSON.stringify(SMALL_FILE_CACHE.on)}`;
-    }
+  const memory = await ReferenceServer.start('http-memory', 0).catch(async (e) => {
+    await bareGateway.stop();
+    await bareStorage.stop();
+    throw e;
+  });
+  try {
+    return await measureSmall();
+  } finally {
+    await memory.stop();
+    await bareGateway.stop();
+    await bareStorage.stop();
   }
 
-  // 2 workers (cache off)
-  let gw2: Measured | null = null;
-  let prx2: Measured | null = null;
-  let workersNote = '';
-  {
-    const why = await c.reconfigure({ ...(hasCache ? SMALL_FILE_CACHE.off : {}), workers: 2 });
-    if (why) workersNote = `n/a: the gateway did not start with workers 2 (${why})`;
-    else {
-      const procs = c.pids().length;
-      if (procs <= oneWorkerPids) {
-        workersNote = `n/a: workers 2 runs ${procs} process(es), as workers 1 did: node:cluster entry not in this tree`;
-      } else {
-        [gw2, prx2] = (await measureAll([
-          { name: 'gateway, 2 workers', port: c.port, paths: gwPaths, groups: gwGroups },
-          { ...proxySpec, name: 'Node http proxy (again, beside 2 workers)' },
-        ])) as [Measured, Measured];
+  async function measureSmall(): Promise<Row[]> {
+    const seconds = Math.max(1, Math.round(o.loopMs / 1000));
+    const tool = `wrk -t1 -c${GATEWAY_CONCURRENCY}`;
+
+    interface Measured {
+      runs: WrkResult[];
+      rate: number;
+      latency: Latency | undefined;
+      cpu: CpuTimes[];
+      requests: number;
+      errors: string[];
+    }
+    interface Spec {
+      name: string;
+      port: number;
+      paths: string[];
+      /** Process groups whose CPU is counted (the server's; the storage's). */
+      groups: () => number[][];
+      connections?: number;
+      postBytes?: number;
+    }
+    /**
+     * A 1 s warm-up of each, then `loopReps` rounds of one wrk run of each in turn (so that a
+     * change of the machine's load hits all of them alike); CPU of each process group.
+     */
+    const measureAll = async (specs: Spec[]): Promise<Measured[]> => {
+      const run = (x: Spec, secs: number) =>
+        runWrk(t.wrk, {
+          port: x.port,
+          paths: x.paths,
+          connections: x.connections ?? GATEWAY_CONCURRENCY,
+          seconds: secs,
+          postBytes: x.postBytes,
+          scratch: o.dir,
+        });
+      for (const x of specs) await run(x, 1);
+      const runs: WrkResult[][] = specs.map(() => []);
+      const cpu: CpuTimes[][] = specs.map((x) => x.groups().map(() => ({ user: 0, sys: 0 })));
+      for (let r = 0; r < o.loopReps; r++) {
+        for (const [k, x] of specs.entries()) {
+          log(
+            `gateway: ${label} ${x.postBytes ? 'POST' : 'GET'}, ${x.name} #${r + 1} (${seconds} s, wrk -c${x.connections ?? GATEWAY_CONCURRENCY})`,
+          );
+          const g = x.groups();
+          const c0 = g.map(cpuSplitOf);
+          (runs[k] as WrkResult[]).push(await run(x, seconds));
+          g.forEach((pids, i) => {
+            addCpu((cpu[k] as CpuTimes[])[i] as CpuTimes, cpuDiff(c0[i] as CpuTimes, cpuSplitOf(pids)));
+          });
+        }
+      }
+      return specs.map((_, k) => {
+        const rs = runs[k] as WrkResult[];
+        return {
+          runs: rs,
+          rate: mean(rs.map((r) => r.rps)),
+          latency: rs.length
+            ? {
+                p50: median(rs.map((r) => r.latency?.p50 ?? Number.NaN)),
+                p99: median(rs.map((r) => r.latency?.p99 ?? Number.NaN)),
+              }
+            : undefined,
+          cpu: cpu[k] as CpuTimes[],
+          requests: rs.reduce((a, r) => a + r.requests, 0),
+          errors: rs.map((r) => r.errors).filter(Boolean),
+        };
+      });
+    };
+    const perReq = (m: Measured, i = 0) =>
+      cpuText(m.cpu[i] as CpuTimes, 1e6 / Math.max(1, m.requests), 'µs', 0);
+    const ref = (server: string, m: Measured, cpuText: string, note?: string, client = tool): Reference => ({
+      work: `${label} ${client.includes('POST') ? 'POST' : 'GET'}`,
+      server,
+      client,
+      value: m.errors.length ? null : m.rate,
+      unit: '/s',
+      latency: m.latency,
+      cpu: cpuText,
+      note: m.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : note,
+    });
+    const rated = (m: Measured) => (m.errors.length ? null : m.rate);
+    /** Average cores the i-th process group used during the timed runs. */
+    const coresOf = (m: Measured, i: number) => {
+      const x = m.cpu[i] as CpuTimes;
+      return ((x.user + x.sys) / Math.max(1, m.runs.length * seconds)).toFixed(2);
+    };
+    const usPer = (m: Measured, i: number) => {
+      const x = m.cpu[i] as CpuTimes;
+      return (((x.user + x.sys) * 1e6) / Math.max(1, m.requests)).toFixed(0);
+    };
+
+    const gwGroups = () => [c.pids(), [c.storagePid]];
+    const nginxSpec: Spec = {
+      name: 'nginx',
+      port: c.nginxPort,
+      paths: ngxPaths,
+      groups: () => [c.nginx.workerPids()],
+    };
+    const proxySpec: Spec = {
+      name: 'Node http proxy',
+      port: t.proxy.port,
+      paths: ngxPaths,
+      groups: () => [[t.proxy.pid]],
+    };
+    const refused = await c.reconfigure(SMALL_FILE_CACHE.off);
+    const hasCache = refused === null;
+    const noCache = `cache: not available in this tree (the gateway refused ${JSON.stringify(SMALL_FILE_CACHE.off)}: ${refused})`;
+    const [ngx, prx, pip, gwOff, bare] = (await measureAll([
+      nginxSpec,
+      proxySpec,
+      { name: 'Node TCP pipe', port: t.pipe.port, paths: ngxPaths, groups: () => [[t.pipe.pid]] },
+      { name: hasCache ? 'gateway, cache off' : 'gateway', port: c.port, paths: gwPaths, groups: gwGroups },
+      {
+        name: 'bare pair',
+        port: bareGateway.port,
+        paths: ngxPaths,
+        groups: () => [[bareGateway.pid], [bareStorage.pid]],
+      },
+    ])) as [Measured, Measured, Measured, Measured, Measured];
+    const oneWorkerPids = c.pids().length;
+    c.references.push(
+      ref('nginx', ngx, `${perReq(ngx)} per request`),
+      ref('Node http proxy → nginx', prx, `${perReq(prx)} per request`),
+      ref('Node TCP pipe → nginx', pip, `${perReq(pip)} per request`),
+      ref(
+        hasCache ? 'gateway, cache off' : 'gateway',
+        gwOff,
+        `gateway ${perReq(gwOff, 0)}, storage ${perReq(gwOff, 1)} per request`,
+      ),
+      ref(
+        'bare pair: Node http → Node storage-protocol server',
+        bare,
+        `http ${perReq(bare, 0)}, storage ${perReq(bare, 1)} per request`,
+      ),
+    );
+
+    // 4 KiB POST /files at 16 connections
+    const [postRun] = (await measureAll([
+      {
+        name: 'gateway POST /files',
+        port: c.port,
+        paths: ['/files'],
+        groups: gwGroups,
+        connections: POST_CONCURRENCY,
+        postBytes: size,
+      },
+    ])) as [Measured];
+    c.references.push(
+      ref(
+        'gateway',
+        postRun,
+        `gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)} per upload`,
+        undefined,
+        `wrk -t1 -c${POST_CONCURRENCY}, POST /files`,
+      ),
+    );
+
+    // the small-file cache on
+    let gwOn: Measured | null = null;
+    let ngxOn: Measured | null = null;
+    let mem: Measured | null = null;
+    let onNote = noCache;
+    if (hasCache) {
+      const why = await c.reconfigure(SMALL_FILE_CACHE.on);
+      if (why) onNote = `cache on: the gateway did not start (${why})`;
+      else {
+        [gwOn, ngxOn, mem] = (await measureAll([
+          { name: 'gateway, cache on', port: c.port, paths: gwPaths, groups: gwGroups },
+          { ...nginxSpec, name: 'nginx (again, beside the cache)' },
+          {
+            name: 'Node http, 4 KiB from memory',
+            port: memory.port,
+            paths: ngxPaths,
+            groups: () => [[memory.pid]],
+          },
+        ])) as [Measured, Measured, Measured];
         c.references.push(
           ref(
-            'gateway, 2 workers',
-            gw2,
-            `gateway ${perReq(gw2, 0)}, storage ${perReq(gw2, 1)} per request`,
-            `${procs} processes`,
+            'gateway, cache on',
+            gwOn,
+            `gateway ${perReq(gwOn, 0)}, storage ${perReq(gwOn, 1)} per request`,
           ),
-          ref('Node http proxy (again, beside 2 workers)', prx2, `${perReq(prx2)} per request`),
+          ref('nginx (again, beside the cache)', ngxOn, `${perReq(ngxOn)} per request`),
+          ref('Node http server, 4 KiB from memory', mem, `${perReq(mem)} per request`),
         );
-        workersNote =
-          `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}, ${coresOf(gw2, 0)} cores used (1 worker: ${coresOf(gwOff, 0)}); ` +
-          `× the Node http proxy run beside it: ${prx2.rate > 0 ? (gw2.rate / prx2.rate).toFixed(2) : '?'}`;
+        onNote = `cache on: ${JSON.stringify(SMALL_FILE_CACHE.on)}`;
       }
     }
-  }
 
-  const errText = (m: Measured | null) => (m?.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : '');
-  c.details.push({
-    name: `gateway ${label} requests`,
-    text:
-      `${tool}, runs/s: nginx [${show(ngx.runs.map((r) => r.rps))}], Node http proxy [${show(prx.runs.map((r) => r.rps))}], ` +
-      `TCP pipe [${show(pip.runs.map((r) => r.rps))}], gateway [${show(gwOff.runs.map((r) => r.rps))}]` +
-      (gwOn ? `, gateway cache on [${show(gwOn.runs.map((r) => r.rps))}]` : '') +
-      (ngxOn ? `, nginx beside it [${show(ngxOn.runs.map((r) => r.rps))}]` : '') +
-      (gw2 ? `, gateway 2 workers [${show(gw2.runs.map((r) => r.rps))}]` : '') +
-      `; POST wrk -c${POST_CONCURRENCY} [${show(postRun.runs.map((r) => r.rps))}]; CPU per GET: gateway ${perReq(gwOff, 0)}, ` +
-      `storage ${perReq(gwOff, 1)}, Node http proxy ${perReq(prx)}, nginx ${perReq(ngx)}` +
-      [gwOff, gwOn, gw2, postRun, ngx, prx, pip, ngxOn, prx2]
-        .map(errText)
-        .filter(Boolean)
-        .map((e) => `; ${e}`)
-        .join(''),
-  });
-  const cacheLabel = hasCache ? ', cache off' : '';
-  return [
+    // 2 workers (cache off)
+    let gw2: Measured | null = null;
+    let prx2: Measured | null = null;
+    let workersNote = '';
     {
-      name: `gateway ${label} GET/s, ${tool}${cacheLabel}`,
-      unit: '/s',
-      dsm: rated(gwOff),
-      base: rated(prx),
-      baseLabel: 'Node http proxy',
-      target: { kind: 'ratio', min: 1 },
-      dsmLatency: gwOff.latency,
-      baseLatency: prx.latency,
-      dsmRuns: gwOff.runs.map((r) => r.rps),
-      baseRuns: prx.runs.map((r) => r.rps),
-      note:
-        errText(gwOff) ||
-        `CPU per GET: gateway ${usPer(gwOff, 0)} + storage ${usPer(gwOff, 1)} µs, Node http proxy ${usPer(prx, 0)} µs; ` +
-          `cores used: gateway ${coresOf(gwOff, 0)}, storage ${coresOf(gwOff, 1)}, proxy ${coresOf(prx, 0)}` +
-          (hasCache ? '' : `; ${noCache}`),
-    },
-    {
-      name: `gateway ${label} GET/s, ${tool}${cacheLabel}, vs nginx`,
-      unit: '/s',
-      dsm: rated(gwOff),
-      base: rated(ngx),
-      baseLabel: 'nginx',
-      target: { kind: 'none' },
-      dsmLatency: gwOff.latency,
-      baseLatency: ngx.latency,
-      note: 'the issue expects ≈ 0.25× here',
-    },
-    {
-      name: `gateway ${label} GET/s, ${tool}, cache on`,
-      unit: '/s',
-      dsm: gwOn ? rated(gwOn) : null,
-      base: rated(ngxOn ?? ngx),
-      baseLabel: ngxOn ? 'nginx, run beside it' : 'nginx',
-      target: { kind: 'ratio', min: 0.5 },
-      dsmLatency: gwOn?.latency,
-      baseLatency: (ngxOn ?? ngx).latency,
-      note:
-        errText(gwOn) ||
-        (gwOn
-          ? `CPU per GET: gateway ${usPer(gwOn, 0)} µs, ${coresOf(gwOn, 0)} cores used; ${onNote}`
-          : onNote),
-    },
-    {
-      name: `gateway ${label} POST /files/s, wrk -t1 -c${POST_CONCURRENCY}`,
-      unit: '/s',
-      dsm: rated(postRun),
-      base: null,
-      baseLabel: '',
-      target: { kind: 'min', value: 1500 },
-      dsmLatency: postRun.latency,
-      note:
-        errText(postRun) ||
-        `CPU per upload: gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)}; ` +
-          `cores used: gateway ${coresOf(postRun, 0)}, storage ${coresOf(postRun, 1)}`,
-    },
-    {
-      name: `gateway ${label} GET/s, ${tool}, 2 workers`,
-      unit: '/s',
-      dsm: gw2 ? rated(gw2) : null,
-      base: rated(gwOff),
-      baseLabel: '1 worker',
-      target: { kind: 'none' },
-      dsmLatency: gw2?.latency,
-      baseLatency: gwOff.latency,
-      note: errText(gw2) || workersNote,
-    },
-  ];
+      const why = await c.reconfigure({ ...(hasCache ? SMALL_FILE_CACHE.off : {}), workers: 2 });
+      if (why) workersNote = `n/a: the gateway did not start with workers 2 (${why})`;
+      else {
+        const procs = c.pids().length;
+        if (procs <= oneWorkerPids) {
+          workersNote = `n/a: workers 2 runs ${procs} process(es), as workers 1 did: node:cluster entry not in this tree`;
+        } else {
+          [gw2, prx2] = (await measureAll([
+            { name: 'gateway, 2 workers', port: c.port, paths: gwPaths, groups: gwGroups },
+            { ...proxySpec, name: 'Node http proxy (again, beside 2 workers)' },
+          ])) as [Measured, Measured];
+          c.references.push(
+            ref(
+              'gateway, 2 workers',
+              gw2,
+              `gateway ${perReq(gw2, 0)}, storage ${perReq(gw2, 1)} per request`,
+              `${procs} processes`,
+            ),
+            ref('Node http proxy (again, beside 2 workers)', prx2, `${perReq(prx2)} per request`),
+          );
+          workersNote =
+            `${procs} gateway processes (primary + workers) vs ${oneWorkerPids}, ${coresOf(gw2, 0)} cores used (1 worker: ${coresOf(gwOff, 0)}); ` +
+            `× the Node http proxy run beside it: ${prx2.rate > 0 ? (gw2.rate / prx2.rate).toFixed(2) : '?'}`;
+        }
+      }
+    }
+
+    const ratioText = (a: Measured, b: Measured) => (b.rate > 0 ? `${(a.rate / b.rate).toFixed(2)}×` : '?×');
+    const errText = (m: Measured | null) => (m?.errors.length ? `ERRORS: ${m.errors.join(' | ')}` : '');
+    c.details.push({
+      name: `gateway ${label} requests`,
+      text:
+        `${tool}, runs/s: nginx [${show(ngx.runs.map((r) => r.rps))}], Node http proxy [${show(prx.runs.map((r) => r.rps))}], ` +
+        `TCP pipe [${show(pip.runs.map((r) => r.rps))}], gateway [${show(gwOff.runs.map((r) => r.rps))}]` +
+        (gwOn ? `, gateway cache on [${show(gwOn.runs.map((r) => r.rps))}]` : '') +
+        (ngxOn ? `, nginx beside it [${show(ngxOn.runs.map((r) => r.rps))}]` : '') +
+        (gw2 ? `, gateway 2 workers [${show(gw2.runs.map((r) => r.rps))}]` : '') +
+        `, bare pair [${show(bare.runs.map((r) => r.rps))}]` +
+        (mem ? `, Node http from memory [${show(mem.runs.map((r) => r.rps))}]` : '') +
+        `; POST wrk -c${POST_CONCURRENCY} [${show(postRun.runs.map((r) => r.rps))}]; CPU per GET: gateway ${perReq(gwOff, 0)}, ` +
+        `storage ${perReq(gwOff, 1)}, Node http proxy ${perReq(prx)}, nginx ${perReq(ngx)}` +
+        [gwOff, gwOn, gw2, postRun, ngx, prx, pip, ngxOn, prx2, bare, mem]
+          .map(errText)
+          .filter(Boolean)
+          .map((e) => `; ${e}`)
+          .join(''),
+    });
+    const cacheLabel = hasCache ? ', cache off' : '';
+    return [
+      {
+        name: `gateway ${label} GET/s, ${tool}${cacheLabel}`,
+        unit: '/s',
+        dsm: rated(gwOff),
+        base: rated(prx),
+        baseLabel: 'Node http proxy',
+        target: { kind: 'ratio', min: 1 },
+        dsmLatency: gwOff.latency,
+        baseLatency: prx.latency,
+        dsmRuns: gwOff.runs.map((r) => r.rps),
+        baseRuns: prx.runs.map((r) => r.rps),
+        note:
+          errText(gwOff) ||
+          `CPU per GET: gateway ${usPer(gwOff, 0)} + storage ${usPer(gwOff, 1)} µs, Node http proxy ${usPer(prx, 0)} µs; ` +
+            `cores used: gateway ${coresOf(gwOff, 0)}, storage ${coresOf(gwOff, 1)}, proxy ${coresOf(prx, 0)}` +
+            (hasCache ? '' : `; ${noCache}`),
+      },
+      {
+        name: `gateway ${label} GET/s, ${tool}${cacheLabel}, vs the bare pair`,
+        unit: '/s',
+        dsm: rated(gwOff),
+        base: rated(bare),
+        baseLabel: 'bare Node pair',
+        target: { kind: 'none' },
+        dsmLatency: gwOff.latency,
+        baseLatency: bare.latency,
+        note:
+          errText(bare) ||
+          `the least two Node processes cost on this path (refs.ts): ${ratioText(bare, prx)} the Node http proxy; ` +
+            `CPU per GET: bare http ${usPer(bare, 0)} + bare storage ${usPer(bare, 1)} µs; cores used: ${coresOf(bare, 0)} + ${coresOf(bare, 1)}`,
+      },
+      {
+        name: `gateway ${label} GET/s, ${tool}${cacheLabel}, vs nginx`,
+        unit: '/s',
+        dsm: rated(gwOff),
+        base: rated(ngx),
+        baseLabel: 'nginx',
+        target: { kind: 'none' },
+        dsmLatency: gwOff.latency,
+        baseLatency: ngx.latency,
+        note: 'the issue expects ≈ 0.25× here',
+      },
+      {
+        name: `gateway ${label} GET/s, ${tool}, cache on`,
+        unit: '/s',
+        dsm: gwOn ? rated(gwOn) : null,
+        base: rated(ngxOn ?? ngx),
+        baseLabel: ngxOn ? 'nginx, run beside it' : 'nginx',
+        target: { kind: 'ratio', min: 0.5 },
+        dsmLatency: gwOn?.latency,
+        baseLatency: (ngxOn ?? ngx).latency,
+        note:
+          errText(gwOn) ||
+          (gwOn
+            ? `CPU per GET: gateway ${usPer(gwOn, 0)} µs, ${coresOf(gwOn, 0)} cores used; ${onNote}`
+            : onNote),
+      },
+      {
+        name: `gateway ${label} GET/s, ${tool}, cache on, vs Node http from memory`,
+        unit: '/s',
+        dsm: gwOn ? rated(gwOn) : null,
+        base: mem ? rated(mem) : null,
+        baseLabel: 'Node http, from memory',
+        target: { kind: 'none' },
+        dsmLatency: gwOn?.latency,
+        baseLatency: mem?.latency,
+        note:
+          errText(mem) ||
+          (mem && ngxOn
+            ? `Node's own http server answering 4 KiB from memory (refs.ts): ${ratioText(mem, ngxOn)} nginx; CPU per GET ${usPer(mem, 0)} µs, ${coresOf(mem, 0)} cores used`
+            : onNote),
+      },
+      {
+        name: `gateway ${label} POST /files/s, wrk -t1 -c${POST_CONCURRENCY}`,
+        unit: '/s',
+        dsm: rated(postRun),
+        base: null,
+        baseLabel: '',
+        target: { kind: 'min', value: 1500 },
+        dsmLatency: postRun.latency,
+        note:
+          errText(postRun) ||
+          `CPU per upload: gateway ${perReq(postRun, 0)}, storage ${perReq(postRun, 1)}; ` +
+            `cores used: gateway ${coresOf(postRun, 0)}, storage ${coresOf(postRun, 1)}`,
+      },
+      {
+        name: `gateway ${label} GET/s, ${tool}, 2 workers`,
+        unit: '/s',
+        dsm: gw2 ? rated(gw2) : null,
+        base: rated(gwOff),
+        baseLabel: '1 worker',
+        target: { kind: 'none' },
+        dsmLatency: gw2?.latency,
+        baseLatency: gwOff.latency,
+        note: errText(gw2) || workersNote,
+      },
+    ];
+  }
 }

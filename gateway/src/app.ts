@@ -398,11 +398,13 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       h('if-range') !== undefined
     )
       return null;
-    let ids: FileIds;
-    try {
-      ids = decodePublicId(publicId);
-    } catch {
-      return null; // the app's 400
+    let ids = core.cachedIds(publicId);
+    if (!ids) {
+      try {
+        ids = decodePublicId(publicId);
+      } catch {
+        return null; // the app's 400
+      }
     }
     if (core.policyFor(ids.appId) !== 'public') return null;
     let release: () => void;

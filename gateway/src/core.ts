@@ -265,6 +265,16 @@ export class GatewayCore {
     return p;
   }
 
+  /**
+   * The file's ids from a fresh cached stat, when caches are usable now: the hot path skips
+   * decoding (and re-encoding to check) the public id of a file it has seen (app.ts fastFile).
+   */
+  cachedIds(publicId: string): FileIds | null {
+    if (this.statMaxAgeMs <= 0 || this.journal.usable() !== true) return null;
+    const hit = this.#stats.get(publicId);
+    return hit && Date.now() - hit.at < this.statMaxAgeMs ? hit.ids : null;
+  }
+
   /** A file's stat (tus HEAD and the like; see file()). */
   async stat(publicId: string, ids: FileIds, client = this.client): Promise<FileStat> {
     return (await this.file(publicId, ids, await this.cachesUsable(), client)).stat;
