@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
 const TICKS_PER_SECOND = 100; // USER_HZ on Linux
 
@@ -200,9 +201,16 @@ export class OtherLoad {
   }
 }
 
+/** The repository's folder: written as `.` in command lines (the docs cite no local paths). */
+const REPO = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+
 function commandOf(pid: number): string {
   try {
-    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      .split('\0')
+      .filter(Boolean)
+      .join(' ')
+      .replaceAll(`${REPO}/`, './');
     return cmd.length > 80 ? `${cmd.slice(0, 77)}...` : cmd;
   } catch {
     return '(exited)';

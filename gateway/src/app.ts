@@ -52,7 +52,7 @@ export interface GatewayApp {
   core: GatewayCore;
   tus: TusService;
   /** The hot request without the app, for the Node entry (see createApp). */
-  fastFile: (req: FastRequest) => Promise<FastReply | null> | null;
+  fastFile: (req: FastRequest) => FastReply | Promise<FastReply | null> | null;
 }
 
 /** A request header by its lower-case name; several of one name joined by ", ". */
@@ -382,7 +382,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    * answers the 429), the Worker (its downloads go through the edge cache). Its promise gives
    * null for a reply that streams (a big file): the app serves that one.
    */
-  const fastFile = (req: FastRequest): Promise<FastReply | null> | null => {
+  const fastFile = (req: FastRequest): FastReply | Promise<FastReply | null> | null => {
     const method = req.method;
     if ((method !== 'GET' && method !== 'HEAD') || core.slicesForAll) return null;
     const target = req.target;
@@ -398,7 +398,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       h('if-range') !== undefined
     )
       return null;
-    let ids = core.cachedIds(publicId);
+    let ids = core.cachedEntry(publicId)?.ids;
     if (!ids) {
       try {
         ids = decodePublicId(publicId);
@@ -416,15 +416,55 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     return answerFile(req, publicId, ids, release);
   };
 
-  const answerFile = async (
+  const answerFile = (
     req: FastRequest,
     publicId: string,
     ids: FileIds,
     release: () => void,
-  ): Promise<FastReply | null> => {
+  ): FastReply | Promise<FastReply | null> => {
     const t0 = performance.now();
-    const { method, target: path } = req;
-    const extra = replyHeadersFor(method, path, req.header);
+    const extra = replyHeadersFor(req.method, req.target, req.header);
+    const reply = fromMemory(req, publicId, extra);
+    if (!reply) return answerFetched(req, publicId, ids, release, extra, t0);
+    release();
+    answered(req, extra, reply, t0);
+    return reply;
+  };
+
+  /** The reply without a promise: a fresh cached stat and, for a GET, the small file in memory. */
+  const fromMemory = (req: FastRequest, publicId: string, extra: ReplyHeaders): FastReply | null => {
+    const f = core.cachedEntry(publicId);
+    if (!f) return null;
+    let plan: ReturnType<typeof planFileReply>;
+    try {
+      plan = planFileReply(f, undefined, req.header('range') ?? null, undefined);
+    } catch {
+      return null; // the 416: answerFetched renders it
+    }
+    let body: Uint8Array | null = null;
+    if (req.method === 'GET' && plan.length > 0) {
+      const bytes = core.cachedBytes(f);
+      if (!bytes) return null;
+      body = plan.length === bytes.length ? bytes : bytes.subarray(plan.start, plan.start + plan.length);
+      core.metrics?.cacheLookup?.('file', true);
+      core.metrics?.bytesOut(FILE_ROUTE, plan.length);
+    }
+    core.metrics?.cacheLookup?.('stat', true);
+    const headers = plan.headers;
+    for (const k in extra) headers[k] = extra[k] as string;
+    return { status: plan.status, headers, body };
+  };
+
+  /** The reply after the stat or the bytes were fetched (or a problem). */
+  const answerFetched = async (
+    req: FastRequest,
+    publicId: string,
+    ids: FileIds,
+    release: () => void,
+    extra: ReplyHeaders,
+    t0: number,
+  ): Promise<FastReply | null> => {
+    const method = req.method;
     const requestId = extra['X-Request-Id'] as string;
     let reply: FastReply;
     try {
@@ -444,7 +484,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       for (const k in extra) headers[k] = extra[k] as string;
       reply = { status: plan.status, headers, body };
     } catch (e) {
-      const res = problemOf(e, method, path, requestId);
+      const res = problemOf(e, method, req.target, requestId);
       applyReplyHeaders(res.headers, extra);
       const headers: Record<string, string> = {};
       res.headers.forEach((v, k) => {
@@ -458,19 +498,23 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     } finally {
       release();
     }
+    answered(req, extra, reply, t0);
+    return reply;
+  };
+
+  /** Metrics and the access log line of a fast-path reply. */
+  const answered = (req: FastRequest, extra: ReplyHeaders, reply: FastReply, t0: number) =>
     done(
-      method,
+      req.method,
       FILE_ROUTE,
-      path,
-      requestId,
+      req.target,
+      extra['X-Request-Id'] as string,
       reply.status,
       t0,
       req.client,
       reply.headers['Content-Length'] ?? reply.headers['content-length'] ?? null,
       undefined,
     );
-    return reply;
-  };
 
   return { app, core, tus, fastFile };
 }

@@ -328,6 +328,11 @@ function withFastPath(
       client: clientKey((req as ClientAddressed).dsmClientAddress ?? socket.remoteAddress ?? 'unknown'),
     });
     if (!p) return listener(req, res);
+    if (!(p instanceof Promise)) {
+      res.writeHead(p.status, p.headers);
+      res.end(p.body ?? undefined);
+      return;
+    }
     p.then(
       (reply) => {
         if (!reply) return listener(req, res);
