@@ -1,10 +1,20 @@
 import { createHash } from 'node:crypto';
+import { unlinkSync, writevSync } from 'node:fs';
 import { type FileHandle, link, lstat, mkdir, open, rename, statfs, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { errorCodeOf } from '@dsm/common';
 import { SNIFF_BYTES } from './sniff.ts';
 
 /** Unlinks a file; a missing file is fine. */
+/** removeQuiet, synchronously (a local file system: see Stores.local). */
+export function removeQuietSync(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if (errorCodeOf(e) !== 'ENOENT') throw e;
+  }
+}
+
 export async function removeQuiet(path: string): Promise<void> {
   try {
     await unlink(path);
@@ -140,6 +150,29 @@ export async function moveNoReplace(src: string, dst: string): Promise<void> {
 }
 
 /** Writes all `chunks` (in order) at `position` (null = the current file position). */
+/** writeChunks, synchronously (small bodies on a local file system: receiveInto `syncWrites`). */
+export function writeChunksSync(fd: number, chunks: Uint8Array[], position: number | null): void {
+  let list = chunks.filter((c) => c.length > 0);
+  let pos = position;
+  while (list.length > 0) {
+    const want = list.reduce((n, c) => n + c.length, 0);
+    const written = writevSync(fd, list, pos ?? undefined);
+    if (pos !== null) pos += written;
+    if (written >= want) return;
+    let skip = written;
+    const rest: Uint8Array[] = [];
+    for (const c of list) {
+      if (skip >= c.length) {
+        skip -= c.length;
+        continue;
+      }
+      rest.push(skip > 0 ? c.subarray(skip) : c);
+      skip = 0;
+    }
+    list = rest;
+  }
+}
+
 export async function writeChunks(
   fh: FileHandle,
   chunks: Uint8Array[],
@@ -186,6 +219,8 @@ export async function receiveInto(
   batchBytes: number,
   position: number | null,
   onWritten?: (n: number) => void,
+  /** Write synchronously: a small body on a local file system, where the page cache takes it at once. */
+  syncWrites = false,
 ): Promise<Received> {
   const hash = createHash('sha256');
   let head = new Uint8Array(0);
@@ -209,6 +244,12 @@ export async function receiveInto(
     batch = [];
     batchLen = 0;
     if (pos !== null) pos += n;
+    if (syncWrites) {
+      writeChunksSync(fh.fd, b, at);
+      total += n;
+      onWritten?.(total);
+      return;
+    }
     const w = writeChunks(fh, b, at).then(() => {
       total += n;
       onWritten?.(total);

@@ -41,6 +41,11 @@ export interface GroupCommitOptions {
   maxInFlight?: number;
   /** fsync of a folder (default fsyncDir; the storage passes KnownDirs.sync, kept handles). */
   syncDir?: (dir: string) => Promise<void>;
+  /**
+   * Removes a committed upload's journal name (default removeQuiet; the storage passes a
+   * synchronous unlink on a local file system: a metadata call of microseconds there).
+   */
+  removeJournal?: (path: string) => Promise<void>;
 }
 
 const busyClaim = (fileId: string) =>
@@ -77,6 +82,7 @@ export class GroupCommitter {
   readonly #maxQueue: number;
   readonly #maxInFlight: number;
   readonly #syncDir: (dir: string) => Promise<void>;
+  readonly #removeJournal: (path: string) => Promise<void>;
   #queue: Waiter[] = [];
   /** Batches being committed. */
   readonly #inFlight = new Set<Promise<void>>();
@@ -92,6 +98,7 @@ export class GroupCommitter {
     this.#maxQueue = opts.maxQueue ?? 4096;
     this.#maxInFlight = opts.maxInFlight ?? 2;
     this.#syncDir = opts.syncDir ?? fsyncDir;
+    this.#removeJournal = opts.removeJournal ?? removeQuiet;
   }
 
   /** Batches committed so far and uploads in them (for tests and metrics). */
@@ -231,7 +238,7 @@ export class GroupCommitter {
     if (journals.length > 0) {
       const done: Promise<void> = Promise.all(
         journals.map((j) =>
-          removeQuiet(j).catch((e) =>
+          this.#removeJournal(j).catch((e) =>
             this.#log.warn({ err: messageOf(e), path: j }, 'cannot remove a commit journal entry'),
           ),
         ),

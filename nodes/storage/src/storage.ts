@@ -19,7 +19,7 @@ import {
   type StorageConfigInput,
 } from './config.ts';
 import type { StorageEnv } from './env.ts';
-import { KnownDirs, SpaceReader } from './fs-util.ts';
+import { KnownDirs, removeQuietSync, SpaceReader } from './fs-util.ts';
 import { GroupCommitter } from './group-commit.ts';
 import type { HealMonitor } from './heal-info.ts';
 import { LocalClaims } from './lock.ts';
@@ -111,7 +111,10 @@ export async function startStorage(
     const dirs = new KnownDirs(4096, stores.local ? 32 : 0);
     const openFiles = new OpenFiles(stores.local ? 128 : 0);
     kit.defer('open files', () => openFiles.close());
-    const commits = new GroupCommitter(meta, log, { syncDir: (d) => dirs.sync(d) });
+    const commits = new GroupCommitter(meta, log, {
+      syncDir: (d) => dirs.sync(d),
+      ...(stores.local ? { removeJournal: async (p: string) => removeQuietSync(p) } : {}),
+    });
     kit.defer('group commit', async () => {
       await commits.close();
       await dirs.close();
