@@ -1,4 +1,4 @@
-import { linkSync, readSync } from 'node:fs';
+import { closeSync, fsync, linkSync, mkdirSync, openSync, readSync, writevSync } from 'node:fs';
 import { type FileHandle, link, mkdir, open, readlink, realpath, rename, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
@@ -169,6 +169,42 @@ export function statOf(m: FileMeta): FileStat {
 /** Uploads up to this size on a local store are written synchronously (see receiveUpload). */
 const SYNC_WRITE_BYTES = 64 * 1024;
 
+/** What an upload does with its temp file. */
+type TempFile = Pick<FileHandle, 'fd' | 'writev' | 'sync' | 'close'>;
+
+/**
+ * A small upload's temp file on a local store: created and closed synchronously (the fsync stays
+ * on the thread pool: it waits for the disk).
+ */
+class SyncTempFile implements TempFile {
+  #closed = false;
+  private constructor(readonly fd: number) {}
+
+  /** Creates `path` (never replacing a file), and its folder when that was removed under us. */
+  static create(path: string, dir: string): SyncTempFile {
+    try {
+      return new SyncTempFile(openSync(path, 'wx', 0o644));
+    } catch (e) {
+      if (errorCodeOf(e) !== 'ENOENT') throw e;
+      mkdirSync(dir, { recursive: true });
+      return new SyncTempFile(openSync(path, 'wx', 0o644));
+    }
+  }
+
+  readonly writev: FileHandle['writev'] = (buffers, position) =>
+    Promise.resolve({ bytesWritten: writevSync(this.fd, [...buffers], position ?? undefined), buffers });
+
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => fsync(this.fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeSync(this.fd);
+  }
+}
+
 /** Upload (70) and upload-ext (80). */
 export async function handleUpload(env: StorageEnv, ctx: RequestContext, ext: boolean): Promise<void> {
   const head = ext
@@ -233,13 +269,15 @@ async function receiveUpload(
   const syncWrites = local && head.size <= SYNC_WRITE_BYTES;
   const tmpDir = env.stores.tmpDir(storeIndex);
   let tmp = join(tmpDir, journalName(id, seconds, fileId));
-  let fh: FileHandle;
+  let fh: TempFile;
   try {
-    fh = await open(tmp, 'wx', 0o644).catch(async (e) => {
-      if (errorCodeOf(e) !== 'ENOENT') throw e;
-      await mkdir(tmpDir, { recursive: true }); // the temp folder was removed under us
-      return open(tmp, 'wx', 0o644);
-    });
+    fh = syncWrites
+      ? SyncTempFile.create(tmp, tmpDir)
+      : await open(tmp, 'wx', 0o644).catch(async (e) => {
+          if (errorCodeOf(e) !== 'ENOENT') throw e;
+          await mkdir(tmpDir, { recursive: true }); // the temp folder was removed under us
+          return open(tmp, 'wx', 0o644);
+        });
   } catch (e) {
     throw saveFail(e);
   }

@@ -174,7 +174,7 @@ export function writeChunksSync(fd: number, chunks: Uint8Array[], position: numb
 }
 
 export async function writeChunks(
-  fh: FileHandle,
+  fh: Pick<FileHandle, 'writev'>,
   chunks: Uint8Array[],
   position: number | null,
 ): Promise<void> {
@@ -214,7 +214,7 @@ export interface Received {
  * `onWritten` reports bytes that reached the file (also when the source fails midway).
  */
 export async function receiveInto(
-  fh: FileHandle,
+  fh: Pick<FileHandle, 'fd' | 'writev'>,
   source: AsyncIterable<Uint8Array>,
   batchBytes: number,
   position: number | null,
