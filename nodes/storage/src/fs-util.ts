@@ -149,7 +149,21 @@ export async function moveNoReplace(src: string, dst: string): Promise<void> {
   await unlink(src);
 }
 
-/** Writes all `chunks` (in order) at `position` (null = the current file position). */
+/** What is left of `list` after its first `written` bytes went out (a short write). */
+function afterShortWrite(list: Uint8Array[], written: number): Uint8Array[] {
+  let skip = written;
+  const rest: Uint8Array[] = [];
+  for (const c of list) {
+    if (skip >= c.length) {
+      skip -= c.length;
+      continue;
+    }
+    rest.push(skip > 0 ? c.subarray(skip) : c);
+    skip = 0;
+  }
+  return rest;
+}
+
 /** writeChunks, synchronously (small bodies on a local file system: receiveInto `syncWrites`). */
 export function writeChunksSync(fd: number, chunks: Uint8Array[], position: number | null): void {
   let list = chunks.filter((c) => c.length > 0);
@@ -159,20 +173,11 @@ export function writeChunksSync(fd: number, chunks: Uint8Array[], position: numb
     const written = writevSync(fd, list, pos ?? undefined);
     if (pos !== null) pos += written;
     if (written >= want) return;
-    let skip = written;
-    const rest: Uint8Array[] = [];
-    for (const c of list) {
-      if (skip >= c.length) {
-        skip -= c.length;
-        continue;
-      }
-      rest.push(skip > 0 ? c.subarray(skip) : c);
-      skip = 0;
-    }
-    list = rest;
+    list = afterShortWrite(list, written);
   }
 }
 
+/** Writes all `chunks` (in order) at `position` (null = the current file position). */
 export async function writeChunks(
   fh: Pick<FileHandle, 'writev'>,
   chunks: Uint8Array[],
@@ -185,18 +190,7 @@ export async function writeChunks(
     const { bytesWritten } = await fh.writev(list, pos ?? undefined);
     if (pos !== null) pos += bytesWritten;
     if (bytesWritten >= want) return;
-    // Short write: drop what went out and continue with the rest.
-    let skip = bytesWritten;
-    const rest: Uint8Array[] = [];
-    for (const c of list) {
-      if (skip >= c.length) {
-        skip -= c.length;
-        continue;
-      }
-      rest.push(skip > 0 ? c.subarray(skip) : c);
-      skip = 0;
-    }
-    list = rest;
+    list = afterShortWrite(list, bytesWritten);
   }
 }
 
