@@ -12,6 +12,7 @@ import {
   fileMeta,
   planFileReply,
   type ReplyHeaders,
+  SMALL_BODY_BYTES,
   serveFile,
   uploadFile,
 } from './files.ts';
@@ -76,6 +77,9 @@ export interface FastReply {
 }
 
 const FILE_ROUTE = '/files/:id';
+
+/** fromMemory's answer for a reply the app streams. */
+const STREAMS = Symbol('streams');
 
 /** Request headers a browser may send (preflight): ranges, tokens, tus. */
 const ALLOW_HEADERS = [
@@ -379,8 +383,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    * serveFile gives, the same headers, metrics, log line and problem replies. Null, at once,
    * for a request it does not take: another route, a query (signed URLs), validators or
    * If-Range, an app whose downloads are not public, a client at its download cap (the app
-   * answers the 429), the Worker (its downloads go through the edge cache). Its promise gives
-   * null for a reply that streams (a big file): the app serves that one.
+   * answers the 429), the Worker (its downloads go through the edge cache). It gives null too (at once
+   * when the stat is cached, else from its promise) for a reply that streams (a big file): the
+   * app serves that one.
    */
   const fastFile = (req: FastRequest): FastReply | Promise<FastReply | null> | null => {
     const method = req.method;
@@ -421,18 +426,30 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     publicId: string,
     ids: FileIds,
     release: () => void,
-  ): FastReply | Promise<FastReply | null> => {
+  ): FastReply | Promise<FastReply | null> | null => {
     const t0 = performance.now();
     const extra = replyHeadersFor(req.method, req.target, req.header);
     const reply = fromMemory(req, publicId, extra);
+    if (reply === STREAMS) {
+      release();
+      return null; // the app streams it
+    }
     if (!reply) return answerFetched(req, publicId, ids, release, extra, t0);
     release();
     answered(req, extra, reply, t0);
     return reply;
   };
 
-  /** The reply without a promise: a fresh cached stat and, for a GET, the small file in memory. */
-  const fromMemory = (req: FastRequest, publicId: string, extra: ReplyHeaders): FastReply | null => {
+  /**
+   * The reply without a promise: a fresh cached stat and, for a GET, the small file in memory;
+   * STREAMS when the stat is cached and the reply is one the app streams (a seek in a big file:
+   * decided at once, without a stat or a promise first); null when the stat must be fetched.
+   */
+  const fromMemory = (
+    req: FastRequest,
+    publicId: string,
+    extra: ReplyHeaders,
+  ): FastReply | typeof STREAMS | null => {
     const f = core.cachedEntry(publicId);
     if (!f) return null;
     let plan: ReturnType<typeof planFileReply>;
@@ -444,7 +461,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     let body: Uint8Array | null = null;
     if (req.method === 'GET' && plan.length > 0) {
       const bytes = core.cachedBytes(f);
-      if (!bytes) return null;
+      if (!bytes) return plan.length > SMALL_BODY_BYTES && !core.keepsSmallFile(f) ? STREAMS : null;
       body = plan.length === bytes.length ? bytes : bytes.subarray(plan.start, plan.start + plan.length);
       core.metrics?.cacheLookup?.('file', true);
       core.metrics?.bytesOut(FILE_ROUTE, plan.length);

@@ -276,6 +276,12 @@ export class GatewayCore {
     return hit && Date.now() - hit.at < this.statMaxAgeMs ? hit : null;
   }
 
+  /** `f` is one the small-file cache takes (it is on, and the file no bigger than its entries). */
+  keepsSmallFile(f: FileEntry): boolean {
+    const files = this.#files;
+    return files !== null && !this.slicesForAll && f.stat.size <= files.maxEntryBytes;
+  }
+
   /** The small-file cache's bytes of `f` (whole), if it holds them now; nothing is read. */
   cachedBytes(f: FileEntry): Uint8Array<ArrayBuffer> | null {
     const hit = this.#files?.get(f.publicId);
@@ -296,7 +302,7 @@ export class GatewayCore {
     usable: boolean,
   ): Uint8Array<ArrayBuffer> | Promise<Uint8Array<ArrayBuffer>> | null {
     const files = this.#files;
-    if (!files || !usable || this.slicesForAll || f.stat.size > files.maxEntryBytes) return null;
+    if (!files || !usable || !this.keepsSmallFile(f)) return null;
     const hit = files.get(f.publicId);
     if (hit && hit.length === f.stat.size) {
       this.metrics?.cacheLookup?.('file', true);

@@ -151,7 +151,20 @@ describe.each([
       req('/files/not-an-id'),
     ])
       expect(g.fastFile(r)).toBeNull();
+    // a seek in a big file whose stat is cached goes to the app at once (no promise)
+    expect(g.fastFile(req(`/files/${big}`, { range: 'bytes=100-99999' }))).toBeNull();
     // downloadsPerClient is 1: every reply above gave its slot back, so this one gets one
+    expect(await g.fastFile(req(`/files/${small}`))).toMatchObject({ status: 200 });
+    // a client at its download cap is left to the app (which answers the 429)
+    const slot = g.core.edgeLimits.takeDownload('127.0.0.1');
+    try {
+      expect(g.fastFile(req(`/files/${small}`))).toBeNull();
+      const r = await fetch(`${g.url}/files/${small}`);
+      expect(r.status).toBe(429);
+      await r.arrayBuffer();
+    } finally {
+      slot();
+    }
     expect(await g.fastFile(req(`/files/${small}`))).toMatchObject({ status: 200 });
   });
 });

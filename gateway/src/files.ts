@@ -147,10 +147,10 @@ export async function serveFile(
     return new Response(body, { status, headers });
   }
 
-  const reply = await core.clientFor(c).download(ids, start, length);
-  if (reply.length !== length) await refuseShortReply(reply, length);
+  // a storage offering another length than asked is a 502 (resumeDownload checks it)
+  const source = await resumeDownload(core.clientFor(c), ids, start, length);
   const body = toReadableStream(
-    reply.stream,
+    source,
     (n) => core.metrics?.bytesOut(route, n),
     (e, cancelled) => {
       if (cancelled) {
@@ -226,21 +226,6 @@ export function planFileReply(
 
 /** Replies up to this many bytes are read whole and sent in one piece (see serveFile). */
 export const SMALL_BODY_BYTES = 64 * 1024;
-
-/** The storage offered another length than asked: its stream is dropped, and the reply is a 502. */
-async function refuseShortReply(
-  reply: { length: number; stream: AsyncIterable<Uint8Array> },
-  length: number,
-) {
-  const it = reply.stream[Symbol.asyncIterator]();
-  await it.next().catch(() => {});
-  await it.return?.();
-  throw new HttpError(
-    502,
-    ErrorCode.PROTOCOL,
-    `the storage offered ${reply.length} bytes, expected ${length}`,
-  );
-}
 
 /**
  * The bytes of a reply sent from memory, or null for one that streams: from the small-file cache

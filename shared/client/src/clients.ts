@@ -1,3 +1,4 @@
+import { DsmError, ErrorCode } from '@dsm/common/errors';
 import {
   type Address,
   type AddrsReply,
@@ -37,6 +38,9 @@ import type { Pool } from './pool.ts';
 
 /** Replies up to this size are read whole (group list, status JSON). */
 const TEXT_REPLY_MAX = 4 * 1024 * 1024;
+
+/** The most a buffered download (downloadBytes) holds in memory: more is a stream's work. */
+export const MAX_BUFFERED_DOWNLOAD = 1024 * 1024;
 
 /** Id servers: next id for a key, failing over across servers on connection errors. */
 export class IdClient {
@@ -289,11 +293,19 @@ export class StorageClient {
   }
 
   /**
-   * A small download (72) read whole: exactly `req.size` (> 0) bytes, the reply taken as one
+   * A small download (72) read whole (at most MAX_BUFFERED_DOWNLOAD bytes): exactly `req.size` (> 0) bytes, the reply taken as one
    * buffered frame (no stream, the connection back in the pool at once). A storage that offers
    * another length breaks the frame rule: a protocol error, and that connection is closed.
    */
   downloadBytes(addr: Address, req: DownloadRequest): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(req.size) || req.size <= 0 || req.size > MAX_BUFFERED_DOWNLOAD) {
+      return Promise.reject(
+        new DsmError(
+          ErrorCode.BAD_INPUT,
+          `a buffered download takes 1 to ${MAX_BUFFERED_DOWNLOAD} bytes, not ${req.size}: use download()`,
+        ),
+      );
+    }
     return this.#call(addr, Command.STORAGE_DOWNLOAD, encodeDownloadRequest(req), exactly(req.size));
   }
 

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import { type Address, Errno, type FileStat } from '@dsm/packets';
 import { describe, expect, it } from 'vitest';
+import { MAX_BUFFERED_DOWNLOAD } from './clients.ts';
 import { RemoteError } from './connection.ts';
 import { DsmClient } from './dsm-client.ts';
 import { newFileId } from './file-id.ts';
@@ -335,6 +336,15 @@ describe('StorageClient.downloadBytes', () => {
     };
   }
   const ids = { appId: 'app', userId: 'u', fileId: 'f' };
+
+  it('refuses, before asking, a size it would not hold in memory', async () => {
+    const c = new DsmClient({ trackers: [a1], transport: noTransport });
+    for (const size of [0, -1, 1.5, MAX_BUFFERED_DOWNLOAD + 1, Number.MAX_SAFE_INTEGER]) {
+      await expect(c.storage.downloadBytes(a1, { ...ids, offset: 0, size })).rejects.toMatchObject({
+        code: ErrorCode.BAD_INPUT,
+      });
+    }
+  });
 
   it('gives exactly the bytes asked for, and refuses a reply of another length', async () => {
     for (const [asked, sent, ok] of [
