@@ -170,11 +170,11 @@ export function statOf(m: FileMeta): FileStat {
 const SYNC_WRITE_BYTES = 64 * 1024;
 
 /** What an upload does with its temp file. */
-type TempFile = Pick<FileHandle, 'fd' | 'writev' | 'sync' | 'close'>;
+type TempFile = Pick<FileHandle, 'writev' | 'sync' | 'close'>;
 
 /**
- * A small upload's temp file on a local store: created and closed synchronously (the fsync stays
- * on the thread pool: it waits for the disk).
+ * A small upload's temp file on a local store: created, written and closed synchronously (the
+ * fsync stays on the thread pool: it waits for the disk).
  */
 class SyncTempFile implements TempFile {
   #closed = false;
@@ -263,15 +263,15 @@ async function receiveUpload(
   const seconds = Math.floor(Date.now() / 1000);
 
   const saveFail = (e: unknown) => ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
-  // a local store: a small body is written, and the final name linked, synchronously (calls of
-  // microseconds there, each a thread pool round trip of 40-60 µs of CPU otherwise)
+  // a local store: a small body's temp file (SyncTempFile) and the final link are synchronous
+  // calls (microseconds there, each a thread pool round trip of 40-60 µs of CPU otherwise)
   const local = env.stores.local;
-  const syncWrites = local && head.size <= SYNC_WRITE_BYTES;
+  const small = local && head.size <= SYNC_WRITE_BYTES;
   const tmpDir = env.stores.tmpDir(storeIndex);
   let tmp = join(tmpDir, journalName(id, seconds, fileId));
   let fh: TempFile;
   try {
-    fh = syncWrites
+    fh = small
       ? SyncTempFile.create(tmp, tmpDir)
       : await open(tmp, 'wx', 0o644).catch(async (e) => {
           if (errorCodeOf(e) !== 'ENOENT') throw e;
@@ -305,7 +305,7 @@ async function receiveUpload(
     }
     let got: Received;
     try {
-      got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null, undefined, syncWrites);
+      got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null);
       if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);
       await fh.sync();
       await fh.close();

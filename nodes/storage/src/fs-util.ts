@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { unlinkSync, writevSync } from 'node:fs';
+import { unlinkSync } from 'node:fs';
 import { type FileHandle, link, lstat, mkdir, open, rename, statfs, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { errorCodeOf } from '@dsm/common';
@@ -164,19 +164,6 @@ function afterShortWrite(list: Uint8Array[], written: number): Uint8Array[] {
   return rest;
 }
 
-/** writeChunks, synchronously (small bodies on a local file system: receiveInto `syncWrites`). */
-export function writeChunksSync(fd: number, chunks: Uint8Array[], position: number | null): void {
-  let list = chunks.filter((c) => c.length > 0);
-  let pos = position;
-  while (list.length > 0) {
-    const want = list.reduce((n, c) => n + c.length, 0);
-    const written = writevSync(fd, list, pos ?? undefined);
-    if (pos !== null) pos += written;
-    if (written >= want) return;
-    list = afterShortWrite(list, written);
-  }
-}
-
 /** Writes all `chunks` (in order) at `position` (null = the current file position). */
 export async function writeChunks(
   fh: Pick<FileHandle, 'writev'>,
@@ -208,13 +195,11 @@ export interface Received {
  * `onWritten` reports bytes that reached the file (also when the source fails midway).
  */
 export async function receiveInto(
-  fh: Pick<FileHandle, 'fd' | 'writev'>,
+  fh: Pick<FileHandle, 'writev'>,
   source: AsyncIterable<Uint8Array>,
   batchBytes: number,
   position: number | null,
   onWritten?: (n: number) => void,
-  /** Write synchronously: a small body on a local file system, where the page cache takes it at once. */
-  syncWrites = false,
 ): Promise<Received> {
   const hash = createHash('sha256');
   let head = new Uint8Array(0);
@@ -238,12 +223,6 @@ export async function receiveInto(
     batch = [];
     batchLen = 0;
     if (pos !== null) pos += n;
-    if (syncWrites) {
-      writeChunksSync(fh.fd, b, at);
-      total += n;
-      onWritten?.(total);
-      return;
-    }
     const w = writeChunks(fh, b, at).then(() => {
       total += n;
       onWritten?.(total);
