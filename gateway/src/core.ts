@@ -29,8 +29,8 @@ export interface GatewayMetrics {
   tusSwept?(n: number): void;
   /** A download looked its file up in the stat or small-file cache. */
   cacheLookup?(cache: 'stat' | 'file', hit: boolean): void;
-  /** A slice of a big file was read from the storage (range coalescing, slices.ts). */
-  sliceRead?(): void;
+  /** A slice of a big file, or the part a request wants, was read from the storage (`bytes` of it; range coalescing, slices.ts). */
+  sliceRead?(bytes: number): void;
   /** The exposition text for GET /metrics. */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -161,7 +161,7 @@ export class GatewayCore {
     this.slicesForAll = d.slices !== undefined;
     this.sliceSource = {
       read: (ids, offset, length) => this.client.download(ids, offset, length),
-      onRead: () => this.metrics?.sliceRead?.(),
+      onRead: (bytes) => this.metrics?.sliceRead?.(bytes),
       ...(d.background ? { started: d.background } : {}),
     };
     // A Worker isolate's store is its own: the journal there never hears of deletes through the

@@ -40,7 +40,12 @@ export function createPromMetrics(
   });
   const sliceReads = new Counter({
     name: 'dsm_gateway_slice_reads_total',
-    help: 'Slices of big files read from the storage (range coalescing: one read serves every request waiting for it)',
+    help: 'Reads of slices (or of the part of a slice a request wants) of big files from the storage (range coalescing: one read serves every request waiting for it)',
+    registers: [registry],
+  });
+  const sliceReadBytes = new Counter({
+    name: 'dsm_gateway_slice_read_bytes_total',
+    help: 'Bytes of those slice reads',
     registers: [registry],
   });
   const swept = new Counter({
@@ -87,8 +92,9 @@ export function createPromMetrics(
     cacheLookup(cache, hit) {
       (hits[cache][hit ? 1 : 0] as { inc(): void }).inc();
     },
-    sliceRead() {
+    sliceRead(bytes) {
       sliceReads.inc();
+      sliceReadBytes.inc(bytes);
     },
     bytesIn(route, n) {
       bytesIn.inc({ route }, n);

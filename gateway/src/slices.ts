@@ -5,18 +5,27 @@ import { ByteLru } from './byte-lru.ts';
 
 /**
  * Range coalescing (config `rangeCache`): replies from big files are cut along aligned slices of
- * `sliceBytes`; each slice is read from the storage once, whatever number of requests want it at
- * the same time, and its bytes go to every one of them as they arrive (the first byte does not
+ * `sliceBytes`; a slice's bytes are read from the storage once, whatever number of requests want
+ * them at the same time, and go to every one of them as they arrive (the first byte does not
  * wait for the whole slice). Finished slices stay in a ByteLru of `maxBytes`.
+ *
+ * A slice is read whole and kept only when more than one request wants it at the same time (a
+ * CDN's edges fetching a popular segment, the storm this cache is for). A slice one request
+ * wants alone (a player's seek, a segment's first fetch) is read from the byte that request
+ * starts at to the byte it ends at, nothing before and nothing after, and not kept. Measured on a
+ * 1 GiB file, 1 MiB ranges at random offsets, one at a time (docs/performance.md): reading every
+ * slice whole and keeping it read 2 MiB per 1 MiB reply, and the kept slices, promoted to V8's
+ * old generation, set off a major GC every few requests; those pauses were the p99 of the first
+ * byte, 10-15 ms. Keeping the slices asked for twice within the last few thousand (a key list
+ * without bytes) kept most of them in that run, and the GCs with them.
  *
  * Memory: a slice being read is at most `sliceBytes`, and a reply holds at most two (the one it
  * sends and the next, read ahead); a reply whose client stops reading drops them after
  * `stallMs`, so a slow reader pins no more than one reply's worth, and only for that long.
  *
  * With a `store` (the Worker: the Cache API of its colo, edge-cache.ts) a slice this process
- * does not hold is looked up there before it is read from the storage, and a slice read whole
- * from the storage is put there. A slice is then read in one piece (never split at the first
- * request's position, see Slice): one storage request per slice.
+ * does not hold is looked up there before it is read from the storage, and a slice is always
+ * read whole, in one piece (one storage request per slice), and put there.
  */
 
 /** A run of a slice: bytes [off, off + length) of it, as they came from one storage read. */
@@ -33,38 +42,76 @@ class Run {
 }
 
 /**
- * One slice: one run, or two when the request that asked for it first starts inside it (the bytes
- * it wants first are then read at once, not after the part of the slice before them).
+ * One slice, read in runs (one storage request each), sorted by offset, never overlapping. A new
+ * slice gets the run its first request wants (`read`): from that request's position to its end
+ * in the slice, or, when the slice is to be read whole, that run and then the rest. `whole()`
+ * starts a run for every gap (a second request came): the slice can then be kept.
  */
 class Slice {
-  readonly runs: Run[];
+  readonly runs: Run[] = [];
   #waiters: (() => void)[] = [];
+  #pending = 0;
+  #whole = false;
+  /** Settled once every run started is over (read or failed). */
+  readonly settled: Promise<void>;
+  #settle!: () => void;
 
   constructor(
     readonly length: number,
-    firstWanted: number,
+    /** Starts reading a run (SliceCache: one storage request) and resolves when it is over. */
+    readonly read: (run: Run) => Promise<void>,
   ) {
-    this.runs =
-      firstWanted > 0 && firstWanted < length
-        ? [new Run(0, firstWanted), new Run(firstWanted, length - firstWanted)]
-        : [new Run(0, length)];
+    this.settled = new Promise((resolve) => {
+      this.#settle = resolve;
+    });
   }
 
   get byteLength(): number {
     return this.length;
   }
 
-  get done(): boolean {
-    return this.runs.every((r) => r.done);
-  }
-
+  /** Every byte was read, without error (the slice may be kept). */
   get ok(): boolean {
-    return this.runs.every((r) => r.done && r.error === undefined && r.received === r.length);
+    let at = 0;
+    for (const r of this.runs) {
+      if (r.off !== at || !r.done || r.error !== undefined || r.received !== r.length) return false;
+      at += r.length;
+    }
+    return at === this.length;
   }
 
-  runAt(rel: number): Run {
-    const rs = this.runs;
-    return (rs.length > 1 && rel >= (rs[1] as Run).off ? rs[1] : rs[0]) as Run;
+  /** The slice is read whole (or is being): it was wanted twice, or was read so from the start. */
+  get isWhole(): boolean {
+    return this.#whole;
+  }
+
+  /** Starts a run of bytes [from, to) of the slice. */
+  start(from: number, to: number): void {
+    const run = new Run(from, to - from);
+    let i = 0;
+    while (i < this.runs.length && (this.runs[i] as Run).off < from) i++;
+    this.runs.splice(i, 0, run);
+    this.#pending++;
+    void this.read(run).finally(() => {
+      if (--this.#pending === 0) this.#settle();
+    });
+  }
+
+  /** Reads every byte no run holds yet (each gap one run): the slice becomes whole. */
+  whole(): void {
+    if (this.#whole) return;
+    this.#whole = true;
+    let at = 0;
+    for (const r of [...this.runs]) {
+      if (r.off > at) this.start(at, r.off);
+      at = r.off + r.length;
+    }
+    if (at < this.length) this.start(at, this.length);
+  }
+
+  runAt(rel: number): Run | undefined {
+    for (const r of this.runs) if (rel >= r.off && rel < r.off + r.length) return r;
+    return undefined;
   }
 
   push(r: Run, c: Uint8Array): void {
@@ -79,10 +126,10 @@ class Slice {
     this.#wake();
   }
 
-  /** Resolves when byte `rel` of the slice arrived, or its run ended. */
+  /** Resolves when byte `rel` of the slice arrived, or its run ended (null: it is here, or no run holds it). */
   wait(rel: number): Promise<void> | null {
     const r = this.runAt(rel);
-    if (r.received > rel - r.off || r.done) return null;
+    if (!r || r.received > rel - r.off || r.done) return null;
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
@@ -97,8 +144,8 @@ class Slice {
 export interface SliceSource {
   /** `length` bytes from `offset` (one storage request). */
   read(ids: FileIds, offset: number, length: number): Promise<StreamReply>;
-  /** Counted for every slice read from the storage (the metric). */
-  onRead?(): void;
+  /** Counted for every read of (part of) a slice from the storage, with its length (the metrics). */
+  onRead?(bytes: number): void;
   /**
    * A slice read this source started, settled when it is over (read and stored, or failed).
    * The Worker keeps the request that started it alive and its connections open until then:
@@ -175,62 +222,82 @@ export class SliceCache {
   }
 
   /**
-   * Slice `index` of the file: kept, being read (shared), or read now through `source` (from
-   * the store first when there is one; else from `firstWanted` first, see Slice). `keep`: kept
-   * slices (and the store) may be served and the new one kept (false while the delete journal
-   * cannot be read).
+   * Slice `index` of the file, for a request that wants its bytes [firstWanted, wantedEnd): kept,
+   * being read (shared: it is then read whole, to be kept), or read now through `source` (from
+   * the store first when there is one, whole; else only those bytes, see the top of this file). `keep`: kept slices (and the store) may be served and the new one kept
+   * (false while the delete journal cannot be read).
    */
-  #slice(source: SliceSource, f: SlicedFile, index: number, keep: boolean, firstWanted: number): Slice {
+  #slice(
+    source: SliceSource,
+    f: SlicedFile,
+    index: number,
+    keep: boolean,
+    firstWanted: number,
+    wantedEnd: number,
+  ): Slice {
     const key = `${f.publicId}/${f.etag}/${index}`;
     if (keep) {
       const kept = this.#kept.get(key);
       if (kept) return kept;
     }
     const shared = this.#reading.get(key);
-    if (shared) return shared;
+    if (shared) {
+      // a second request wants it: every byte is read, and the slice kept
+      shared.whole();
+      return shared;
+    }
     const offset = index * this.sliceBytes;
     const length = Math.min(this.sliceBytes, f.size - offset);
     const store = keep ? this.#store : undefined;
-    const slice = new Slice(length, store ? 0 : firstWanted);
-    this.#reading.set(key, slice);
     const gen = this.#gen;
-    const settled = () => {
-      if (this.#reading.get(key) === slice) this.#reading.delete(key);
-      if (slice.ok && keep && gen === this.#gen) this.#kept.set(key, slice);
-    };
     const skey = { publicId: f.publicId, etag: f.etag, sliceBytes: this.sliceBytes, index, length };
-    const done = this.#fill(source, store, skey, f.ids, offset, slice, gen).then(settled);
+    const slice: Slice = new Slice(
+      length,
+      (run): Promise<void> =>
+        store
+          ? this.#fromStore(store, skey, source, f.ids, offset, slice, run)
+          : this.#readRun(source, f.ids, offset, slice, run),
+    );
+    this.#reading.set(key, slice);
+    if (store) {
+      slice.whole();
+    } else {
+      const from = Math.min(Math.max(0, firstWanted), length - 1);
+      slice.start(from, Math.max(from + 1, Math.min(length, wantedEnd)));
+    }
+    const done = slice.settled.then(async () => {
+      if (this.#reading.get(key) === slice) this.#reading.delete(key);
+      if (!slice.ok || !keep || gen !== this.#gen) return;
+      if (!store) {
+        if (slice.isWhole) this.#kept.set(key, slice);
+        return;
+      }
+      await store.put(skey, concatBytes(slice.runs.flatMap((r) => r.chunks))).catch(() => {});
+    });
     source.started?.(done);
     return slice;
   }
 
-  /** Fills a new slice: from the store, else from the storage (and then into the store). Never throws. */
-  async #fill(
-    source: SliceSource,
-    store: SliceStore | undefined,
+  /** A whole slice from the store, else from the storage. Never throws. */
+  async #fromStore(
+    store: SliceStore,
     key: SliceKey,
+    source: SliceSource,
     ids: FileIds,
-    offset: number,
+    sliceOffset: number,
     slice: Slice,
-    gen: number,
+    run: Run,
   ): Promise<void> {
-    if (store) {
-      const hit = await store.get(key).catch(() => null);
-      if (hit && hit.length === slice.length) {
-        const run = slice.runs[0] as Run;
-        slice.push(run, hit);
-        slice.finish(run);
-        return;
-      }
+    const hit = await store.get(key).catch(() => null);
+    if (hit && hit.length === run.length) {
+      slice.push(run, hit);
+      slice.finish(run);
+      return;
     }
-    source.onRead?.();
-    // the run the first request wants goes first
-    await Promise.all([...slice.runs].reverse().map((run) => this.#readRun(source, ids, offset, slice, run)));
-    // a slice read across an invalidation is not stored (as it is not kept)
-    if (!store || !slice.ok || gen !== this.#gen) return;
-    await store.put(key, concatBytes(slice.runs.flatMap((r) => r.chunks))).catch(() => {});
+    await this.#readRun(source, ids, sliceOffset, slice, run);
   }
 
+  /** One run from the storage (one request). Never throws: an error ends the run. */
   async #readRun(
     source: SliceSource,
     ids: FileIds,
@@ -239,6 +306,7 @@ export class SliceCache {
     run: Run,
   ): Promise<void> {
     try {
+      source.onRead?.(run.length);
       const reply = await source.read(ids, sliceOffset + run.off, run.length);
       let ok = reply.length === run.length;
       for await (const c of reply.stream) {
@@ -299,7 +367,8 @@ export class SliceCache {
       finished = true;
       o.onEnd?.(e, cancelled);
     };
-    const get = (index: number, firstWanted: number) => this.#slice(o.source, f, index, o.keep, firstWanted);
+    const get = (index: number, firstWanted: number) =>
+      this.#slice(o.source, f, index, o.keep, firstWanted, end - index * S);
     return new ReadableStream<Uint8Array>(
       {
         pull: async (ctrl) => {
@@ -325,8 +394,8 @@ export class SliceCache {
               await w;
             }
             const r = slice.runAt(pos - base);
-            if (r.received <= pos - base - r.off) {
-              throw r.error ?? new DsmError(ErrorCode.PROTOCOL, 'slice ended early');
+            if (!r || r.received <= pos - base - r.off) {
+              throw r?.error ?? new DsmError(ErrorCode.PROTOCOL, 'slice ended early');
             }
             // the chunk holding pos
             if (run !== r || ciStart > pos) {
