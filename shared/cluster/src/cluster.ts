@@ -207,8 +207,10 @@ export function planCluster(o: ClusterOptions): NodeSpec[] {
           listen: `${host}:${port}`,
           ...admin(port),
           group: g,
-          // members of a group share one folder: the GlusterFS volume in production
+          // members of a group share one folder: the GlusterFS volume in production; a group of
+          // one has its folder to itself (upload claims in memory, see storesShared)
           storePaths: [join(dir, 'data', g)],
+          storesShared: perGroup > 1,
           trackers,
           idServers: ids,
           database: db('storage', 'storage.db'),
