@@ -224,8 +224,9 @@ export class SliceCache {
   /**
    * Slice `index` of the file, for a request that wants its bytes [firstWanted, wantedEnd): kept,
    * being read (shared: it is then read whole, to be kept), or read now through `source` (from
-   * the store first when there is one, whole; else only those bytes, see the top of this file). `keep`: kept slices (and the store) may be served and the new one kept
-   * (false while the delete journal cannot be read).
+   * the store first when there is one, whole; else only those bytes, see the top of this file).
+   * `keep`: kept slices (and the store) may be served and the new one kept (false while the
+   * delete journal cannot be read).
    */
   #slice(
     source: SliceSource,
