@@ -383,9 +383,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    * serveFile gives, the same headers, metrics, log line and problem replies. Null, at once,
    * for a request it does not take: another route, a query (signed URLs), validators or
    * If-Range, an app whose downloads are not public, a client at its download cap (the app
-   * answers the 429), the Worker (its downloads go through the edge cache). It gives null too (at once
-   * when the stat is cached, else from its promise) for a reply that streams (a big file): the
-   * app serves that one.
+   * answers the 429), the Worker (its downloads go through the edge cache). It gives null too
+   * (at once when the stat is cached, else from its promise) for a reply that streams (a big
+   * file): the app serves that one.
    */
   const fastFile = (req: FastRequest): FastReply | Promise<FastReply | null> | null => {
     const method = req.method;

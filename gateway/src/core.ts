@@ -29,7 +29,10 @@ export interface GatewayMetrics {
   tusSwept?(n: number): void;
   /** A download looked its file up in the stat or small-file cache. */
   cacheLookup?(cache: 'stat' | 'file', hit: boolean): void;
-  /** A slice of a big file, or the part a request wants, was read from the storage (`bytes` of it; range coalescing, slices.ts). */
+  /**
+   * A slice of a big file, or the part of one a request wants, was read from the storage
+   * (`bytes` of it; range coalescing, slices.ts).
+   */
   sliceRead?(bytes: number): void;
   /** The exposition text for GET /metrics. */
   render(): Promise<{ contentType: string; body: string }>;

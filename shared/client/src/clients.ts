@@ -293,9 +293,10 @@ export class StorageClient {
   }
 
   /**
-   * A small download (72) read whole (at most MAX_BUFFERED_DOWNLOAD bytes): exactly `req.size` (> 0) bytes, the reply taken as one
-   * buffered frame (no stream, the connection back in the pool at once). A storage that offers
-   * another length breaks the frame rule: a protocol error, and that connection is closed.
+   * A small download (72) read whole: exactly `req.size` bytes (1 to MAX_BUFFERED_DOWNLOAD),
+   * the reply taken as one buffered frame (no stream, the connection back in the pool at once).
+   * A storage that offers another length breaks the frame rule: a protocol error, and that
+   * connection is closed.
    */
   downloadBytes(addr: Address, req: DownloadRequest): Promise<Uint8Array> {
     if (!Number.isSafeInteger(req.size) || req.size <= 0 || req.size > MAX_BUFFERED_DOWNLOAD) {
