@@ -1,4 +1,4 @@
-import { closeSync, fsync, linkSync, mkdirSync, openSync, readSync, writevSync } from 'node:fs';
+import { closeSync, fdatasync, fsync, linkSync, mkdirSync, openSync, readSync, writevSync } from 'node:fs';
 import { type FileHandle, link, mkdir, open, readlink, realpath, rename, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
@@ -20,6 +20,7 @@ import { journalName } from './commit-journal.ts';
 import { checkAppId, checkFileId, checkUserId, exists, ioFailure, notFound, type StorageEnv } from './env.ts';
 import {
   type DiskSpace,
+  EARLY_SYNC_BYTES,
   fsyncDir,
   hashOpenFile,
   mkdirDurable,
@@ -170,7 +171,7 @@ export function statOf(m: FileMeta): FileStat {
 const SYNC_WRITE_BYTES = 64 * 1024;
 
 /** What an upload does with its temp file. */
-type TempFile = Pick<FileHandle, 'writev' | 'sync' | 'close'>;
+type TempFile = Pick<FileHandle, 'writev' | 'sync' | 'datasync' | 'close'>;
 
 /**
  * A small upload's temp file on a local store: created, written and closed synchronously (the
@@ -196,6 +197,10 @@ class SyncTempFile implements TempFile {
 
   sync(): Promise<void> {
     return new Promise((resolve, reject) => fsync(this.fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) => fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
   }
 
   async close(): Promise<void> {
@@ -305,7 +310,7 @@ async function receiveUpload(
     }
     let got: Received;
     try {
-      got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null);
+      got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null, { syncEvery: EARLY_SYNC_BYTES });
       if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);
       await fh.sync();
       await fh.close();

@@ -189,18 +189,37 @@ export interface Received {
 }
 
 /**
+ * Bytes written between two early flushes of a big upload (receiveInto's `syncEvery`). A 1 GiB
+ * upload left some 600 ms of its 2.3 s to its final fsync, a 64 MiB one 55 of 160 ms: the page
+ * cache held it all until then. Flushed as it arrives, the disk writes while the socket is read.
+ */
+export const EARLY_SYNC_BYTES = 16 * 1024 * 1024;
+
+export interface ReceiveOptions {
+  /** Bytes that reached the file so far (also when the source fails midway). */
+  onWritten?: (n: number) => void;
+  /**
+   * Each time this many more bytes were written, an `fdatasync` of the file is started (one at a
+   * time, while receiving goes on), so the caller's final fsync finds little left to write; 0 or
+   * absent: none. An early flush that fails fails the receive (Linux reports a write-back error
+   * to one fsync only: the final one could succeed after it).
+   */
+  syncEvery?: number;
+}
+
+/**
  * Streams `source` into `fh` at `position` (null = current position), batching writes up to
  * `batchBytes`, hashing as it goes. Each chunk is written before the next is pulled from the
  * socket, so a slow disk slows the sender (backpressure) and memory stays at about one batch.
- * `onWritten` reports bytes that reached the file (also when the source fails midway).
  */
 export async function receiveInto(
-  fh: Pick<FileHandle, 'writev'>,
+  fh: Pick<FileHandle, 'writev' | 'datasync'>,
   source: AsyncIterable<Uint8Array>,
   batchBytes: number,
   position: number | null,
-  onWritten?: (n: number) => void,
+  opts: ReceiveOptions = {},
 ): Promise<Received> {
+  const { onWritten, syncEvery = 0 } = opts;
   const hash = createHash('sha256');
   let head = new Uint8Array(0);
   let batch: Uint8Array[] = [];
@@ -210,12 +229,31 @@ export async function receiveInto(
   // One write may be in flight while the next batch is read from the socket (receiving and
   // writing overlap); at most two batches are held.
   let writing: Promise<void> | null = null;
+  // At most one early flush in flight; its failure is thrown by the next flush or the drain.
+  let syncing: Promise<void> | null = null;
+  let syncFailed: { e: unknown } | null = null;
+  let syncedUpTo = 0;
+  const startSync = () => {
+    if (syncEvery <= 0 || syncing || total - syncedUpTo < syncEvery) return;
+    syncedUpTo = total;
+    syncing = fh.datasync().then(
+      () => {
+        syncing = null;
+      },
+      (e) => {
+        syncing = null;
+        syncFailed = { e };
+      },
+    );
+  };
   const flush = async () => {
     if (writing) {
       const w = writing;
       writing = null;
       await w;
     }
+    if (syncFailed) throw (syncFailed as { e: unknown }).e;
+    startSync();
     if (batchLen === 0) return;
     const b = batch;
     const n = batchLen;
@@ -237,6 +275,8 @@ export async function receiveInto(
       writing = null;
       await w;
     }
+    if (syncing) await syncing;
+    if (syncFailed) throw (syncFailed as { e: unknown }).e;
   };
   try {
     for await (const chunk of source) {

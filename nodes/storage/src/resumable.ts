@@ -25,7 +25,14 @@ import {
   refuseExisting,
   statOf,
 } from './file-ops.ts';
-import { fsyncDir, hashOpenFile, moveNoReplace, receiveInto, removeQuiet } from './fs-util.ts';
+import {
+  EARLY_SYNC_BYTES,
+  fsyncDir,
+  hashOpenFile,
+  moveNoReplace,
+  receiveInto,
+  removeQuiet,
+} from './fs-util.ts';
 import { FileLock, isLockHeld } from './lock.ts';
 import { dbFailure, type FileMeta, ownerOf } from './meta.ts';
 import { fileTableFor } from './seed-rules.ts';
@@ -180,7 +187,9 @@ export async function handleUploadAppend(env: StorageEnv, ctx: RequestContext): 
       if (up.row.total_size < 0) await checkSpace(env, up.storeIndex, head.length);
       let failure: unknown;
       try {
-        await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, head.offset);
+        await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, head.offset, {
+          syncEvery: EARLY_SYNC_BYTES,
+        });
       } catch (e) {
         failure = e;
       }

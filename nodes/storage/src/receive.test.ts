@@ -1,0 +1,123 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { receiveInto } from './fs-util.ts';
+
+const MiB = 1024 * 1024;
+const root = mkdtempSync(join(tmpdir(), 'dsm-receive-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+/** `count` chunks of `size` bytes, each filled with its index (mod 251). */
+async function* chunks(count: number, size: number): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < count; i++) yield new Uint8Array(size).fill(i % 251);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('receiveInto: early flushes of a big upload', () => {
+  it('starts an fdatasync every syncEvery bytes, one at a time, and waits for the last', async () => {
+    const path = join(root, 'big');
+    const fh = await open(path, 'wx');
+    const syncs: number[] = []; // bytes written when each flush started
+    let written = 0;
+    let inFlight = 0;
+    let maxInFlight = 0;
+    let settled = 0;
+    try {
+      const got = await receiveInto(
+        {
+          writev: async (b, p) => {
+            const r = await fh.writev(b, p);
+            written += r.bytesWritten;
+            return r;
+          },
+          // a real fdatasync of the real file, made slow so that receiving goes on meanwhile
+          datasync: async () => {
+            syncs.push(written);
+            inFlight++;
+            maxInFlight = Math.max(maxInFlight, inFlight);
+            try {
+              await sleep(20);
+              await fh.datasync();
+            } finally {
+              inFlight--;
+              settled++;
+            }
+          },
+        },
+        chunks(40, MiB),
+        MiB,
+        0,
+        { syncEvery: 8 * MiB },
+      );
+      expect(got.bytes).toBe(40 * MiB);
+      // at least one flush per 8 MiB of a 40 MiB body (more when a slow one made one wait)
+      expect(syncs.length).toBeGreaterThanOrEqual(2);
+      expect(syncs.length).toBeLessThanOrEqual(4);
+      for (const [i, at] of syncs.entries()) expect(at - (syncs[i - 1] ?? 0)).toBeGreaterThanOrEqual(8 * MiB);
+      expect(maxInFlight).toBe(1);
+      expect(settled).toBe(syncs.length); // none left running when the receive returned
+    } finally {
+      await fh.close();
+    }
+    const data = readFileSync(path);
+    expect(data.length).toBe(40 * MiB);
+    for (let i = 0; i < 40; i++) expect(data[i * MiB + 12345]).toBe(i % 251);
+    const want = createHash('sha256');
+    for await (const c of chunks(40, MiB)) want.update(c);
+    expect(readFileSync(path).equals(data)).toBe(true);
+    expect(createHash('sha256').update(data).digest().equals(want.digest())).toBe(true);
+  });
+
+  it('fails the receive when an early flush fails, keeping what was written', async () => {
+    const path = join(root, 'failing');
+    const fh = await open(path, 'wx');
+    try {
+      const fail = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+      await expect(
+        receiveInto(
+          { writev: (b, p) => fh.writev(b, p), datasync: () => Promise.reject(fail) },
+          chunks(24, MiB),
+          MiB,
+          0,
+          { syncEvery: 4 * MiB },
+        ),
+      ).rejects.toBe(fail);
+    } finally {
+      await fh.close();
+    }
+    // written up to the failure, not beyond a couple of batches after it
+    const size = readFileSync(path).length;
+    expect(size).toBeGreaterThanOrEqual(4 * MiB);
+    expect(size).toBeLessThan(24 * MiB);
+  });
+
+  it('never flushes early without syncEvery, nor for a body smaller than it', async () => {
+    for (const opts of [{}, { syncEvery: 64 * MiB }]) {
+      const path = join(root, `small-${Object.keys(opts).length}`);
+      const fh = await open(path, 'wx');
+      let syncs = 0;
+      try {
+        const got = await receiveInto(
+          {
+            writev: (b, p) => fh.writev(b, p),
+            datasync: async () => {
+              syncs++;
+            },
+          },
+          chunks(20, MiB),
+          MiB,
+          0,
+          opts,
+        );
+        expect(got.bytes).toBe(20 * MiB);
+      } finally {
+        await fh.close();
+      }
+      expect(syncs).toBe(0);
+    }
+  });
+});
