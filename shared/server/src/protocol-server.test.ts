@@ -147,6 +147,41 @@ describe('protocol server', () => {
     expect(c.usable).toBe(false);
     c.close();
   });
+
+  it('sends a small upload in one write (header and body together), a big one header first', async () => {
+    const sock = await nodeTransport.connect('127.0.0.1', port, { timeoutMs: 1000 });
+    const writes: number[] = [];
+    const write = sock.write.bind(sock);
+    sock.write = (b) => {
+      writes.push(b.length);
+      return write(b);
+    };
+    const c = new Connection(sock, 'x', { ioTimeoutMs: 2000 });
+    const upload = async (chunks: number[]) => {
+      writes.length = 0;
+      async function* src() {
+        for (const n of chunks) yield new Uint8Array(n).fill(7);
+      }
+      const total = chunks.reduce((a, b) => a + b, 0);
+      const r = await c.requestStreamed(
+        Command.STORAGE_UPLOAD,
+        new Uint8Array(408),
+        total,
+        src(),
+        102,
+        exactly(8),
+      );
+      expect(Number(new DataView(r.buffer, r.byteOffset).getBigInt64(0))).toBe(total);
+      return [...writes];
+    };
+    expect(await upload([4096])).toEqual([HEADER_LENGTH + 408 + 4096]);
+    expect(await upload([])).toEqual([HEADER_LENGTH + 408]);
+    expect(await upload([1000, 2000])).toEqual([HEADER_LENGTH + 408 + 1000, 2000]);
+    // more than 64 KiB in all: the header goes before the body's first chunk is asked for
+    expect(await upload([40_000, 40_000])).toEqual([HEADER_LENGTH + 408, 40_000, 40_000]);
+    expect(c.usable).toBe(true);
+    c.close();
+  });
 });
 
 describe('request log', () => {
