@@ -368,7 +368,9 @@ async function receiveUpload(
       mtimeMs: Date.now(),
     };
     await env.commits.commit({ meta, finalPath, journal, stillClaimed: () => claim.held() });
-    ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
+    // ctx.log makes the request's child logger: only when the line is written
+    if (env.log.isLevelEnabled('debug'))
+      ctx.log.debug({ fileId, path: finalPath, size: got.bytes }, 'stored');
     return ext ? encodeStatReply(statOf(meta)) : undefined;
   }
 }
