@@ -8,19 +8,24 @@ import { GatewayCore, type GatewayDeps } from './core.ts';
 import { clientKey, releaseWhenSent } from './edge-limits.ts';
 import {
   bufferedBytes,
+  countedBody,
   deleteFile,
   fileMeta,
   planFileReply,
   type ReplyHeaders,
+  rawBodyType,
   SMALL_BODY_BYTES,
   serveFile,
+  UPLOADED_HEADERS,
   uploadFile,
+  uploadReplyAt,
 } from './files.ts';
 import { FILE_CSP } from './mime.ts';
 import { registerOpenApi } from './openapi.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { recordProblem } from './status-page.ts';
 import { TusService } from './tus.ts';
+import { type StoredFile, Uploader } from './uploads.ts';
 
 export type GatewayEnv = {
   Variables: {
@@ -54,6 +59,8 @@ export interface GatewayApp {
   tus: TusService;
   /** The hot request without the app, for the Node entry (see createApp). */
   fastFile: (req: FastRequest) => FastReply | Promise<FastReply | null> | null;
+  /** The hot upload (a small raw POST /files) without the app, for the Node entry (see createApp). */
+  fastUpload: (req: FastUpload) => Promise<FastReply> | null;
 }
 
 /** A request header by its lower-case name; several of one name joined by ", ". */
@@ -69,6 +76,14 @@ export interface FastRequest {
   client: string;
 }
 
+/** An upload as the fast path reads it. */
+export interface FastUpload extends FastRequest {
+  /** Over TLS (the reply's URL is https). */
+  secure: boolean;
+  /** The request body, read once. */
+  body: () => AsyncIterable<Uint8Array>;
+}
+
 /** The fast path's reply: all of it in memory. */
 export interface FastReply {
   status: number;
@@ -77,6 +92,15 @@ export interface FastReply {
 }
 
 const FILE_ROUTE = '/files/:id';
+
+/** Raw uploads up to this size may take the fast path (fastUpload); bigger ones go to the app. */
+const FAST_UPLOAD_BYTES = 1024 * 1024;
+
+/** A Host header the fast path takes (the Node adapter's own test for a host it need not parse). */
+const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
+const DECIMAL = /^\d{1,15}$/;
+const MULTIPART = /^multipart\/form-data\b/i;
+const utf8 = new TextEncoder();
 
 /** fromMemory's answer for a reply the app streams. */
 const STREAMS = Symbol('streams');
@@ -501,17 +525,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       for (const k in extra) headers[k] = extra[k] as string;
       reply = { status: plan.status, headers, body };
     } catch (e) {
-      const res = problemOf(e, method, req.target, requestId);
-      applyReplyHeaders(res.headers, extra);
-      const headers: Record<string, string> = {};
-      res.headers.forEach((v, k) => {
-        headers[k] = v;
-      });
-      reply = {
-        status: res.status,
-        headers,
-        body: res.body ? new Uint8Array(await res.arrayBuffer()) : null,
-      };
+      reply = await problemReply(problemOf(e, method, req.target, requestId), extra);
     } finally {
       release();
     }
@@ -533,5 +547,96 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       undefined,
     );
 
-  return { app, core, tus, fastFile };
+  /**
+   * The fast path of the hot upload, a raw POST of `/files` with a Content-Length of at most
+   * FAST_UPLOAD_BYTES, for the Node entry: uploadFile's reply (the same upload, headers, metrics,
+   * log line and problem replies) without the router, the middleware chain, a context and the
+   * Request/Response objects. Null, at once, for a request it does not take: a query (a file
+   * name), multipart, no or a bad Content-Length, a bigger body, a Host header the Node adapter
+   * would parse, the gateway at its upload cap (the app answers those).
+   */
+  const fastUpload = (req: FastUpload): Promise<FastReply> | null => {
+    if (req.method !== 'POST' || req.target !== '/files') return null;
+    const h = req.header;
+    const length = h('content-length');
+    if (length === undefined || !DECIMAL.test(length) || h('transfer-encoding') !== undefined) return null;
+    const declared = Number(length);
+    if (declared > FAST_UPLOAD_BYTES || declared > core.cfg.maxUploadBytes) return null;
+    const ctype = h('content-type') ?? '';
+    if (MULTIPART.test(ctype)) return null;
+    const host = h('host');
+    if (host === undefined || !PLAIN_HOST.test(host)) return null;
+    let release: () => void;
+    try {
+      release = limits.takeUpload();
+    } catch {
+      return null;
+    }
+    return answerUpload(req, declared, ctype, host, release);
+  };
+
+  const answerUpload = async (
+    req: FastUpload,
+    declared: number,
+    ctype: string,
+    host: string,
+    release: () => void,
+  ): Promise<FastReply> => {
+    const t0 = performance.now();
+    const extra = replyHeadersFor('POST', '/files', req.header);
+    const requestId = extra['X-Request-Id'] as string;
+    let reply: FastReply;
+    try {
+      const p = await core.verifier.principal(req.header('authorization'));
+      const body = countedBody(req.body());
+      const client = core.client.forRequest(requestId);
+      const up = client === core.client ? core.uploader : new Uploader(client, core.uploader.blockBytes);
+      let stored: StoredFile;
+      try {
+        stored = await up.uploadKnown(p, declared, rawBodyType(ctype), body);
+      } finally {
+        core.metrics?.bytesIn('/files', body.received);
+      }
+      const json = uploadReplyAt(core, `${req.secure ? 'https' : 'http'}://${host}/files`, stored);
+      const bytes = utf8.encode(JSON.stringify(json));
+      reply = {
+        status: 201,
+        headers: {
+          'Content-Type': 'application/json',
+          'Content-Length': String(bytes.length),
+          ...UPLOADED_HEADERS(json.url),
+          ...extra,
+        },
+        body: bytes,
+      };
+    } catch (e) {
+      reply = await problemReply(problemOf(e, 'POST', '/files', requestId), extra);
+    } finally {
+      release();
+    }
+    done(
+      'POST',
+      '/files',
+      '/files',
+      requestId,
+      reply.status,
+      t0,
+      req.client,
+      reply.headers['Content-Length'] ?? null,
+      undefined,
+    );
+    return reply;
+  };
+
+  return { app, core, tus, fastFile, fastUpload };
+}
+
+/** A problem reply (problemOf) as a fast-path reply, with the request's reply headers. */
+async function problemReply(res: Response, extra: ReplyHeaders): Promise<FastReply> {
+  applyReplyHeaders(res.headers, extra);
+  const headers: Record<string, string> = {};
+  res.headers.forEach((v, k) => {
+    headers[k] = v;
+  });
+  return { status: res.status, headers, body: res.body ? new Uint8Array(await res.arrayBuffer()) : null };
 }

@@ -1,6 +1,6 @@
 import { decodePublicId, encodePublicId } from '@dsm/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FastRequest } from './app.ts';
+import type { FastRequest, FastUpload } from './app.ts';
 import { mintToken } from './auth.ts';
 import type { GatewayConfigInput } from './config.ts';
 import type { RunningGateway } from './node.ts';
@@ -166,5 +166,182 @@ describe.each([
       slot();
     }
     expect(await g.fastFile(req(`/files/${small}`))).toMatchObject({ status: 200 });
+  });
+});
+
+// The Node entry takes a small raw POST /files without the app too (app.ts fastUpload): the same
+// upload, reply and problems as uploadFile's, compared the same way (ids, dates and the URL's
+// origin are each upload's own: the rest must be equal).
+describe('the upload fast path', () => {
+  let g: RunningGateway;
+  let token: string;
+  const BYTES = patternBytes(5000, 9);
+
+  beforeAll(async () => {
+    g = await s.startGateway({ ...BASE, limits: { ...BASE.limits, concurrentUploads: 1 } });
+    token = await mintToken({ secret: SECRET, app: 'tnvideo', sub: 'owner', ttlSec: 600 });
+  }, 60_000);
+
+  /** The same POST over HTTP and to the app in process: both answers, and each reply's JSON. */
+  async function postBoth(headers: Record<string, string>, body: Uint8Array<ArrayBuffer>, path = '/files') {
+    const h = { 'x-request-id': `up-${Math.random().toString(36).slice(2)}`, ...headers };
+    const init = { method: 'POST', headers: h, body };
+    const http = await answer(await fetch(`${g.url}${path}`, init));
+    const app = await answer(await g.app.request(path, init));
+    if (app.headers['content-length'] === undefined && http.headers['content-length'] !== undefined) {
+      expect(Number(http.headers['content-length'])).toBe(Buffer.from(http.body, 'base64').length);
+      delete http.headers['content-length'];
+    }
+    const json = (a: { body: string }) => JSON.parse(Buffer.from(a.body, 'base64').toString() || 'null');
+    return { http, app, httpJson: json(http), appJson: json(app) };
+  }
+
+  /** A 201's fields that differ between two uploads of the same bytes, set aside. */
+  function common(a: { headers: Record<string, string> }, j: Record<string, unknown>, origin: string) {
+    const { id, url, lastModified, ...rest } = j as { id: string; url: string; lastModified: string };
+    expect(url).toBe(`${origin}/files/${id}`);
+    expect(a.headers.location).toBe(url);
+    expect(Date.parse(lastModified)).toBeGreaterThan(Date.now() - 60_000);
+    const { location: _l, ...headers } = a.headers;
+    return { headers, rest, id };
+  }
+
+  it.each([
+    ['a typed body', { 'content-type': 'video/mp4' }],
+    ['a typed body with parameters', { 'content-type': 'text/plain; charset=utf-8' }],
+    ['an untyped body (sniffed)', {}],
+    ['a CORS origin', { origin: 'https://player.example', 'content-type': 'video/mp4' }],
+    ['an anonymous body (allowAnonymousUploads)', { authorization: '' }],
+  ])('stores %s as the app does', async (_n, headers) => {
+    const h: Record<string, string> = { authorization: `Bearer ${token}`, ...headers };
+    if (!h.authorization) delete h.authorization;
+    const { http, app, httpJson, appJson } = await postBoth(h, BYTES);
+    expect(http.status).toBe(201);
+    expect(app.status).toBe(201);
+    const a = common(http, httpJson, g.url);
+    const b = common(app, appJson, 'http://localhost');
+    expect(a.headers).toEqual(b.headers);
+    expect(a.rest).toEqual(b.rest);
+    expect(a.rest).toMatchObject({ size: BYTES.length, downloadPolicy: 'public' });
+    // both stored the bytes
+    for (const id of [a.id, b.id]) {
+      const r = await fetch(`${g.url}/files/${id}`);
+      expect(Buffer.from(await r.arrayBuffer()).equals(Buffer.from(BYTES))).toBe(true);
+    }
+  });
+
+  it.each([
+    ['a bad token', { authorization: 'Bearer not.a.token' }],
+    [
+      'a token of another key',
+      { authorization: 'Bearer eyJhbGciOiJIUzI1NiJ9.eyJhcHAiOiJ0bnZpZGVvIn0.c2lnbmF0dXJl' },
+    ],
+  ])('refuses %s as the app does', async (_n, headers) => {
+    const { http, app, httpJson, appJson } = await postBoth(headers, BYTES);
+    expect(http.status).toBeGreaterThanOrEqual(400);
+    expect(http.status).toBe(app.status);
+    expect(http.headers).toEqual(app.headers);
+    expect(httpJson).toEqual(appJson);
+  });
+
+  it('stores nothing of a body cut short, gives its slot back and goes on (the connection closes mid-body)', async () => {
+    const { connect } = await import('node:net');
+    const port = Number(new URL(g.url).port);
+    const reply = await new Promise<string>((resolve, reject) => {
+      const sock = connect(port, '127.0.0.1', () => {
+        sock.write(
+          `POST /files HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${token}\r\nContent-Length: 5000\r\n\r\n${'x'.repeat(100)}`,
+        );
+        setTimeout(() => sock.end(), 200); // half-close: the body ends at 100 bytes
+      });
+      let text = '';
+      sock.on('data', (c) => {
+        text += c;
+      });
+      sock.on('close', () => resolve(text));
+      sock.on('error', reject);
+    });
+    // the request never completes: the gateway answers a 400 or just closes
+    if (reply) expect(reply).toMatch(/^HTTP\/1\.1 400/);
+    // and gives its upload slot back (concurrentUploads is 1)
+    const freeSlot = () => {
+      try {
+        g.core.edgeLimits.takeUpload()();
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const t0 = Date.now();
+    while (!freeSlot() && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
+    expect(freeSlot()).toBe(true);
+    const m = await (
+      await fetch(`${g.url}/files`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}` },
+        body: BYTES,
+      })
+    ).json();
+    expect((m as { size: number }).size).toBe(BYTES.length); // the gateway goes on serving
+  });
+
+  it('takes only the uploads it answers like the app, and counts them', async () => {
+    const req = (target: string, headers: Record<string, string>, method = 'POST'): FastUpload => ({
+      method,
+      target,
+      header: (n) => headers[n],
+      client: '127.0.0.1',
+      secure: false,
+      body: () => (async function* () {})(),
+    });
+    const ok = { host: '127.0.0.1:9999', 'content-length': '0', authorization: `Bearer ${token}` };
+    for (const r of [
+      req('/files?filename=a.mp4', ok),
+      req('/files/', ok),
+      req('/files', ok, 'PUT'),
+      req('/files', { ...ok, 'content-type': 'multipart/form-data; boundary=x' }),
+      req('/files', { ...ok, 'content-length': undefined as unknown as string }),
+      req('/files', { ...ok, 'content-length': 'abc' }),
+      req('/files', { ...ok, 'content-length': String(1024 * 1024 + 1) }),
+      req('/files', { ...ok, 'transfer-encoding': 'chunked' }),
+      req('/files', { ...ok, host: 'Example.com' }),
+      req('/files', { ...ok, host: undefined as unknown as string }),
+    ])
+      expect(g.fastUpload(r)).toBeNull();
+    // taken: an empty body is stored (0 bytes) and its slot given back
+    const empty = await g.fastUpload(req('/files', ok));
+    expect(empty?.status).toBe(201);
+    expect(JSON.parse(Buffer.from(empty?.body ?? []).toString())).toMatchObject({ size: 0 });
+    // concurrentUploads is 1: a gateway at its cap leaves the upload to the app (the 429)
+    const slot = g.core.edgeLimits.takeUpload();
+    try {
+      expect(g.fastUpload(req('/files', ok))).toBeNull();
+      const r = await fetch(`${g.url}/files`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}` },
+        body: BYTES,
+      });
+      expect(r.status).toBe(429);
+      await r.arrayBuffer();
+    } finally {
+      slot();
+    }
+    // bytes in and the request count, as the app counts them
+    const metric = async (name: string, label: string) => {
+      const text = await g.registry.metrics();
+      const line = text.split('\n').find((l) => l.startsWith(name) && l.includes(label));
+      return Number(line?.split(' ').pop() ?? 0);
+    };
+    const inBefore = await metric('dsm_gateway_bytes_in_total', 'route="/files"');
+    const reqBefore = await metric('dsm_gateway_requests_total', 'status="201"');
+    const r = await fetch(`${g.url}/files`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}` },
+      body: BYTES,
+    });
+    expect(r.status).toBe(201);
+    await r.arrayBuffer();
+    expect((await metric('dsm_gateway_bytes_in_total', 'route="/files"')) - inBefore).toBe(BYTES.length);
+    expect((await metric('dsm_gateway_requests_total', 'status="201"')) - reqBefore).toBe(1);
   });
 });

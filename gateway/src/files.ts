@@ -305,7 +305,12 @@ export async function fileMeta(core: GatewayCore, c: Context, publicId: string):
 }
 
 export function uploadReply(core: GatewayCore, c: Context, f: StoredFile, filename?: string) {
-  const base = core.baseUrl(c.req.url);
+  return uploadReplyAt(core, c.req.url, f, filename);
+}
+
+/** uploadReply for a request to `requestUrl` (the Node fast path has no context). */
+export function uploadReplyAt(core: GatewayCore, requestUrl: string, f: StoredFile, filename?: string) {
+  const base = core.baseUrl(requestUrl);
   const url = `${base}/files/${f.publicId}`;
   return {
     id: f.publicId,
@@ -337,15 +342,7 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
   if (declared !== undefined && declared > max + (isMultipart ? MULTIPART_OVERHEAD : 0)) {
     throw tooLarge(`the body (${declared} bytes) exceeds the limit of ${max} bytes`);
   }
-  let received = 0;
-  const counted = async function* (src: AsyncIterable<Uint8Array>) {
-    for await (const b of src) {
-      received += b.length;
-      yield b;
-    }
-  };
-  // the Node entry reads the IncomingMessage itself (no web stream around it)
-  const body = counted(requestBody(c.env, () => c.req.raw.body));
+  const body = countedBody(requestBody(c.env, () => c.req.raw.body));
   let stored: StoredFile;
   let filename = c.req.query('filename') || undefined;
   const up = core.uploaderFor(c);
@@ -367,17 +364,42 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
         filename,
       ));
     } else {
-      const type = cleanContentType(ctype) || typeForName(filename) || '';
+      const type = rawBodyType(ctype, filename);
       stored =
         declared !== undefined
           ? await up.uploadKnown(p, declared, type, body)
           : await up.uploadUnknown(p, type, body, max);
     }
   } finally {
-    core.metrics?.bytesIn('/files', received);
+    core.metrics?.bytesIn('/files', body.received);
   }
   const reply = uploadReply(core, c, stored, filename);
-  return c.json(reply, 201, { Location: reply.url, 'Cache-Control': 'no-store' });
+  return c.json(reply, 201, UPLOADED_HEADERS(reply.url));
+}
+
+/** The stored type of a raw (not multipart) upload's body. */
+export const rawBodyType = (ctype: string, filename?: string): string =>
+  cleanContentType(ctype) || typeForName(filename) || '';
+
+/** The headers of a 201 upload reply, but for its content type. */
+export const UPLOADED_HEADERS = (url: string) => ({ Location: url, 'Cache-Control': 'no-store' });
+
+/** A request body that counts what passed (for dsm_gateway_bytes_in_total). */
+export interface CountedBody extends AsyncIterable<Uint8Array> {
+  readonly received: number;
+}
+
+export function countedBody(src: AsyncIterable<Uint8Array>): CountedBody {
+  const body = {
+    received: 0,
+    async *[Symbol.asyncIterator]() {
+      for await (const b of src) {
+        body.received += b.length;
+        yield b;
+      }
+    },
+  };
+  return body;
 }
 
 export async function deleteFile(core: GatewayCore, c: Context, publicId: string): Promise<Response> {

@@ -24,6 +24,7 @@ import { type GatewayConfig, parseListen } from './config.ts';
 import { clientKey } from './edge-limits.ts';
 import { createPromMetrics } from './metrics.ts';
 import { GatewayErrorCode } from './problem.ts';
+import { requestBody } from './streams.ts';
 
 export interface StartGatewayOptions {
   log?: Logger;
@@ -318,15 +319,36 @@ function withFastPath(
     const socket = req.socket;
     if (guard.refused(socket)) return listener(req, res);
     const headers = req.headers;
-    const p = built.fastFile({
-      method: req.method ?? '',
+    const method = req.method ?? '';
+    const fast = {
+      method,
       target: req.url ?? '',
-      header: (name) => {
+      header: (name: string) => {
         const v = headers[name];
         return typeof v === 'string' || v === undefined ? v : v.join(', ');
       },
       client: clientKey((req as ClientAddressed).dsmClientAddress ?? socket.remoteAddress ?? 'unknown'),
-    });
+    };
+    if (method === 'POST') {
+      const up = built.fastUpload({
+        ...fast,
+        secure: (socket as { encrypted?: boolean }).encrypted === true,
+        body: () => requestBody({ incoming: req }, () => null),
+      });
+      if (!up) return listener(req, res);
+      up.then(
+        (reply) => {
+          res.writeHead(reply.status, reply.headers);
+          res.end(reply.body ?? undefined);
+        },
+        (e: unknown) => {
+          log.error({ err: e }, 'request failed');
+          res.destroy();
+        },
+      );
+      return;
+    }
+    const p = built.fastFile(fast);
     if (!p) return listener(req, res);
     if (!(p instanceof Promise)) {
       res.writeHead(p.status, p.headers);
