@@ -84,6 +84,29 @@ describe('OpenFiles (handles kept for the next read)', () => {
     expect(fdsOn(root)).toBe(0);
   });
 
+  it('lends a kept handle without looking at its path where the files are its own (verify false)', async () => {
+    const files = new OpenFiles(128, 10_000, false);
+    const p = join(root, 'own');
+    writeFileSync(p, 'one');
+    const checks: string[] = [];
+    expect(await read(files, p, checks)).toBe('one');
+    // nothing else writes here; a change behind its back is not looked for: the kept handle
+    // still reads the file it opened (the storage's own deletes forget the path first)
+    unlinkSync(p);
+    writeFileSync(p, 'two!');
+    expect(await read(files, p, checks)).toBe('one');
+    expect(checks).toEqual([p]);
+    files.forget(p); // a delete through this storage
+    expect(await read(files, p, checks)).toBe('two!');
+    expect(checks).toEqual([p, p]); // opened and checked again
+    unlinkSync(p);
+    files.forget(p);
+    await expect(read(files, p)).rejects.toMatchObject({ code: 'ENOENT' });
+    files.close();
+    await settle();
+    expect(fdsOn(p)).toBe(0);
+  });
+
   it('keeps at most max handles, closes idle ones, and closes a forgotten one only after its read', async () => {
     const files = new OpenFiles(2, 200);
     const ps = ['c1', 'c2', 'c3'].map((n) => join(root, n));

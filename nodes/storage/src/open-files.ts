@@ -42,9 +42,17 @@ export class OpenFiles {
   readonly #sweeper: ReturnType<typeof setInterval>;
   #closed = false;
 
-  constructor(max = 128, idleMs = 10_000) {
+  readonly #verify: boolean;
+
+  /**
+   * `verify` false: the files are this storage's alone (`storesShared` false): nothing but its
+   * own deletes, which `forget` their path, removes or replaces one, so a kept handle is lent
+   * without the `lstat` of its path.
+   */
+  constructor(max = 128, idleMs = 10_000, verify = true) {
     this.#max = max;
     this.#idleMs = idleMs;
+    this.#verify = verify;
     this.#sweeper = setInterval(() => this.#sweep(), Math.max(100, Math.floor(idleMs / 2)));
     this.#sweeper.unref();
   }
@@ -61,6 +69,7 @@ export class OpenFiles {
   async open(path: string, check: (fh: FileHandle) => Promise<void>): Promise<OpenFile> {
     if (this.#max === 0) return this.#once(path, check);
     const kept = this.#m.get(path);
+    if (kept && !this.#verify && !kept.dropped) return this.#lend(path, kept);
     if (kept) {
       let st: ReturnType<typeof lstatSync> | null = null;
       try {

@@ -109,7 +109,8 @@ export async function startStorage(
     const meta = new MetaStore(db.db, kv, config.metaCacheTtlMs, log);
     // handles kept between requests only on local file systems (Stores.local)
     const dirs = new KnownDirs(4096, stores.local ? 32 : 0);
-    const openFiles = new OpenFiles(stores.local ? 128 : 0);
+    // a store no other member writes to needs no check that a kept handle's path is unchanged
+    const openFiles = new OpenFiles(stores.local ? 128 : 0, 10_000, config.storesShared);
     kit.defer('open files', () => openFiles.close());
     const commits = new GroupCommitter(meta, log, {
       syncDir: (d) => dirs.sync(d),
