@@ -1,4 +1,5 @@
-import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { LiteCounter, LiteHistogram } from '@dsm/common/lite-metrics';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import type { GatewayMetrics } from './core.ts';
 
 /** Prometheus metrics (Node entry). One registry per gateway instance, so tests can run several. */
@@ -7,60 +8,74 @@ export function createPromMetrics(
 ): GatewayMetrics & { registry: Registry } {
   const registry = new Registry();
   if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'dsm_gateway_' });
-  const requests = new Counter({
-    name: 'dsm_gateway_requests_total',
-    help: 'HTTP requests by method, route and status',
-    labelNames: ['method', 'route', 'status'] as const,
-    registers: [registry],
-  });
-  const duration = new Histogram({
-    name: 'dsm_gateway_request_duration_seconds',
-    help: 'Time to the response headers, by method and route',
-    labelNames: ['method', 'route'] as const,
-    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-    registers: [registry],
-  });
-  const bytesOut = new Counter({
-    name: 'dsm_gateway_bytes_out_total',
-    help: 'File bytes sent to clients, by route',
-    labelNames: ['route'] as const,
-    registers: [registry],
-  });
-  const bytesIn = new Counter({
-    name: 'dsm_gateway_bytes_in_total',
-    help: 'Upload bytes received from clients, by route',
-    labelNames: ['route'] as const,
-    registers: [registry],
-  });
-  const cacheLookups = new Counter({
-    name: 'dsm_gateway_cache_lookups_total',
-    help: 'Downloads that looked their file up in the stat or small-file cache, by cache and result',
-    labelNames: ['cache', 'result'] as const,
-    registers: [registry],
-  });
-  const sliceReads = new Counter({
-    name: 'dsm_gateway_slice_reads_total',
-    help: 'Reads of slices (or of the part of a slice a request wants) of big files from the storage (range coalescing: one read serves every request waiting for it)',
-    registers: [registry],
-  });
-  const sliceReadBytes = new Counter({
-    name: 'dsm_gateway_slice_read_bytes_total',
-    help: 'Bytes of those slice reads',
-    registers: [registry],
-  });
-  const swept = new Counter({
-    name: 'dsm_gateway_tus_expired_total',
-    help: 'Expired tus uploads deleted by the sweeper',
-    registers: [registry],
-  });
-  // prom-client hashes the labels on every call; the children per label set are kept instead
-  // (bounded: methods, routes and statuses are few, and unknown ones share "other" children)
+  // the hot-path metrics: plain numbers per label set (lite-metrics.ts), rendered by the registry
+  const add = <M extends { name: string }>(m: M): M => {
+    registry.registerMetric(m as never);
+    return m;
+  };
+  const requests = add(
+    new LiteCounter('dsm_gateway_requests_total', 'HTTP requests by method, route and status', [
+      'method',
+      'route',
+      'status',
+    ]),
+  );
+  const duration = add(
+    new LiteHistogram(
+      'dsm_gateway_request_duration_seconds',
+      'Time to the response headers, by method and route',
+      ['method', 'route'],
+      [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    ),
+  );
+  const bytesOut = add(
+    new LiteCounter('dsm_gateway_bytes_out_total', 'File bytes sent to clients, by route', ['route']),
+  );
+  const bytesIn = add(
+    new LiteCounter('dsm_gateway_bytes_in_total', 'Upload bytes received from clients, by route', ['route']),
+  );
+  const cacheLookups = add(
+    new LiteCounter(
+      'dsm_gateway_cache_lookups_total',
+      'Downloads that looked their file up in the stat or small-file cache, by cache and result',
+      ['cache', 'result'],
+    ),
+  );
+  const sliceReads = add(
+    new LiteCounter(
+      'dsm_gateway_slice_reads_total',
+      'Reads of slices (or of the part of a slice a request wants) of big files from the storage (range coalescing: one read serves every request waiting for it)',
+    ),
+  ).child();
+  const sliceReadBytes = add(
+    new LiteCounter('dsm_gateway_slice_read_bytes_total', 'Bytes of those slice reads'),
+  ).child();
+  const swept = add(
+    new LiteCounter('dsm_gateway_tus_expired_total', 'Expired tus uploads deleted by the sweeper'),
+  ).child();
+  // the children per label set, kept (bounded: methods, routes and statuses are few, and
+  // unknown methods share "other"; LiteCounter folds sets past its bound into "other" too)
   const requestChildren = new Map<string, { inc(): void }>();
   const durationChildren = new Map<string, { observe(v: number): void }>();
   const bytesOutChildren = new Map<string, { inc(n: number): void }>();
+  const bytesInChildren = new Map<string, { inc(n: number): void }>();
   const hits = {
-    stat: [cacheLookups.labels('stat', 'miss'), cacheLookups.labels('stat', 'hit')],
-    file: [cacheLookups.labels('file', 'miss'), cacheLookups.labels('file', 'hit')],
+    stat: [
+      cacheLookups.child({ cache: 'stat', result: 'miss' }),
+      cacheLookups.child({ cache: 'stat', result: 'hit' }),
+    ],
+    file: [
+      cacheLookups.child({ cache: 'file', result: 'miss' }),
+      cacheLookups.child({ cache: 'file', result: 'hit' }),
+    ],
+  };
+  const routeChild = (m: Map<string, { inc(n: number): void }>, c: LiteCounter<'route'>, route: string) => {
+    let b = m.get(route);
+    if (!b) {
+      b = c.child({ route });
+      if (m.size < MAX_CHILDREN) m.set(route, b);
+    }
+    return b;
   };
   return {
     registry,
@@ -69,25 +84,20 @@ export function createPromMetrics(
       const rk = `${m} ${route} ${status}`;
       let r = requestChildren.get(rk);
       if (!r) {
-        r = requests.labels(m, route, String(status));
+        r = requests.child({ method: m, route, status: String(status) });
         if (requestChildren.size < MAX_CHILDREN) requestChildren.set(rk, r);
       }
       r.inc();
       const dk = `${m} ${route}`;
       let d = durationChildren.get(dk);
       if (!d) {
-        d = duration.labels(m, route);
+        d = duration.child({ method: m, route });
         if (durationChildren.size < MAX_CHILDREN) durationChildren.set(dk, d);
       }
       d.observe(seconds);
     },
     bytesOut(route, n) {
-      let b = bytesOutChildren.get(route);
-      if (!b) {
-        b = bytesOut.labels(route);
-        if (bytesOutChildren.size < MAX_CHILDREN) bytesOutChildren.set(route, b);
-      }
-      b.inc(n);
+      routeChild(bytesOutChildren, bytesOut, route).inc(n);
     },
     cacheLookup(cache, hit) {
       (hits[cache][hit ? 1 : 0] as { inc(): void }).inc();
@@ -97,7 +107,7 @@ export function createPromMetrics(
       sliceReadBytes.inc(bytes);
     },
     bytesIn(route, n) {
-      bytesIn.inc({ route }, n);
+      routeChild(bytesInChildren, bytesIn, route).inc(n);
     },
     tusSwept(n) {
       swept.inc(n);

@@ -1,3 +1,4 @@
+import { LiteCounter, LiteHistogram } from '@dsm/common/lite-metrics';
 import { Command, Errno } from '@dsm/packets';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
@@ -36,51 +37,54 @@ export function statusLabel(errno: number): string {
  */
 export class NodeMetrics implements ServerMetrics {
   readonly registry = new Registry();
-  readonly #requests: Counter<'command' | 'status'>;
-  readonly #duration: Histogram<'command'>;
-  readonly #bytesIn: Counter;
-  readonly #bytesOut: Counter;
+  // per request and per chunk: plain numbers (lite-metrics.ts), children kept per label set
+  readonly #requests: LiteCounter<'command' | 'status'>;
+  readonly #requestChildren = new Map<number, { inc(): void }>();
+  readonly #duration: LiteHistogram<'command'>;
+  readonly #durationChildren = new Map<number, { observe(v: number): void }>();
+  readonly #bytesIn: { inc(n?: number): void };
+  readonly #bytesOut: { inc(n?: number): void };
   readonly #connections: Gauge;
-  readonly #connectionsTotal: Counter;
+  readonly #connectionsTotal: { inc(n?: number): void };
   readonly #refused: Counter<'reason'>;
 
   constructor(role = 'node') {
     const registers = [this.registry];
     this.registry.setDefaultLabels({ role });
     collectDefaultMetrics({ register: this.registry, prefix: 'dsm_node_' });
-    this.#requests = new Counter({
-      name: 'dsm_node_requests_total',
-      help: 'Protocol requests by command and status (ok or the errno name of the error reply)',
-      labelNames: ['command', 'status'] as const,
-      registers,
-    });
-    this.#duration = new Histogram({
-      name: 'dsm_node_request_duration_seconds',
-      help: 'Time from a request frame to the end of its reply, by command',
-      labelNames: ['command'] as const,
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
-      registers,
-    });
-    this.#bytesIn = new Counter({
-      name: 'dsm_node_bytes_in_total',
-      help: 'Protocol bytes received (frame headers and bodies)',
-      registers,
-    });
-    this.#bytesOut = new Counter({
-      name: 'dsm_node_bytes_out_total',
-      help: 'Protocol bytes sent (reply headers and bodies)',
-      registers,
-    });
+    const add = <M extends { name: string }>(m: M): M => {
+      this.registry.registerMetric(m as never);
+      return m;
+    };
+    this.#requests = add(
+      new LiteCounter(
+        'dsm_node_requests_total',
+        'Protocol requests by command and status (ok or the errno name of the error reply)',
+        ['command', 'status'],
+      ),
+    );
+    this.#duration = add(
+      new LiteHistogram(
+        'dsm_node_request_duration_seconds',
+        'Time from a request frame to the end of its reply, by command',
+        ['command'],
+        [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+      ),
+    );
+    this.#bytesIn = add(
+      new LiteCounter('dsm_node_bytes_in_total', 'Protocol bytes received (frame headers and bodies)'),
+    ).child();
+    this.#bytesOut = add(
+      new LiteCounter('dsm_node_bytes_out_total', 'Protocol bytes sent (reply headers and bodies)'),
+    ).child();
     this.#connections = new Gauge({
       name: 'dsm_node_connections',
       help: 'Open protocol connections',
       registers,
     });
-    this.#connectionsTotal = new Counter({
-      name: 'dsm_node_connections_total',
-      help: 'Protocol connections accepted',
-      registers,
-    });
+    this.#connectionsTotal = add(
+      new LiteCounter('dsm_node_connections_total', 'Protocol connections accepted'),
+    ).child();
     this.#refused = new Counter({
       name: 'dsm_node_refused_total',
       help: 'Connections closed before a command ran: address not allowed, authentication failed, a command that needs authentication, a malformed frame',
@@ -108,9 +112,20 @@ export class NodeMetrics implements ServerMetrics {
   }
 
   request(command: number, errno: number, seconds: number): void {
-    const c = commandLabel(command);
-    this.#requests.inc({ command: c, status: statusLabel(errno) });
-    this.#duration.observe({ command: c }, seconds);
+    // commands and errnos are small integers: their label sets are few
+    const rk = command * 65536 + (errno & 0xffff);
+    let r = this.#requestChildren.get(rk);
+    if (!r) {
+      r = this.#requests.child({ command: commandLabel(command), status: statusLabel(errno) });
+      if (this.#requestChildren.size < 1024) this.#requestChildren.set(rk, r);
+    }
+    r.inc();
+    let d = this.#durationChildren.get(command);
+    if (!d) {
+      d = this.#duration.child({ command: commandLabel(command) });
+      if (this.#durationChildren.size < 1024) this.#durationChildren.set(command, d);
+    }
+    d.observe(seconds);
   }
 
   bytesIn(n: number): void {
