@@ -182,6 +182,10 @@ describe('the upload fast path', () => {
     token = await mintToken({ secret: SECRET, app: 'tnvideo', sub: 'owner', ttlSec: 600 });
   }, 60_000);
 
+  /** A token's POST of BYTES over HTTP. */
+  const postFile = () =>
+    fetch(`${g.url}/files`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: BYTES });
+
   /** The same POST over HTTP and to the app in process: both answers, and each reply's JSON. */
   async function postBoth(headers: Record<string, string>, body: Uint8Array<ArrayBuffer>, path = '/files') {
     const h = { 'x-request-id': `up-${Math.random().toString(36).slice(2)}`, ...headers };
@@ -275,13 +279,7 @@ describe('the upload fast path', () => {
     const t0 = Date.now();
     while (!freeSlot() && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 20));
     expect(freeSlot()).toBe(true);
-    const m = await (
-      await fetch(`${g.url}/files`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token}` },
-        body: BYTES,
-      })
-    ).json();
+    const m = await (await postFile()).json();
     expect((m as { size: number }).size).toBe(BYTES.length); // the gateway goes on serving
   });
 
@@ -316,11 +314,7 @@ describe('the upload fast path', () => {
     const slot = g.core.edgeLimits.takeUpload();
     try {
       expect(g.fastUpload(req('/files', ok))).toBeNull();
-      const r = await fetch(`${g.url}/files`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token}` },
-        body: BYTES,
-      });
+      const r = await postFile();
       expect(r.status).toBe(429);
       await r.arrayBuffer();
     } finally {
@@ -334,11 +328,7 @@ describe('the upload fast path', () => {
     };
     const inBefore = await metric('dsm_gateway_bytes_in_total', 'route="/files"');
     const reqBefore = await metric('dsm_gateway_requests_total', 'status="201"');
-    const r = await fetch(`${g.url}/files`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}` },
-      body: BYTES,
-    });
+    const r = await postFile();
     expect(r.status).toBe(201);
     await r.arrayBuffer();
     expect((await metric('dsm_gateway_bytes_in_total', 'route="/files"')) - inBefore).toBe(BYTES.length);
