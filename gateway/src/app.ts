@@ -25,7 +25,7 @@ import { registerOpenApi } from './openapi.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { recordProblem } from './status-page.ts';
 import { TusService } from './tus.ts';
-import { type StoredFile, Uploader } from './uploads.ts';
+import type { StoredFile } from './uploads.ts';
 
 export type GatewayEnv = {
   Variables: {
@@ -589,8 +589,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     try {
       const p = await core.verifier.principal(req.header('authorization'));
       const body = countedBody(req.body());
-      const client = core.client.forRequest(requestId);
-      const up = client === core.client ? core.uploader : new Uploader(client, core.uploader.blockBytes);
+      const up = core.uploaderWith(core.client.forRequest(requestId));
       let stored: StoredFile;
       try {
         stored = await up.uploadKnown(p, declared, rawBodyType(ctype), body);

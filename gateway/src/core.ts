@@ -203,7 +203,11 @@ export class GatewayCore {
 
   /** The uploader for a request's work (see clientFor). */
   uploaderFor(c: Context): Uploader {
-    const client = this.clientFor(c);
+    return this.uploaderWith(this.clientFor(c));
+  }
+
+  /** The uploader whose nodes are asked through `client` (a request's, see clientFor). */
+  uploaderWith(client: DsmClient): Uploader {
     return client === this.client ? this.uploader : new Uploader(client, this.uploader.blockBytes);
   }
 
