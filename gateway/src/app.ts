@@ -16,7 +16,7 @@ import {
   rawBodyType,
   SMALL_BODY_BYTES,
   serveFile,
-  UPLOADED_HEADERS,
+  uploadedHeaders,
   uploadFile,
   uploadReplyAt,
 } from './files.ts';
@@ -603,7 +603,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
         headers: {
           'Content-Type': 'application/json',
           'Content-Length': String(bytes.length),
-          ...UPLOADED_HEADERS(json.url),
+          ...uploadedHeaders(json.url),
           ...extra,
         },
         body: bytes,

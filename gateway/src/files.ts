@@ -374,15 +374,15 @@ export async function uploadFile(core: GatewayCore, c: Context): Promise<Respons
     core.metrics?.bytesIn('/files', body.received);
   }
   const reply = uploadReply(core, c, stored, filename);
-  return c.json(reply, 201, UPLOADED_HEADERS(reply.url));
+  return c.json(reply, 201, uploadedHeaders(reply.url));
 }
 
 /** The stored type of a raw (not multipart) upload's body. */
 export const rawBodyType = (ctype: string, filename?: string): string =>
   cleanContentType(ctype) || typeForName(filename) || '';
 
-/** The headers of a 201 upload reply, but for its content type. */
-export const UPLOADED_HEADERS = (url: string) => ({ Location: url, 'Cache-Control': 'no-store' });
+/** The headers of a 201 upload reply but its content type (uploadFile and the fast path). */
+export const uploadedHeaders = (url: string) => ({ Location: url, 'Cache-Control': 'no-store' });
 
 /** A request body that counts what passed (for dsm_gateway_bytes_in_total). */
 export interface CountedBody extends AsyncIterable<Uint8Array> {

@@ -19,7 +19,7 @@ import { parseAddress } from '@dsm/packets';
 import { type ServerType, serve } from '@hono/node-server';
 import type { Registry } from 'prom-client';
 import { createAdminApp } from './admin.ts';
-import { createApp, type GatewayApp } from './app.ts';
+import { createApp, type FastReply, type GatewayApp } from './app.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
 import { clientKey } from './edge-limits.ts';
 import { createPromMetrics } from './metrics.ts';
@@ -329,44 +329,30 @@ function withFastPath(
       },
       client: clientKey((req as ClientAddressed).dsmClientAddress ?? socket.remoteAddress ?? 'unknown'),
     };
-    if (method === 'POST') {
-      const up = built.fastUpload({
-        ...fast,
-        secure: (socket as { encrypted?: boolean }).encrypted === true,
-        body: () => requestBody({ incoming: req }, () => null),
-      });
-      if (!up) return listener(req, res);
-      up.then(
-        (reply) => {
-          res.writeHead(reply.status, reply.headers);
-          res.end(reply.body ?? undefined);
-        },
-        (e: unknown) => {
-          log.error({ err: e }, 'request failed');
-          res.destroy();
-        },
-      );
-      return;
-    }
-    const p = built.fastFile(fast);
+    const p =
+      method === 'POST'
+        ? built.fastUpload({
+            ...fast,
+            secure: (socket as { encrypted?: boolean }).encrypted === true,
+            body: () => requestBody({ incoming: req }, () => null),
+          })
+        : built.fastFile(fast);
     if (!p) return listener(req, res);
-    if (!(p instanceof Promise)) {
-      res.writeHead(p.status, p.headers);
-      res.end(p.body ?? undefined);
-      return;
-    }
+    if (!(p instanceof Promise)) return send(res, p);
     p.then(
-      (reply) => {
-        if (!reply) return listener(req, res);
-        res.writeHead(reply.status, reply.headers);
-        res.end(reply.body ?? undefined);
-      },
+      (reply) => (reply ? send(res, reply) : listener(req, res)),
       (e: unknown) => {
         log.error({ err: e }, 'request failed');
         res.destroy();
       },
     );
   };
+}
+
+/** A fast-path reply, written whole. */
+function send(res: ServerResponse, reply: FastReply): void {
+  res.writeHead(reply.status, reply.headers);
+  res.end(reply.body ?? undefined);
 }
 
 /** The address a request's per-client caps count under (read by the app, see clientAddress). */
