@@ -53,12 +53,8 @@ export function createPromMetrics(
   const swept = add(
     new LiteCounter('dsm_gateway_tus_expired_total', 'Expired tus uploads deleted by the sweeper'),
   ).child();
-  // the children per label set, kept (bounded: methods, routes and statuses are few, and
-  // unknown methods share "other"; LiteCounter folds sets past its bound into "other" too)
-  const requestChildren = new Map<string, { inc(): void }>();
-  const durationChildren = new Map<string, { observe(v: number): void }>();
-  const bytesOutChildren = new Map<string, { inc(n: number): void }>();
-  const bytesInChildren = new Map<string, { inc(n: number): void }>();
+  // each label set's child is made once and found again by its labels (lite-metrics.ts, which
+  // also bounds the sets: methods, routes and statuses are few, unknown methods are "other")
   const hits = {
     stat: [
       cacheLookups.child({ cache: 'stat', result: 'miss' }),
@@ -69,35 +65,15 @@ export function createPromMetrics(
       cacheLookups.child({ cache: 'file', result: 'hit' }),
     ],
   };
-  const routeChild = (m: Map<string, { inc(n: number): void }>, c: LiteCounter<'route'>, route: string) => {
-    let b = m.get(route);
-    if (!b) {
-      b = c.child({ route });
-      if (m.size < MAX_CHILDREN) m.set(route, b);
-    }
-    return b;
-  };
   return {
     registry,
     request(method, route, status, seconds) {
       const m = KNOWN_METHODS.has(method) ? method : 'other';
-      const rk = `${m} ${route} ${status}`;
-      let r = requestChildren.get(rk);
-      if (!r) {
-        r = requests.child({ method: m, route, status: String(status) });
-        if (requestChildren.size < MAX_CHILDREN) requestChildren.set(rk, r);
-      }
-      r.inc();
-      const dk = `${m} ${route}`;
-      let d = durationChildren.get(dk);
-      if (!d) {
-        d = duration.child({ method: m, route });
-        if (durationChildren.size < MAX_CHILDREN) durationChildren.set(dk, d);
-      }
-      d.observe(seconds);
+      requests.child({ method: m, route, status: String(status) }).inc();
+      duration.child({ method: m, route }).observe(seconds);
     },
     bytesOut(route, n) {
-      routeChild(bytesOutChildren, bytesOut, route).inc(n);
+      bytesOut.child({ route }).inc(n);
     },
     cacheLookup(cache, hit) {
       (hits[cache][hit ? 1 : 0] as { inc(): void }).inc();
@@ -107,7 +83,7 @@ export function createPromMetrics(
       sliceReadBytes.inc(bytes);
     },
     bytesIn(route, n) {
-      routeChild(bytesInChildren, bytesIn, route).inc(n);
+      bytesIn.child({ route }).inc(n);
     },
     tusSwept(n) {
       swept.inc(n);
@@ -119,5 +95,3 @@ export function createPromMetrics(
 }
 
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PATCH', 'DELETE', 'OPTIONS', 'PUT']);
-/** Label sets remembered per metric (routes are the app's few patterns or "unmatched"). */
-const MAX_CHILDREN = 1024;

@@ -37,11 +37,9 @@ export function statusLabel(errno: number): string {
  */
 export class NodeMetrics implements ServerMetrics {
   readonly registry = new Registry();
-  // per request and per chunk: plain numbers (lite-metrics.ts), children kept per label set
+  // per request and per chunk: plain numbers (lite-metrics.ts)
   readonly #requests: LiteCounter<'command' | 'status'>;
-  readonly #requestChildren = new Map<number, { inc(): void }>();
   readonly #duration: LiteHistogram<'command'>;
-  readonly #durationChildren = new Map<number, { observe(v: number): void }>();
   readonly #bytesIn: { inc(n?: number): void };
   readonly #bytesOut: { inc(n?: number): void };
   readonly #connections: Gauge;
@@ -112,20 +110,9 @@ export class NodeMetrics implements ServerMetrics {
   }
 
   request(command: number, errno: number, seconds: number): void {
-    // commands and errnos are small integers: their label sets are few
-    const rk = command * 65536 + (errno & 0xffff);
-    let r = this.#requestChildren.get(rk);
-    if (!r) {
-      r = this.#requests.child({ command: commandLabel(command), status: statusLabel(errno) });
-      if (this.#requestChildren.size < 1024) this.#requestChildren.set(rk, r);
-    }
-    r.inc();
-    let d = this.#durationChildren.get(command);
-    if (!d) {
-      d = this.#duration.child({ command: commandLabel(command) });
-      if (this.#durationChildren.size < 1024) this.#durationChildren.set(command, d);
-    }
-    d.observe(seconds);
+    const c = commandLabel(command);
+    this.#requests.child({ command: c, status: statusLabel(errno) }).inc();
+    this.#duration.child({ command: c }).observe(seconds);
   }
 
   bytesIn(n: number): void {
