@@ -228,17 +228,12 @@ export class Connection {
             );
           }
           if (head) {
-            const h = head;
+            // the whole body is at most COALESCED_BODY_BYTES, so this chunk is too
+            const both = new Uint8Array(head.length + chunk.length);
+            both.set(head, 0);
+            both.set(chunk, head.length);
             head = null;
-            if (chunk.length <= COALESCED_BODY_BYTES) {
-              const both = new Uint8Array(h.length + chunk.length);
-              both.set(h, 0);
-              both.set(chunk, h.length);
-              await this.#sock.write(both);
-            } else {
-              await this.#sock.write(h);
-              await this.#sock.write(chunk);
-            }
+            await this.#sock.write(both);
           } else {
             await this.#sock.write(chunk);
           }
