@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { type DsmClient, decodePublicId, newFileId } from '@dsm/client';
 import { curlFirstBytes, curlRate, ensureTool, runWrk, type WrkResult } from './clients.ts';
 import type { PrivateNginx } from './nginx.ts';
-import { type CpuTimes, cpuSplitOf } from './proc.ts';
+import { type CpuTimes, cpuSplitOf, settleWriteback } from './proc.ts';
 import { ReferenceServer } from './refs.ts';
 import { RssSampler, readRss } from './rss.ts';
 import type { BenchOptions, Detail } from './run.ts';
@@ -128,6 +128,8 @@ async function writePattern(path: string, size: number): Promise<void> {
       let off = 0;
       while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
     }
+    // on disk before the timed GETs: left dirty, the kernel would write it back during them
+    await fh.sync();
   } finally {
     await fh.close();
   }
@@ -353,6 +355,7 @@ async function bigBodies(
   const ngxName = `gw-${size}.bin`;
   log(`gateway: writing nginx's copy (${label})`);
   await writePattern(join(c.www, ngxName), size);
+  await settleWriteback(60_000, log);
   const gwPath = `/files/${fileId}`;
   const ngxPath = `/${ngxName}`;
   const urls: BigUrls = {

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -65,6 +66,39 @@ export async function waitForIdle(minIdle: number, maxMs: number, log: (m: strin
     const idle = await idleFraction(3000);
     if (idle >= minIdle || Date.now() >= deadline) return idle;
     log(`machine busy (${Math.round(idle * 100)}% idle); waiting`);
+  }
+}
+
+/** Dirty + Writeback page-cache bytes of the machine (/proc/meminfo); 0 if unknown. */
+export function unwrittenBytes(): number {
+  try {
+    const text = readFileSync('/proc/meminfo', 'utf8');
+    let kb = 0;
+    for (const m of text.matchAll(/^(?:Dirty|Writeback):\s+(\d+) kB/gm)) kb += Number(m[1]);
+    return kb * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Waits (at most `maxMs`) until the kernel has written back the machine's dirty page cache, so
+ * that no timed step shares the CPU and the disk with write-back of files written before it
+ * (a 1 GiB copy left dirty is written back about 30 s later, in the middle of what comes next).
+ * Asks for it with sync(1) first. Returns the bytes still unwritten.
+ */
+export async function settleWriteback(maxMs: number, log: (m: string) => void): Promise<number> {
+  const limit = 32 * 1024 * 1024;
+  if (unwrittenBytes() <= limit) return unwrittenBytes();
+  const t0 = Date.now();
+  spawnSync('sync', [], { stdio: 'ignore', timeout: maxMs });
+  for (;;) {
+    const left = unwrittenBytes();
+    if (left <= limit || Date.now() - t0 >= maxMs) {
+      log(`page cache written back in ${Date.now() - t0} ms (${(left / 1048576).toFixed(0)} MiB left)`);
+      return left;
+    }
+    await new Promise((r) => setTimeout(r, 200));
   }
 }
 

@@ -11,7 +11,14 @@ import { freePortRange } from '@dsm/testkit';
 import { curlRate, ensureTool } from './clients.ts';
 import { GATEWAY_CONCURRENCY, GATEWAY_STREAMS, gatewayBench } from './gateway.ts';
 import { ensureNginx, nginxVersion, PrivateNginx } from './nginx.ts';
-import { type CpuTimes, cpuSplitOf, OtherLoad, type OtherLoadResult, treePids } from './proc.ts';
+import {
+  type CpuTimes,
+  cpuSplitOf,
+  OtherLoad,
+  type OtherLoadResult,
+  settleWriteback,
+  treePids,
+} from './proc.ts';
 import { readRss, withRss } from './rss.ts';
 import { GiB, KiB, MiB, patternBlock, patternChunks, patternSource } from './source.ts';
 import { type Latency, latencyOf, median, type Reference, type Row } from './table.ts';
@@ -479,6 +486,8 @@ export async function runBench(o: BenchOptions, scope: Scope): Promise<BenchResu
 
   const otherLoad: BenchResult['otherLoad'] = {};
   const section = async <T>(name: Section, fn: () => Promise<T>): Promise<T> => {
+    // no section times the write-back of files an earlier one left in the page cache
+    await settleWriteback(60_000, log);
     const load = new OtherLoad();
     const r = await fn();
     const other = load.stop();
