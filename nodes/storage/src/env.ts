@@ -9,6 +9,7 @@ import type { GroupCommitter } from './group-commit.ts';
 import type { LocalClaims } from './lock.ts';
 import type { MetaStore } from './meta.ts';
 import type { OpenFiles } from './open-files.ts';
+import type { SmallFileWriter } from './small-writer.ts';
 import type { Stores } from './store.ts';
 
 /** What the request handlers share. */
@@ -32,6 +33,8 @@ export interface StorageEnv {
   dirs: KnownDirs;
   /** Files kept open for the next read of the same file (downloads). */
   openFiles: OpenFiles;
+  /** Small uploads' file steps, on a worker thread (local stores). */
+  smallFiles: SmallFileWriter;
 }
 
 export function checkFileId(fileId: string): void {

@@ -1,4 +1,4 @@
-import { closeSync, fdatasync, fsync, linkSync, mkdirSync, openSync, readSync, writevSync } from 'node:fs';
+import { closeSync, linkSync, mkdirSync, openSync, readSync } from 'node:fs';
 import { type FileHandle, link, mkdir, open, readlink, realpath, rename, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
@@ -167,47 +167,67 @@ export function statOf(m: FileMeta): FileStat {
   };
 }
 
-/** Uploads up to this size on a local store are written synchronously (see receiveUpload). */
-const SYNC_WRITE_BYTES = 64 * 1024;
+/** Uploads up to this size on a local store are received in memory and written by the small-file writer. */
+const SMALL_UPLOAD_BYTES = 64 * 1024;
 
 /** What an upload does with its temp file. */
 type TempFile = Pick<FileHandle, 'writev' | 'sync' | 'datasync' | 'close'>;
 
 /**
- * A small upload's temp file on a local store: created, written and closed synchronously (the
- * fsync stays on the thread pool: it waits for the disk).
+ * A small upload on a local store, received in memory (at most SMALL_UPLOAD_BYTES, the size
+ * its header declared) and then handed whole to the small-file writer (small-writer.ts), which
+ * creates, writes, fsyncs and links its temp file off the main thread. The temp file is
+ * created first, empty, where a link claim hard-links it.
  */
-class SyncTempFile implements TempFile {
-  #closed = false;
-  private constructor(readonly fd: number) {}
+class MemoryTempFile implements TempFile {
+  readonly data: Buffer;
+  /** The temp file was created (empty) by open(). */
+  readonly exists: boolean;
 
-  /** Creates `path` (never replacing a file), and its folder when that was removed under us. */
-  static create(path: string, dir: string): SyncTempFile {
+  private constructor(size: number, exists: boolean) {
+    // its own ArrayBuffer: moved to the writer's thread, not copied
+    this.data = Buffer.allocUnsafeSlow(size);
+    this.exists = exists;
+  }
+
+  /** `create`: make the (empty) temp file now, synchronously (microseconds on a local store). */
+  static open(size: number, path: string, dir: string, create: boolean): MemoryTempFile {
+    if (!create) return new MemoryTempFile(size, false);
+    let fd: number;
     try {
-      return new SyncTempFile(openSync(path, 'wx', 0o644));
+      fd = openSync(path, 'wx', 0o644);
     } catch (e) {
       if (errorCodeOf(e) !== 'ENOENT') throw e;
       mkdirSync(dir, { recursive: true });
-      return new SyncTempFile(openSync(path, 'wx', 0o644));
+      fd = openSync(path, 'wx', 0o644);
     }
+    closeSync(fd);
+    return new MemoryTempFile(size, true);
   }
 
-  readonly writev: FileHandle['writev'] = (buffers, position) =>
-    Promise.resolve({ bytesWritten: writevSync(this.fd, [...buffers], position ?? undefined), buffers });
+  readonly writev: FileHandle['writev'] = (buffers, position) => {
+    let at = position ?? 0;
+    let n = 0;
+    for (const b of buffers) {
+      const u = b instanceof Uint8Array ? b : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      if (at + u.length > this.data.length)
+        throw new Error(`more than the ${this.data.length} bytes declared`);
+      this.data.set(u, at);
+      at += u.length;
+      n += u.length;
+    }
+    return Promise.resolve({ bytesWritten: n, buffers });
+  };
 
   sync(): Promise<void> {
-    return new Promise((resolve, reject) => fsync(this.fd, (e) => (e ? reject(e) : resolve())));
+    return Promise.resolve();
   }
 
   datasync(): Promise<void> {
-    return new Promise((resolve, reject) => fdatasync(this.fd, (e) => (e ? reject(e) : resolve())));
+    return Promise.resolve();
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    closeSync(this.fd);
-  }
+  async close(): Promise<void> {}
 }
 
 /** Upload (70) and upload-ext (80). */
@@ -268,16 +288,18 @@ async function receiveUpload(
   const seconds = Math.floor(Date.now() / 1000);
 
   const saveFail = (e: unknown) => ioFailure(`Receive and Save File Fail, Fileid: ${fileId}`, e);
-  // a local store: a small body's temp file (SyncTempFile) and the final link are synchronous
-  // calls (microseconds there, each a thread pool round trip of 40-60 µs of CPU otherwise)
+  // a local store: a small body is received in memory and written, fsynced and linked by the
+  // small-file writer's thread; a later link (a retry) is a synchronous call (microseconds
+  // there, each a thread pool round trip of 40-60 µs of CPU otherwise)
   const local = env.stores.local;
-  const small = local && head.size <= SYNC_WRITE_BYTES;
+  const small = local && head.size <= SMALL_UPLOAD_BYTES;
   const tmpDir = env.stores.tmpDir(storeIndex);
   let tmp = join(tmpDir, journalName(id, seconds, fileId));
   let fh: TempFile;
   try {
+    // a link claim (a shared store) hard-links the temp file: it must exist before the claim
     fh = small
-      ? SyncTempFile.create(tmp, tmpDir)
+      ? MemoryTempFile.open(head.size, tmp, tmpDir, env.config.storesShared)
       : await open(tmp, 'wx', 0o644).catch(async (e) => {
           if (errorCodeOf(e) !== 'ENOENT') throw e;
           await mkdir(tmpDir, { recursive: true }); // the temp folder was removed under us
@@ -312,8 +334,10 @@ async function receiveUpload(
     try {
       got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null, { syncEvery: EARLY_SYNC_BYTES });
       if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);
-      await fh.sync();
-      await fh.close();
+      if (!(fh instanceof MemoryTempFile)) {
+        await fh.sync();
+        await fh.close();
+      }
     } catch (e) {
       await fh.close().catch(() => {});
       await removeQuiet(tmp).catch(() => {});
@@ -322,11 +346,37 @@ async function receiveUpload(
     // Link to the final path, keeping the temp name as the journal until the row is committed.
     let finalPath = '';
     let journal: string | null = tmp;
+    // a small upload: its temp file is written, fsynced and linked in one job of the writer
+    // (its first link's failure, if any, is handled below as a link's)
+    let firstLink: { error: NodeJS.ErrnoException | null } | null = null;
+    if (fh instanceof MemoryTempFile) {
+      finalPath = pathForId(env.stores.path(storeIndex), id, seconds);
+      try {
+        await env.dirs.ensure(dirname(finalPath));
+      } catch (e) {
+        await fh.close().catch(() => {});
+        await removeQuiet(tmp).catch(() => {});
+        throw saveFail(e);
+      }
+      // a failed job removed the temp file
+      const r = await env.smallFiles
+        .write({ tmp, tmpDir, exists: fh.exists, data: fh.data, finalPath })
+        .catch((e: unknown) => {
+          throw saveFail(e);
+        });
+      firstLink = { error: r.linkError ?? null };
+    }
     try {
       for (let attempt = 0; ; attempt++) {
         finalPath = pathForId(env.stores.path(storeIndex), id, seconds);
-        await env.dirs.ensure(dirname(finalPath));
+        const first = firstLink;
+        firstLink = null;
+        if (!first) await env.dirs.ensure(dirname(finalPath));
         try {
+          if (first) {
+            if (first.error) throw first.error;
+            break;
+          }
           if (local) linkSync(tmp, finalPath);
           else await link(tmp, finalPath);
           break;

@@ -19,13 +19,14 @@ import {
   type StorageConfigInput,
 } from './config.ts';
 import type { StorageEnv } from './env.ts';
-import { KnownDirs, removeQuietSync, SpaceReader } from './fs-util.ts';
+import { KnownDirs, SpaceReader } from './fs-util.ts';
 import { GroupCommitter } from './group-commit.ts';
 import type { HealMonitor } from './heal-info.ts';
 import { LocalClaims } from './lock.ts';
 import { MetaStore } from './meta.ts';
 import { OpenFiles } from './open-files.ts';
 import { backgroundTasks, idAllocator, outgoingTransport, storageHandlers } from './parts.ts';
+import { SmallFileWriter } from './small-writer.ts';
 import { Stores } from './store.ts';
 import type { StoreProbe } from './store-probe.ts';
 import { type TrackerLinkState, TrackerLinks } from './tracker-link.ts';
@@ -112,9 +113,13 @@ export async function startStorage(
     // a store no other member writes to needs no check that a kept handle's path is unchanged
     const openFiles = new OpenFiles(stores.local ? 128 : 0, 10_000, config.storesShared);
     kit.defer('open files', () => openFiles.close());
+    // closed after the group commit (deferred steps run last first): its journal removals end first
+    const smallFiles = new SmallFileWriter(log);
+    kit.defer('small-file writer', () => smallFiles.close());
     const commits = new GroupCommitter(meta, log, {
       syncDir: (d) => dirs.sync(d),
-      ...(stores.local ? { removeJournal: async (p: string) => removeQuietSync(p) } : {}),
+      // a local store: on the small-file writer's thread (a metadata call of microseconds there)
+      ...(stores.local ? { removeJournal: (p: string) => smallFiles.remove(p) } : {}),
     });
     kit.defer('group commit', async () => {
       await commits.close();
@@ -134,6 +139,7 @@ export async function startStorage(
       claims,
       dirs,
       openFiles,
+      smallFiles,
     };
     setEnv(env);
     const recovered = recoverUntilDone(kit, stores, db, log);
