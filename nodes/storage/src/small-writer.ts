@@ -220,7 +220,12 @@ export class SmallFileWriter {
   }
 
   #start(): Worker {
-    const w = new Worker(this.#source, { eval: true, name: 'dsm-small-files' });
+    const w = new Worker(this.#source, {
+      eval: true,
+      name: 'dsm-small-files',
+      // a small heap: its garbage is a few objects per job (the young generation would grow to 16 MiB)
+      resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
+    });
     w.unref();
     w.on('message', (rs: Reply[]) => {
       for (const r of rs) {
