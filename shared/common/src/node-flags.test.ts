@@ -12,18 +12,19 @@ describe('missingNodeFlags', () => {
   });
 
   it('counts a flag given with another value (or with underscores) as given', () => {
-    expect(missingNodeFlags(['--max-semi-space-size=8'], '')).toEqual([]);
-    expect(missingNodeFlags([], '--max_semi_space_size=2')).toEqual([]);
+    expect(missingNodeFlags(['--max-semi-space-size=8', '--no-memory-reducer'], '')).toEqual([]);
+    expect(missingNodeFlags([], '--max_semi_space_size=2 --no_memory_reducer')).toEqual([]);
+    expect(missingNodeFlags(['--max-semi-space-size=8'], '')).toEqual(['--no-memory-reducer']);
     expect(missingNodeFlags(['--max-old-space-size=512'], '')).toEqual([...NODE_FLAGS]);
   });
 });
 
 describe('nodeFlagsFor', () => {
   it('gives the gateway a bigger young generation than the nodes, and checks against its own flags', () => {
-    expect(nodeFlagsFor('storage')).toEqual(['--max-semi-space-size=1']);
+    expect(nodeFlagsFor('storage')).toEqual(['--max-semi-space-size=1', '--no-memory-reducer']);
     expect(nodeFlagsFor('tracker')).toEqual(NODE_FLAGS);
     expect(nodeFlagsFor('gateway')).toEqual(['--max-semi-space-size=2']);
-    expect(missingNodeFlags([...NODE_FLAGS], '', GATEWAY_NODE_FLAGS)).toEqual([]); // a value the operator chose
+    expect(missingNodeFlags(['--max-semi-space-size=1'], '', GATEWAY_NODE_FLAGS)).toEqual([]); // a value the operator chose
     expect(missingNodeFlags([], '', nodeFlagsFor('gateway'))).toEqual([...GATEWAY_NODE_FLAGS]);
   });
 });

@@ -11,8 +11,15 @@
  * few chunks: 20 MiB less RSS peak for a storage streaming 1 GiB, 100 MiB less for a gateway
  * with 50 streams, and no loss of throughput (less CPU per GiB, if anything; measured figures in
  * docs/performance.md).
+ *
+ * `--no-memory-reducer`: V8's memory reducer, which collects the whole heap when it judges the
+ * process idle, took a storage receiving a 1 GiB upload for idle in about half of the uploads
+ * (its JS allocates little while bytes stream) and then ran a full mark-compact every 50 ms or
+ * so, some 75 of them per GiB: 1-3 s more CPU per GiB than the same upload without them
+ * (measured: 74-77 mark-compacts in the runs that had them, 1 in the others; with the flag,
+ * 1-9 in 7 of 7 runs). Heaps here are 12-20 MB, so what it would give back after a burst is small.
  */
-export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1'];
+export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--no-memory-reducer'];
 
 /**
  * The gateway's flags: a 2 MiB semi-space. Its small requests (a 4 KiB GET allocates some 50 KiB
