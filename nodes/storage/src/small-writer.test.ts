@@ -31,13 +31,26 @@ function place(): { tmpDir: string; finalDir: string } {
   return { tmpDir, finalDir };
 }
 
+/** Runs `fn` with a new writer, closed after; returns the writer. */
+async function withWriter(
+  fn: (w: SmallFileWriter) => Promise<void>,
+  opts: { source?: string } = {},
+): Promise<SmallFileWriter> {
+  const w = new SmallFileWriter(log, opts);
+  try {
+    await fn(w);
+  } finally {
+    await w.close();
+  }
+  return w;
+}
+
 const bytes = (len: number, seed: number) =>
   Buffer.from(Array.from({ length: len }, (_, i) => (i * 31 + seed) & 255));
 
 describe('SmallFileWriter (a small upload’s file steps on a worker thread)', () => {
   it('creates, writes and links each file, the jobs of one turn together, with the same bytes at both names', async () => {
-    const w = new SmallFileWriter(log);
-    try {
+    await withWriter(async (w) => {
       const { tmpDir, finalDir } = place();
       const jobs = Array.from({ length: 20 }, (_, i) => ({
         tmp: join(tmpDir, `t${i}`),
@@ -60,14 +73,11 @@ describe('SmallFileWriter (a small upload’s file steps on a worker thread)', (
       expect(readdirSync(tmpDir)).toEqual([]);
       expect(readdirSync(finalDir)).toHaveLength(20);
       expect(w.pending).toBe(0);
-    } finally {
-      await w.close();
-    }
+    });
   });
 
   it('creates its temp folder again when it was removed, and writes into a temp file the caller created', async () => {
-    const w = new SmallFileWriter(log);
-    try {
+    await withWriter(async (w) => {
       const { tmpDir, finalDir } = place();
       rmSync(tmpDir, { recursive: true });
       await w.write({ tmp: join(tmpDir, 'a'), tmpDir, data: bytes(100, 1), finalPath: join(finalDir, 'a') });
@@ -81,14 +91,11 @@ describe('SmallFileWriter (a small upload’s file steps on a worker thread)', (
       await w.write({ tmp, tmpDir, exists: true, data: bytes(5000, 2), finalPath: join(finalDir, 'b') });
       expect(readFileSync(join(finalDir, 'b'))).toEqual(bytes(5000, 2));
       expect(statSync(claim).ino).toBe(statSync(join(finalDir, 'b')).ino);
-    } finally {
-      await w.close();
-    }
+    });
   });
 
   it('reports a failed link (the caller decides) and keeps the complete temp file', async () => {
-    const w = new SmallFileWriter(log);
-    try {
+    await withWriter(async (w) => {
       const { tmpDir, finalDir } = place();
       writeFileSync(join(finalDir, 'taken'), 'someone else');
       const taken = await w.write({
@@ -109,14 +116,11 @@ describe('SmallFileWriter (a small upload’s file steps on a worker thread)', (
       });
       expect(gone.linkError).toMatchObject({ code: 'ENOENT', syscall: 'link' });
       expect(readFileSync(join(tmpDir, 'y'))).toEqual(bytes(64, 4));
-    } finally {
-      await w.close();
-    }
+    });
   });
 
   it('a failed step rejects with its system error and leaves no temp file; a name it did not create is left alone', async () => {
-    const w = new SmallFileWriter(log);
-    try {
+    await withWriter(async (w) => {
       const { tmpDir, finalDir } = place();
       // the temp name exists: not this upload's file, so it is neither written nor removed
       writeFileSync(join(tmpDir, 'exists'), 'other');
@@ -133,16 +137,10 @@ describe('SmallFileWriter (a small upload’s file steps on a worker thread)', (
       expect(existsSync(tmp)).toBe(false);
       expect(existsSync(join(finalDir, 'full'))).toBe(false);
       expect(w.pending).toBe(0);
-    } finally {
-      await w.close();
-    }
+    });
   });
 
   it('a worker that dies fails its jobs at once with an I/O error, and the next job gets a new worker', async () => {
-    // a worker that exits on its first message
-    const w = new SmallFileWriter(log, {
-      source: "require('node:worker_threads').parentPort.on('message', () => process.exit(3));",
-    });
     const { tmpDir, finalDir } = place();
     const job = (name: string) => ({
       tmp: join(tmpDir, name),
@@ -150,17 +148,20 @@ describe('SmallFileWriter (a small upload’s file steps on a worker thread)', (
       data: bytes(10, 7),
       finalPath: join(finalDir, name),
     });
-    try {
-      const t0 = Date.now();
-      const both = await Promise.allSettled([w.write(job('a')), w.write(job('b'))]);
-      expect(both.map((r) => r.status)).toEqual(['rejected', 'rejected']);
-      expect((both[0] as PromiseRejectedResult).reason).toMatchObject({ code: 'EIO' });
-      expect(Date.now() - t0).toBeLessThan(5000);
-      expect(w.pending).toBe(0);
-      await expect(w.write(job('c'))).rejects.toMatchObject({ code: 'EIO' });
-    } finally {
-      await w.close();
-    }
+    // a worker that exits on its first message
+    const source = "require('node:worker_threads').parentPort.on('message', () => process.exit(3));";
+    const w = await withWriter(
+      async (w) => {
+        const t0 = Date.now();
+        const both = await Promise.allSettled([w.write(job('a')), w.write(job('b'))]);
+        expect(both.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+        expect((both[0] as PromiseRejectedResult).reason).toMatchObject({ code: 'EIO' });
+        expect(Date.now() - t0).toBeLessThan(5000);
+        expect(w.pending).toBe(0);
+        await expect(w.write(job('c'))).rejects.toMatchObject({ code: 'EIO' });
+      },
+      { source },
+    );
     await expect(w.write(job('d'))).rejects.toMatchObject({ code: 'ECANCELED' });
   });
 });
