@@ -17,19 +17,22 @@
  * (its JS allocates little while bytes stream) and then ran a full mark-compact every 50 ms or
  * so, some 75 of them per GiB: 1-3 s more CPU per GiB than the same upload without them
  * (measured: 74-77 mark-compacts in the runs that had them, 1 in the others; with the flag,
- * 1-9 in 7 of 7 runs). Heaps here are 12-20 MB, so what it would give back after a burst is small.
+ * 1-9 in 7 of 7 runs). The gateway had the same after two idle minutes (as in a full bench run,
+ * whose storage sections come first): 43-47 mark-compacts per GiB of a GET, 1.6-2.0 s of user CPU
+ * per GiB instead of 0.3-0.5; with the flag, 0-12. Heaps here are 12-20 MB, so what it would
+ * give back after a burst is small.
  */
 export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--no-memory-reducer'];
 
 /**
- * The gateway's flags: a 2 MiB semi-space. Its small requests (a 4 KiB GET allocates some 50 KiB
+ * The gateway's flags: a 2 MiB semi-space, and no memory reducer (above). Its small requests (a 4 KiB GET allocates some 50 KiB
  * of short-lived objects: Hono's context, headers, the reply) filled a 1 MiB young generation
  * every few requests, promoting the objects of the requests in flight each time: a quarter of
  * its CPU went to GC. Measured (gateway CPU per 4 KiB GET, cache off, 2 runs each): 250-281 µs
  * at 1 MiB, 212-235 at 2, 181-212 at 4; 4 MiB made a gateway with 50 streams peak at about
  * 200 MiB (docs/performance.md), 2 keeps it under its bound.
  */
-export const GATEWAY_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2'];
+export const GATEWAY_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2', '--no-memory-reducer'];
 
 /** The flags a node of `role` runs with (every launcher and unit asks here). */
 export function nodeFlagsFor(role: string): readonly string[] {
