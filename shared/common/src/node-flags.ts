@@ -12,20 +12,20 @@
  * with 50 streams, and no loss of throughput (less CPU per GiB, if anything; measured figures in
  * docs/performance.md).
  *
- * `--no-memory-reducer`: V8's memory reducer, which collects the whole heap when it judges the
- * process idle, took a storage receiving a 1 GiB upload for idle in about half of the uploads
- * (its JS allocates little while bytes stream) and then ran a full mark-compact every 50 ms or
- * so, some 75 of them per GiB: 1-3 s more CPU per GiB than the same upload without them
- * (measured: 74-77 mark-compacts in the runs that had them, 1 in the others; with the flag,
- * 1-9 in 7 of 7 runs). The gateway had the same after two idle minutes (as in a full bench run,
- * whose storage sections come first): 43-47 mark-compacts per GiB of a GET, 1.6-2.0 s of user CPU
- * per GiB instead of 0.3-0.5; with the flag, 0-12. Heaps here are 12-20 MB, so what it would
- * give back after a burst is small.
+ * `--no-memory-reducer`: V8's memory reducer collects the whole heap when it judges the process
+ * idle. A gateway that had been idle for two minutes (as in a full bench run, whose storage
+ * sections come first) then ran 43-47 mark-compacts per GiB of a 1 GiB GET, 1.6-2.0 s of user
+ * CPU per GiB instead of 0.3-0.5; with the flag, 0-12 (and the full bench's GET 1 GiB rows,
+ * missed at 2.4-2.8 CPU-s per GiB, came to 1.15). The other nodes get it too: their heaps are
+ * 12-20 MB, so what it would give back after a burst is small. Not fixed by it: a storage
+ * receiving a 1 GiB upload sometimes (about one upload in three, with or without the flag)
+ * starts a mark-compact every 50 ms or so ("allocation limit", with 9 MB of 20 still free),
+ * 45-77 of them per GiB and 1-3 s more CPU; docs/performance.md, 2026-12-05.
  */
 export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--no-memory-reducer'];
 
 /**
- * The gateway's flags: a 2 MiB semi-space, and no memory reducer (above). Its small requests (a 4 KiB GET allocates some 50 KiB
+ * The gateway's flags: a 2 MiB semi-space, and no memory reducer (above, measured there). Its small requests (a 4 KiB GET allocates some 50 KiB
  * of short-lived objects: Hono's context, headers, the reply) filled a 1 MiB young generation
  * every few requests, promoting the objects of the requests in flight each time: a quarter of
  * its CPU went to GC. Measured (gateway CPU per 4 KiB GET, cache off, 2 runs each): 250-281 µs
