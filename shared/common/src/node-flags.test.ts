@@ -12,16 +12,27 @@ describe('missingNodeFlags', () => {
   });
 
   it('counts a flag given with another value (or with underscores) as given', () => {
-    expect(missingNodeFlags(['--max-semi-space-size=8', '--no-memory-reducer'], '')).toEqual([]);
-    expect(missingNodeFlags([], '--max_semi_space_size=2 --no_memory_reducer')).toEqual([]);
-    expect(missingNodeFlags(['--max-semi-space-size=8'], '')).toEqual(['--no-memory-reducer']);
+    expect(
+      missingNodeFlags(['--max-semi-space-size=8', '--no-memory-reducer', '--no-incremental-marking'], ''),
+    ).toEqual([]);
+    expect(
+      missingNodeFlags([], '--max_semi_space_size=2 --no_memory_reducer --no-incremental-marking'),
+    ).toEqual([]);
+    expect(missingNodeFlags(['--max-semi-space-size=8'], '')).toEqual([
+      '--no-memory-reducer',
+      '--no-incremental-marking',
+    ]);
     expect(missingNodeFlags(['--max-old-space-size=512'], '')).toEqual([...NODE_FLAGS]);
   });
 });
 
 describe('nodeFlagsFor', () => {
   it('gives the gateway a bigger young generation than the nodes, and checks against its own flags', () => {
-    expect(nodeFlagsFor('storage')).toEqual(['--max-semi-space-size=1', '--no-memory-reducer']);
+    expect(nodeFlagsFor('storage')).toEqual([
+      '--max-semi-space-size=1',
+      '--no-memory-reducer',
+      '--no-incremental-marking',
+    ]);
     expect(nodeFlagsFor('tracker')).toEqual(NODE_FLAGS);
     expect(nodeFlagsFor('gateway')).toEqual(['--max-semi-space-size=2', '--no-memory-reducer']);
     // a value the operator chose

@@ -17,12 +17,23 @@
  * sections come first) then ran 43-47 mark-compacts per GiB of a 1 GiB GET, 1.6-2.0 s of user
  * CPU per GiB instead of 0.3-0.5; with the flag, 0-12 (and the full bench's GET 1 GiB rows,
  * missed at 2.4-2.8 CPU-s per GiB, came to 1.15). The other nodes get it too: their heaps are
- * 12-20 MB, so what it would give back after a burst is small. Not fixed by it: a storage
- * receiving a 1 GiB upload sometimes (about one upload in three, with or without the flag)
- * starts a mark-compact every 50 ms or so ("allocation limit", with 9 MB of 20 still free),
- * 45-77 of them per GiB and 1-3 s more CPU; docs/performance.md, 2026-12-05.
+ * 12-20 MB, so what it would give back after a burst is small.
+ *
+ * `--no-incremental-marking` (not for the gateway): a storage receiving a 1 GiB upload started
+ * incremental marking every 50 ms or so in about half of the uploads, with or without the
+ * memory reducer ("allocation limit", with 9 MB of its 20 MB limit still free): 45-77
+ * mark-compacts per GiB, user CPU 2.6-2.7 s per GiB instead of 1.3. Without incremental marking
+ * a full collection comes only when the old generation reaches its limit: 0 mark-compacts in 13
+ * of 13 uploads; interleaved, storage CPU per GiB 2.4-2.5 s against 3.7-3.9 (and 3.7 in the one
+ * run that had no storm). The cost is that a full collection, when one comes, is one pause
+ * (12 ms for this 20 MB heap) instead of several short ones: rare here, since the heap hardly
+ * grows (one in a 10 s run of 4 KiB uploads at 2,500/s).
  */
-export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--no-memory-reducer'];
+export const NODE_FLAGS: readonly string[] = [
+  '--max-semi-space-size=1',
+  '--no-memory-reducer',
+  '--no-incremental-marking',
+];
 
 /**
  * The gateway's flags: a 2 MiB semi-space, and no memory reducer (above, measured there). Its small requests (a 4 KiB GET allocates some 50 KiB
