@@ -179,10 +179,12 @@ type TempFile = Pick<FileHandle, 'writev' | 'sync' | 'datasync' | 'close'>;
  * creates, writes, fsyncs and links its temp file off the main thread. The temp file is
  * created first, empty, where a link claim hard-links it.
  */
-class MemoryTempFile implements TempFile {
+export class MemoryTempFile implements TempFile {
   readonly data: Buffer;
   /** The temp file was created (empty) by open(). */
   readonly exists: boolean;
+  /** Where a write without a position goes (as a file's own position). */
+  #pos = 0;
 
   private constructor(size: number, exists: boolean) {
     // its own ArrayBuffer: moved to the writer's thread, not copied
@@ -206,7 +208,8 @@ class MemoryTempFile implements TempFile {
   }
 
   readonly writev: FileHandle['writev'] = (buffers, position) => {
-    let at = position ?? 0;
+    const moves = position === null || position === undefined;
+    let at = moves ? this.#pos : position;
     let n = 0;
     for (const b of buffers) {
       const u = b instanceof Uint8Array ? b : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
@@ -216,6 +219,7 @@ class MemoryTempFile implements TempFile {
       at += u.length;
       n += u.length;
     }
+    if (moves) this.#pos = at;
     return Promise.resolve({ bytesWritten: n, buffers });
   };
 
