@@ -244,6 +244,10 @@ export class SmallFileWriter {
       const err = asError({ code: 'EIO', message: `small-file writer stopped (${why})`, syscall: 'write' });
       for (const p of this.#pending.values()) p.reject(err);
       this.#pending.clear();
+      // jobs not yet sent failed with the rest: no later worker may run them (what a dead
+      // worker left half done is what a crash leaves, resolved at the next start)
+      this.#jobs = [];
+      this.#transfer = [];
     };
     w.on('error', (e) => lost(String((e as Error)?.message ?? e)));
     w.on('exit', (code) => lost(`exit ${code}`));
