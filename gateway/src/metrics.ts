@@ -1,4 +1,4 @@
-import { LiteCounter, LiteHistogram } from '@dsm/common/lite-metrics';
+import { LiteCounter, LiteHistogram, registered } from '@dsm/common/lite-metrics';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import type { GatewayMetrics } from './core.ts';
 
@@ -9,10 +9,7 @@ export function createPromMetrics(
   const registry = new Registry();
   if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'dsm_gateway_' });
   // the hot-path metrics: plain numbers per label set (lite-metrics.ts), rendered by the registry
-  const add = <M extends { name: string }>(m: M): M => {
-    registry.registerMetric(m as never);
-    return m;
-  };
+  const add = <M extends LiteCounter<string> | LiteHistogram<string>>(m: M): M => registered(registry, m);
   const requests = add(
     new LiteCounter('dsm_gateway_requests_total', 'HTTP requests by method, route and status', [
       'method',

@@ -1,4 +1,4 @@
-import { LiteCounter, LiteHistogram } from '@dsm/common/lite-metrics';
+import { LiteCounter, LiteHistogram, registered } from '@dsm/common/lite-metrics';
 import { Command, Errno } from '@dsm/packets';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
@@ -50,10 +50,8 @@ export class NodeMetrics implements ServerMetrics {
     const registers = [this.registry];
     this.registry.setDefaultLabels({ role });
     collectDefaultMetrics({ register: this.registry, prefix: 'dsm_node_' });
-    const add = <M extends { name: string }>(m: M): M => {
-      this.registry.registerMetric(m as never);
-      return m;
-    };
+    const add = <M extends LiteCounter<string> | LiteHistogram<string>>(m: M): M =>
+      registered(this.registry, m);
     this.#requests = add(
       new LiteCounter(
         'dsm_node_requests_total',
