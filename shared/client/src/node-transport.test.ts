@@ -1,19 +1,32 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
-import { NodeByteSocket, nodeTransport } from './node-transport.ts';
+import { HIGH_WATER_BYTES, NodeByteSocket, nodeTransport, READ_BYTES } from './node-transport.ts';
 
 const servers: Server[] = [];
 afterAll(() => {
   for (const s of servers) s.close();
 });
 
-/** A server that writes `bytes` to each connection as fast as the client takes them. */
-async function flooding(bytes: number): Promise<number> {
+/** The byte at `pos` of a patterned flood. */
+const patternAt = (pos: number) => (pos + (pos >>> 16)) & 0xff;
+
+/**
+ * A server that writes `bytes` to each connection as fast as the client takes them: all 7s, or
+ * with `patterned` the bytes of patternAt (so a chunk overwritten later shows).
+ */
+async function flooding(bytes: number, patterned = false): Promise<number> {
   const server = createServer((c) => {
-    const block = Buffer.alloc(64 * 1024, 7);
     let left = bytes;
+    let pos = 0;
+    const nextBlock = () => {
+      const b = Buffer.alloc(64 * 1024, 7);
+      if (patterned) for (let i = 0; i < b.length; i++) b[i] = patternAt(pos + i);
+      pos += b.length;
+      return b;
+    };
     const pump = () => {
       while (left > 0) {
+        const block = nextBlock();
         left -= block.length;
         if (!c.write(block)) {
           c.once('drain', pump);
@@ -38,17 +51,47 @@ describe('NodeByteSocket (the protocol client over a net.Socket)', () => {
     // the server writes 32 MiB; nothing is read for a while
     await new Promise((r) => setTimeout(r, 300));
     expect(sock).toBeInstanceOf(NodeByteSocket);
-    // paused after 4 reads of at most 64 KiB (one more may be in flight): 320 KiB at most, not
-    // the 1 MiB that 16 chunks held per storage connection of a gateway with slow clients
+    // paused once 64 KiB are queued, after one more read of at most 256 KiB: 320 KiB at most,
+    // not the 1 MiB that 16 chunks of 64 KiB held per storage connection of a gateway with slow
+    // clients
     const held = (sock as NodeByteSocket).bytesRead;
     expect(held).toBeGreaterThan(0);
-    expect(held).toBeLessThanOrEqual(5 * 64 * 1024);
+    expect(held).toBeLessThan(HIGH_WATER_BYTES + READ_BYTES);
+    expect(held).toBeLessThanOrEqual(320 * 1024);
     let got = 0;
     for (let c = await sock.read(); c; c = await sock.read()) {
       for (const b of c) if (b !== 7) throw new Error('wrong byte');
       got += c.length;
     }
     expect(got).toBe(total);
+    sock.close();
+  });
+
+  it('reads a plain TCP connection up to 256 KiB at a time, and a kept chunk holds at most twice its size', async () => {
+    const total = 64 * 1024 * 1024;
+    const port = await flooding(total, true);
+    const sock = await nodeTransport.connect('127.0.0.1', port, { timeoutMs: 2000 });
+    await new Promise((r) => setTimeout(r, 100)); // the kernel's buffer fills
+    let got = 0;
+    let biggest = 0;
+    const kept: { at: number; c: Uint8Array }[] = [];
+    const check = (c: Uint8Array, at: number) => {
+      for (let i = 0; i < c.length; i++) if (c[i] !== patternAt(at + i)) throw new Error(`wrong byte at ${at + i}`);
+    };
+    for (let c = await sock.read(); c; c = await sock.read()) {
+      check(c, got);
+      if (kept.length < 64) kept.push({ at: got, c });
+      got += c.length;
+      biggest = Math.max(biggest, c.length);
+      // a small read is copied out (Node's pool serves copies under 4 KiB from 8 KiB slabs)
+      expect(c.buffer.byteLength).toBeLessThanOrEqual(Math.max(2 * c.length, 8192));
+    }
+    expect(got).toBe(total);
+    // Node's own reads are 64 KiB at most
+    expect(biggest).toBeGreaterThan(64 * 1024);
+    expect(biggest).toBeLessThanOrEqual(READ_BYTES);
+    // chunks handed out earlier were not overwritten by later reads
+    for (const k of kept) check(k.c, k.at);
     sock.close();
   });
 });
