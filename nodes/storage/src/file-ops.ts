@@ -334,7 +334,7 @@ async function receiveUpload(
       await removeQuiet(tmp).catch(() => {});
       throw e;
     }
-    let got: Received;
+    let got: Received & { sha256: Buffer };
     try {
       got = await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, null, { syncEvery: EARLY_SYNC_BYTES });
       if (got.bytes !== head.size) throw new Error(`received ${got.bytes} of ${head.size} bytes`);

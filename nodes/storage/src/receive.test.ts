@@ -139,3 +139,27 @@ describe('MemoryTempFile (a small upload received in memory)', () => {
     await expect(receiveInto(small, pieces(), 4096, null)).rejects.toThrow(/more than the 10 bytes declared/);
   });
 });
+
+describe('receiveInto: the checksum', () => {
+  it("is the body's SHA-256, or none at all when the caller asks for none (a resumable append)", async () => {
+    const body = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 13) & 255));
+    async function* pieces() {
+      for (let i = 0; i < body.length; i += 65_536) yield body.subarray(i, i + 65_536);
+    }
+    const want = createHash('sha256').update(body).digest();
+    for (const hash of [undefined, false] as const) {
+      const path = join(root, `sum-${hash}`);
+      const fh = await open(path, 'wx');
+      try {
+        const got = await receiveInto(fh, pieces(), 128 * 1024, 0, hash === false ? { hash } : {});
+        expect(got.bytes).toBe(body.length);
+        if (hash === false) expect(got.sha256).toBeNull();
+        else expect(got.sha256?.equals(want)).toBe(true);
+        expect(got.head.length).toBeGreaterThan(0);
+      } finally {
+        await fh.close();
+      }
+      expect(readFileSync(path).equals(body)).toBe(true);
+    }
+  });
+});

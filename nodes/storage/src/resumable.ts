@@ -189,6 +189,7 @@ export async function handleUploadAppend(env: StorageEnv, ctx: RequestContext): 
       try {
         await receiveInto(fh, ctx.stream, env.config.ioChunkBytes, head.offset, {
           syncEvery: EARLY_SYNC_BYTES,
+          hash: false, // the whole file's checksum is computed when it is first asked for
         });
       } catch (e) {
         failure = e;
