@@ -76,7 +76,8 @@ describe('NodeByteSocket (the protocol client over a net.Socket)', () => {
     let biggest = 0;
     const kept: { at: number; c: Uint8Array }[] = [];
     const check = (c: Uint8Array, at: number) => {
-      for (let i = 0; i < c.length; i++) if (c[i] !== patternAt(at + i)) throw new Error(`wrong byte at ${at + i}`);
+      for (let i = 0; i < c.length; i++)
+        if (c[i] !== patternAt(at + i)) throw new Error(`wrong byte at ${at + i}`);
     };
     for (let c = await sock.read(); c; c = await sock.read()) {
       check(c, got);
