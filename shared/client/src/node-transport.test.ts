@@ -1,6 +1,15 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HIGH_WATER_BYTES, NodeByteSocket, nodeTransport, READ_BYTES } from './node-transport.ts';
+import {
+  BigReads,
+  bigReadersNow,
+  HIGH_WATER_BYTES,
+  MAX_BIG_READERS,
+  NodeByteSocket,
+  nodeTransport,
+  READ_BYTES,
+  SLOW_READ_BYTES,
+} from './node-transport.ts';
 
 const servers: Server[] = [];
 afterAll(() => {
@@ -94,5 +103,63 @@ describe('NodeByteSocket (the protocol client over a net.Socket)', () => {
     // chunks handed out earlier were not overwritten by later reads
     for (const k of kept) check(k.c, k.at);
     sock.close();
+  });
+
+  it('reads at most 64 KiB at a time while its reader lags behind', async () => {
+    const total = 4 * 1024 * 1024;
+    const port = await flooding(total, true);
+    const sock = await nodeTransport.connect('127.0.0.1', port, { timeoutMs: 2000 });
+    await new Promise((r) => setTimeout(r, 100)); // chunks wait: the reader is behind
+    let got = 0;
+    const sizes: number[] = [];
+    for (let c = await sock.read(); c; c = await sock.read()) {
+      for (let i = 0; i < c.length; i++)
+        if (c[i] !== patternAt(got + i)) throw new Error(`wrong byte at ${got + i}`);
+      got += c.length;
+      sizes.push(c.length);
+      await new Promise((r) => setTimeout(r, 1)); // slower than the server writes
+    }
+    expect(got).toBe(total);
+    // the first read (before anything waited) may be big; every later one is small
+    expect(Math.max(...sizes.slice(1))).toBeLessThanOrEqual(SLOW_READ_BYTES);
+    sock.close();
+  });
+
+  it('lets at most MAX_BIG_READERS connections read big at once, and gives the places back', async () => {
+    const before = bigReadersNow();
+    // connections whose every read fills its buffer while their readers keep up
+    const readers = Array.from({ length: MAX_BIG_READERS + 3 }, () => new BigReads());
+    const sizes = () =>
+      readers.map((r) => {
+        const b = r.options.buffer();
+        r.options.callback(b.length, b);
+        return b.length;
+      });
+    sizes(); // first reads: Node's size
+    const second = sizes();
+    expect(second.filter((n) => n === READ_BYTES)).toHaveLength(MAX_BIG_READERS);
+    expect(second.filter((n) => n === SLOW_READ_BYTES)).toHaveLength(3);
+    expect(bigReadersNow()).toBe(before + MAX_BIG_READERS);
+    // one lags behind: it gives its place back, and a waiting connection takes it
+    const lagging = readers[0] as BigReads;
+    lagging.keepingUp = () => false;
+    const third = sizes();
+    expect(third[0]).toBe(SLOW_READ_BYTES);
+    expect(third.filter((n) => n === READ_BYTES)).toHaveLength(MAX_BIG_READERS);
+    for (const r of readers) r.release();
+    expect(bigReadersNow()).toBe(before);
+
+    // a real connection closed in the middle of a big stream gives its place back
+    const port = await flooding(64 * 1024 * 1024);
+    const sock = await nodeTransport.connect('127.0.0.1', port, { timeoutMs: 2000 });
+    while (bigReadersNow() === before) {
+      const c = await sock.read();
+      if (!c) throw new Error('the stream ended before it read big');
+    }
+    expect(bigReadersNow()).toBe(before + 1);
+    sock.destroy();
+    const until = Date.now() + 3000;
+    while (bigReadersNow() > before && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    expect(bigReadersNow()).toBe(before);
   });
 });
