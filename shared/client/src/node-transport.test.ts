@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
+  BIG_READ_IDLE_MS,
   BigReads,
   bigReadersNow,
   HIGH_WATER_BYTES,
@@ -160,6 +161,27 @@ describe('NodeByteSocket (the protocol client over a net.Socket)', () => {
     sock.destroy();
     const until = Date.now() + 3000;
     while (bigReadersNow() > before && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    expect(bigReadersNow()).toBe(before);
+  });
+
+  it('hands the place of a connection that stopped reading to one that wants it', async () => {
+    const before = bigReadersNow();
+    const full = (r: BigReads) => {
+      const b = r.options.buffer();
+      r.options.callback(b.length, b);
+      return b.length;
+    };
+    // the holders' last reads filled their buffers, then their replies ended (pooled, idle)
+    const holders = Array.from({ length: MAX_BIG_READERS - before }, () => new BigReads());
+    for (const h of holders) full(h);
+    for (const h of holders) expect(full(h)).toBe(READ_BYTES);
+    const late = new BigReads();
+    full(late);
+    expect(full(late)).toBe(SLOW_READ_BYTES); // no place: the holders read just now
+    await new Promise((r) => setTimeout(r, BIG_READ_IDLE_MS + 20));
+    expect(full(late)).toBe(READ_BYTES); // an idle holder's place
+    expect(bigReadersNow()).toBe(MAX_BIG_READERS);
+    for (const r of [...holders, late]) r.release();
     expect(bigReadersNow()).toBe(before);
   });
 });

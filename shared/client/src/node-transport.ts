@@ -5,11 +5,12 @@ import { DsmError, ErrorCode } from '@dsm/common/errors';
 import type { ByteSocket, ConnectOptions, Sha256Hasher, Transport } from './transport.ts';
 
 /**
- * Bytes buffered before the socket is paused (backpressure towards the server): 256 KiB, what 4
- * reads of 64 KiB were. A gateway streaming to 50 slow clients held up to 1 MiB per storage
- * connection with 16 chunks (50 MiB in all: its RSS peak went 177-188 → 154 MiB with 4 chunks,
- * curl clients at 4 MiB/s), and a single fast stream is as fast with this (the kernel's socket
- * buffer is the rest of the read-ahead).
+ * Bytes queued before the socket is paused (backpressure towards the server). With the read
+ * in flight (at most `READ_BYTES`), a reader that does not read costs at most 320 KiB per
+ * connection, what 5 reads of 64 KiB were. A gateway streaming to 50 slow clients held up to
+ * 1 MiB per storage connection when the bound was 16 chunks (50 MiB in all: its RSS peak went
+ * 177-188 → 154 MiB with 4 chunks, curl clients at 4 MiB/s), and a single fast stream is as
+ * fast with this (the kernel's socket buffer is the rest of the read-ahead).
  */
 export const HIGH_WATER_BYTES = 64 * 1024;
 
@@ -34,10 +35,16 @@ export const SLOW_READ_BYTES = 64 * 1024;
  */
 export const MAX_BIG_READERS = 2;
 
-let bigReaders = 0;
+/**
+ * A place held by a connection that has not read for this long (a pooled connection whose last
+ * reply ended on a full read) goes to a connection that wants one.
+ */
+export const BIG_READ_IDLE_MS = 100;
+
+const bigHolders = new Set<BigReads>();
 
 /** Connections reading big now (tests). */
-export const bigReadersNow = (): number => bigReaders;
+export const bigReadersNow = (): number => bigHolders.size;
 
 /**
  * Socket reads (net's `onread`), each chunk handed to `deliver`. A connection reads
@@ -57,22 +64,20 @@ export class BigReads {
   #buf: Buffer | null = null;
   #big = false;
   #lastFull = false;
+  #lastRead = 0;
 
   readonly options = {
     buffer: (): Buffer => {
       const want = this.#lastFull && this.keepingUp();
-      if (want && !this.#big && bigReaders < MAX_BIG_READERS) {
-        this.#big = true;
-        bigReaders++;
-      } else if (!want) {
-        this.release();
-      }
+      if (want && !this.#big) this.#takePlace();
+      else if (!want) this.release();
       const size = this.#big ? READ_BYTES : SLOW_READ_BYTES;
       if (this.#buf?.length !== size) this.#buf = Buffer.allocUnsafeSlow(size);
       return this.#buf;
     },
     callback: (n: number, b: Uint8Array): boolean => {
       this.#lastFull = n === b.length;
+      this.#lastRead = performance.now();
       let c: Uint8Array;
       if (n >= b.length / 2) {
         c = b.subarray(0, n);
@@ -85,11 +90,26 @@ export class BigReads {
     },
   };
 
-  /** Gives the connection's big-read place back (it lags, or it closed). */
+  #takePlace(): void {
+    if (bigHolders.size >= MAX_BIG_READERS) {
+      const now = performance.now();
+      for (const h of bigHolders) {
+        if (now - h.#lastRead > BIG_READ_IDLE_MS) {
+          h.release();
+          break;
+        }
+      }
+    }
+    if (bigHolders.size >= MAX_BIG_READERS) return;
+    this.#big = true;
+    bigHolders.add(this);
+  }
+
+  /** Gives the connection's big-read place back (it lags, it idles, or it closed). */
   release(): void {
     if (!this.#big) return;
     this.#big = false;
-    bigReaders--;
+    bigHolders.delete(this);
   }
 
   /** Chunks read before a consumer was set. */
