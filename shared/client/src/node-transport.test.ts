@@ -188,4 +188,34 @@ describe('NodeByteSocket (the protocol client over a net.Socket)', () => {
     for (const r of [...holders, late]) r.release();
     expect(bigReadersNow()).toBe(before);
   });
+
+  it("shares one buffer for small reads, and a chunk kept from it is not changed by another connection's reads", async () => {
+    const a = new BigReads();
+    const b = new BigReads();
+    expect(a.options.buffer()).toBe(b.options.buffer()); // pooled connections hold none of their own
+    const total = 2 * 1024 * 1024;
+    const port = await flooding(total, true);
+    const socks = await Promise.all(
+      [0, 1].map(() => nodeTransport.connect('127.0.0.1', port, { timeoutMs: 2000 })),
+    );
+    await new Promise((r) => setTimeout(r, 100)); // both lag: their reads are small, into the one buffer
+    const kept = await Promise.all(
+      socks.map(async (sock) => {
+        const chunks: { at: number; c: Uint8Array }[] = [];
+        let got = 0;
+        for (let c = await sock.read(); c; c = await sock.read()) {
+          chunks.push({ at: got, c });
+          got += c.length;
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        expect(got).toBe(total);
+        sock.close();
+        return chunks;
+      }),
+    );
+    for (const chunks of kept)
+      for (const { at, c } of chunks)
+        for (let i = 0; i < c.length; i++)
+          if (c[i] !== patternAt(at + i)) throw new Error(`byte ${at + i} changed`);
+  });
 });

@@ -43,16 +43,24 @@ export const BIG_READ_IDLE_MS = 100;
 
 const bigHolders = new Set<BigReads>();
 
+/**
+ * The buffer of every small read of the process, copied out in the read's own callback (one
+ * read runs at a time on the event loop, so they can share it): a connection that waits,
+ * pooled, holds no buffer of its own (a gateway keeps up to 512 connections per storage).
+ */
+let sharedReads: Buffer | null = null;
+
 /** Connections reading big now (tests). */
 export const bigReadersNow = (): number => bigHolders.size;
 
 /**
  * Socket reads (net's `onread`), each chunk handed to `deliver`. A connection reads
- * `READ_BYTES` at a time while its last read filled its buffer (more is waiting in the kernel),
- * its reader keeps up (`keepingUp`: no chunk waits) and it holds one of the `MAX_BIG_READERS`
- * places; else `SLOW_READ_BYTES`. A read that filled at least half of its buffer takes the
- * buffer with it (a fresh one is made for the next read); a smaller one is copied out, and its
- * buffer serves the next read, so a kept chunk never holds more than twice its size.
+ * `READ_BYTES` at a time, into a buffer of its own, while its last read filled its buffer (more
+ * is waiting in the kernel), its reader keeps up (`keepingUp`: no chunk waits) and it holds one
+ * of the `MAX_BIG_READERS` places; else `SLOW_READ_BYTES`, into the process's shared buffer,
+ * and the chunk is copied out. A big read that filled at least half of its buffer takes the
+ * buffer with it (a fresh one is made for the next read); a smaller one is copied out, so a
+ * kept chunk never holds more than twice its size.
  */
 export class BigReads {
   deliver: (c: Uint8Array) => void = (c) => {
@@ -71,15 +79,19 @@ export class BigReads {
       const want = this.#lastFull && this.keepingUp();
       if (want && !this.#big) this.#takePlace();
       else if (!want) this.release();
-      const size = this.#big ? READ_BYTES : SLOW_READ_BYTES;
-      if (this.#buf?.length !== size) this.#buf = Buffer.allocUnsafeSlow(size);
+      if (!this.#big) {
+        this.#buf = null;
+        sharedReads ??= Buffer.allocUnsafeSlow(SLOW_READ_BYTES);
+        return sharedReads;
+      }
+      this.#buf ??= Buffer.allocUnsafeSlow(READ_BYTES);
       return this.#buf;
     },
     callback: (n: number, b: Uint8Array): boolean => {
       this.#lastFull = n === b.length;
       this.#lastRead = performance.now();
       let c: Uint8Array;
-      if (n >= b.length / 2) {
+      if (b === this.#buf && n >= b.length / 2) {
         c = b.subarray(0, n);
         this.#buf = null;
       } else {
