@@ -44,9 +44,11 @@ export const BIG_READ_IDLE_MS = 100;
 const bigHolders = new Set<BigReads>();
 
 /**
- * The buffer of every small read of the process, copied out in the read's own callback (one
- * read runs at a time on the event loop, so they can share it): a connection that waits,
- * pooled, holds no buffer of its own (a gateway keeps up to 512 connections per storage).
+ * The buffer of the reads of connections that are not streaming (their last read brought less
+ * than 32 KiB: replies, the end of a download), copied out in the read's own
+ * callback (one read runs at a time on the event loop, so they can share it): a pooled
+ * connection waiting for its next reply holds no buffer (a gateway keeps up to 512 connections
+ * per storage).
  */
 let sharedReads: Buffer | null = null;
 
@@ -55,12 +57,13 @@ export const bigReadersNow = (): number => bigHolders.size;
 
 /**
  * Socket reads (net's `onread`), each chunk handed to `deliver`. A connection reads
- * `READ_BYTES` at a time, into a buffer of its own, while its last read filled its buffer (more
- * is waiting in the kernel), its reader keeps up (`keepingUp`: no chunk waits) and it holds one
- * of the `MAX_BIG_READERS` places; else `SLOW_READ_BYTES`, into the process's shared buffer,
- * and the chunk is copied out. A big read that filled at least half of its buffer takes the
- * buffer with it (a fresh one is made for the next read); a smaller one is copied out, so a
- * kept chunk never holds more than twice its size.
+ * `READ_BYTES` at a time while its last read filled its buffer (more is waiting in the kernel),
+ * its reader keeps up (`keepingUp`: no chunk waits) and it holds one of the `MAX_BIG_READERS`
+ * places; else `SLOW_READ_BYTES`: into a buffer of its own while it streams (its last read
+ * brought at least 32 KiB), into the process's shared buffer otherwise. A read that
+ * filled at least half of its own buffer takes the buffer with it (a fresh one is made for the
+ * next read); any other read is copied out, so a kept chunk never holds more than twice its
+ * size.
  */
 export class BigReads {
   deliver: (c: Uint8Array) => void = (c) => {
@@ -72,6 +75,8 @@ export class BigReads {
   #buf: Buffer | null = null;
   #big = false;
   #lastFull = false;
+  /** The last read brought at least 32 KiB: the next one gets a buffer of its own. */
+  #streaming = false;
   #lastRead = 0;
 
   readonly options = {
@@ -79,16 +84,18 @@ export class BigReads {
       const want = this.#lastFull && this.keepingUp();
       if (want && !this.#big) this.#takePlace();
       else if (!want) this.release();
-      if (!this.#big) {
+      const size = this.#big ? READ_BYTES : this.#streaming ? SLOW_READ_BYTES : 0;
+      if (size === 0) {
         this.#buf = null;
         sharedReads ??= Buffer.allocUnsafeSlow(SLOW_READ_BYTES);
         return sharedReads;
       }
-      this.#buf ??= Buffer.allocUnsafeSlow(READ_BYTES);
+      if (this.#buf?.length !== size) this.#buf = Buffer.allocUnsafeSlow(size);
       return this.#buf;
     },
     callback: (n: number, b: Uint8Array): boolean => {
       this.#lastFull = n === b.length;
+      this.#streaming = n >= SLOW_READ_BYTES / 2;
       this.#lastRead = performance.now();
       let c: Uint8Array;
       if (b === this.#buf && n >= b.length / 2) {
