@@ -1,6 +1,10 @@
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { request } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { decodePublicId, encodePublicId } from '@dsm/client';
+import { MemoryKvStore } from '@dsm/kv';
 import { until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mintToken, signUrl } from './auth.ts';
@@ -29,6 +33,9 @@ const CACHING: GatewayConfigInput = {
 };
 
 let s: Stack;
+
+const execFileP = promisify(execFile);
+const DSM_CLI = fileURLToPath(new URL('../../cli/bin/dsm.js', import.meta.url));
 
 beforeAll(async () => {
   s = await startStack('mariadb+redis', {}, { appIds: ['tnvideo', 'secure'] });
@@ -188,6 +195,50 @@ describe('a delete through one gateway', () => {
     expect((await get(`${b.url}/files/${small.id}`, { range: 'bytes=0-9' })).status).toBe(404);
     expect(Date.now() - t0).toBeLessThan(2000);
     expect(b.core.fileCached(small.id)).toBe(false);
+    await a.close();
+    await b.close();
+  });
+});
+
+describe('a delete made on a storage, not through a gateway', () => {
+  it('`dsm rm` drops the stat, the small file and the slices every gateway cached (the storages delete log)', async () => {
+    // separate KV stores: the gateways' delete journal cannot tell them, only the storages can
+    const a = await s.startGateway(CACHING, new MemoryKvStore());
+    const b = await s.startGateway(CACHING, new MemoryKvStore());
+    const smallBytes = patternBytes(20 * KiB, 5);
+    const bigBytes = patternBytes(3 * MiB + 5, 6);
+    const small = await upload(a, smallBytes);
+    const big = await upload(a, bigBytes);
+    const range = { range: `bytes=${MiB}-${2 * MiB - 1}` };
+    for (const g of [a, b]) {
+      for (let i = 0; i < 2; i++) expect((await get(`${g.url}/files/${small.id}`)).status).toBe(200);
+      expect(g.core.fileCached(small.id)).toBe(true);
+      const together = await readTogether(g, big.id, MiB, MiB, 2);
+      for (const body of together) expect(same(body, bigBytes.subarray(MiB, 2 * MiB))).toBe(true);
+      expect(g.core.slices?.bytes).toBeGreaterThanOrEqual(MiB);
+    }
+    const env = { ...process.env, DSM_TRACKERS: s.cluster.addresses('tracker').join(';') };
+    for (const f of [small, big]) {
+      const rm = await execFileP(process.execPath, [DSM_CLI, 'rm', f.id], { env });
+      expect(rm.stderr).toMatch(/^deleted /);
+    }
+    const t0 = Date.now();
+    for (const g of [a, b]) {
+      await until(async () => (await get(`${g.url}/files/${small.id}`)).status === 404, 5000, 10);
+      await until(async () => (await get(`${g.url}/files/${big.id}`, range)).status === 404, 5000, 10);
+      expect((await get(`${g.url}/files/${big.id}/meta`)).status).toBe(404);
+      expect(g.core.fileCached(small.id)).toBe(false);
+    }
+    // within twice the poll interval (50 ms), plus the requests' own time
+    expect(Date.now() - t0).toBeLessThan(2000);
+    // a file not deleted stays cached: its id alone was dropped, not everything
+    const kept = await upload(a, patternBytes(10 * KiB, 7));
+    for (let i = 0; i < 2; i++) expect((await get(`${a.url}/files/${kept.id}`)).status).toBe(200);
+    const other = await upload(a, patternBytes(10 * KiB, 8));
+    const rm = await execFileP(process.execPath, [DSM_CLI, 'rm', other.id], { env });
+    expect(rm.stderr).toMatch(/^deleted /);
+    await until(async () => (await get(`${a.url}/files/${other.id}`)).status === 404, 5000, 10);
+    expect(a.core.fileCached(kept.id)).toBe(true);
     await a.close();
     await b.close();
   });

@@ -7,7 +7,7 @@ import { type Action, type Principal, TokenVerifier } from './auth.ts';
 import { ByteLru } from './byte-lru.ts';
 import type { DownloadPolicy, GatewayConfig } from './config.ts';
 import { EdgeLimits } from './edge-limits.ts';
-import { DeleteJournal } from './invalidation.ts';
+import { DeleteJournal, StorageDeleteFeed } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { badRequest } from './problem.ts';
 import { SliceCache, type SliceSource } from './slices.ts';
@@ -184,6 +184,7 @@ export class GatewayCore {
         d.config.invalidationPollMs,
         (id) => this.#drop(id),
         () => this.#dropAll(),
+        new StorageDeleteFeed(),
       );
   }
 
@@ -238,7 +239,7 @@ export class GatewayCore {
    * (`statCacheMs` > 0) and the delete journal was read recently (invalidation.ts).
    */
   cachesUsable(): boolean | Promise<boolean> {
-    return this.statMaxAgeMs > 0 ? this.journal.usable() : false;
+    return this.statMaxAgeMs > 0 ? this.journal.usable(this.client) : false;
   }
 
   /**
@@ -278,7 +279,7 @@ export class GatewayCore {
    * fastFile).
    */
   cachedEntry(publicId: string): FileEntry | null {
-    if (this.statMaxAgeMs <= 0 || this.journal.usable() !== true) return null;
+    if (this.statMaxAgeMs <= 0 || this.journal.usable(this.client) !== true) return null;
     const hit = this.#stats.get(publicId);
     return hit && Date.now() - hit.at < this.statMaxAgeMs ? hit : null;
   }

@@ -1,4 +1,6 @@
+import { type DsmClient, encodePublicId, tryEach } from '@dsm/client';
 import type { KvStore } from '@dsm/kv';
+import type { Address, ClusterStatus } from '@dsm/packets';
 
 /**
  * The delete journal: how every gateway process learns of a delete made through any of them,
@@ -10,6 +12,9 @@ import type { KvStore } from '@dsm/kv';
  * of the ids appended since. Whatever it cannot account for (an entry gone or not written yet, a
  * counter that went back, too many at once, the store unreachable) drops everything cached.
  *
+ * Deletes made elsewhere (`dsm rm`, any client of the storage protocol) come from the storages'
+ * delete log (StorageDeleteFeed), read in the same turn: the journal is read only when both are.
+ *
  * `usable()` tells a reader whether the caches may be served now: yes when the journal was read
  * less than `pollMs` ago; yes but with a read started when less than twice that; otherwise only
  * after a read that succeeds. So a delete through one gateway is seen by every other within
@@ -20,6 +25,7 @@ export class DeleteJournal {
   readonly #pollMs: number;
   readonly #onDeleted: (publicId: string) => void;
   readonly #onLost: () => void;
+  readonly #feed: StorageDeleteFeed | undefined;
   #seen: number | null = null;
   /** performance.now() at the start of the last successful read. */
   #readAt = Number.NEGATIVE_INFINITY;
@@ -32,18 +38,24 @@ export class DeleteJournal {
     onDeleted: (publicId: string) => void,
     /** Everything cached must go (the journal cannot say what was deleted). */
     onLost: () => void,
+    /** The storages' delete log (none: only deletes through gateways are heard of). */
+    feed?: StorageDeleteFeed,
   ) {
     this.#kv = kv;
     this.#pollMs = pollMs;
     this.#onDeleted = onDeleted;
     this.#onLost = onLost;
+    this.#feed = feed;
   }
 
-  /** True (or a promise of it) when cached files may be served now; see the class comment. */
-  usable(): boolean | Promise<boolean> {
+  /**
+   * True (or a promise of it) when cached files may be served now; see the class comment.
+   * `client`: the one the storages' delete log is read through, when it must be read.
+   */
+  usable(client?: DsmClient): boolean | Promise<boolean> {
     const age = performance.now() - this.#readAt;
     if (age < this.#pollMs) return true;
-    const p = this.#read();
+    const p = this.#read(client);
     return age < 2 * this.#pollMs ? true : p;
   }
 
@@ -53,21 +65,27 @@ export class DeleteJournal {
     await this.#kv.set(entryKey(n), publicId, ENTRY_TTL_MS);
   }
 
-  #read(): Promise<boolean> {
+  #read(client: DsmClient | undefined): Promise<boolean> {
     if (this.#reading) return this.#reading;
     // a store that just failed is not asked again by every request: once per pollMs
     if (performance.now() - this.#failedAt < this.#pollMs) return Promise.resolve(false);
-    const p = this.#readOnce().finally(() => {
+    const p = this.#readOnce(client).finally(() => {
       this.#reading = null;
     });
     this.#reading = p;
     return p;
   }
 
-  async #readOnce(): Promise<boolean> {
+  async #readOnce(client: DsmClient | undefined): Promise<boolean> {
     const started = performance.now();
     try {
-      const raw = await this.#kv.get(SEQ_KEY);
+      if (this.#feed && !client) throw new Error('the storages delete log needs a client');
+      const [raw, fromStorages] = await Promise.all([
+        this.#kv.get(SEQ_KEY),
+        this.#feed && client ? this.#feed.read(client) : [],
+      ]);
+      if (fromStorages === null) this.#onLost();
+      else for (const id of fromStorages) this.#onDeleted(id);
       const seq = raw === null ? 0 : Number(raw);
       if (!Number.isSafeInteger(seq) || seq < 0) throw new Error(`bad journal counter ${raw}`);
       const seen = this.#seen;
@@ -102,3 +120,72 @@ const entryKey = (n: number) => `files:deleted:${n}`;
 const ENTRY_TTL_MS = 10 * 60_000;
 /** More deletes than this since the last read: drop everything instead of reading them all. */
 const MAX_BEHIND = 256;
+
+/**
+ * The storages' delete log (STORAGE_DELETES, 81), group by group: every delete a storage makes,
+ * through a gateway or not (`dsm rm`, any protocol client), is numbered in its group's database,
+ * and this reads what came after the number it saw last. The groups come from a tracker's status
+ * (refreshed every `GROUPS_REFRESH_MS`); each is asked of its live storages in turn (ACTIVE, then
+ * ONLINE), and a group with none is skipped: nothing can be deleted through a storage that is down,
+ * and its log is read from where it was left once one is back.
+ */
+export class StorageDeleteFeed {
+  readonly #seen = new Map<string, number>();
+  #groups: { at: number; list: { name: string; addrs: Address[] }[] } | null = null;
+
+  /**
+   * The public ids deleted since the last read, or null when that cannot be told (a group seen
+   * for the first time, a log that was trimmed or went back, too many deletes at once). Throws
+   * when the tracker or a group with live storages cannot be asked.
+   */
+  async read(client: DsmClient): Promise<string[] | null> {
+    let groups = this.#groups;
+    if (!groups || performance.now() - groups.at >= GROUPS_REFRESH_MS) {
+      groups = { at: performance.now(), list: liveGroups(await client.tracker.status()) };
+      this.#groups = groups;
+    }
+    const replies = await Promise.all(
+      groups.list.map(async (g) => {
+        if (g.addrs.length === 0) return null;
+        const since = this.#seen.get(g.name);
+        const r = await tryEach(
+          g.addrs,
+          (a) => client.storage.deletesSince(a, since ?? 0),
+          0,
+          () => true,
+        );
+        return { group: g.name, since, r };
+      }),
+    );
+    let lost = false;
+    const ids: string[] = [];
+    for (const x of replies) {
+      if (!x) continue;
+      const { since, r } = x;
+      this.#seen.set(x.group, r.latest);
+      if (since === undefined || r.latest < since || r.deleted.length !== r.latest - since) {
+        if (since !== r.latest) lost = true;
+        continue;
+      }
+      for (const d of r.deleted) ids.push(encodePublicId(d));
+    }
+    // forget groups no longer listed: one that comes back is read as new
+    for (const name of this.#seen.keys())
+      if (!groups.list.some((g) => g.name === name)) this.#seen.delete(name);
+    return lost ? null : ids;
+  }
+}
+
+/** Each group's storages a delete could go through now: ACTIVE first, then ONLINE. */
+function liveGroups(s: ClusterStatus): { name: string; addrs: Address[] }[] {
+  return s.groups.map((g) => ({
+    name: g.name,
+    addrs: [...g.storages]
+      .filter((x) => x.state !== 'OFFLINE')
+      .sort((a, b) => (a.state === b.state ? 0 : a.state === 'ACTIVE' ? -1 : 1))
+      .map((x) => ({ host: x.host, port: x.port })),
+  }));
+}
+
+/** How long the feed uses a tracker's list of groups before asking again. */
+const GROUPS_REFRESH_MS = 5_000;

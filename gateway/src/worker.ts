@@ -163,6 +163,8 @@ function isolateFor(env: WorkerEnv): Isolate {
         statCache.clear();
         edge?.slices.clear();
       },
+      // no storage delete log: its reads would be one request's sockets awaited by others,
+      // which workerd does not allow; a stat is trusted here for 2 s at most (core.ts)
     ),
   };
   return isolate;

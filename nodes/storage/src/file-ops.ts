@@ -4,11 +4,15 @@ import { dirname, join } from 'node:path';
 import { DsmError, ErrorCode, errorCodeOf, messageOf } from '@dsm/common';
 import { type FileTableName, isOutcomeUnknown, isUniqueViolation } from '@dsm/db';
 import {
+  DELETES_MAX,
+  type DeletesReply,
+  decodeDeletesRequest,
   decodeDownloadRequest,
   decodeIdsRequest,
   decodeUploadExtPrefix,
   decodeUploadPrefix,
   Errno,
+  encodeDeletesReply,
   encodeI64Body,
   encodeStatReply,
   type FileStat,
@@ -609,7 +613,7 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
 }
 
 /**
- * Delete (73): file, then row, then cache entry. The file goes first: a storage killed in the
+ * Delete (73): delete log entry, file, row, cache entry. The file goes before the row: a storage killed in the
  * middle leaves a row without a file (a read answers an error, a retried delete finishes the
  * job), never a file without a row, which another member's cached metadata would still serve
  * and a retried delete could no longer find (chaos run, 2026-12-02).
@@ -617,6 +621,13 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
 export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promise<void> {
   const { fileId, table, owner } = idsOf(ctx);
   const f = await lookupDb(env, table, fileId, owner);
+  // logged first, so that no file can go without the gateways hearing of it (a delete that
+  // fails after this only makes them drop a file they may read again)
+  try {
+    await env.meta.logDelete(fileId, owner);
+  } catch (e) {
+    throw dbFailure(e, `Delete Database Fail, Fileid: ${fileId}`);
+  }
   const abs = env.stores.resolveRecorded(f.meta.path);
   if (!abs) {
     env.log.error(
@@ -640,6 +651,21 @@ export async function handleDelete(env: StorageEnv, ctx: RequestContext): Promis
   await env.meta.evict(fileId, owner);
   if (!removed) throw notFound(fileId);
   await ctx.reply();
+}
+
+/**
+ * Deletes since (81): the group's delete log after the asker's sequence number (messages/storage.ts),
+ * for the gateways' caches. A database failure is the asker's to handle (it serves nothing cached).
+ */
+export async function handleDeletes(env: StorageEnv, ctx: RequestContext): Promise<void> {
+  const since = decodeDeletesRequest(ctx.body);
+  let r: DeletesReply;
+  try {
+    r = await env.meta.deletesSince(since, DELETES_MAX);
+  } catch (e) {
+    throw dbFailure(e, 'Read Database Fail, delete log');
+  }
+  await ctx.reply(encodeDeletesReply(r));
 }
 
 /**

@@ -104,6 +104,12 @@ function rowOf(m: FileMeta) {
   };
 }
 
+/**
+ * How long the delete log keeps an entry: a reader further behind than this (a gateway that did
+ * not ask for so long) cannot know what was deleted and drops everything it cached.
+ */
+export const DELETE_LOG_KEEP_MS = 10 * 60_000;
+
 const FILE_TABLES = new Set(['t_file_01', 't_file_02', 't_file_03']);
 
 /**
@@ -238,6 +244,72 @@ export class MetaStore {
       .where('userid', '=', owner.userId)
       .executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
+  }
+
+  /**
+   * Writes a delete of `owner`'s `fileId` to the group's delete log (schema.ts DeleteLogTable)
+   * and returns its sequence number. The counter row stays locked until the commit, so deletes
+   * commit in the order of their numbers: a reader that has seen n has seen every delete ≤ n.
+   */
+  async logDelete(
+    fileId: string,
+    owner: { appId: string; userId: string },
+    nowMs = Date.now(),
+  ): Promise<number> {
+    return this.#db.transaction().execute(async (trx) => {
+      const up = await trx
+        .updateTable('t_delete_seq')
+        .set((eb) => ({ seq: eb('seq', '+', 1) }))
+        .where('id', '=', 1)
+        .executeTakeFirst();
+      if (Number(up.numUpdatedRows) !== 1)
+        throw new Error('t_delete_seq has no row 1 (migration 0002 not run)');
+      const row = await trx
+        .selectFrom('t_delete_seq')
+        .select('seq')
+        .where('id', '=', 1)
+        .executeTakeFirstOrThrow();
+      const seq = Number(row.seq);
+      await trx
+        .insertInto('t_delete_log')
+        .values({ seq, appid: owner.appId, userid: owner.userId, file_id: fileId, deleted_ms: nowMs })
+        .execute();
+      return seq;
+    });
+  }
+
+  /**
+   * The deletes after `since`: the last sequence number, and the ids of since+1 … latest when
+   * they number 1…`max` and the log still holds them all (else none; see STORAGE_DELETES).
+   */
+  async deletesSince(
+    since: number,
+    max: number,
+  ): Promise<{ latest: number; deleted: { appId: string; userId: string; fileId: string }[] }> {
+    // the counter first: every delete up to it has committed (logDelete)
+    const top = await this.#db
+      .selectFrom('t_delete_seq')
+      .select('seq')
+      .where('id', '=', 1)
+      .executeTakeFirst();
+    const latest = Number(top?.seq ?? 0);
+    if (latest <= since || latest - since > max) return { latest, deleted: [] };
+    const rows = await this.#db
+      .selectFrom('t_delete_log')
+      .select(['seq', 'appid', 'userid', 'file_id'])
+      .where('seq', '>', since)
+      .where('seq', '<=', latest)
+      .orderBy('seq')
+      .execute();
+    // trimmed (or never written): the reader cannot know what was deleted
+    if (rows.length !== latest - since) return { latest, deleted: [] };
+    return { latest, deleted: rows.map((r) => ({ appId: r.appid, userId: r.userid, fileId: r.file_id })) };
+  }
+
+  /** Drops log entries older than `beforeMs`; returns how many. */
+  async trimDeleteLog(beforeMs: number): Promise<number> {
+    const r = await this.#db.deleteFrom('t_delete_log').where('deleted_ms', '<', beforeMs).executeTakeFirst();
+    return Number(r.numDeletedRows);
   }
 
   async evict(fileId: string, owner: { appId: string; userId: string }): Promise<void> {

@@ -5,9 +5,17 @@ import { Command, Errno } from '@dsm/packets';
 import type { Handler, NodeKit, NodeSecurity, RequestContext } from '@dsm/server';
 import type { StorageConfig } from './config.ts';
 import type { StorageEnv } from './env.ts';
-import { handleDelete, handleDownload, handleSize, handleStat, handleUpload } from './file-ops.ts';
+import {
+  handleDelete,
+  handleDeletes,
+  handleDownload,
+  handleSize,
+  handleStat,
+  handleUpload,
+} from './file-ops.ts';
 import { HealMonitor } from './heal-info.ts';
 import { IdRanges } from './id-ranges.ts';
+import { DELETE_LOG_KEEP_MS } from './meta.ts';
 import {
   handleUploadAbort,
   handleUploadAppend,
@@ -49,6 +57,7 @@ export function storageHandlers(env: () => Promise<StorageEnv>): Record<number, 
     [Command.STORAGE_UPLOAD_OFFSET]: gated(handleUploadOffset),
     [Command.STORAGE_UPLOAD_COMMIT]: gated(handleUploadCommit),
     [Command.STORAGE_UPLOAD_ABORT]: gated(handleUploadAbort),
+    [Command.STORAGE_DELETES]: gated(handleDeletes),
   };
 }
 
@@ -109,8 +118,9 @@ export function idAllocator(
 }
 
 /**
- * The storage's background work: the expired-upload sweeper (now and every minute), the
- * GlusterFS heal monitor and the store write probe (both optional); all stopped by the kit.
+ * The storage's background work: the expired-upload sweeper and the delete log's trim (now and
+ * every minute), the GlusterFS heal monitor and the store write probe (both optional); all
+ * stopped by the kit.
  */
 export function backgroundTasks(
   kit: NodeKit,
@@ -122,8 +132,12 @@ export function backgroundTasks(
   const { config } = env;
   const log: Logger = kit.log;
   const sweep = (nowMs?: number) => sweepUploads(env, nowMs);
-  const sweepQuietly = () =>
+  const sweepQuietly = () => {
     void sweep().catch((e) => log.warn({ err: messageOf(e) }, 'upload sweep failed'));
+    void env.meta
+      .trimDeleteLog(Date.now() - DELETE_LOG_KEEP_MS)
+      .catch((e) => log.warn({ err: messageOf(e) }, 'delete log trim failed'));
+  };
   sweepQuietly();
   const sweeper = setInterval(sweepQuietly, SWEEP_INTERVAL_MS);
   sweeper.unref();

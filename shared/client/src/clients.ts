@@ -5,15 +5,19 @@ import {
   bufferedUpTo,
   type ClusterStatus,
   Command,
+  DELETES_REPLY_MAX,
+  type DeletesReply,
   type DownloadRequest,
   decodeAddrsReply,
   decodeClusterStatus,
+  decodeDeletesReply,
   decodeI64Body,
   decodeIdRangeReply,
   decodeStatReply,
   decodeText,
   decodeUploadOffsetReply,
   encodeAddrsRequest,
+  encodeDeletesRequest,
   encodeDownloadRequest,
   encodeIdRangeRequest,
   encodeIdRequest,
@@ -250,6 +254,18 @@ export class StorageClient {
 
   async delete(addr: Address, ids: FileIds): Promise<void> {
     await this.#call(addr, Command.STORAGE_DELETE, encodeIds(ids));
+  }
+
+  /** The group's deletes after sequence number `since` (81; see messages/storage.ts). */
+  async deletesSince(addr: Address, since: number): Promise<DeletesReply> {
+    return decodeDeletesReply(
+      await this.#call(
+        addr,
+        Command.STORAGE_DELETES,
+        encodeDeletesRequest(since),
+        bufferedUpTo(DELETES_REPLY_MAX),
+      ),
+    );
   }
 
   /**

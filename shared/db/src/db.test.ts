@@ -112,6 +112,24 @@ describe.each(TARGETS)('@dsm/db on %s', (dialect, makeTarget) => {
     for (const t of ROLE_TABLES.storage) expect(await tableNames(first)).toContain(t);
   });
 
+  it('a storage database from before the delete log gets it (migration 0002), counter at 0', async () => {
+    const x = open('pre0002');
+    expect(await migrate(x.db, x.dialect, 'storage')).toEqual([
+      '0001_storage_initial',
+      '0002_storage_delete_log',
+    ]);
+    // as a database migrated by an older dsm left it: 0001 only
+    await sql`DROP TABLE t_delete_log`.execute(x.db);
+    await sql`DROP TABLE t_delete_seq`.execute(x.db);
+    await sql
+      .raw(`DELETE FROM ${migrationTableName('storage')} WHERE name = '0002_storage_delete_log'`)
+      .execute(x.db);
+    expect(await migrate(x.db, x.dialect, 'storage')).toEqual(['0002_storage_delete_log']);
+    expect(await x.db.selectFrom('t_delete_seq').selectAll().execute()).toEqual([{ id: 1, seq: 0 }]);
+    expect(await x.db.selectFrom('t_delete_log').selectAll().execute()).toEqual([]);
+    expect(await migrate(x.db, x.dialect, 'storage')).toEqual([]);
+  });
+
   it('t_groups_info is seeded with group001', async () => {
     const rows = await h.db.selectFrom('t_groups_info').selectAll().execute();
     expect(rows).toHaveLength(1);

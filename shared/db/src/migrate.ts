@@ -117,6 +117,27 @@ const TABLES: Record<DbRole, TableSpec[]> = {
   ],
 };
 
+/** Role `storage`, migration 0002: the delete log (schema.ts DeleteLogTable). */
+const DELETE_LOG_TABLES: TableSpec[] = [
+  {
+    name: 't_delete_seq',
+    primaryKey: 'id',
+    columns: [col('id', 'INT NOT NULL'), col('seq', 'BIGINT NOT NULL')],
+  },
+  {
+    name: 't_delete_log',
+    primaryKey: 'seq',
+    columns: [
+      col('seq', 'BIGINT NOT NULL'),
+      col('appid', 'VARCHAR(32) NOT NULL'),
+      col('userid', 'VARCHAR(256) NOT NULL'),
+      col('file_id', 'VARCHAR(128) NOT NULL'),
+      col('deleted_ms', 'BIGINT NOT NULL'),
+    ],
+    indexes: [{ name: 'idx_t_delete_log_deleted_ms', columns: ['deleted_ms'], unique: false }],
+  },
+];
+
 const q = (dialect: DbDialect, id: string) => (dialect === 'mysql' ? `\`${id}\`` : `"${id}"`);
 
 function createTableSql(dialect: DbDialect, t: TableSpec): string {
@@ -224,6 +245,18 @@ function migrationsFor(dialect: DbDialect, role: DbRole): Record<string, Migrati
         }
       },
     },
+    ...(role === 'storage'
+      ? {
+          '0002_storage_delete_log': {
+            async up(db: AnyDb) {
+              for (const t of DELETE_LOG_TABLES) await ensureTable(db, dialect, t);
+              const r = await sql<{ n: number }>`SELECT COUNT(*) AS n FROM t_delete_seq`.execute(db);
+              if (Number(r.rows[0]?.n ?? 0) === 0)
+                await sql`INSERT INTO t_delete_seq (id, seq) VALUES (1, 0)`.execute(db);
+            },
+          },
+        }
+      : {}),
   };
 }
 

@@ -60,6 +60,25 @@ export interface UploadTable extends Timestamps {
   updated_ms: number;
 }
 
+/**
+ * Role `storage`: the group's delete log, read by the gateways to drop what they cached of a
+ * deleted file (STORAGE_DELETES). `seq` comes from the one row of `t_delete_seq`, which a delete
+ * locks until it commits: sequence numbers are committed in order, with no gaps.
+ */
+export interface DeleteLogTable {
+  seq: number;
+  appid: string;
+  userid: string;
+  file_id: string;
+  deleted_ms: number;
+}
+
+/** Role `storage`: one row (`id` 1), the sequence number of the last delete logged. */
+export interface DeleteSeqTable {
+  id: number;
+  seq: number;
+}
+
 export type FileTableName = 't_file_01' | 't_file_02' | 't_file_03';
 export const FILE_TABLES: readonly FileTableName[] = Object.freeze(['t_file_01', 't_file_02', 't_file_03']);
 
@@ -72,6 +91,8 @@ export interface Schema {
   t_file_02: FileTable;
   t_file_03: FileTable;
   t_upload: UploadTable;
+  t_delete_log: DeleteLogTable;
+  t_delete_seq: DeleteSeqTable;
 }
 
 export type DbRole = 'tracker' | 'id' | 'storage';
@@ -81,5 +102,5 @@ export const DB_ROLES: readonly DbRole[] = Object.freeze(['tracker', 'id', 'stor
 export const ROLE_TABLES: Readonly<Record<DbRole, readonly (keyof Schema)[]>> = Object.freeze({
   tracker: ['t_groups_info', 't_router'],
   id: ['t_id_gen'],
-  storage: ['t_file_01', 't_file_02', 't_file_03', 't_upload'],
+  storage: ['t_file_01', 't_file_02', 't_file_03', 't_upload', 't_delete_log', 't_delete_seq'],
 });

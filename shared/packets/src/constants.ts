@@ -64,6 +64,8 @@ export const Command = {
   STORAGE_UPLOAD_COMMIT: 78,
   STORAGE_UPLOAD_ABORT: 79,
   STORAGE_UPLOAD_EXT: 80,
+  /** Extension: the group's deletes since a sequence number (messages/storage.ts). */
+  STORAGE_DELETES: 81,
   TRACKER_REPLY: 100,
   ID_REPLY: 101,
   STORAGE_REPLY: 102,

@@ -26,6 +26,12 @@ import { encodeErrorReply } from './messages/error-reply.ts';
 import { encodeI64Body, encodeIdRequest } from './messages/id.ts';
 import { encodeIds, type FileIds } from './messages/ids.ts';
 import {
+  DELETES_MAX,
+  DELETES_REPLY_MAX,
+  decodeDeletesReply,
+  decodeDeletesRequest,
+  encodeDeletesReply,
+  encodeDeletesRequest,
   encodeDownloadRequest,
   encodeStatReply,
   encodeUploadAppendPrefix,
@@ -332,6 +338,16 @@ const OWN_FRAMES: readonly { name: string; spec: SpecFn; frame: Uint8Array; stre
     },
     { name: 'size (71)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_SIZE, encodeIds(IDS)) },
     { name: 'stat (74)', spec: storageSpec, frame: encodeFrame(Command.STORAGE_STAT, encodeIds(IDS)) },
+    {
+      name: 'deletes since (81)',
+      spec: storageSpec,
+      frame: encodeFrame(Command.STORAGE_DELETES, encodeDeletesRequest(2 ** 40 + 3)),
+    },
+    {
+      name: 'deletes reply (102)',
+      spec: replySpec(Command.STORAGE_REPLY, bufferedUpTo(DELETES_REPLY_MAX)),
+      frame: encodeFrame(Command.STORAGE_REPLY, encodeDeletesReply({ latest: 9_000, deleted: [IDS, IDS] })),
+    },
     {
       name: 'upload create (75)',
       spec: storageSpec,
@@ -700,6 +716,31 @@ describe('declared lengths beyond the limits', () => {
 // ---------------------------------------------------------------------------------------------
 // Dead after an error; idle only between frames
 // ---------------------------------------------------------------------------------------------
+
+describe('deletes since (81) bodies', () => {
+  it('round-trip, and refuse a negative number, a count over DELETES_MAX or a body of another length', () => {
+    expect(decodeDeletesRequest(encodeDeletesRequest(77))).toBe(77);
+    const neg = new Uint8Array(8).fill(0xff);
+    expect(() => decodeDeletesRequest(neg)).toThrow(/Invalid since/);
+    expect(() => encodeDeletesRequest(-1)).toThrow(/Invalid since/);
+    const two = encodeDeletesReply({ latest: 5, deleted: [IDS, { ...IDS, fileId: 'x' }] });
+    expect(decodeDeletesReply(two)).toEqual({ latest: 5, deleted: [IDS, { ...IDS, fileId: 'x' }] });
+    const most = encodeDeletesReply({
+      latest: 2 ** 40,
+      deleted: Array.from({ length: DELETES_MAX }, () => IDS),
+    });
+    expect(most.length).toBe(DELETES_REPLY_MAX);
+    expect(decodeDeletesReply(most).deleted).toHaveLength(DELETES_MAX);
+    expect(() => decodeDeletesReply(two.subarray(0, two.length - 1))).toThrow(/Invalid Body Length/);
+    const many = new Uint8Array(10);
+    many[8] = 0x01;
+    many[9] = 0x01; // 257
+    expect(() => decodeDeletesReply(many)).toThrow(/Too Many Deletes: 257 > 256/);
+    expect(() =>
+      encodeDeletesReply({ latest: 1, deleted: Array.from({ length: DELETES_MAX + 1 }, () => IDS) }),
+    ).toThrow(/Too Many Deletes/);
+  });
+});
 
 describe('reader state', () => {
   it('after an error the reader is dead and ignores all further input', () => {

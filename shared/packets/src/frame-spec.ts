@@ -12,6 +12,7 @@ import type { Header } from './header.ts';
 import { AUTH_PROVE_LENGTH } from './messages/auth.ts';
 import { ID_RANGE_REQUEST_MAX, ID_RANGE_REQUEST_MIN } from './messages/id.ts';
 import {
+  DELETES_REQUEST_LENGTH,
   DOWNLOAD_LENGTH,
   UPLOAD_APPEND_PREFIX,
   UPLOAD_CREATE_LENGTH,
@@ -69,6 +70,7 @@ export const REQUEST_SPECS: Readonly<Record<number, FrameSpec>> = Object.freeze(
   [Command.STORAGE_UPLOAD_COMMIT]: exact(IDS_LENGTH),
   [Command.STORAGE_UPLOAD_ABORT]: exact(IDS_LENGTH),
   [Command.STORAGE_UPLOAD_EXT]: { kind: 'stream', prefix: UPLOAD_EXT_PREFIX, maxRest: UNLIMITED },
+  [Command.STORAGE_DELETES]: exact(DELETES_REQUEST_LENGTH),
 });
 
 /** Every node serves these (auth and request context are served once, in @dsm/server, for all). */
@@ -99,6 +101,7 @@ export const STORAGE_COMMANDS: readonly number[] = [
   Command.STORAGE_UPLOAD_COMMIT,
   Command.STORAGE_UPLOAD_ABORT,
   Command.STORAGE_UPLOAD_EXT,
+  Command.STORAGE_DELETES,
 ];
 
 export function lengthError(n: number, spec: FrameSpec): ProtocolError | null {

@@ -60,6 +60,7 @@ async function serve(sec: NodeSecurity): Promise<number> {
       [Command.PING]: async (ctx) => ctx.reply(),
       [Command.STORAGE_SIZE]: async (ctx) => ctx.reply(new Uint8Array(8)),
       [Command.STORAGE_DELETE]: async (ctx) => ctx.reply(),
+      [Command.STORAGE_DELETES]: async (ctx) => ctx.reply(new Uint8Array(10)),
       [Command.TRACKER_STATUS]: async (ctx) => ctx.reply(),
       [Command.TRACKER_ADDRS]: async (ctx) => ctx.reply(),
       [Command.TRACKER_LOCATE]: async (ctx) => ctx.reply(),
@@ -107,9 +108,11 @@ describe('node-protocol auth (auth.required)', () => {
     );
   });
 
-  it('refuses writes, deletes, layout reads and the routing address list without auth (errno UNAUTHORIZED, connection closed); PING and reads stay open', async () => {
+  it('refuses writes, deletes, the delete log, layout reads and the routing address list without auth (errno UNAUTHORIZED, connection closed); PING and reads stay open', async () => {
     for (const [command, body] of [
       [Command.STORAGE_DELETE, new Uint8Array(400)],
+      // the delete log names other tenants' files
+      [Command.STORAGE_DELETES, new Uint8Array(8)],
       [Command.TRACKER_STATUS, new Uint8Array(0)],
       // 12 assigns a group to a user it has not seen (a t_router row): not a read
       [Command.TRACKER_ADDRS, new Uint8Array(400)],

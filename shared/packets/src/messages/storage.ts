@@ -1,4 +1,4 @@
-import { readFixed, readI64, writeFixed, writeI64 } from '../bytes.ts';
+import { readFixed, readI64, readU16, writeFixed, writeI64, writeU16 } from '../bytes.ts';
 import { CONTENT_TYPE_WIDTH, Errno, IDS_LENGTH, SHA256_LENGTH } from '../constants.ts';
 import { ProtocolError } from '../errors.ts';
 import { type FileIds, readIds, writeIds } from './ids.ts';
@@ -225,4 +225,61 @@ export function encodeUploadOffsetReply(r: UploadOffsetReply): Uint8Array {
 export function decodeUploadOffsetReply(b: Uint8Array): UploadOffsetReply {
   expectLength(b, 16);
   return { offset: readI64(b, 0, 'offset'), totalSize: readI64(b, 8, 'total size') };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deletes since (81, extension): the group's delete log, for caches of files (the gateway's).
+// Request, body = 8: | 0 | 8 | since: the last sequence number the asker has seen, i64 BE |
+// Reply, body = 10 + 400 × N:
+// | 0  | 8       | latest: the sequence number of the group's last delete, i64 BE  |
+// | 8  | 2       | N, u16 BE                                                       |
+// | 10 | 400 × N | the id blocks of deletes since+1 … latest, in order             |
+// N is latest − since when that is 1…DELETES_MAX and the log still holds them all, else 0: the
+// asker then cannot know what was deleted (it drops everything it cached).
+
+export const DELETES_REQUEST_LENGTH = 8;
+/** Most deletes one reply names. */
+export const DELETES_MAX = 256;
+export const DELETES_REPLY_MAX = 10 + IDS_LENGTH * DELETES_MAX;
+
+export interface DeletesReply {
+  latest: number;
+  /** Empty unless it names every delete since the request's `since`. */
+  deleted: FileIds[];
+}
+
+export function encodeDeletesRequest(since: number): Uint8Array {
+  expectNonNegative(since, 'since');
+  const b = new Uint8Array(DELETES_REQUEST_LENGTH);
+  writeI64(b, 0, since);
+  return b;
+}
+
+export function decodeDeletesRequest(b: Uint8Array): number {
+  expectLength(b, DELETES_REQUEST_LENGTH);
+  const since = readI64(b, 0, 'since');
+  expectNonNegative(since, 'since');
+  return since;
+}
+
+export function encodeDeletesReply(r: DeletesReply): Uint8Array {
+  if (r.deleted.length > DELETES_MAX)
+    throw new ProtocolError(`Too Many Deletes: ${r.deleted.length} > ${DELETES_MAX}`, Errno.BAD_FIELD);
+  const b = new Uint8Array(10 + IDS_LENGTH * r.deleted.length);
+  writeI64(b, 0, r.latest);
+  writeU16(b, 8, r.deleted.length);
+  for (let i = 0; i < r.deleted.length; i++) writeIds(b, 10 + IDS_LENGTH * i, r.deleted[i] as FileIds);
+  return b;
+}
+
+export function decodeDeletesReply(b: Uint8Array): DeletesReply {
+  expectPrefix(b, 10);
+  const latest = readI64(b, 0, 'latest');
+  expectNonNegative(latest, 'latest');
+  const n = readU16(b, 8);
+  if (n > DELETES_MAX) throw new ProtocolError(`Too Many Deletes: ${n} > ${DELETES_MAX}`, Errno.BAD_FIELD);
+  expectLength(b, 10 + IDS_LENGTH * n);
+  const deleted: FileIds[] = [];
+  for (let i = 0; i < n; i++) deleted.push(readIds(b, 10 + IDS_LENGTH * i));
+  return { latest, deleted };
 }
