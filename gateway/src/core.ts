@@ -139,6 +139,7 @@ export class GatewayCore {
   readonly #fileReads = new Map<string, Promise<Uint8Array<ArrayBuffer>>>();
   /** Bumped by every invalidation: an answer that was under way across one is not kept. */
   #gen = 0;
+  #journalWarnedAt = 0;
 
   constructor(d: GatewayDeps) {
     this.client = d.client;
@@ -185,6 +186,16 @@ export class GatewayCore {
         (id) => this.#drop(id),
         () => this.#dropAll(),
         new StorageDeleteFeed(),
+        (e) => {
+          // once a minute at most: a failing read repeats every invalidationPollMs
+          const now = Date.now();
+          if (now - this.#journalWarnedAt < 60_000) return;
+          this.#journalWarnedAt = now;
+          this.log.warn(
+            { err: e },
+            'the delete journal or a storage delete log cannot be read: caches not served until it can',
+          );
+        },
       );
   }
 

@@ -12,6 +12,7 @@ afterEach(async () => {
 
 function journalOn(kv: MemoryKvStore, pollMs = 20) {
   const deleted: string[] = [];
+  const failures: unknown[] = [];
   let lost = 0;
   const j = new DeleteJournal(
     kv,
@@ -20,8 +21,10 @@ function journalOn(kv: MemoryKvStore, pollMs = 20) {
     () => {
       lost++;
     },
+    undefined,
+    (e) => failures.push(e),
   );
-  return { j, deleted, lost: () => lost };
+  return { j, deleted, failures, lost: () => lost };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -67,7 +70,37 @@ describe('the delete journal', () => {
     await sleep(50);
     expect(await reader.j.usable()).toBe(false);
     expect(reader.lost()).toBe(2);
+    // the failure is reported (the gateway logs it)
+    expect(reader.failures).toHaveLength(1);
+    expect(String(reader.failures[0])).toMatch(/closed/);
     // and stays refused: no read is retried within pollMs of the failure
     expect(await reader.j.usable()).toBe(false);
+  });
+
+  it('a read that hangs costs requests their cache hits, not their time: false after pollMs, true once it answers', async () => {
+    const kv = new MemoryKvStore();
+    stores.push(kv);
+    let gate: (() => void) | null = null;
+    const slow = new Proxy(kv, {
+      get(target, prop, receiver) {
+        if (prop !== 'get') return Reflect.get(target, prop, receiver);
+        return async (key: string) => {
+          if (gate === null) await new Promise<void>((r) => (gate = r));
+          return target.get(key);
+        };
+      },
+    });
+    const reader = journalOn(slow, 100);
+    const t0 = performance.now();
+    const waits = await Promise.all(Array.from({ length: 50 }, () => reader.j.usable()));
+    const waited = performance.now() - t0;
+    expect(waits.every((w) => w === false)).toBe(true);
+    expect(waited).toBeGreaterThanOrEqual(95);
+    expect(waited).toBeLessThan(600);
+    // the store answers: the read under way completes and the caches are usable again
+    (gate as unknown as () => void)();
+    await sleep(10);
+    expect(await reader.j.usable()).toBe(true);
+    expect(reader.lost()).toBe(1);
   });
 });

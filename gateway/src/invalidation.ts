@@ -17,8 +17,9 @@ import type { Address, ClusterStatus } from '@dsm/packets';
  *
  * `usable()` tells a reader whether the caches may be served now: yes when the journal was read
  * less than `pollMs` ago; yes but with a read started when less than twice that; otherwise only
- * after a read that succeeds. So a delete through one gateway is seen by every other within
- * 2 × `pollMs`, and a process that cannot read the journal serves nothing from its caches.
+ * after a read that succeeds, waited for at most `pollMs`. So a delete through one gateway is seen
+ * by every other within 2 × `pollMs`, and a process that cannot read the journal serves nothing
+ * from its caches.
  */
 export class DeleteJournal {
   readonly #kv: KvStore;
@@ -26,11 +27,13 @@ export class DeleteJournal {
   readonly #onDeleted: (publicId: string) => void;
   readonly #onLost: () => void;
   readonly #feed: StorageDeleteFeed | undefined;
+  readonly #onFailed: ((e: unknown) => void) | undefined;
   #seen: number | null = null;
   /** performance.now() at the start of the last successful read. */
   #readAt = Number.NEGATIVE_INFINITY;
   #failedAt = Number.NEGATIVE_INFINITY;
   #reading: Promise<boolean> | null = null;
+  #waiting: { read: Promise<boolean>; p: Promise<boolean> } | null = null;
 
   constructor(
     kv: KvStore,
@@ -40,12 +43,15 @@ export class DeleteJournal {
     onLost: () => void,
     /** The storages' delete log (none: only deletes through gateways are heard of). */
     feed?: StorageDeleteFeed,
+    /** A read failed (the caches are not served until one succeeds). */
+    onFailed?: (e: unknown) => void,
   ) {
     this.#kv = kv;
     this.#pollMs = pollMs;
     this.#onDeleted = onDeleted;
     this.#onLost = onLost;
     this.#feed = feed;
+    this.#onFailed = onFailed;
   }
 
   /**
@@ -56,7 +62,23 @@ export class DeleteJournal {
     const age = performance.now() - this.#readAt;
     if (age < this.#pollMs) return true;
     const p = this.#read(client);
-    return age < 2 * this.#pollMs ? true : p;
+    return age < 2 * this.#pollMs ? true : this.#waitAtMost(p);
+  }
+
+  /**
+   * `read`, or false once it has taken `pollMs`: a slow store or storage (a dead host not yet
+   * marked offline, its connect timing out) costs requests their cache hits, not their time.
+   * One timer per read, however many requests wait.
+   */
+  #waitAtMost(read: Promise<boolean>): Promise<boolean> {
+    if (this.#waiting?.read !== read) {
+      const gaveUp = new Promise<boolean>((resolve) => {
+        const t = setTimeout(resolve, this.#pollMs, false) as unknown as { unref?: () => void };
+        t.unref?.();
+      });
+      this.#waiting = { read, p: Promise.race([read, gaveUp]) };
+    }
+    return this.#waiting.p;
   }
 
   /** Records a delete for the other processes (after the storage deleted the file). */
@@ -105,7 +127,8 @@ export class DeleteJournal {
       this.#seen = seq;
       this.#readAt = started;
       return true;
-    } catch {
+    } catch (e) {
+      this.#onFailed?.(e);
       this.#failedAt = performance.now();
       this.#readAt = Number.NEGATIVE_INFINITY;
       this.#onLost();
