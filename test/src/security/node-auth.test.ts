@@ -204,6 +204,11 @@ describe('node-protocol auth on a running cluster (auth.required on every node)'
       const { id } = (await res.json()) as { id: string };
       const back = Buffer.from(await (await fetch(`${gw.url}/files/${id}`)).arrayBuffer());
       expect(sha(back)).toBe(sha(body));
+      // its caches are usable: the storages' delete log (81) and the tracker's status are read
+      // over authenticated connections; without the key they cannot be, and nothing is cached
+      await new Promise((r) => setTimeout(r, 2 * gw.core.cfg.invalidationPollMs));
+      expect(await gw.core.cachesUsable()).toBe(true);
+      expect(await bare.core.cachesUsable()).toBe(false);
       const refused = await fetch(`${bare.url}/files`, { method: 'POST', body });
       // the end user did nothing wrong: a 503 naming the gateway's problem, no node text
       expect(refused.status).toBe(503);
