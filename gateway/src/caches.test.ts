@@ -231,6 +231,12 @@ describe('a delete made on a storage, not through a gateway', () => {
     }
     // within twice the poll interval (50 ms), plus the requests' own time
     expect(Date.now() - t0).toBeLessThan(2000);
+    // counted: each gateway dropped the two files (and, at its first read, everything)
+    for (const g of [a, b]) {
+      const text = await (await fetch(`${g.adminUrl}/metrics`)).text();
+      expect(Number(/dsm_gateway_cache_invalidations_total\{kind="file"\} (\d+)/.exec(text)?.[1])).toBe(2);
+      expect(Number(/dsm_gateway_cache_invalidations_total\{kind="failed"\} (\d+)/.exec(text)?.[1] ?? 0)).toBe(0);
+    }
     // a file not deleted stays cached: its id alone was dropped, not everything
     const kept = await upload(a, patternBytes(10 * KiB, 7));
     for (let i = 0; i < 2; i++) expect((await get(`${a.url}/files/${kept.id}`)).status).toBe(200);

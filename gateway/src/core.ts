@@ -34,6 +34,12 @@ export interface GatewayMetrics {
    * (`bytes` of it; range coalescing, slices.ts).
    */
   sliceRead?(bytes: number): void;
+  /**
+   * The caches dropped a deleted file (`file`), or everything (`all`: the delete journal or a
+   * storage's delete log could not say what was deleted), or a read of those failed (`failed`:
+   * nothing cached is served until one succeeds).
+   */
+  invalidation?(kind: 'file' | 'all' | 'failed'): void;
   /** The exposition text for GET /metrics. */
   render(): Promise<{ contentType: string; body: string }>;
 }
@@ -187,6 +193,7 @@ export class GatewayCore {
         () => this.#dropAll(),
         new StorageDeleteFeed(),
         (e) => {
+          this.metrics?.invalidation?.('failed');
           // once a minute at most: a failing read repeats every invalidationPollMs
           const now = Date.now();
           if (now - this.#journalWarnedAt < 60_000) return;
@@ -379,6 +386,7 @@ export class GatewayCore {
   }
 
   #drop(publicId: string): void {
+    this.metrics?.invalidation?.('file');
     this.#gen++;
     this.#stats.delete(publicId);
     this.#files?.delete(publicId);
@@ -389,6 +397,7 @@ export class GatewayCore {
 
   /** Everything kept goes; answers under way are still shared, but not kept (see #gen). */
   #dropAll(): void {
+    this.metrics?.invalidation?.('all');
     this.#gen++;
     this.#stats.clear();
     this.#files?.clear();

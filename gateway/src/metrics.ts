@@ -47,6 +47,18 @@ export function createPromMetrics(
   const sliceReadBytes = add(
     new LiteCounter('dsm_gateway_slice_read_bytes_total', 'Bytes of those slice reads'),
   ).child();
+  const invalidations = add(
+    new LiteCounter(
+      'dsm_gateway_cache_invalidations_total',
+      'Drops from the caches by deletes: a file (kind file), everything (all: the delete journal or a storage delete log could not say what was deleted), and failed reads of those (failed: nothing cached is served until one succeeds)',
+      ['kind'],
+    ),
+  );
+  const invalidationKinds = {
+    file: invalidations.child({ kind: 'file' }),
+    all: invalidations.child({ kind: 'all' }),
+    failed: invalidations.child({ kind: 'failed' }),
+  };
   const swept = add(
     new LiteCounter('dsm_gateway_tus_expired_total', 'Expired tus uploads deleted by the sweeper'),
   ).child();
@@ -78,6 +90,9 @@ export function createPromMetrics(
     sliceRead(bytes) {
       sliceReads.inc();
       sliceReadBytes.inc(bytes);
+    },
+    invalidation(kind) {
+      invalidationKinds[kind].inc();
     },
     bytesIn(route, n) {
       bytesIn.child({ route }).inc(n);

@@ -209,6 +209,9 @@ describe('node-protocol auth on a running cluster (auth.required on every node)'
       await new Promise((r) => setTimeout(r, 2 * gw.core.cfg.invalidationPollMs));
       expect(await gw.core.cachesUsable()).toBe(true);
       expect(await bare.core.cachesUsable()).toBe(false);
+      expect((await bare.core.metrics?.render())?.body).toMatch(
+        /dsm_gateway_cache_invalidations_total\{kind="failed"\} [1-9]/,
+      );
       const refused = await fetch(`${bare.url}/files`, { method: 'POST', body });
       // the end user did nothing wrong: a 503 naming the gateway's problem, no node text
       expect(refused.status).toBe(503);
