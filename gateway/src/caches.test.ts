@@ -235,7 +235,9 @@ describe('a delete made on a storage, not through a gateway', () => {
     for (const g of [a, b]) {
       const text = await (await fetch(`${g.adminUrl}/metrics`)).text();
       expect(Number(/dsm_gateway_cache_invalidations_total\{kind="file"\} (\d+)/.exec(text)?.[1])).toBe(2);
-      expect(Number(/dsm_gateway_cache_invalidations_total\{kind="failed"\} (\d+)/.exec(text)?.[1] ?? 0)).toBe(0);
+      expect(
+        Number(/dsm_gateway_cache_invalidations_total\{kind="failed"\} (\d+)/.exec(text)?.[1] ?? 0),
+      ).toBe(0);
     }
     // a file not deleted stays cached: its id alone was dropped, not everything
     const kept = await upload(a, patternBytes(10 * KiB, 7));

@@ -1,15 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { newFileId, type Pool, type StorageClient, type UploadSource } from '@dsm/client';
-import { createLogger, parseConfig } from '@dsm/common';
-import type { DbHandle } from '@dsm/db';
+import { newFileId, type StorageClient, type UploadSource } from '@dsm/client';
+import { createLogger } from '@dsm/common';
 import { createKvStore } from '@dsm/kv';
-import { type Address, DELETES_MAX, type FileIds } from '@dsm/packets';
+import { DELETES_MAX, type FileIds } from '@dsm/packets';
 import { type Backend, mariadbBackend, sqliteBackend } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { configSchema } from './config.ts';
 import { MetaStore } from './meta.ts';
-import { type StorageNode, startStorage } from './storage.ts';
-import { closeSuite, errorReplyOf, idStub, openChecks, openScratch } from './test-support.ts';
+import { errorReplyOf, idStub, type MemberPair, startMemberPair } from './test-support.ts';
 
 // The group's delete log (STORAGE_DELETES, 81): every delete made through any member is numbered
 // in the shared database, in commit order and without gaps, so a gateway that saw number n and
@@ -26,43 +23,17 @@ const source = (data: Buffer): UploadSource => ({
 });
 
 describe.each(BACKENDS.map((f) => [f().name, f] as const))('delete log on %s', (_name, makeBackend) => {
-  let dir = '';
-  let backend: Backend;
-  let a: StorageNode;
-  let b: StorageNode;
-  let dbh: DbHandle;
-  let pool: Pool;
+  let g: MemberPair;
   let sc: StorageClient;
-  const ids = idStub();
-  const addrA = (): Address => ({ host: '127.0.0.1', port: a.port });
-  const addrB = (): Address => ({ host: '127.0.0.1', port: b.port });
-
-  const start = (hostname: string, dbUrl: string) =>
-    startStorage(
-      parseConfig(
-        configSchema,
-        {
-          listen: '127.0.0.1:0',
-          hostname,
-          storePaths: ['store1'],
-          trackers: [],
-          database: dbUrl,
-          cache: backend.cache,
-        },
-        dir,
-      ),
-      { log, idSource: ids.source, cachePrefix: backend.cachePrefix },
-    );
+  const addrA = () => g.addrA();
+  const addrB = () => g.addrB();
 
   beforeAll(async () => {
-    const scratch = await openScratch(makeBackend, 'dsm-delete-log-');
-    ({ dir, backend } = scratch);
-    a = await start('member-a', scratch.dbUrl);
-    b = await start('member-b', scratch.dbUrl);
-    ({ dbh, pool, sc } = openChecks(scratch.dbUrl));
+    g = await startMemberPair(makeBackend, 'dsm-delete-log-', { log, idSource: idStub().source });
+    sc = g.sc;
   });
 
-  afterAll(() => closeSuite([pool, a, b, dbh], backend, dir));
+  afterAll(() => g?.close());
 
   async function stored(userId = 'carol'): Promise<FileIds> {
     const f = { appId: 'tnvideo', userId, fileId: newFileId() };
@@ -116,7 +87,7 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('delete log on %s', (
   });
 
   it(`more than ${DELETES_MAX} deletes since the asker's number, or entries trimmed: no names, only the number`, async () => {
-    const meta = new MetaStore(dbh.db, createKvStore('memory:'), 0, log);
+    const meta = new MetaStore(g.dbh.db, createKvStore('memory:'), 0, log);
     const start = (await sc.deletesSince(addrA(), 0)).latest;
     for (let i = 0; i < DELETES_MAX + 1; i++)
       await meta.logDelete(newFileId(), { appId: 'tnvideo', userId: 'bulk' });
@@ -134,11 +105,11 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('delete log on %s', (
       deleted: [],
     });
     // numbering goes on after a trim
-    const g = await stored();
-    await sc.delete(addrB(), g);
+    const h = await stored();
+    await sc.delete(addrB(), h);
     expect(await sc.deletesSince(addrA(), start + DELETES_MAX + 2)).toEqual({
       latest: start + DELETES_MAX + 3,
-      deleted: [plain(g)],
+      deleted: [plain(h)],
     });
   });
 });

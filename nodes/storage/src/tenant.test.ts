@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { newFileId, type Pool, type RemoteError, type StorageClient, type UploadSource } from '@dsm/client';
-import { createLogger, parseConfig } from '@dsm/common';
+import { newFileId, type RemoteError, type StorageClient, type UploadSource } from '@dsm/client';
+import { createLogger } from '@dsm/common';
 import type { DbHandle } from '@dsm/db';
 import { createKvStore } from '@dsm/kv';
 import {
@@ -18,11 +18,10 @@ import {
 } from '@dsm/packets';
 import { type Backend, collect, mariadbBackend, RawConn, type RawFrame, sqliteBackend } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { configSchema } from './config.ts';
 import { type FileMeta, MetaStore, ownerOf } from './meta.ts';
 import { fileTableFor } from './seed-rules.ts';
-import { type StorageNode, startStorage } from './storage.ts';
-import { closeSuite, errorReplyOf, idStub, openChecks, openScratch } from './test-support.ts';
+import type { StorageNode } from './storage.ts';
+import { errorReplyOf, idStub, type MemberPair, startMemberPair } from './test-support.ts';
 
 // Tenant isolation at the protocol: a request names (app, user, file id); the user picks the
 // table, and only a row recorded for exactly that app and user is the file. Anyone else naming
@@ -64,12 +63,9 @@ const shape = (e: RemoteError, fileId: string) => ({
 });
 
 describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on %s', (_name, makeBackend) => {
-  let dir = '';
   let backend: Backend;
   let a: StorageNode;
-  let b: StorageNode;
   let dbh: DbHandle;
-  let pool: Pool;
   let sc: StorageClient;
   const ids = idStub();
   const attackers = [
@@ -77,36 +73,20 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
     // the same user name in another app lands in the same table (the hash takes the user only)
     { appId: 'otherapp', userId: VICTIM },
   ];
-  const addrA = (): Address => ({ host: '127.0.0.1', port: a.port });
-  const addrB = (): Address => ({ host: '127.0.0.1', port: b.port });
-
-  const start = async (hostname: string, dbUrl: string) =>
-    startStorage(
-      parseConfig(
-        configSchema,
-        {
-          listen: '127.0.0.1:0',
-          hostname,
-          storePaths: ['store1'],
-          trackers: [],
-          database: dbUrl,
-          cache: backend.cache,
-          metaCacheTtlMs: 60_000,
-        },
-        dir,
-      ),
-      { log, idSource: ids.source, cachePrefix: backend.cachePrefix },
-    );
+  let pair: MemberPair;
+  const addrA = (): Address => pair.addrA();
+  const addrB = (): Address => pair.addrB();
 
   beforeAll(async () => {
-    const scratch = await openScratch(makeBackend, 'dsm-tenant-');
-    ({ dir, backend } = scratch);
-    a = await start('store-a', scratch.dbUrl);
-    b = await start('store-b', scratch.dbUrl);
-    ({ dbh, pool, sc } = openChecks(scratch.dbUrl));
+    pair = await startMemberPair(makeBackend, 'dsm-tenant-', {
+      log,
+      idSource: ids.source,
+      extra: { metaCacheTtlMs: 60_000 },
+    });
+    ({ backend, a, dbh, sc } = pair);
   });
 
-  afterAll(() => closeSuite([pool, a, b, dbh], backend, dir));
+  afterAll(() => pair?.close());
 
   it('the attackers really share the victim table (computed with the seed hash)', () => {
     expect(attackers.length).toBe(4);

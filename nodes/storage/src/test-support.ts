@@ -3,8 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Pool, RemoteError, StorageClient } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
+import { type Logger, parseConfig } from '@dsm/common';
 import { createDb, type DbHandle } from '@dsm/db';
+import type { Address } from '@dsm/packets';
 import { type Backend, rejection } from '@dsm/testkit';
+import { configSchema } from './config.ts';
+import { type StorageNode, startStorage } from './storage.ts';
 
 /**
  * Helpers for this package's tests (not exported): an in-memory id source and the set-up and
@@ -65,4 +69,59 @@ export async function errorReplyOf(p: Promise<unknown>): Promise<RemoteError> {
   const e = await rejection(p);
   if (e instanceof RemoteError) return e;
   throw e;
+}
+
+/** Two members of one group (one database, a store folder each) and what a suite checks them with. */
+export interface MemberPair {
+  dir: string;
+  backend: Backend;
+  a: StorageNode;
+  b: StorageNode;
+  dbh: DbHandle;
+  pool: Pool;
+  sc: StorageClient;
+  addrA(): Address;
+  addrB(): Address;
+  close(): Promise<void>;
+}
+
+/** Starts a MemberPair on a fresh backend (`extra`: more storage config for both). */
+export async function startMemberPair(
+  makeBackend: () => Backend,
+  dirPrefix: string,
+  o: { log: Logger; idSource: (key: string) => Promise<number>; extra?: Record<string, unknown> },
+): Promise<MemberPair> {
+  const { dir, backend, dbUrl } = await openScratch(makeBackend, dirPrefix);
+  const start = (hostname: string) =>
+    startStorage(
+      parseConfig(
+        configSchema,
+        {
+          listen: '127.0.0.1:0',
+          hostname,
+          storePaths: ['store1'],
+          trackers: [],
+          database: dbUrl,
+          cache: backend.cache,
+          ...o.extra,
+        },
+        dir,
+      ),
+      { log: o.log, idSource: o.idSource, cachePrefix: backend.cachePrefix },
+    );
+  const a = await start('store-a');
+  const b = await start('store-b');
+  const { dbh, pool, sc } = openChecks(dbUrl);
+  return {
+    dir,
+    backend,
+    a,
+    b,
+    dbh,
+    pool,
+    sc,
+    addrA: () => ({ host: '127.0.0.1', port: a.port }),
+    addrB: () => ({ host: '127.0.0.1', port: b.port }),
+    close: () => closeSuite([pool, a, b, dbh], backend, dir),
+  };
 }
