@@ -164,7 +164,8 @@ function isolateFor(env: WorkerEnv): Isolate {
         edge?.slices.clear();
       },
       // no storage delete log: its reads would be one request's sockets awaited by others,
-      // which workerd does not allow; a stat is trusted here for 2 s at most (core.ts)
+      // which workerd does not allow; how long a stat is trusted bounds how long a delete made
+      // around the gateways goes unseen here (core.ts statMaxAgeMs)
     ),
   };
   return isolate;
