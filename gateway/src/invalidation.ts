@@ -17,7 +17,7 @@ import type { Address, ClusterStatus } from '@dsm/packets';
  *
  * `usable()` tells a reader whether the caches may be served now: yes when the journal was read
  * less than `pollMs` ago; yes but with a read started when less than twice that; otherwise only
- * after a read that succeeds, waited for at most `pollMs`. So a delete through one gateway is seen
+ * after a read that succeeds, waited for at most `readWaitMs`. So a delete through one gateway is seen
  * by every other within 2 × `pollMs`, and a process that cannot read the journal serves nothing
  * from its caches.
  */
@@ -66,14 +66,16 @@ export class DeleteJournal {
   }
 
   /**
-   * `read`, or false once it has taken `pollMs`: a slow store or storage (a dead host not yet
-   * marked offline, its connect timing out) costs requests their cache hits, not their time.
-   * One timer per read, however many requests wait.
+   * `read`, or false once it has taken `readWaitMs(pollMs)`: a slow store or storage (a dead
+   * host not yet marked offline, its connect timing out) costs requests their cache hits, not
+   * their time. One timer per read, however many requests wait.
    */
   #waitAtMost(read: Promise<boolean>): Promise<boolean> {
     if (this.#waiting?.read !== read) {
       const gaveUp = new Promise<boolean>((resolve) => {
-        const t = setTimeout(resolve, this.#pollMs, false) as unknown as { unref?: () => void };
+        const t = setTimeout(resolve, readWaitMs(this.#pollMs), false) as unknown as {
+          unref?: () => void;
+        };
         t.unref?.();
       });
       this.#waiting = { read, p: Promise.race([read, gaveUp]) };
@@ -141,6 +143,15 @@ const SEQ_KEY = 'files:deleted:seq';
 const entryKey = (n: number) => `files:deleted:${n}`;
 /** Journal entries outlive any poll interval by far; a reader further behind drops everything. */
 const ENTRY_TTL_MS = 10 * 60_000;
+/**
+ * How long a request waits for a journal read before it goes without the caches: a second, or
+ * `pollMs` when that is longer. Not less: a read on a loaded machine (a tracker's status and
+ * every group's log, with the store's) can take more than a short `pollMs`, and a burst of
+ * requests sent past the caches for it reads what they would have shared (a CI run: a range
+ * storm read its slices twice with a 50 ms wait).
+ */
+export const readWaitMs = (pollMs: number): number => Math.max(pollMs, 1000);
+
 /** More deletes than this since the last read: drop everything instead of reading them all. */
 const MAX_BEHIND = 256;
 

@@ -61,7 +61,7 @@ export interface Stack {
   gateway: RunningGateway;
   /** Starts another gateway on the same cluster (sharing `kv` when given). */
   startGateway(cfg?: GatewayConfigInput, kv?: KvStore): Promise<RunningGateway>;
-  /** Regular files under the group data folders (committed files and partials), relative. */
+  /** Regular files under the group data folders (committed files and partials), relative; no locks or probes. */
   dataFiles(): string[];
   stop(): Promise<void>;
 }
@@ -115,7 +115,8 @@ export async function startStack(
           const p = join(d, name);
           const st = statSync(p);
           if (st.isDirectory()) walk(p, `${rel}${name}/`);
-          else if (!name.endsWith('.lock')) out.push(`${rel}${name}`);
+          // locks, and the storages' store write probes (written and removed every few seconds)
+          else if (!name.endsWith('.lock') && !name.endsWith('.probe')) out.push(`${rel}${name}`);
         }
       };
       walk(join(dir, 'data'), '');
