@@ -152,14 +152,24 @@ describe('tracker admin listener', () => {
     const t = await backend.start({ admin: { listen: '127.0.0.1:0' } });
     const { port } = new URL(t.ready.admin as string);
     const { connect } = await import('node:net');
+    // the close is listened for from the start, and an error is reported: a connection refused
+    // or closed before it was up fails the test with what happened (a CI run once timed out here)
     const open = (head: string) =>
-      new Promise<{ closedAt: Promise<number> }>((resolve) => {
+      new Promise<{ closedAt: Promise<number> }>((resolve, reject) => {
         const started = Date.now();
+        let up = false;
         const s = connect({ host: '127.0.0.1', port: Number(port) }, () => {
+          up = true;
           s.write(head);
-          resolve({ closedAt: new Promise((r) => s.on('close', () => r(Date.now() - started))) });
+          resolve({ closedAt });
         });
-        s.on('error', () => {});
+        const closedAt = new Promise<number>((r) => s.on('close', () => r(Date.now() - started)));
+        s.on('error', (e) => {
+          if (!up) reject(e);
+        });
+        void closedAt.then((ms) => {
+          if (!up) reject(new Error(`closed after ${ms} ms, before the connection was up`));
+        });
       });
     // a head that never ends (slowloris) is cut after 5 s of silence, not held for ever
     const slow = await open('GET /metrics HTTP/1.1\r\nHost: x\r\n');
