@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -111,10 +111,10 @@ export async function startStack(
     dataFiles() {
       const out: string[] = [];
       const walk = (d: string, rel: string) => {
-        for (const name of readdirSync(d)) {
-          const p = join(d, name);
-          const st = statSync(p);
-          if (st.isDirectory()) walk(p, `${rel}${name}/`);
+        // the entry's type from the listing, not a stat that a lock removed meanwhile would fail
+        for (const e of readdirSync(d, { withFileTypes: true })) {
+          const name = e.name;
+          if (e.isDirectory()) walk(join(d, name), `${rel}${name}/`);
           // locks, and the storages' store write probes (written and removed every few seconds)
           else if (!name.endsWith('.lock') && !name.endsWith('.probe')) out.push(`${rel}${name}`);
         }

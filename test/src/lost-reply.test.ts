@@ -4,7 +4,7 @@
 // the first case, exactly once, and keep the error with nothing stored in the others; the
 // gateway's REST upload (a body that cannot be replayed) gets the same through DsmClient.
 import { createHash } from 'node:crypto';
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { DsmClient, decodePublicId, RemoteError, type Transport, type UploadSource } from '@dsm/client';
@@ -196,10 +196,11 @@ describe.each(BACKEND_NAMES)('lost upload replies on %s', (backend) => {
   function dataFiles(): string[] {
     const out: string[] = [];
     const walk = (d: string, rel: string) => {
-      for (const name of readdirSync(d)) {
-        const p = join(d, name);
-        if (statSync(p).isDirectory()) walk(p, `${rel}${name}/`);
-        else if (!name.endsWith('.lock')) out.push(`${rel}${name}`);
+      // the entry's type from the listing: a lock removed between a readdir and a stat of it
+      // failed this walk with ENOENT once (a CI run)
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name), `${rel}${e.name}/`);
+        else if (!e.name.endsWith('.lock')) out.push(`${rel}${e.name}`);
       }
     };
     walk(join(t.dir, 'data'), '');
