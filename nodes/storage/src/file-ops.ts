@@ -16,6 +16,7 @@ import {
   encodeI64Body,
   encodeStatReply,
   type FileStat,
+  HEADER_LENGTH,
   readUserIdBytes,
 } from '@dsm/packets';
 import type { RequestContext } from '@dsm/server';
@@ -547,13 +548,21 @@ export async function handleSize(env: StorageEnv, ctx: RequestContext): Promise<
  */
 const SYNC_READ_BYTES = 64 * 1024;
 
-/** `length` bytes of an open file from `position`, read synchronously (SYNC_READ_BYTES). */
-function readWholeSync(of: OpenFile, position: number, length: number, fileId: string): Uint8Array {
-  const buf = Buffer.allocUnsafe(length);
+/**
+ * `length` bytes of an open file from `position`, read synchronously (SYNC_READ_BYTES) into a
+ * reply frame: HEADER_LENGTH bytes of room, then the bytes (RequestContext.replyFramed).
+ */
+function readFrameSync(
+  of: OpenFile,
+  position: number,
+  length: number,
+  fileId: string,
+): Uint8Array<ArrayBuffer> {
+  const buf = Buffer.allocUnsafe(HEADER_LENGTH + length);
   let at = 0;
   try {
     while (at < length) {
-      const n = readSync(of.fh.fd, buf, at, length - at, position + at);
+      const n = readSync(of.fh.fd, buf, HEADER_LENGTH + at, length - at, position + at);
       if (n === 0) throw new Error(`file ended ${length - at} bytes early`);
       at += n;
     }
@@ -573,7 +582,9 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
   const userBytes = readUserIdBytes(ctx.body);
   const table = fileTableFor(userBytes);
   const owner = ownerOf(req.appId, req.userId, userBytes);
-  let f = await lookup(env, table, fileId, owner);
+  // a lookup kept in the process needs no await (MetaStore.findHot)
+  const hot = env.meta.findHot(table, fileId, owner);
+  let f = hot ? { meta: hot, cached: true } : await lookup(env, table, fileId, owner);
   for (;;) {
     const total = f.meta.size;
     if (req.offset < 0 || req.offset > total) {
@@ -603,7 +614,7 @@ export async function handleDownload(env: StorageEnv, ctx: RequestContext): Prom
         throw ioFailure(`File Size Mismatch, Fileid: ${fileId}: ${of.size} < ${req.offset + size}`);
       }
       if (size <= SYNC_READ_BYTES && env.stores.local)
-        await ctx.reply(readWholeSync(of, req.offset, size, fileId));
+        await ctx.replyFramed(readFrameSync(of, req.offset, size, fileId));
       else await ctx.replyStream(size, readChunks(of.fh, req.offset, size, env.config.ioChunkBytes));
     } finally {
       of.release();

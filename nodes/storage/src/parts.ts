@@ -38,12 +38,17 @@ export function outgoingTransport(security: NodeSecurity) {
 
 type EnvHandler = (env: StorageEnv, ctx: RequestContext) => Promise<void>;
 
-/** The storage's handler table; every file command waits for `env()` (start-up done, database ready). */
-export function storageHandlers(env: () => Promise<StorageEnv>): Record<number, Handler> {
+/**
+ * The storage's handler table; every file command waits for `env()` (start-up done, database
+ * ready), which answers without a promise once both hold (no await per request then).
+ */
+export function storageHandlers(env: () => StorageEnv | Promise<StorageEnv>): Record<number, Handler> {
   const gated =
     (h: EnvHandler): Handler =>
-    async (ctx) =>
-      h(await env(), ctx);
+    (ctx) => {
+      const e = env();
+      return e instanceof Promise ? e.then((x) => h(x, ctx)) : h(e, ctx);
+    };
   return {
     [Command.PING]: async (ctx) => ctx.reply(),
     [Command.STORAGE_UPLOAD]: gated((e, ctx) => handleUpload(e, ctx, false)),

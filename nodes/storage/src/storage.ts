@@ -86,6 +86,13 @@ export async function startStorage(
       failStart = reject;
     });
     envReady.catch(() => {});
+    let envNow: StorageEnv | undefined;
+    void envReady.then(
+      (e) => {
+        envNow = e;
+      },
+      () => {},
+    );
     const { server, host, port } = await kit.listen({
       name: 'storage',
       listen: config.listen,
@@ -93,11 +100,15 @@ export async function startStorage(
       replyCommand: Command.STORAGE_REPLY,
       maxUpload: config.maxUploadBytes,
       security,
-      handlers: storageHandlers(async () => {
-        const env = await envReady;
-        await db.ready();
-        return env;
-      }),
+      handlers: storageHandlers(() =>
+        envNow && db.migrated
+          ? envNow
+          : (async () => {
+              const env = await envReady;
+              await db.ready();
+              return env;
+            })(),
+      ),
     });
     const advertisePort = config.advertisePort || port;
     const owner = `${config.hostname}-${advertisePort}`;

@@ -1,6 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { mkdir, readdir, realpath, rm, statfs } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { LruMap } from '@dsm/common/lru';
 import { isJournalEntry } from './commit-journal.ts';
 import { SpaceReader } from './fs-util.ts';
 
@@ -37,6 +38,8 @@ export class Stores {
   readonly paths: readonly string[];
   readonly #tmpName: string;
   readonly #base: string;
+  /** resolveRecorded's recent answers (bounded). */
+  readonly #resolved = new LruMap<string, string | null>(4096);
   readonly #space: SpaceReader[];
   #real: string[] = [];
   #local = false;
@@ -130,8 +133,15 @@ export class Stores {
    */
   resolveRecorded(filePath: string | null | undefined): string | null {
     if (!filePath || filePath.includes('\0')) return null;
+    // a pure function of the path (the base and the stores are fixed): the answers of recent
+    // paths are kept, since a download resolved its file's path each time (10 % of what the
+    // storage allocated per small download went to path.resolve and the inside check)
+    const known = this.#resolved.get(filePath);
+    if (known !== undefined) return known;
     const abs = resolve(this.#base, filePath);
-    return this.indexOf(abs) >= 0 ? abs : null;
+    const answer = this.indexOf(abs) >= 0 ? abs : null;
+    this.#resolved.set(filePath, answer);
+    return answer;
   }
 
   /** Whether a real (symlink-free) path lies inside one of the stores. */

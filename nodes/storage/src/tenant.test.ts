@@ -297,6 +297,12 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
       const victim = owner(APP, VICTIM);
       expect((await meta.find(TABLE, fileId, victim))?.cached).toBe(false);
       expect((await meta.find(TABLE, fileId, victim))?.cached).toBe(true); // warm
+      // the lookup kept in the process answers its owner only, and a user id whose bytes were
+      // not valid UTF-8 (decoded to the same text) never
+      expect(meta.findHot(TABLE, fileId, victim)?.fileId).toBe(fileId);
+      for (const x of attackers) expect(meta.findHot(TABLE, fileId, owner(x.appId, x.userId))).toBeNull();
+      expect(meta.findHot(TABLE, fileId, ownerOf(APP, VICTIM, new Uint8Array([0xff])))).toBeNull();
+      expect(meta.findHot('t_file_02' === TABLE ? 't_file_03' : 't_file_02', fileId, victim)).toBeNull();
       const entry = await kv.get(MetaStore.cacheKey(fileId, victim));
       expect(entry).not.toBeNull();
       for (const x of attackers) {
@@ -319,6 +325,11 @@ describe.each(BACKENDS.map((f) => [f().name, f] as const))('tenant isolation on 
       // removing needs the owner too
       expect(await meta.remove(TABLE, fileId, owner(APP, attackers[0]?.userId as string))).toBe(false);
       expect(await meta.remove(TABLE, fileId, victim)).toBe(true);
+      // evict drops the kept lookup with the KV entry
+      expect(meta.findHot(TABLE, fileId, victim)).not.toBeNull();
+      await meta.evict(fileId, victim);
+      expect(meta.findHot(TABLE, fileId, victim)).toBeNull();
+      expect(await meta.find(TABLE, fileId, victim)).toBeNull();
     } finally {
       await kv.close();
     }

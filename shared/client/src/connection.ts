@@ -177,6 +177,86 @@ export class Connection {
   }
 
   /**
+   * `request` for the hot path (a small download): the same frame, reply rules, timeout and
+   * failure handling, settled from the socket's reads by this connection's own callbacks, one
+   * promise per request instead of a chain of async functions (`request` → `#exclusive` →
+   * `#readBuffered` → `#nextEvent` → `#readWithTimeout`: a promise and a resumption each, most
+   * of what a gateway allocated per small GET besides Node's own HTTP objects).
+   */
+  requestQuick(command: number, body: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
+    if (this.#busy) return Promise.reject(new DsmError(ErrorCode.SOCKET, 'connection is busy'));
+    this.#busy = true;
+    this.#reader.setSpec(replySpec(replyCommand, ok));
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.#quick = { resolve, reject };
+      this.#sock
+        .write(this.#withContext(encodeFrame(command, body)))
+        .then(this.#quickDeliver, this.#quickFail);
+    });
+  }
+
+  /** The pending requestQuick's settlers. */
+  #quick: { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void } | null = null;
+
+  readonly #quickFail = (e: unknown): void => {
+    const q = this.#quick;
+    this.#quick = null;
+    this.#busy = false;
+    this.#reading = false;
+    this.#usable = false;
+    if (!(e instanceof RemoteError)) this.destroy();
+    q?.reject(e);
+  };
+
+  /** The next reply event, or a read for more bytes. */
+  readonly #quickDeliver = (): void => {
+    const ev = this.#events.shift();
+    if (!ev) {
+      this.#activityAt = Date.now();
+      this.#reading = true;
+      if (this.#idleTimer === undefined) this.#armIdle(this.#opts.ioTimeoutMs);
+      this.#sock.read().then(this.#quickChunk, this.#quickReadFailed);
+      return;
+    }
+    let body: Uint8Array;
+    try {
+      if (ev.type === 'error') {
+        this.destroy();
+        throw new DsmError(ErrorCode.PROTOCOL, `bad reply from ${this.address}: ${ev.error.message}`);
+      }
+      if (ev.type !== 'frame') throw new DsmError(ErrorCode.PROTOCOL, `unexpected reply event ${ev.type}`);
+      this.#failOnError(ev.header, ev.body);
+      body = ev.body;
+    } catch (e) {
+      this.#quickFail(e);
+      return;
+    }
+    const q = this.#quick;
+    this.#quick = null;
+    this.#busy = false;
+    this.lastUsed = Date.now();
+    q?.resolve(body);
+  };
+
+  readonly #quickChunk = (chunk: Uint8Array | null): void => {
+    this.#reading = false;
+    if (this.#timedOut) {
+      this.#quickFail(this.#timeoutError());
+    } else if (chunk === null) {
+      this.#usable = false;
+      this.#quickFail(new DsmError(ErrorCode.SOCKET, `connection to ${this.address} closed by the server`));
+    } else {
+      this.#events = this.#reader.push(chunk);
+      this.#quickDeliver();
+    }
+  };
+
+  readonly #quickReadFailed = (e: unknown): void => {
+    this.#reading = false;
+    this.#quickFail(this.#timedOut ? this.#timeoutError() : e);
+  };
+
+  /**
    * Sends `prefix` + `restLength` bytes from `source` as one frame (uploads), while watching for
    * an early error reply: a server that refuses an upload answers and closes before the body is
    * sent, and that answer is what the caller needs to see, not the broken pipe.

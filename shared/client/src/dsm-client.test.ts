@@ -365,3 +365,101 @@ describe('StorageClient.downloadBytes', () => {
     }
   });
 });
+
+describe('DsmClient.downloadBytes on a kept connection (Connection.requestQuick)', () => {
+  type Answer = 'ok' | 'error' | 'silent' | 'close' | 'short';
+  /** A storage answering its requests in turn as `script` says (then 'ok'); counts connections. */
+  async function scriptedStorage(script: Answer[], size: number) {
+    const { createServer } = await import('node:net');
+    const { Command, encodeFrame, encodeErrorReply, Status } = await import('@dsm/packets');
+    const sockets = new Set<import('node:net').Socket>();
+    let connections = 0;
+    let requests = 0;
+    const server = createServer((s) => {
+      connections++;
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('data', () => {
+        const a = script[requests++] ?? 'ok';
+        if (a === 'ok') s.write(encodeFrame(Command.STORAGE_REPLY, new Uint8Array(size).fill(requests)));
+        else if (a === 'short') s.write(encodeFrame(Command.STORAGE_REPLY, new Uint8Array(size - 1)));
+        else if (a === 'error') {
+          const body = encodeErrorReply({ errno: Errno.NOT_FOUND, message: '[s1] File Not Exist' });
+          s.end(encodeFrame(Command.STORAGE_REPLY, body, Status.ERROR));
+        } else if (a === 'close') s.destroy();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const addr = { host: '127.0.0.1', port: (server.address() as { port: number }).port };
+    return {
+      addr,
+      get connections() {
+        return connections;
+      },
+      get requests() {
+        return requests;
+      },
+      close: () => {
+        for (const s of sockets) s.destroy();
+        return new Promise<void>((r) => server.close(() => r()));
+      },
+    };
+  }
+  const ids = { appId: 'app', userId: 'u', fileId: 'f' };
+
+  async function withClient(
+    script: Answer[],
+    fn: (c: DsmClient, s: Awaited<ReturnType<typeof scriptedStorage>>) => Promise<void>,
+  ) {
+    const s = await scriptedStorage(script, 16);
+    const c = new DsmClient({ trackers: [a1], transport: nodeTransport, ioTimeoutMs: 300 });
+    c.tracker.storagesOf = async () => ({ group: 'g1', addrs: [s.addr] });
+    try {
+      await fn(c, s);
+    } finally {
+      await c.close();
+      await s.close();
+    }
+  }
+
+  it('reuses one connection for downloads one after another, each reply whole', async () => {
+    await withClient([], async (c, s) => {
+      for (let i = 1; i <= 5; i++)
+        expect(await c.downloadBytes(ids, 0, 16)).toEqual(new Uint8Array(16).fill(i));
+      expect(s.connections).toBe(1);
+    });
+  });
+
+  it("passes the storage's error reply and drops that connection", async () => {
+    await withClient(['ok', 'error'], async (c, s) => {
+      await c.downloadBytes(ids, 0, 16);
+      const e = await c.downloadBytes(ids, 0, 16).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(RemoteError);
+      expect(e).toMatchObject({ errno: Errno.NOT_FOUND });
+      expect(await c.downloadBytes(ids, 0, 16)).toEqual(new Uint8Array(16).fill(3));
+      expect(s.connections).toBe(2);
+    });
+  });
+
+  it('asks again on a fresh connection when the kept one was closed by the storage', async () => {
+    await withClient(['ok', 'close'], async (c, s) => {
+      await c.downloadBytes(ids, 0, 16);
+      expect(await c.downloadBytes(ids, 0, 16)).toEqual(new Uint8Array(16).fill(3));
+      expect(s.requests).toBe(3);
+      expect(s.connections).toBe(2);
+    });
+  });
+
+  it('refuses a reply of another length (PROTOCOL) and times out a silent storage', async () => {
+    await withClient(['ok', 'short', 'ok', 'silent', 'silent', 'silent'], async (c) => {
+      await c.downloadBytes(ids, 0, 16);
+      await expect(c.downloadBytes(ids, 0, 16)).rejects.toMatchObject({ code: ErrorCode.PROTOCOL });
+      await c.downloadBytes(ids, 0, 16);
+      const t0 = Date.now();
+      // the kept connection times out, then the full path's fresh one, and after asking the
+      // tracker again, another
+      await expect(c.downloadBytes(ids, 0, 16)).rejects.toMatchObject({ code: ErrorCode.TIMEOUT });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(3 * 300 - 20);
+    });
+  });
+});

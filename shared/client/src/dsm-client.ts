@@ -1,6 +1,13 @@
 import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
-import { type Address, type AddrsReply, Errno, type FileIds, type FileStat } from '@dsm/packets';
+import {
+  type Address,
+  type AddrsReply,
+  Errno,
+  type FileIds,
+  type FileStat,
+  formatAddress,
+} from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
 import { isRemoteError, type StreamReply } from './connection.ts';
 import { isRetryable, tryEach } from './failover.ts';
@@ -95,6 +102,13 @@ export class DsmClient {
    * group to a new user); reads look up only (a user without a route is NOT_FOUND and the
    * tracker records nothing). `fileId` is only sent with a lookup, for the NOT_FOUND text.
    */
+  /** A fresh cached `locate` answer, or undefined. */
+  #cachedLocate(appId: string, userId: string): AddrsReply | undefined {
+    if (this.#cacheMs <= 0) return undefined;
+    const hit = this.#cache.get(`${appId}\u0000${userId}`);
+    return hit && Date.now() - hit.at < this.#cacheMs ? hit.reply : undefined;
+  }
+
   async locate(
     appId: string,
     userId: string,
@@ -280,6 +294,24 @@ export class DsmClient {
    * frame; fails over like download().
    */
   downloadBytes(ids: FileIds, offset: number, length: number): Promise<Uint8Array> {
+    // The hot path: the user's storages known and a connection to the first one idle; on a
+    // retryable failure the full path below runs (the same storage again on a fresh
+    // connection, as `Pool.use` retries a stale one, then the others)
+    const known = this.#cachedLocate(ids.appId, ids.userId);
+    const first = known?.addrs[0];
+    if (first) {
+      const quick = this.storage.downloadBytesNow(keyOf(first), { ...ids, offset, size: length });
+      if (quick) {
+        return quick.catch((e: unknown) => {
+          if (!isRetryable(e)) throw e;
+          return this.#downloadBytesAll(ids, offset, length);
+        });
+      }
+    }
+    return this.#downloadBytesAll(ids, offset, length);
+  }
+
+  #downloadBytesAll(ids: FileIds, offset: number, length: number): Promise<Uint8Array> {
     return this.#onStorages(
       ids.appId,
       ids.userId,
@@ -292,6 +324,18 @@ export class DsmClient {
   close(): Promise<void> {
     return this.pool.close();
   }
+}
+
+const addressKeys = new WeakMap<Address, string>();
+
+/** formatAddress of a (cached) address, made once per address object. */
+function keyOf(a: Address): string {
+  let k = addressKeys.get(a);
+  if (k === undefined) {
+    k = formatAddress(a);
+    addressKeys.set(a, k);
+  }
+  return k;
 }
 
 /** A reply that never came: the connection closed or reset, or the reply timed out. */

@@ -95,6 +95,27 @@ export class Pool {
     }
   }
 
+  /**
+   * An idle connection to `addr` (`key`: formatAddress of it) taken at once, or null when there
+   * is none (then `use` opens or waits for one). It counts as in use until `giveBack`.
+   */
+  takeIdle(key: string): Connection | null {
+    if (this.#closed) return null;
+    const slot = this.#slots.get(key);
+    if (!slot) return null;
+    while (slot.idle.length > 0) {
+      const c = slot.idle.pop() as Connection;
+      if (c.usable) return c;
+      slot.open--;
+    }
+    return null;
+  }
+
+  /** Gives back a connection of `takeIdle` (an unusable one is closed and its place freed). */
+  giveBack(key: string, conn: Connection): void {
+    this.#releaseKey(key, conn);
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#sweeper);
@@ -178,7 +199,11 @@ export class Pool {
   }
 
   #release(addr: Address, conn: Connection): void {
-    const slot = this.#slot(formatAddress(addr));
+    this.#releaseKey(formatAddress(addr), conn);
+  }
+
+  #releaseKey(key: string, conn: Connection): void {
+    const slot = this.#slot(key);
     if (!conn.usable || this.#closed) {
       conn.destroy();
       slot.open--;
