@@ -187,11 +187,12 @@ export class GatewayCore {
     this.journal =
       d.journal ??
       new DeleteJournal(
-        d.kv,
+        // every delete goes through a storage, which logs it: the storages' log is the one
+        // source (the Worker, which cannot read it, journals its deletes in its store)
+        new StorageDeleteFeed(this.client),
         d.config.invalidationPollMs,
         (id) => this.#drop(id),
         () => this.#dropAll(),
-        new StorageDeleteFeed(),
         (e) => {
           this.metrics?.invalidation?.('failed');
           // once a minute at most: a failing read repeats every invalidationPollMs
@@ -257,7 +258,7 @@ export class GatewayCore {
    * (`statCacheMs` > 0) and the delete journal was read recently (invalidation.ts).
    */
   cachesUsable(): boolean | Promise<boolean> {
-    return this.statMaxAgeMs > 0 ? this.journal.usable(this.client) : false;
+    return this.statMaxAgeMs > 0 ? this.journal.usable() : false;
   }
 
   /**
@@ -297,7 +298,7 @@ export class GatewayCore {
    * fastFile).
    */
   cachedEntry(publicId: string): FileEntry | null {
-    if (this.statMaxAgeMs <= 0 || this.journal.usable(this.client) !== true) return null;
+    if (this.statMaxAgeMs <= 0 || this.journal.usable() !== true) return null;
     const hit = this.#stats.get(publicId);
     return hit && Date.now() - hit.at < this.statMaxAgeMs ? hit : null;
   }

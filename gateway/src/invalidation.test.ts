@@ -1,6 +1,6 @@
 import { MemoryKvStore } from '@dsm/kv/memory';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DeleteJournal, readWaitMs } from './invalidation.ts';
+import { DeleteJournal, KvDeleteLog, readWaitMs } from './invalidation.ts';
 
 // The delete journal over a real in-process KvStore (the Redis one is exercised by
 // caches.test.ts with two gateways): what a reader drops, and when it refuses its caches.
@@ -15,13 +15,12 @@ function journalOn(kv: MemoryKvStore, pollMs = 20) {
   const failures: unknown[] = [];
   let lost = 0;
   const j = new DeleteJournal(
-    kv,
+    new KvDeleteLog(kv),
     pollMs,
     (id) => deleted.push(id),
     () => {
       lost++;
     },
-    undefined,
     (e) => failures.push(e),
   );
   return { j, deleted, failures, lost: () => lost };

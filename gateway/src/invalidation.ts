@@ -3,32 +3,39 @@ import type { KvStore } from '@dsm/kv';
 import type { Address, ClusterStatus } from '@dsm/packets';
 
 /**
- * The delete journal: how every gateway process learns of a delete made through any of them,
- * over the one thing they share, the KV store (`cache`: Redis, or the process's own memory).
+ * Where a DeleteJournal hears of deletes. `read` gives the public ids deleted since its last
+ * read, or null when it cannot tell what was deleted (then everything cached goes); it throws
+ * when it cannot be read. `publish` records a delete made through this gateway, after the
+ * storage deleted the file.
+ */
+export interface DeleteSource {
+  read(): Promise<string[] | null>;
+  publish(publicId: string): Promise<void>;
+}
+
+/**
+ * The delete journal: how a gateway process learns of deletes made through any gateway (and, on
+ * Node, around them), so that nothing it cached of a deleted file is served again. What it
+ * reads is its DeleteSource: on Node the storages' delete log (StorageDeleteFeed), which every
+ * delete goes through; on the Worker a journal in the KV store (KvDeleteLog), which is all its
+ * isolates share.
  *
- * A delete appends the file's public id under the next number of a counter
- * (`files:deleted:<n>`, kept `ENTRY_TTL_MS`). Each process reads the counter at most every
- * `pollMs`, on demand (no timer: the Worker builds a core per request), and drops what it cached
- * of the ids appended since. Whatever it cannot account for (an entry gone or not written yet, a
- * counter that went back, too many at once, the store unreachable) drops everything cached.
+ * The source is read at most every `pollMs`, on demand (no timer: the Worker builds a core per
+ * request). Whatever it cannot account for, or a source that cannot be read, drops everything
+ * cached.
  *
- * Deletes made elsewhere (`dsm rm`, any client of the storage protocol) come from the storages'
- * delete log (StorageDeleteFeed), read in the same turn: the journal is read only when both are.
- *
- * `usable()` tells a reader whether the caches may be served now: yes when the journal was read
+ * `usable()` tells a reader whether the caches may be served now: yes when the source was read
  * less than `pollMs` ago; yes but with a read started when less than twice that; otherwise only
- * after a read that succeeds, waited for at most `readWaitMs`. So a delete through one gateway is seen
- * by every other within 2 × `pollMs`, and a process that cannot read the journal serves nothing
- * from its caches.
+ * after a read that succeeds, waited for at most `readWaitMs`. So a delete is seen by every
+ * process within 2 × `pollMs`, and a process that cannot read its source serves nothing from
+ * its caches.
  */
 export class DeleteJournal {
-  readonly #kv: KvStore;
+  readonly #source: DeleteSource;
   readonly #pollMs: number;
   readonly #onDeleted: (publicId: string) => void;
   readonly #onLost: () => void;
-  readonly #feed: StorageDeleteFeed | undefined;
   readonly #onFailed: ((e: unknown) => void) | undefined;
-  #seen: number | null = null;
   /** performance.now() at the start of the last successful read. */
   #readAt = Number.NEGATIVE_INFINITY;
   #failedAt = Number.NEGATIVE_INFINITY;
@@ -36,32 +43,26 @@ export class DeleteJournal {
   #waiting: { read: Promise<boolean>; p: Promise<boolean> } | null = null;
 
   constructor(
-    kv: KvStore,
+    source: DeleteSource,
     pollMs: number,
     onDeleted: (publicId: string) => void,
-    /** Everything cached must go (the journal cannot say what was deleted). */
+    /** Everything cached must go (the source cannot say what was deleted). */
     onLost: () => void,
-    /** The storages' delete log (none: only deletes through gateways are heard of). */
-    feed?: StorageDeleteFeed,
     /** A read failed (the caches are not served until one succeeds). */
     onFailed?: (e: unknown) => void,
   ) {
-    this.#kv = kv;
+    this.#source = source;
     this.#pollMs = pollMs;
     this.#onDeleted = onDeleted;
     this.#onLost = onLost;
-    this.#feed = feed;
     this.#onFailed = onFailed;
   }
 
-  /**
-   * True (or a promise of it) when cached files may be served now; see the class comment.
-   * `client`: the one the storages' delete log is read through, when it must be read.
-   */
-  usable(client?: DsmClient): boolean | Promise<boolean> {
+  /** True (or a promise of it) when cached files may be served now; see the class comment. */
+  usable(): boolean | Promise<boolean> {
     const age = performance.now() - this.#readAt;
     if (age < this.#pollMs) return true;
-    const p = this.#read(client);
+    const p = this.#read();
     return age < 2 * this.#pollMs ? true : this.#waitAtMost(p);
   }
 
@@ -84,49 +85,27 @@ export class DeleteJournal {
   }
 
   /** Records a delete for the other processes (after the storage deleted the file). */
-  async publish(publicId: string): Promise<void> {
-    const n = await this.#kv.incrBy(SEQ_KEY, 1);
-    await this.#kv.set(entryKey(n), publicId, ENTRY_TTL_MS);
+  publish(publicId: string): Promise<void> {
+    return this.#source.publish(publicId);
   }
 
-  #read(client: DsmClient | undefined): Promise<boolean> {
+  #read(): Promise<boolean> {
     if (this.#reading) return this.#reading;
-    // a store that just failed is not asked again by every request: once per pollMs
+    // a source that just failed is not asked again by every request: once per pollMs
     if (performance.now() - this.#failedAt < this.#pollMs) return Promise.resolve(false);
-    const p = this.#readOnce(client).finally(() => {
+    const p = this.#readOnce().finally(() => {
       this.#reading = null;
     });
     this.#reading = p;
     return p;
   }
 
-  async #readOnce(client: DsmClient | undefined): Promise<boolean> {
+  async #readOnce(): Promise<boolean> {
     const started = performance.now();
     try {
-      if (this.#feed && !client) throw new Error('the storages delete log needs a client');
-      const [raw, fromStorages] = await Promise.all([
-        this.#kv.get(SEQ_KEY),
-        this.#feed && client ? this.#feed.read(client) : [],
-      ]);
-      if (fromStorages === null) this.#onLost();
-      else for (const id of fromStorages) this.#onDeleted(id);
-      const seq = raw === null ? 0 : Number(raw);
-      if (!Number.isSafeInteger(seq) || seq < 0) throw new Error(`bad journal counter ${raw}`);
-      const seen = this.#seen;
-      if (seen === null || seq < seen || seq - seen > MAX_BEHIND) {
-        this.#onLost();
-      } else if (seq > seen) {
-        const ids = await Promise.all(
-          Array.from({ length: seq - seen }, (_, i) => this.#kv.get(entryKey(seen + 1 + i))),
-        );
-        let lost = false;
-        for (const id of ids) {
-          if (id === null) lost = true;
-          else this.#onDeleted(id);
-        }
-        if (lost) this.#onLost();
-      }
-      this.#seen = seq;
+      const ids = await this.#source.read();
+      if (ids === null) this.#onLost();
+      else for (const id of ids) this.#onDeleted(id);
       this.#readAt = started;
       return true;
     } catch (e) {
@@ -136,6 +115,43 @@ export class DeleteJournal {
       this.#onLost();
       return false;
     }
+  }
+}
+
+/**
+ * The Worker's DeleteSource, in the KV store its isolates share: a delete appends the file's
+ * public id under the next number of a counter (`files:deleted:<n>`, kept `ENTRY_TTL_MS`); a
+ * read takes the ids appended since the number it saw last. An entry gone or not written yet, a
+ * counter that went back, or more than MAX_BEHIND at once: null (drop everything).
+ */
+export class KvDeleteLog implements DeleteSource {
+  readonly #kv: KvStore;
+  #seen: number | null = null;
+
+  constructor(kv: KvStore) {
+    this.#kv = kv;
+  }
+
+  async publish(publicId: string): Promise<void> {
+    const n = await this.#kv.incrBy(SEQ_KEY, 1);
+    await this.#kv.set(entryKey(n), publicId, ENTRY_TTL_MS);
+  }
+
+  async read(): Promise<string[] | null> {
+    const raw = await this.#kv.get(SEQ_KEY);
+    const seq = raw === null ? 0 : Number(raw);
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new Error(`bad journal counter ${raw}`);
+    const seen = this.#seen;
+    if (seen === null || seq < seen || seq - seen > MAX_BEHIND) {
+      this.#seen = seq;
+      return null;
+    }
+    const ids = await Promise.all(
+      Array.from({ length: seq - seen }, (_, i) => this.#kv.get(entryKey(seen + 1 + i))),
+    );
+    this.#seen = seq;
+    const found = ids.filter((id): id is string => id !== null);
+    return found.length === ids.length ? found : null;
   }
 }
 
@@ -163,16 +179,28 @@ const MAX_BEHIND = 256;
  * ONLINE), and a group with none is skipped: nothing can be deleted through a storage that is down,
  * and its log is read from where it was left once one is back.
  */
-export class StorageDeleteFeed {
+export class StorageDeleteFeed implements DeleteSource {
+  readonly #client: DsmClient;
   readonly #seen = new Map<string, number>();
   #groups: { at: number; list: { name: string; addrs: Address[] }[] } | null = null;
+
+  /** `client`: the one the tracker and the storages are asked through. */
+  constructor(client: DsmClient) {
+    this.#client = client;
+  }
+
+  /** Nothing to do: the storage logged the delete itself, before it removed the file. */
+  publish(): Promise<void> {
+    return Promise.resolve();
+  }
 
   /**
    * The public ids deleted since the last read, or null when that cannot be told (a group seen
    * for the first time, a log that was trimmed or went back, too many deletes at once). Throws
    * when the tracker or a group with live storages cannot be asked.
    */
-  async read(client: DsmClient): Promise<string[] | null> {
+  async read(): Promise<string[] | null> {
+    const client = this.#client;
     let groups = this.#groups;
     if (!groups || performance.now() - groups.at >= GROUPS_REFRESH_MS) {
       groups = { at: performance.now(), list: liveGroups(await client.tracker.status()) };

@@ -13,7 +13,7 @@ import { GatewayCore, type GatewayLog, type StatCache } from './core.ts';
 import { DurableKvObject, DurableKvStore, type DurableObjectStateLike } from './durable-kv.ts';
 import { EdgeCache, type EdgeCacheApi } from './edge-cache.ts';
 import { EdgeLimits } from './edge-limits.ts';
-import { DeleteJournal } from './invalidation.ts';
+import { DeleteJournal, KvDeleteLog } from './invalidation.ts';
 import { IsolateKvStore } from './isolate-kv.ts';
 import { HttpError, problemResponse, toProblem } from './problem.ts';
 import { TusService, tusKeys } from './tus.ts';
@@ -152,8 +152,12 @@ function isolateFor(env: WorkerEnv): Isolate {
     verifier: new TokenVerifier(config.auth),
     edgeLimits: new EdgeLimits(config.limits),
     edge,
+    // the deletes through this Worker's isolates, journaled in their store: not the storage
+    // delete log, whose reads would be one request's sockets awaited by others, which workerd
+    // does not allow; how long a stat is trusted bounds how long a delete made around the
+    // Worker goes unseen here (core.ts statMaxAgeMs)
     journal: new DeleteJournal(
-      kv,
+      new KvDeleteLog(kv),
       config.invalidationPollMs,
       (id) => {
         statCache.delete(id);
@@ -163,9 +167,6 @@ function isolateFor(env: WorkerEnv): Isolate {
         statCache.clear();
         edge?.slices.clear();
       },
-      // no storage delete log: its reads would be one request's sockets awaited by others,
-      // which workerd does not allow; how long a stat is trusted bounds how long a delete made
-      // around the gateways goes unseen here (core.ts statMaxAgeMs)
     ),
   };
   return isolate;
