@@ -4,18 +4,20 @@ import { type Context, Hono } from 'hono';
 import { cors } from 'hono/cors';
 import { routePath } from 'hono/route';
 import { hasAdminToken, metricsResponse, readyResponse } from './admin.ts';
-import { GatewayCore, type GatewayDeps } from './core.ts';
+import { type FileEntry, GatewayCore, type GatewayDeps } from './core.ts';
 import { clientKey, releaseWhenSent } from './edge-limits.ts';
 import {
   bufferedBytes,
   countedBody,
   deleteFile,
+  type FilePlan,
   fileMeta,
   planFileReply,
   type ReplyHeaders,
   rawBodyType,
   SMALL_BODY_BYTES,
   serveFile,
+  smallReadFailure,
   uploadedHeaders,
   uploadFile,
   uploadReplyAt,
@@ -101,6 +103,14 @@ const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
 const DECIMAL = /^\d{1,15}$/;
 const MULTIPART = /^multipart\/form-data\b/i;
 const utf8 = new TextEncoder();
+
+/** fromMemory's answer for a small range read from a storage, its stat cached (answerRead). */
+class ReadThrough {
+  constructor(
+    readonly f: FileEntry,
+    readonly plan: FilePlan,
+  ) {}
+}
 
 /** fromMemory's answer for a reply the app streams. */
 const STREAMS = Symbol('streams');
@@ -459,6 +469,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       return null; // the app streams it
     }
     if (!reply) return answerFetched(req, publicId, ids, release, extra, t0);
+    if (reply instanceof ReadThrough) return answerRead(req, reply, release, extra, t0);
     release();
     answered(req, extra, reply, t0);
     return reply;
@@ -467,13 +478,15 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   /**
    * The reply without a promise: a fresh cached stat and, for a GET, the small file in memory;
    * STREAMS when the stat is cached and the reply is one the app streams (a seek in a big file:
-   * decided at once, without a stat or a promise first); null when the stat must be fetched.
+   * decided at once, without a stat or a promise first); a ReadThrough when the stat is cached
+   * and the bytes (a small range the file cache does not keep) are read from a storage
+   * (answerRead); null when the stat must be fetched.
    */
   const fromMemory = (
     req: FastRequest,
     publicId: string,
     extra: ReplyHeaders,
-  ): FastReply | typeof STREAMS | null => {
+  ): FastReply | ReadThrough | typeof STREAMS | null => {
     const f = core.cachedEntry(publicId);
     if (!f) return null;
     let plan: ReturnType<typeof planFileReply>;
@@ -485,7 +498,12 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     let body: Uint8Array | null = null;
     if (req.method === 'GET' && plan.length > 0) {
       const bytes = core.cachedBytes(f);
-      if (!bytes) return plan.length > SMALL_BODY_BYTES && !core.keepsSmallFile(f) ? STREAMS : null;
+      if (!bytes) {
+        if (core.keepsSmallFile(f)) return null; // read whole and kept (answerFetched)
+        if (plan.length > SMALL_BODY_BYTES) return STREAMS;
+        core.metrics?.cacheLookup?.('stat', true);
+        return new ReadThrough(f, plan);
+      }
       body = plan.length === bytes.length ? bytes : bytes.subarray(plan.start, plan.start + plan.length);
       core.metrics?.cacheLookup?.('file', true);
       core.metrics?.bytesOut(FILE_ROUTE, plan.length);
@@ -531,6 +549,44 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     }
     answered(req, extra, reply, t0);
     return reply;
+  };
+
+  /**
+   * A small range of a file whose stat is cached, read from a storage (fromMemory's ReadThrough):
+   * answerFetched's reply without its stat lookup and async layers (the cache-off small GET).
+   */
+  const answerRead = (
+    req: FastRequest,
+    r: ReadThrough,
+    release: () => void,
+    extra: ReplyHeaders,
+    t0: number,
+  ): Promise<FastReply> => {
+    const requestId = extra['X-Request-Id'] as string;
+    const { f, plan } = r;
+    return core.client
+      .forRequest(requestId)
+      .downloadBytes(f.ids, plan.start, plan.length)
+      .then(
+        (body) => {
+          release();
+          core.metrics?.bytesOut(FILE_ROUTE, plan.length);
+          const headers = plan.headers;
+          for (const k in extra) headers[k] = extra[k] as string;
+          const reply = { status: plan.status, headers, body };
+          answered(req, extra, reply, t0);
+          return reply;
+        },
+        async (e: unknown) => {
+          release();
+          const reply = await problemReply(
+            problemOf(smallReadFailure(core, f, e), req.method, req.target, requestId),
+            extra,
+          );
+          answered(req, extra, reply, t0);
+          return reply;
+        },
+      );
   };
 
   /** Metrics and the access log line of a fast-path reply. */

@@ -268,11 +268,18 @@ async function readSmallRange(
   try {
     return (await client.downloadBytes(f.ids, start, length)) as Uint8Array<ArrayBuffer>;
   } catch (e) {
-    // a reply that broke off or broke the frame rules; the storage's own answers pass as they are
-    if (!isDsmError(e, ErrorCode.PROTOCOL) || isRemoteError(e)) throw e;
-    core.log.warn({ err: e, fileId: f.ids.fileId }, 'download failed');
-    throw new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
+    throw smallReadFailure(core, f, e);
   }
+}
+
+/**
+ * What a failed read of a small range answers: a reply that broke off or broke the frame rules
+ * is a 502 (logged); the storage's own answers (and every other failure) pass as they are.
+ */
+export function smallReadFailure(core: GatewayCore, f: FileEntry, e: unknown): unknown {
+  if (!isDsmError(e, ErrorCode.PROTOCOL) || isRemoteError(e)) return e;
+  core.log.warn({ err: e, fileId: f.ids.fileId }, 'download failed');
+  return new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
 }
 
 /** The reply's body is in memory: the download slot (limits.downloadsPerClient) is not held. */
