@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { Cluster, ClusterOptions } from '@dsm/cluster';
 import { createKvStore, type KvStore } from '@dsm/kv';
-import { type BackendName, startTestCluster } from '@dsm/testkit';
+import { type BackendName, startTestCluster, storedFiles } from '@dsm/testkit';
 import { type GatewayConfigInput, parseGatewayConfig } from './config.ts';
 import { type RunningGateway, startGateway } from './node.ts';
 
@@ -109,18 +109,7 @@ export async function startStack(
     gateway,
     startGateway: startOne,
     dataFiles() {
-      const out: string[] = [];
-      const walk = (d: string, rel: string) => {
-        // the entry's type from the listing, not a stat that a lock removed meanwhile would fail
-        for (const e of readdirSync(d, { withFileTypes: true })) {
-          const name = e.name;
-          if (e.isDirectory()) walk(join(d, name), `${rel}${name}/`);
-          // locks, and the storages' store write probes (written and removed every few seconds)
-          else if (!name.endsWith('.lock') && !name.endsWith('.probe')) out.push(`${rel}${name}`);
-        }
-      };
-      walk(join(dir, 'data'), '');
-      return out.sort();
+      return storedFiles(join(dir, 'data'));
     },
     async stop() {
       for (const g of gateways) await g.close();

@@ -4,7 +4,6 @@
 // the first case, exactly once, and keep the error with nothing stored in the others; the
 // gateway's REST upload (a body that cannot be replayed) gets the same through DsmClient.
 import { createHash } from 'node:crypto';
-import { readdirSync } from 'node:fs';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { DsmClient, decodePublicId, RemoteError, type Transport, type UploadSource } from '@dsm/client';
@@ -14,7 +13,7 @@ import { createDb, FILE_TABLES } from '@dsm/db';
 import { parseGatewayConfig } from '@dsm/gateway';
 import { type RunningGateway, startGateway } from '@dsm/gateway/node';
 import { Command, Errno, type FileIds, parseAddress, toHex } from '@dsm/packets';
-import { patternBytes } from '@dsm/testkit';
+import { patternBytes, storedFiles } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BACKEND_NAMES, collect, startTestCluster, type TestCluster } from './helpers.ts';
 
@@ -192,20 +191,8 @@ describe.each(BACKEND_NAMES)('lost upload replies on %s', (backend) => {
     }
   }
 
-  /** Regular files in the group folders (committed, temp and partial), lock files aside. */
-  function dataFiles(): string[] {
-    const out: string[] = [];
-    const walk = (d: string, rel: string) => {
-      // the entry's type from the listing: a lock removed between a readdir and a stat of it
-      // failed this walk with ENOENT once (a CI run)
-      for (const e of readdirSync(d, { withFileTypes: true })) {
-        if (e.isDirectory()) walk(join(d, e.name), `${rel}${e.name}/`);
-        else if (!e.name.endsWith('.lock')) out.push(`${rel}${e.name}`);
-      }
-    };
-    walk(join(t.dir, 'data'), '');
-    return out.sort();
-  }
+  /** Regular files in the group folders (committed, temp and partial), locks and probes aside. */
+  const dataFiles = (): string[] => storedFiles(join(t.dir, 'data'));
 
   /** The folder listing once it stops changing (a storage removes its temp file after a cut). */
   async function settledFiles(): Promise<string[]> {

@@ -123,10 +123,12 @@ const FILE_TABLES = new Set(['t_file_01', 't_file_02', 't_file_03']);
  * Lookups kept in the process as objects, in front of the KV cache (MetaStore.findHot): a small
  * download's lookup was a KV read, a JSON parse and an escaped key, 12 % of what the storage
  * allocated per request. At most this many entries, each for at most HOT_MAX_MS (and never
- * longer than the KV cache's TTL), dropped by `evict` like the KV entry.
+ * longer than the KV cache's TTL), dropped by `evict` like the KV entry, and kept only once the
+ * KV cache holds the lookup too. Short: a file read 1,000 times a second costs one KV read per
+ * 5 s, and a KV cache that comes back empty (Redis restarted) is filled again within 5 s.
  */
 const HOT_ENTRIES = 4096;
-const HOT_MAX_MS = 60_000;
+const HOT_MAX_MS = 5_000;
 
 interface Hot {
   meta: FileMeta;
@@ -214,10 +216,9 @@ export class MetaStore {
       return { meta: hit, cached: true };
     }
     const meta = await this.findInDb(table, fileId, owner);
-    if (meta) {
-      await this.#cacheSet(meta);
-      this.#keepHot(meta);
-    }
+    // kept in the process only once the KV cache holds it too: while that cache is down,
+    // lookups go to the database as they did, and the first one after it is back fills it again
+    if (meta && (await this.#cacheSet(meta))) this.#keepHot(meta);
     return meta ? { meta, cached: false } : null;
   }
 
@@ -413,8 +414,9 @@ export class MetaStore {
     }
   }
 
-  async #cacheSet(m: FileMeta): Promise<void> {
-    if (this.#ttlMs <= 0 || m.appId === null || m.userId === null) return;
+  /** Whether the KV cache now holds `m`. */
+  async #cacheSet(m: FileMeta): Promise<boolean> {
+    if (this.#ttlMs <= 0 || m.appId === null || m.userId === null) return false;
     const v: Cached = {
       t: m.table,
       p: m.path,
@@ -431,8 +433,10 @@ export class MetaStore {
         JSON.stringify(v),
         this.#ttlMs,
       );
+      return true;
     } catch (e) {
       this.#cacheDown(e);
+      return false;
     }
   }
 }

@@ -38,4 +38,5 @@ export {
   patternChunks,
   patternSource,
   rejection,
+  storedFiles,
 } from './util.ts';

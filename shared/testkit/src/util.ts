@@ -1,4 +1,6 @@
+import { type Dirent, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 
 function canListen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -73,4 +75,31 @@ export async function rejection(p: Promise<unknown>): Promise<unknown> {
     return e;
   }
   throw new Error('expected a rejection');
+}
+
+/**
+ * The regular files under a cluster's data folder (committed files, temps and partials),
+ * relative and sorted: without the upload claims' locks and the storages' store write probes
+ * (`.probe`, written and removed every few seconds), which come and go on their own. Each entry's
+ * type comes from the listing (a stat of a lock removed meanwhile failed with ENOENT in a CI
+ * run), and a folder removed between its listing and its own is skipped.
+ */
+export function storedFiles(dataDir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string, rel: string) => {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(d, { withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && rel !== '') return;
+      throw e;
+    }
+    for (const e of entries) {
+      const name = e.name;
+      if (e.isDirectory()) walk(join(d, name), `${rel}${name}/`);
+      else if (!name.endsWith('.lock') && !name.endsWith('.probe')) out.push(`${rel}${name}`);
+    }
+  };
+  walk(dataDir, '');
+  return out.sort();
 }
