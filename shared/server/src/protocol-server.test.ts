@@ -120,6 +120,50 @@ describe('protocol server', () => {
     expect(decodeErrorReply(reply.subarray(HEADER_LENGTH)).errno).toBe(Errno.TOO_LARGE);
   });
 
+  it('answers requests whose bytes come in pieces with pauses between (a proxy forwarding a header alone)', async () => {
+    const s = connect(port, '127.0.0.1');
+    const got: Buffer[] = [];
+    let closed = false;
+    s.on('data', (c: Buffer) => got.push(c));
+    s.on('close', () => {
+      closed = true;
+    });
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    const pause = () => new Promise((r) => setTimeout(r, 30));
+    const received = async (n: number) => {
+      for (let i = 0; i < 100 && Buffer.concat(got).length < n && !closed; i++) await pause();
+      return Buffer.concat(got);
+    };
+    // a PING: 4 bytes of its header, a pause, the other 6
+    const ping = encodeFrame(Command.PING);
+    s.write(ping.subarray(0, 4));
+    await pause();
+    s.write(ping.subarray(4));
+    let r = await received(HEADER_LENGTH);
+    expect(closed).toBe(false);
+    expect(decodeHeader(r)).toEqual({ bodyLength: 0, command: Command.STORAGE_REPLY, status: 0 });
+    // an upload: its header alone, then the prefix and the body in pieces, a pause before each
+    const body = new Uint8Array(408 + 20_000);
+    const upload = new Uint8Array(HEADER_LENGTH + body.length);
+    encodeHeader({ bodyLength: body.length, command: Command.STORAGE_UPLOAD, status: 0 }, upload, 0);
+    upload.set(body, HEADER_LENGTH);
+    for (const [from, to] of [
+      [0, HEADER_LENGTH],
+      [HEADER_LENGTH, HEADER_LENGTH + 100],
+      [HEADER_LENGTH + 100, HEADER_LENGTH + 5000],
+      [HEADER_LENGTH + 5000, upload.length],
+    ] as const) {
+      s.write(upload.subarray(from, to));
+      await pause();
+    }
+    r = await received(2 * HEADER_LENGTH + 8);
+    expect(closed).toBe(false);
+    const reply = r.subarray(HEADER_LENGTH);
+    expect(decodeHeader(reply)).toEqual({ bodyLength: 8, command: Command.STORAGE_REPLY, status: 0 });
+    expect(Number(new DataView(reply.buffer, reply.byteOffset + HEADER_LENGTH).getBigInt64(0))).toBe(20_000);
+    s.destroy();
+  });
+
   it('streams request and reply bodies and keeps the connection for the next request', async () => {
     const sock = await nodeTransport.connect('127.0.0.1', port, { timeoutMs: 1000 });
     const c = new Connection(sock, 'x', { ioTimeoutMs: 2000 });

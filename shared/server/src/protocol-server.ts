@@ -210,7 +210,7 @@ export class ProtocolServer {
       Command.REQUEST_CONTEXT,
     ];
     const reader = new FrameReader(requestSpecs(commands, this.#opts.maxUpload));
-    const events = readEvents(socket, reader, metrics);
+    const events = new SocketEvents(socket, reader, metrics);
     let busy = false;
     /** The request id for the next request (REQUEST_CONTEXT), spent by it. */
     let nextRequestId: string | undefined;
@@ -425,23 +425,100 @@ export class ProtocolServer {
       }
       // end() waits for the peer; make sure nothing lingers
       setTimeout(() => socket.destroy(), 1000).unref();
-      await events.return(undefined).catch(() => {});
+      await events.return().catch(() => {});
     }
   }
 }
 
-async function* readEvents(
-  socket: Socket,
-  reader: FrameReader,
-  metrics: ServerMetrics | undefined,
-): AsyncGenerator<FrameEvent, void, undefined> {
-  for await (const chunk of socket) {
-    metrics?.bytesIn((chunk as Uint8Array).length);
-    const events = reader.push(chunk as Uint8Array);
-    for (const e of events) yield e;
-    if (reader.dead) return;
+/** Events waiting to be asked for before the socket is paused (backpressure on the peer). */
+const MAX_QUEUED_EVENTS = 4;
+
+/**
+ * A connection's frame events, pushed by the socket's 'data' callbacks: what an async generator
+ * over `for await (chunk of socket)` gave (the same events, end and errors), without the
+ * generator's and the stream iterator's promise per chunk and per event (a tenth of what the
+ * storage allocated per small download). The socket is paused while MAX_QUEUED_EVENTS events
+ * wait, and once the reader is dead. `return()` destroys the socket unless its end was reached,
+ * as leaving the generator's `for await` did.
+ */
+class SocketEvents {
+  readonly #socket: Socket;
+  readonly #queue: FrameEvent[] = [];
+  #waiter: {
+    resolve: (r: IteratorResult<FrameEvent, void>) => void;
+    reject: (e: unknown) => void;
+  } | null = null;
+  /** No more events will be queued (the socket ended, closed or failed, or the reader died). */
+  #over = false;
+  #error: unknown = null;
+  /** The end (or the error) was handed out. */
+  #completed = false;
+
+  constructor(socket: Socket, reader: FrameReader, metrics: ServerMetrics | undefined) {
+    this.#socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      metrics?.bytesIn(chunk.length);
+      if (this.#over) return;
+      for (const e of reader.push(chunk)) this.#queue.push(e);
+      if (reader.dead) {
+        this.#over = true;
+        socket.pause();
+      } else if (this.#queue.length >= MAX_QUEUED_EVENTS) {
+        socket.pause();
+      }
+      this.#wake();
+    });
+    const finish = (error: unknown) => {
+      if (this.#over) return;
+      this.#over = true;
+      this.#error = error ?? (reader.idle ? null : new Error('connection closed in the middle of a frame'));
+      this.#wake();
+    };
+    socket.on('end', () => finish(null));
+    socket.on('close', () => finish(null));
+    socket.on('error', (e) => finish(e));
   }
-  if (!reader.idle) throw new Error('connection closed in the middle of a frame');
+
+  next(): Promise<IteratorResult<FrameEvent, void>> {
+    if (this.#queue.length > 0 || this.#over)
+      return new Promise((resolve, reject) => this.#settle(resolve, reject));
+    if (this.#socket.isPaused()) this.#socket.resume();
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  #settle(resolve: (r: IteratorResult<FrameEvent, void>) => void, reject: (e: unknown) => void): void {
+    const e = this.#queue.shift();
+    if (e) {
+      if (this.#queue.length === 0 && !this.#over && this.#socket.isPaused()) this.#socket.resume();
+      resolve({ done: false, value: e });
+      return;
+    }
+    this.#completed = true;
+    if (this.#error) reject(this.#error);
+    else resolve({ done: true, value: undefined });
+  }
+
+  /**
+   * Hands a waiting `next()` what came. Only an event or the end does: a chunk that completed no
+   * event (a frame arriving in pieces, a proxy forwarding a header alone) wakes nobody. (Waking
+   * the waiter with an empty queue handed it the end, and the connection was closed mid-request:
+   * the lost-reply suite's fault proxies found that.)
+   */
+  #wake(): void {
+    const w = this.#waiter;
+    if (!w || (this.#queue.length === 0 && !this.#over)) return;
+    this.#waiter = null;
+    this.#settle(w.resolve, w.reject);
+  }
+
+  return(): Promise<IteratorResult<FrameEvent, void>> {
+    this.#over = true;
+    if (!this.#completed) this.#socket.destroy();
+    this.#completed = true;
+    return Promise.resolve({ done: true, value: undefined });
+  }
 }
 
 /**
