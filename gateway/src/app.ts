@@ -104,6 +104,13 @@ const DECIMAL = /^\d{1,15}$/;
 const MULTIPART = /^multipart\/form-data\b/i;
 const utf8 = new TextEncoder();
 
+/** The fast path's reply of a plan: its status and headers, the reply headers added, the body. */
+function planReply(plan: FilePlan, extra: ReplyHeaders, body: Uint8Array | null): FastReply {
+  const headers = plan.headers;
+  for (const k in extra) headers[k] = extra[k] as string;
+  return { status: plan.status, headers, body };
+}
+
 /** fromMemory's answer for a small range read from a storage, its stat cached (answerRead). */
 class ReadThrough {
   constructor(
@@ -509,9 +516,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       core.metrics?.bytesOut(FILE_ROUTE, plan.length);
     }
     core.metrics?.cacheLookup?.('stat', true);
-    const headers = plan.headers;
-    for (const k in extra) headers[k] = extra[k] as string;
-    return { status: plan.status, headers, body };
+    return planReply(plan, extra, body);
   };
 
   /** The reply after the stat or the bytes were fetched (or a problem). */
@@ -539,9 +544,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
         body = bytes instanceof Uint8Array ? bytes : await bytes;
         core.metrics?.bytesOut(FILE_ROUTE, plan.length);
       }
-      const headers = plan.headers;
-      for (const k in extra) headers[k] = extra[k] as string;
-      reply = { status: plan.status, headers, body };
+      reply = planReply(plan, extra, body);
     } catch (e) {
       reply = await problemReply(problemOf(e, method, req.target, requestId), extra);
     } finally {
@@ -571,9 +574,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
         (body) => {
           release();
           core.metrics?.bytesOut(FILE_ROUTE, plan.length);
-          const headers = plan.headers;
-          for (const k in extra) headers[k] = extra[k] as string;
-          const reply = { status: plan.status, headers, body };
+          const reply = planReply(plan, extra, body);
           answered(req, extra, reply, t0);
           return reply;
         },

@@ -1,3 +1,4 @@
+import { sameBytes } from '@dsm/client';
 import { DsmError, ErrorCode, type Logger, messageOf } from '@dsm/common';
 import { LruMap } from '@dsm/common/lru';
 import { type FileTableName, isDbUnavailable, type Schema } from '@dsm/db';
@@ -40,12 +41,6 @@ const utf8 = new TextEncoder();
 /** The owner named by a request: its decoded app and user ids and the user id's raw bytes. */
 export function ownerOf(appId: string, userId: string, userIdBytes: Uint8Array): Owner {
   return { appId, userId, exact: sameBytes(utf8.encode(userId), userIdBytes) };
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /**

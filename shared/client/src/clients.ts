@@ -46,6 +46,10 @@ const TEXT_REPLY_MAX = 4 * 1024 * 1024;
 /** The most a buffered download (downloadBytes) holds in memory: more is a stream's work. */
 export const MAX_BUFFERED_DOWNLOAD = 1024 * 1024;
 
+/** A size a buffered download takes (1 to MAX_BUFFERED_DOWNLOAD bytes). */
+const bufferable = (size: number): boolean =>
+  Number.isSafeInteger(size) && size > 0 && size <= MAX_BUFFERED_DOWNLOAD;
+
 /** Id servers: next id for a key, failing over across servers on connection errors. */
 export class IdClient {
   constructor(
@@ -315,7 +319,7 @@ export class StorageClient {
    * connection is closed.
    */
   downloadBytes(addr: Address, req: DownloadRequest): Promise<Uint8Array> {
-    if (!Number.isSafeInteger(req.size) || req.size <= 0 || req.size > MAX_BUFFERED_DOWNLOAD) {
+    if (!bufferable(req.size)) {
       return Promise.reject(
         new DsmError(
           ErrorCode.BAD_INPUT,
@@ -329,21 +333,16 @@ export class StorageClient {
   /**
    * downloadBytes on an idle pooled connection to the storage at `key` (formatAddress of its
    * address), without waiting for one: null when there is none, or for a size downloadBytes
-   * refuses (then downloadBytes). The hot path of a small GET (Connection.requestQuick).
+   * refuses (then downloadBytes). The hot path of a small GET.
    */
   downloadBytesNow(key: string, req: DownloadRequest): Promise<Uint8Array> | null {
-    if (!Number.isSafeInteger(req.size) || req.size <= 0 || req.size > MAX_BUFFERED_DOWNLOAD) return null;
+    if (!bufferable(req.size)) return null;
     const conn = this.pool.takeIdle(key);
     if (!conn) return null;
     conn.requestId = this.requestId;
     const pool = this.pool;
     return conn
-      .requestQuick(
-        Command.STORAGE_DOWNLOAD,
-        encodeDownloadRequest(req),
-        Command.STORAGE_REPLY,
-        exactly(req.size),
-      )
+      .request(Command.STORAGE_DOWNLOAD, encodeDownloadRequest(req), Command.STORAGE_REPLY, exactly(req.size))
       .then(
         (b) => {
           pool.giveBack(key, conn);

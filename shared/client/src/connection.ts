@@ -167,23 +167,15 @@ export class Connection {
     });
   }
 
-  /** Sends a small request and reads a buffered reply (`ok` bounds the success body). */
-  async request(command: number, body: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
-    return this.#exclusive(async () => {
-      this.#reader.setSpec(replySpec(replyCommand, ok));
-      await this.#sock.write(this.#withContext(encodeFrame(command, body)));
-      return this.#readBuffered();
-    });
-  }
-
   /**
-   * `request` for the hot path (a small download): the same frame, reply rules, timeout and
-   * failure handling, settled from the socket's reads by this connection's own callbacks, one
-   * promise per request instead of a chain of async functions (`request` → `#exclusive` →
-   * `#readBuffered` → `#nextEvent` → `#readWithTimeout`: a promise and a resumption each, most
-   * of what a gateway allocated per small GET besides Node's own HTTP objects).
+   * Sends a small request and reads a buffered reply (`ok` bounds the success body). Settled
+   * from the socket's reads by this connection's own callbacks: one promise per request, not a
+   * chain of async functions (`#exclusive` → `#readBuffered` → `#nextEvent` →
+   * `#readWithTimeout`: a promise and a resumption each, most of what a gateway allocated per
+   * small GET besides Node's own HTTP objects). Same frame rules, I/O timeout and failure
+   * handling as the streamed requests below.
    */
-  requestQuick(command: number, body: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
+  request(command: number, body: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
     if (this.#busy) return Promise.reject(new DsmError(ErrorCode.SOCKET, 'connection is busy'));
     this.#busy = true;
     this.#reader.setSpec(replySpec(replyCommand, ok));
@@ -195,7 +187,7 @@ export class Connection {
     });
   }
 
-  /** The pending requestQuick's settlers. */
+  /** The pending request's settlers. */
   #quick: { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void } | null = null;
 
   readonly #quickFail = (e: unknown): void => {

@@ -366,7 +366,7 @@ describe('StorageClient.downloadBytes', () => {
   });
 });
 
-describe('DsmClient.downloadBytes on a kept connection (Connection.requestQuick)', () => {
+describe('DsmClient.downloadBytes on a kept connection (its quick path)', () => {
   type Answer = 'ok' | 'error' | 'silent' | 'close' | 'short';
   /** A storage answering its requests in turn as `script` says (then 'ok'); counts connections. */
   async function scriptedStorage(script: Answer[], size: number) {

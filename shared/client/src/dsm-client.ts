@@ -9,6 +9,7 @@ import {
   formatAddress,
 } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
+import { sameBytes } from './cluster-key.ts';
 import { isRemoteError, type StreamReply } from './connection.ts';
 import { isRetryable, tryEach } from './failover.ts';
 import { newFileId } from './file-id.ts';
@@ -218,7 +219,7 @@ export class DsmClient {
         // the same bytes again; a source that cannot be read now leaves the size to decide
         sentDigest = await hashSource(req.source, sha256()).catch(() => undefined);
       }
-      return !sentDigest || equalBytes(st.sha256, sentDigest);
+      return !sentDigest || sameBytes(st.sha256, sentDigest);
     };
     const stat = await this.#onStorages(
       ids.appId,
@@ -388,10 +389,4 @@ function trackedSource(
 async function hashSource(src: UploadSource, h: Sha256Hasher): Promise<Uint8Array> {
   for await (const chunk of src.open()) h.update(chunk);
   return h.digest();
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
