@@ -1,11 +1,4 @@
-import {
-  type DsmClient,
-  encodePublicId,
-  isRetryable,
-  newFileId,
-  tryEach,
-  type UploadSource,
-} from '@dsm/client';
+import { type DsmClient, encodePublicId, newFileId, type UploadSource } from '@dsm/client';
 import { DsmError, ErrorCode } from '@dsm/common/errors';
 import type { Address, FileIds, FileStat } from '@dsm/packets';
 import type { Principal } from './auth.ts';
@@ -64,15 +57,8 @@ export class Uploader {
   ) {}
 
   /** Runs `fn` on the members of the group of (app, user); they share the partial files. */
-  async onGroup<T>(ids: { appId: string; userId: string }, fn: (a: Address) => Promise<T>): Promise<T> {
-    const first = await this.client.locate(ids.appId, ids.userId);
-    try {
-      return await tryEach(first.addrs, fn);
-    } catch (e) {
-      if (!isRetryable(e)) throw e;
-      const again = await this.client.locate(ids.appId, ids.userId, true);
-      return tryEach(again.addrs, fn);
-    }
+  onGroup<T>(ids: { appId: string; userId: string }, fn: (a: Address) => Promise<T>): Promise<T> {
+    return this.client.onStorages(ids.appId, ids.userId, fn);
   }
 
   /**

@@ -330,31 +330,6 @@ export class StorageClient {
     return this.#call(addr, Command.STORAGE_DOWNLOAD, encodeDownloadRequest(req), exactly(req.size));
   }
 
-  /**
-   * downloadBytes on an idle pooled connection to the storage at `key` (formatAddress of its
-   * address), without waiting for one: null when there is none, or for a size downloadBytes
-   * refuses (then downloadBytes). The hot path of a small GET.
-   */
-  downloadBytesNow(key: string, req: DownloadRequest): Promise<Uint8Array> | null {
-    if (!bufferable(req.size)) return null;
-    const conn = this.pool.takeIdle(key);
-    if (!conn) return null;
-    conn.requestId = this.requestId;
-    const pool = this.pool;
-    return conn
-      .request(Command.STORAGE_DOWNLOAD, encodeDownloadRequest(req), Command.STORAGE_REPLY, exactly(req.size))
-      .then(
-        (b) => {
-          pool.giveBack(key, conn);
-          return b;
-        },
-        (e: unknown) => {
-          pool.giveBack(key, conn);
-          throw e;
-        },
-      );
-  }
-
   async uploadCreate(addr: Address, ids: FileIds, totalSize: number, contentType: string): Promise<number> {
     const b = await this.#call(
       addr,

@@ -366,7 +366,7 @@ describe('StorageClient.downloadBytes', () => {
   });
 });
 
-describe('DsmClient.downloadBytes on a kept connection (its quick path)', () => {
+describe('DsmClient.downloadBytes on a kept connection', () => {
   type Answer = 'ok' | 'error' | 'silent' | 'close' | 'short';
   /** A storage answering its requests in turn as `script` says (then 'ok'); counts connections. */
   async function scriptedStorage(script: Answer[], size: number) {
@@ -430,6 +430,25 @@ describe('DsmClient.downloadBytes on a kept connection (its quick path)', () => 
     });
   });
 
+  it("sends on a kept connection in the caller's turn, and waits for a new one", async () => {
+    await withClient([], async (c, s) => {
+      let ran = false;
+      const first = c.pool.use(s.addr, async () => {
+        ran = true;
+      });
+      expect(ran).toBe(false); // no connection yet: it is opened first
+      await first;
+      expect(ran).toBe(true);
+      ran = false;
+      const second = c.pool.use(s.addr, async () => {
+        ran = true;
+      });
+      expect(ran).toBe(true); // the kept one, at once
+      await second;
+      expect(s.connections).toBe(1);
+    });
+  });
+
   it("passes the storage's error reply and drops that connection", async () => {
     await withClient(['ok', 'error'], async (c, s) => {
       await c.downloadBytes(ids, 0, 16);
@@ -451,15 +470,18 @@ describe('DsmClient.downloadBytes on a kept connection (its quick path)', () => 
   });
 
   it('refuses a reply of another length (PROTOCOL) and times out a silent storage', async () => {
-    await withClient(['ok', 'short', 'ok', 'silent', 'silent', 'silent'], async (c) => {
+    await withClient(['ok', 'short', 'ok', 'silent', 'silent', 'silent'], async (c, s) => {
       await c.downloadBytes(ids, 0, 16);
       await expect(c.downloadBytes(ids, 0, 16)).rejects.toMatchObject({ code: ErrorCode.PROTOCOL });
       await c.downloadBytes(ids, 0, 16);
+      expect(s.connections).toBe(2); // the short reply closed the first
       const t0 = Date.now();
-      // the kept connection times out, then the full path's fresh one, and after asking the
-      // tracker again, another
+      // the kept connection times out (a timeout is not retried on that storage at once, as a
+      // closed kept connection is), then, after asking the tracker again, a fresh one
       await expect(c.downloadBytes(ids, 0, 16)).rejects.toMatchObject({ code: ErrorCode.TIMEOUT });
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(3 * 300 - 20);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(2 * 300 - 20);
+      expect(s.requests).toBe(5);
+      expect(s.connections).toBe(3);
     });
   });
 });

@@ -1,13 +1,6 @@
 import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
-import {
-  type Address,
-  type AddrsReply,
-  Errno,
-  type FileIds,
-  type FileStat,
-  formatAddress,
-} from '@dsm/packets';
+import { type Address, type AddrsReply, Errno, type FileIds, type FileStat } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
 import { sameBytes } from './cluster-key.ts';
 import { isRemoteError, type StreamReply } from './connection.ts';
@@ -98,11 +91,6 @@ export class DsmClient {
     return this.#cache.size;
   }
 
-  /**
-   * The storages of a user's group. Uploads route (`lookupOnly` false: the tracker assigns a
-   * group to a new user); reads look up only (a user without a route is NOT_FOUND and the
-   * tracker records nothing). `fileId` is only sent with a lookup, for the NOT_FOUND text.
-   */
   /** A fresh cached `locate` answer, or undefined. */
   #cachedLocate(appId: string, userId: string): AddrsReply | undefined {
     if (this.#cacheMs <= 0) return undefined;
@@ -110,6 +98,11 @@ export class DsmClient {
     return hit && Date.now() - hit.at < this.#cacheMs ? hit.reply : undefined;
   }
 
+  /**
+   * The storages of a user's group. Uploads route (`lookupOnly` false: the tracker assigns a
+   * group to a new user); reads look up only (a user without a route is NOT_FOUND and the
+   * tracker records nothing). `fileId` is only sent with a lookup, for the NOT_FOUND text.
+   */
   async locate(
     appId: string,
     userId: string,
@@ -130,23 +123,24 @@ export class DsmClient {
 
   /**
    * Runs `fn` on the user's storages in turn while its failure is `retryable`; re-asks the
-   * tracker once if all of them fail that way.
+   * tracker once if all of them fail that way. With the user's storages cached, the first
+   * attempt starts at once (Pool.use then sends on an idle connection in the same turn).
    */
-  async #onStorages<T>(
+  onStorages<T>(
     appId: string,
     userId: string,
     fn: (a: Address, group: string, addrs: readonly Address[]) => Promise<T>,
     retryable: (e: unknown) => boolean = isRetryable,
     lookup?: { fileId: string },
   ): Promise<T> {
-    const first = await this.locate(appId, userId, false, lookup);
-    try {
-      return await tryEach(first.addrs, (a) => fn(a, first.group, first.addrs), 0, retryable);
-    } catch (e) {
-      if (!retryable(e)) throw e;
-      const again = await this.locate(appId, userId, true, lookup);
-      return tryEach(again.addrs, (a) => fn(a, again.group, again.addrs), 0, retryable);
-    }
+    const onEach = (r: AddrsReply) => tryEach(r.addrs, (a) => fn(a, r.group, r.addrs), 0, retryable);
+    const attempt = (r: AddrsReply) =>
+      onEach(r).catch((e: unknown) => {
+        if (!retryable(e)) throw e;
+        return this.locate(appId, userId, true, lookup).then(onEach);
+      });
+    const known = this.#cachedLocate(appId, userId);
+    return known ? attempt(known) : this.locate(appId, userId, false, lookup).then(attempt);
   }
 
   /**
@@ -221,7 +215,7 @@ export class DsmClient {
       }
       return !sentDigest || sameBytes(st.sha256, sentDigest);
     };
-    const stat = await this.#onStorages(
+    const stat = await this.onStorages(
       ids.appId,
       ids.userId,
       async (a, g, addrs) => {
@@ -268,20 +262,20 @@ export class DsmClient {
 
   // Reads and deletes look the user's route up and never create one (TRACKER_LOCATE).
   stat(ids: FileIds): Promise<FileStat> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.stat(a, ids), isRetryable, ids);
+    return this.onStorages(ids.appId, ids.userId, (a) => this.storage.stat(a, ids), isRetryable, ids);
   }
 
   size(ids: FileIds): Promise<number> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.size(a, ids), isRetryable, ids);
+    return this.onStorages(ids.appId, ids.userId, (a) => this.storage.size(a, ids), isRetryable, ids);
   }
 
   delete(ids: FileIds): Promise<void> {
-    return this.#onStorages(ids.appId, ids.userId, (a) => this.storage.delete(a, ids), isRetryable, ids);
+    return this.onStorages(ids.appId, ids.userId, (a) => this.storage.delete(a, ids), isRetryable, ids);
   }
 
   /** `length` 0 means to the end, as in the protocol. Fails over until the first byte. */
   download(ids: FileIds, offset = 0, length = 0): Promise<StreamReply> {
-    return this.#onStorages(
+    return this.onStorages(
       ids.appId,
       ids.userId,
       (a) => this.storage.download(a, { ...ids, offset, size: length }),
@@ -295,25 +289,7 @@ export class DsmClient {
    * frame; fails over like download().
    */
   downloadBytes(ids: FileIds, offset: number, length: number): Promise<Uint8Array> {
-    // The hot path: the user's storages known and a connection to the first one idle; on a
-    // retryable failure the full path below runs (the same storage again on a fresh
-    // connection, as `Pool.use` retries a stale one, then the others)
-    const known = this.#cachedLocate(ids.appId, ids.userId);
-    const first = known?.addrs[0];
-    if (first) {
-      const quick = this.storage.downloadBytesNow(keyOf(first), { ...ids, offset, size: length });
-      if (quick) {
-        return quick.catch((e: unknown) => {
-          if (!isRetryable(e)) throw e;
-          return this.#downloadBytesAll(ids, offset, length);
-        });
-      }
-    }
-    return this.#downloadBytesAll(ids, offset, length);
-  }
-
-  #downloadBytesAll(ids: FileIds, offset: number, length: number): Promise<Uint8Array> {
-    return this.#onStorages(
+    return this.onStorages(
       ids.appId,
       ids.userId,
       (a) => this.storage.downloadBytes(a, { ...ids, offset, size: length }),
@@ -325,18 +301,6 @@ export class DsmClient {
   close(): Promise<void> {
     return this.pool.close();
   }
-}
-
-const addressKeys = new WeakMap<Address, string>();
-
-/** formatAddress of a (cached) address, made once per address object. */
-function keyOf(a: Address): string {
-  let k = addressKeys.get(a);
-  if (k === undefined) {
-    k = formatAddress(a);
-    addressKeys.set(a, k);
-  }
-  return k;
 }
 
 /** A reply that never came: the connection closed or reset, or the reply timed out. */

@@ -37,25 +37,33 @@ export function randomStart(n: number): number {
 
 /**
  * Tries `fn` on each address in turn (starting at `start`) while the failure is retryable;
- * throws the last error.
+ * rejects with the last error. The first attempt starts at once (no await before it): a
+ * request on a kept connection goes out in the caller's turn.
  */
-export async function tryEach<T>(
+export function tryEach<T>(
   addrs: readonly Address[],
   fn: (a: Address) => Promise<T>,
   start = 0,
   retryable: (e: unknown) => boolean = isRetryable,
 ): Promise<T> {
   // made only when there is nothing to try: an Error captures a stack, on every request
-  if (addrs.length === 0) throw new Error('no addresses to try');
-  let last: unknown;
-  for (let i = 0; i < addrs.length; i++) {
-    const a = addrs[(start + i) % addrs.length] as Address;
-    try {
-      return await fn(a);
-    } catch (e) {
-      last = e;
+  if (addrs.length === 0) return Promise.reject(new Error('no addresses to try'));
+  const attempt = (i: number): Promise<T> => {
+    const p = started(fn, addrs[(start + i) % addrs.length] as Address);
+    if (i + 1 >= addrs.length) return p;
+    return p.catch((e: unknown) => {
       if (!retryable(e)) throw e;
-    }
+      return attempt(i + 1);
+    });
+  };
+  return attempt(0);
+}
+
+/** `fn(arg)`, a synchronous throw turned into a rejection (as an async function's). */
+export function started<A, T>(fn: (arg: A) => Promise<T>, arg: A): Promise<T> {
+  try {
+    return fn(arg);
+  } catch (e) {
+    return Promise.reject(e);
   }
-  throw last;
 }

@@ -2,6 +2,7 @@ import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { type Address, formatAddress } from '@dsm/packets';
 import type { ClusterKey } from './cluster-key.ts';
 import { Connection } from './connection.ts';
+import { started } from './failover.ts';
 import type { Transport } from './transport.ts';
 
 export interface PoolOptions {
@@ -64,44 +65,52 @@ export class Pool {
    * Runs `fn` on a pooled connection to `addr`. Idempotent requests (`retryStale`) are retried
    * once on a fresh connection when a reused one turns out to have been closed by the server.
    * `requestId` is named to the node with every request `fn` sends (Connection.requestId).
+   * With an idle connection at hand, `fn` runs at once (the hot path of a small request: no
+   * await before the request goes out); else after a connection was opened or freed.
    */
-  async use<T>(
+  use<T>(
     addr: Address,
     fn: (c: Connection) => Promise<T>,
     retryStale = false,
     requestId?: string,
   ): Promise<T> {
-    const { conn, reused } = await this.#acquire(addr);
-    conn.requestId = requestId;
-    try {
-      const r = await fn(conn);
-      this.#release(addr, conn);
-      return r;
-    } catch (e) {
-      this.#release(addr, conn);
-      if (retryStale && reused && isDsmError(e, ErrorCode.SOCKET, ErrorCode.CONNECT)) {
-        const fresh = await this.#acquire(addr, true);
-        fresh.conn.requestId = requestId;
-        try {
-          const r = await fn(fresh.conn);
-          this.#release(addr, fresh.conn);
-          return r;
-        } catch (e2) {
-          this.#release(addr, fresh.conn);
-          throw e2;
-        }
-      }
-      throw e;
-    }
+    const key = keyOf(addr);
+    const idle = this.#closed ? null : this.#takeIdle(this.#slots.get(key));
+    if (idle) return this.#run(addr, key, idle, true, fn, retryStale, requestId);
+    return this.#acquire(addr).then(({ conn, reused }) =>
+      this.#run(addr, key, conn, reused, fn, retryStale, requestId),
+    );
   }
 
-  /**
-   * An idle connection to `addr` (`key`: formatAddress of it) taken at once, or null when there
-   * is none (then `use` opens or waits for one). It counts as in use until `giveBack`.
-   */
-  takeIdle(key: string): Connection | null {
-    if (this.#closed) return null;
-    const slot = this.#slots.get(key);
+  #run<T>(
+    addr: Address,
+    key: string,
+    conn: Connection,
+    reused: boolean,
+    fn: (c: Connection) => Promise<T>,
+    retryStale: boolean,
+    requestId: string | undefined,
+  ): Promise<T> {
+    conn.requestId = requestId;
+    return started(fn, conn).then(
+      (r) => {
+        this.#releaseKey(key, conn);
+        return r;
+      },
+      (e: unknown) => {
+        this.#releaseKey(key, conn);
+        if (retryStale && reused && isDsmError(e, ErrorCode.SOCKET, ErrorCode.CONNECT)) {
+          return this.#acquire(addr, true).then((fresh) =>
+            this.#run(addr, key, fresh.conn, false, fn, false, requestId),
+          );
+        }
+        throw e;
+      },
+    );
+  }
+
+  /** A usable idle connection of `slot`, taken (it counts as in use), or null. */
+  #takeIdle(slot: Slot | undefined): Connection | null {
     if (!slot) return null;
     while (slot.idle.length > 0) {
       const c = slot.idle.pop() as Connection;
@@ -109,11 +118,6 @@ export class Pool {
       slot.open--;
     }
     return null;
-  }
-
-  /** Gives back a connection of `takeIdle` (an unusable one is closed and its place freed). */
-  giveBack(key: string, conn: Connection): void {
-    this.#releaseKey(key, conn);
   }
 
   async close(): Promise<void> {
@@ -141,16 +145,11 @@ export class Pool {
 
   async #acquire(addr: Address, fresh = false): Promise<{ conn: Connection; reused: boolean }> {
     if (this.#closed) throw new DsmError(ErrorCode.POOL_FULL, 'pool closed');
-    const key = formatAddress(addr);
+    const key = keyOf(addr);
     const slot = this.#slot(key);
     for (;;) {
-      if (!fresh) {
-        while (slot.idle.length > 0) {
-          const c = slot.idle.pop() as Connection;
-          if (c.usable) return { conn: c, reused: true };
-          slot.open--;
-        }
-      }
+      const idle = fresh ? null : this.#takeIdle(slot);
+      if (idle) return { conn: idle, reused: true };
       if (slot.open < this.#opts.maxPerAddress) {
         slot.open++;
         try {
@@ -198,10 +197,6 @@ export class Pool {
     }
   }
 
-  #release(addr: Address, conn: Connection): void {
-    this.#releaseKey(formatAddress(addr), conn);
-  }
-
   #releaseKey(key: string, conn: Connection): void {
     const slot = this.#slot(key);
     if (!conn.usable || this.#closed) {
@@ -239,4 +234,16 @@ export class Pool {
       });
     }
   }
+}
+
+const addressKeys = new WeakMap<Address, string>();
+
+/** formatAddress of an address, made once per address object (they are kept, e.g. by locate). */
+function keyOf(a: Address): string {
+  let k = addressKeys.get(a);
+  if (k === undefined) {
+    k = formatAddress(a);
+    addressKeys.set(a, k);
+  }
+  return k;
 }

@@ -360,3 +360,84 @@ describe('request context (REQUEST_CONTEXT, 4)', () => {
     expect(ids).toEqual(['fine.id_1-2']);
   });
 });
+
+describe('a sender that outruns its handler', () => {
+  const MiB = 1 << 20;
+  const SENT = 64 * MiB;
+  const PREFIX = 408; // the upload frame's fixed prefix (ids, size), before the streamed body
+  let slow: ProtocolServer;
+  let slowPort = 0;
+  let release: () => void = () => {};
+  const released = new Promise<void>((r) => {
+    release = r;
+  });
+
+  beforeAll(async () => {
+    slow = new ProtocolServer({
+      name: 'slow',
+      hostname: 'testhost',
+      replyCommand: Command.STORAGE_REPLY,
+      log,
+      maxUpload: 2 * SENT,
+      handlers: {
+        [Command.PING]: async (ctx) => ctx.reply(),
+        // reads nothing until the test lets it, then counts the body
+        [Command.STORAGE_UPLOAD]: async (ctx) => {
+          await released;
+          let n = 0;
+          for await (const c of ctx.stream) n += c.length;
+          const b = new Uint8Array(8);
+          new DataView(b.buffer).setBigInt64(0, BigInt(n));
+          await ctx.reply(b);
+        },
+      },
+    });
+    slowPort = (await slow.listen(0)).port;
+  });
+  afterAll(() => {
+    release();
+    return slow.close();
+  });
+
+  it('is held back by the socket (a few chunks wait in the server), and loses nothing', async () => {
+    const s = connect(slowPort, '127.0.0.1');
+    const got: Buffer[] = [];
+    s.on('data', (c: Buffer) => got.push(c));
+    s.on('error', () => {});
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    const head = new Uint8Array(HEADER_LENGTH + PREFIX);
+    encodeHeader({ bodyLength: PREFIX + SENT, command: Command.STORAGE_UPLOAD, status: 0 }, head, 0);
+    s.write(head);
+    const chunk = new Uint8Array(MiB).fill(7);
+    for (let i = 0; i < SENT / MiB; i++) s.write(chunk); // queued in this process, taken as the peer reads
+    // the bytes the kernel took from this process, once they stop growing
+    const handed = () => s.bytesWritten - s.writableLength;
+    let last = -1;
+    for (let i = 0; i < 40 && handed() !== last; i++) {
+      last = handed();
+      await new Promise((r) => setTimeout(r, 150));
+    }
+    // the socket buffers of loopback and 4 waiting chunks in the server: far from all 64 MiB
+    expect(handed()).toBeLessThan(SENT / 2);
+    expect(s.writableLength).toBeGreaterThan(SENT / 2);
+    // another connection is served meanwhile
+    const sock = await nodeTransport.connect('127.0.0.1', slowPort, { timeoutMs: 2000 });
+    const other = new Connection(sock, 'other', { ioTimeoutMs: 2000 });
+    try {
+      expect(
+        await other.request(Command.PING, new Uint8Array(0), Command.STORAGE_REPLY, exactly(0)),
+      ).toHaveLength(0);
+    } finally {
+      other.close();
+    }
+    // let the handler read: every byte arrives, and the reply counts them
+    release();
+    for (let i = 0; i < 200 && Buffer.concat(got).length < HEADER_LENGTH + 8; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const reply = Buffer.concat(got);
+    expect(decodeHeader(reply)).toEqual({ bodyLength: 8, command: Command.STORAGE_REPLY, status: 0 });
+    expect(Number(reply.readBigInt64BE(HEADER_LENGTH))).toBe(SENT);
+    s.destroy();
+  });
+});
