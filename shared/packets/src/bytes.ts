@@ -21,13 +21,16 @@ export function writeFixed(
   value: string,
   field: string,
 ): void {
-  const bytes = utf8.encode(value);
-  if (bytes.length > width - 1) {
-    throw new ProtocolError(`${field} too long: ${bytes.length} bytes > ${width - 1}`, Errno.BAD_FIELD);
+  // encoded in place (no array per field); a value that does not fit whole in width - 1 bytes
+  // is measured for the error only
+  const room = target.subarray(offset, offset + width - 1);
+  const { read, written } = utf8.encodeInto(value, room);
+  if (read < value.length) {
+    const n = utf8.encode(value).length;
+    throw new ProtocolError(`${field} too long: ${n} bytes > ${width - 1}`, Errno.BAD_FIELD);
   }
-  if (bytes.includes(0)) throw new ProtocolError(`${field} contains a NUL byte`, Errno.BAD_FIELD);
-  target.set(bytes, offset);
-  target.fill(0, offset + bytes.length, offset + width);
+  if (value.includes('\u0000')) throw new ProtocolError(`${field} contains a NUL byte`, Errno.BAD_FIELD);
+  target.fill(0, offset + written, offset + width);
 }
 
 /**
@@ -39,7 +42,17 @@ export function readFixed(source: Uint8Array, offset: number, width: number, fie
   const region = source.subarray(offset, offset + width);
   const nul = region.indexOf(0);
   if (nul < 0) throw new ProtocolError(`${field} is not NUL-terminated`, Errno.BAD_FIELD);
-  return utf8Decoder.decode(region.subarray(0, nul));
+  return decodeShort(region, nul);
+}
+
+/**
+ * The first `n` bytes of `b` as UTF-8: short ASCII (ids, names) read in JS, which is several
+ * times cheaper than a TextDecoder call for a few dozen bytes; anything else by the decoder.
+ */
+function decodeShort(b: Uint8Array, n: number): string {
+  if (n > 64) return utf8Decoder.decode(b.subarray(0, n));
+  for (let i = 0; i < n; i++) if ((b[i] as number) >= 0x80) return utf8Decoder.decode(b.subarray(0, n));
+  return String.fromCharCode.apply(null, b.subarray(0, n) as unknown as number[]);
 }
 
 /** Raw bytes of a fixed field up to its NUL (for hashing user ids byte-exactly). */
@@ -54,18 +67,44 @@ function view(b: Uint8Array): DataView {
   return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }
 
+const TWO_32 = 4294967296;
+
 export function writeI64(target: Uint8Array, offset: number, value: number): void {
   if (!Number.isSafeInteger(value)) throw new ProtocolError(`not a safe integer: ${value}`, Errno.BAD_FIELD);
-  view(target).setBigInt64(offset, BigInt(value));
+  // big-endian, as two 32-bit halves (no BigInt per value): hi is the signed upper half
+  const hi = Math.floor(value / TWO_32);
+  writeWord(target, offset, hi >>> 0);
+  writeWord(target, offset + 4, value - hi * TWO_32);
 }
 
 /** Reads a signed 64-bit big-endian integer; values outside the safe range are refused. */
 export function readI64(source: Uint8Array, offset: number, field: string): number {
-  const v = view(source).getBigInt64(offset);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
-    throw new ProtocolError(`${field} out of range: ${v}`, Errno.BAD_FIELD);
+  if (offset < 0 || offset + 8 > source.length)
+    throw new RangeError(`${field}: 8 bytes at ${offset} are out of bounds`);
+  const hi = readWord(source, offset) | 0;
+  // exact: |hi * 2^32 + lo| < 2^53 whenever it is a safe integer, and at least 2^53 otherwise
+  const v = hi * TWO_32 + readWord(source, offset + 4);
+  if (!Number.isSafeInteger(v)) {
+    throw new ProtocolError(`${field} out of range: ${view(source).getBigInt64(offset)}`, Errno.BAD_FIELD);
   }
-  return Number(v);
+  return v;
+}
+
+function writeWord(t: Uint8Array, o: number, w: number): void {
+  t[o] = w >>> 24;
+  t[o + 1] = (w >>> 16) & 0xff;
+  t[o + 2] = (w >>> 8) & 0xff;
+  t[o + 3] = w & 0xff;
+}
+
+function readWord(b: Uint8Array, o: number): number {
+  return (
+    (((b[o] as number) << 24) |
+      ((b[o + 1] as number) << 16) |
+      ((b[o + 2] as number) << 8) |
+      (b[o + 3] as number)) >>>
+    0
+  );
 }
 
 /** Refuses values a fixed-width integer cannot hold (DataView would silently wrap them). */

@@ -103,8 +103,12 @@ export function encodeDownloadRequest(d: DownloadRequest): Uint8Array {
 
 export function decodeDownloadRequest(b: Uint8Array): DownloadRequest {
   expectLength(b, DOWNLOAD_LENGTH);
+  // fields named, not spread: an object spread cost twice the whole decode (every download)
+  const ids = readIds(b);
   return {
-    ...readIds(b),
+    appId: ids.appId,
+    userId: ids.userId,
+    fileId: ids.fileId,
     offset: readI64(b, IDS_LENGTH, 'offset'),
     size: readI64(b, IDS_LENGTH + 8, 'size'),
   };
