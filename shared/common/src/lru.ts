@@ -22,8 +22,8 @@ export class LruMap<K, V> {
 
   /** The value, marked as most recently used. */
   get(key: K): V | undefined {
-    if (!this.#m.has(key)) return undefined;
     const v = this.#m.get(key) as V;
+    if (v === undefined && !this.#m.has(key)) return undefined; // one lookup for a hit
     this.#m.delete(key);
     this.#m.set(key, v);
     return v;
