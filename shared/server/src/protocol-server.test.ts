@@ -13,47 +13,56 @@ import {
   HEADER_LENGTH,
 } from '@dsm/packets';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ProtocolServer } from './protocol-server.ts';
+import { type Handler, ProtocolServer } from './protocol-server.ts';
 
 const log = createLogger('test');
 const REUSED_CHUNKS = 4096; // 16 MiB: more than loopback's socket buffers hold
 let server: ProtocolServer;
 let port = 0;
 
-beforeAll(async () => {
-  server = new ProtocolServer({
-    name: 'test',
+/** An upload handler: counts the body's bytes (once `first` settled) and replies with the count. */
+const countBody =
+  (first?: Promise<void>): Handler =>
+  async (ctx) => {
+    await first;
+    let n = 0;
+    for await (const c of ctx.stream) n += c.length;
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigInt64(0, BigInt(n));
+    await ctx.reply(b);
+  };
+
+const testServer = (name: string, maxUpload: number, handlers: Record<number, Handler>) =>
+  new ProtocolServer({
+    name,
     hostname: 'testhost',
     replyCommand: Command.STORAGE_REPLY,
     log,
-    maxUpload: 1 << 20,
-    handlers: {
-      [Command.PING]: async (ctx) => ctx.reply(),
-      // upload: echo back the byte count as 8 bytes
-      [Command.STORAGE_UPLOAD]: async (ctx) => {
-        let n = 0;
-        for await (const c of ctx.stream) n += c.length;
-        const b = new Uint8Array(8);
-        new DataView(b.buffer).setBigInt64(0, BigInt(n));
-        await ctx.reply(b);
-      },
-      [Command.STORAGE_SIZE]: async () => {
-        throw Object.assign(new Error('Read Database Fail'), { errno: Errno.NOT_FOUND });
-      },
-      [Command.STORAGE_DOWNLOAD]: async (ctx) => {
-        async function* gen() {
-          for (let i = 0; i < 10; i++) yield new Uint8Array(1000).fill(i);
-        }
-        await ctx.replyStream(10_000, gen());
-      },
-      // a large reply from two reused 4 KiB buffers, as the storage's downloads read files
-      [Command.TRACKER_GROUPS]: async (ctx) => {
-        const bufs = [new Uint8Array(4096), new Uint8Array(4096)];
-        async function* gen() {
-          for (let i = 0; i < REUSED_CHUNKS; i++) yield (bufs[i % 2] as Uint8Array).fill(i % 251);
-        }
-        await ctx.replyStream(REUSED_CHUNKS * 4096, gen());
-      },
+    maxUpload,
+    handlers,
+  });
+
+beforeAll(async () => {
+  server = testServer('test', 1 << 20, {
+    [Command.PING]: async (ctx) => ctx.reply(),
+    // upload: echo back the byte count as 8 bytes
+    [Command.STORAGE_UPLOAD]: countBody(),
+    [Command.STORAGE_SIZE]: async () => {
+      throw Object.assign(new Error('Read Database Fail'), { errno: Errno.NOT_FOUND });
+    },
+    [Command.STORAGE_DOWNLOAD]: async (ctx) => {
+      async function* gen() {
+        for (let i = 0; i < 10; i++) yield new Uint8Array(1000).fill(i);
+      }
+      await ctx.replyStream(10_000, gen());
+    },
+    // a large reply from two reused 4 KiB buffers, as the storage's downloads read files
+    [Command.TRACKER_GROUPS]: async (ctx) => {
+      const bufs = [new Uint8Array(4096), new Uint8Array(4096)];
+      async function* gen() {
+        for (let i = 0; i < REUSED_CHUNKS; i++) yield (bufs[i % 2] as Uint8Array).fill(i % 251);
+      }
+      await ctx.replyStream(REUSED_CHUNKS * 4096, gen());
     },
   });
   port = (await server.listen(0)).port;
@@ -373,24 +382,10 @@ describe('a sender that outruns its handler', () => {
   });
 
   beforeAll(async () => {
-    slow = new ProtocolServer({
-      name: 'slow',
-      hostname: 'testhost',
-      replyCommand: Command.STORAGE_REPLY,
-      log,
-      maxUpload: 2 * SENT,
-      handlers: {
-        [Command.PING]: async (ctx) => ctx.reply(),
-        // reads nothing until the test lets it, then counts the body
-        [Command.STORAGE_UPLOAD]: async (ctx) => {
-          await released;
-          let n = 0;
-          for await (const c of ctx.stream) n += c.length;
-          const b = new Uint8Array(8);
-          new DataView(b.buffer).setBigInt64(0, BigInt(n));
-          await ctx.reply(b);
-        },
-      },
+    slow = testServer('slow', 2 * SENT, {
+      [Command.PING]: async (ctx) => ctx.reply(),
+      // reads nothing until the test lets it, then counts the body
+      [Command.STORAGE_UPLOAD]: countBody(released),
     });
     slowPort = (await slow.listen(0)).port;
   });
