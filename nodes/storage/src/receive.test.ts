@@ -163,3 +163,43 @@ describe('receiveInto: the checksum', () => {
     }
   });
 });
+
+describe('receiveInto: the socket buffers of a big body do not wait for the young generation to fill', () => {
+  it('collects the young generation every 4 MiB received (at least four batches apart)', async () => {
+    const { PerformanceObserver, constants } = await import('node:perf_hooks');
+    const minor: number[] = [];
+    const obs = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        const detail = (e as { detail?: { kind?: number } }).detail;
+        if (detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) minor.push(e.startTime);
+      }
+    });
+    obs.observe({ entryTypes: ['gc'] });
+    // one reused chunk: the source itself fills no young generation
+    const chunk = new Uint8Array(64 * 1024).fill(7);
+    async function* same(count: number): AsyncGenerator<Uint8Array> {
+      for (let i = 0; i < count; i++) yield chunk;
+    }
+    const count = async (bytes: number, batch: number) => {
+      minor.length = 0;
+      const sink: Parameters<typeof receiveInto>[0] = {
+        // nothing written: the test is about what receiving leaves behind
+        writev: async (b) => ({ bytesWritten: b.reduce((n, x) => n + x.byteLength, 0), buffers: b }),
+        datasync: async () => {},
+      };
+      await receiveInto(sink, same(bytes / chunk.length), batch, null, { hash: false });
+      await sleep(50); // gc entries are delivered asynchronously
+      return minor.length;
+    };
+    try {
+      expect(await count(64 * MiB, 512 * 1024)).toBeGreaterThanOrEqual(16);
+      // batches of 4 MiB: one collection per 16 MiB at most, so that a batch in flight is not
+      // promoted to the old generation
+      const big = await count(64 * MiB, 4 * MiB);
+      expect(big).toBeGreaterThanOrEqual(4);
+      expect(big).toBeLessThan(16);
+    } finally {
+      obs.disconnect();
+    }
+  });
+});

@@ -10,7 +10,9 @@
  * piled up, and glibc keeps the memory after they are freed. With 1 MiB, scavenges come every
  * few chunks: 20 MiB less RSS peak for a storage streaming 1 GiB, 100 MiB less for a gateway
  * with 50 streams, and no loss of throughput (less CPU per GiB, if anything; measured figures in
- * docs/performance.md).
+ * docs/performance.md). A storage receiving an upload allocates so little on the heap per chunk
+ * that even 1 MiB filled only every 20 MiB or so: it collects its young generation itself every
+ * 4 MiB of a body (`collectYoung`, nodes/storage/src/fs-util.ts).
  *
  * `--no-memory-reducer`: V8's memory reducer collects the whole heap when it judges the process
  * idle. A gateway that had been idle for two minutes (as in a full bench run, whose storage
