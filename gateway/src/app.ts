@@ -546,7 +546,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       }
       reply = planReply(plan, extra, body);
     } catch (e) {
-      reply = await problemReply(problemOf(e, method, req.target, requestId), extra);
+      reply = await problemFor(req, extra, e);
     } finally {
       release();
     }
@@ -580,15 +580,16 @@ export function createApp(deps: GatewayDeps): GatewayApp {
         },
         async (e: unknown) => {
           release();
-          const reply = await problemReply(
-            problemOf(smallReadFailure(core, f, e), req.method, req.target, requestId),
-            extra,
-          );
+          const reply = await problemFor(req, extra, smallReadFailure(core, f, e));
           answered(req, extra, reply, t0);
           return reply;
         },
       );
   };
+
+  /** The fast path's problem reply for `e`: the app's (problemOf), with the reply headers. */
+  const problemFor = (req: FastRequest, extra: ReplyHeaders, e: unknown): Promise<FastReply> =>
+    problemReply(problemOf(e, req.method, req.target, extra['X-Request-Id'] as string), extra);
 
   /** Metrics and the access log line of a fast-path reply. */
   const answered = (req: FastRequest, extra: ReplyHeaders, reply: FastReply, t0: number) =>

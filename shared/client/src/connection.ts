@@ -180,19 +180,19 @@ export class Connection {
     this.#busy = true;
     this.#reader.setSpec(replySpec(replyCommand, ok));
     return new Promise<Uint8Array>((resolve, reject) => {
-      this.#quick = { resolve, reject };
+      this.#pending = { resolve, reject };
       this.#sock
         .write(this.#withContext(encodeFrame(command, body)))
-        .then(this.#quickDeliver, this.#quickFail);
+        .then(this.#pendingDeliver, this.#pendingFail);
     });
   }
 
   /** The pending request's settlers. */
-  #quick: { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void } | null = null;
+  #pending: { resolve: (b: Uint8Array) => void; reject: (e: unknown) => void } | null = null;
 
-  readonly #quickFail = (e: unknown): void => {
-    const q = this.#quick;
-    this.#quick = null;
+  readonly #pendingFail = (e: unknown): void => {
+    const q = this.#pending;
+    this.#pending = null;
     this.#busy = false;
     this.#reading = false;
     this.#usable = false;
@@ -201,51 +201,41 @@ export class Connection {
   };
 
   /** The next reply event, or a read for more bytes. */
-  readonly #quickDeliver = (): void => {
+  readonly #pendingDeliver = (): void => {
     const ev = this.#events.shift();
     if (!ev) {
-      this.#activityAt = Date.now();
-      this.#reading = true;
-      if (this.#idleTimer === undefined) this.#armIdle(this.#opts.ioTimeoutMs);
-      this.#sock.read().then(this.#quickChunk, this.#quickReadFailed);
+      this.#startRead().then(this.#pendingChunk, this.#pendingReadFailed);
       return;
     }
     let body: Uint8Array;
     try {
-      if (ev.type === 'error') {
-        this.destroy();
-        throw new DsmError(ErrorCode.PROTOCOL, `bad reply from ${this.address}: ${ev.error.message}`);
-      }
-      if (ev.type !== 'frame') throw new DsmError(ErrorCode.PROTOCOL, `unexpected reply event ${ev.type}`);
-      this.#failOnError(ev.header, ev.body);
-      body = ev.body;
+      body = this.#replyBody(this.#checked(ev));
     } catch (e) {
-      this.#quickFail(e);
+      this.#pendingFail(e);
       return;
     }
-    const q = this.#quick;
-    this.#quick = null;
+    const q = this.#pending;
+    this.#pending = null;
     this.#busy = false;
     this.lastUsed = Date.now();
     q?.resolve(body);
   };
 
-  readonly #quickChunk = (chunk: Uint8Array | null): void => {
+  readonly #pendingChunk = (chunk: Uint8Array | null): void => {
     this.#reading = false;
     if (this.#timedOut) {
-      this.#quickFail(this.#timeoutError());
+      this.#pendingFail(this.#timeoutError());
     } else if (chunk === null) {
-      this.#usable = false;
-      this.#quickFail(new DsmError(ErrorCode.SOCKET, `connection to ${this.address} closed by the server`));
+      this.#pendingFail(this.#closedByServer());
     } else {
       this.#events = this.#reader.push(chunk);
-      this.#quickDeliver();
+      this.#pendingDeliver();
     }
   };
 
-  readonly #quickReadFailed = (e: unknown): void => {
+  readonly #pendingReadFailed = (e: unknown): void => {
     this.#reading = false;
-    this.#quickFail(this.#timedOut ? this.#timeoutError() : e);
+    this.#pendingFail(this.#timedOut ? this.#timeoutError() : e);
   };
 
   /**
@@ -397,10 +387,28 @@ export class Connection {
   }
 
   async #readBuffered(): Promise<Uint8Array> {
-    const ev = await this.#nextEvent();
+    return this.#replyBody(await this.#nextEvent());
+  }
+
+  /** The body of a buffered reply (a frame, not an error reply), or the failure it stands for. */
+  #replyBody(ev: FrameEvent): Uint8Array {
     if (ev.type !== 'frame') throw new DsmError(ErrorCode.PROTOCOL, `unexpected reply event ${ev.type}`);
     this.#failOnError(ev.header, ev.body);
     return ev.body;
+  }
+
+  /** `ev` unless it is a broken frame (then the connection is destroyed and PROTOCOL thrown). */
+  #checked(ev: FrameEvent): FrameEvent {
+    if (ev.type === 'error') {
+      this.destroy();
+      throw new DsmError(ErrorCode.PROTOCOL, `bad reply from ${this.address}: ${ev.error.message}`);
+    }
+    return ev;
+  }
+
+  #closedByServer(): DsmError {
+    this.#usable = false;
+    return new DsmError(ErrorCode.SOCKET, `connection to ${this.address} closed by the server`);
   }
 
   #failOnError(header: Header, body: Uint8Array): void {
@@ -415,18 +423,9 @@ export class Connection {
   async #nextEvent(): Promise<FrameEvent> {
     for (;;) {
       const ev = this.#events.shift();
-      if (ev) {
-        if (ev.type === 'error') {
-          this.destroy();
-          throw new DsmError(ErrorCode.PROTOCOL, `bad reply from ${this.address}: ${ev.error.message}`);
-        }
-        return ev;
-      }
+      if (ev) return this.#checked(ev);
       const chunk = await this.#readWithTimeout();
-      if (chunk === null) {
-        this.#usable = false;
-        throw new DsmError(ErrorCode.SOCKET, `connection to ${this.address} closed by the server`);
-      }
+      if (chunk === null) throw this.#closedByServer();
       this.#events = this.#reader.push(chunk);
     }
   }
@@ -441,11 +440,8 @@ export class Connection {
    * read has waited `ioTimeoutMs` since the last activity, which wakes that read with null.
    */
   async #readWithTimeout(): Promise<Uint8Array | null> {
-    this.#activityAt = Date.now();
-    this.#reading = true;
-    if (this.#idleTimer === undefined) this.#armIdle(this.#opts.ioTimeoutMs);
     try {
-      const chunk = await this.#sock.read();
+      const chunk = await this.#startRead();
       if (this.#timedOut) throw this.#timeoutError();
       return chunk;
     } catch (e) {
@@ -453,6 +449,14 @@ export class Connection {
     } finally {
       this.#reading = false;
     }
+  }
+
+  /** A read of the next bytes, watched by the idle timer (`#reading` until the caller clears it). */
+  #startRead(): Promise<Uint8Array | null> {
+    this.#activityAt = Date.now();
+    this.#reading = true;
+    if (this.#idleTimer === undefined) this.#armIdle(this.#opts.ioTimeoutMs);
+    return this.#sock.read();
   }
 
   #armIdle(ms: number): void {

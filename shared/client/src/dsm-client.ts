@@ -109,15 +109,21 @@ export class DsmClient {
     fresh = false,
     lookup?: { fileId: string },
   ): Promise<AddrsReply> {
-    const key = `${appId}\u0000${userId}`;
-    const hit = this.#cache.get(key);
-    if (!fresh && hit && Date.now() - hit.at < this.#cacheMs) return hit.reply;
+    if (!fresh) {
+      const known = this.#cachedLocate(appId, userId);
+      if (known) return known;
+    }
+    return this.#askTracker(appId, userId, lookup);
+  }
+
+  /** locate's answer from a tracker (then cached). */
+  async #askTracker(appId: string, userId: string, lookup?: { fileId: string }): Promise<AddrsReply> {
     const reply = lookup
       ? await this.tracker.storagesOf({ appId, userId, fileId: lookup.fileId })
       : await this.tracker.storagesFor(appId, userId);
     if (reply.addrs.length === 0)
       throw new DsmError(ErrorCode.NO_STORAGE, `no active storage for group ${reply.group}`);
-    if (this.#cacheMs > 0) this.#cache.set(key, { at: Date.now(), reply });
+    if (this.#cacheMs > 0) this.#cache.set(`${appId}\u0000${userId}`, { at: Date.now(), reply });
     return reply;
   }
 
@@ -140,7 +146,7 @@ export class DsmClient {
         return this.locate(appId, userId, true, lookup).then(onEach);
       });
     const known = this.#cachedLocate(appId, userId);
-    return known ? attempt(known) : this.locate(appId, userId, false, lookup).then(attempt);
+    return known ? attempt(known) : this.#askTracker(appId, userId, lookup).then(attempt);
   }
 
   /**
