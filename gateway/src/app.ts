@@ -453,33 +453,28 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       }
     }
     if (core.policyFor(ids.appId) !== 'public') return null;
-    let release: () => void;
-    try {
-      release = limits.takeDownload(req.client);
-    } catch {
-      return null;
-    }
-    return answerFile(req, publicId, ids, release);
+    if (!limits.mayDownload(req.client)) return null; // the app answers the 429
+    return answerFile(req, publicId, ids);
   };
 
   const answerFile = (
     req: FastRequest,
     publicId: string,
     ids: FileIds,
-    release: () => void,
   ): FastReply | Promise<FastReply | null> | null => {
     const t0 = performance.now();
     const extra = replyHeadersFor(req.method, req.target, req.header);
     const reply = fromMemory(req, publicId, extra);
-    if (reply === STREAMS) {
-      release();
-      return null; // the app streams it
+    if (reply === STREAMS) return null; // the app streams it
+    if (reply !== null && !(reply instanceof ReadThrough)) {
+      // in memory: no download slot is held (files.ts bufferedBytes)
+      answered(req, extra, reply, t0);
+      return reply;
     }
+    // a slot while the storages are asked (mayDownload above: nothing ran since)
+    const release = limits.takeDownload(req.client);
     if (!reply) return answerFetched(req, publicId, ids, release, extra, t0);
-    if (reply instanceof ReadThrough) return answerRead(req, reply, release, extra, t0);
-    release();
-    answered(req, extra, reply, t0);
-    return reply;
+    return answerRead(req, reply, release, extra, t0);
   };
 
   /**

@@ -315,6 +315,12 @@ export const configSchema = z
   .object({
     /** Where the HTTP server listens (Node entry). */
     listen: listenAddress.default('127.0.0.1:8080'),
+    /**
+     * Node entry: connections start in the hot lane, which answers the small-file GETs and HEADs
+     * of the fast path itself and gives a connection to node:http at its first other request
+     * (gateway/src/hot-lane.ts). false: every connection goes to node:http.
+     */
+    hotLane: z.boolean().default(true),
     /** Base of the URLs put in replies (`url`, tus `Location`); default: the request's origin. */
     publicUrl: z.url().optional(),
     trackers: z.array(trackerAddress).min(1).default(['127.0.0.1:21000']),

@@ -26,6 +26,11 @@ export class EdgeLimits {
     return this.#downloads.get(addr) ?? 0;
   }
 
+  /** Whether takeDownload would give this address a slot now. */
+  mayDownload(addr: string): boolean {
+    return (this.#downloads.get(addr) ?? 0) < this.#limits.downloadsPerClient;
+  }
+
   /** A release function, or a 429 HttpError thrown. */
   takeUpload(): () => void {
     if (this.#uploads >= this.#limits.concurrentUploads) {

@@ -22,6 +22,7 @@ import { createAdminApp } from './admin.ts';
 import { createApp, type FastReply, type GatewayApp } from './app.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
 import { clientKey } from './edge-limits.ts';
+import { HotLane } from './hot-lane.ts';
 import { createPromMetrics } from './metrics.ts';
 import { GatewayErrorCode } from './problem.ts';
 import { requestBody } from './streams.ts';
@@ -50,6 +51,8 @@ export interface RunningGateway extends GatewayApp {
   adminUrl?: string;
   kv: KvStore;
   client: DsmClient;
+  /** The hot lane in front of node:http (config `hotLane`), null when off. */
+  hotLane: HotLane | null;
   close(): Promise<void>;
 }
 
@@ -78,6 +81,8 @@ export async function startGateway(
   const guard = new ConnectionGuard(config, log);
 
   let server: ServerType;
+  // plain connections start in the hot lane (hot-lane.ts)
+  let lane: HotLane | null = null;
   try {
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve(
@@ -93,6 +98,22 @@ export async function startGateway(
         () => resolve(s),
       );
       guard.attach(s as Server);
+      if (config.hotLane) {
+        const proxies = guard.proxies;
+        const t = config.timeouts;
+        lane = new HotLane({
+          fastFile: built.fastFile,
+          clientOf: (peer, forwardedFor) => clientKey(proxies.clientFor(peer, forwardedFor)),
+          isProxy: (peer) => proxies.has(peer),
+          maxHeaderBytes: config.limits.maxHeaderBytes,
+          headersMs: t.headersMs,
+          keepAliveMs: t.keepAliveMs,
+          downloadIdleMs: t.downloadIdleMs,
+          ...(opts.workerHeader !== undefined ? { workerHeader: opts.workerHeader } : {}),
+          log,
+        });
+        if (!lane.attach(s as Server, (socket) => guard.refused(socket))) lane = null;
+      }
       const tag = opts.workerHeader;
       if (tag !== undefined)
         (s as Server).prependListener('request', (_req: IncomingMessage, res: ServerResponse) => {
@@ -152,6 +173,7 @@ export async function startGateway(
     ...(admin ? { adminUrl: admin.url } : {}),
     kv,
     client,
+    hotLane: lane,
     async close() {
       if (closed) return;
       closed = true;
@@ -166,6 +188,7 @@ export async function startGateway(
       await new Promise<void>((resolve) => {
         http.close(() => resolve());
         http.closeIdleConnections();
+        lane?.close();
         // streams still running get a moment, then their sockets go
         setTimeout(() => http.closeAllConnections(), 2000).unref();
       });
@@ -295,6 +318,11 @@ class ConnectionGuard {
     return this.#refused.has(socket);
   }
 
+  /** The trusted proxies (`limits.trustedProxies`). */
+  get proxies(): TrustedProxies {
+    return this.#proxies;
+  }
+
   /** Requests on a socket refused by the per-address cap are not handled (it is closing). */
   wrap<E>(fetch: (req: Request, env: E) => Response | Promise<Response>) {
     return (req: Request, env: E): Response | Promise<Response> => {
@@ -398,10 +426,17 @@ export class TrustedProxies {
 
   /** The client's address: the socket's peer, or what a trusted proxy says it forwarded. */
   clientOf(req: IncomingMessage): string {
-    const peer = req.socket.remoteAddress ?? 'unknown';
-    if (!this.has(peer)) return peer;
     const header = req.headers['x-forwarded-for'];
-    const text = Array.isArray(header) ? header.join(',') : (header ?? '');
+    return this.clientFor(
+      req.socket.remoteAddress ?? 'unknown',
+      Array.isArray(header) ? header.join(',') : header,
+    );
+  }
+
+  /** clientOf for a request from `peer` with this X-Forwarded-For (several joined by ","). */
+  clientFor(peer: string, forwardedFor: string | undefined): string {
+    if (!this.has(peer)) return peer;
+    const text = forwardedFor ?? '';
     // bounded: a header is at most limits.maxHeaderBytes; look at the last 32 hops only
     const hops = text
       .split(',')

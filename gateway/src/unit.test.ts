@@ -294,9 +294,9 @@ describe('runtime neutrality', () => {
     const nodeOnly =
       /from '(node:[^']+|@dsm\/common|@dsm\/client\/node|prom-client|@hono\/node-server|ioredis)'/;
     const valueImportOfKv = /^import (?!type )[^;]*from '@dsm\/kv'/m;
-    // the Node entry: the single-process server, the node:cluster primary/workers and their IPC
+    // the Node entry: the single-process server and its hot lane, the node:cluster primary/workers and their IPC
     // cache, prom-client metrics; the core (and the Worker entry) never imports them
-    const nodeEntry = ['node.ts', 'cluster.ts', 'ipc-kv.ts', 'metrics.ts'];
+    const nodeEntry = ['node.ts', 'hot-lane.ts', 'cluster.ts', 'ipc-kv.ts', 'metrics.ts'];
     const importsNodeEntry = new RegExp(
       `from '\\./(${nodeEntry.map((f) => f.replace('.', '\\.')).join('|')})'`,
     );

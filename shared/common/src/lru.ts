@@ -6,6 +6,8 @@
 export class LruMap<K, V> {
   readonly max: number;
   readonly #m = new Map<K, V>();
+  /** The most recently used key (get need not move it). */
+  #newest: K | undefined;
 
   constructor(max: number) {
     if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`LruMap bound must be >= 1, got ${max}`);
@@ -24,8 +26,11 @@ export class LruMap<K, V> {
   get(key: K): V | undefined {
     const v = this.#m.get(key) as V;
     if (v === undefined && !this.#m.has(key)) return undefined; // one lookup for a hit
-    this.#m.delete(key);
-    this.#m.set(key, v);
+    if (key !== this.#newest) {
+      this.#m.delete(key);
+      this.#m.set(key, v);
+      this.#newest = key;
+    }
     return v;
   }
 
@@ -33,6 +38,7 @@ export class LruMap<K, V> {
   set(key: K, value: V): this {
     this.#m.delete(key);
     this.#m.set(key, value);
+    this.#newest = key;
     while (this.#m.size > this.max) {
       const oldest = this.#m.keys().next();
       if (oldest.done) break;
@@ -42,10 +48,12 @@ export class LruMap<K, V> {
   }
 
   delete(key: K): boolean {
+    if (key === this.#newest) this.#newest = undefined;
     return this.#m.delete(key);
   }
 
   clear(): void {
+    this.#newest = undefined;
     this.#m.clear();
   }
 

@@ -1,0 +1,424 @@
+import { connect, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseHead, replyHead } from './hot-lane.ts';
+import type { RunningGateway } from './node.ts';
+import { patternBytes, type Stack, startStack } from './test-support.ts';
+
+// The hot lane (hot-lane.ts) answers the fast path's GETs and HEADs on a plain connection
+// itself and gives the connection to node:http at the first request it does not take. Each
+// exchange below runs against a gateway with the lane and one without (`hotLane: false`): the
+// replies must be the same, request for request, and the lane must have answered (or not) the
+// ones it should.
+
+const KiB = 1024;
+const BASE = { statCacheMs: 300_000, limits: { connectionsPerClient: 256, downloadsPerClient: 64 } };
+
+let s: Stack;
+let lane: RunningGateway;
+let plain: RunningGateway;
+let small: string;
+let other: string;
+const smallBytes = patternBytes(3000, 11);
+const otherBytes = patternBytes(5000, 12);
+const sockets: Socket[] = [];
+
+beforeAll(async () => {
+  s = await startStack('sqlite+memory', BASE);
+  lane = s.gateway;
+  plain = await s.startGateway({ ...BASE, hotLane: false });
+  small = await upload(lane, smallBytes);
+  other = await upload(lane, otherBytes);
+  // warm both gateways' caches (stat and bytes): their GETs are answered from memory
+  for (const g of [lane, plain])
+    for (const id of [small, other]) expect((await fetch(`${g.url}/files/${id}`)).status).toBe(200);
+}, 120_000);
+
+afterAll(async () => {
+  for (const k of sockets) k.destroy();
+  await s?.stop();
+}, 60_000);
+
+async function upload(g: RunningGateway, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const r = await fetch(`${g.url}/files`, { method: 'POST', body: bytes });
+  expect(r.status).toBe(201);
+  return ((await r.json()) as { id: string }).id;
+}
+
+interface Reply {
+  status: number;
+  headers: Record<string, string>;
+  body: Buffer;
+}
+
+/**
+ * Sends `parts` on one connection (with `gapMs` between them), reads until the gateway closes
+ * it or nothing came for `quietMs`, and splits what came back into replies (`methods`: the
+ * requests' methods in order, for the replies to HEAD that have no body).
+ */
+async function exchange(
+  g: RunningGateway,
+  parts: Array<string | Buffer>,
+  methods: string[],
+  o: { gapMs?: number; quietMs?: number } = {},
+): Promise<{ replies: Reply[]; closed: boolean; inLane: boolean }> {
+  const sock = connect({ host: '127.0.0.1', port: g.port });
+  sockets.push(sock);
+  sock.on('error', () => {});
+  const chunks: Buffer[] = [];
+  let closed = false;
+  let last = Date.now();
+  sock.on('data', (d) => {
+    chunks.push(d);
+    last = Date.now();
+  });
+  sock.on('close', () => {
+    closed = true;
+  });
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  for (const [i, p] of parts.entries()) {
+    if (i > 0 && o.gapMs) await new Promise((r) => setTimeout(r, o.gapMs));
+    sock.write(p);
+  }
+  last = Date.now();
+  const quiet = o.quietMs ?? 300;
+  while (!closed && Date.now() - last < quiet) await new Promise((r) => setTimeout(r, 20));
+  const inLane = (g.hotLane?.size ?? 0) > 0;
+  sock.destroy();
+  return { replies: splitReplies(Buffer.concat(chunks), methods), closed, inLane };
+}
+
+function splitReplies(all: Buffer, methods: string[]): Reply[] {
+  const out: Reply[] = [];
+  let at = 0;
+  while (at < all.length) {
+    const end = all.indexOf('\r\n\r\n', at, 'latin1');
+    if (end < 0) throw new Error(`a reply head without its end: ${all.subarray(at).toString('latin1')}`);
+    const lines = all.toString('latin1', at, end).split('\r\n');
+    const status = Number((lines[0] as string).split(' ')[1]);
+    const headers: Record<string, string> = {};
+    for (const l of lines.slice(1)) {
+      const c = l.indexOf(':');
+      const k = l.slice(0, c).toLowerCase();
+      if (k in headers) throw new Error(`header ${k} twice in one reply`);
+      headers[k] = l.slice(c + 1).trim();
+    }
+    const method = methods[out.length] ?? 'GET';
+    at = end + 4;
+    if (method !== 'HEAD' && headers['transfer-encoding'] === 'chunked') {
+      const parts: Buffer[] = [];
+      for (;;) {
+        const eol = all.indexOf('\r\n', at, 'latin1');
+        const n = Number.parseInt(all.toString('latin1', at, eol), 16);
+        at = eol + 2 + n + 2;
+        if (n === 0) break;
+        parts.push(all.subarray(eol + 2, eol + 2 + n));
+      }
+      out.push({ status, headers, body: Buffer.concat(parts) });
+      continue;
+    }
+    const len = method === 'HEAD' ? 0 : Number(headers['content-length'] ?? 0);
+    const body = all.subarray(at, at + len);
+    if (body.length !== len) throw new Error(`a reply cut short: ${body.length} of ${len} bytes`);
+    out.push({ status, headers, body });
+    at += len;
+  }
+  return out;
+}
+
+/** A reply without what differs between two answers to the same request. */
+function comparable(r: Reply) {
+  const { date, 'x-request-id': id, ...headers } = r.headers;
+  // node:http's own 400/431 replies carry no Date
+  if (date !== undefined)
+    expect(date).toMatch(/^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$/);
+  // a problem's body names the request id
+  const body = id ? Buffer.from(r.body.toString('latin1').replaceAll(id, 'ID'), 'latin1') : r.body;
+  return { status: r.status, headers, body: body.toString('base64') };
+}
+
+/** The same exchange with the lane and without it: both gateways' replies, compared. */
+async function same(parts: string[], methods: string[], o: { gapMs?: number; quietMs?: number } = {}) {
+  const a = await exchange(lane, parts, methods, o);
+  const b = await exchange(plain, parts, methods, o);
+  expect(a.replies.map(comparable)).toEqual(b.replies.map(comparable));
+  expect(a.closed).toBe(b.closed);
+  return a;
+}
+
+const get = (id: string, extra = '') => `GET /files/${id} HTTP/1.1\r\nHost: gw\r\n${extra}\r\n`;
+
+describe('the hot lane answers what node:http would', () => {
+  it('pipelined GETs and HEADs of cached files, in order, on a connection that stays in the lane', async () => {
+    const head = `HEAD /files/${small} HTTP/1.1\r\nHost: gw\r\n\r\n`;
+    const r = await same(
+      [get(small) + head + get(other, 'Range: bytes=10-99\r\n') + get(other)],
+      ['GET', 'HEAD', 'GET', 'GET'],
+    );
+    expect(r.replies.map((x) => x.status)).toEqual([200, 200, 206, 200]);
+    expect(r.replies[0]?.body.equals(Buffer.from(smallBytes))).toBe(true);
+    expect(r.replies[1]?.headers['content-length']).toBe('3000');
+    expect(r.replies[1]?.body.length).toBe(0);
+    expect(r.replies[2]?.body.equals(Buffer.from(otherBytes.subarray(10, 100)))).toBe(true);
+    expect(r.replies[3]?.body.equals(Buffer.from(otherBytes))).toBe(true);
+    expect(r.replies[0]?.headers.connection).toBe('keep-alive');
+    expect(r.replies[0]?.headers['keep-alive']).toBe('timeout=5');
+    expect(r.inLane, 'the connection is still in the lane').toBe(true);
+  });
+
+  it('hands the connection to node:http at the first request it does not take, answering the ones before it first', async () => {
+    const post = `POST /files HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello`;
+    const a = await exchange(lane, [get(small) + post + get(other)], ['GET', 'POST', 'GET']);
+    expect(a.replies.map((x) => x.status)).toEqual([200, 201, 200]);
+    expect(a.replies[0]?.body.equals(Buffer.from(smallBytes))).toBe(true);
+    expect(JSON.parse(a.replies[1]?.body.toString() ?? '')).toMatchObject({ size: 5 });
+    expect(a.replies[2]?.body.equals(Buffer.from(otherBytes))).toBe(true);
+    expect(a.inLane, 'after the POST the connection is node:http’s').toBe(false);
+  });
+
+  it('a request with a body framing header goes to node:http whole: the body is not read as a request', async () => {
+    // the "body" holds a request for another file: only node:http's framing decides it is a body
+    const smuggled = get(other);
+    const r = await same(
+      [`GET /files/${small} HTTP/1.1\r\nHost: gw\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`],
+      ['GET', 'GET'],
+    );
+    expect(r.replies.length).toBe(1);
+    expect(r.replies[0]?.body.equals(Buffer.from(smallBytes))).toBe(true);
+    const chunked = await same(
+      [
+        `GET /files/${small} HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`,
+      ],
+      ['GET', 'GET'],
+    );
+    expect(chunked.replies.length).toBe(1);
+    expect(chunked.inLane).toBe(false);
+  });
+
+  it.each([
+    ['a bare LF', `GET /files/SMALL HTTP/1.1\nHost: gw\n\n`],
+    ['obsolete line folding', `GET /files/SMALL HTTP/1.1\r\nHost: gw\r\nX-A: 1\r\n  2\r\n\r\n`],
+    ['HTTP/1.0', `GET /files/SMALL HTTP/1.0\r\nHost: gw\r\n\r\n`],
+    ['no Host', `GET /files/SMALL HTTP/1.1\r\nX-A: 1\r\n\r\n`],
+    ['two Hosts', `GET /files/SMALL HTTP/1.1\r\nHost: gw\r\nHost: gw2\r\n\r\n`],
+    ['two Ranges', `GET /files/SMALL HTTP/1.1\r\nHost: gw\r\nRange: bytes=0-1\r\nRange: bytes=5-9\r\n\r\n`],
+    ['a space before the colon', `GET /files/SMALL HTTP/1.1\r\nHost : gw\r\n\r\n`],
+    ['a NUL in a value', `GET /files/SMALL HTTP/1.1\r\nHost: gw\r\nX-A: a\u0000b\r\n\r\n`],
+    ['an absolute target', `GET http://gw/files/SMALL HTTP/1.1\r\nHost: gw\r\n\r\n`],
+    ['a lower-case method', `get /files/SMALL HTTP/1.1\r\nHost: gw\r\n\r\n`],
+    [
+      'Connection: upgrade',
+      `GET /files/SMALL HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n`,
+    ],
+    ['Expect', `GET /files/SMALL HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\r\n`],
+    ['a query', `GET /files/SMALL?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n`],
+    ['leading empty lines', `\r\n\r\nGET /files/SMALL HTTP/1.1\r\nHost: gw\r\n\r\n`],
+  ])('%s: node:http reads it, as without the lane', async (_name, text) => {
+    const r = await same([text.replaceAll('SMALL', small) + get(other)], ['GET', 'GET']);
+    expect(r.replies.length).toBeGreaterThan(0);
+    expect(r.inLane).toBe(false);
+  });
+
+  it('a head cut across packets is waited for, and answered when whole', async () => {
+    const text = get(small) + get(other);
+    const r = await same([text.slice(0, 20), text.slice(20, 60), text.slice(60)], ['GET', 'GET'], {
+      gapMs: 100,
+    });
+    expect(r.replies.map((x) => x.status)).toEqual([200, 200]);
+    expect(r.replies[0]?.body.equals(Buffer.from(smallBytes))).toBe(true);
+    expect(r.replies[1]?.body.equals(Buffer.from(otherBytes))).toBe(true);
+    expect(r.inLane).toBe(true);
+  });
+
+  it('a pipelined burst across many packets is answered in order, all in the lane', async () => {
+    const n = 3000;
+    const ids = Array.from({ length: n }, (_, i) => (i % 3 === 0 ? other : small));
+    const r = await exchange(
+      lane,
+      [ids.map((id) => get(id)).join('')],
+      ids.map(() => 'GET'),
+      { quietMs: 500 },
+    );
+    expect(r.replies.length).toBe(n);
+    r.replies.forEach((x, i) => {
+      expect(x.body.length).toBe(ids[i] === other ? 5000 : 3000);
+    });
+    expect(r.inLane).toBe(true);
+  });
+
+  it('Connection: close is answered and the connection closed, the requests after it unread', async () => {
+    const r = await same([get(small, 'Connection: close\r\n')], ['GET']);
+    expect(r.replies.map((x) => x.status)).toEqual([200]);
+    expect(r.replies[0]?.headers.connection).toBe('close');
+    expect(r.closed).toBe(true);
+    // node:http answers 400 when bytes follow such a request in the same packet (llhttp's "data
+    // after Connection: close"); the lane answers the request and reads nothing after it
+    const after = await exchange(lane, [get(small, 'Connection: close\r\n') + get(other)], ['GET', 'GET']);
+    expect(after.replies.map((x) => x.status)).toEqual([200]);
+    expect(after.replies[0]?.body.equals(Buffer.from(smallBytes))).toBe(true);
+    expect(after.closed).toBe(true);
+  });
+
+  it('an uncached file (a reply that waits for the storages) keeps the order of pipelined replies', async () => {
+    const fresh = await upload(plain, patternBytes(70 * KiB, 13)); // bigger than a small body: streams
+    const third = await upload(plain, patternBytes(2000, 14));
+    const r = await same([get(third) + get(small) + get(fresh) + get(small)], ['GET', 'GET', 'GET', 'GET']);
+    expect(r.replies.map((x) => x.body.length)).toEqual([2000, 3000, 70 * KiB, 3000]);
+    expect(r.replies[0]?.body.equals(Buffer.from(patternBytes(2000, 14)))).toBe(true);
+  });
+
+  it('a head past maxHeaderBytes gets node:http’s 431', async () => {
+    const r = await same([get(small, `X-Big: ${'a'.repeat(20 * KiB)}\r\n`)], ['GET'], { quietMs: 500 });
+    expect(r.replies.map((x) => x.status)).toEqual([431]);
+  });
+});
+
+describe('the hot lane’s bounds', () => {
+  it('a client that pipelines without reading stops being read: the replies it is owed wait in the kernel, not in the gateway', async () => {
+    const count = (g: RunningGateway) =>
+      g.registry.getSingleMetric('dsm_gateway_requests_total') as unknown as {
+        get(): Promise<{ values: Array<{ value: number; labels: Record<string, string> }> }>;
+      };
+    const answered = async () =>
+      (await count(lane).get()).values
+        .filter((v) => v.labels.route === '/files/:id' && v.labels.method === 'GET')
+        .reduce((a, v) => a + v.value, 0);
+    const before = await answered();
+    const sock = connect({ host: '127.0.0.1', port: lane.port });
+    sockets.push(sock);
+    sock.on('error', () => {});
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    sock.pause(); // never reads
+    const one = get(other); // 5,000-byte replies
+    const n = 40_000; // ~3.5 MB of requests, ~200 MB of replies
+    sock.write(one.repeat(n));
+    await new Promise((r) => setTimeout(r, 1500));
+    const done = (await answered()) - before;
+    expect(done, 'replies written while the client read nothing').toBeGreaterThan(0);
+    // the socket buffers (both sides) hold a few MiB of replies at most
+    expect(done).toBeLessThan(4000);
+    expect(lane.hotLane?.size, 'the connection stayed in the lane').toBeGreaterThan(0);
+    sock.destroy();
+  }, 20_000);
+
+  it('an idle connection in the lane is closed after keepAliveMs, one that sends nothing after headersMs', async () => {
+    const g = await s.startGateway({ ...BASE, timeouts: { keepAliveMs: 300, headersMs: 600 } });
+    expect((await fetch(`${g.url}/files/${small}`)).status).toBe(200);
+    const t0 = Date.now();
+    const after = await exchange(g, [get(small)], ['GET'], { quietMs: 5000 });
+    expect(after.closed).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    const silent = connect({ host: '127.0.0.1', port: g.port });
+    sockets.push(silent);
+    silent.on('error', () => {});
+    const t1 = Date.now();
+    const ms = await new Promise<number>((r) => silent.on('close', () => r(Date.now() - t1)));
+    expect(ms).toBeGreaterThanOrEqual(500);
+    expect(ms).toBeLessThan(3000);
+    await g.close();
+  }, 20_000);
+
+  it('a head that drips in is cut after headersMs, as node:http cuts it', async () => {
+    const g = await s.startGateway({ ...BASE, timeouts: { headersMs: 600 } });
+    const sock = connect({ host: '127.0.0.1', port: g.port });
+    sockets.push(sock);
+    sock.on('error', () => {});
+    let got = '';
+    sock.on('data', (d) => {
+      got += d.toString('latin1');
+    });
+    const t0 = Date.now();
+    const closed = new Promise<number>((r) => sock.on('close', () => r(Date.now() - t0)));
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    const text = `${get(small, 'X-Pad: '.padEnd(200, 'a'))}`;
+    let i = 0;
+    const drip = setInterval(() => {
+      if (i < text.length && !sock.destroyed) sock.write(text[i++] as string);
+    }, 50);
+    const ms = await closed;
+    clearInterval(drip);
+    expect(ms).toBeGreaterThanOrEqual(500);
+    expect(ms).toBeLessThan(2500);
+    expect(got).toMatch(/^HTTP\/1\.1 408 /);
+    await g.close();
+  }, 20_000);
+
+  it('close() ends the lane’s idle connections', async () => {
+    const g = await s.startGateway(BASE);
+    expect((await fetch(`${g.url}/files/${small}`)).status).toBe(200);
+    const sock = connect({ host: '127.0.0.1', port: g.port });
+    sockets.push(sock);
+    sock.on('error', () => {});
+    sock.on('data', () => {});
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    sock.write(get(small));
+    while ((g.hotLane?.size ?? 0) === 0) await new Promise((r) => setTimeout(r, 10));
+    const t0 = Date.now();
+    await g.close();
+    await closed;
+    expect(Date.now() - t0).toBeLessThan(1500);
+  }, 20_000);
+});
+
+describe('parseHead and replyHead', () => {
+  it('reads the plain request forms', () => {
+    expect(parseHead('GET /files/a HTTP/1.1\r\nHost: x\r\nRange:  bytes=1-2 \t')).toEqual({
+      method: 'GET',
+      target: '/files/a',
+      names: ['host', 'range'],
+      values: ['x', 'bytes=1-2'],
+      close: false,
+    });
+    expect(parseHead('HEAD /files/a HTTP/1.1\r\nhost: x\r\nConnection: Keep-Alive, close')?.close).toBe(true);
+    expect(parseHead('GET /files/a HTTP/1.1\r\nHost: x\r\nX-Empty:')?.values).toEqual(['x', '']);
+  });
+
+  it.each([
+    'POST /files HTTP/1.1\r\nHost: x',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nX\r\n',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\n:x',
+    'GET /files/a HTTP/1.1\r\nHost: x\rX-A: 1',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nX-A: a\rb',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nX-A: \u007f',
+    'GET /files/a HTTP/1.1\r\nHost: x\r\nX(A): 1',
+    'GET /files/a  HTTP/1.1\r\nHost: x',
+    'GET /files/\u00e9 HTTP/1.1\r\nHost: x',
+    'GET /files/a HTTP/1.10\r\nHost: x',
+    `GET /files/a HTTP/1.1\r\nHost: x${'\r\nX-A: 1'.repeat(70)}`,
+  ])('leaves %j to node:http', (text) => {
+    expect(parseHead(text)).toBeNull();
+  });
+
+  it('writes node:http’s reply head, and leaves to node:http the replies it does not write itself', () => {
+    const head = replyHead(
+      {
+        status: 206,
+        headers: { 'Content-Range': 'bytes 0-1/9', 'content-length': '2' },
+        body: new Uint8Array(2),
+      },
+      false,
+      5,
+      '77',
+    );
+    expect(head).toMatch(
+      /^HTTP\/1\.1 206 Partial Content\r\nX-Dsm-Worker: 77\r\nContent-Range: bytes 0-1\/9\r\ncontent-length: 2\r\nDate: [^\r]+ GMT\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n$/,
+    );
+    // no Content-Length: the body's
+    expect(replyHead({ status: 404, headers: {}, body: new Uint8Array(7) }, true, 5, undefined)).toMatch(
+      /^HTTP\/1\.1 404 Not Found\r\nContent-Length: 7\r\nDate: [^\r]+\r\nConnection: close\r\n\r\n$/,
+    );
+    for (const headers of [
+      { 'X-A': 'a\r\nSet-Cookie: x=1' },
+      { 'X-A': 'caf\u00e9' },
+      { 'X-A': '\u{1f600}' },
+      { 'X A': '1' },
+      { Connection: 'close' },
+      { 'Transfer-Encoding': 'chunked' },
+    ] as Array<Record<string, string>>)
+      expect(replyHead({ status: 200, headers, body: null }, false, 5, undefined)).toBeNull();
+    expect(replyHead({ status: 599, headers: {}, body: null }, false, 5, undefined)).toBeNull();
+  });
+});

@@ -1,0 +1,552 @@
+import { type Server, STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Logger } from '@dsm/common';
+import type { FastReply, FastRequest } from './app.ts';
+
+/**
+ * The hot lane: the Node entry's plain-HTTP connections start here instead of in `node:http`.
+ *
+ * A keep-alive connection of a CDN edge or a player asks for one small file after another. Node's
+ * HTTP server spends more per such request than the gateway's whole fast path (an
+ * IncomingMessage and a ServerResponse, two streams, header validation, timers): on this machine
+ * kind a bare `http` server answering 4 KiB from memory reaches about half of nginx, while a bare
+ * `net` server answering the same bytes reaches nginx's rate (docs/performance.md). The lane reads
+ * the connection's requests itself and answers the ones the fast path answers (app.ts fastFile:
+ * a GET or HEAD of `/files/<id>`), with the same reply bytes as `node:http` would send.
+ *
+ * It parses only the plainest form of a request and gives the connection to `node:http` (which
+ * then keeps it) on the first byte it does not take, before answering anything from that byte on:
+ * the request's bytes and all after them are put back on the socket, unread. So a request the
+ * lane answers is one both parsers read the same way (no body, no framing header, one line per
+ * header), and every other request (a body, an upgrade, a malformed head, HTTP/1.0, a head cut
+ * across packets, anything the fast path declines) meets `node:http` and its limits exactly as if
+ * the lane did not exist. See handOff for the rules.
+ *
+ * Bounds: a head is at most `maxHeaderBytes` (longer: node:http, which answers 431); replies are
+ * written one after another, and the lane reads nothing more while one waits for the storages
+ * or for the client to take the previous one (so a client that pipelines without reading costs
+ * one reply of memory); silence is cut as in node:http (headersMs before the first request,
+ * keepAliveMs between requests, downloadIdleMs while a reply is pending).
+ */
+export interface HotLaneOptions {
+  /** The fast path (app.ts fastFile): a reply, a promise of one, or null for the app's requests. */
+  fastFile: (req: FastRequest) => FastReply | Promise<FastReply | null> | null;
+  /** The key the per-client caps count a request under: the peer, or whom a trusted proxy names. */
+  clientOf: (peer: string, forwardedFor: string | undefined) => string;
+  /** Whether the peer is a trusted proxy (its requests carry their client in X-Forwarded-For). */
+  isProxy: (peer: string) => boolean;
+  maxHeaderBytes: number;
+  headersMs: number;
+  keepAliveMs: number;
+  downloadIdleMs: number;
+  /** Sent as X-Dsm-Worker on every reply (node.ts workerHeader). */
+  workerHeader?: string;
+  log: Logger;
+}
+
+const HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
+/** A header name (RFC 9110 token). */
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** A reply header value the lane writes as is: visible ASCII, space and tab (else node:http writes it). */
+const PLAIN_VALUE = /^[\t\x20-\x7e]*$/;
+/** A request header value node:http and the lane read alike: no control byte but tab, no CR/LF. */
+const REQUEST_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+/** node:http's answer to a head not whole within headersMs. */
+const REQUEST_TIMEOUT = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n';
+/** A reply body up to this size is written in one buffer with its head (copied once). */
+const JOINED_BODY_BYTES = 16 * 1024;
+/** Header lines past this many: node:http's (it knows its own count limits). */
+const MAX_LINES = 64;
+
+/** One request head as the lane reads it; null when node:http must read it. */
+interface Head {
+  method: string;
+  target: string;
+  /** Header names (lower case) and their values, side by side. */
+  names: string[];
+  values: string[];
+  close: boolean;
+}
+
+/** The value of the header `name` (lower case) in `head`. */
+export function headerOf(head: Head, name: string): string | undefined {
+  const names = head.names;
+  for (let i = 0; i < names.length; i++) if (names[i] === name) return head.values[i];
+  return undefined;
+}
+
+/**
+ * Parses `text` (a request head without its final CRLF CRLF, as latin1) or returns null for one
+ * the lane leaves to node:http: anything but `GET|HEAD SP origin-form SP HTTP/1.1`; a header
+ * line without a colon, starting with whitespace (obsolete folding) or holding a bare CR or LF;
+ * a name that is not a token or a value with a control byte; a repeated name (node:http joins
+ * some and drops others); Content-Length, Transfer-Encoding, Expect or Upgrade (a body or
+ * another protocol); a Connection header with anything but keep-alive and close; no Host.
+ */
+export function parseHead(text: string): Head | null {
+  let eol = text.indexOf('\r\n');
+  if (eol < 0) eol = text.length;
+  const line = text.slice(0, eol);
+  let method: string;
+  if (line.startsWith('GET /')) method = 'GET';
+  else if (line.startsWith('HEAD /')) method = 'HEAD';
+  else return null;
+  if (!line.endsWith(' HTTP/1.1')) return null;
+  const target = line.slice(method.length + 1, line.length - 9);
+  // origin-form: visible ASCII, no space
+  if (!/^\/[\x21-\x7e]*$/.test(target)) return null;
+  const names: string[] = [];
+  const values: string[] = [];
+  let close = false;
+  let host = false;
+  let at = eol + 2;
+  let lines = 0;
+  while (at < text.length) {
+    if (++lines > MAX_LINES) return null;
+    let end = text.indexOf('\r\n', at);
+    if (end < 0) end = text.length;
+    const h = text.slice(at, end);
+    at = end + 2;
+    const colon = h.indexOf(':');
+    if (colon <= 0) return null;
+    const name = h.slice(0, colon).toLowerCase();
+    if (!TOKEN.test(name)) return null;
+    let a = colon + 1;
+    let b = h.length;
+    while (a < b && (h.charCodeAt(a) === 32 || h.charCodeAt(a) === 9)) a++;
+    while (b > a && (h.charCodeAt(b - 1) === 32 || h.charCodeAt(b - 1) === 9)) b--;
+    const value = h.slice(a, b);
+    if (!REQUEST_VALUE.test(value)) return null;
+    if (names.includes(name)) return null;
+    switch (name) {
+      case 'content-length':
+      case 'transfer-encoding':
+      case 'expect':
+      case 'upgrade':
+        return null;
+      case 'host':
+        host = true;
+        break;
+      case 'connection':
+        for (const t of value.toLowerCase().split(',')) {
+          const token = t.trim();
+          if (token === 'close') close = true;
+          else if (token !== 'keep-alive') return null;
+        }
+        break;
+    }
+    names.push(name);
+    values.push(value);
+  }
+  if (!host) return null;
+  return { method, target, names, values, close };
+}
+
+/** Date header text, made once a second (as node:http does). */
+let dateSecond = -1;
+let dateText = '';
+function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(second * 1000).toUTCString();
+  }
+  return dateText;
+}
+
+/** A reply header name already checked to be a token. */
+interface CheckedName {
+  /** Content-Length, in any case. */
+  length: boolean;
+  /** The last value checked under this name (the same value again needs no second test). */
+  last: string;
+}
+const checkedNames = new Map<string, CheckedName>();
+
+/**
+ * The reply's head as node:http writes it for writeHead + end (status line, the reply's headers,
+ * a Content-Length when the reply has none, Date, Connection and Keep-Alive), or null when a
+ * header is one the lane does not write itself (a value with a byte outside visible ASCII, or an
+ * odd name): node:http then writes the reply, with its own checks.
+ */
+export function replyHead(
+  reply: FastReply,
+  close: boolean,
+  keepAliveSec: number,
+  workerHeader: string | undefined,
+): string | null {
+  const reason = STATUS_CODES[reply.status];
+  if (reason === undefined) return null;
+  let out = `HTTP/1.1 ${reply.status} ${reason}\r\n`;
+  if (workerHeader !== undefined) out += `X-Dsm-Worker: ${workerHeader}\r\n`;
+  let length = false;
+  const headers = reply.headers;
+  for (const k in headers) {
+    const v = headers[k] as string;
+    let name = checkedNames.get(k);
+    if (name === undefined) {
+      if (!TOKEN.test(k) || k.length > 64) return null;
+      const lower = k.toLowerCase();
+      // headers node:http treats itself: leave such a reply to it
+      if (
+        lower === 'connection' ||
+        lower === 'date' ||
+        lower === 'transfer-encoding' ||
+        lower === 'keep-alive'
+      )
+        return null;
+      name = { length: lower === 'content-length', last: '' };
+      if (checkedNames.size < 256) checkedNames.set(k, name);
+    }
+    if (v !== name.last) {
+      if (!PLAIN_VALUE.test(v)) return null;
+      name.last = v;
+    }
+    if (name.length) length = true;
+    out += `${k}: ${v}\r\n`;
+  }
+  const body = reply.body;
+  if (!length && body && reply.status !== 204 && reply.status !== 304)
+    out += `Content-Length: ${body.byteLength}\r\n`;
+  out += `Date: ${httpDate()}\r\n`;
+  out += close
+    ? 'Connection: close\r\n\r\n'
+    : `Connection: keep-alive\r\nKeep-Alive: timeout=${keepAliveSec}\r\n\r\n`;
+  return out;
+}
+
+/** Takes a server's plain connections into the lane (see the file's comment). */
+export class HotLane {
+  readonly #opts: HotLaneOptions;
+  readonly #keepAliveSec: number;
+  readonly #open = new Set<LaneConnection>();
+  #toHttp: ((socket: Socket) => void) | null = null;
+
+  constructor(opts: HotLaneOptions) {
+    this.#opts = opts;
+    this.#keepAliveSec = Math.floor(opts.keepAliveMs / 1000);
+  }
+
+  /**
+   * Puts the lane in front of `server`'s own connection handling (node:http's listener is taken
+   * off the 'connection' event and called when the lane hands a socket over). `skip`: sockets
+   * that go to node:http at once (one the per-address cap refused). False when node:http's
+   * listener was not found (another Node version): the server is left as it was.
+   */
+  attach(server: Server, skip: (socket: Socket) => boolean): boolean {
+    const http = server.listeners('connection').find((f) => f.name === 'connectionListener') as
+      | ((this: Server, socket: Socket) => void)
+      | undefined;
+    if (!http) {
+      this.#opts.log.warn('hot lane off: node:http connection listener not found');
+      return false;
+    }
+    server.removeListener('connection', http as (...args: unknown[]) => void);
+    this.#toHttp = (socket) => http.call(server, socket);
+    server.on('connection', (socket: Socket) => {
+      if (skip(socket) || socket.destroyed) http.call(server, socket);
+      else new LaneConnection(this, socket);
+    });
+    return true;
+  }
+
+  /** Ends the lane's connections (waiting ones after their reply), then destroys what is left after `graceMs`. */
+  close(graceMs = 2000): void {
+    for (const c of this.#open) c.close();
+    if (this.#open.size === 0) return;
+    const left = [...this.#open];
+    setTimeout(() => {
+      for (const c of left) c.socket.destroy();
+    }, graceMs).unref();
+  }
+
+  /** Connections in the lane now (tests). */
+  get size(): number {
+    return this.#open.size;
+  }
+
+  /** @internal */
+  get opts(): HotLaneOptions {
+    return this.#opts;
+  }
+
+  /** @internal */
+  get keepAliveSec(): number {
+    return this.#keepAliveSec;
+  }
+
+  /** @internal */
+  opened(c: LaneConnection): void {
+    this.#open.add(c);
+  }
+
+  /** @internal the connection left the lane (closed, or handed to node:http when `socket` is set). */
+  left(c: LaneConnection, socket?: Socket): void {
+    this.#open.delete(c);
+    if (socket) (this.#toHttp as (socket: Socket) => void)(socket);
+  }
+}
+
+/** One connection in the lane. */
+class LaneConnection {
+  readonly socket: Socket;
+  readonly #lane: HotLane;
+  /** Bytes read and not yet answered. */
+  #buf: Buffer | null = null;
+  /** A reply waits (for the storages, or for the client to take the previous one). */
+  #busy = false;
+  #ended = false;
+  #closing = false;
+  /** socket.end() was called. */
+  #ending = false;
+  #gone = false;
+  #timeout: number;
+  /** When the buffer began to hold a head not yet whole (0: it does not). */
+  #partialSince = 0;
+  /** The per-client key when it is the peer's (no trusted proxy in front). */
+  readonly #client: string | null;
+  readonly #peer: string;
+
+  readonly #onData = (d: Buffer) => {
+    this.#buf = this.#buf ? Buffer.concat([this.#buf, d]) : d;
+    if (!this.#busy) this.#pump();
+  };
+  readonly #onEnd = () => {
+    this.#ended = true;
+    if (!this.#busy) this.#finish();
+  };
+  readonly #onTimeout = () => this.socket.destroy();
+  readonly #onClose = () => this.#leave();
+  readonly #onError = () => {};
+  readonly #onDrain = () => {
+    this.#busy = false;
+    this.#timeoutFor(this.#lane.opts.keepAliveMs);
+    this.socket.resume();
+    this.#pump();
+  };
+
+  constructor(lane: HotLane, socket: Socket) {
+    this.#lane = lane;
+    this.socket = socket;
+    const o = lane.opts;
+    this.#peer = socket.remoteAddress ?? 'unknown';
+    this.#client = o.isProxy(this.#peer) ? null : o.clientOf(this.#peer, undefined);
+    this.#timeout = o.headersMs;
+    socket.setTimeout(o.headersMs);
+    socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
+    socket.on('timeout', this.#onTimeout);
+    socket.on('error', this.#onError);
+    socket.on('close', this.#onClose);
+    lane.opened(this);
+  }
+
+  /**
+   * The buffer ends in a head not yet whole (a packet boundary in a pipelined burst, or a slow
+   * client): wait for the rest, as node:http does, for at most headersMs in all (silence is cut
+   * by the socket's timeout; a client sending a byte now and then, at its next byte past it).
+   */
+  #partial(): void {
+    const o = this.#lane.opts;
+    if (this.#ended) {
+      this.socket.destroy(); // a head the client will never finish
+      return;
+    }
+    const now = Date.now();
+    if (this.#partialSince === 0) {
+      this.#partialSince = now;
+      this.#timeoutFor(o.headersMs);
+    } else if (now - this.#partialSince > o.headersMs) {
+      this.#detach();
+      this.socket.end(REQUEST_TIMEOUT);
+      this.#lane.left(this);
+    }
+  }
+
+  #timeoutFor(ms: number): void {
+    if (this.#timeout === ms) return;
+    this.#timeout = ms;
+    this.socket.setTimeout(ms);
+  }
+
+  /** Answers the buffered requests in order, until one needs node:http or a reply must wait. */
+  #pump(): void {
+    const o = this.#lane.opts;
+    while (!this.#busy && !this.#gone) {
+      const buf = this.#buf;
+      if (!buf || buf.length === 0) {
+        this.#buf = null;
+        if (this.#ended || this.#closing) this.#finish();
+        return;
+      }
+      if (this.#closing) {
+        this.#buf = null; // after Connection: close, nothing more is read
+        return;
+      }
+      const end = buf.indexOf(HEAD_END);
+      if (end < 0 || end > o.maxHeaderBytes) {
+        if (buf.length > o.maxHeaderBytes) {
+          // node:http's 431
+          this.#handOff();
+          return;
+        }
+        this.#partial();
+        return;
+      }
+      this.#partialSince = 0;
+      const head = parseHead(buf.toString('latin1', 0, end));
+      if (!head) {
+        this.#handOff();
+        return;
+      }
+      const req: FastRequest = {
+        method: head.method,
+        target: head.target,
+        header: (name) => headerOf(head, name),
+        client: this.#client ?? o.clientOf(this.#peer, headerOf(head, 'x-forwarded-for')),
+      };
+      let r: ReturnType<HotLaneOptions['fastFile']>;
+      try {
+        r = o.fastFile(req);
+      } catch (e) {
+        o.log.error({ err: e }, 'request failed');
+        this.socket.destroy();
+        return;
+      }
+      if (r === null) {
+        this.#handOff();
+        return;
+      }
+      const size = end + 4;
+      if (r instanceof Promise) {
+        this.#busy = true;
+        this.socket.pause();
+        this.#timeoutFor(o.downloadIdleMs);
+        r.then(
+          (reply) => {
+            if (this.#gone) return;
+            this.#busy = false;
+            if (!reply || !this.#write(reply, head, size)) {
+              this.#handOff();
+              return;
+            }
+            if (this.#busy) return; // waits for 'drain'
+            this.#timeoutFor(o.keepAliveMs);
+            this.socket.resume();
+            this.#pump();
+          },
+          (e: unknown) => {
+            o.log.error({ err: e }, 'request failed');
+            this.socket.destroy();
+          },
+        );
+        return;
+      }
+      if (!this.#write(r, head, size)) {
+        this.#handOff();
+        return;
+      }
+    }
+  }
+
+  /**
+   * Writes `reply` to the request `head` (its `size` bytes leave the buffer). False, with nothing
+   * written, when node:http must write it (replyHead). Waits for 'drain' when the client has not
+   * taken what was written.
+   */
+  #write(reply: FastReply, head: Head, size: number): boolean {
+    const lane = this.#lane;
+    const text = replyHead(reply, head.close, lane.keepAliveSec, lane.opts.workerHeader);
+    if (text === null) return false;
+    const buf = this.#buf as Buffer;
+    this.#buf = size < buf.length ? buf.subarray(size) : null;
+    const s = this.socket;
+    const body = head.method === 'HEAD' || reply.status === 204 || reply.status === 304 ? null : reply.body;
+    let more: boolean;
+    if (body && body.byteLength > 0 && body.byteLength <= JOINED_BODY_BYTES) {
+      // one buffer, one write: cheaper than a corked pair for a small body
+      const headBytes = text.length;
+      const out = Buffer.allocUnsafe(headBytes + body.byteLength);
+      out.write(text, 0, headBytes, 'latin1');
+      out.set(body, headBytes);
+      more = s.write(out);
+    } else if (body && body.byteLength > 0) {
+      s.cork();
+      s.write(text, 'latin1');
+      more = s.write(body);
+      s.uncork();
+    } else more = s.write(text, 'latin1');
+    if (head.close) {
+      this.#buf = null;
+      this.#finish();
+      return true;
+    }
+    if (!more) {
+      this.#busy = true;
+      s.pause();
+      this.#timeoutFor(lane.opts.downloadIdleMs);
+      s.once('drain', this.#onDrain);
+    } else if (this.#timeout !== lane.opts.keepAliveMs) this.#timeoutFor(lane.opts.keepAliveMs);
+    return true;
+  }
+
+  /** The client sent FIN, or the gateway closes: end the connection when nothing is pending. */
+  #finish(): void {
+    if (this.#gone || this.#ending) return;
+    if (this.#buf && this.#buf.length > 0 && !this.#closing) {
+      this.#pump();
+      return;
+    }
+    this.#closing = true;
+    this.#ending = true;
+    this.socket.end();
+  }
+
+  /** The gateway closes: end the connection now, or after its pending reply. */
+  close(): void {
+    this.#closing = true;
+    if (!this.#busy) this.#finish();
+  }
+
+  /**
+   * Gives the connection to node:http: the bytes not answered (the request the lane does not
+   * take, and all after it) are put back unread, node:http's connection listener takes the
+   * socket as if it had just been accepted, and reading resumes. A client that already sent its
+   * FIN cannot have bytes put back (a stream cannot be unshifted after its end): such a
+   * connection is closed.
+   */
+  #handOff(): void {
+    if (this.#gone) return;
+    const s = this.socket;
+    const buf = this.#buf;
+    this.#detach();
+    if (this.#ended || this.#closing) {
+      s.destroy();
+      return;
+    }
+    s.pause();
+    if (buf && buf.length > 0) s.unshift(buf);
+    this.#lane.left(this, s);
+    s.resume();
+  }
+
+  #detach(): void {
+    this.#gone = true;
+    this.#buf = null;
+    const s = this.socket;
+    s.removeListener('data', this.#onData);
+    s.removeListener('end', this.#onEnd);
+    s.removeListener('timeout', this.#onTimeout);
+    // the no-op 'error' listener stays: a socket the lane ends or destroys may still report one
+    s.removeListener('close', this.#onClose);
+    s.removeListener('drain', this.#onDrain);
+    s.setTimeout(0);
+  }
+
+  #leave(): void {
+    if (this.#gone) return;
+    this.#detach();
+    this.#lane.left(this);
+  }
+}
