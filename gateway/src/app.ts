@@ -89,8 +89,20 @@ export interface FastUpload extends FastRequest {
 /** The fast path's reply: all of it in memory. */
 export interface FastReply {
   status: number;
+  /** The reply's headers; with `shared`, those of this request only (its X-Request-Id). */
   headers: Record<string, string>;
+  /**
+   * Headers the same for every request of this reply (a whole small file from memory: its
+   * validators, type, length, CORS and content-safety headers), one frozen object per file:
+   * written before `headers`. A writer may keep what it made of it (hot-lane.ts).
+   */
+  shared?: Readonly<Record<string, string>>;
   body: Uint8Array | null;
+}
+
+/** A reply header of `reply` by its exact name, in its own headers or its shared ones. */
+export function replyHeader(reply: FastReply, name: string): string | undefined {
+  return reply.headers[name] ?? reply.shared?.[name];
 }
 
 const FILE_ROUTE = '/files/:id';
@@ -444,7 +456,8 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       h('if-range') !== undefined
     )
       return null;
-    let ids = core.cachedEntry(publicId)?.ids;
+    const cached = core.cachedEntry(publicId);
+    let ids = cached?.ids;
     if (!ids) {
       try {
         ids = decodePublicId(publicId);
@@ -454,17 +467,33 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     }
     if (core.policyFor(ids.appId) !== 'public') return null;
     if (!limits.mayDownload(req.client)) return null; // the app answers the 429
-    return answerFile(req, publicId, ids);
+    return answerFile(req, publicId, ids, cached);
   };
 
   const answerFile = (
     req: FastRequest,
     publicId: string,
     ids: FileIds,
+    cached: FileEntry | null,
   ): FastReply | Promise<FastReply | null> | null => {
     const t0 = performance.now();
+    const whole = cached && anyOrigin ? wholeFromMemory(req, cached) : null;
+    if (whole) {
+      done(
+        req.method,
+        FILE_ROUTE,
+        req.target,
+        whole.headers['X-Request-Id'] as string,
+        200,
+        t0,
+        req.client,
+        replyHeader(whole, 'Content-Length') ?? null,
+        undefined,
+      );
+      return whole;
+    }
     const extra = replyHeadersFor(req.method, req.target, req.header);
-    const reply = fromMemory(req, publicId, extra);
+    const reply = fromMemory(req, cached, extra);
     if (reply === STREAMS) return null; // the app streams it
     if (reply !== null && !(reply instanceof ReadThrough)) {
       // in memory: no download slot is held (files.ts bufferedBytes)
@@ -477,6 +506,37 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     return answerRead(req, reply, release, extra, t0);
   };
 
+  /** Shared heads of whole files from memory (wholeFromMemory), per cached stat. */
+  const wholeHeads = new WeakMap<FileEntry, Readonly<Record<string, string>>>();
+
+  /**
+   * The commonest reply without building its headers: a whole file (no Range) whose stat and,
+   * for a GET, bytes are in memory, when every origin may read it (its headers are then the
+   * same for every request but the request id). Its head is made once per cached stat
+   * (planFileReply and replyHeadersFor, as fromMemory does for every reply) and shared.
+   */
+  const wholeFromMemory = (req: FastRequest, f: FileEntry): FastReply | null => {
+    if (req.header('range') !== undefined) return null;
+    let body: Uint8Array | null = null;
+    if (req.method === 'GET' && f.stat.size > 0) {
+      body = core.cachedBytes(f);
+      if (!body) return null;
+      core.metrics?.cacheLookup?.('file', true);
+      core.metrics?.bytesOut(FILE_ROUTE, body.length);
+    }
+    core.metrics?.cacheLookup?.('stat', true);
+    let shared = wholeHeads.get(f);
+    if (!shared) {
+      const extra = replyHeadersFor('GET', '/files/', () => undefined);
+      delete extra['X-Request-Id'];
+      shared = Object.freeze(planReply(planFileReply(f, undefined, null, undefined), extra, null).headers);
+      wholeHeads.set(f, shared);
+    }
+    const incoming = req.header('x-request-id');
+    const id = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
+    return { status: 200, shared, headers: { 'X-Request-Id': id }, body };
+  };
+
   /**
    * The reply without a promise: a fresh cached stat and, for a GET, the small file in memory;
    * STREAMS when the stat is cached and the reply is one the app streams (a seek in a big file:
@@ -486,10 +546,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    */
   const fromMemory = (
     req: FastRequest,
-    publicId: string,
+    f: FileEntry | null,
     extra: ReplyHeaders,
   ): FastReply | ReadThrough | typeof STREAMS | null => {
-    const f = core.cachedEntry(publicId);
     if (!f) return null;
     let plan: ReturnType<typeof planFileReply>;
     try {
@@ -596,7 +655,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       reply.status,
       t0,
       req.client,
-      reply.headers['Content-Length'] ?? reply.headers['content-length'] ?? null,
+      replyHeader(reply, 'Content-Length') ?? reply.headers['content-length'] ?? null,
       undefined,
     );
 

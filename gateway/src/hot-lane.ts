@@ -55,6 +55,27 @@ const REQUEST_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 const REQUEST_TIMEOUT = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n';
 /** A reply body up to this size is written in one buffer with its head (copied once). */
 const JOINED_BODY_BYTES = 16 * 1024;
+/**
+ * Replies up to SLAB_REPLY_BYTES (head and body) are cut from a slab, as Buffer.allocUnsafe
+ * does below 4 KiB: one allocation per SLAB_BYTES of replies instead of one per reply (a
+ * measured 5 % of a cached 4 KiB GET). A slab lives while a reply cut from it is still being
+ * written, that is while the client's kernel buffer is full: a stalled reader holds at most one
+ * slab more than the kernel already holds for it.
+ */
+const SLAB_BYTES = 64 * 1024;
+const SLAB_REPLY_BYTES = 8 * 1024;
+let slab: Buffer | null = null;
+let slabAt = 0;
+function replyBuffer(n: number): Buffer {
+  if (n > SLAB_REPLY_BYTES) return Buffer.allocUnsafe(n);
+  if (slab === null || slabAt + n > SLAB_BYTES) {
+    slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+    slabAt = 0;
+  }
+  const b = slab.subarray(slabAt, slabAt + n);
+  slabAt += (n + 7) & ~7;
+  return b;
+}
 /** Header lines past this many: node:http's (it knows its own count limits). */
 const MAX_LINES = 64;
 
@@ -181,7 +202,43 @@ export function replyHead(
   let out = `HTTP/1.1 ${reply.status} ${reason}\r\n`;
   if (workerHeader !== undefined) out += `X-Dsm-Worker: ${workerHeader}\r\n`;
   let length = false;
-  const headers = reply.headers;
+  const shared = reply.shared;
+  if (shared) {
+    let lines = sharedLines.get(shared);
+    if (lines === undefined) {
+      lines = headerLines(shared);
+      sharedLines.set(shared, lines);
+    }
+    if (lines === null) return null;
+    out += lines.text;
+    length = lines.length;
+  }
+  const own = headerLines(reply.headers);
+  if (own === null) return null;
+  out += own.text;
+  const body = reply.body;
+  if (!length && !own.length && body && reply.status !== 204 && reply.status !== 304)
+    out += `Content-Length: ${body.byteLength}\r\n`;
+  out += `Date: ${httpDate()}\r\n`;
+  out += close
+    ? 'Connection: close\r\n\r\n'
+    : `Connection: keep-alive\r\nKeep-Alive: timeout=${keepAliveSec}\r\n\r\n`;
+  return out;
+}
+
+/** Header lines as the lane writes them, and whether they hold a Content-Length. */
+interface Lines {
+  text: string;
+  length: boolean;
+}
+
+/** The lines of shared reply heads (FastReply.shared), made once per object (null: not the lane's to write). */
+const sharedLines = new WeakMap<object, Lines | null>();
+
+/** `headers` as header lines, or null when one is not the lane's to write (replyHead). */
+function headerLines(headers: Readonly<Record<string, string>>): Lines | null {
+  let text = '';
+  let length = false;
   for (const k in headers) {
     const v = headers[k] as string;
     let name = checkedNames.get(k);
@@ -204,16 +261,9 @@ export function replyHead(
       name.last = v;
     }
     if (name.length) length = true;
-    out += `${k}: ${v}\r\n`;
+    text += `${k}: ${v}\r\n`;
   }
-  const body = reply.body;
-  if (!length && body && reply.status !== 204 && reply.status !== 304)
-    out += `Content-Length: ${body.byteLength}\r\n`;
-  out += `Date: ${httpDate()}\r\n`;
-  out += close
-    ? 'Connection: close\r\n\r\n'
-    : `Connection: keep-alive\r\nKeep-Alive: timeout=${keepAliveSec}\r\n\r\n`;
-  return out;
+  return { text, length };
 }
 
 /** Takes a server's plain connections into the lane (see the file's comment). */
@@ -467,7 +517,7 @@ class LaneConnection {
     if (body && body.byteLength > 0 && body.byteLength <= JOINED_BODY_BYTES) {
       // one buffer, one write: cheaper than a corked pair for a small body
       const headBytes = text.length;
-      const out = Buffer.allocUnsafe(headBytes + body.byteLength);
+      const out = replyBuffer(headBytes + body.byteLength);
       out.write(text, 0, headBytes, 'latin1');
       out.set(body, headBytes);
       more = s.write(out);

@@ -74,15 +74,44 @@ export function createPromMetrics(
       cacheLookups.child({ cache: 'file', result: 'hit' }),
     ],
   };
+  // the children of a request's label sets, found again without building their keys (routes,
+  // statuses and methods are few: the maps are as bounded as the label sets)
+  type RequestCells = { count: { inc(): void }; time: { observe(v: number): void } };
+  const requestCells = new Map<string, Map<number, Map<string, RequestCells>>>();
+  const bytesOutCells = new Map<string, { inc(n: number): void }>();
   return {
     registry,
     request(method, route, status, seconds) {
-      const m = KNOWN_METHODS.has(method) ? method : 'other';
-      requests.child({ method: m, route, status: String(status) }).inc();
-      duration.child({ method: m, route }).observe(seconds);
+      let byStatus = requestCells.get(route);
+      if (!byStatus) {
+        byStatus = new Map();
+        requestCells.set(route, byStatus);
+      }
+      let byMethod = byStatus.get(status);
+      if (!byMethod) {
+        byMethod = new Map();
+        byStatus.set(status, byMethod);
+      }
+      let cells = byMethod.get(method);
+      if (!cells) {
+        const m = KNOWN_METHODS.has(method) ? method : 'other';
+        cells = {
+          count: requests.child({ method: m, route, status: String(status) }),
+          time: duration.child({ method: m, route }),
+        };
+        // an unknown method is counted as "other" and not kept under its own name
+        if (m === method) byMethod.set(method, cells);
+      }
+      cells.count.inc();
+      cells.time.observe(seconds);
     },
     bytesOut(route, n) {
-      bytesOut.child({ route }).inc(n);
+      let cell = bytesOutCells.get(route);
+      if (!cell) {
+        cell = bytesOut.child({ route });
+        bytesOutCells.set(route, cell);
+      }
+      cell.inc(n);
     },
     cacheLookup(cache, hit) {
       (hits[cache][hit ? 1 : 0] as { inc(): void }).inc();

@@ -379,7 +379,7 @@ function withFastPath(
 
 /** A fast-path reply, written whole. */
 function send(res: ServerResponse, reply: FastReply): void {
-  res.writeHead(reply.status, reply.headers);
+  res.writeHead(reply.status, reply.shared ? { ...reply.shared, ...reply.headers } : reply.headers);
   res.end(reply.body ?? undefined);
 }
 
