@@ -34,7 +34,11 @@ describe('nodeFlagsFor', () => {
       '--no-incremental-marking',
     ]);
     expect(nodeFlagsFor('tracker')).toEqual(NODE_FLAGS);
-    expect(nodeFlagsFor('gateway')).toEqual(['--max-semi-space-size=2', '--no-memory-reducer']);
+    expect(nodeFlagsFor('gateway')).toEqual([
+      '--max-semi-space-size=2',
+      '--no-memory-reducer',
+      '--no-incremental-marking',
+    ]);
     // a value the operator chose
     expect(missingNodeFlags([...NODE_FLAGS], '', GATEWAY_NODE_FLAGS)).toEqual([]);
     expect(missingNodeFlags([], '', nodeFlagsFor('gateway'))).toEqual([...GATEWAY_NODE_FLAGS]);

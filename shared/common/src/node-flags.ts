@@ -21,7 +21,7 @@
  * missed at 2.4-2.8 CPU-s per GiB, came to 1.15). The other nodes get it too: their heaps are
  * 12-20 MB, so what it would give back after a burst is small.
  *
- * `--no-incremental-marking` (not for the gateway): a storage receiving a 1 GiB upload started
+ * `--no-incremental-marking`: a storage receiving a 1 GiB upload started
  * incremental marking every 50 ms or so in about half of the uploads, with or without the
  * memory reducer ("allocation limit", with 9 MB of its 20 MB limit still free): 45-77
  * mark-compacts per GiB, user CPU 2.6-2.7 s per GiB instead of 1.3. Without incremental marking
@@ -38,14 +38,27 @@ export const NODE_FLAGS: readonly string[] = [
 ];
 
 /**
- * The gateway's flags: a 2 MiB semi-space, and no memory reducer (above, measured there). Its
+ * The gateway's flags: a 2 MiB semi-space, no memory reducer and no incremental marking (above,
+ * measured there). Incremental marking did to the gateway what it did to the storage: in about
+ * half of the gateway processes (a fresh one each time, a 1 GiB raw POST /files with curl,
+ * 2026-12-05), a mark-compact every
+ * 50 ms through the whole upload ("finalize incremental marking via task; GC in old space
+ * requested", 13-49 per GiB, at 15-17 MB of heap) and 1.2-1.6 s of user CPU per GiB instead of
+ * 0.5 (the bench's POST 1 GiB swung between 0.58× and 0.82× of the storage-protocol upload with
+ * it); without it, 6 of 6 processes ran 0-1 mark-compacts and 0.45-0.56 s. A full collection is
+ * then one pause: about 10 ms for the gateway's 19 MB heap after start-up (its caches' bytes
+ * are off the heap; the stat cache's and tus state's objects are on it). Its
  * small requests (a 4 KiB GET allocates some 50 KiB of short-lived objects: Hono's context,
  * headers, the reply) filled a 1 MiB young generation every few requests, promoting the objects of the requests in flight each time: a quarter of
  * its CPU went to GC. Measured (gateway CPU per 4 KiB GET, cache off, 2 runs each): 250-281 µs
  * at 1 MiB, 212-235 at 2, 181-212 at 4; 4 MiB made a gateway with 50 streams peak at about
  * 200 MiB (docs/performance.md), 2 keeps it under its bound.
  */
-export const GATEWAY_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2', '--no-memory-reducer'];
+export const GATEWAY_NODE_FLAGS: readonly string[] = [
+  '--max-semi-space-size=2',
+  '--no-memory-reducer',
+  '--no-incremental-marking',
+];
 
 /** The flags a node of `role` runs with (every launcher and unit asks here). */
 export function nodeFlagsFor(role: string): readonly string[] {
