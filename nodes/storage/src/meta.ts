@@ -1,9 +1,8 @@
-import { sameBytes } from '@dsm/client';
 import { DsmError, ErrorCode, type Logger, messageOf } from '@dsm/common';
 import { LruMap } from '@dsm/common/lru';
 import { type FileTableName, isDbUnavailable, type Schema } from '@dsm/db';
 import type { KvStore } from '@dsm/kv';
-import { Errno } from '@dsm/packets';
+import { Errno, sameBytes } from '@dsm/packets';
 import type { Kysely } from 'kysely';
 
 /** One file's metadata row (`t_file_0N`). */

@@ -44,10 +44,3 @@ export async function hmacSha256(key: ClusterKey, data: Uint8Array): Promise<Uin
   return new Uint8Array(await crypto.subtle.sign('HMAC', await k, data as BufferSource));
 }
 
-/** Constant-time comparison of two byte strings. */
-export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d |= (a[i] as number) ^ (b[i] as number);
-  return d === 0;
-}

@@ -23,9 +23,10 @@ import {
   isRequestId,
   replySpec,
   Status,
+  sameBytes,
   streamed,
 } from '@dsm/packets';
-import { type ClusterKey, hmacSha256, sameBytes } from './cluster-key.ts';
+import { type ClusterKey, hmacSha256 } from './cluster-key.ts';
 import type { ByteSocket } from './transport.ts';
 
 /** A streamed request whose body is at most this big sends its header with the body's first chunk. */

@@ -1,8 +1,7 @@
 import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
 import { LruMap } from '@dsm/common/lru';
-import { type Address, type AddrsReply, Errno, type FileIds, type FileStat } from '@dsm/packets';
+import { type Address, type AddrsReply, Errno, type FileIds, type FileStat, sameBytes } from '@dsm/packets';
 import { IdClient, StorageClient, TrackerClient, type UploadSource } from './clients.ts';
-import { sameBytes } from './cluster-key.ts';
 import { isRemoteError, type StreamReply } from './connection.ts';
 import { isRetryable, tryEach } from './failover.ts';
 import { newFileId } from './file-id.ts';

@@ -7,6 +7,7 @@ import {
   fromHex,
   readFixed,
   readI64,
+  sameBytes,
   toBase64,
   toBase64Url,
   toHex,
@@ -146,5 +147,19 @@ describe('64-bit integers and fixed-width strings (read and written without BigI
     // bytes that are not UTF-8 read as U+FFFD; a field without its NUL is refused
     expect(readFixed(new Uint8Array([0x61, 0xff, 0]), 0, 3, 'F')).toBe('a\ufffd');
     expect(() => readFixed(new Uint8Array([0x61, 0x62]), 0, 2, 'F')).toThrow(/not NUL-terminated/);
+  });
+});
+
+describe('sameBytes', () => {
+  it('is true only for equal lengths and equal bytes, wherever they differ', () => {
+    const a = new Uint8Array([1, 2, 3, 4]);
+    expect(sameBytes(a, new Uint8Array([1, 2, 3, 4]))).toBe(true);
+    expect(sameBytes(new Uint8Array(0), new Uint8Array(0))).toBe(true);
+    expect(sameBytes(a, new Uint8Array([1, 2, 3]))).toBe(false);
+    for (let i = 0; i < 4; i++) {
+      const b = a.slice();
+      b[i] = (b[i] as number) ^ 0x80;
+      expect(sameBytes(a, b)).toBe(false);
+    }
   });
 });

@@ -212,3 +212,11 @@ export function fromBase64Url(s: string): Uint8Array<ArrayBuffer> {
   if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new Error('not base64url');
   return fromBase64(s.replaceAll('-', '+').replaceAll('_', '/'));
 }
+
+/** Constant-time comparison of two byte strings (proofs, digests, ids: no early exit on a difference). */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d |= (a[i] as number) ^ (b[i] as number);
+  return d === 0;
+}
