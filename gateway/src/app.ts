@@ -15,9 +15,7 @@ import {
   planFileReply,
   type ReplyHeaders,
   rawBodyType,
-  SMALL_BODY_BYTES,
   serveFile,
-  smallReadFailure,
   uploadedHeaders,
   uploadFile,
   uploadReplyAt,
@@ -122,17 +120,6 @@ function planReply(plan: FilePlan, extra: ReplyHeaders, body: Uint8Array | null)
   for (const k in extra) headers[k] = extra[k] as string;
   return { status: plan.status, headers, body };
 }
-
-/** fromMemory's answer for a small range read from a storage, its stat cached (answerRead). */
-class ReadThrough {
-  constructor(
-    readonly f: FileEntry,
-    readonly plan: FilePlan,
-  ) {}
-}
-
-/** fromMemory's answer for a reply the app streams. */
-const STREAMS = Symbol('streams');
 
 /** Request headers a browser may send (preflight): ranges, tokens, tus. */
 const ALLOW_HEADERS = [
@@ -493,17 +480,30 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       return whole;
     }
     const extra = replyHeadersFor(req.method, req.target, req.header);
-    const reply = fromMemory(req, cached, extra);
-    if (reply === STREAMS) return null; // the app streams it
-    if (reply !== null && !(reply instanceof ReadThrough)) {
+    if (!cached) {
+      // a slot while the storages are asked (mayDownload above: nothing ran since)
+      return answerFetched(req, publicId, ids, limits.takeDownload(req.client), extra, t0);
+    }
+    let reply: FastReply | Promise<FastReply> | null;
+    try {
+      reply = replyOf(req, cached, true, core.client.forRequest(extra['X-Request-Id'] as string), extra);
+    } catch (e) {
+      reply = problemFor(req, extra, e); // the 416 of a range past the end
+    }
+    if (reply === null) return null; // the app streams it
+    core.metrics?.cacheLookup?.('stat', true);
+    if (!(reply instanceof Promise)) {
       // in memory: no download slot is held (files.ts bufferedBytes)
       answered(req, extra, reply, t0);
       return reply;
     }
-    // a slot while the storages are asked (mayDownload above: nothing ran since)
     const release = limits.takeDownload(req.client);
-    if (!reply) return answerFetched(req, publicId, ids, release, extra, t0);
-    return answerRead(req, reply, release, extra, t0);
+    const finish = (r: FastReply) => {
+      release();
+      answered(req, extra, r, t0);
+      return r;
+    };
+    return reply.then(finish, (e: unknown) => problemFor(req, extra, e).then(finish));
   };
 
   /** Shared heads of whole files from memory (wholeFromMemory), per cached stat. */
@@ -513,7 +513,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    * The commonest reply without building its headers: a whole file (no Range) whose stat and,
    * for a GET, bytes are in memory, when every origin may read it (its headers are then the
    * same for every request but the request id). Its head is made once per cached stat
-   * (planFileReply and replyHeadersFor, as fromMemory does for every reply) and shared.
+   * (planFileReply and replyHeadersFor, as replyOf does for every other reply) and shared.
    */
   const wholeFromMemory = (req: FastRequest, f: FileEntry): FastReply | null => {
     if (req.header('range') !== undefined) return null;
@@ -538,39 +538,27 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   };
 
   /**
-   * The reply without a promise: a fresh cached stat and, for a GET, the small file in memory;
-   * STREAMS when the stat is cached and the reply is one the app streams (a seek in a big file:
-   * decided at once, without a stat or a promise first); a ReadThrough when the stat is cached
-   * and the bytes (a small range the file cache does not keep) are read from a storage
-   * (answerRead); null when the stat must be fetched.
+   * The reply to `req` for the file `f`, its stat known: at once when no bytes are sent or they
+   * are in memory; a promise when they are read (files.ts bufferedBytes: the small-file cache
+   * reads and keeps a whole file it takes, a small range of another file is read whole); null
+   * for a reply that streams (the app's). Throws the 416 of a range it cannot satisfy.
    */
-  const fromMemory = (
+  const replyOf = (
     req: FastRequest,
-    f: FileEntry | null,
+    f: FileEntry,
+    usable: boolean,
+    client: DsmClient,
     extra: ReplyHeaders,
-  ): FastReply | ReadThrough | typeof STREAMS | null => {
-    if (!f) return null;
-    let plan: ReturnType<typeof planFileReply>;
-    try {
-      plan = planFileReply(f, undefined, req.header('range') ?? null, undefined);
-    } catch {
-      return null; // the 416: answerFetched renders it
-    }
-    let body: Uint8Array | null = null;
-    if (req.method === 'GET' && plan.length > 0) {
-      const bytes = core.cachedBytes(f);
-      if (!bytes) {
-        if (core.keepsSmallFile(f)) return null; // read whole and kept (answerFetched)
-        if (plan.length > SMALL_BODY_BYTES) return STREAMS;
-        core.metrics?.cacheLookup?.('stat', true);
-        return new ReadThrough(f, plan);
-      }
-      body = plan.length === bytes.length ? bytes : bytes.subarray(plan.start, plan.start + plan.length);
-      core.metrics?.cacheLookup?.('file', true);
+  ): FastReply | Promise<FastReply> | null => {
+    const plan = planFileReply(f, undefined, req.header('range') ?? null, undefined);
+    if (req.method !== 'GET' || plan.length === 0) return planReply(plan, extra, null);
+    const bytes = bufferedBytes(core, client, f, usable, plan.start, plan.length);
+    if (bytes === null) return null;
+    const reply = (body: Uint8Array) => {
       core.metrics?.bytesOut(FILE_ROUTE, plan.length);
-    }
-    core.metrics?.cacheLookup?.('stat', true);
-    return planReply(plan, extra, body);
+      return planReply(plan, extra, body);
+    };
+    return bytes instanceof Uint8Array ? reply(bytes) : bytes.then(reply);
   };
 
   /** The reply after the stat or the bytes were fetched (or a problem). */
@@ -582,7 +570,6 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     extra: ReplyHeaders,
     t0: number,
   ): Promise<FastReply | null> => {
-    const method = req.method;
     const requestId = extra['X-Request-Id'] as string;
     let reply: FastReply;
     try {
@@ -590,15 +577,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       if (typeof usable !== 'boolean') usable = await usable;
       const client = core.client.forRequest(requestId);
       const f = await core.file(publicId, ids, usable, client);
-      const plan = planFileReply(f, undefined, req.header('range') ?? null, undefined);
-      let body: Uint8Array | null = null;
-      if (method === 'GET' && plan.length > 0) {
-        const bytes = bufferedBytes(core, client, f, usable, plan.start, plan.length);
-        if (!bytes) return null; // a reply that streams
-        body = bytes instanceof Uint8Array ? bytes : await bytes;
-        core.metrics?.bytesOut(FILE_ROUTE, plan.length);
-      }
-      reply = planReply(plan, extra, body);
+      const r = replyOf(req, f, usable, client, extra);
+      if (r === null) return null; // a reply that streams
+      reply = r instanceof Promise ? await r : r;
     } catch (e) {
       reply = await problemFor(req, extra, e);
     } finally {
@@ -606,39 +587,6 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     }
     answered(req, extra, reply, t0);
     return reply;
-  };
-
-  /**
-   * A small range of a file whose stat is cached, read from a storage (fromMemory's ReadThrough):
-   * answerFetched's reply without its stat lookup and async layers (the cache-off small GET).
-   */
-  const answerRead = (
-    req: FastRequest,
-    r: ReadThrough,
-    release: () => void,
-    extra: ReplyHeaders,
-    t0: number,
-  ): Promise<FastReply> => {
-    const requestId = extra['X-Request-Id'] as string;
-    const { f, plan } = r;
-    return core.client
-      .forRequest(requestId)
-      .downloadBytes(f.ids, plan.start, plan.length)
-      .then(
-        (body) => {
-          release();
-          core.metrics?.bytesOut(FILE_ROUTE, plan.length);
-          const reply = planReply(plan, extra, body);
-          answered(req, extra, reply, t0);
-          return reply;
-        },
-        async (e: unknown) => {
-          release();
-          const reply = await problemFor(req, extra, smallReadFailure(core, f, e));
-          answered(req, extra, reply, t0);
-          return reply;
-        },
-      );
   };
 
   /** The fast path's problem reply for `e`: the app's (problemOf), with the reply headers. */

@@ -258,25 +258,25 @@ export function bufferedBytes(
 }
 
 /** `length` (≤ SMALL_BODY_BYTES) bytes of `f` from `start`, read whole; a storage failure is a 502. */
-async function readSmallRange(
+function readSmallRange(
   core: GatewayCore,
   client: DsmClient,
   f: FileEntry,
   start: number,
   length: number,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  try {
-    return (await client.downloadBytes(f.ids, start, length)) as Uint8Array<ArrayBuffer>;
-  } catch (e) {
-    throw smallReadFailure(core, f, e);
-  }
+  return (client.downloadBytes(f.ids, start, length) as Promise<Uint8Array<ArrayBuffer>>).catch(
+    (e: unknown) => {
+      throw smallReadFailure(core, f, e);
+    },
+  );
 }
 
 /**
  * What a failed read of a small range answers: a reply that broke off or broke the frame rules
  * is a 502 (logged); the storage's own answers (and every other failure) pass as they are.
  */
-export function smallReadFailure(core: GatewayCore, f: FileEntry, e: unknown): unknown {
+function smallReadFailure(core: GatewayCore, f: FileEntry, e: unknown): unknown {
   if (!isDsmError(e, ErrorCode.PROTOCOL) || isRemoteError(e)) return e;
   core.log.warn({ err: e, fileId: f.ids.fileId }, 'download failed');
   return new HttpError(502, ErrorCode.PROTOCOL, 'the storage failed while sending the file');
