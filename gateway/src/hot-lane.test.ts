@@ -319,7 +319,8 @@ describe('the hot lane’s bounds', () => {
 
   it('a head that drips in is cut after headersMs, as node:http cuts it', async () => {
     const g = await s.startGateway({ ...BASE, timeouts: { headersMs: 600 } });
-    const sock = connect({ host: '127.0.0.1', port: g.port });
+    // a client that never closes its side: the gateway must close the socket, not only end it
+    const sock = connect({ host: '127.0.0.1', port: g.port, allowHalfOpen: true });
     sockets.push(sock);
     sock.on('error', () => {});
     let got = '';
@@ -327,7 +328,16 @@ describe('the hot lane’s bounds', () => {
       got += d.toString('latin1');
     });
     const t0 = Date.now();
-    const closed = new Promise<number>((r) => sock.on('close', () => r(Date.now() - t0)));
+    // the gateway's FIN, then a write of ours: reset by a closed socket, taken by one only ended
+    const closed = new Promise<number>((r) => {
+      sock.on('close', () => r(Date.now() - t0));
+      sock.on('end', () => {
+        const poke = setInterval(() => {
+          if (sock.destroyed) clearInterval(poke);
+          else sock.write('x');
+        }, 100);
+      });
+    });
     await new Promise<void>((r) => sock.once('connect', () => r()));
     const text = `${get(small, 'X-Pad: '.padEnd(200, 'a'))}`;
     let i = 0;

@@ -440,9 +440,10 @@ class LaneConnection {
       this.#partialSince = now;
       this.#timeoutFor(o.headersMs);
     } else if (now - this.#partialSince > o.headersMs) {
-      this.#detach();
-      this.socket.end(REQUEST_TIMEOUT);
-      this.#lane.left(this);
+      // as node:http: the 408, then the socket closed (not only ended: a client that never
+      // closes its side would hold it)
+      this.socket.write(REQUEST_TIMEOUT);
+      this.socket.destroy();
     }
   }
 
