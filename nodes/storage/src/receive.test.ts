@@ -11,9 +11,12 @@ const MiB = 1024 * 1024;
 const root = mkdtempSync(join(tmpdir(), 'dsm-receive-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-/** `count` chunks of `size` bytes, each filled with its index (mod 251). */
-async function* chunks(count: number, size: number): AsyncGenerator<Uint8Array> {
-  for (let i = 0; i < count; i++) yield new Uint8Array(size).fill(i % 251);
+/** `count` chunks of `size` bytes, each filled with its index (mod 251); `gapMs` before each after the first. */
+async function* chunks(count: number, size: number, gapMs = 0): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < count; i++) {
+    if (i > 0 && gapMs > 0) await sleep(gapMs);
+    yield new Uint8Array(size).fill(i % 251);
+  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -49,7 +52,9 @@ describe('receiveInto: early flushes of a big upload', () => {
             }
           },
         },
-        chunks(40, MiB),
+        // a body that arrives over some 400 ms (as from a network), longer than a flush takes
+        // even on a busy disk: from memory, 40 MiB was written before the first flush ended
+        chunks(40, MiB, 10),
         MiB,
         0,
         { syncEvery: 8 * MiB },

@@ -43,4 +43,3 @@ export async function hmacSha256(key: ClusterKey, data: Uint8Array): Promise<Uin
   }
   return new Uint8Array(await crypto.subtle.sign('HMAC', await k, data as BufferSource));
 }
-
