@@ -267,13 +267,18 @@ export class SliceCache {
       slice.start(from, Math.max(from + 1, Math.min(length, wantedEnd)));
     }
     const done = slice.settled.then(async () => {
-      if (this.#reading.get(key) === slice) this.#reading.delete(key);
-      if (!slice.ok || !keep || gen !== this.#gen) return;
-      if (!store) {
-        if (slice.isWhole) this.#kept.set(key, slice);
-        return;
+      try {
+        if (!slice.ok || !keep || gen !== this.#gen) return;
+        if (!store) {
+          if (slice.isWhole) this.#kept.set(key, slice);
+          return;
+        }
+        // still shared while the store takes it: a request in between is served from here, not
+        // read again from the storage (it would find the store still without it)
+        await store.put(skey, concatBytes(slice.runs.flatMap((r) => r.chunks))).catch(() => {});
+      } finally {
+        if (this.#reading.get(key) === slice) this.#reading.delete(key);
       }
-      await store.put(skey, concatBytes(slice.runs.flatMap((r) => r.chunks))).catch(() => {});
     });
     source.started?.(done);
     return slice;
