@@ -45,6 +45,12 @@ export type GatewayEnv = {
 
 const REQUEST_ID = /^[\w.-]{1,64}$/;
 
+/** The request's id: the client's X-Request-Id when it is a plain one, else a new one. */
+function requestIdFor(header: HeaderOf): string {
+  const incoming = header('x-request-id');
+  return incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
+}
+
 /** Puts the request's reply headers on a reply that was not built with them. */
 function applyReplyHeaders(headers: Headers, extra: ReplyHeaders): void {
   for (const k in extra) {
@@ -201,10 +207,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
    * it as a page of our origin); under /tus the Tus-Resumable tus asks for.
    */
   const replyHeadersFor = (method: string, path: string, header: HeaderOf): ReplyHeaders => {
-    const incoming = header('x-request-id');
-    const extra: ReplyHeaders = {
-      'X-Request-Id': incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID(),
-    };
+    const extra: ReplyHeaders = { 'X-Request-Id': requestIdFor(header) };
     if (method !== 'OPTIONS') {
       if (anyOrigin) extra['Access-Control-Allow-Origin'] = '*';
       else {
@@ -466,17 +469,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     const t0 = performance.now();
     const whole = cached && anyOrigin ? wholeFromMemory(req, cached) : null;
     if (whole) {
-      done(
-        req.method,
-        FILE_ROUTE,
-        req.target,
-        whole.headers['X-Request-Id'] as string,
-        200,
-        t0,
-        req.client,
-        replyHeader(whole, 'Content-Length') ?? null,
-        undefined,
-      );
+      answered(req, whole.headers, whole, t0);
       return whole;
     }
     const extra = replyHeadersFor(req.method, req.target, req.header);
@@ -532,9 +525,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       shared = Object.freeze(planReply(planFileReply(f, undefined, null, undefined), extra, null).headers);
       wholeHeads.set(f, shared);
     }
-    const incoming = req.header('x-request-id');
-    const id = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
-    return { status: 200, shared, headers: { 'X-Request-Id': id }, body };
+    return { status: 200, shared, headers: { 'X-Request-Id': requestIdFor(req.header) }, body };
   };
 
   /**

@@ -402,7 +402,6 @@ class LaneConnection {
   readonly #onClose = () => this.#leave();
   readonly #onError = () => {};
   readonly #onDrain = () => {
-    this.#active = this.#lane.tick;
     this.#busy = false;
     this.#timeoutFor(this.#lane.opts.keepAliveMs);
     this.socket.resume();
@@ -527,7 +526,6 @@ class LaneConnection {
               return;
             }
             if (this.#busy) return; // waits for 'drain'
-            this.#timeoutFor(o.keepAliveMs);
             this.socket.resume();
             this.#pump();
           },
@@ -574,16 +572,17 @@ class LaneConnection {
     } else more = s.write(text, 'latin1');
     if (head.close) {
       this.#buf = null;
+      this.#timeoutFor(lane.opts.keepAliveMs);
       this.#finish();
       return true;
     }
-    if (!more) {
+    if (more) this.#timeoutFor(lane.opts.keepAliveMs);
+    else {
       this.#busy = true;
       s.pause();
       this.#timeoutFor(lane.opts.downloadIdleMs);
       s.once('drain', this.#onDrain);
-    } else if (this.#timeout !== lane.opts.keepAliveMs) this.#timeoutFor(lane.opts.keepAliveMs);
-    else this.#active = lane.tick;
+    }
     return true;
   }
 
