@@ -65,7 +65,7 @@ export interface GatewayApp {
   tus: TusService;
   /** The hot request without the app, for the Node entry (see createApp). */
   fastFile: (req: FastRequest) => FastReply | Promise<FastReply | null> | null;
-  /** The hot upload (a small raw POST /files) without the app, for the Node entry (see createApp). */
+  /** The hot upload (a raw POST /files) without the app, for the Node entry (see createApp). */
   fastUpload: (req: FastUpload) => Promise<FastReply> | null;
 }
 
@@ -110,9 +110,6 @@ export function replyHeader(reply: FastReply, name: string): string | undefined 
 }
 
 const FILE_ROUTE = '/files/:id';
-
-/** Raw uploads up to this size may take the fast path (fastUpload); bigger ones go to the app. */
-const FAST_UPLOAD_BYTES = 1024 * 1024;
 
 /** A Host header the fast path takes (the Node adapter's own test for a host it need not parse). */
 const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
@@ -599,12 +596,13 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     );
 
   /**
-   * The fast path of the hot upload, a raw POST of `/files` with a Content-Length of at most
-   * FAST_UPLOAD_BYTES, for the Node entry: uploadFile's reply (the same upload, headers, metrics,
-   * log line and problem replies) without the router, the middleware chain, a context and the
-   * Request/Response objects. Null, at once, for a request it does not take: a query (a file
-   * name), multipart, no or a bad Content-Length, a bigger body, a Host header the Node adapter
-   * would parse, the gateway at its upload cap (the app answers those).
+   * The fast path of the hot upload, a raw POST of `/files` with a Content-Length, for the Node
+   * entry (node:http's request, or the hot lane's, which reads the body itself): uploadFile's
+   * reply (the same upload, headers, metrics, log line and problem replies) without the router,
+   * the middleware chain, a context and the Request/Response objects. Null, at once, for a
+   * request it does not take: a query (a file name), multipart, no or a bad Content-Length, a
+   * body over maxUploadBytes (the 413), a Host header the Node adapter would parse, the gateway
+   * at its upload cap (the app answers those).
    */
   const fastUpload = (req: FastUpload): Promise<FastReply> | null => {
     if (req.method !== 'POST' || req.target !== '/files') return null;
@@ -612,7 +610,7 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     const length = h('content-length');
     if (length === undefined || !DECIMAL.test(length) || h('transfer-encoding') !== undefined) return null;
     const declared = Number(length);
-    if (declared > FAST_UPLOAD_BYTES || declared > core.cfg.maxUploadBytes) return null;
+    if (declared > core.cfg.maxUploadBytes) return null; // the app's 413
     const ctype = h('content-type') ?? '';
     if (MULTIPART.test(ctype)) return null;
     const host = h('host');

@@ -283,6 +283,32 @@ describe('the upload fast path', () => {
     expect((m as { size: number }).size).toBe(BYTES.length); // the gateway goes on serving
   });
 
+  it('answers an upload refused before its body was read, reads and drops the body, and answers the next request', async () => {
+    const { connect } = await import('node:net');
+    const port = Number(new URL(g.url).port);
+    const body = 'z'.repeat(300 * KiB); // the refusal goes out while most of it is still to come
+    const next = `POST /files HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${token}\r\nContent-Length: 5\r\n\r\nafter`;
+    const text = await new Promise<string>((resolve, reject) => {
+      const sock = connect(port, '127.0.0.1', () => {
+        sock.write(
+          `POST /files HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer not.a.token\r\nContent-Length: ${body.length}\r\n\r\n`,
+        );
+        setTimeout(() => sock.write(body + next), 100);
+      });
+      let got = '';
+      sock.on('data', (c) => {
+        got += c;
+        if ((got.match(/HTTP\/1\.1 /g) ?? []).length === 2 && got.endsWith('}')) sock.end();
+      });
+      sock.on('close', () => resolve(got));
+      sock.on('error', reject);
+      setTimeout(() => sock.destroy(), 5000);
+    });
+    const statuses = [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
+    expect(statuses).toEqual([401, 201]);
+    expect(text).toContain('"size":5');
+  });
+
   it('takes only the uploads it answers like the app, and counts them', async () => {
     const req = (target: string, headers: Record<string, string>, method = 'POST'): FastUpload => ({
       method,
@@ -300,7 +326,7 @@ describe('the upload fast path', () => {
       req('/files', { ...ok, 'content-type': 'multipart/form-data; boundary=x' }),
       req('/files', { ...ok, 'content-length': undefined as unknown as string }),
       req('/files', { ...ok, 'content-length': 'abc' }),
-      req('/files', { ...ok, 'content-length': String(1024 * 1024 + 1) }),
+      req('/files', { ...ok, 'content-length': String(g.core.cfg.maxUploadBytes + 1) }),
       req('/files', { ...ok, 'transfer-encoding': 'chunked' }),
       req('/files', { ...ok, host: 'Example.com' }),
       req('/files', { ...ok, host: undefined as unknown as string }),

@@ -1,7 +1,9 @@
 import { type Server, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from '@dsm/common';
-import type { FastReply, FastRequest } from './app.ts';
+import { DsmError } from '@dsm/common/errors';
+import type { FastReply, FastRequest, FastUpload } from './app.ts';
+import { GatewayErrorCode } from './problem.ts';
 
 /**
  * The hot lane: the Node entry's plain-HTTP connections start here instead of in `node:http`.
@@ -32,6 +34,11 @@ import type { FastReply, FastRequest } from './app.ts';
 export interface HotLaneOptions {
   /** The fast path (app.ts fastFile): a reply, a promise of one, or null for the app's requests. */
   fastFile: (req: FastRequest) => FastReply | Promise<FastReply | null> | null;
+  /**
+   * The fast upload (app.ts fastUpload): a raw POST whose body the lane reads itself (LaneBody),
+   * or null for one the app takes. Without it every POST goes to node:http.
+   */
+  fastUpload?: (req: FastUpload) => Promise<FastReply> | null;
   /** The key the per-client caps count a request under: the peer, or whom a trusted proxy names. */
   clientOf: (peer: string, forwardedFor: string | undefined) => string;
   /** Whether the peer is a trusted proxy (its requests carry their client in X-Forwarded-For). */
@@ -40,6 +47,8 @@ export interface HotLaneOptions {
   headersMs: number;
   keepAliveMs: number;
   downloadIdleMs: number;
+  /** Silence allowed while a request body is read (node.ts ConnectionGuard's bodyIdleMs). */
+  bodyIdleMs: number;
   /** Sent as X-Dsm-Worker on every reply (node.ts workerHeader). */
   workerHeader?: string;
   log: Logger;
@@ -88,7 +97,14 @@ interface Head {
   names: string[];
   values: string[];
   close: boolean;
+  /** The body's length (a POST's Content-Length; 0 for GET and HEAD). */
+  length: number;
+  /** `Expect: 100-continue` (a POST only). */
+  expect: boolean;
 }
+
+/** A Content-Length the lane reads as node:http does: digits only (no sign, list or space). */
+const DECIMAL = /^\d{1,15}$/;
 
 /** The value of the header `name` (lower case) in `head`. */
 export function headerOf(head: Head, name: string): string | undefined {
@@ -99,11 +115,14 @@ export function headerOf(head: Head, name: string): string | undefined {
 
 /**
  * Parses `text` (a request head without its final CRLF CRLF, as latin1) or returns null for one
- * the lane leaves to node:http: anything but `GET|HEAD SP origin-form SP HTTP/1.1`; a header
- * line without a colon, starting with whitespace (obsolete folding) or holding a bare CR or LF;
- * a name that is not a token or a value with a control byte; a repeated name (node:http joins
- * some and drops others); Content-Length, Transfer-Encoding, Expect or Upgrade (a body or
- * another protocol); a Connection header with anything but keep-alive and close; no Host.
+ * the lane leaves to node:http: anything but `GET|HEAD|POST SP origin-form SP HTTP/1.1`; a
+ * header line without a colon, starting with whitespace (obsolete folding) or holding a bare CR
+ * or LF; a name that is not a token or a value with a control byte; a repeated name (node:http
+ * joins some and drops others); Transfer-Encoding or Upgrade (another framing or protocol); a
+ * GET or HEAD with Content-Length or Expect; a POST without a Content-Length of plain digits,
+ * or with an Expect other than 100-continue; a Connection header with anything but keep-alive
+ * and close; no Host. So the only body the lane ever reads is a POST's, framed by one
+ * Content-Length that both parsers read alike.
  */
 export function parseHead(text: string): Head | null {
   let eol = text.indexOf('\r\n');
@@ -112,7 +131,9 @@ export function parseHead(text: string): Head | null {
   let method: string;
   if (line.startsWith('GET /')) method = 'GET';
   else if (line.startsWith('HEAD /')) method = 'HEAD';
+  else if (line.startsWith('POST /')) method = 'POST';
   else return null;
+  const post = method === 'POST';
   if (!line.endsWith(' HTTP/1.1')) return null;
   const target = line.slice(method.length + 1, line.length - 9);
   // origin-form: visible ASCII, no space
@@ -121,6 +142,8 @@ export function parseHead(text: string): Head | null {
   const values: string[] = [];
   let close = false;
   let host = false;
+  let length = -1;
+  let expect = false;
   let at = eol + 2;
   let lines = 0;
   while (at < text.length) {
@@ -142,8 +165,14 @@ export function parseHead(text: string): Head | null {
     if (names.includes(name)) return null;
     switch (name) {
       case 'content-length':
-      case 'transfer-encoding':
+        if (!post || !DECIMAL.test(value)) return null;
+        length = Number(value);
+        break;
       case 'expect':
+        if (!post || value.toLowerCase() !== '100-continue') return null;
+        expect = true;
+        break;
+      case 'transfer-encoding':
       case 'upgrade':
         return null;
       case 'host':
@@ -161,7 +190,8 @@ export function parseHead(text: string): Head | null {
     values.push(value);
   }
   if (!host) return null;
-  return { method, target, names, values, close };
+  if (post && length < 0) return null;
+  return { method, target, names, values, close, length: post ? length : 0, expect };
 }
 
 /** Date header text, made once a second (as node:http does). */
@@ -343,6 +373,12 @@ export class HotLane {
     return this.#open.size;
   }
 
+  /** Whether the client's connection from local port `port` is in the lane now (tests). */
+  holds(port: number): boolean {
+    for (const c of this.#open) if (c.socket.remotePort === port) return true;
+    return false;
+  }
+
   /** @internal */
   get opts(): HotLaneOptions {
     return this.#opts;
@@ -365,12 +401,123 @@ export class HotLane {
   }
 }
 
+/** node:http's interim reply to `Expect: 100-continue` (sent when the lane takes the upload). */
+const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
+
+/**
+ * The body of a POST the lane takes (HotLaneOptions.fastUpload): exactly the Content-Length's
+ * bytes of the connection, handed to the upload as they arrive, without node:http's parser (which
+ * copies every body byte) and without its streams. It is the upload's one reader: a chunk waits
+ * for it (the socket is paused while one does, so the storage's pace is the client's), it ends
+ * after the last byte, and it throws BODY_INCOMPLETE when the connection closes first. A reader
+ * that stops early (the upload failed) makes the rest of the body be read and dropped, as
+ * node:http does after answering a request whose body it did not read.
+ */
+export class LaneBody implements AsyncIterableIterator<Uint8Array> {
+  /** Bytes handed to the reader (files.ts CountedBody). */
+  received = 0;
+  /** The body's length: it yields exactly this many bytes or throws (streams.ts exactLength). */
+  readonly exactLength: number;
+  /** Bytes still to come from the socket. */
+  #left: number;
+  readonly #queue: Buffer[] = [];
+  #waiter: { resolve: (r: IteratorResult<Uint8Array>) => void; reject: (e: unknown) => void } | null = null;
+  #error: unknown = null;
+  #dropping = false;
+  readonly #socket: Socket;
+
+  constructor(length: number, socket: Socket) {
+    this.exactLength = length;
+    this.#left = length;
+    this.#socket = socket;
+  }
+
+  /** All the body's bytes came from the socket (some may still wait for the reader). */
+  get complete(): boolean {
+    return this.#left === 0;
+  }
+
+  /** Takes the body's part of `d`; returns the bytes past the body (the next request's), or null. */
+  feed(d: Buffer): Buffer | null {
+    const n = Math.min(this.#left, d.length);
+    this.#left -= n;
+    const rest = n < d.length ? d.subarray(n) : null;
+    if (n > 0 && !this.#dropping) {
+      const part = rest === null ? d : d.subarray(0, n);
+      const w = this.#waiter;
+      if (w !== null) {
+        this.#waiter = null;
+        this.received += n;
+        w.resolve({ value: part, done: false });
+      } else {
+        this.#queue.push(part);
+        this.#socket.pause(); // until the reader takes it
+      }
+    }
+    if (this.#left === 0 && this.#waiter !== null) {
+      const w = this.#waiter;
+      this.#waiter = null;
+      w.resolve({ value: undefined, done: true });
+    }
+    return rest;
+  }
+
+  next(): Promise<IteratorResult<Uint8Array>> {
+    const c = this.#queue.shift();
+    if (c !== undefined) {
+      this.received += c.length;
+      if (this.#queue.length === 0 && this.#left > 0) this.#socket.resume();
+      return Promise.resolve({ value: c, done: false });
+    }
+    if (this.#error !== null) return Promise.reject(this.#error);
+    if (this.#left === 0 || this.#dropping) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  /** The reader stops early: the rest is dropped. */
+  return(): Promise<IteratorResult<Uint8Array>> {
+    this.discard();
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  /** No one reads the rest (the reader stopped, or the reply went out first): it is read and dropped. */
+  discard(): void {
+    if (this.#dropping) return;
+    this.#dropping = true;
+    this.#queue.length = 0;
+    if (this.#left > 0) this.#socket.resume();
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.resolve({ value: undefined, done: true });
+  }
+
+  /** The connection ended before the last byte. */
+  fail(): void {
+    if (this.#left === 0 || this.#error !== null) return;
+    this.#error = new DsmError(
+      GatewayErrorCode.BODY_INCOMPLETE,
+      `request body ended early: the connection closed ${this.#left} bytes short`,
+    );
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.reject(this.#error);
+  }
+}
+
 /** One connection in the lane. */
 class LaneConnection {
   readonly socket: Socket;
   readonly #lane: HotLane;
   /** Bytes read and not yet answered. */
   #buf: Buffer | null = null;
+  /** The body of the POST being answered, until it is all read and its reply written. */
+  #body: LaneBody | null = null;
   /** A reply waits (for the storages, or for the client to take the previous one). */
   #busy = false;
   #ended = false;
@@ -392,14 +539,29 @@ class LaneConnection {
 
   readonly #onData = (d: Buffer) => {
     this.#active = this.#lane.tick;
+    const body = this.#body;
+    if (body !== null && !body.complete) {
+      const rest = body.feed(d);
+      if (rest !== null) this.#buf = rest;
+      if (body.complete) this.#bodyRead();
+      return;
+    }
     this.#buf = this.#buf ? Buffer.concat([this.#buf, d]) : d;
     if (!this.#busy) this.#pump();
   };
   readonly #onEnd = () => {
     this.#ended = true;
+    const body = this.#body;
+    if (body !== null && !body.complete) {
+      body.fail();
+      this.#body = null;
+    }
     if (!this.#busy) this.#finish();
   };
-  readonly #onClose = () => this.#leave();
+  readonly #onClose = () => {
+    this.#body?.fail();
+    this.#leave();
+  };
   readonly #onError = () => {};
   readonly #onDrain = () => {
     this.#busy = false;
@@ -468,6 +630,10 @@ class LaneConnection {
   #pump(): void {
     const o = this.#lane.opts;
     while (!this.#busy && !this.#gone) {
+      if (this.#body !== null) {
+        if (!this.#body.complete) return; // a body the reply did not wait for is being dropped
+        this.#body = null;
+      }
       const buf = this.#buf;
       if (!buf || buf.length === 0) {
         this.#buf = null;
@@ -492,6 +658,10 @@ class LaneConnection {
       const head = parseHead(buf.toString('latin1', 0, end));
       if (!head) {
         this.#handOff();
+        return;
+      }
+      if (head.method === 'POST') {
+        if (!this.#upload(head, end + 4)) this.#handOff();
         return;
       }
       const req: FastRequest = {
@@ -552,8 +722,10 @@ class LaneConnection {
     const lane = this.#lane;
     const text = replyHead(reply, head.close, lane.keepAliveSec, lane.opts.workerHeader);
     if (text === null) return false;
-    const buf = this.#buf as Buffer;
-    this.#buf = size < buf.length ? buf.subarray(size) : null;
+    if (size > 0) {
+      const buf = this.#buf as Buffer;
+      this.#buf = size < buf.length ? buf.subarray(size) : null;
+    }
     const s = this.socket;
     const body = head.method === 'HEAD' || reply.status === 204 || reply.status === 304 ? null : reply.body;
     let more: boolean;
@@ -584,6 +756,82 @@ class LaneConnection {
       s.once('drain', this.#onDrain);
     }
     return true;
+  }
+
+  /**
+   * A POST (`head`, `size` bytes of head in the buffer): when the fast upload takes it, the lane
+   * reads its body (LaneBody) and writes the reply. False, with nothing read, when node:http must
+   * answer it (no fastUpload, or a request the app takes).
+   */
+  #upload(head: Head, size: number): boolean {
+    const o = this.#lane.opts;
+    if (!o.fastUpload) return false;
+    const s = this.socket;
+    const body = new LaneBody(head.length, s);
+    let r: Promise<FastReply> | null;
+    try {
+      r = o.fastUpload({
+        method: 'POST',
+        target: head.target,
+        header: (name) => headerOf(head, name),
+        client: this.#client ?? o.clientOf(this.#peer, headerOf(head, 'x-forwarded-for')),
+        secure: false,
+        body: () => body,
+      });
+    } catch (e) {
+      o.log.error({ err: e }, 'request failed');
+      s.destroy();
+      return true;
+    }
+    if (r === null) return false;
+    const buf = this.#buf as Buffer;
+    this.#buf = null;
+    this.#body = body;
+    this.#busy = true;
+    this.#timeoutFor(o.bodyIdleMs);
+    // as node:http, which answers it before the request reaches the app
+    if (head.expect) s.write(CONTINUE, 'latin1');
+    if (size < buf.length) this.#buf = body.feed(buf.subarray(size));
+    if (body.complete) this.#bodyRead();
+    r.then(
+      (reply) => {
+        if (this.#gone) return;
+        this.#busy = false;
+        // answered before the body was all read (an error): the rest is read and dropped
+        if (!body.complete) body.discard();
+        if (!this.#write(reply, head, 0)) {
+          o.log.error({ status: reply.status }, 'upload reply not writable by the hot lane');
+          s.destroy();
+          return;
+        }
+        if (!body.complete) {
+          this.#timeoutFor(o.bodyIdleMs);
+          return; // #bodyRead goes on after the last byte
+        }
+        if (this.#busy) return; // waits for 'drain'
+        s.resume();
+        this.#pump();
+      },
+      (e: unknown) => {
+        o.log.error({ err: e }, 'request failed');
+        s.destroy();
+      },
+    );
+    return true;
+  }
+
+  /**
+   * The POST's body is all read: while its reply is pending nothing more is read (as for a GET's);
+   * after it, the next request.
+   */
+  #bodyRead(): void {
+    if (this.#busy) {
+      this.socket.pause();
+      this.#timeoutFor(this.#lane.opts.downloadIdleMs);
+      return;
+    }
+    this.#timeoutFor(this.#lane.opts.keepAliveMs);
+    this.#pump();
   }
 
   /** The client sent FIN, or the gateway closes: end the connection when nothing is pending. */

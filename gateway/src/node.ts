@@ -103,12 +103,14 @@ export async function startGateway(
         const t = config.timeouts;
         lane = new HotLane({
           fastFile: built.fastFile,
+          fastUpload: built.fastUpload,
           clientOf: (peer, forwardedFor) => clientKey(proxies.clientFor(peer, forwardedFor)),
           isProxy: (peer) => proxies.has(peer),
           maxHeaderBytes: config.limits.maxHeaderBytes,
           headersMs: t.headersMs,
           keepAliveMs: t.keepAliveMs,
           downloadIdleMs: t.downloadIdleMs,
+          bodyIdleMs: t.bodyIdleMs,
           ...(opts.workerHeader !== undefined ? { workerHeader: opts.workerHeader } : {}),
           log,
         });
