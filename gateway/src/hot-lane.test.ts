@@ -280,6 +280,19 @@ const postHead = (len: number | string, extra = '') =>
 
 const sha256Hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
+/** A raw connection to `g`, connected, keeping all it is sent in `got.text`. */
+async function rawClient(g: RunningGateway, allowHalfOpen = false) {
+  const sock = connect({ host: '127.0.0.1', port: g.port, allowHalfOpen });
+  sockets.push(sock);
+  sock.on('error', () => {});
+  const got = { text: '' };
+  sock.on('data', (d) => {
+    got.text += d.toString('latin1');
+  });
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  return { sock, got };
+}
+
 /** The uploads' JSON replies: what differs between two uploads of the same bytes set aside. */
 function uploaded(r: Reply | undefined) {
   expect(r?.status).toBe(201);
@@ -360,21 +373,14 @@ describe('the hot lane reads a raw upload’s body itself', () => {
       limits: { ...BASE.limits, concurrentUploads: 1 },
     });
     try {
-      const sock = connect({ host: '127.0.0.1', port: g.port });
-      sockets.push(sock);
-      sock.on('error', () => {});
-      let got = '';
-      sock.on('data', (d) => {
-        got += d.toString('latin1');
-      });
+      const { sock, got } = await rawClient(g);
       const t0 = Date.now();
       const closed = new Promise<number>((r) => sock.on('close', () => r(Date.now() - t0)));
-      await new Promise<void>((r) => sock.once('connect', () => r()));
       sock.write(`${postHead(100_000)}${'y'.repeat(5000)}`);
       const ms = await closed;
       expect(ms).toBeGreaterThanOrEqual(300);
       expect(ms).toBeLessThan(3000);
-      expect(got, 'no reply to a body that never came').toBe('');
+      expect(got.text, 'no reply to a body that never came').toBe('');
       // the upload's slot (concurrentUploads: 1) is free again: the next upload is stored
       const t1 = Date.now();
       let status = 0;
@@ -392,22 +398,15 @@ describe('the hot lane reads a raw upload’s body itself', () => {
   }, 20_000);
 
   it('a body cut short by the client is answered 400 BODY_INCOMPLETE, and the gateway goes on serving', async () => {
-    const sock = connect({ host: '127.0.0.1', port: lane.port, allowHalfOpen: true });
-    sockets.push(sock);
-    sock.on('error', () => {});
-    let got = '';
-    sock.on('data', (d) => {
-      got += d.toString('latin1');
-    });
+    const { sock, got } = await rawClient(lane, true);
     const closed = new Promise<void>((r) => sock.on('close', () => r()));
-    await new Promise<void>((r) => sock.once('connect', () => r()));
     const partial = Buffer.from(patternBytes(200 * KiB, 22));
     sock.write(Buffer.concat([Buffer.from(postHead(1024 * KiB)), partial]));
     await new Promise((r) => setTimeout(r, 200));
     sock.end(); // FIN with 824 KiB of the body missing
     await closed;
-    expect(got).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
-    expect(got).toContain(`"code":"DSM_ERR_BODY_INCOMPLETE"`);
+    expect(got.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(got.text).toContain(`"code":"DSM_ERR_BODY_INCOMPLETE"`);
     const after = await fetch(`${lane.url}/files/${small}`);
     expect(after.status).toBe(200);
     await after.arrayBuffer();
@@ -462,13 +461,7 @@ describe('the hot lane’s bounds', () => {
   it('a head that drips in is cut after headersMs, as node:http cuts it', async () => {
     const g = await s.startGateway({ ...BASE, timeouts: { headersMs: 600 } });
     // a client that never closes its side: the gateway must close the socket, not only end it
-    const sock = connect({ host: '127.0.0.1', port: g.port, allowHalfOpen: true });
-    sockets.push(sock);
-    sock.on('error', () => {});
-    let got = '';
-    sock.on('data', (d) => {
-      got += d.toString('latin1');
-    });
+    const { sock, got } = await rawClient(g, true);
     const t0 = Date.now();
     // the gateway's FIN, then a write of ours: reset by a closed socket, taken by one only ended
     const closed = new Promise<number>((r) => {
@@ -480,7 +473,6 @@ describe('the hot lane’s bounds', () => {
         }, 100);
       });
     });
-    await new Promise<void>((r) => sock.once('connect', () => r()));
     const text = `${get(small, 'X-Pad: '.padEnd(200, 'a'))}`;
     let i = 0;
     const drip = setInterval(() => {
@@ -490,7 +482,7 @@ describe('the hot lane’s bounds', () => {
     clearInterval(drip);
     expect(ms).toBeGreaterThanOrEqual(500);
     expect(ms).toBeLessThan(2500);
-    expect(got).toMatch(/^HTTP\/1\.1 408 /);
+    expect(got.text).toMatch(/^HTTP\/1\.1 408 /);
     await g.close();
   }, 20_000);
 
