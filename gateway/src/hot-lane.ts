@@ -217,44 +217,123 @@ interface CheckedName {
 const checkedNames = new Map<string, CheckedName>();
 
 /**
+ * A reply head in three parts, written one after another: `pre` (the status line, X-Dsm-Worker
+ * and a shared head's lines, kept as bytes per FastReply.shared: copied, not rendered again),
+ * `text` (the rest of the reply's own lines), `tail` (Date, Connection, Keep-Alive and the blank
+ * line, made once a second). A cached GET renders only its request id line.
+ */
+export interface HeadParts {
+  pre: Buffer | null;
+  text: string;
+  tail: Buffer;
+}
+
+/** The head's bytes. */
+export const headLength = (h: HeadParts): number => (h.pre?.length ?? 0) + h.text.length + h.tail.length;
+
+/** Writes the head into `out` from 0; returns its length. */
+function writeHead(h: HeadParts, out: Buffer): number {
+  let at = 0;
+  if (h.pre !== null) at = h.pre.copy(out, 0);
+  if (h.text.length > 0) at += out.write(h.text, at, 'latin1');
+  return at + h.tail.copy(out, at);
+}
+
+/**
  * The reply's head as node:http writes it for writeHead + end (status line, the reply's headers,
  * a Content-Length when the reply has none, Date, Connection and Keep-Alive), or null when a
  * header is one the lane does not write itself (a value with a byte outside visible ASCII, or an
  * odd name): node:http then writes the reply, with its own checks.
  */
+export function replyHeadParts(
+  reply: FastReply,
+  close: boolean,
+  keepAliveSec: number,
+  workerHeader: string | undefined,
+): HeadParts | null {
+  const status = statusLines(reply.status, workerHeader);
+  if (status === null) return null;
+  let pre: Buffer | null = null;
+  let text = '';
+  let length = false;
+  const shared = reply.shared;
+  if (shared) {
+    const lines = sharedHeadOf(shared, reply.status, status);
+    if (lines === null) return null;
+    pre = lines.bytes;
+    length = lines.length;
+  } else text = status;
+  const own = headerLines(reply.headers);
+  if (own === null) return null;
+  text += own.text;
+  const body = reply.body;
+  if (!length && !own.length && body && reply.status !== 204 && reply.status !== 304)
+    text += `Content-Length: ${body.byteLength}\r\n`;
+  return { pre, text, tail: tailOf(close, keepAliveSec) };
+}
+
+/** replyHead's parts as one text (tests). */
 export function replyHead(
   reply: FastReply,
   close: boolean,
   keepAliveSec: number,
   workerHeader: string | undefined,
 ): string | null {
-  const reason = STATUS_CODES[reply.status];
+  const h = replyHeadParts(reply, close, keepAliveSec, workerHeader);
+  if (h === null) return null;
+  return (h.pre?.toString('latin1') ?? '') + h.text + h.tail.toString('latin1');
+}
+
+/** The status line and X-Dsm-Worker, or null for a status without a reason phrase. */
+function statusLines(status: number, workerHeader: string | undefined): string | null {
+  const reason = STATUS_CODES[status];
   if (reason === undefined) return null;
-  let out = `HTTP/1.1 ${reply.status} ${reason}\r\n`;
-  if (workerHeader !== undefined) out += `X-Dsm-Worker: ${workerHeader}\r\n`;
-  let length = false;
-  const shared = reply.shared;
-  if (shared) {
-    let lines = sharedLines.get(shared);
-    if (lines === undefined) {
-      lines = headerLines(shared);
-      sharedLines.set(shared, lines);
-    }
-    if (lines === null) return null;
-    out += lines.text;
-    length = lines.length;
+  const line = `HTTP/1.1 ${status} ${reason}\r\n`;
+  return workerHeader === undefined ? line : `${line}X-Dsm-Worker: ${workerHeader}\r\n`;
+}
+
+/** The tails of this second (httpDate): with keep-alive (for `tailKeepSec`) and with close. */
+let tailSecond = -1;
+let tailKeepSec = -1;
+let tailKeep = Buffer.alloc(0);
+let tailClose = Buffer.alloc(0);
+function tailOf(close: boolean, keepAliveSec: number): Buffer {
+  const date = httpDate();
+  if (tailSecond !== dateSecond || tailKeepSec !== keepAliveSec) {
+    tailSecond = dateSecond;
+    tailKeepSec = keepAliveSec;
+    tailKeep = Buffer.from(
+      `Date: ${date}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=${keepAliveSec}\r\n\r\n`,
+      'latin1',
+    );
+    tailClose = Buffer.from(`Date: ${date}\r\nConnection: close\r\n\r\n`, 'latin1');
   }
-  const own = headerLines(reply.headers);
-  if (own === null) return null;
-  out += own.text;
-  const body = reply.body;
-  if (!length && !own.length && body && reply.status !== 204 && reply.status !== 304)
-    out += `Content-Length: ${body.byteLength}\r\n`;
-  out += `Date: ${httpDate()}\r\n`;
-  out += close
-    ? 'Connection: close\r\n\r\n'
-    : `Connection: keep-alive\r\nKeep-Alive: timeout=${keepAliveSec}\r\n\r\n`;
-  return out;
+  return close ? tailClose : tailKeep;
+}
+
+/** A shared head's lines, as bytes after the status lines they were made with. */
+interface SharedHead {
+  status: string;
+  bytes: Buffer;
+  length: boolean;
+}
+
+/** Shared heads (FastReply.shared), made once per object and status lines (null: not the lane's to write). */
+const sharedHeads = new WeakMap<object, SharedHead | null>();
+
+function sharedHeadOf(
+  shared: Readonly<Record<string, string>>,
+  code: number,
+  status: string,
+): SharedHead | null {
+  let h = sharedHeads.get(shared);
+  if (h === undefined || (h !== null && h.status !== status)) {
+    const lines = headerLines(shared);
+    h = lines && { status, bytes: Buffer.from(status + lines.text, 'latin1'), length: lines.length };
+    // a shared head goes with one status: a reply of another keeps its own
+    if (h === null || code === 200) sharedHeads.set(shared, h);
+  }
+  return h;
 }
 
 /** Header lines as the lane writes them, and whether they hold a Content-Length. */
@@ -262,9 +341,6 @@ interface Lines {
   text: string;
   length: boolean;
 }
-
-/** The lines of shared reply heads (FastReply.shared), made once per object (null: not the lane's to write). */
-const sharedLines = new WeakMap<object, Lines | null>();
 
 /** `headers` as header lines, or null when one is not the lane's to write (replyHead). */
 function headerLines(headers: Readonly<Record<string, string>>): Lines | null {
@@ -720,28 +796,27 @@ class LaneConnection {
    */
   #write(reply: FastReply, head: Head, size: number): boolean {
     const lane = this.#lane;
-    const text = replyHead(reply, head.close, lane.keepAliveSec, lane.opts.workerHeader);
-    if (text === null) return false;
+    const parts = replyHeadParts(reply, head.close, lane.keepAliveSec, lane.opts.workerHeader);
+    if (parts === null) return false;
     if (size > 0) {
       const buf = this.#buf as Buffer;
       this.#buf = size < buf.length ? buf.subarray(size) : null;
     }
     const s = this.socket;
     const body = head.method === 'HEAD' || reply.status === 204 || reply.status === 304 ? null : reply.body;
+    const headBytes = headLength(parts);
+    const joined = body && body.byteLength > 0 && body.byteLength <= JOINED_BODY_BYTES ? body : null;
+    // one buffer, one write: cheaper than a corked pair for a small body
+    const out = replyBuffer(headBytes + (joined?.byteLength ?? 0));
+    writeHead(parts, out);
+    if (joined) out.set(joined, headBytes);
     let more: boolean;
-    if (body && body.byteLength > 0 && body.byteLength <= JOINED_BODY_BYTES) {
-      // one buffer, one write: cheaper than a corked pair for a small body
-      const headBytes = text.length;
-      const out = replyBuffer(headBytes + body.byteLength);
-      out.write(text, 0, headBytes, 'latin1');
-      out.set(body, headBytes);
-      more = s.write(out);
-    } else if (body && body.byteLength > 0) {
+    if (body && body.byteLength > 0 && !joined) {
       s.cork();
-      s.write(text, 'latin1');
+      s.write(out);
       more = s.write(body);
       s.uncork();
-    } else more = s.write(text, 'latin1');
+    } else more = s.write(out);
     if (head.close) {
       this.#buf = null;
       this.#timeoutFor(lane.opts.keepAliveMs);
