@@ -222,14 +222,14 @@ const checkedNames = new Map<string, CheckedName>();
  * `text` (the rest of the reply's own lines), `tail` (Date, Connection, Keep-Alive and the blank
  * line, made once a second). A cached GET renders only its request id line.
  */
-export interface HeadParts {
+interface HeadParts {
   pre: Buffer | null;
   text: string;
   tail: Buffer;
 }
 
 /** The head's bytes. */
-export const headLength = (h: HeadParts): number => (h.pre?.length ?? 0) + h.text.length + h.tail.length;
+const headLength = (h: HeadParts): number => (h.pre?.length ?? 0) + h.text.length + h.tail.length;
 
 /** Writes the head into `out` from 0; returns its length. */
 function writeHead(h: HeadParts, out: Buffer): number {
@@ -245,7 +245,7 @@ function writeHead(h: HeadParts, out: Buffer): number {
  * header is one the lane does not write itself (a value with a byte outside visible ASCII, or an
  * odd name): node:http then writes the reply, with its own checks.
  */
-export function replyHeadParts(
+function replyHeadParts(
   reply: FastReply,
   close: boolean,
   keepAliveSec: number,
