@@ -403,8 +403,11 @@ describe('the hot lane reads a raw upload’s body itself', () => {
     const partial = Buffer.from(patternBytes(200 * KiB, 22));
     sock.write(Buffer.concat([Buffer.from(postHead(1024 * KiB)), partial]));
     await new Promise((r) => setTimeout(r, 200));
+    const t0 = Date.now();
     sock.end(); // FIN with 824 KiB of the body missing
     await closed;
+    // answered and closed at once, not held until bodyIdleMs (30 s)
+    expect(Date.now() - t0).toBeLessThan(2000);
     expect(got.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
     expect(got.text).toContain(`"code":"DSM_ERR_BODY_INCOMPLETE"`);
     const after = await fetch(`${lane.url}/files/${small}`);

@@ -879,9 +879,11 @@ class LaneConnection {
           s.destroy();
           return;
         }
-        if (!body.complete) {
+        // the rest of the body is being dropped (#bodyRead goes on after its last byte), unless
+        // the client ended it: then nothing more comes, and #pump ends the connection
+        if (!body.complete && !this.#ended) {
           this.#timeoutFor(o.bodyIdleMs);
-          return; // #bodyRead goes on after the last byte
+          return;
         }
         if (this.#busy) return; // waits for 'drain'
         s.resume();
