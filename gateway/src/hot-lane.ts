@@ -245,13 +245,8 @@ function writeHead(h: HeadParts, out: Buffer): number {
  * header is one the lane does not write itself (a value with a byte outside visible ASCII, or an
  * odd name): node:http then writes the reply, with its own checks.
  */
-function replyHeadParts(
-  reply: FastReply,
-  close: boolean,
-  keepAliveSec: number,
-  workerHeader: string | undefined,
-): HeadParts | null {
-  const status = statusLines(reply.status, workerHeader);
+function replyHeadParts(reply: FastReply, close: boolean, style: HeadStyle): HeadParts | null {
+  const status = style.statusLines(reply.status);
   if (status === null) return null;
   let pre: Buffer | null = null;
   let text = '';
@@ -269,7 +264,7 @@ function replyHeadParts(
   const body = reply.body;
   if (!length && !own.length && body && reply.status !== 204 && reply.status !== 304)
     text += `Content-Length: ${body.byteLength}\r\n`;
-  return { pre, text, tail: tailOf(close, keepAliveSec) };
+  return { pre, text, tail: style.tail(close) };
 }
 
 /** replyHead's parts as one text (tests). */
@@ -279,36 +274,54 @@ export function replyHead(
   keepAliveSec: number,
   workerHeader: string | undefined,
 ): string | null {
-  const h = replyHeadParts(reply, close, keepAliveSec, workerHeader);
+  const h = replyHeadParts(reply, close, new HeadStyle(keepAliveSec, workerHeader));
   if (h === null) return null;
   return (h.pre?.toString('latin1') ?? '') + h.text + h.tail.toString('latin1');
 }
 
-/** The status line and X-Dsm-Worker, or null for a status without a reason phrase. */
-function statusLines(status: number, workerHeader: string | undefined): string | null {
-  const reason = STATUS_CODES[status];
-  if (reason === undefined) return null;
-  const line = `HTTP/1.1 ${status} ${reason}\r\n`;
-  return workerHeader === undefined ? line : `${line}X-Dsm-Worker: ${workerHeader}\r\n`;
-}
+/**
+ * What one lane's reply heads have in common: the status lines (with its X-Dsm-Worker), made
+ * once per status, and the tail of this second (httpDate), with keep-alive and with close.
+ */
+class HeadStyle {
+  readonly #keepAliveSec: number;
+  readonly #worker: string | undefined;
+  readonly #status = new Map<number, string | null>();
+  #second = -1;
+  #keep = Buffer.alloc(0);
+  #close = Buffer.alloc(0);
 
-/** The tails of this second (httpDate): with keep-alive (for `tailKeepSec`) and with close. */
-let tailSecond = -1;
-let tailKeepSec = -1;
-let tailKeep = Buffer.alloc(0);
-let tailClose = Buffer.alloc(0);
-function tailOf(close: boolean, keepAliveSec: number): Buffer {
-  const date = httpDate();
-  if (tailSecond !== dateSecond || tailKeepSec !== keepAliveSec) {
-    tailSecond = dateSecond;
-    tailKeepSec = keepAliveSec;
-    tailKeep = Buffer.from(
-      `Date: ${date}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=${keepAliveSec}\r\n\r\n`,
-      'latin1',
-    );
-    tailClose = Buffer.from(`Date: ${date}\r\nConnection: close\r\n\r\n`, 'latin1');
+  constructor(keepAliveSec: number, workerHeader: string | undefined) {
+    this.#keepAliveSec = keepAliveSec;
+    this.#worker = workerHeader;
   }
-  return close ? tailClose : tailKeep;
+
+  /** The status line and X-Dsm-Worker, or null for a status without a reason phrase. */
+  statusLines(code: number): string | null {
+    let lines = this.#status.get(code);
+    if (lines === undefined) {
+      const reason = STATUS_CODES[code];
+      const line = reason === undefined ? null : `HTTP/1.1 ${code} ${reason}\r\n`;
+      lines = line === null || this.#worker === undefined ? line : `${line}X-Dsm-Worker: ${this.#worker}\r\n`;
+      // the gateway's replies use a few statuses; any other is made again each time
+      if (this.#status.size < 64) this.#status.set(code, lines);
+    }
+    return lines;
+  }
+
+  /** Date, Connection, Keep-Alive (with keep-alive) and the blank line. */
+  tail(close: boolean): Buffer {
+    const date = httpDate();
+    if (this.#second !== dateSecond) {
+      this.#second = dateSecond;
+      this.#keep = Buffer.from(
+        `Date: ${date}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=${this.#keepAliveSec}\r\n\r\n`,
+        'latin1',
+      );
+      this.#close = Buffer.from(`Date: ${date}\r\nConnection: close\r\n\r\n`, 'latin1');
+    }
+    return close ? this.#close : this.#keep;
+  }
 }
 
 /** A shared head's lines, as bytes after the status lines they were made with. */
@@ -376,7 +389,7 @@ function headerLines(headers: Readonly<Record<string, string>>): Lines | null {
 /** Takes a server's plain connections into the lane (see the file's comment). */
 export class HotLane {
   readonly #opts: HotLaneOptions;
-  readonly #keepAliveSec: number;
+  readonly #style: HeadStyle;
   readonly #open = new Set<LaneConnection>();
   #toHttp: ((socket: Socket) => void) | null = null;
   /** The silence clock: the sweeps so far (connections note the sweep of their last activity). */
@@ -387,7 +400,7 @@ export class HotLane {
 
   constructor(opts: HotLaneOptions) {
     this.#opts = opts;
-    this.#keepAliveSec = Math.floor(opts.keepAliveMs / 1000);
+    this.#style = new HeadStyle(Math.floor(opts.keepAliveMs / 1000), opts.workerHeader);
     this.sweepMs = Math.max(25, Math.min(1000, Math.floor(Math.min(opts.headersMs, opts.keepAliveMs) / 4)));
   }
 
@@ -461,8 +474,8 @@ export class HotLane {
   }
 
   /** @internal */
-  get keepAliveSec(): number {
-    return this.#keepAliveSec;
+  get style(): HeadStyle {
+    return this.#style;
   }
 
   /** @internal */
@@ -740,15 +753,9 @@ class LaneConnection {
         if (!this.#upload(head, end + 4)) this.#handOff();
         return;
       }
-      const req: FastRequest = {
-        method: head.method,
-        target: head.target,
-        header: (name) => headerOf(head, name),
-        client: this.#client ?? o.clientOf(this.#peer, headerOf(head, 'x-forwarded-for')),
-      };
       let r: ReturnType<HotLaneOptions['fastFile']>;
       try {
-        r = o.fastFile(req);
+        r = o.fastFile(this.#request(head));
       } catch (e) {
         o.log.error({ err: e }, 'request failed');
         this.socket.destroy();
@@ -796,7 +803,7 @@ class LaneConnection {
    */
   #write(reply: FastReply, head: Head, size: number): boolean {
     const lane = this.#lane;
-    const parts = replyHeadParts(reply, head.close, lane.keepAliveSec, lane.opts.workerHeader);
+    const parts = replyHeadParts(reply, head.close, lane.style);
     if (parts === null) return false;
     if (size > 0) {
       const buf = this.#buf as Buffer;
@@ -833,6 +840,16 @@ class LaneConnection {
     return true;
   }
 
+  /** The request `head` as the fast path reads it. */
+  #request(head: Head): FastRequest {
+    return {
+      method: head.method,
+      target: head.target,
+      header: (name) => headerOf(head, name),
+      client: this.#client ?? this.#lane.opts.clientOf(this.#peer, headerOf(head, 'x-forwarded-for')),
+    };
+  }
+
   /**
    * A POST (`head`, `size` bytes of head in the buffer): when the fast upload takes it, the lane
    * reads its body (LaneBody) and writes the reply. False, with nothing read, when node:http must
@@ -845,14 +862,7 @@ class LaneConnection {
     const body = new LaneBody(head.length, s);
     let r: Promise<FastReply> | null;
     try {
-      r = o.fastUpload({
-        method: 'POST',
-        target: head.target,
-        header: (name) => headerOf(head, name),
-        client: this.#client ?? o.clientOf(this.#peer, headerOf(head, 'x-forwarded-for')),
-        secure: false,
-        body: () => body,
-      });
+      r = o.fastUpload({ ...this.#request(head), secure: false, body: () => body });
     } catch (e) {
       o.log.error({ err: e }, 'request failed');
       s.destroy();
