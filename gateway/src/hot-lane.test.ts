@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseHead, replyHead } from './hot-lane.ts';
+import { LaneBody, parseHead, replyHead } from './hot-lane.ts';
 import type { RunningGateway } from './node.ts';
 import { patternBytes, type Stack, startStack } from './test-support.ts';
 
@@ -505,6 +505,61 @@ describe('the hot lane’s bounds', () => {
     await closed;
     expect(Date.now() - t0).toBeLessThan(1500);
   }, 20_000);
+});
+
+describe('LaneBody', () => {
+  /** A socket as LaneBody uses it: only pause and resume, counted. */
+  const fakeSocket = () => {
+    const s = { paused: false, pauses: 0, resumes: 0 };
+    const sock = {
+      pause() {
+        s.paused = true;
+        s.pauses++;
+      },
+      resume() {
+        s.paused = false;
+        s.resumes++;
+      },
+    };
+    return { s, sock: sock as unknown as Socket };
+  };
+
+  it('holds a chunk no one reads with the socket paused, and resumes it when the reader takes it', async () => {
+    const { s, sock } = fakeSocket();
+    const body = new LaneBody(10, sock);
+    expect(body.feed(Buffer.from('abcd'))).toBeNull();
+    expect(s.paused, 'a waiting chunk pauses the socket').toBe(true);
+    const first = await body.next();
+    expect(Buffer.from(first.value as Uint8Array).toString()).toBe('abcd');
+    expect(s.paused, 'taken: the socket reads again').toBe(false);
+    // the rest and the next request's bytes in one packet: only the body's part is the body's
+    const next = body.feed(Buffer.from('efghijGET /'));
+    expect(next?.toString()).toBe('GET /');
+    expect(body.complete).toBe(true);
+    expect(s.paused, 'a complete body does not resume the socket').toBe(true);
+    expect(Buffer.from((await body.next()).value as Uint8Array).toString()).toBe('efghij');
+    expect(s.paused).toBe(true);
+    expect((await body.next()).done).toBe(true);
+    expect(body.received).toBe(10);
+  });
+
+  it('throws BODY_INCOMPLETE to its reader when the connection ends short, and drops what comes after discard', async () => {
+    const { s, sock } = fakeSocket();
+    const short = new LaneBody(10, sock);
+    const waiting = short.next();
+    short.feed(Buffer.from('abc')); // to the waiting reader
+    expect((await waiting).value?.length).toBe(3);
+    const more = short.next();
+    short.fail();
+    await expect(more).rejects.toMatchObject({ code: 'DSM_ERR_BODY_INCOMPLETE' });
+    const dropped = new LaneBody(10, sock);
+    dropped.feed(Buffer.from('abc'));
+    dropped.discard();
+    expect(s.paused, 'dropping reads on').toBe(false);
+    expect(dropped.feed(Buffer.from('defghijXY'))?.toString()).toBe('XY');
+    expect(dropped.complete).toBe(true);
+    expect((await dropped.next()).done).toBe(true);
+  });
 });
 
 describe('parseHead and replyHead', () => {
