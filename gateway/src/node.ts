@@ -22,6 +22,7 @@ import { createAdminApp } from './admin.ts';
 import { createApp, type FastReply, type GatewayApp } from './app.ts';
 import { type GatewayConfig, parseListen } from './config.ts';
 import { clientKey } from './edge-limits.ts';
+import { SMALL_BODY_BYTES } from './files.ts';
 import { HotLane } from './hot-lane.ts';
 import { createPromMetrics } from './metrics.ts';
 import { GatewayErrorCode } from './problem.ts';
@@ -57,6 +58,12 @@ export interface RunningGateway extends GatewayApp {
 }
 
 /** The Node entry: the Hono app on @hono/node-server, prom-client metrics, the tus sweeper. */
+/**
+ * Reads of small replies (SMALL_BODY_BYTES, a small GET's) pipelined on up to 2 connections per
+ * storage, 32 in flight on each (2 MiB of replies at most); more take connections of their own.
+ */
+const UPSTREAM_PIPELINE = { pipes: 2, depth: 32, maxReplyBytes: SMALL_BODY_BYTES };
+
 export async function startGateway(
   config: GatewayConfig,
   opts: StartGatewayOptions = {},
@@ -74,6 +81,8 @@ export async function startGateway(
       maxPerAddress: config.upstreamConnections,
       maxQueue: config.limits.upstreamQueue,
       acquireTimeoutMs: config.timeouts.upstreamQueueMs,
+      // small GETs' reads share a few kept connections per storage (@dsm/client pipeline.ts)
+      pipeline: UPSTREAM_PIPELINE,
     });
   const metrics = createPromMetrics();
   const built = createApp({ client, kv, config, log, metrics });

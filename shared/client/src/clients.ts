@@ -327,7 +327,14 @@ export class StorageClient {
         ),
       );
     }
-    return this.#call(addr, Command.STORAGE_DOWNLOAD, encodeDownloadRequest(req), exactly(req.size));
+    return this.pool.request(
+      addr,
+      Command.STORAGE_DOWNLOAD,
+      encodeDownloadRequest(req),
+      Command.STORAGE_REPLY,
+      exactly(req.size),
+      this.requestId,
+    );
   }
 
   async uploadCreate(addr: Address, ids: FileIds, totalSize: number, contentType: string): Promise<number> {

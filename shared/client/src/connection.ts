@@ -131,6 +131,19 @@ export class Connection {
     this.#sock.destroy();
   }
 
+  /**
+   * Hands the socket over (to a Pipe, after `authenticate`): nothing may be read ahead or in
+   * flight. This connection is done with it.
+   */
+  detach(): ByteSocket {
+    if (this.#busy || this.#events.length > 0 || !this.#reader.idle || !this.usable) {
+      throw new DsmError(ErrorCode.SOCKET, `connection to ${this.address} cannot be handed over now`);
+    }
+    this.#usable = false;
+    this.#clearIdle();
+    return this.#sock;
+  }
+
   #clearIdle(): void {
     if (this.#idleTimer === undefined) return;
     clearTimeout(this.#idleTimer);

@@ -4,6 +4,7 @@ export * from './connection.ts';
 export * from './dsm-client.ts';
 export * from './failover.ts';
 export * from './file-id.ts';
+export * from './pipeline.ts';
 export * from './pool.ts';
 export * from './public-id.ts';
 export * from './transport.ts';

@@ -1,8 +1,17 @@
 import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
-import { type Address, formatAddress } from '@dsm/packets';
+import {
+  type Address,
+  Command,
+  encodeFrame,
+  encodeRequestContext,
+  type FrameSpec,
+  formatAddress,
+  isRequestId,
+} from '@dsm/packets';
 import type { ClusterKey } from './cluster-key.ts';
 import { Connection } from './connection.ts';
 import { started } from './failover.ts';
+import { Pipe, type PipelineOptions, Unanswered } from './pipeline.ts';
 import type { Transport } from './transport.ts';
 
 export interface PoolOptions {
@@ -19,6 +28,11 @@ export interface PoolOptions {
   acquireTimeoutMs?: number;
   /** Cluster key: every new connection authenticates with it (mutually) before its first request. */
   auth?: ClusterKey;
+  /**
+   * Small idempotent requests (`request`) pipelined on a few kept connections per address
+   * (pipeline.ts); absent: each takes a connection of its own.
+   */
+  pipeline?: PipelineOptions;
 }
 
 interface Waiter {
@@ -31,14 +45,22 @@ interface Slot {
   idle: Connection[];
   open: number;
   waiters: Waiter[];
+  /** Pipelined connections (PoolOptions.pipeline), and how many are being opened. */
+  pipes: Pipe[];
+  opening: number;
+  /** No pipe is opened before this time (one failed to open). */
+  pipesAfter: number;
 }
+
+/** After a pipe failed to open, requests take the pool's way this long before another try. */
+const PIPE_RETRY_MS = 1000;
 
 /**
  * Connections per server address with a bounded queue and timeouts (undici's Pool idea).
  * Connections stay open between requests, as the seed's client does.
  */
 export class Pool {
-  readonly #opts: Required<Omit<PoolOptions, 'auth'>> & Pick<PoolOptions, 'auth'>;
+  readonly #opts: Required<Omit<PoolOptions, 'auth' | 'pipeline'>> & Pick<PoolOptions, 'auth' | 'pipeline'>;
   readonly #slots = new Map<string, Slot>();
   readonly #sweeper: ReturnType<typeof setInterval>;
   #closed = false;
@@ -57,7 +79,9 @@ export class Pool {
     (this.#sweeper as { unref?: () => void }).unref?.();
   }
 
-  get options(): Readonly<Required<Omit<PoolOptions, 'auth'>> & Pick<PoolOptions, 'auth'>> {
+  get options(): Readonly<
+    Required<Omit<PoolOptions, 'auth' | 'pipeline'>> & Pick<PoolOptions, 'auth' | 'pipeline'>
+  > {
     return this.#opts;
   }
 
@@ -80,6 +104,98 @@ export class Pool {
     return this.#acquire(addr).then(({ conn, reused }) =>
       this.#run(addr, key, conn, reused, fn, retryStale, requestId),
     );
+  }
+
+  /**
+   * A small idempotent request with a buffered reply (`ok`): pipelined when the pool pipelines,
+   * the reply fits PipelineOptions.maxReplyBytes and a pipe has room; else (and when the pipe
+   * ended before this request was answered) on a connection of its own, as `use` with
+   * retryStale.
+   */
+  request(
+    addr: Address,
+    command: number,
+    body: Uint8Array,
+    replyCommand: number,
+    ok: FrameSpec,
+    requestId?: string,
+  ): Promise<Uint8Array> {
+    const alone = () => this.use(addr, (c) => c.request(command, body, replyCommand, ok), true, requestId);
+    const pl = this.#opts.pipeline;
+    const pipe = pl && ok.kind === 'buffered' && ok.max <= pl.maxReplyBytes ? this.#pipeFor(addr, pl) : null;
+    if (!pipe) return alone();
+    let frame = encodeFrame(command, body);
+    if (requestId !== undefined && isRequestId(requestId)) {
+      const ctx = encodeFrame(Command.REQUEST_CONTEXT, encodeRequestContext(requestId));
+      const both = new Uint8Array(ctx.length + frame.length);
+      both.set(ctx, 0);
+      both.set(frame, ctx.length);
+      frame = both;
+    }
+    return pipe.request(frame, replyCommand, ok).catch((e: unknown) => {
+      if (e instanceof Unanswered) return alone();
+      throw e;
+    });
+  }
+
+  /** The least busy pipe to `addr` with room, or null; opens another when all are half full. */
+  #pipeFor(addr: Address, pl: PipelineOptions): Pipe | null {
+    if (this.#closed) return null;
+    const key = keyOf(addr);
+    const slot = this.#slot(key);
+    let best: Pipe | null = null;
+    for (let i = slot.pipes.length - 1; i >= 0; i--) {
+      const p = slot.pipes[i] as Pipe;
+      if (!p.usable) {
+        slot.pipes.splice(i, 1);
+        continue;
+      }
+      if (!best || p.depth < best.depth) best = p;
+    }
+    if (
+      (!best || best.depth * 2 >= pl.depth) &&
+      slot.pipes.length + slot.opening < pl.pipes &&
+      Date.now() >= slot.pipesAfter
+    ) {
+      this.#openPipe(addr, key, slot);
+    }
+    return best && best.depth < pl.depth ? best : null;
+  }
+
+  #openPipe(addr: Address, key: string, slot: Slot): void {
+    slot.opening++;
+    this.#connect(addr, key).then(
+      (conn) => {
+        slot.opening--;
+        if (this.#closed) {
+          conn.destroy();
+          return;
+        }
+        slot.pipes.push(new Pipe(conn.detach(), key, this.#opts.ioTimeoutMs));
+      },
+      () => {
+        // the requests meanwhile take the pool's way, which reports the failure
+        slot.opening--;
+        slot.pipesAfter = Date.now() + PIPE_RETRY_MS;
+      },
+    );
+  }
+
+  /** A new connection to `addr`, authenticated when the pool has a cluster key. */
+  async #connect(addr: Address, key: string): Promise<Connection> {
+    const sock = await this.#opts.transport.connect(addr.host, addr.port, {
+      timeoutMs: this.#opts.connectTimeoutMs,
+    });
+    const conn = new Connection(sock, key, { ioTimeoutMs: this.#opts.ioTimeoutMs });
+    if (this.#opts.auth) {
+      try {
+        await conn.authenticate(this.#opts.auth);
+      } catch (e) {
+        conn.destroy();
+        throw e;
+      }
+    }
+    return conn;
   }
 
   #run<T>(
@@ -126,6 +242,8 @@ export class Pool {
     for (const slot of this.#slots.values()) {
       for (const c of slot.idle) c.close();
       slot.idle = [];
+      for (const p of slot.pipes) p.close();
+      slot.pipes = [];
       for (const w of slot.waiters) {
         clearTimeout(w.timer);
         w.reject(new DsmError(ErrorCode.POOL_FULL, 'pool closed'));
@@ -137,7 +255,7 @@ export class Pool {
   #slot(key: string): Slot {
     let s = this.#slots.get(key);
     if (!s) {
-      s = { idle: [], open: 0, waiters: [] };
+      s = { idle: [], open: 0, waiters: [], pipes: [], opening: 0, pipesAfter: 0 };
       this.#slots.set(key, s);
     }
     return s;
@@ -153,19 +271,7 @@ export class Pool {
       if (slot.open < this.#opts.maxPerAddress) {
         slot.open++;
         try {
-          const sock = await this.#opts.transport.connect(addr.host, addr.port, {
-            timeoutMs: this.#opts.connectTimeoutMs,
-          });
-          const conn = new Connection(sock, key, { ioTimeoutMs: this.#opts.ioTimeoutMs });
-          if (this.#opts.auth) {
-            try {
-              await conn.authenticate(this.#opts.auth);
-            } catch (e) {
-              conn.destroy();
-              throw e;
-            }
-          }
-          return { conn, reused: false };
+          return { conn: await this.#connect(addr, key), reused: false };
         } catch (e) {
           slot.open--;
           this.#wakeOne(slot);
@@ -230,6 +336,11 @@ export class Pool {
         if (c.usable && c.lastUsed >= cutoff) return true;
         c.close();
         slot.open--;
+        return false;
+      });
+      slot.pipes = slot.pipes.filter((p) => {
+        if (p.usable && (p.depth > 0 || p.lastUsed >= cutoff)) return true;
+        p.close();
         return false;
       });
     }

@@ -215,10 +215,21 @@ export class ProtocolServer {
     /** The request id for the next request (REQUEST_CONTEXT), spent by it. */
     let nextRequestId: string | undefined;
 
+    // Replies to requests that came together (a client pipelining small requests,
+    // @dsm/client pipeline.ts) go out together: while more requests of this connection are
+    // parsed and waiting, replies are corked; they go out when none waits any more, or when
+    // this turn of the event loop ends (a handler that waits for I/O holds nothing back).
+    let corked = false;
+    const uncork = (): void => {
+      if (!corked) return;
+      corked = false;
+      socket.uncork();
+    };
     /** Resolves when the socket has handed `b` to the OS (so its buffer may be reused). */
     const writeFlushed = (b: Uint8Array): Promise<void> =>
       new Promise((resolve, reject) => {
         if (socket.destroyed) return reject(new Error('socket closed'));
+        uncork();
         metrics?.bytesOut(b.length);
         socket.write(b, (err) => (err ? reject(err) : resolve()));
       });
@@ -226,7 +237,13 @@ export class ProtocolServer {
       new Promise((resolve, reject) => {
         if (socket.destroyed) return reject(new Error('socket closed'));
         metrics?.bytesOut(b.length);
+        if (!corked && events.waiting > 0) {
+          corked = true;
+          socket.cork();
+          setImmediate(uncork);
+        }
         if (socket.write(b)) return resolve();
+        uncork(); // the buffer is full: out with it, then wait for the drain
         const onDrain = () => {
           socket.off('close', onClose);
           resolve();
@@ -250,6 +267,7 @@ export class ProtocolServer {
 
     try {
       for (;;) {
+        if (corked && events.waiting === 0) uncork();
         const ev = await events.next();
         if (ev.done) break;
         const e = ev.value;
@@ -477,6 +495,11 @@ class SocketEvents {
     socket.on('end', () => finish(null));
     socket.on('close', () => finish(null));
     socket.on('error', (e) => finish(e));
+  }
+
+  /** Events parsed and not yet handed out (requests that came together with the current one). */
+  get waiting(): number {
+    return this.#queue.length;
   }
 
   next(): Promise<IteratorResult<FrameEvent, void>> {
