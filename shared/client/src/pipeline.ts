@@ -162,7 +162,15 @@ export class Pipe {
       }
       if (this.#dead) return;
       this.#activityAt = Date.now();
-      for (const ev of this.#reader.push(chunk)) this.#deliver(ev);
+      try {
+        for (const ev of this.#reader.push(chunk)) this.#deliver(ev);
+      } catch (e) {
+        // nothing above throws on any input; if it ever did, the pipe ends, not the process
+        this.#fail(
+          new DsmError(ErrorCode.PROTOCOL, `pipe to ${this.address} failed: ${(e as Error).message}`),
+        );
+        this.#sock.destroy();
+      }
       if (this.#dead) return;
     }
   }
@@ -186,10 +194,19 @@ export class Pipe {
       return;
     }
     // the server closes after an error reply: the requests behind this one were never handled
-    const err = decodeErrorReply(ev.body);
+    let failure: DsmError;
+    try {
+      const err = decodeErrorReply(ev.body);
+      failure = new RemoteError(err.errno, err.message);
+    } catch (x) {
+      failure = new DsmError(
+        ErrorCode.PROTOCOL,
+        `bad error reply from ${this.address}: ${(x as Error).message}`,
+      );
+    }
     this.#fail(new Unanswered(`${this.address} closed the pipe after an error reply`));
     this.#sock.close();
-    e.reject(new RemoteError(err.errno, err.message));
+    e.reject(failure);
   }
 
   #fail(e: DsmError): void {
