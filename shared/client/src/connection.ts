@@ -99,20 +99,12 @@ export class Connection {
   set requestId(id: string | undefined) {
     if (id === this.#requestId) return;
     this.#requestId = id;
-    this.#context =
-      id !== undefined && isRequestId(id)
-        ? encodeFrame(Command.REQUEST_CONTEXT, encodeRequestContext(id))
-        : null;
+    this.#context = contextFrame(id);
   }
 
   /** `frame`, after the request context frame when there is one (one write either way). */
   #withContext(frame: Uint8Array): Uint8Array {
-    const ctx = this.#context;
-    if (!ctx) return frame;
-    const b = new Uint8Array(ctx.length + frame.length);
-    b.set(ctx, 0);
-    b.set(frame, ctx.length);
-    return b;
+    return prefixed(this.#context, frame);
   }
 
   get usable(): boolean {
@@ -504,6 +496,22 @@ export class Connection {
       `no reply from ${this.address} within ${this.#opts.ioTimeoutMs} ms`,
     );
   }
+}
+
+/** The REQUEST_CONTEXT frame naming `id`, or null when `id` is absent or not a request id. */
+export function contextFrame(id: string | undefined): Uint8Array | null {
+  return id !== undefined && isRequestId(id)
+    ? encodeFrame(Command.REQUEST_CONTEXT, encodeRequestContext(id))
+    : null;
+}
+
+/** `frame` after `head` (one buffer, for one write), or `frame` alone. */
+export function prefixed(head: Uint8Array | null, frame: Uint8Array): Uint8Array {
+  if (!head) return frame;
+  const b = new Uint8Array(head.length + frame.length);
+  b.set(head, 0);
+  b.set(frame, head.length);
+  return b;
 }
 
 function delay(ms: number): Promise<void> {

@@ -29,7 +29,9 @@ import type { ByteSocket } from './transport.ts';
  * made during one turn of the event loop go out in one write when the turn ends (setImmediate).
  * After an error reply the server closes the connection (seed rule): the requests behind it were
  * never handled, and fail with `Unanswered`, which the pool resends on a connection of its own
- * (only idempotent reads are pipelined). Bounds: `depth` requests at most in flight per pipe
+ * (only idempotent reads are pipelined: small downloads, whose handler reads at once; not a
+ * stat, which may hash a whole file the seed stored without a checksum and would hold every
+ * request behind it that long). Bounds: `depth` requests at most in flight per pipe
  * (each reply at most `maxReplyBytes`, so a pipe holds at most depth × maxReplyBytes), `ioTimeoutMs` of
  * silence while requests are in flight tears the pipe down and fails them all with TIMEOUT.
  */

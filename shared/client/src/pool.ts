@@ -1,15 +1,7 @@
 import { DsmError, ErrorCode, isDsmError } from '@dsm/common/errors';
-import {
-  type Address,
-  Command,
-  encodeFrame,
-  encodeRequestContext,
-  type FrameSpec,
-  formatAddress,
-  isRequestId,
-} from '@dsm/packets';
+import { type Address, encodeFrame, type FrameSpec, formatAddress } from '@dsm/packets';
 import type { ClusterKey } from './cluster-key.ts';
-import { Connection } from './connection.ts';
+import { Connection, contextFrame, prefixed } from './connection.ts';
 import { started } from './failover.ts';
 import { Pipe, type PipelineOptions, Unanswered } from './pipeline.ts';
 import type { Transport } from './transport.ts';
@@ -124,14 +116,7 @@ export class Pool {
     const pl = this.#opts.pipeline;
     const pipe = pl && ok.kind === 'buffered' && ok.max <= pl.maxReplyBytes ? this.#pipeFor(addr, pl) : null;
     if (!pipe) return alone();
-    let frame = encodeFrame(command, body);
-    if (requestId !== undefined && isRequestId(requestId)) {
-      const ctx = encodeFrame(Command.REQUEST_CONTEXT, encodeRequestContext(requestId));
-      const both = new Uint8Array(ctx.length + frame.length);
-      both.set(ctx, 0);
-      both.set(frame, ctx.length);
-      frame = both;
-    }
+    const frame = prefixed(contextFrame(requestId), encodeFrame(command, body));
     return pipe.request(frame, replyCommand, ok).catch((e: unknown) => {
       if (e instanceof Unanswered) return alone();
       throw e;
