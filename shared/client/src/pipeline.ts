@@ -53,6 +53,8 @@ export class Unanswered extends DsmError {
 }
 
 interface Entry {
+  /** When the request was queued (Date.now()). */
+  at: number;
   spec: SpecFn;
   resolve: (b: Uint8Array) => void;
   reject: (e: unknown) => void;
@@ -94,6 +96,11 @@ export class Pipe {
     return !this.#dead && !this.#sock.closed;
   }
 
+  /** Since when the oldest unanswered request waits (Date.now() ms), or null when none waits. */
+  get waitingSince(): number | null {
+    return this.#entries[0]?.at ?? null;
+  }
+
   /**
    * Queues `frame` (one request, with its request context frame in front when there is one);
    * its reply follows `replyCommand` and `ok` (an error reply rejects with RemoteError).
@@ -101,11 +108,12 @@ export class Pipe {
   request(frame: Uint8Array, replyCommand: number, ok: FrameSpec): Promise<Uint8Array> {
     if (!this.usable) return Promise.reject(new Unanswered(`pipe to ${this.address} is closed`));
     return new Promise<Uint8Array>((resolve, reject) => {
-      if (this.#entries.length === 0) this.#activityAt = Date.now();
-      this.#entries.push({ spec: replySpec(replyCommand, ok), resolve, reject });
+      const now = Date.now();
+      if (this.#entries.length === 0) this.#activityAt = now;
+      this.#entries.push({ at: now, spec: replySpec(replyCommand, ok), resolve, reject });
       this.#out.push(frame);
       this.#outBytes += frame.length;
-      this.lastUsed = Date.now();
+      this.lastUsed = now;
       if (this.#timer === undefined) this.#arm(this.#ioTimeoutMs);
       if (!this.#flushing) {
         this.#flushing = true;

@@ -48,6 +48,14 @@ interface Slot {
 const PIPE_RETRY_MS = 1000;
 
 /**
+ * A pipe whose oldest request has waited this long takes no more: a request stuck behind a slow
+ * one (a metadata lookup that waits for a busy database) would wait as long, so new requests
+ * take connections of their own until it moves again. A small read answers in a millisecond or
+ * two here, under load too.
+ */
+export const PIPE_STALL_MS = 50;
+
+/**
  * Connections per server address with a bounded queue and timeouts (undici's Pool idea).
  * Connections stay open between requests, as the seed's client does.
  */
@@ -123,18 +131,24 @@ export class Pool {
     });
   }
 
-  /** The least busy pipe to `addr` with room, or null; opens another when all are half full. */
+  /**
+   * The least busy pipe to `addr` with room and not stalled (PIPE_STALL_MS), or null; opens
+   * another when all are half full.
+   */
   #pipeFor(addr: Address, pl: PipelineOptions): Pipe | null {
     if (this.#closed) return null;
     const key = keyOf(addr);
     const slot = this.#slot(key);
     let best: Pipe | null = null;
+    const stalledBefore = Date.now() - PIPE_STALL_MS;
     for (let i = slot.pipes.length - 1; i >= 0; i--) {
       const p = slot.pipes[i] as Pipe;
       if (!p.usable) {
         slot.pipes.splice(i, 1);
         continue;
       }
+      const since = p.waitingSince;
+      if (since !== null && since < stalledBefore) continue;
       if (!best || p.depth < best.depth) best = p;
     }
     if (

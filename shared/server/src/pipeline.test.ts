@@ -147,7 +147,7 @@ describe('pipelined requests (Pool.request)', () => {
     expect(new Set(seen.map((s) => s.conn)).size).toBe(1);
   });
 
-  it('a slow request holds back neither the replies before it nor those of other connections', async () => {
+  it('a slow request holds back neither the replies before it, nor other connections, nor requests made once it stalled the pipe', async () => {
     const p = pool();
     await warm(p, port);
     lateBy.set(201, 600);
@@ -157,10 +157,17 @@ describe('pipelined requests (Pool.request)', () => {
       const slow = ask(p, port, 201).then(() => performance.now() - t0);
       const other = pool({ pipeline: undefined });
       const alone = ask(other, port, 202).then(() => performance.now() - t0);
-      const [a, b, c] = await Promise.all([first, slow, alone]);
+      // asked once the pipe is stalled (PIPE_STALL_MS): not queued behind the slow one
+      await new Promise((r) => setTimeout(r, 150));
+      seen.length = 0;
+      const later = ask(p, port, 203).then(() => performance.now() - t0);
+      const [a, b, c, d] = await Promise.all([first, slow, alone, later]);
       expect(a).toBeLessThan(300);
       expect(c).toBeLessThan(300);
+      expect(d).toBeLessThan(450);
       expect(b).toBeGreaterThanOrEqual(590);
+      const slowConn = seen.find((x) => x.n === 201)?.conn;
+      expect(seen.find((x) => x.n === 203)?.conn).not.toBe(slowConn);
     } finally {
       lateBy.delete(201);
     }
