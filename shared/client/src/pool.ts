@@ -170,7 +170,13 @@ export class Pool {
           conn.destroy();
           return;
         }
-        slot.pipes.push(new Pipe(conn.detach(), key, this.#opts.ioTimeoutMs));
+        try {
+          slot.pipes.push(new Pipe(conn.detach(), key, this.#opts.ioTimeoutMs));
+        } catch {
+          // bytes the server sent unasked after the handshake: no pipe on that connection
+          conn.destroy();
+          slot.pipesAfter = Date.now() + PIPE_RETRY_MS;
+        }
       },
       () => {
         // the requests meanwhile take the pool's way, which reports the failure

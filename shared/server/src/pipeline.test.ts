@@ -4,15 +4,20 @@
  * silent server, a lying server, the depth bound, and the cluster-key handshake first.
  */
 import { createServer, type Server } from 'node:net';
-import { type ClusterKey, Pool, RemoteError } from '@dsm/client';
+import { type ClusterKey, hmacSha256, Pool, RemoteError } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
-import { createLogger, type DsmError } from '@dsm/common';
+import { createLogger, DsmError } from '@dsm/common';
 import {
+  AUTH_NONCE_LENGTH,
+  AUTH_SERVER_LABEL,
+  authTranscript,
   Command,
   DOWNLOAD_LENGTH,
+  decodeAuthProve,
   decodeDownloadRequest,
   Errno,
   encodeDownloadRequest,
+  encodeFrame,
   encodeHeader,
   exactly,
   HEADER_LENGTH,
@@ -288,5 +293,79 @@ describe('a hostile server on a pipe', () => {
     expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected']);
     expect(((r[1] as PromiseRejectedResult).reason as DsmError).code).toBe('DSM_ERR_PROTOCOL');
     expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * 1024 * 1024);
+  });
+});
+
+describe('a server that sends bytes nobody asked for after the handshake', () => {
+  const key: ClusterKey = { id: 'k1', secret: new TextEncoder().encode('t'.repeat(40)) };
+  let server: Server;
+  let serverPort = 0;
+  const sockets = new Set<import('node:net').Socket>();
+  beforeAll(async () => {
+    server = createServer((s) => {
+      sockets.add(s);
+      const nonce = new Uint8Array(AUTH_NONCE_LENGTH).fill(9);
+      let buf = Buffer.alloc(0);
+      s.on('data', async (d) => {
+        buf = Buffer.concat([buf, d]);
+        while (buf.length >= HEADER_LENGTH) {
+          const len = Number(buf.readBigInt64BE(0));
+          if (buf.length < HEADER_LENGTH + len) return;
+          const command = buf[8];
+          const body = new Uint8Array(buf.subarray(HEADER_LENGTH, HEADER_LENGTH + len));
+          buf = buf.subarray(HEADER_LENGTH + len);
+          if (command === Command.AUTH_CHALLENGE) {
+            s.write(encodeFrame(Command.STORAGE_REPLY, nonce));
+          } else if (command === Command.AUTH_PROVE) {
+            const m = decodeAuthProve(body);
+            const proof = await hmacSha256(
+              key,
+              authTranscript(AUTH_SERVER_LABEL, nonce, m.clientNonce, m.keyId),
+            );
+            // the proof, then a frame nobody asked for, in one write
+            s.write(
+              Buffer.concat([
+                encodeFrame(Command.STORAGE_REPLY, proof),
+                encodeFrame(Command.STORAGE_REPLY, new Uint8Array(0)),
+              ]),
+            );
+          } else {
+            s.write(encodeFrame(Command.STORAGE_REPLY, bytesOf(0, 4096)));
+          }
+        }
+      });
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    serverPort = (server.address() as { port: number }).port;
+  });
+  afterAll(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
+
+  it('opens no pipe on that connection, and nothing goes unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const p = pool({ auth: key });
+      // each of these opens a connection whose handshake ends with the stray frame (the pool's
+      // own ones fail their request on it; the pipe's cannot be handed over)
+      for (let i = 0; i < 3; i++) {
+        const r = await ask(p, serverPort, i).then(
+          () => null,
+          (e: unknown) => e,
+        );
+        if (r !== null) expect(r).toBeInstanceOf(DsmError);
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 });
