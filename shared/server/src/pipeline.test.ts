@@ -3,7 +3,7 @@
  * ProtocolServer: order, byte-exact replies, an error reply in the middle, a slow request, a
  * silent server, a lying server, the depth bound, and the cluster-key handshake first.
  */
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { type ClusterKey, hmacSha256, Pool, RemoteError } from '@dsm/client';
 import { nodeTransport } from '@dsm/client/node';
 import { createLogger, DsmError } from '@dsm/common';
@@ -12,7 +12,6 @@ import {
   AUTH_SERVER_LABEL,
   authTranscript,
   Command,
-  DOWNLOAD_LENGTH,
   decodeAuthProve,
   decodeDownloadRequest,
   Errno,
@@ -102,6 +101,46 @@ let port = 0;
 beforeAll(async () => {
   port = await start();
 });
+
+/**
+ * A raw TCP server for the hostile cases: `onFrame` gets each request frame's command and body
+ * (the socket to answer on); closed with every connection after the describe block.
+ */
+function rawServer(onFrame: (s: Socket, command: number, body: Uint8Array) => void | Promise<void>): {
+  port: () => number;
+} {
+  let server: Server;
+  let port = 0;
+  const sockets = new Set<Socket>();
+  beforeAll(async () => {
+    server = createServer((s) => {
+      sockets.add(s);
+      let buf = Buffer.alloc(0);
+      s.on('data', async (d) => {
+        buf = Buffer.concat([buf, d]);
+        while (buf.length >= HEADER_LENGTH) {
+          const len = Number(buf.readBigInt64BE(0));
+          if (buf.length < HEADER_LENGTH + len) return;
+          const command = buf[8] as number;
+          const body = new Uint8Array(buf.subarray(HEADER_LENGTH, HEADER_LENGTH + len));
+          buf = buf.subarray(HEADER_LENGTH + len);
+          await onFrame(s, command, body);
+        }
+      });
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as { port: number }).port;
+  });
+  afterAll(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
+  return { port: () => port };
+}
 
 describe('pipelined requests (Pool.request)', () => {
   it('many at once share one connection and come back in order, byte-exact, each with its request id', async () => {
@@ -246,48 +285,26 @@ describe('pipelined requests (Pool.request)', () => {
 });
 
 describe('a hostile server on a pipe', () => {
-  let liar: Server;
-  let liarPort = 0;
-  const sockets = new Set<import('node:net').Socket>();
   /** Replies per connection: the first request right, then a frame that claims 1 TiB. */
-  beforeAll(async () => {
-    liar = createServer((s) => {
-      sockets.add(s);
-      let buf = Buffer.alloc(0);
-      let answered = 0;
-      s.on('data', (d) => {
-        buf = Buffer.concat([buf, d]);
-        const frame = HEADER_LENGTH + DOWNLOAD_LENGTH;
-        while (buf.length >= frame) {
-          buf = buf.subarray(frame);
-          const h = new Uint8Array(HEADER_LENGTH);
-          if (answered++ === 0) {
-            encodeHeader({ bodyLength: 4096, command: Command.STORAGE_REPLY, status: Status.OK }, h, 0);
-            s.write(Buffer.concat([h, Buffer.from(bytesOf(0, 4096))]));
-          } else {
-            encodeHeader({ bodyLength: 2 ** 40, command: Command.STORAGE_REPLY, status: Status.OK }, h, 0);
-            s.write(h);
-          }
-        }
-      });
-      s.on('error', () => {});
-    });
-    await new Promise<void>((r) => liar.listen(0, '127.0.0.1', r));
-    liarPort = (liar.address() as { port: number }).port;
+  const answered = new WeakMap<Socket, number>();
+  const liar = rawServer((s) => {
+    const n = answered.get(s) ?? 0;
+    answered.set(s, n + 1);
+    const h = new Uint8Array(HEADER_LENGTH);
+    if (n === 0) {
+      encodeHeader({ bodyLength: 4096, command: Command.STORAGE_REPLY, status: Status.OK }, h, 0);
+      s.write(Buffer.concat([h, Buffer.from(bytesOf(0, 4096))]));
+    } else {
+      encodeHeader({ bodyLength: 2 ** 40, command: Command.STORAGE_REPLY, status: Status.OK }, h, 0);
+      s.write(h);
+    }
   });
-  afterAll(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        liar.close(() => r());
-      }),
-  );
 
   it('a reply longer than asked is refused from its header (nothing allocated), and fails that request only', async () => {
     const p = pool();
-    await warm(p, liarPort); // the pool's own connection: its first reply is right
+    await warm(p, liar.port()); // the pool's own connection: its first reply is right
     const before = process.memoryUsage().arrayBuffers;
-    const r = await Promise.allSettled([ask(p, liarPort, 1), ask(p, liarPort, 2)]);
+    const r = await Promise.allSettled([ask(p, liar.port(), 1), ask(p, liar.port(), 2)]);
     // the pipe's first reply is right, its second lies: that request fails (PROTOCOL) and the
     // pipe is dropped
     expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected']);
@@ -298,54 +315,24 @@ describe('a hostile server on a pipe', () => {
 
 describe('a server that sends bytes nobody asked for after the handshake', () => {
   const key: ClusterKey = { id: 'k1', secret: new TextEncoder().encode('t'.repeat(40)) };
-  let server: Server;
-  let serverPort = 0;
-  const sockets = new Set<import('node:net').Socket>();
-  beforeAll(async () => {
-    server = createServer((s) => {
-      sockets.add(s);
-      const nonce = new Uint8Array(AUTH_NONCE_LENGTH).fill(9);
-      let buf = Buffer.alloc(0);
-      s.on('data', async (d) => {
-        buf = Buffer.concat([buf, d]);
-        while (buf.length >= HEADER_LENGTH) {
-          const len = Number(buf.readBigInt64BE(0));
-          if (buf.length < HEADER_LENGTH + len) return;
-          const command = buf[8];
-          const body = new Uint8Array(buf.subarray(HEADER_LENGTH, HEADER_LENGTH + len));
-          buf = buf.subarray(HEADER_LENGTH + len);
-          if (command === Command.AUTH_CHALLENGE) {
-            s.write(encodeFrame(Command.STORAGE_REPLY, nonce));
-          } else if (command === Command.AUTH_PROVE) {
-            const m = decodeAuthProve(body);
-            const proof = await hmacSha256(
-              key,
-              authTranscript(AUTH_SERVER_LABEL, nonce, m.clientNonce, m.keyId),
-            );
-            // the proof, then a frame nobody asked for, in one write
-            s.write(
-              Buffer.concat([
-                encodeFrame(Command.STORAGE_REPLY, proof),
-                encodeFrame(Command.STORAGE_REPLY, new Uint8Array(0)),
-              ]),
-            );
-          } else {
-            s.write(encodeFrame(Command.STORAGE_REPLY, bytesOf(0, 4096)));
-          }
-        }
-      });
-      s.on('error', () => {});
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    serverPort = (server.address() as { port: number }).port;
+  const nonce = new Uint8Array(AUTH_NONCE_LENGTH).fill(9);
+  const stray = rawServer(async (s, command, body) => {
+    if (command === Command.AUTH_CHALLENGE) {
+      s.write(encodeFrame(Command.STORAGE_REPLY, nonce));
+    } else if (command === Command.AUTH_PROVE) {
+      const m = decodeAuthProve(body);
+      const proof = await hmacSha256(key, authTranscript(AUTH_SERVER_LABEL, nonce, m.clientNonce, m.keyId));
+      // the proof, then a frame nobody asked for, in one write
+      s.write(
+        Buffer.concat([
+          encodeFrame(Command.STORAGE_REPLY, proof),
+          encodeFrame(Command.STORAGE_REPLY, new Uint8Array(0)),
+        ]),
+      );
+    } else {
+      s.write(encodeFrame(Command.STORAGE_REPLY, bytesOf(0, 4096)));
+    }
   });
-  afterAll(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  );
 
   it('opens no pipe on that connection, and nothing goes unhandled', async () => {
     const unhandled: unknown[] = [];
@@ -356,7 +343,7 @@ describe('a server that sends bytes nobody asked for after the handshake', () =>
       // each of these opens a connection whose handshake ends with the stray frame (the pool's
       // own ones fail their request on it; the pipe's cannot be handed over)
       for (let i = 0; i < 3; i++) {
-        const r = await ask(p, serverPort, i).then(
+        const r = await ask(p, stray.port(), i).then(
           () => null,
           (e: unknown) => e,
         );
