@@ -27,6 +27,7 @@ import {
   streamed,
 } from '@dsm/packets';
 import { type ClusterKey, hmacSha256 } from './cluster-key.ts';
+import { SilenceWatch } from './silence.ts';
 import type { ByteSocket } from './transport.ts';
 
 /** A streamed request whose body is at most this big sends its header with the body's first chunk. */
@@ -70,12 +71,11 @@ export class Connection {
   #events: FrameEvent[] = [];
   #usable = true;
   #busy = false;
-  /** When a byte last went out or came in: the reply timeout counts silence from here. */
-  #activityAt = 0;
-  /** A read is waiting for the server (the idle timer only counts silence then). */
+  /** A read is waiting for the server (the silence watch only counts silence then). */
   #reading = false;
   #timedOut = false;
-  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The reply timeout: ioTimeoutMs of silence while a read waits tears the socket down. */
+  readonly #silence: SilenceWatch;
   lastUsed = Date.now();
   /** The REQUEST_CONTEXT frame sent before each request while a request id is set. */
   #context: Uint8Array | null = null;
@@ -85,6 +85,14 @@ export class Connection {
     this.#sock = sock;
     this.address = address;
     this.#opts = opts;
+    this.#silence = new SilenceWatch(
+      opts.ioTimeoutMs,
+      () => this.#reading && this.#usable && !this.#sock.closed,
+      () => {
+        this.#timedOut = true;
+        this.destroy();
+      },
+    );
   }
 
   /**
@@ -137,9 +145,7 @@ export class Connection {
   }
 
   #clearIdle(): void {
-    if (this.#idleTimer === undefined) return;
-    clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
+    this.#silence.stop();
   }
 
   /**
@@ -306,7 +312,7 @@ export class Connection {
             await this.#sock.write(chunk);
           }
           // bytes flowing: the reply read below waits ioTimeoutMs of silence, not of upload
-          this.#activityAt = Date.now();
+          this.#silence.stamp();
           sent += chunk.length;
           onProgress?.(sent);
         }
@@ -438,12 +444,10 @@ export class Connection {
 
   /**
    * The next bytes from the server, or a TIMEOUT after `ioTimeoutMs` with nothing sent or
-   * received: while a streamed upload's body still goes out (requestStreamed moves
-   * `#activityAt`), the wait for its reply goes on, however long the upload takes.
-   *
-   * One idle timer per connection, not one per read: a read only stamps `#activityAt`; the
-   * timer (armed on the first wait, re-armed when it fires early) tears the socket down when a
-   * read has waited `ioTimeoutMs` since the last activity, which wakes that read with null.
+   * received: while a streamed upload's body still goes out (requestStreamed stamps the
+   * silence watch), the wait for its reply goes on, however long the upload takes. The watch
+   * (silence.ts) tears the socket down when a read has waited `ioTimeoutMs` since the last
+   * activity, which wakes that read with null.
    */
   async #readWithTimeout(): Promise<Uint8Array | null> {
     try {
@@ -457,38 +461,13 @@ export class Connection {
     }
   }
 
-  /** A read of the next bytes, watched by the idle timer (`#reading` until the caller clears it). */
+  /** A read of the next bytes, watched for silence (`#reading` until the caller clears it). */
   #startRead(): Promise<Uint8Array | null> {
-    this.#activityAt = Date.now();
+    this.#silence.stamp();
     this.#reading = true;
-    if (this.#idleTimer === undefined) this.#armIdle(this.#opts.ioTimeoutMs);
+    this.#silence.watch();
     return this.#sock.read();
   }
-
-  #armIdle(ms: number): void {
-    const t = setTimeout(this.#onIdle, ms);
-    // Node: an idle pooled connection does not keep the process alive (Workers: a number)
-    if (typeof t === 'object' && t !== null && 'unref' in t) t.unref();
-    this.#idleTimer = t;
-  }
-
-  readonly #onIdle = (): void => {
-    this.#idleTimer = undefined;
-    if (!this.#usable || this.#sock.closed) return;
-    const limit = this.#opts.ioTimeoutMs;
-    const quiet = Date.now() - this.#activityAt;
-    if (!this.#reading) {
-      // between requests, or a reply consumer that is slow to ask for more: not silence; the
-      // next read re-arms
-      return;
-    }
-    if (quiet < limit) {
-      this.#armIdle(limit - quiet);
-      return;
-    }
-    this.#timedOut = true;
-    this.destroy();
-  };
 
   #timeoutError(): DsmError {
     return new DsmError(

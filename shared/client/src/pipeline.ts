@@ -11,6 +11,7 @@ import {
   Status,
 } from '@dsm/packets';
 import { RemoteError } from './connection.ts';
+import { SilenceWatch } from './silence.ts';
 import type { ByteSocket } from './transport.ts';
 
 /**
@@ -66,7 +67,6 @@ const schedule: (fn: () => void) => void =
 export class Pipe {
   readonly address: string;
   readonly #sock: ByteSocket;
-  readonly #ioTimeoutMs: number;
   readonly #entries: Entry[] = [];
   /** Reply frames whose header was read (their spec taken) but not yet handed out. */
   #specAt = 0;
@@ -75,15 +75,22 @@ export class Pipe {
   #outBytes = 0;
   #flushing = false;
   #dead = false;
-  #activityAt = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  /** ioTimeoutMs of silence while requests wait ends the pipe (silence.ts). */
+  readonly #silence: SilenceWatch;
   lastUsed = Date.now();
 
   constructor(sock: ByteSocket, address: string, ioTimeoutMs: number) {
     this.#sock = sock;
     this.address = address;
-    this.#ioTimeoutMs = ioTimeoutMs;
     this.#reader = new FrameReader(this.#specOf);
+    this.#silence = new SilenceWatch(
+      ioTimeoutMs,
+      () => !this.#dead && this.#entries.length > 0,
+      () => {
+        this.#fail(new DsmError(ErrorCode.TIMEOUT, `no reply from ${address} within ${ioTimeoutMs} ms`));
+        this.#sock.destroy();
+      },
+    );
     void this.#readLoop();
   }
 
@@ -109,12 +116,12 @@ export class Pipe {
     if (!this.usable) return Promise.reject(new Unanswered(`pipe to ${this.address} is closed`));
     return new Promise<Uint8Array>((resolve, reject) => {
       const now = Date.now();
-      if (this.#entries.length === 0) this.#activityAt = now;
+      if (this.#entries.length === 0) this.#silence.stamp(now);
       this.#entries.push({ at: now, spec: replySpec(replyCommand, ok), resolve, reject });
       this.#out.push(frame);
       this.#outBytes += frame.length;
       this.lastUsed = now;
-      if (this.#timer === undefined) this.#arm(this.#ioTimeoutMs);
+      this.#silence.watch();
       if (!this.#flushing) {
         this.#flushing = true;
         schedule(this.#flush);
@@ -171,7 +178,7 @@ export class Pipe {
         return;
       }
       if (this.#dead) return;
-      this.#activityAt = Date.now();
+      this.#silence.stamp();
       try {
         for (const ev of this.#reader.push(chunk)) this.#deliver(ev);
       } catch (e) {
@@ -222,41 +229,11 @@ export class Pipe {
   #fail(e: DsmError): void {
     if (this.#dead) return;
     this.#dead = true;
-    this.#disarm();
+    this.#silence.stop();
     this.#out = [];
     this.#outBytes = 0;
     const entries = this.#entries.splice(0);
     this.#specAt = 0;
     for (const x of entries) x.reject(e);
   }
-
-  #arm(ms: number): void {
-    const t = setTimeout(this.#onTimer, ms);
-    if (typeof t === 'object' && t !== null && 'unref' in t) t.unref();
-    this.#timer = t;
-  }
-
-  #disarm(): void {
-    if (this.#timer === undefined) return;
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-  }
-
-  /**
-   * One timer per pipe, not one per request (nor re-armed per batch): it fires at most once per
-   * ioTimeoutMs, and ends the pipe when requests have waited that long since the last bytes came.
-   */
-  readonly #onTimer = (): void => {
-    this.#timer = undefined;
-    if (this.#dead || this.#entries.length === 0) return;
-    const quiet = Date.now() - this.#activityAt;
-    if (quiet < this.#ioTimeoutMs) {
-      this.#arm(this.#ioTimeoutMs - quiet);
-      return;
-    }
-    this.#fail(
-      new DsmError(ErrorCode.TIMEOUT, `no reply from ${this.address} within ${this.#ioTimeoutMs} ms`),
-    );
-    this.#sock.destroy();
-  };
 }
