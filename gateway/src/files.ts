@@ -7,7 +7,7 @@ import type { FileEntry, GatewayCore } from './core.ts';
 import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
 import { dispositionFor, typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
-import { requestBody, resumeDownload, toReadableStream } from './streams.ts';
+import { isSelfCounted, requestBody, resumeDownload, toReadableStream } from './streams.ts';
 import { cleanContentType, type StoredFile, uploadMultipart } from './uploads.ts';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -398,7 +398,7 @@ export interface CountedBody extends AsyncIterable<Uint8Array> {
 
 export function countedBody(src: AsyncIterable<Uint8Array>): CountedBody {
   // a body that counts itself (the hot lane's LaneBody)
-  if (typeof (src as Partial<CountedBody>).received === 'number') return src as CountedBody;
+  if (isSelfCounted(src)) return src;
   const body = {
     received: 0,
     async *[Symbol.asyncIterator]() {

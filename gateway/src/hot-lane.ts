@@ -4,6 +4,7 @@ import type { Logger } from '@dsm/common';
 import { DsmError } from '@dsm/common/errors';
 import type { FastReply, FastRequest, FastUpload } from './app.ts';
 import { GatewayErrorCode } from './problem.ts';
+import { SELF_COUNTED, type SelfCountedBody } from './streams.ts';
 
 /**
  * The hot lane: the Node entry's plain-HTTP connections start here instead of in `node:http`.
@@ -502,7 +503,8 @@ const CONTINUE = 'HTTP/1.1 100 Continue\r\n\r\n';
  * that stops early (the upload failed) makes the rest of the body be read and dropped, as
  * node:http does after answering a request whose body it did not read.
  */
-export class LaneBody implements AsyncIterableIterator<Uint8Array> {
+export class LaneBody implements AsyncIterableIterator<Uint8Array>, SelfCountedBody {
+  readonly [SELF_COUNTED] = true as const;
   /** Bytes handed to the reader (files.ts CountedBody). */
   received = 0;
   /** The body's length: it yields exactly this many bytes or throws (streams.ts exactLength). */

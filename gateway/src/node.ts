@@ -57,12 +57,13 @@ export interface RunningGateway extends GatewayApp {
   close(): Promise<void>;
 }
 
-/** The Node entry: the Hono app on @hono/node-server, prom-client metrics, the tus sweeper. */
 /**
  * Reads of small replies (SMALL_BODY_BYTES, a small GET's) pipelined on up to 2 connections per
  * storage, 32 in flight on each (2 MiB of replies at most); more take connections of their own.
  */
 const UPSTREAM_PIPELINE = { pipes: 2, depth: 32, maxReplyBytes: SMALL_BODY_BYTES };
+
+/** The Node entry: the Hono app on @hono/node-server, prom-client metrics, the tus sweeper. */
 
 export async function startGateway(
   config: GatewayConfig,

@@ -221,8 +221,26 @@ export async function* limited(
  */
 export function exactLength(source: AsyncIterable<Uint8Array>, length: number): AsyncIterable<Uint8Array> {
   // a body exact by its own reading (the hot lane's LaneBody): no second count
-  if ((source as { exactLength?: number }).exactLength === length) return source;
+  if (isSelfCounted(source) && source.exactLength === length) return source;
   return exactly(source, length);
+}
+
+/** The mark of a SelfCountedBody. */
+export const SELF_COUNTED: unique symbol = Symbol('dsm.selfCountedBody');
+
+/**
+ * A request body that counts what it handed out (`received`) and yields exactly `exactLength`
+ * bytes or throws (the hot lane's LaneBody): `exactLength` and files.ts `countedBody` pass it
+ * through instead of wrapping it in a second count.
+ */
+export interface SelfCountedBody extends AsyncIterable<Uint8Array> {
+  readonly [SELF_COUNTED]: true;
+  readonly received: number;
+  readonly exactLength: number;
+}
+
+export function isSelfCounted(src: AsyncIterable<Uint8Array>): src is SelfCountedBody {
+  return (src as Partial<SelfCountedBody>)[SELF_COUNTED] === true;
 }
 
 async function* exactly(source: AsyncIterable<Uint8Array>, length: number): AsyncGenerator<Uint8Array> {
