@@ -10,12 +10,15 @@ import {
   bufferedBytes,
   countedBody,
   deleteFile,
+  downloadEnded,
   type FilePlan,
   fileMeta,
   planFileReply,
   type ReplyHeaders,
   rawBodyType,
+  releaseOnStall,
   serveFile,
+  slicedReply,
   uploadedHeaders,
   uploadFile,
   uploadReplyAt,
@@ -24,6 +27,7 @@ import { FILE_CSP } from './mime.ts';
 import { registerOpenApi } from './openapi.ts';
 import { GatewayErrorCode, HttpError, problemResponse, toProblem } from './problem.ts';
 import { recordProblem } from './status-page.ts';
+import { ReleasingSource, resumeDownload } from './streams.ts';
 import { TusService } from './tus.ts';
 import type { StoredFile } from './uploads.ts';
 
@@ -80,6 +84,11 @@ export interface FastRequest {
   header: HeaderOf;
   /** Who the per-client caps count it under (clientKey of the peer, or of the client a trusted proxy named). */
   client: string;
+  /**
+   * The caller writes a body as it is read (FastReply.stream: the hot lane). Without it, a reply
+   * that streams is left to the app (fastFile gives null).
+   */
+  streams?: boolean;
 }
 
 /** An upload as the fast path reads it. */
@@ -90,7 +99,22 @@ export interface FastUpload extends FastRequest {
   body: () => AsyncIterable<Uint8Array>;
 }
 
-/** The fast path's reply: all of it in memory. */
+/**
+ * A reply body read from the storage as the client takes it (a big file's, FastRequest.streams).
+ * Its writer reads `source` to the end or closes it, and calls `onEnd` once.
+ */
+export interface StreamedBody {
+  /** The download; a client that stops reading gives its storage connection back (ReleasingSource). */
+  source: ReleasingSource;
+  /** Exactly this many bytes (the reply's Content-Length); fewer is a failure. */
+  length: number;
+  /** Bytes sent (metrics). */
+  onChunk: (n: number) => void;
+  /** Once: at the end, on a failure (the writer then cuts the connection), or `cancelled` when the client went away. */
+  onEnd: (error: unknown, cancelled: boolean) => void;
+}
+
+/** The fast path's reply: all of it in memory, or its body streamed (`stream`). */
 export interface FastReply {
   status: number;
   /** The reply's headers; with `shared`, those of this request only (its X-Request-Id). */
@@ -102,6 +126,8 @@ export interface FastReply {
    */
   shared?: Readonly<Record<string, string>>;
   body: Uint8Array | null;
+  /** The body streamed instead (`body` is then null; only to a request that `streams`). */
+  stream?: StreamedBody;
 }
 
 /** A reply header of `reply` by its exact name, in its own headers or its shared ones. */
@@ -110,6 +136,11 @@ export function replyHeader(reply: FastReply, name: string): string | undefined 
 }
 
 const FILE_ROUTE = '/files/:id';
+
+/** A reply whose body the caller streams (FastRequest.streams): its plan, for openStream. */
+class ToStream {
+  constructor(readonly plan: FilePlan) {}
+}
 
 /** A Host header the fast path takes (the Node adapter's own test for a host it need not parse). */
 const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
@@ -474,14 +505,19 @@ export function createApp(deps: GatewayDeps): GatewayApp {
       // a slot while the storages are asked (mayDownload above: nothing ran since)
       return answerFetched(req, publicId, ids, limits.takeDownload(req.client), extra, t0);
     }
-    let reply: FastReply | Promise<FastReply> | null;
+    const client = core.client.forRequest(extra['X-Request-Id'] as string);
+    let reply: FastReply | Promise<FastReply> | ToStream | null;
     try {
-      reply = replyOf(req, cached, true, core.client.forRequest(extra['X-Request-Id'] as string), extra);
+      reply = replyOf(req, cached, true, client, extra);
     } catch (e) {
       reply = problemFor(req, extra, e); // the 416 of a range past the end
     }
     if (reply === null) return null; // the app streams it
     core.metrics?.cacheLookup?.('stat', true);
+    if (reply instanceof ToStream) {
+      const release = limits.takeDownload(req.client);
+      return openStream(req, cached, reply.plan, client, extra, release, t0);
+    }
     if (!(reply instanceof Promise)) {
       // in memory: no download slot is held (files.ts bufferedBytes)
       answered(req, extra, reply, t0);
@@ -528,8 +564,9 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   /**
    * The reply to `req` for the file `f`, its stat known: at once when no bytes are sent or they
    * are in memory; a promise when they are read (files.ts bufferedBytes: the small-file cache
-   * reads and keeps a whole file it takes, a small range of another file is read whole); null
-   * for a reply that streams (the app's). Throws the 416 of a range it cannot satisfy.
+   * reads and keeps a whole file it takes, a small range of another file is read whole); a
+   * ToStream for a reply the caller streams (openStream); null for one the app serves (a caller
+   * that does not stream, or coalesced slices). Throws the 416 of a range it cannot satisfy.
    */
   const replyOf = (
     req: FastRequest,
@@ -537,11 +574,11 @@ export function createApp(deps: GatewayDeps): GatewayApp {
     usable: boolean,
     client: DsmClient,
     extra: ReplyHeaders,
-  ): FastReply | Promise<FastReply> | null => {
+  ): FastReply | Promise<FastReply> | ToStream | null => {
     const plan = planFileReply(f, undefined, req.header('range') ?? null, undefined);
     if (req.method !== 'GET' || plan.length === 0) return planReply(plan, extra, null);
     const bytes = bufferedBytes(core, client, f, usable, plan.start, plan.length);
-    if (bytes === null) return null;
+    if (bytes === null) return req.streams && !slicedReply(core, plan.length) ? new ToStream(plan) : null;
     const reply = (body: Uint8Array) => {
       core.metrics?.bytesOut(FILE_ROUTE, plan.length);
       return planReply(plan, extra, body);
@@ -560,18 +597,61 @@ export function createApp(deps: GatewayDeps): GatewayApp {
   ): Promise<FastReply | null> => {
     const requestId = extra['X-Request-Id'] as string;
     let reply: FastReply;
+    let handed = false;
     try {
       let usable = core.cachesUsable();
       if (typeof usable !== 'boolean') usable = await usable;
       const client = core.client.forRequest(requestId);
       const f = await core.file(publicId, ids, usable, client);
       const r = replyOf(req, f, usable, client, extra);
-      if (r === null) return null; // a reply that streams
+      if (r === null) return null; // the app serves it
+      if (r instanceof ToStream) {
+        handed = true; // the slot is the stream's now
+        return await openStream(req, f, r.plan, client, extra, release, t0);
+      }
       reply = r instanceof Promise ? await r : r;
     } catch (e) {
       reply = await problemFor(req, extra, e);
     } finally {
+      if (!handed) release();
+    }
+    answered(req, extra, reply, t0);
+    return reply;
+  };
+
+  /**
+   * The reply of `plan` with its body streamed from the storage (FastReply.stream), for a caller
+   * that streams: the download slot `release` is held until the body ends. A storage that cannot
+   * start the download gives the app's problem reply. Logged when its head is sent, as the app's.
+   */
+  const openStream = async (
+    req: FastRequest,
+    f: FileEntry,
+    plan: FilePlan,
+    client: DsmClient,
+    extra: ReplyHeaders,
+    release: () => void,
+    t0: number,
+  ): Promise<FastReply> => {
+    let reply: FastReply;
+    try {
+      const ids = f.ids;
+      // a storage offering another length than asked is a 502 (resumeDownload checks it)
+      const first = await resumeDownload(client, ids, plan.start, plan.length);
+      const ended = downloadEnded(core, ids);
+      reply = planReply(plan, extra, null);
+      reply.stream = {
+        source: new ReleasingSource(first, releaseOnStall(core, client, ids, plan.start, plan.length)),
+        length: plan.length,
+        onChunk: (n) => core.metrics?.bytesOut(FILE_ROUTE, n),
+        onEnd: (e, cancelled) => {
+          release();
+          ended(e, cancelled);
+        },
+      };
+    } catch (e) {
       release();
+      reply = await problemFor(req, extra, e);
     }
     answered(req, extra, reply, t0);
     return reply;

@@ -7,7 +7,13 @@ import type { FileEntry, GatewayCore } from './core.ts';
 import { evaluatePreconditions, ifRangeAllows, parseRange } from './http-semantics.ts';
 import { dispositionFor, typeForName } from './mime.ts';
 import { badRequest, GatewayErrorCode, HttpError, tooLarge } from './problem.ts';
-import { isSelfCounted, requestBody, resumeDownload, toReadableStream } from './streams.ts';
+import {
+  isSelfCounted,
+  type ReleaseOnStall,
+  requestBody,
+  resumeDownload,
+  toReadableStream,
+} from './streams.ts';
 import { cleanContentType, type StoredFile, uploadMultipart } from './uploads.ts';
 
 export const IMMUTABLE = 'public, max-age=31536000, immutable';
@@ -128,43 +134,66 @@ export async function serveFile(
   // a big file's reply of modest length: coalesced slices, shared with concurrent requests (the
   // Worker's edge cache: every reply)
   const slices = core.slices;
-  if (
-    slices &&
-    (core.slicesForAll || (length > SMALL_BODY_BYTES && length <= core.cfg.rangeCache.maxReplyBytes))
-  ) {
+  if (slices && slicedReply(core, length)) {
     const body = slices.stream({ ...f, size }, start, length, {
       source: core.sliceSource,
       keep: usable,
       stallMs: core.cfg.timeouts.upstreamReleaseMs,
       onChunk: (n) => core.metrics?.bytesOut(route, n),
-      onEnd: (e, cancelled) => {
-        if (cancelled) {
-          if (core.debugEnabled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
-        } else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
-      },
+      onEnd: downloadEnded(core, ids),
     });
     seal(c, headers);
     return new Response(body, { status, headers });
   }
 
+  const client = core.clientFor(c);
   // a storage offering another length than asked is a 502 (resumeDownload checks it)
-  const source = await resumeDownload(core.clientFor(c), ids, start, length);
+  const source = await resumeDownload(client, ids, start, length);
   const body = toReadableStream(
     source,
     (n) => core.metrics?.bytesOut(route, n),
-    (e, cancelled) => {
-      if (cancelled) {
-        if (core.debugEnabled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
-      } else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
-    },
-    // a client that stops reading gives its storage connection back (timeouts.upstreamReleaseMs)
-    {
-      afterMs: core.cfg.timeouts.upstreamReleaseMs,
-      reopen: (done) => resumeDownload(core.clientFor(c), ids, start + done, length - done),
-    },
+    downloadEnded(core, ids),
+    releaseOnStall(core, client, ids, start, length),
   );
   seal(c, headers);
   return new Response(body, { status, headers });
+}
+
+/**
+ * Whether a reply of `length` bytes of a big file is served from coalesced slices (shared with
+ * concurrent requests; the Worker's edge cache: every reply) rather than streamed on its own.
+ */
+export function slicedReply(core: GatewayCore, length: number): boolean {
+  return (
+    core.slices !== null &&
+    (core.slicesForAll || (length > SMALL_BODY_BYTES && length <= core.cfg.rangeCache.maxReplyBytes))
+  );
+}
+
+/** A streamed download's end, logged: a client gone (debug), a storage failing midway (warn). */
+export function downloadEnded(core: GatewayCore, ids: FileIds): (e: unknown, cancelled: boolean) => void {
+  return (e, cancelled) => {
+    if (cancelled) {
+      if (core.debugEnabled) core.log.debug({ fileId: ids.fileId }, 'client went away during a download');
+    } else if (e) core.log.warn({ err: e, fileId: ids.fileId }, 'download stream failed midway');
+  };
+}
+
+/**
+ * A client that stops reading gives its storage connection back (timeouts.upstreamReleaseMs):
+ * the rest of the `length` bytes from `start` is asked again when it reads on.
+ */
+export function releaseOnStall(
+  core: GatewayCore,
+  client: DsmClient,
+  ids: FileIds,
+  start: number,
+  length: number,
+): ReleaseOnStall {
+  return {
+    afterMs: core.cfg.timeouts.upstreamReleaseMs,
+    reopen: (done) => resumeDownload(client, ids, start + done, length - done),
+  };
 }
 
 const NO_RANGE = { kind: 'none' as const };

@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto';
+import { statSync, truncateSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { until } from '@dsm/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LaneBody, parseHead, replyHead } from './hot-lane.ts';
 import type { RunningGateway } from './node.ts';
@@ -414,6 +417,139 @@ describe('the hot lane reads a raw upload’s body itself', () => {
     expect(after.status).toBe(200);
     await after.arrayBuffer();
   });
+});
+
+describe('the hot lane streams big files', () => {
+  const MiB = 1024 * 1024;
+  /** A raw GET of `id` from `g` that reads at least `take` bytes (head included), then pauses. */
+  async function partial(g: RunningGateway, id: string, take: number) {
+    const sock = connect({ host: '127.0.0.1', port: g.port });
+    sockets.push(sock);
+    sock.on('error', () => {});
+    const chunks: Buffer[] = [];
+    let got = 0;
+    let paused = false;
+    let closed = false;
+    sock.on('close', () => {
+      closed = true;
+    });
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    await new Promise<void>((r) => {
+      sock.on('data', (d) => {
+        chunks.push(d);
+        got += d.length;
+        if (got >= take && !paused) {
+          paused = true;
+          sock.pause();
+          r();
+        }
+      });
+      sock.write(get(id));
+    });
+    return { sock, all: () => Buffer.concat(chunks), closed: () => closed };
+  }
+
+  it('a whole big file and a long range of it stream in the lane, byte-exact, and the connection stays in the lane for the next request', async () => {
+    // past rangeCache.maxReplyBytes (16 MiB): neither is served from coalesced slices
+    const bytes = patternBytes(18 * MiB, 21);
+    const big = await upload(lane, bytes);
+    const r = await same(
+      [get(big) + get(big, 'Range: bytes=1000-17000999\r\n') + get(small)],
+      ['GET', 'GET', 'GET'],
+      { quietMs: 1000 },
+    );
+    expect(r.replies.map((x) => x.status)).toEqual([200, 206, 200]);
+    expect(r.replies[0]?.headers['content-length']).toBe(String(18 * MiB));
+    expect(r.replies[0]?.body.equals(Buffer.from(bytes))).toBe(true);
+    expect(r.replies[1]?.headers['content-range']).toBe(`bytes 1000-17000999/${18 * MiB}`);
+    expect(r.replies[1]?.body.equals(Buffer.from(bytes.subarray(1000, 17_001_000)))).toBe(true);
+    expect(r.replies[2]?.body.equals(Buffer.from(smallBytes))).toBe(true);
+    expect(r.inLane, 'the connection is still in the lane').toBe(true);
+  }, 60_000);
+
+  it('a client that goes away midway frees its download slot', async () => {
+    const g = await s.startGateway({ ...BASE, limits: { connectionsPerClient: 16, downloadsPerClient: 1 } });
+    const big = await upload(g, patternBytes(24 * MiB, 22));
+    const first = await partial(g, big, 64 * 1024);
+    // the one slot is taken while it streams
+    expect((await fetch(`${g.url}/files/${big}`)).status).toBe(429);
+    first.sock.destroy();
+    let status = 0;
+    for (let i = 0; i < 40 && status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const res = await fetch(`${g.url}/files/${big}`);
+      status = res.status;
+      await res.arrayBuffer();
+    }
+    expect(status, 'a GET after the first client left').toBe(200);
+    await g.close();
+  }, 60_000);
+
+  it('a client that stops reading gives its storage connection back, and gets the rest when it reads on', async () => {
+    // one upstream connection per storage and no download cut for a minute: only the release
+    // after upstreamReleaseMs can free them for others
+    const g = await s.startGateway({
+      ...BASE,
+      upstreamConnections: 1,
+      timeouts: { downloadIdleMs: 60_000, upstreamReleaseMs: 200, upstreamQueueMs: 2000 },
+    });
+    const size = 24 * MiB;
+    const bytes = patternBytes(size, 24);
+    const big = await upload(g, bytes);
+    const stalled = [await partial(g, big, 1), await partial(g, big, 1)];
+    await new Promise((r) => setTimeout(r, 600));
+    const t0 = Date.now();
+    const r = await fetch(`${g.url}/files/${big}`);
+    expect(r.status).toBe(200);
+    expect(Buffer.from(await r.arrayBuffer()).equals(Buffer.from(bytes))).toBe(true);
+    expect(Date.now() - t0, 'ms for a whole GET while two readers stall').toBeLessThan(2000);
+    for (const c of stalled) {
+      c.sock.resume();
+      await until(() => c.all().length > size, 10_000, 20);
+      const all = c.all();
+      const body = all.subarray(all.indexOf('\r\n\r\n') + 4);
+      expect(body.equals(Buffer.from(bytes))).toBe(true);
+    }
+    await g.close();
+  }, 60_000);
+
+  it('a storage that fails midway cuts the connection (a short body, never a wrong one), and the gateway goes on serving', async () => {
+    // the stalled reader's storage stream is closed after 200 ms; when it reads on, the rest is
+    // asked again from a file that has been cut short on disk meanwhile
+    const g = await s.startGateway({
+      ...BASE,
+      timeouts: { downloadIdleMs: 60_000, upstreamReleaseMs: 200 },
+    });
+    const size = 40 * MiB;
+    const bytes = patternBytes(size, 23);
+    const before = new Set(s.dataFiles());
+    const big = await upload(g, bytes);
+    // the file's bytes on disk (a shared group folder: one file, maybe hard-linked)
+    const stored = s
+      .dataFiles()
+      .filter((f) => !before.has(f))
+      .map((f) => join(s.dir, 'data', f))
+      .filter((f) => statSync(f).size === size);
+    expect(stored.length).toBeGreaterThan(0);
+    const c = await partial(g, big, 1);
+    await new Promise((r) => setTimeout(r, 800));
+    for (const f of stored) truncateSync(f, MiB);
+    c.sock.resume();
+    await until(c.closed, 10_000, 20);
+    const all = c.all();
+    const end = all.indexOf('\r\n\r\n');
+    expect(all.toString('latin1', 0, end)).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(all.toString('latin1', 0, end)).toContain(`Content-Length: ${size}`);
+    const body = all.subarray(end + 4);
+    expect(body.length, 'body bytes before the cut').toBeGreaterThan(0);
+    expect(body.length).toBeLessThan(size);
+    // what came is the file's own bytes, from its start
+    expect(body.equals(Buffer.from(bytes.subarray(0, body.length)))).toBe(true);
+    const head = await fetch(`${g.url}/files/${small}`);
+    expect(head.status).toBe(200);
+    expect(Buffer.from(await head.arrayBuffer()).equals(Buffer.from(smallBytes))).toBe(true);
+    await g.close();
+  }, 60_000);
 });
 
 describe('the hot lane’s bounds', () => {

@@ -1,8 +1,8 @@
 import { type Server, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from '@dsm/common';
-import { DsmError } from '@dsm/common/errors';
-import type { FastReply, FastRequest, FastUpload } from './app.ts';
+import { DsmError, ErrorCode } from '@dsm/common/errors';
+import type { FastReply, FastRequest, FastUpload, StreamedBody } from './app.ts';
 import { GatewayErrorCode } from './problem.ts';
 import { SELF_COUNTED, type SelfCountedBody } from './streams.ts';
 
@@ -806,14 +806,28 @@ class LaneConnection {
   #write(reply: FastReply, head: Head, size: number): boolean {
     const lane = this.#lane;
     const parts = replyHeadParts(reply, head.close, lane.style);
-    if (parts === null) return false;
+    const stream = reply.stream;
+    if (parts === null) {
+      if (stream) void this.#drop(stream);
+      return false;
+    }
     if (size > 0) {
       const buf = this.#buf as Buffer;
       this.#buf = size < buf.length ? buf.subarray(size) : null;
     }
     const s = this.socket;
-    const body = head.method === 'HEAD' || reply.status === 204 || reply.status === 304 ? null : reply.body;
     const headBytes = headLength(parts);
+    if (stream) {
+      const out = Buffer.allocUnsafe(headBytes);
+      writeHead(parts, out);
+      s.write(out);
+      this.#busy = true;
+      s.pause();
+      this.#timeoutFor(lane.opts.downloadIdleMs);
+      void this.#stream(stream, head.close);
+      return true;
+    }
+    const body = head.method === 'HEAD' || reply.status === 204 || reply.status === 304 ? null : reply.body;
     const joined = body && body.byteLength > 0 && body.byteLength <= JOINED_BODY_BYTES ? body : null;
     // one buffer, one write: cheaper than a corked pair for a small body
     const out = replyBuffer(headBytes + (joined?.byteLength ?? 0));
@@ -842,6 +856,83 @@ class LaneConnection {
     return true;
   }
 
+  /**
+   * Sends a streamed body (FastReply.stream; its head is written) as the client takes it: the
+   * next chunk is read from the storage when the socket has taken the last one (its 'drain'), so
+   * a slow client holds one chunk here; one that stops reading gives its storage connection back
+   * (ReleasingSource) and is cut after downloadIdleMs like any pending reply (the sweep). A
+   * storage failing midway, or a body shorter than its Content-Length, cuts the connection (the
+   * client sees a short body, as from node:http). Then the next request, or the end.
+   */
+  async #stream(b: StreamedBody, close: boolean): Promise<void> {
+    const s = this.socket;
+    const src = b.source;
+    let error: unknown;
+    let cancelled = false;
+    try {
+      for (;;) {
+        const chunk = await src.next();
+        if (this.#gone || s.destroyed) {
+          cancelled = true;
+          break;
+        }
+        if (chunk === null) break;
+        b.onChunk(chunk.length);
+        if (!s.write(chunk) && !(await this.#drained())) {
+          cancelled = true;
+          break;
+        }
+      }
+      if (!cancelled && src.delivered !== b.length)
+        error = new DsmError(
+          ErrorCode.PROTOCOL,
+          `the storage ended the download after ${src.delivered} of ${b.length} bytes`,
+        );
+    } catch (e) {
+      error = e;
+    }
+    if (cancelled || error !== undefined) {
+      await src.close();
+      b.onEnd(error, cancelled);
+      s.destroy();
+      return;
+    }
+    b.onEnd(undefined, false);
+    if (this.#gone) return;
+    this.#busy = false;
+    if (close) {
+      this.#buf = null;
+      this.#finish();
+      return;
+    }
+    this.#timeoutFor(this.#lane.opts.keepAliveMs);
+    s.resume();
+    this.#pump();
+  }
+
+  /** Whether the socket took what was written ('drain'); false when it closed first. */
+  #drained(): Promise<boolean> {
+    const s = this.socket;
+    if (s.destroyed) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        s.removeListener('drain', onDrain);
+        s.removeListener('close', onClose);
+        resolve(ok);
+      };
+      const onDrain = () => done(true);
+      const onClose = () => done(false);
+      s.on('drain', onDrain);
+      s.on('close', onClose);
+    });
+  }
+
+  /** A streamed body that will not be sent (its reply goes to node:http): closed, its slot freed. */
+  async #drop(b: StreamedBody): Promise<void> {
+    await b.source.close();
+    b.onEnd(undefined, true);
+  }
+
   /** The request `head` as the fast path reads it. */
   #request(head: Head): FastRequest {
     return {
@@ -849,6 +940,7 @@ class LaneConnection {
       target: head.target,
       header: (name) => headerOf(head, name),
       client: this.#client ?? this.#lane.opts.clientOf(this.#peer, headerOf(head, 'x-forwarded-for')),
+      streams: true,
     };
   }
 

@@ -12,13 +12,80 @@ export interface ReleaseOnStall {
 }
 
 /**
+ * A download's chunks, taken one at a time by the side that writes them to the client. With
+ * `stall`, a reader that takes no chunk for `stall.afterMs` after the last one no longer holds a
+ * storage connection: the storage stream is closed, and reopened (from the next byte) at the
+ * next read, so slow or stalled readers cannot take the upstream pool from everyone else.
+ */
+export class ReleasingSource {
+  #it: AsyncIterator<Uint8Array> | null;
+  /** The current storage stream was read from (one never started must be, to be closed). */
+  #started = false;
+  #reading = false;
+  #delivered = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  readonly #stall: ReleaseOnStall | undefined;
+
+  constructor(source: AsyncIterable<Uint8Array>, stall?: ReleaseOnStall) {
+    this.#it = source[Symbol.asyncIterator]();
+    this.#stall = stall;
+  }
+
+  /** Bytes handed out so far. */
+  get delivered(): number {
+    return this.#delivered;
+  }
+
+  /** The next chunk, or null at the end. */
+  async next(): Promise<Uint8Array | null> {
+    this.#reading = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    try {
+      let it = this.#it;
+      if (!it) {
+        it = (await (this.#stall as ReleaseOnStall).reopen(this.#delivered))[Symbol.asyncIterator]();
+        this.#it = it;
+        this.#started = false;
+      }
+      this.#started = true;
+      const r = await it.next();
+      if (r.done) return null;
+      this.#delivered += r.value.length;
+      this.#armStall();
+      return r.value;
+    } finally {
+      this.#reading = false;
+    }
+  }
+
+  /**
+   * Closes the current storage stream (a generator that never ran must be started first, or its
+   * finally blocks never run and the download's connection stays checked out).
+   */
+  async close(): Promise<void> {
+    if (this.#timer) clearTimeout(this.#timer);
+    const cur = this.#it;
+    this.#it = null;
+    if (!cur) return;
+    if (!this.#started) await cur.next().catch(() => {});
+    await cur.return?.(undefined).catch(() => {});
+  }
+
+  #armStall(): void {
+    const stall = this.#stall;
+    if (!stall) return;
+    this.#timer = setTimeout(() => {
+      if (!this.#reading && this.#it) void this.close();
+    }, stall.afterMs);
+    (this.#timer as { unref?: () => void }).unref?.();
+  }
+}
+
+/**
  * An async iterable → a pull-based ReadableStream: the next chunk is asked from the source only
  * when the HTTP side wants one (backpressure), and a cancelled response (client gone) closes
- * the source, which drops the storage connection instead of reading the rest.
- *
- * With `stall`, a client that stops reading for `stall.afterMs` no longer holds a storage
- * connection: the source is closed and reopened (from the next byte) when it reads again, so
- * slow or stalled readers cannot take the upstream pool from everyone else.
+ * the source, which drops the storage connection instead of reading the rest. With `stall`, a
+ * client that stops reading gives its storage connection back (ReleasingSource).
  */
 export function toReadableStream(
   source: AsyncIterable<Uint8Array>,
@@ -27,67 +94,33 @@ export function toReadableStream(
   onEnd?: (error: unknown, cancelled: boolean) => void,
   stall?: ReleaseOnStall,
 ): ReadableStream<Uint8Array> {
-  let it: AsyncIterator<Uint8Array> | null = source[Symbol.asyncIterator]();
-  let started = false;
+  const src = new ReleasingSource(source, stall);
   let finished = false;
-  let delivered = 0;
-  let pulling = false;
-  let timer: ReturnType<typeof setTimeout> | undefined;
   const finish = (e?: unknown, cancelled = false) => {
-    if (timer) clearTimeout(timer);
     if (finished) return;
     finished = true;
     onEnd?.(e, cancelled);
   };
-  /** Closes the current source (a generator that never ran must be started first, or its
-   * finally blocks never run and the download's connection stays checked out). */
-  const closeSource = async () => {
-    const cur = it;
-    it = null;
-    if (!cur) return;
-    if (!started) await cur.next().catch(() => {});
-    await cur.return?.(undefined).catch(() => {});
-  };
-  const armStallTimer = () => {
-    if (!stall || finished) return;
-    if (timer) clearTimeout(timer);
-    timer = setTimeout(() => {
-      if (pulling || finished || !it) return;
-      void closeSource();
-    }, stall.afterMs);
-    (timer as { unref?: () => void }).unref?.();
-  };
   return new ReadableStream<Uint8Array>(
     {
       async pull(ctrl) {
-        pulling = true;
-        if (timer) clearTimeout(timer);
         try {
-          if (!it) {
-            it = (await (stall as ReleaseOnStall).reopen(delivered))[Symbol.asyncIterator]();
-            started = false;
-          }
-          started = true;
-          const r = await it.next();
-          if (r.done) {
+          const chunk = await src.next();
+          if (chunk === null) {
             finish();
             ctrl.close();
           } else {
-            delivered += r.value.length;
-            onChunk?.(r.value.length);
-            ctrl.enqueue(r.value);
-            armStallTimer();
+            onChunk?.(chunk.length);
+            ctrl.enqueue(chunk);
           }
         } catch (e) {
           finish(e);
           ctrl.error(e);
-        } finally {
-          pulling = false;
         }
       },
       async cancel(reason) {
         finish(reason, true);
-        await closeSource();
+        await src.close();
       },
     },
     { highWaterMark: 0 },
