@@ -485,6 +485,39 @@ describe('the hot lane streams big files', () => {
     await g.close();
   }, 60_000);
 
+  it('a client that leaves before its reply’s head frees its download slot and storage connection', async () => {
+    const g = await s.startGateway({
+      ...BASE,
+      upstreamConnections: 1,
+      limits: { connectionsPerClient: 16, downloadsPerClient: 1 },
+      timeouts: { upstreamQueueMs: 2000 },
+    });
+    const bytes = patternBytes(20 * MiB, 25);
+    const big = await upload(g, bytes);
+    // the request goes out and the connection is reset while its reply is made (the storage's
+    // answer takes a few ms): the reply is made for no one
+    for (let i = 0; i < 20; i++) {
+      const sock = connect({ host: '127.0.0.1', port: g.port });
+      sockets.push(sock);
+      sock.on('error', () => {});
+      await new Promise<void>((r) => sock.once('connect', () => r()));
+      sock.write(get(big));
+      await new Promise((r) => setTimeout(r, i % 3));
+      sock.resetAndDestroy();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    let last = 0;
+    for (let i = 0; i < 40 && last !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      const res = await fetch(`${g.url}/files/${big}`);
+      last = res.status;
+      if (last === 200) expect(Buffer.from(await res.arrayBuffer()).equals(Buffer.from(bytes))).toBe(true);
+      else await res.arrayBuffer();
+    }
+    expect(last, 'a whole GET after 20 clients left').toBe(200);
+    await g.close();
+  }, 60_000);
+
   it('a client that stops reading gives its storage connection back, and gets the rest when it reads on', async () => {
     // one upstream connection per storage and no download cut for a minute: only the release
     // after upstreamReleaseMs can free them for others

@@ -774,7 +774,11 @@ class LaneConnection {
         this.#timeoutFor(o.downloadIdleMs);
         r.then(
           (reply) => {
-            if (this.#gone) return;
+            if (this.#gone) {
+              // the client left while its reply was made: a stream opened for it is closed
+              if (reply?.stream) void this.#drop(reply.stream);
+              return;
+            }
             this.#busy = false;
             if (!reply || !this.#write(reply, head, size)) {
               this.#handOff();
