@@ -30,6 +30,27 @@ describe('store write probe', () => {
     }
   });
 
+  it('a deadline timer that fires before the deadline by the wall clock waits the rest (the loop clock lags Date.now())', async () => {
+    const store = join(dir, 'c');
+    mkdirSync(store);
+    const fifo = join(store, 'x.probe');
+    execFileSync('mkfifo', [fifo]);
+    const probe = new StoreProbe([fifo], 60_000, 300, log);
+    try {
+      // the probe starts 200 ms "later" by Date.now() than its timer does: the 300 ms timer
+      // fires 100 ms before the deadline
+      const t0 = Date.now();
+      const first = probe.check(t0 + 200);
+      await until(() => !probe.writable, 3000, 20, 'the probe to time out');
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(490);
+      const reader = await open(fifo, 'r');
+      await first;
+      await reader.close();
+    } finally {
+      probe.close();
+    }
+  });
+
   it('a write that does not finish in time marks the store not writable (a stalled volume)', async () => {
     const store = join(dir, 'b');
     mkdirSync(store);

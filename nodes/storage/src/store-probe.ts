@@ -47,9 +47,20 @@ export class StoreProbe {
     const entry = { since: now, done };
     this.#pending = entry;
     // The deadline is checked by a timer of its own: the next interval may be long after it.
-    const late = setTimeout(() => {
-      if (this.#pending === entry) this.check();
-    }, this.timeoutMs);
+    // A timer runs on the event loop's clock, which can be behind Date.now() (the loop's time
+    // is read once per turn): one that fires before the deadline by Date.now() waits the rest.
+    let late: ReturnType<typeof setTimeout>;
+    const atDeadline = () => {
+      if (this.#pending !== entry) return;
+      const left = entry.since + this.timeoutMs - Date.now();
+      if (left > 0) {
+        late = setTimeout(atDeadline, left);
+        late.unref();
+        return;
+      }
+      this.check();
+    };
+    late = setTimeout(atDeadline, this.timeoutMs);
     late.unref();
     return done.then(() => {
       clearTimeout(late);

@@ -154,6 +154,7 @@ describe('tracker admin listener', () => {
     const { connect } = await import('node:net');
     // the close is listened for from the start, and an error is reported: a connection refused
     // or closed before it was up fails the test with what happened (a CI run once timed out here)
+    let received = '';
     const open = (head: string) =>
       new Promise<{ closedAt: Promise<number> }>((resolve, reject) => {
         const started = Date.now();
@@ -162,6 +163,9 @@ describe('tracker admin listener', () => {
           up = true;
           s.write(head);
           resolve({ closedAt });
+        });
+        s.on('data', (d) => {
+          received += d.toString('latin1');
         });
         const closedAt = new Promise<number>((r) => s.on('close', () => r(Date.now() - started)));
         s.on('error', (e) => {
@@ -173,7 +177,15 @@ describe('tracker admin listener', () => {
       });
     // a head that never ends (slowloris) is cut after 5 s of silence, not held for ever
     const slow = await open('GET /metrics HTTP/1.1\r\nHost: x\r\n');
-    const ms = await slow.closedAt;
+    // a connection still open after 12 s fails here, saying what the server sent meanwhile (a CI
+    // run and a local full run once timed out at 20 s without telling)
+    const ms = await Promise.race([
+      slow.closedAt,
+      new Promise<number>((r) => setTimeout(() => r(-1), 12_000)),
+    ]);
+    expect(ms, `ms to the close (-1: open after 12 s; the server sent ${JSON.stringify(received)})`).not.toBe(
+      -1,
+    );
     expect(ms).toBeGreaterThanOrEqual(4000);
     expect(ms).toBeLessThan(8000);
   }, 20_000);
