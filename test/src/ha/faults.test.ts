@@ -63,6 +63,7 @@ async function bytesOf(size: number, seed: number): Promise<Buffer> {
 function uploader(c: DsmClient, user: string, seedBase: number) {
   const acked: Acked[] = [];
   let failures = 0;
+  const reasons = new Map<string, number>();
   let lastOk = Date.now();
   let longestStall = 0;
   let running = true;
@@ -76,8 +77,10 @@ function uploader(c: DsmClient, user: string, seedBase: number) {
         acked.push({ ids: r.ids, sha: sha(await bytesOf(size, seed)), size });
         longestStall = Math.max(longestStall, Date.now() - lastOk);
         lastOk = Date.now();
-      } catch {
+      } catch (e) {
         failures++;
+        const why = `${(e as { code?: string }).code ?? 'error'}: ${String((e as Error).message ?? e).slice(0, 120)}`;
+        reasons.set(why, (reasons.get(why) ?? 0) + 1);
         await sleep(20);
       }
     }
@@ -86,6 +89,10 @@ function uploader(c: DsmClient, user: string, seedBase: number) {
     acked,
     get failures() {
       return failures;
+    },
+    /** The failures by error code and message (`none` when there were none). */
+    why(): string {
+      return [...reasons].map(([k, n]) => `${n} × ${k}`).join('; ') || 'none';
     },
     get longestStall() {
       return longestStall;
@@ -499,9 +506,9 @@ describe.sequential('HA lab: keepalived VIPs, GlusterFS replica 3, dsm nodes in 
       await writes.stop();
     }
     figure(
-      `(d) ${writes.acked.length} uploads acknowledged, ${writes.failures} failed, longest write stall ${writes.longestStall} ms; heal done ${heal} ms after restart`,
+      `(d) ${writes.acked.length} uploads acknowledged, ${writes.failures} failed (${writes.why()}), longest write stall ${writes.longestStall} ms; heal done ${heal} ms after restart`,
     );
-    expect(writes.failures).toBe(0);
+    expect(writes.failures, `failed uploads: ${writes.why()}`).toBe(0);
     await lab.gluster.healWait(60_000);
     await verifyAll(c, writes.acked);
     const trees = STORAGE_HOSTS.map((h) => brickTree(lab.gluster.brickPath(h)));
